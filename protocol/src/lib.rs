@@ -1,0 +1,12 @@
+//! crashmesh's data model (problems, frames, signatures, incidents) and, as the mesh
+//! grows, the cluster logic as pure state machines.
+//!
+//! Architecture invariant: this crate does no I/O and reads no clock. Every function
+//! takes what it needs (including `now`) as arguments. That is what lets the simulator run
+//! the very code the daemon runs, deterministically.
+
+pub mod model;
+pub mod signature;
+
+pub use model::{Frame, FrameSource, Problem, ProblemKind, ThreadTrace};
+pub use signature::{SIGNATURE_SCHEME_VERSION, Signature};
