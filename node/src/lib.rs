@@ -1,1 +1,16 @@
+//! The crashmesh node: the core_pattern hook, detectors, the daemon and the CLI's work.
+//! `main.rs` only dispatches; everything it calls lives here, so it can be tested.
 
+pub mod analyze;
+pub mod cli;
+pub mod commands;
+pub mod control;
+pub mod config;
+pub mod daemon;
+pub mod hook;
+pub mod ingest;
+pub mod install;
+pub mod procsnap;
+pub mod pyhook;
+pub mod spool;
+pub mod table;

@@ -1,1 +1,37 @@
-fn main() {}
+//! `crashmesh`: the node binary. This file is a table of contents: parse the command
+//! line, set up logging, hand each command to the module that does the work.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use crashmesh::cli::{Cli, Command, ConfigCommand, HookCommand, NodeCommand};
+use crashmesh::commands::{self, Context};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The hook runs with the kernel's stderr (nowhere); it logs into the data dir itself.
+    let is_hook = matches!(cli.command, Command::Hook(_));
+    if !is_hook {
+        commands::init_logging();
+    }
+    let context = match Context::new(&cli.global) {
+        Ok(context) => context,
+        Err(error) => return commands::fail(&error),
+    };
+    let result = match cli.command {
+        Command::Hook(HookCommand::Core { args }) => commands::hook_core(&context, &args),
+        Command::Node(NodeCommand::Run { once }) => crashmesh::daemon::run(&context, once),
+        Command::Install(args) => commands::install(&context, &args),
+        Command::Uninstall => commands::uninstall(&context),
+        Command::Analyze(what) => commands::analyze(&context, &what),
+        Command::Problems(what) => commands::problems(&context, &what),
+        Command::Status => commands::status(&context),
+        Command::Store(what) => commands::store(&context, &what),
+        Command::Config(ConfigCommand::Defaults) => commands::config_defaults(),
+        Command::Config(ConfigCommand::Show) => commands::config_show(&context),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => commands::fail(&error),
+    }
+}

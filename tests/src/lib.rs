@@ -1,1 +1,249 @@
-//! (being written)
+//! Helpers for the end-to-end suites: the real `crashmesh` binary, data dirs with their
+//! own configuration, a guard that always restores core_pattern, real programs to crash,
+//! and gdb as the reference for frames.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The `crashmesh` binary, built on first use (a no-op when `./test` built it already).
+pub fn crashmesh_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            if let Some(binary) = std::env::var_os("CRASHMESH_BIN") {
+                return PathBuf::from(binary);
+            }
+            // target/<profile>/deps/<test binary> → target/<profile>/crashmesh
+            let test_binary = std::env::current_exe().expect("current exe");
+            let profile_dir = test_binary.parent().and_then(Path::parent).expect("target/<profile>");
+            let target_dir = profile_dir.parent().expect("target dir");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.current_dir(workspace_root()).args(["build", "--quiet", "-p", "crashmesh", "--bin", "crashmesh"]);
+            build.env("CARGO_TARGET_DIR", target_dir);
+            if profile_dir.file_name().is_some_and(|name| name == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo build");
+            assert!(status.success(), "cargo build of crashmesh failed");
+            let binary = profile_dir.join("crashmesh");
+            assert!(binary.exists(), "{} missing after build", binary.display());
+            binary
+        })
+        .clone()
+}
+
+/// A node's data dir and config file, in a temporary directory removed on drop.
+pub struct NodeDir {
+    pub root: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl NodeDir {
+    /// A data dir whose config is `config_toml`. The directory lives under /var/tmp
+    /// rather than a tmpfs so that free-space guards see a real disk.
+    pub fn new(config_toml: &str) -> NodeDir {
+        let root = tempfile::Builder::new().prefix("cm-").tempdir_in("/var/tmp").expect("tempdir");
+        let data_dir = root.path().join("d");
+        let config = root.path().join("c.toml");
+        std::fs::write(&config, config_toml).expect("write config");
+        NodeDir { root, data_dir, config }
+    }
+
+    /// `crashmesh --data-dir D --config C <args>`.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(crashmesh_binary());
+        command.arg("--data-dir").arg(&self.data_dir).arg("--config").arg(&self.config).args(args);
+        command
+    }
+
+    /// Run a command to completion; panics with its output when it fails.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let output = self.command(args).output().expect("run crashmesh");
+        assert!(
+            output.status.success(),
+            "crashmesh {args:?} failed: {}\nstdout: {}\nstderr: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// Run a command with `--json` and parse its output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        let output = self.run(&with_json);
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|error| panic!("{args:?}: not JSON ({error}): {}", String::from_utf8_lossy(&output.stdout)))
+    }
+
+    /// Start `crashmesh node run`; it is killed when the returned guard drops.
+    pub fn start_daemon(&self) -> Daemon {
+        let child = self
+            .command(&["node", "run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(self.root.path().join("daemon.log")).expect("log")))
+            .spawn()
+            .expect("start daemon");
+        Daemon { child }
+    }
+
+    /// The daemon's log so far (for failure messages).
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("daemon.log")).unwrap_or_default()
+    }
+}
+
+/// A running daemon, killed on drop.
+pub struct Daemon {
+    pub child: Child,
+}
+
+impl Daemon {
+    /// kill -9, as a crash or an operator would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Poll `condition` until it holds or `timeout` passes; gives back whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Saves the kernel's core_pattern and core_pipe_limit and puts them back on drop,
+/// also when the test panics.
+pub struct KernelCoreSettings {
+    core_pattern: String,
+    core_pipe_limit: String,
+}
+
+impl KernelCoreSettings {
+    pub fn save() -> KernelCoreSettings {
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this suite changes core_pattern and needs root");
+        KernelCoreSettings {
+            core_pattern: std::fs::read_to_string("/proc/sys/kernel/core_pattern").expect("read core_pattern"),
+            core_pipe_limit: std::fs::read_to_string("/proc/sys/kernel/core_pipe_limit").expect("read core_pipe_limit"),
+        }
+    }
+
+    pub fn core_pattern(&self) -> &str {
+        self.core_pattern.trim_end()
+    }
+}
+
+impl Drop for KernelCoreSettings {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/core_pattern", &self.core_pattern);
+        let _ = std::fs::write("/proc/sys/kernel/core_pipe_limit", &self.core_pipe_limit);
+    }
+}
+
+/// Compile a C program with gcc; gives back the binary's path inside `dir`.
+pub fn compile_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let source_path = dir.join(format!("{name}.c"));
+    std::fs::write(&source_path, source).expect("write source");
+    let binary = dir.join(name);
+    let output = Command::new("gcc").args(flags).arg("-o").arg(&binary).arg(&source_path).output().expect("run gcc");
+    assert!(output.status.success(), "gcc failed: {}", String::from_utf8_lossy(&output.stderr));
+    binary
+}
+
+/// Run `command` with cores enabled and expect it to die of a signal.
+pub fn crash(command: &mut Command) -> i32 {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    // SAFETY: setrlimit between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+            libc::setrlimit(libc::RLIMIT_CORE, &unlimited);
+            Ok(())
+        });
+    }
+    let status = command.stdout(Stdio::null()).stderr(Stdio::null()).status().expect("run program");
+    status.signal().unwrap_or_else(|| panic!("{command:?} did not die of a signal: {status}"))
+}
+
+/// One physical frame as gdb sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GdbFrame {
+    pub pc: u64,
+    pub function: Option<String>,
+}
+
+/// gdb's physical (non-inline) frames of the crashing thread of `core`.
+pub fn gdb_frames(executable: &Path, core: &Path) -> Vec<GdbFrame> {
+    let script = "python\n\
+import gdb\n\
+f = gdb.newest_frame()\n\
+while f is not None:\n\
+    if f.type() != gdb.INLINE_FRAME:\n\
+        print('FRAME %x %s' % (f.pc(), f.name()))\n\
+    f = f.older()\n\
+end\n";
+    let script_path = std::env::temp_dir().join(format!("gdb-frames-{}.py.gdb", std::process::id()));
+    std::fs::write(&script_path, script).expect("write gdb script");
+    let output = Command::new("gdb")
+        .args(["-nx", "-batch", "-ex", "set pagination off", "-ex", "set debuginfod enabled off", "-x"])
+        .arg(&script_path)
+        .arg(executable)
+        .arg(core)
+        .output()
+        .expect("run gdb");
+    let _ = std::fs::remove_file(&script_path);
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.strip_prefix("FRAME "))
+        .filter_map(|rest| {
+            let (pc, name) = rest.split_once(' ')?;
+            Some(GdbFrame {
+                pc: u64::from_str_radix(pc, 16).ok()?,
+                function: (name != "None").then(|| name.to_string()),
+            })
+        })
+        .collect()
+}
+
+/// The frames of a problem's JSON as (address, function).
+pub fn json_frames(problem: &Value) -> Vec<(u64, Option<String>)> {
+    problem["frames"]
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .map(|frame| {
+                    let address = frame["address"].as_str().and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
+                    (address.unwrap_or(0), frame["function"].as_str().map(str::to_string))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,128 @@
+//! The command line: every command takes `--data-dir` and `--config`, and `--json`
+//! where it prints.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "crashmesh", version, about = "Crash and problem reporter for hyperconverged clusters")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct GlobalArgs {
+    /// The data directory (spool and index); default: `[node] data_dir`.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The configuration file; default: the embedded defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of tables (stable, documented fields).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The node daemon.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Handlers the kernel runs.
+    #[command(subcommand)]
+    Hook(HookCommand),
+    /// Point the kernel's core_pattern at crashmesh (remembering the previous value).
+    Install(InstallArgs),
+    /// Restore the core_pattern that was there before `install`.
+    Uninstall,
+    /// Analyse one file offline.
+    #[command(subcommand)]
+    Analyze(AnalyzeCommand),
+    /// The problems this node has recorded.
+    #[command(subcommand)]
+    Problems(ProblemsCommand),
+    /// The node's state: spool, quota, daemon.
+    Status,
+    /// The store's integrity.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// The configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Run the daemon: index spool entries, analyse, keep quotas.
+    Run {
+        /// Index what is in the spool, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HookCommand {
+    /// The core_pattern pipe handler: `%P %I %i %s %t %c %u %g %h %e`, core on stdin.
+    Core {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The binary the kernel runs (default: this one).
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AnalyzeCommand {
+    /// An ELF core, plain or zstd-compressed.
+    Core {
+        file: PathBuf,
+        /// Where the crashed process's binaries are (a container's root).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// A kernel log (dmesg, syslog, journal): every oops, panic, warning, MCE, hung task…
+    Oops { file: PathBuf },
+    /// Saved Python tracebacks.
+    Python { file: PathBuf },
+    /// A JVM fatal error log (`hs_err_pid*.log`).
+    HsErr { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProblemsCommand {
+    /// One line per problem, last seen first.
+    List,
+    /// One problem with its frames and incidents (an id prefix is enough).
+    Show { id: String },
+    /// Write a problem's kept core, decompressed, to a file (for gdb).
+    Core {
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Verify the index against the chunks; repair what can be repaired; exit 1 on damage
+    /// that could not be repaired.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the embedded default configuration, documented.
+    Defaults,
+    /// Print the configuration in effect.
+    Show,
+}

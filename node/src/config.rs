@@ -1,0 +1,292 @@
+//! The node's configuration: one TOML file in which every key has a default, so no file
+//! is needed to start. `crashmesh config defaults` prints the embedded defaults.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The embedded default configuration, documented key by key. Parsing it must give
+/// exactly `Config::default()` (a unit test holds the two together).
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("default-config.toml");
+
+/// The default data directory when neither `--data-dir` nor `[node] data_dir` is given.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/crashmesh";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub store: StoreConfig,
+    pub capture: CaptureConfig,
+    pub analysis: AnalysisConfig,
+    pub detect: DetectConfig,
+    pub python: PythonConfig,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            node: NodeConfig::default(),
+            store: StoreConfig::default(),
+            capture: CaptureConfig::default(),
+            analysis: AnalysisConfig::default(),
+            detect: DetectConfig::default(),
+            python: PythonConfig::default(),
+        }
+    }
+}
+
+/// `[node]`: who this node is and where it keeps its data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's name in the cluster; empty means the host name.
+    pub name: String,
+    /// Where the spool and index live; `--data-dir` wins over it.
+    pub data_dir: PathBuf,
+    /// Free-form labels attached to every problem this node reports (`role`, `test_run`).
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        NodeConfig {
+            name: String::new(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            labels: Default::default(),
+        }
+    }
+}
+
+/// `[store]`: the spool's limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Everything in the data dir counts against this.
+    pub max_bytes: ByteSize,
+    /// Evict until at least this share of the file system is free.
+    pub keep_free_percent: u8,
+    /// Cores kept per problem; later incidents keep their metadata only.
+    pub max_cores_per_signature: u32,
+    /// Problems not seen for this long are evicted (uploaded ones first).
+    pub max_age_days: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            max_bytes: ByteSize(5 * 1024 * 1024 * 1024),
+            keep_free_percent: 15,
+            max_cores_per_signature: 3,
+            max_age_days: 30,
+        }
+    }
+}
+
+/// `[capture]`: the core_pattern hook's guards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// A second crash of the same executable within this window only counts.
+    pub repeat_window_secs: u64,
+    /// Cores larger than this are truncated and marked so.
+    pub core_bytes_max: ByteSize,
+    /// Below this much free space the hook keeps the metadata and drops the core.
+    pub min_free_bytes: ByteSize,
+    /// The hook gives up on the core after this long, so the kernel is never held forever.
+    pub time_limit_secs: u64,
+    /// zstd level for cores in the spool (1 is fastest).
+    pub compression_level: i32,
+    /// Executables whose crashes are ignored: glob patterns on the executable's path.
+    pub ignore_paths: Vec<String>,
+    /// Bytes kept of each /proc file in the snapshot.
+    pub proc_file_bytes_max: ByteSize,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> CaptureConfig {
+        CaptureConfig {
+            repeat_window_secs: 20,
+            core_bytes_max: ByteSize(16 * 1024 * 1024 * 1024),
+            min_free_bytes: ByteSize(256 * 1024 * 1024),
+            time_limit_secs: 300,
+            compression_level: 1,
+            ignore_paths: Vec::new(),
+            proc_file_bytes_max: ByteSize(4 * 1024 * 1024),
+        }
+    }
+}
+
+/// `[analysis]`: limits of the isolated core analysis.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalysisConfig {
+    /// Wall-clock limit of one analysis child process.
+    pub time_limit_secs: u64,
+    /// Address-space limit of the analysis child process.
+    pub memory_bytes_max: ByteSize,
+    /// Threads unwound per core.
+    pub threads_max: usize,
+    /// Frames unwound per thread.
+    pub frames_max: usize,
+    /// Where separate debug files are looked up (`.build-id/xx/….debug`, debuglink).
+    pub debug_dirs: Vec<PathBuf>,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> AnalysisConfig {
+        AnalysisConfig {
+            time_limit_secs: 120,
+            memory_bytes_max: ByteSize(4 * 1024 * 1024 * 1024),
+            threads_max: 256,
+            frames_max: 256,
+            debug_dirs: vec![PathBuf::from("/usr/lib/debug")],
+        }
+    }
+}
+
+/// `[detect]`: the detectors beyond core dumps.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectConfig {
+    pub kmsg: KmsgConfig,
+}
+
+/// `[detect.kmsg]`: the kernel log detector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KmsgConfig {
+    /// Read `/dev/kmsg` at all.
+    pub enabled: bool,
+    /// Count records of user facilities too (tests write oopses into /dev/kmsg).
+    pub trust_user_records: bool,
+}
+
+impl Default for KmsgConfig {
+    fn default() -> KmsgConfig {
+        KmsgConfig { enabled: true, trust_user_records: false }
+    }
+}
+
+/// `[python]`: the interpreter hook `crashmesh install` puts in place.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PythonConfig {
+    /// Install the hook at all.
+    pub enabled: bool,
+    /// Interpreters to hook; empty means every `python3` on PATH.
+    pub interpreters: Vec<PathBuf>,
+}
+
+impl Default for PythonConfig {
+    fn default() -> PythonConfig {
+        PythonConfig { enabled: true, interpreters: Vec::new() }
+    }
+}
+
+/// A byte count written as `"40 MiB"`, `"5 GiB"` or a plain number in TOML.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format_bytes(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<ByteSize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(bytes) => Ok(ByteSize(bytes)),
+            Raw::Text(text) => text
+                .parse::<bytesize::ByteSize>()
+                .map(|size| ByteSize(size.as_u64()))
+                .map_err(|error| serde::de::Error::custom(format!("bad size {text:?}: {error}"))),
+        }
+    }
+}
+
+/// `1048576` → `"1 MiB"`: exact binary units when they fit, bytes otherwise.
+pub fn format_bytes(bytes: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= size && bytes % size == 0 {
+            return format!("{} {unit}", bytes / size);
+        }
+    }
+    format!("{bytes} B")
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path} is not valid: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+}
+
+impl Config {
+    /// Read `path`, or the embedded defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else { return Ok(Config::default()) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })
+    }
+
+    /// Parse TOML text; missing keys take their defaults.
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The node's name: `[node] name`, else the host name.
+    pub fn node_name(&self) -> String {
+        if !self.node.name.is_empty() {
+            return self.node.name.clone();
+        }
+        host_name()
+    }
+}
+
+/// The kernel's host name (`uname -n`).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_match_the_code() {
+        assert_eq!(Config::parse(DEFAULT_CONFIG_TOML).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn sizes_parse_from_text_and_numbers() {
+        let config = Config::parse("[store]\nmax_bytes = \"40 MiB\"\n[capture]\ncore_bytes_max = 1024\n").unwrap();
+        assert_eq!(config.store.max_bytes, ByteSize(40 << 20));
+        assert_eq!(config.capture.core_bytes_max, ByteSize(1024));
+        assert_eq!(config.capture.repeat_window_secs, 20);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let error = Config::parse("[store]\nmax_byte = 1\n").unwrap_err();
+        assert!(error.to_string().contains("max_byte"), "{error}");
+    }
+
+    #[test]
+    fn format_bytes_uses_exact_units() {
+        assert_eq!(format_bytes(40 << 20), "40 MiB");
+        assert_eq!(format_bytes(1500), "1500 B");
+    }
+}

@@ -1,0 +1,124 @@
+//! The daemon's local control socket (`<data dir>/crashmesh.sock`): the daemon owns the
+//! index, so while it runs the CLI asks it; when it does not run, the CLI opens the index
+//! itself. Both paths run the same [`handle`], so they cannot disagree.
+//!
+//! Protocol: one JSON request line, one JSON response line. Requests are capped at
+//! [`REQUEST_BYTES_MAX`]; the socket is root-only (mode 0600).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crashmesh_store::{CheckReport, ProblemDetail, ProblemSummary, Store, StoreStatus};
+use serde::{Deserialize, Serialize};
+
+/// The largest request line the daemon reads.
+pub const REQUEST_BYTES_MAX: u64 = 1024 * 1024;
+/// The largest response line the CLI reads.
+pub const RESPONSE_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// How long the CLI waits for the daemon's answer.
+pub const RESPONSE_TIMEOUT_SECS: u64 = 60;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Problems,
+    Problem { id: String },
+    ExportCore { id: String, out: PathBuf },
+    Status,
+    Check,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "answer", content = "value", rename_all = "snake_case")]
+pub enum Response {
+    Problems(Vec<ProblemSummary>),
+    Problem(Option<Box<ProblemDetail>>),
+    Exported { bytes: u64 },
+    Status(StoreStatus),
+    Check(CheckReport),
+    Error(String),
+}
+
+/// The socket of a data dir.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("crashmesh.sock")
+}
+
+/// Answer one request from the store.
+pub fn handle(store: &Store, request: Request) -> Response {
+    let result = match request {
+        Request::Problems => store.problems().map(Response::Problems),
+        Request::Problem { id } => store.problem(&id).map(|detail| Response::Problem(detail.map(Box::new))),
+        Request::ExportCore { id, out } => export_core(store, &id, &out),
+        Request::Status => store.status().map(Response::Status),
+        Request::Check => store.check(true).map(Response::Check),
+    };
+    result.unwrap_or_else(|error| Response::Error(error.to_string()))
+}
+
+fn export_core(store: &Store, id: &str, out: &Path) -> Result<Response, crashmesh_store::StoreError> {
+    let Some(detail) = store.problem(id)? else { return Ok(Response::Error(format!("no problem {id:?}"))) };
+    let core = detail.incidents.iter().rev().filter_map(|incident| incident.core.as_ref()).find(|core| {
+        core.state == crashmesh_store::EvidenceState::Kept
+    });
+    let Some(core) = core else { return Ok(Response::Error(format!("problem {id} has no kept core"))) };
+    let mut file = match std::fs::File::create(out) {
+        Ok(file) => file,
+        Err(error) => return Ok(Response::Error(format!("{}: {error}", out.display()))),
+    };
+    store.read_blob(&core.blob, &mut file)?;
+    Ok(Response::Exported { bytes: core.len_bytes })
+}
+
+/// Ask the running daemon. `None` when no daemon listens on the data dir's socket.
+pub fn ask(data_dir: &Path, request: &Request) -> Option<Result<Response, String>> {
+    let mut stream = UnixStream::connect(socket_path(data_dir)).ok()?;
+    Some(exchange(&mut stream, request))
+}
+
+fn exchange(stream: &mut UnixStream, request: &Request) -> Result<Response, String> {
+    stream.set_read_timeout(Some(Duration::from_secs(RESPONSE_TIMEOUT_SECS))).map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_vec(request).expect("request serializes");
+    line.push(b'\n');
+    stream.write_all(&line).map_err(|error| format!("daemon socket: {error}"))?;
+    let mut answer = Vec::new();
+    BufReader::new(stream.take(RESPONSE_BYTES_MAX))
+        .read_until(b'\n', &mut answer)
+        .map_err(|error| format!("daemon socket: {error}"))?;
+    serde_json::from_slice(&answer).map_err(|error| format!("daemon answered something else: {error}"))
+}
+
+/// Serve requests until the listener fails; each connection gets one answer.
+pub async fn serve(listener: tokio::net::UnixListener, store: std::sync::Arc<Store>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            let (reader, mut writer) = stream.into_split();
+            let mut line = Vec::new();
+            let mut reader = tokio::io::BufReader::new(reader.take(REQUEST_BYTES_MAX));
+            if reader.read_until(b'\n', &mut line).await.is_err() {
+                return;
+            }
+            let response = match serde_json::from_slice::<Request>(&line) {
+                Ok(request) => tokio::task::spawn_blocking(move || handle(&store, request))
+                    .await
+                    .unwrap_or_else(|error| Response::Error(format!("request failed: {error}"))),
+                Err(error) => Response::Error(format!("malformed request: {error}")),
+            };
+            let mut bytes = serde_json::to_vec(&response).expect("response serializes");
+            bytes.push(b'\n');
+            let _ = writer.write_all(&bytes).await;
+        });
+    }
+}

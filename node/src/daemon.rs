@@ -1,0 +1,214 @@
+//! `crashmesh node run`: the daemon. Actors are thin: each owns one duty and moves work
+//! to the blocking pool (analysis, hashing, index commits never run on an actor's thread).
+//!
+//! - [`IngestActor`]: indexes complete spool entries (the detector for cores).
+//! - [`QuotaActor`]: keeps the store inside its limits between writes.
+//! - the control socket answers the CLI (see [`crate::control`]).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use anyhow::{Context as _, Result};
+use crashmesh_store::Store;
+
+use crate::commands::{now_ms, Context};
+use crate::control;
+use crate::ingest::Ingester;
+use crate::spool::Spool;
+
+/// How often the spool is looked at for new entries.
+pub const SPOOL_POLL_INTERVAL_MS: u64 = 200;
+/// How often quotas are enforced besides after every write.
+pub const QUOTA_INTERVAL_SECS: u64 = 30;
+
+/// Open the store the node's configuration describes.
+pub fn open_store(context: &Context) -> Result<Store> {
+    let limits = &context.config.store;
+    let config = crashmesh_store::StoreConfig {
+        max_bytes: limits.max_bytes.0,
+        keep_free_percent: limits.keep_free_percent,
+        max_cores_per_signature: limits.max_cores_per_signature,
+        max_age_days: limits.max_age_days,
+    };
+    Store::open(&context.data_dir, config).with_context(|| format!("opening the store in {}", context.data_dir.display()))
+}
+
+/// Run the daemon until SIGINT/SIGTERM, or with `once` until the spool is empty.
+pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
+    std::fs::create_dir_all(&context.data_dir).with_context(|| format!("creating {}", context.data_dir.display()))?;
+    let spool = Spool::new(&context.data_dir);
+    spool.create_dirs()?;
+    let abandoned = spool.clean_tmp()?;
+    if abandoned > 0 {
+        tracing::info!(abandoned, "removed spool entries a dead writer left unfinished");
+    }
+    let _ = std::fs::remove_dir_all(context.scratch_dir());
+    let store = Arc::new(open_store(context)?);
+    let ingester = Arc::new(Ingester {
+        store: store.clone(),
+        config: context.config.clone(),
+        config_file: context.config_file.clone(),
+        data_dir: context.data_dir.clone(),
+        binary: std::env::current_exe().context("cannot find this binary's path")?,
+        node_name: context.config.node_name(),
+    });
+
+    if once {
+        loop {
+            let summary = ingester.pass()?;
+            if summary.recorded + summary.set_aside == 0 {
+                break;
+            }
+        }
+        store.enforce_quota(now_ms())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let socket = control::socket_path(&context.data_dir);
+    let data_dir = context.data_dir.clone();
+    let proc_file_bytes_max = context.config.capture.proc_file_bytes_max.0;
+    let system = actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+    });
+    let result: Result<()> = system.block_on(async move {
+        let _ = std::fs::remove_file(&socket);
+        let listener = tokio::net::UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+        restrict_to_owner(&socket);
+        tokio::spawn(control::serve(listener, store.clone()));
+        let python_socket = crate::pyhook::socket_path(&data_dir);
+        let _ = std::fs::remove_file(&python_socket);
+        let python_listener = tokio::net::UnixListener::bind(&python_socket)
+            .with_context(|| format!("binding {}", python_socket.display()))?;
+        // Any user's Python reports here; what it sends is size-capped and parsed strictly.
+        allow_everyone(&python_socket);
+        tokio::spawn(serve_python(python_listener, data_dir.clone(), proc_file_bytes_max));
+        IngestActor { ingester, busy: false }.start();
+        QuotaActor { store: store.clone(), busy: false }.start();
+        tracing::info!(socket = %socket.display(), "crashmesh node running");
+        wait_for_shutdown().await;
+        tracing::info!("shutting down");
+        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(crate::pyhook::socket_path(&data_dir));
+        Ok(())
+    });
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restrict_to_owner(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+fn allow_everyone(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666));
+}
+
+/// Take reports from the Python hook: each connection is handled on the blocking pool
+/// (a /proc snapshot and an fsynced spool entry), then answered.
+async fn serve_python(listener: tokio::net::UnixListener, data_dir: std::path::PathBuf, proc_file_bytes_max: u64) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "python socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let data_dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(error) => return tracing::warn!(%error, "python socket"),
+            };
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            match crate::pyhook::handle_connection(&mut stream, &data_dir, proc_file_bytes_max) {
+                Ok(entry) => tracing::info!(%entry, "python exception spooled"),
+                Err(error) => tracing::warn!(%error, "python report refused"),
+            }
+        });
+    }
+}
+
+async fn wait_for_shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = terminate.recv() => {},
+        _ = interrupt.recv() => {},
+    }
+}
+
+/// Indexes spool entries: one pass at a time, on the blocking pool.
+pub struct IngestActor {
+    ingester: Arc<Ingester>,
+    busy: bool,
+}
+
+impl Actor for IngestActor {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, context: &mut Self::Context) {
+        context.run_interval(Duration::from_millis(SPOOL_POLL_INTERVAL_MS), |actor, context| actor.tick(context));
+    }
+}
+
+impl IngestActor {
+    fn tick(&mut self, context: &mut actix::Context<Self>) {
+        if self.busy {
+            return;
+        }
+        self.busy = true;
+        let ingester = self.ingester.clone();
+        let pass = tokio::task::spawn_blocking(move || ingester.pass());
+        context.spawn(actix::fut::wrap_future(pass).map(|result, actor: &mut IngestActor, _| {
+            actor.busy = false;
+            match result {
+                Ok(Ok(summary)) if summary.recorded + summary.set_aside > 0 => {
+                    tracing::debug!(?summary, "ingest pass");
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::error!(%error, "ingest pass failed; will retry"),
+                Err(error) => tracing::error!(%error, "ingest pass panicked; will retry"),
+            }
+        }));
+    }
+}
+
+/// Keeps the store inside its quota between writes (the disk may fill from elsewhere).
+pub struct QuotaActor {
+    store: Arc<Store>,
+    busy: bool,
+}
+
+impl Actor for QuotaActor {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, context: &mut Self::Context) {
+        context.run_interval(Duration::from_secs(QUOTA_INTERVAL_SECS), |actor, context| {
+            if actor.busy {
+                return;
+            }
+            actor.busy = true;
+            let store = actor.store.clone();
+            let pass = tokio::task::spawn_blocking(move || store.enforce_quota(now_ms()));
+            context.spawn(actix::fut::wrap_future(pass).map(|result, actor: &mut QuotaActor, _| {
+                actor.busy = false;
+                match result {
+                    Ok(Ok(report)) if report.freed_bytes > 0 => {
+                        tracing::info!(freed_bytes = report.freed_bytes, over = report.still_over_quota, "quota enforced")
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::error!(%error, "quota pass failed"),
+                    Err(error) => tracing::error!(%error, "quota pass panicked"),
+                }
+            }));
+        });
+    }
+}

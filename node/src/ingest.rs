@@ -1,0 +1,234 @@
+//! The detector's work on one spool entry: analyse it, store its evidence as blobs,
+//! record the incident in the index, and only then delete the entry.
+//!
+//! Invariant: an entry leaves the spool only after the index commit that records it
+//! (report ids make recording idempotent, so a crash in between re-records nothing). An
+//! entry that cannot be read is moved to `spool/bad/` with the reason beside it, so it is
+//! kept for a person and never retried forever.
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use crashmesh_protocol::{Problem, ProblemKind};
+use crashmesh_store::{NewIncident, Recorded, Store};
+
+use crate::analyze::{self, CoreContext};
+use crate::config::Config;
+use crate::spool::{Entry, EntryMeta, Spool};
+
+/// Entries handled per pass, so that a flood cannot starve the quota pass.
+pub const ENTRIES_PER_PASS_MAX: usize = 64;
+
+/// Everything the ingest needs, shared by the daemon's actors.
+pub struct Ingester {
+    pub store: std::sync::Arc<Store>,
+    pub config: Config,
+    pub config_file: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    /// The `crashmesh` binary that runs isolated analyses.
+    pub binary: PathBuf,
+    pub node_name: String,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PassSummary {
+    pub recorded: usize,
+    pub new_problems: usize,
+    pub set_aside: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Store(#[from] crashmesh_store::StoreError),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl Ingester {
+    /// Index up to [`ENTRIES_PER_PASS_MAX`] complete spool entries.
+    pub fn pass(&self) -> Result<PassSummary, IngestError> {
+        let spool = Spool::new(&self.data_dir);
+        let mut summary = PassSummary::default();
+        for listed in spool.list()?.into_iter().take(ENTRIES_PER_PASS_MAX) {
+            match listed {
+                Ok(entry) => {
+                    let recorded = self.ingest(&entry)?;
+                    summary.recorded += 1;
+                    summary.new_problems += usize::from(recorded.new_problem);
+                    tracing::info!(
+                        entry = %entry.meta.id,
+                        problem = %recorded.problem_id,
+                        new = recorded.new_problem,
+                        count = recorded.count,
+                        core_kept = recorded.core_kept,
+                        "recorded incident"
+                    );
+                    std::fs::remove_dir_all(&entry.dir).map_err(|source| IngestError::Io { path: entry.dir.clone(), source })?;
+                }
+                Err((dir, error)) => {
+                    tracing::warn!(entry = %dir.display(), %error, "unreadable spool entry set aside in spool/bad");
+                    set_aside(&spool, &dir, &error.to_string())?;
+                    summary.set_aside += 1;
+                }
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Index one entry; idempotent by its report id.
+    pub fn ingest(&self, entry: &Entry) -> Result<Recorded, IngestError> {
+        let meta = &entry.meta;
+        let problem = self.problem_of(entry)?;
+        let mut attachments = Vec::new();
+        let meta_path = entry.dir.join("meta.json");
+        attachments.push(("meta.json".to_string(), self.put_file(&meta_path)?));
+        for relative in &meta.proc_files {
+            let path = entry.dir.join(relative);
+            if path.is_file() {
+                attachments.push((relative.clone(), self.put_file(&path)?));
+            }
+        }
+        let core = match &meta.core {
+            Some(core) if self.wants_core(&problem.signature)? => {
+                let path = entry.dir.join(&core.file);
+                let file = std::fs::File::open(&path).map_err(|source| IngestError::Io { path: path.clone(), source })?;
+                let mut decoder = zstd::stream::read::Decoder::new(BufReader::new(file))
+                    .map_err(|source| IngestError::Io { path: path.clone(), source })?;
+                Some(self.store.put_blob(&mut decoder)?)
+            }
+            _ => None,
+        };
+        let incident = NewIncident {
+            report_id: format!("{}:{}", self.node_name, meta.id),
+            time_ms: meta.time_ms,
+            node: self.node_name.clone(),
+            executable: meta.executable.clone().or_else(|| problem.executable.clone()),
+            pid: meta.pid,
+            uid: meta.uid,
+            signal: meta.signal,
+            core,
+            core_truncated: meta.core.as_ref().is_some_and(|core| core.truncated.is_some()),
+            attachments,
+            labels: self.config.node.labels.clone(),
+            problem,
+        };
+        let recorded = self.store.record_incident(incident)?;
+        self.store.enforce_quota(crate::commands::now_ms())?;
+        Ok(recorded)
+    }
+
+    /// Is a core of this signature still wanted (fewer than max_cores_per_signature kept)?
+    fn wants_core(&self, signature: &str) -> Result<bool, IngestError> {
+        let kept = self.store.problems()?.into_iter().find(|summary| summary.signature == signature).map(|s| s.cores_kept);
+        Ok(kept.is_none_or(|kept| kept < self.config.store.max_cores_per_signature))
+    }
+
+    fn put_file(&self, path: &Path) -> Result<crashmesh_store::BlobId, IngestError> {
+        let file = std::fs::File::open(path).map_err(|source| IngestError::Io { path: path.to_path_buf(), source })?;
+        Ok(self.store.put_blob(&mut BufReader::new(file))?)
+    }
+
+    /// The entry's problem: analysed by its writer, analysed now from the core, or, for a
+    /// crash without a core, the problem its executable last had (a crash loop).
+    fn problem_of(&self, entry: &Entry) -> Result<Problem, IngestError> {
+        let meta = &entry.meta;
+        if let Some(problem) = &meta.problem {
+            return Ok(problem.clone());
+        }
+        if meta.source == "python" {
+            return Ok(crate::pyhook::problem_of_entry(&entry.dir, meta).unwrap_or_else(|| {
+                analyze::failed_problem(ProblemKind::Python, "no traceback could be parsed", meta.executable.as_deref())
+            }));
+        }
+        if let Some(core) = &meta.core {
+            let context = CoreContext { root: meta.root.as_ref().map(PathBuf::from).filter(|root| root.exists()) };
+            let core_path = entry.dir.join(&core.file);
+            let mut problem = analyze::analyze_core_isolated(
+                &self.binary,
+                &core_path,
+                &context,
+                self.config_file.as_deref(),
+                &self.config.analysis,
+            )
+            .unwrap_or_else(|error| {
+                tracing::warn!(entry = %meta.id, %error, "core analysis failed; recording the incident without frames");
+                analyze::failed_core_problem(&error.to_string(), meta.executable.as_deref(), meta.signal)
+            });
+            if let Some(truncated) = &core.truncated {
+                problem.analysis_error.get_or_insert_with(|| format!("core truncated: {truncated}"));
+            }
+            if problem.executable.is_none() {
+                problem.executable = meta.executable.clone();
+            }
+            return Ok(problem);
+        }
+        if meta.repeat {
+            if let Some(previous) = self.latest_problem_of(meta)? {
+                return Ok(previous);
+            }
+        }
+        Ok(coreless_problem(meta))
+    }
+
+    fn latest_problem_of(&self, meta: &EntryMeta) -> Result<Option<Problem>, IngestError> {
+        let Some(executable) = meta.executable.as_deref() else { return Ok(None) };
+        let latest = self
+            .store
+            .problems()?
+            .into_iter()
+            .filter(|summary| summary.kind == ProblemKind::Core && summary.executable.as_deref() == Some(executable))
+            .max_by_key(|summary| summary.last_seen);
+        let Some(latest) = latest else { return Ok(None) };
+        Ok(self.store.problem(&latest.id)?.map(|detail| detail.problem))
+    }
+}
+
+/// The problem of a crash whose core was dropped (low disk, RLIMIT_CORE 0, …): grouped by
+/// executable and signal, the only facts there are.
+fn coreless_problem(meta: &EntryMeta) -> Problem {
+    let reason = meta.core_dropped.as_deref().unwrap_or("no core");
+    let mut problem = analyze::failed_core_problem(&format!("no core: {reason}"), meta.executable.as_deref(), meta.signal);
+    problem.reason = format!(
+        "{} in {} (no core: {reason})",
+        signal_name(meta.signal.unwrap_or(0)),
+        meta.executable.as_deref().or(meta.comm.as_deref()).unwrap_or("?")
+    );
+    problem
+}
+
+/// `11` → `SIGSEGV`.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        31 => "SIGSYS",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_string()
+}
+
+fn set_aside(spool: &Spool, dir: &Path, reason: &str) -> Result<(), IngestError> {
+    let bad = spool.root.join("bad");
+    std::fs::create_dir_all(&bad).map_err(|source| IngestError::Io { path: bad.clone(), source })?;
+    let name = dir.file_name().map(|name| name.to_owned()).unwrap_or_default();
+    let target = bad.join(&name);
+    std::fs::rename(dir, &target).map_err(|source| IngestError::Io { path: target.clone(), source })?;
+    let _ = std::fs::write(target.with_extension("reason"), reason);
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! The spool: where the core_pattern hook (and later other detectors) leave complete
+//! problem entries for the daemon, which works even when the daemon is down.
+//!
+//! Layout under the data dir:
+//! - `spool/tmp/<id>/` — an entry being written; never read; removed at daemon start.
+//! - `spool/new/<id>/` — complete entries, waiting to be indexed.
+//! - `spool/repeat/<exe hash>` — last full capture time per executable (crash loops).
+//!
+//! Invariant: an entry appears in `new/` only complete and durable. The writer fills a
+//! directory in `tmp/`, fsyncs every file and the directory, renames it into `new/` and
+//! fsyncs `new/`. A reader that sees `new/<id>/meta.json` sees every file of the entry.
+//! The daemon deletes an entry only after the index commit that records it.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The spool format's version, written into every `meta.json`.
+pub const SPOOL_FORMAT_VERSION: u32 = 1;
+/// The largest `meta.json` a reader accepts.
+pub const META_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Paths of the spool inside a data dir.
+#[derive(Clone, Debug)]
+pub struct Spool {
+    pub root: PathBuf,
+}
+
+/// What the hook knew about a crash, written as `meta.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EntryMeta {
+    pub format_version: u32,
+    pub id: String,
+    /// What produced the entry: `core`, `python`, `kmsg`, …
+    pub source: String,
+    /// The time of the crash, unix milliseconds.
+    pub time_ms: u64,
+    /// The crashed process's pid in the initial pid namespace (`%P`).
+    pub pid: Option<u32>,
+    /// The crashing thread (`%I`).
+    pub tid: Option<u32>,
+    pub signal: Option<i32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// `%e`: the process's command name.
+    pub comm: Option<String>,
+    /// The executable's path from `/proc/<pid>/exe`.
+    pub executable: Option<String>,
+    /// The host name as the crashing process saw it (`%h`, its UTS namespace).
+    pub hostname: Option<String>,
+    /// The container id from the process's cgroup, when it ran in one.
+    pub container_id: Option<String>,
+    /// The process's root directory (`/proc/<pid>/root`) when it was not `/`.
+    pub root: Option<String>,
+    /// The core as stored in the entry, when there is one.
+    pub core: Option<CoreFile>,
+    /// Why there is no core, when there is none (repeat, low disk, ignored…).
+    pub core_dropped: Option<String>,
+    /// True when this crash fell inside the crash-loop window of its executable.
+    pub repeat: bool,
+    /// Files of the /proc snapshot, relative to the entry.
+    pub proc_files: Vec<String>,
+    /// Notes the capture made on the way (what failed, what was cut).
+    pub notes: Vec<String>,
+    /// How long the capture took, milliseconds.
+    pub capture_ms: u64,
+    /// A problem already analysed by the writer (Python hook, kernel log).
+    pub problem: Option<crashmesh_protocol::Problem>,
+}
+
+/// A core inside a spool entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoreFile {
+    /// The file name inside the entry (`core.zst`).
+    pub file: String,
+    /// Bytes of core read from the kernel.
+    pub bytes_raw: u64,
+    /// Bytes written (compressed).
+    pub bytes_stored: u64,
+    /// Why the core is incomplete, when it is.
+    pub truncated: Option<String>,
+}
+
+/// One complete entry found in `spool/new/`.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub dir: PathBuf,
+    pub meta: EntryMeta,
+}
+
+/// Why an entry could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: invalid meta.json: {message}")]
+    Meta { path: PathBuf, message: String },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io { path: path.to_path_buf(), source }
+}
+
+impl Spool {
+    /// The spool of a data dir (nothing is created yet).
+    pub fn new(data_dir: &Path) -> Spool {
+        Spool { root: data_dir.join("spool") }
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn new_dir(&self) -> PathBuf {
+        self.root.join("new")
+    }
+
+    pub fn repeat_dir(&self) -> PathBuf {
+        self.root.join("repeat")
+    }
+
+    /// Create the spool's directories.
+    pub fn create_dirs(&self) -> Result<(), SpoolError> {
+        for dir in [self.tmp_dir(), self.new_dir(), self.repeat_dir()] {
+            fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        }
+        Ok(())
+    }
+
+    /// Start a new entry in `tmp/`.
+    pub fn begin(&self, id: &str) -> Result<EntryWriter, SpoolError> {
+        self.create_dirs()?;
+        let dir = self.tmp_dir().join(id);
+        fs::create_dir(&dir).map_err(io_error(&dir))?;
+        Ok(EntryWriter { dir, final_dir: self.new_dir().join(id), new_dir: self.new_dir() })
+    }
+
+    /// Complete entries, oldest id first. Entries whose meta cannot be read are returned
+    /// as errors so the caller can set them aside rather than loop on them.
+    pub fn list(&self) -> Result<Vec<Result<Entry, (PathBuf, SpoolError)>>, SpoolError> {
+        let new_dir = self.new_dir();
+        let mut names: Vec<_> = match fs::read_dir(&new_dir) {
+            Ok(entries) => entries.filter_map(|entry| entry.ok()).map(|entry| entry.path()).collect(),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(SpoolError::Io { path: new_dir, source }),
+        };
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|dir| match read_meta(&dir) {
+                Ok(meta) => Ok(Entry { dir, meta }),
+                Err(error) => Err((dir, error)),
+            })
+            .collect())
+    }
+
+    /// Remove what a writer that died left in `tmp/` (never visible, never acknowledged).
+    pub fn clean_tmp(&self) -> Result<usize, SpoolError> {
+        let tmp = self.tmp_dir();
+        let Ok(entries) = fs::read_dir(&tmp) else { return Ok(0) };
+        let mut removed = 0;
+        for entry in entries.filter_map(|entry| entry.ok()) {
+            let path = entry.path();
+            fs::remove_dir_all(&path).map_err(io_error(&path))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+/// Read and check an entry's `meta.json`.
+pub fn read_meta(dir: &Path) -> Result<EntryMeta, SpoolError> {
+    let path = dir.join("meta.json");
+    let file = File::open(&path).map_err(io_error(&path))?;
+    let length = file.metadata().map_err(io_error(&path))?.len();
+    if length > META_BYTES_MAX {
+        return Err(SpoolError::Meta { path, message: format!("{length} bytes, more than {META_BYTES_MAX}") });
+    }
+    let meta: EntryMeta = serde_json::from_reader(io::BufReader::new(file))
+        .map_err(|error| SpoolError::Meta { path: path.clone(), message: error.to_string() })?;
+    if meta.format_version != SPOOL_FORMAT_VERSION {
+        return Err(SpoolError::Meta { path, message: format!("unknown format version {}", meta.format_version) });
+    }
+    Ok(meta)
+}
+
+/// An entry being written in `tmp/`. Dropped without `commit`, it stays in `tmp/` and
+/// is removed at the next daemon start.
+pub struct EntryWriter {
+    dir: PathBuf,
+    final_dir: PathBuf,
+    new_dir: PathBuf,
+}
+
+impl EntryWriter {
+    /// The entry's directory while it is being written.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Create a file in the entry (parent directories included).
+    pub fn create(&self, relative: &str) -> Result<File, SpoolError> {
+        let path = self.dir.join(relative);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io_error(parent))?;
+        }
+        File::create(&path).map_err(io_error(&path))
+    }
+
+    /// Write a whole small file into the entry.
+    pub fn write_file(&self, relative: &str, bytes: &[u8]) -> Result<(), SpoolError> {
+        let path = self.dir.join(relative);
+        let mut file = self.create(relative)?;
+        file.write_all(bytes).map_err(io_error(&path))
+    }
+
+    /// Write `meta.json`, make everything durable and move the entry into `new/`.
+    pub fn commit(self, meta: &EntryMeta) -> Result<PathBuf, SpoolError> {
+        let bytes = serde_json::to_vec_pretty(meta).expect("meta serializes");
+        self.write_file("meta.json", &bytes)?;
+        sync_tree(&self.dir)?;
+        fs::rename(&self.dir, &self.final_dir).map_err(io_error(&self.final_dir))?;
+        sync_dir(&self.new_dir)?;
+        Ok(self.final_dir)
+    }
+}
+
+/// fsync every file and directory below `dir`, then `dir` itself.
+fn sync_tree(dir: &Path) -> Result<(), SpoolError> {
+    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        let path = entry.path();
+        let file_type = entry.file_type().map_err(io_error(&path))?;
+        if file_type.is_dir() {
+            sync_tree(&path)?;
+        } else if file_type.is_file() {
+            File::open(&path).and_then(|file| file.sync_all()).map_err(io_error(&path))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// fsync a directory so that renames and creations in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir).and_then(|file| file.sync_all()).map_err(io_error(dir))
+}
+
+/// A new entry id: sortable by time, unique across processes.
+pub fn new_entry_id(time_ms: u64, pid: u32) -> String {
+    let mut random = [0u8; 6];
+    if File::open("/dev/urandom").and_then(|mut file| io::Read::read_exact(&mut file, &mut random)).is_err() {
+        random = (std::process::id() as u64 ^ time_ms).to_le_bytes()[..6].try_into().expect("6 bytes");
+    }
+    let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{time_ms:013}-{pid}-{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_visible_only_after_commit() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::new(data.path());
+        let writer = spool.begin("0001-1-aa").unwrap();
+        writer.write_file("proc/status", b"Name: x\n").unwrap();
+        assert!(spool.list().unwrap().is_empty());
+        let meta = EntryMeta { format_version: SPOOL_FORMAT_VERSION, id: "0001-1-aa".into(), ..EntryMeta::default() };
+        writer.commit(&meta).unwrap();
+        let entries = spool.list().unwrap();
+        assert_eq!(entries.len(), 1);
+        let entry = entries.into_iter().next().unwrap().unwrap();
+        assert_eq!(entry.meta, meta);
+        assert!(entry.dir.join("proc/status").exists());
+    }
+
+    #[test]
+    fn abandoned_entries_are_cleaned_and_bad_meta_is_reported() {
+        let data = tempfile::tempdir().unwrap();
+        let spool = Spool::new(data.path());
+        drop(spool.begin("0002-1-bb").unwrap());
+        assert_eq!(spool.clean_tmp().unwrap(), 1);
+        fs::create_dir_all(spool.new_dir().join("bad")).unwrap();
+        fs::write(spool.new_dir().join("bad/meta.json"), b"{not json").unwrap();
+        let entries = spool.list().unwrap();
+        assert!(matches!(&entries[0], Err((_, SpoolError::Meta { .. }))));
+    }
+}
