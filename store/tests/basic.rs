@@ -1,0 +1,251 @@
+//! Plain unit tests of the store's API on the real file system.
+
+use std::collections::BTreeMap;
+
+use crashmesh_protocol::{Problem, ProblemKind};
+use crashmesh_store::*;
+
+/// Deterministic bytes that neither compress to nothing nor repeat.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn problem(signature: &str) -> Problem {
+    let mut problem = Problem::new(ProblemKind::Core, format!("SIGSEGV in {signature}"));
+    problem.signature = signature.to_string();
+    problem.signal = Some(11);
+    problem
+}
+
+fn incident(report_id: &str, signature: &str, time_ms: u64, core: Option<BlobId>) -> NewIncident {
+    NewIncident {
+        report_id: report_id.to_string(),
+        time_ms,
+        node: "node-1".to_string(),
+        problem: problem(signature),
+        executable: Some("/usr/bin/storaged".to_string()),
+        pid: Some(42),
+        uid: Some(0),
+        signal: Some(11),
+        core,
+        core_truncated: false,
+        attachments: Vec::new(),
+        labels: BTreeMap::new(),
+    }
+}
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(dir, StoreConfig::default()).unwrap()
+}
+
+#[test]
+fn blob_round_trips_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for len in [0usize, 1, 4095, 300_000, 3_000_000] {
+        let data = noise(len as u64, len);
+        let id = store.put_blob_bytes(&data).unwrap();
+        assert_eq!(id, BlobId::of(&data));
+        assert_eq!(store.blob_len(&id).unwrap(), Some(len as u64));
+        assert_eq!(store.read_blob_bytes(&id).unwrap(), data);
+    }
+}
+
+#[test]
+fn streaming_put_matches_bytes_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let data = noise(7, 10_000_000);
+    // A reader that hands out odd-sized pieces.
+    struct Trickle<'a>(&'a [u8]);
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.0.len()).min(7777);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+    let streamed = store.put_blob(&mut Trickle(&data)).unwrap();
+    let manifest_streamed = store.manifest(&streamed).unwrap().unwrap();
+    let whole = store.put_blob_bytes(&data).unwrap();
+    assert_eq!(streamed, whole);
+    assert_eq!(store.manifest(&whole).unwrap().unwrap(), manifest_streamed);
+    assert!(manifest_streamed.chunks.len() > 20);
+}
+
+#[test]
+fn equal_chunks_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let shared = noise(1, 2_000_000);
+    let mut first = shared.clone();
+    first.extend_from_slice(&noise(2, 500_000));
+    let mut second = noise(3, 500_000);
+    second.extend_from_slice(&shared);
+    let a = store.put_blob_bytes(&first).unwrap();
+    let chunks_after_first = store.status().unwrap().chunks;
+    let b = store.put_blob_bytes(&second).unwrap();
+    let chunks_after_second = store.status().unwrap().chunks;
+    let manifest_a = store.manifest(&a).unwrap().unwrap();
+    let manifest_b = store.manifest(&b).unwrap().unwrap();
+    let ids_a: std::collections::HashSet<_> = manifest_a.chunks.iter().map(|c| c.0).collect();
+    let common = manifest_b
+        .chunks
+        .iter()
+        .filter(|c| ids_a.contains(&c.0))
+        .count();
+    assert!(
+        common >= 8,
+        "CDC should find the shared region: {common} common chunks"
+    );
+    assert_eq!(
+        chunks_after_second - chunks_after_first,
+        (manifest_b.chunks.len() - common) as u64
+    );
+    assert_eq!(
+        store.missing_chunks(&[manifest_a.chunks[0].0]).unwrap(),
+        vec![]
+    );
+    assert_eq!(store.read_blob_bytes(&b).unwrap(), second);
+}
+
+#[test]
+fn chunks_move_between_stores() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let a = open(dir_a.path());
+    let b = open(dir_b.path());
+    let data = noise(9, 1_500_000);
+    let id = a.put_blob_bytes(&data).unwrap();
+    let manifest = a.manifest(&id).unwrap().unwrap();
+    let ids: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.0).collect();
+    let wanted = b.missing_chunks(&ids).unwrap();
+    assert_eq!(wanted.len(), ids.len());
+    // Bytes under the wrong id are refused.
+    let first_bytes = a.chunk_bytes(&wanted[0]).unwrap();
+    let wrong = ChunkId::of(b"not this chunk");
+    assert!(matches!(
+        b.put_chunk_compressed(&wrong, &first_bytes),
+        Err(StoreError::CorruptChunk { .. })
+    ));
+    for chunk in &wanted {
+        b.put_chunk_compressed(chunk, &a.chunk_bytes(chunk).unwrap())
+            .unwrap();
+    }
+    assert!(b.missing_chunks(&ids).unwrap().is_empty());
+    assert_eq!(b.put_manifest(&manifest).unwrap(), id);
+    assert_eq!(b.read_blob_bytes(&id).unwrap(), data);
+}
+
+#[test]
+fn incidents_group_into_problems_and_repeat_report_ids_are_no_ops() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let first = store
+        .record_incident(incident("r1", "v1:aaaa", 1000, None))
+        .unwrap();
+    assert!(first.new_problem);
+    assert_eq!(first.count, 1);
+    let again = store
+        .record_incident(incident("r1", "v1:aaaa", 5000, None))
+        .unwrap();
+    assert_eq!(again, first);
+    let second = store
+        .record_incident(incident("r2", "v1:aaaa", 2000, None))
+        .unwrap();
+    assert!(!second.new_problem);
+    assert_eq!(second.count, 2);
+    assert_eq!(second.problem_id, first.problem_id);
+    let other = store
+        .record_incident(incident("r3", "v1:bbbb", 3000, None))
+        .unwrap();
+    assert_ne!(other.problem_id, first.problem_id);
+
+    assert_eq!(store.add_repeat_count("v1:aaaa", 5, 9000).unwrap(), 7);
+    let problems = store.problems().unwrap();
+    assert_eq!(problems.len(), 2);
+    let detail = store.problem(&first.problem_id[..6]).unwrap().unwrap();
+    assert_eq!(detail.summary.count, 7);
+    assert_eq!(detail.summary.first_seen, 1000);
+    assert_eq!(detail.summary.last_seen, 9000);
+    assert_eq!(detail.incidents.len(), 2);
+    assert_eq!(detail.incidents[0].report_id, "r1");
+    assert_eq!(store.status().unwrap().incidents, 3);
+}
+
+#[test]
+fn cores_beyond_the_per_signature_limit_are_freed_but_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut kept = Vec::new();
+    for n in 0..5u64 {
+        let core = store.put_blob_bytes(&noise(100 + n, 200_000)).unwrap();
+        let recorded = store
+            .record_incident(incident(&format!("r{n}"), "v1:cccc", n, Some(core)))
+            .unwrap();
+        assert_eq!(recorded.core_kept, n < 3);
+        assert_eq!(recorded.count, n + 1);
+        kept.push(core);
+    }
+    let status = store.status().unwrap();
+    assert_eq!(status.blobs, 3);
+    assert!(store.read_blob_bytes(&kept[2]).is_ok());
+    assert!(matches!(
+        store.read_blob_bytes(&kept[3]),
+        Err(StoreError::UnknownBlob(_))
+    ));
+    let detail = store.problem("v1:cccc").unwrap().unwrap();
+    assert_eq!(detail.summary.cores_kept, 3);
+    assert_eq!(
+        detail.incidents[4].core.as_ref().unwrap().state,
+        EvidenceState::DroppedDuplicate
+    );
+}
+
+#[test]
+fn reopen_keeps_everything_recorded_and_drops_unrecorded_pins() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kept, pinned) = {
+        let store = open(dir.path());
+        let kept = store.put_blob_bytes(&noise(1, 100_000)).unwrap();
+        store
+            .record_incident(incident("r1", "v1:dddd", 1, Some(kept)))
+            .unwrap();
+        let pinned = store.put_blob_bytes(&noise(2, 100_000)).unwrap();
+        (kept, pinned)
+    };
+    let store = open(dir.path());
+    assert!(store.read_blob_bytes(&kept).is_ok());
+    assert_eq!(store.blob_len(&pinned).unwrap(), None);
+    assert!(store.check(false).unwrap().is_clean());
+}
+
+#[test]
+fn unknown_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    {
+        let db = redb::Database::create(dir.path().join("index.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn
+                .open_table(redb::TableDefinition::<&str, u64>::new("meta_v1"))
+                .unwrap();
+            meta.insert("format_version", 99).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    assert!(matches!(
+        Store::open(dir.path(), StoreConfig::default()),
+        Err(StoreError::UnsupportedFormat { found: 99, .. })
+    ));
+}
