@@ -161,6 +161,8 @@ pub struct Problem {
     pub signal: Option<i32>,
     /// The executable's path.
     pub executable: Option<String>,
+    /// The package that owns the executable (`name version`), when known.
+    pub package: Option<String>,
     /// Every thread, the crashing one marked.
     pub threads: Option<Vec<ThreadTrace>>,
 
@@ -198,6 +200,7 @@ impl Problem {
             frames: Vec::new(),
             signal: None,
             executable: None,
+            package: None,
             threads: None,
             modules: None,
             taint_flags: None,
