@@ -1,0 +1,345 @@
+//! The ELF objects mapped into the crashed process: which they are (from `NT_FILE` and the
+//! vdso's `AT_SYSINFO_EHDR`), where they were loaded, their build-ids as the core
+//! remembers them, and the files on disk that should be those objects.
+//!
+//! Invariants:
+//! - A module's on-disk file is used (for unwind tables, text and symbols) only when it is
+//!   the same build as the one that ran: when the core's build-id and the file's differ,
+//!   or the core has one and the file has none, the file is not used
+//!   ([`ModuleFile::usable`] is false).
+//! - Only regular files are opened (a hostile core could name a FIFO or a device), each
+//!   at most `module_file_bytes_max` bytes, and at most [`MODULES_MAX`] modules are kept.
+//! - Files are mapped, never read whole; sections are parsed only for the modules a
+//!   trace touches (see [`ModuleFile::elf`]).
+
+use std::path::{Path, PathBuf};
+
+use object::read::elf::ElfFile64;
+
+use crate::elf_header::{self, PT_NOTE};
+use crate::memory::CoreImage;
+use crate::notes::{CoreNotes, auxv};
+
+/// At most this many modules are described and opened.
+pub const MODULES_MAX: usize = 8192;
+/// Bytes of a module's header page read from the core.
+const HEADER_BYTES_MAX: usize = 64 * 1024;
+
+/// Where a module came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleKind {
+    /// A file named by `NT_FILE`.
+    File,
+    /// The kernel's vdso, whose whole image is in the core.
+    Vdso,
+}
+
+/// One mapped ELF object as the core describes it.
+#[derive(Clone, Debug)]
+pub struct ModuleDescriptor {
+    /// The path the kernel recorded (`[vdso]` for the vdso).
+    pub path: String,
+    /// Lowest mapped address.
+    pub start: u64,
+    /// One past the highest mapped address.
+    pub end: u64,
+    /// Where the first mapping (file offset 0) starts.
+    pub base: u64,
+    /// Actual minus stated addresses; known from the header page in the core or, failing
+    /// that, from the file.
+    pub load_bias: Option<u64>,
+    /// The build-id from the core's own memory.
+    pub build_id_in_core: Option<Vec<u8>>,
+    /// File or vdso.
+    pub kind: ModuleKind,
+    /// True when the core holds the object's ELF header (so it is surely ELF).
+    pub header_in_core: bool,
+}
+
+/// The page size the process ran with.
+pub fn page_bytes(notes: &CoreNotes) -> u64 {
+    notes
+        .auxv_value(auxv::AT_PAGESZ)
+        .or(notes.file_page_size_bytes)
+        .filter(|size| size.is_power_of_two() && *size >= 4096 && *size <= 1 << 21)
+        .unwrap_or(4096)
+}
+
+/// What the core's memory says about an ELF object whose header is at `base`.
+struct HeaderFacts {
+    load_bias: Option<u64>,
+    build_id: Option<Vec<u8>>,
+    is_elf: bool,
+}
+
+fn header_facts(image: &CoreImage<'_>, base: u64, page_bytes: u64) -> Option<HeaderFacts> {
+    let header_bytes = image.read(base, HEADER_BYTES_MAX)?;
+    if header_bytes.len() < 64 {
+        return None;
+    }
+    if !elf_header::is_elf64_le(header_bytes) {
+        return Some(HeaderFacts {
+            load_bias: None,
+            build_id: None,
+            is_elf: false,
+        });
+    }
+    let headers = elf_header::program_headers(header_bytes).unwrap_or_default();
+    let load_bias =
+        elf_header::first_load_address(&headers, page_bytes).map(|first| base.wrapping_sub(first));
+    let build_id = load_bias.and_then(|bias| {
+        headers
+            .iter()
+            .filter(|header| header.segment_type == PT_NOTE && header.file_bytes <= 1 << 16)
+            .find_map(|header| {
+                let notes = image.read_exact(
+                    bias.wrapping_add(header.address),
+                    header.file_bytes as usize,
+                )?;
+                elf_header::build_id_in_notes(notes, header.alignment)
+            })
+    });
+    Some(HeaderFacts {
+        load_bias,
+        build_id,
+        is_elf: true,
+    })
+}
+
+/// The modules of a core, sorted by start address.
+pub fn discover_modules(image: &CoreImage<'_>, notes: &CoreNotes) -> Vec<ModuleDescriptor> {
+    let page_bytes = page_bytes(notes);
+    let mut modules: Vec<ModuleDescriptor> = Vec::new();
+    let mut index_by_path: std::collections::HashMap<&str, usize> = Default::default();
+    for mapping in &notes.file_mappings {
+        match index_by_path.get(mapping.path.as_str()) {
+            Some(&index) => {
+                let module = &mut modules[index];
+                module.start = module.start.min(mapping.start);
+                module.end = module.end.max(mapping.end);
+                if mapping.file_offset == 0 && mapping.start < module.base {
+                    module.base = mapping.start;
+                }
+            }
+            None => {
+                if modules.len() >= MODULES_MAX {
+                    continue;
+                }
+                index_by_path.insert(&mapping.path, modules.len());
+                modules.push(ModuleDescriptor {
+                    path: mapping.path.clone(),
+                    start: mapping.start,
+                    end: mapping.end,
+                    // A module without an offset-0 mapping has no header to read.
+                    base: if mapping.file_offset == 0 {
+                        mapping.start
+                    } else {
+                        u64::MAX
+                    },
+                    load_bias: None,
+                    build_id_in_core: None,
+                    kind: ModuleKind::File,
+                    header_in_core: false,
+                });
+            }
+        }
+    }
+    modules.retain_mut(|module| {
+        if module.base == u64::MAX {
+            return false;
+        }
+        match header_facts(image, module.base, page_bytes) {
+            Some(facts) if !facts.is_elf => false,
+            Some(facts) => {
+                module.load_bias = facts.load_bias;
+                module.build_id_in_core = facts.build_id;
+                module.header_in_core = true;
+                true
+            }
+            // Not dumped: the file on disk will tell whether it is ELF.
+            None => true,
+        }
+    });
+    if let Some(vdso) = notes.auxv_value(auxv::AT_SYSINFO_EHDR)
+        && let Some(segment) = image.segment_at(vdso)
+        && let Some(facts) = header_facts(image, vdso, page_bytes)
+        && facts.is_elf
+    {
+        modules.push(ModuleDescriptor {
+            path: "[vdso]".to_string(),
+            start: segment.start.max(vdso),
+            end: segment.end,
+            base: vdso,
+            load_bias: facts.load_bias,
+            build_id_in_core: facts.build_id,
+            kind: ModuleKind::Vdso,
+            header_in_core: true,
+        });
+    }
+    modules.sort_by_key(|module| (module.start, module.end));
+    modules
+}
+
+/// The index of the module whose range holds `address`.
+pub fn module_at(modules: &[ModuleDescriptor], address: u64) -> Option<usize> {
+    let index = modules
+        .partition_point(|module| module.start <= address)
+        .checked_sub(1)?;
+    (address < modules[index].end).then_some(index)
+}
+
+/// The bytes of one module's object: a mapped file, or the vdso's image in the core.
+pub enum ModuleBytes<'data> {
+    /// A file on disk, mapped read-only.
+    Mapped(memmap2::Mmap),
+    /// Bytes inside the core (the vdso).
+    Core(&'data [u8]),
+}
+
+impl ModuleBytes<'_> {
+    /// The object's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            ModuleBytes::Mapped(map) => map,
+            ModuleBytes::Core(bytes) => bytes,
+        }
+    }
+}
+
+/// A module's object as found on disk (or in the core, for the vdso).
+pub struct ModuleFile<'data> {
+    /// The file that was opened, if one was.
+    pub resolved_path: Option<PathBuf>,
+    /// Its bytes.
+    pub bytes: Option<ModuleBytes<'data>>,
+    /// The build-id the file itself carries.
+    pub build_id_on_disk: Option<Vec<u8>>,
+    /// True when the file may be used for unwinding and symbols (see the module docs).
+    pub usable: bool,
+    /// Why the file is missing or unusable.
+    pub problem: Option<String>,
+}
+
+impl<'data> ModuleFile<'data> {
+    /// The object's bytes, only when the file is usable.
+    pub fn usable_bytes(&self) -> Option<&[u8]> {
+        if self.usable {
+            self.bytes.as_ref().map(ModuleBytes::bytes)
+        } else {
+            None
+        }
+    }
+
+    /// Parse the object's section headers (done lazily, only for modules that matter).
+    pub fn elf(&self) -> Option<ElfFile64<'_>> {
+        ElfFile64::parse(self.usable_bytes()?).ok()
+    }
+}
+
+/// The candidates for a path recorded in the core: under the container root first, then
+/// on the host.
+pub fn candidate_paths(root: Option<&Path>, recorded: &str) -> Vec<PathBuf> {
+    let mut recorded_paths = vec![recorded];
+    if let Some(live) = recorded.strip_suffix(" (deleted)") {
+        recorded_paths.push(live);
+    }
+    let mut candidates = Vec::new();
+    for path in recorded_paths {
+        if let Some(root) = root {
+            candidates.push(root.join(path.trim_start_matches('/')));
+        }
+        candidates.push(PathBuf::from(path));
+    }
+    candidates
+}
+
+/// Map a regular file of at most `bytes_max` bytes.
+pub fn map_regular_file(path: &Path, bytes_max: u64) -> Result<memmap2::Mmap, String> {
+    let metadata = std::fs::metadata(path).map_err(|error| error.to_string())?;
+    if !metadata.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    if metadata.len() > bytes_max {
+        return Err(format!(
+            "{} bytes, more than the limit of {bytes_max}",
+            metadata.len()
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|error| error.to_string())?;
+    // SAFETY: the map is read-only and private to this analysis. If another process
+    // truncates the file while it is mapped, reads past the new end fault; that is the
+    // accepted cost of not copying libraries (as every debugger does).
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|error| error.to_string())
+}
+
+/// Open the file behind a module and decide whether it is the build that ran.
+pub fn open_module_file<'data>(
+    image: &CoreImage<'data>,
+    module: &mut ModuleDescriptor,
+    root: Option<&Path>,
+    read_files: bool,
+    file_bytes_max: u64,
+    page_bytes: u64,
+) -> ModuleFile<'data> {
+    let mut file = ModuleFile {
+        resolved_path: None,
+        bytes: None,
+        build_id_on_disk: None,
+        usable: false,
+        problem: None,
+    };
+    match module.kind {
+        ModuleKind::Vdso => {
+            if let Some(bytes) = image.read(module.base, (module.end - module.base) as usize) {
+                file.build_id_on_disk = elf_header::build_id_of_file(bytes);
+                file.bytes = Some(ModuleBytes::Core(bytes));
+                file.usable = true;
+            }
+            return file;
+        }
+        ModuleKind::File if !read_files => {
+            file.problem = Some("reading module files is switched off".to_string());
+            return file;
+        }
+        ModuleKind::File => {}
+    }
+    let mut errors = Vec::new();
+    for candidate in candidate_paths(root, &module.path) {
+        match map_regular_file(&candidate, file_bytes_max) {
+            Ok(map) => {
+                file.resolved_path = Some(candidate);
+                file.bytes = Some(ModuleBytes::Mapped(map));
+                break;
+            }
+            Err(error) => errors.push(format!("{}: {error}", candidate.display())),
+        }
+    }
+    let Some(bytes) = file.bytes.as_ref().map(ModuleBytes::bytes) else {
+        file.problem = Some(format!("not found ({})", errors.join("; ")));
+        return file;
+    };
+    if !elf_header::is_elf64_le(bytes) {
+        file.problem = Some("not a 64-bit ELF file".to_string());
+        return file;
+    }
+    file.build_id_on_disk = elf_header::build_id_of_file(bytes);
+    if module.load_bias.is_none() {
+        let headers = elf_header::program_headers(bytes).unwrap_or_default();
+        module.load_bias = elf_header::first_load_address(&headers, page_bytes)
+            .map(|first| module.base.wrapping_sub(first));
+    }
+    match (&module.build_id_in_core, &file.build_id_on_disk) {
+        (Some(in_core), Some(on_disk)) if in_core != on_disk => {
+            file.problem = Some(format!(
+                "the file on disk is another build ({}, the process ran {})",
+                elf_header::hex(on_disk),
+                elf_header::hex(in_core)
+            ));
+        }
+        (Some(_), None) => {
+            file.problem = Some("the file on disk has no build-id; the process's had one".into());
+        }
+        _ => file.usable = true,
+    }
+    file
+}
