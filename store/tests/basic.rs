@@ -249,3 +249,174 @@ fn unknown_format_version_is_refused() {
         Err(StoreError::UnsupportedFormat { found: 99, .. })
     ));
 }
+
+fn small_store(dir: &std::path::Path, max_bytes: u64) -> (Store, FaultyFs) {
+    let fs = FaultyFs::new(FaultConfig::default());
+    let config = StoreConfig {
+        max_bytes,
+        keep_free_percent: 0,
+        max_cores_per_signature: 3,
+        max_age_days: 30,
+    };
+    let store = Store::open_with_fs(std::sync::Arc::new(fs.clone()), dir, config).unwrap();
+    (store, fs)
+}
+
+fn with_evidence(
+    store: &Store,
+    report_id: &str,
+    signature: &str,
+    time_ms: u64,
+    core_seed: u64,
+    log_seed: u64,
+) -> Recorded {
+    let core = store.put_blob_bytes(&noise(core_seed, 400_000)).unwrap();
+    let log = store.put_blob_bytes(&noise(log_seed, 400_000)).unwrap();
+    let mut new = incident(report_id, signature, time_ms, Some(core));
+    new.attachments.push(("log/journal".to_string(), log));
+    store.record_incident(new).unwrap()
+}
+
+#[test]
+fn eviction_takes_duplicate_cores_then_first_cores_then_logs_and_keeps_metadata() {
+    let dir = std::path::Path::new("/spool");
+    let (store, _fs) = small_store(dir, 64 << 20);
+    with_evidence(&store, "a1", "v1:a", 1, 1, 2);
+    with_evidence(&store, "a2", "v1:a", 2, 3, 4);
+    with_evidence(&store, "b1", "v1:b", 3, 5, 6);
+    let used = store.status().unwrap().used_bytes;
+
+    // Room for all but about one blob: the duplicate core a2 goes first.
+    let (store, fs) = {
+        drop(store);
+        let config = StoreConfig {
+            max_bytes: used - 200_000,
+            keep_free_percent: 0,
+            max_cores_per_signature: 3,
+            max_age_days: 30,
+        };
+        let fs = _fs;
+        (
+            Store::open_with_fs(std::sync::Arc::new(fs.clone()), dir, config).unwrap(),
+            fs,
+        )
+    };
+    let report = store.enforce_quota(10).unwrap();
+    assert_eq!(
+        report.evicted,
+        vec![("a2".to_string(), "core".to_string(), EvidenceState::Evicted)]
+    );
+    assert!(report.used_bytes_after <= report.allowed_bytes);
+
+    // Much less room: first cores (oldest first), then logs.
+    drop(store);
+    let config = StoreConfig {
+        max_bytes: used - 1_500_000,
+        keep_free_percent: 0,
+        max_cores_per_signature: 3,
+        max_age_days: 30,
+    };
+    let store = Store::open_with_fs(std::sync::Arc::new(fs.clone()), dir, config).unwrap();
+    let report = store.enforce_quota(10).unwrap();
+    let order: Vec<(&str, &str)> = report
+        .evicted
+        .iter()
+        .map(|(report, name, _)| (report.as_str(), name.as_str()))
+        .collect();
+    assert_eq!(
+        order[..3],
+        [("a1", "core"), ("b1", "core"), ("a1", "log/journal")]
+    );
+    assert!(report.used_bytes_after <= report.allowed_bytes);
+    // Metadata and counts are all still there.
+    assert_eq!(store.problem("v1:a").unwrap().unwrap().summary.count, 2);
+    assert_eq!(store.problem("v1:a").unwrap().unwrap().incidents.len(), 2);
+    assert_eq!(
+        store.problem("v1:b").unwrap().unwrap().summary.cores_kept,
+        0
+    );
+    assert!(store.check(false).unwrap().is_clean());
+}
+
+#[test]
+fn uploaded_problems_lose_evidence_first_and_old_evidence_expires() {
+    let dir = std::path::Path::new("/spool");
+    let (store, fs) = small_store(dir, 64 << 20);
+    let a = with_evidence(&store, "a1", "v1:a", 1, 1, 2);
+    with_evidence(&store, "b1", "v1:b", 2, 3, 4);
+    store
+        .set_upload_state(&a.problem_id, UploadState::Uploaded { at_ms: 5 })
+        .unwrap();
+    let used = store.status().unwrap().used_bytes;
+    drop(store);
+    let config = StoreConfig {
+        max_bytes: used - 200_000,
+        keep_free_percent: 0,
+        max_cores_per_signature: 3,
+        max_age_days: 1,
+    };
+    let store = Store::open_with_fs(std::sync::Arc::new(fs.clone()), dir, config).unwrap();
+    let report = store.enforce_quota(10).unwrap();
+    assert_eq!(
+        report.evicted[0].0, "a1",
+        "the uploaded problem's core goes first"
+    );
+    // Two days later everything is expired, metadata stays.
+    let report = store.enforce_quota(2 * 86_400_000 + 10).unwrap();
+    assert!(
+        report
+            .evicted
+            .iter()
+            .all(|(_, _, state)| *state == EvidenceState::Expired)
+    );
+    assert_eq!(store.status().unwrap().blobs, 0);
+    assert_eq!(store.status().unwrap().incidents, 2);
+}
+
+#[test]
+fn check_finds_and_repairs_corrupt_and_missing_chunks_and_orphans() {
+    let dir = std::path::Path::new("/spool");
+    let (store, fs) = small_store(dir, 64 << 20);
+    let core_bytes = noise(1, 400_000);
+    let core = store.put_blob_bytes(&core_bytes).unwrap();
+    let recorded = store
+        .record_incident(incident("r1", "v1:a", 1, Some(core)))
+        .unwrap();
+    let other = store.put_blob_bytes(&noise(2, 100_000)).unwrap();
+    store
+        .record_incident(incident("r2", "v1:b", 2, Some(other)))
+        .unwrap();
+    assert!(store.check(false).unwrap().is_clean());
+
+    let manifest = store.manifest(&core).unwrap().unwrap();
+    let hex = manifest.chunks[1].0.to_hex();
+    let path = dir.join("chunks").join(&hex[..2]).join(&hex[2..]);
+    fs.corrupt(&path, 20, b"rot").unwrap();
+    fs.write_file(&dir.join("chunks/ab").join("c".repeat(62)), b"orphan")
+        .unwrap();
+
+    assert!(matches!(
+        store.read_blob_bytes(&core),
+        Err(StoreError::CorruptChunk { .. })
+    ));
+    let report = store.check(false).unwrap();
+    assert_eq!(report.corrupt_chunks, vec![manifest.chunks[1].0]);
+    assert_eq!(report.damaged_blobs, vec![core]);
+    assert_eq!(report.orphan_files.len(), 1);
+    let report = store.check(true).unwrap();
+    assert!(report.unrepaired.is_empty(), "{report:?}");
+    assert_eq!(
+        report.dropped_references,
+        vec![("r1".to_string(), "core".to_string())]
+    );
+
+    let after = store.check(false).unwrap();
+    assert!(after.is_clean(), "{after:?}");
+    let detail = store.problem(&recorded.problem_id).unwrap().unwrap();
+    assert_eq!(detail.summary.count, 1);
+    assert_eq!(
+        detail.incidents[0].core.as_ref().unwrap().state,
+        EvidenceState::Damaged
+    );
+    assert_eq!(store.read_blob_bytes(&other).unwrap(), noise(2, 100_000));
+}
