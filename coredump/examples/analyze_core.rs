@@ -11,6 +11,7 @@ fn main() {
     while let Some(argument) = arguments.next() {
         match argument.as_str() {
             "--json" => json = true,
+            "--decompress" => options.decompress_debug_info = true,
             "--root" => options.root = arguments.next().map(PathBuf::from),
             _ => core = Some(PathBuf::from(argument)),
         }

@@ -1,6 +1,6 @@
 //! Names for addresses: ELF symbol tables (`.symtab`, `.dynsym`, and the `.symtab` of a
-//! separate debug file) and DWARF (function names and file:line, through addr2line) from
-//! the module itself or its separate debug file.
+//! separate debug file) and DWARF (function names and file:line) from
+//! the module itself or its separate debug file (see [`crate::dwarf`]).
 //!
 //! Separate debug files are looked for, in order, at
 //! `<debug dir>/.build-id/xx/yyyy.debug` (container root first, then the host), then by
@@ -12,6 +12,9 @@
 //! - Everything is per module and lazy: a module's tables are read the first time one of
 //!   its addresses is symbolized, then kept for the rest of the analysis.
 //! - Addresses given here are stated (file) addresses: the caller removes the load bias.
+//! - Compressed DWARF (`SHF_COMPRESSED`, as Debian's and Fedora's debug files are) is
+//!   decompressed only when `decompress_debug_info` is set; without it, names come from
+//!   the debug file's `.symtab` and there is no file:line for that module.
 //! - Physical frames only: the name is that of the outermost (non-inlined) function at the
 //!   address, with its file:line (the call site of the inlined code, as gdb's physical
 //!   frame shows it).
@@ -22,10 +25,11 @@ use gimli::{EndianSlice, RunTimeEndian};
 use object::read::elf::ElfFile64;
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
+use crate::dwarf::DwarfIndex;
 use crate::elf_header;
 use crate::modules::{ModuleFile, candidate_paths, map_regular_file};
 
-/// The DWARF sections addr2line reads.
+/// The DWARF sections the lookup reads.
 const DWARF_SECTIONS: &[gimli::SectionId] = &[
     gimli::SectionId::DebugAbbrev,
     gimli::SectionId::DebugAddr,
@@ -51,6 +55,8 @@ pub struct DebugSearch<'o> {
     pub debug_dirs: &'o [PathBuf],
     /// The largest debug file mapped.
     pub file_bytes_max: u64,
+    /// Whether compressed DWARF is decompressed (costly: ~20 ms for glibc's).
+    pub decompress_debug_info: bool,
 }
 
 /// What a module's symbolization needs that must be owned: its separate debug file and
@@ -186,6 +192,15 @@ impl DebugStore {
                 if range.format == object::CompressionFormat::None {
                     continue;
                 }
+                if !search.decompress_debug_info {
+                    tracing::debug!(
+                        module = recorded_path,
+                        "compressed DWARF left alone (decompress_debug_info is off)"
+                    );
+                    store.has_dwarf = false;
+                    decompressed.clear();
+                    break;
+                }
                 decompressed_bytes = decompressed_bytes.saturating_add(range.uncompressed_size);
                 if decompressed_bytes > DECOMPRESSED_BYTES_MAX {
                     tracing::warn!(
@@ -234,7 +249,7 @@ type DwarfReader<'a> = EndianSlice<'a, RunTimeEndian>;
 /// A module's symbol tables and DWARF, ready for lookups.
 pub struct Symbolizer<'a> {
     symbols: Vec<FunctionSymbol<'a>>,
-    dwarf: Option<addr2line::Context<DwarfReader<'a>>>,
+    dwarf: Option<DwarfIndex<'a>>,
     /// True when any symbol table had function symbols.
     pub has_symbols: bool,
     /// True when DWARF was loaded.
@@ -253,6 +268,8 @@ fn collect_symbols<'a: 'file, 'file>(
             continue;
         }
         let Ok(name) = symbol.name() else { continue };
+        // `__libc_start_main@@GLIBC_2.34`: the version is not part of the function's name.
+        let name = name.split('@').next().unwrap_or(name);
         if name.is_empty() {
             continue;
         }
@@ -331,35 +348,18 @@ impl<'a> Symbolizer<'a> {
             hit.function_start = Some(symbol.address);
         }
         if let Some(dwarf) = &self.dwarf {
-            let lookup = dwarf.find_frames(address).skip_all_loads();
-            if let Ok(mut frames) = lookup {
-                let mut outermost = None;
-                // Bounded: inline depth is small, but a hostile DWARF should not loop us.
-                for _ in 0..256 {
-                    match frames.next() {
-                        Ok(Some(frame)) => outermost = Some(frame),
-                        _ => break,
-                    }
-                }
-                if let Some(frame) = outermost {
-                    if let Some(name) = frame.function.as_ref().and_then(|f| f.demangle().ok()) {
-                        hit.function = Some(name.into_owned());
-                    }
-                    if let Some(location) = frame.location {
-                        hit.file = location.file.map(str::to_string);
-                        hit.line = location.line;
-                    }
-                }
+            let found = dwarf.lookup(address);
+            if let Some(name) = found.function {
+                hit.function = Some(demangle(&name));
             }
+            hit.file = found.file;
+            hit.line = found.line;
         }
         hit
     }
 }
 
-fn load_dwarf<'a>(
-    elf: &ElfFile64<'a>,
-    store: &'a DebugStore,
-) -> Option<addr2line::Context<DwarfReader<'a>>> {
+fn load_dwarf<'a>(elf: &ElfFile64<'a>, store: &'a DebugStore) -> Option<DwarfIndex<'a>> {
     let endian = if elf.is_little_endian() {
         RunTimeEndian::Little
     } else {
@@ -376,7 +376,7 @@ fn load_dwarf<'a>(
         Ok(EndianSlice::new(data, endian))
     };
     let dwarf = gimli::Dwarf::load(load).ok()?;
-    addr2line::Context::from_dwarf(dwarf).ok()
+    Some(DwarfIndex::new(dwarf))
 }
 
 /// Demangle a Rust or C++ symbol; other names come back as they are.
