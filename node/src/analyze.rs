@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crashmesh_protocol::{signature, Problem, ProblemKind};
+use crashmesh_protocol::{Problem, ProblemKind, signature};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AnalysisConfig;
@@ -49,38 +49,58 @@ pub struct PlainCore {
 
 /// Give back a path to the plain core, decompressing `.zst` cores into `scratch_dir`.
 pub fn plain_core(path: &Path, scratch_dir: &Path) -> Result<PlainCore, AnalyzeError> {
-    let io_error = |source| AnalyzeError::Io { path: path.to_path_buf(), source };
+    let io_error = |source| AnalyzeError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = std::fs::File::open(path).map_err(io_error)?;
     let mut magic = [0u8; 4];
     let is_zstd = file.read_exact(&mut magic).is_ok() && magic == ZSTD_MAGIC;
     if !is_zstd {
-        return Ok(PlainCore { path: path.to_path_buf(), _temporary: None });
+        return Ok(PlainCore {
+            path: path.to_path_buf(),
+            _temporary: None,
+        });
     }
     std::fs::create_dir_all(scratch_dir).map_err(io_error)?;
     let compressed = std::fs::File::open(path).map_err(io_error)?;
-    let mut temporary = tempfile::Builder::new().prefix("core-").tempfile_in(scratch_dir).map_err(io_error)?;
+    let mut temporary = tempfile::Builder::new()
+        .prefix("core-")
+        .tempfile_in(scratch_dir)
+        .map_err(io_error)?;
     let mut decoder = zstd::stream::read::Decoder::new(compressed).map_err(io_error)?;
     // A truncated stream still gives the bytes before the cut: keep them.
     if let Err(error) = io::copy(&mut decoder, temporary.as_file_mut()) {
         tracing::warn!(path = %path.display(), %error, "compressed core is damaged; analysing what decompressed");
     }
     let temporary_path = temporary.into_temp_path();
-    Ok(PlainCore { path: temporary_path.to_path_buf(), _temporary: Some(temporary_path) })
+    Ok(PlainCore {
+        path: temporary_path.to_path_buf(),
+        _temporary: Some(temporary_path),
+    })
 }
 
 /// Analyse a core in this process. A core that cannot be analysed still gives a
 /// problem, marked "analysis failed: …", so that the incident is never lost.
-pub fn analyze_core_here(path: &Path, context: &CoreContext, config: &AnalysisConfig, scratch_dir: &Path) -> Problem {
-    let analysis = plain_core(path, scratch_dir).map_err(|error| error.to_string()).and_then(|plain| {
-        let options = crashmesh_coredump::AnalyzeOptions {
-            sysroot: context.root.clone(),
-            debug_dirs: config.debug_dirs.clone(),
-            threads_max: config.threads_max,
-            frames_max: config.frames_max,
-            ..crashmesh_coredump::AnalyzeOptions::default()
-        };
-        crashmesh_coredump::analyze_core(&plain.path, &options).map_err(|error| error.to_string())
-    });
+pub fn analyze_core_here(
+    path: &Path,
+    context: &CoreContext,
+    config: &AnalysisConfig,
+    scratch_dir: &Path,
+) -> Problem {
+    let analysis = plain_core(path, scratch_dir)
+        .map_err(|error| error.to_string())
+        .and_then(|plain| {
+            let options = crashmesh_coredump::AnalyzeOptions {
+                root: context.root.clone(),
+                debug_dirs: config.debug_dirs.clone(),
+                threads_max: config.threads_max,
+                frames_max: config.frames_max,
+                ..crashmesh_coredump::AnalyzeOptions::default()
+            };
+            crashmesh_coredump::analyze_core(&plain.path, &options)
+                .map_err(|error| error.to_string())
+        });
     match analysis {
         Ok(analysis) => analysis.problem,
         Err(reason) => failed_core_problem(&reason, None, None),
@@ -109,7 +129,10 @@ pub fn failed_problem(kind: ProblemKind, reason: &str, executable: Option<&str>)
     let mut problem = Problem::new(kind, format!("analysis failed: {reason}"));
     problem.analysis_error = Some(reason.to_string());
     problem.executable = executable.map(str::to_string);
-    let parts = vec!["analysis failed".to_string(), executable.unwrap_or("?").to_string()];
+    let parts = vec![
+        "analysis failed".to_string(),
+        executable.unwrap_or("?").to_string(),
+    ];
     problem.signature = signature::signature_from_parts(kind, &parts).0;
     problem
 }
@@ -131,27 +154,40 @@ pub fn analyze_core_isolated(
     if let Some(root) = &context.root {
         command.arg("--root").arg(root);
     }
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let memory_bytes_max = config.memory_bytes_max.0;
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         use std::os::unix::process::CommandExt;
         command.pre_exec(move || {
-            let limit = libc::rlimit { rlim_cur: memory_bytes_max, rlim_max: memory_bytes_max };
+            let limit = libc::rlimit {
+                rlim_cur: memory_bytes_max,
+                rlim_max: memory_bytes_max,
+            };
             if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
             libc::setrlimit(libc::RLIMIT_CORE, &no_core);
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|error| AnalyzeError::Child(format!("cannot start {}: {error}", binary.display())))?;
+    let mut child = command.spawn().map_err(|error| {
+        AnalyzeError::Child(format!("cannot start {}: {error}", binary.display()))
+    })?;
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let reader = std::thread::spawn(move || {
         let mut bytes = Vec::new();
-        let result = (&mut stdout).take(ANALYSIS_OUTPUT_BYTES_MAX).read_to_end(&mut bytes);
+        let result = (&mut stdout)
+            .take(ANALYSIS_OUTPUT_BYTES_MAX)
+            .read_to_end(&mut bytes);
         result.map(|_| bytes)
     });
     let error_reader = std::thread::spawn(move || {
@@ -166,22 +202,31 @@ pub fn analyze_core_isolated(
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(AnalyzeError::Child(format!("time limit of {} s reached", config.time_limit_secs)));
+                return Err(AnalyzeError::Child(format!(
+                    "time limit of {} s reached",
+                    config.time_limit_secs
+                )));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(error) => return Err(AnalyzeError::Child(error.to_string())),
         }
     };
-    let stdout = reader.join().map_err(|_| AnalyzeError::Child("reader panicked".into()))?;
+    let stdout = reader
+        .join()
+        .map_err(|_| AnalyzeError::Child("reader panicked".into()))?;
     let stderr = error_reader.join().unwrap_or_default();
     if !status.success() {
         let last_line = stderr.lines().last().unwrap_or("").to_string();
         return Err(AnalyzeError::Child(format!("{status}: {last_line}")));
     }
     let stdout = stdout.map_err(|error| AnalyzeError::Child(error.to_string()))?;
-    let output: AnalysisOutput =
-        serde_json::from_slice(&stdout).map_err(|error| AnalyzeError::Child(format!("bad output: {error}")))?;
-    output.problems.into_iter().next().ok_or_else(|| AnalyzeError::Child("no problem in output".into()))
+    let output: AnalysisOutput = serde_json::from_slice(&stdout)
+        .map_err(|error| AnalyzeError::Child(format!("bad output: {error}")))?;
+    output
+        .problems
+        .into_iter()
+        .next()
+        .ok_or_else(|| AnalyzeError::Child("no problem in output".into()))
 }
 
 /// The kinds of text `crashmesh analyze` reads.
@@ -197,6 +242,8 @@ pub fn analyze_text(kind: TextKind, text: &str) -> Vec<Problem> {
     match kind {
         TextKind::KernelLog => crashmesh_parsers::kernel::parse_kernel_log(text),
         TextKind::Python => crashmesh_parsers::python::parse_python_tracebacks(text),
-        TextKind::HsErr => crashmesh_parsers::hs_err::parse_hs_err(text),
+        TextKind::HsErr => crashmesh_parsers::hs_err::parse_hs_err(text)
+            .into_iter()
+            .collect(),
     }
 }

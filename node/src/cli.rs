@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "crashmesh", version, about = "Crash and problem reporter for hyperconverged clusters")]
+#[command(
+    name = "crashmesh",
+    version,
+    about = "Crash and problem reporter for hyperconverged clusters"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use crate::analyze::{self, AnalysisOutput, CoreContext};
@@ -14,7 +14,7 @@ use crate::config::{Config, DEFAULT_CONFIG_TOML};
 use crate::control::{self, Request, Response};
 use crate::hook;
 use crate::install::{self, Change, KernelFiles};
-use crate::table::{format_time_ms, Table};
+use crate::table::{Table, format_time_ms};
 
 /// What every command needs: the configuration and where the data lives.
 pub struct Context {
@@ -31,7 +31,13 @@ impl Context {
         let config_file = global.config.as_ref().map(|path| absolute(path));
         let config = Config::load(config_file.as_deref())?;
         let data_dir = absolute(global.data_dir.as_ref().unwrap_or(&config.node.data_dir));
-        Ok(Context { config, config_file, data_dir, data_dir_given: global.data_dir.is_some(), json: global.json })
+        Ok(Context {
+            config,
+            config_file,
+            data_dir,
+            data_dir_given: global.data_dir.is_some(),
+            json: global.json,
+        })
     }
 
     /// Where scratch files (decompressed cores) go: inside the data dir, so they count
@@ -49,7 +55,10 @@ fn absolute(path: &Path) -> PathBuf {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Print an error with its causes and give the failure exit code.
@@ -69,27 +78,56 @@ fn print_json(value: &impl Serialize) -> Result<()> {
 /// outcome goes to `<data dir>/hook.log`.
 pub fn hook_core(context: &Context, args: &[String]) -> Result<ExitCode> {
     let outcome = hook::CoreArgs::parse(args).and_then(|core_args| {
-        hook::run(&context.config, &context.data_dir, &core_args, &mut std::io::stdin().lock())
+        hook::run(
+            &context.config,
+            &context.data_dir,
+            &core_args,
+            &mut std::io::stdin().lock(),
+        )
     });
     let line = match &outcome {
-        Ok(outcome) => format!("{} hook core {args:?}: {outcome:?}\n", format_time_ms(now_ms())),
-        Err(error) => format!("{} hook core {args:?}: FAILED: {error}\n", format_time_ms(now_ms())),
+        Ok(outcome) => format!(
+            "{} hook core {args:?}: {outcome:?}\n",
+            format_time_ms(now_ms())
+        ),
+        Err(error) => format!(
+            "{} hook core {args:?}: FAILED: {error}\n",
+            format_time_ms(now_ms())
+        ),
     };
-    append_capped(&context.data_dir.join("hook.log"), line.as_bytes(), 1024 * 1024);
-    Ok(if outcome.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    append_capped(
+        &context.data_dir.join("hook.log"),
+        line.as_bytes(),
+        1024 * 1024,
+    );
+    Ok(if outcome.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Append to a log file, starting it again when it passes `bytes_max`.
 fn append_capped(path: &Path, bytes: &[u8], bytes_max: u64) {
-    let too_big = std::fs::metadata(path).map(|meta| meta.len() > bytes_max).unwrap_or(false);
-    let file = std::fs::OpenOptions::new().create(true).append(!too_big).write(true).truncate(too_big).open(path);
+    let too_big = std::fs::metadata(path)
+        .map(|meta| meta.len() > bytes_max)
+        .unwrap_or(false);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(!too_big)
+        .write(true)
+        .truncate(too_big)
+        .open(path);
     if let Ok(mut file) = file {
         let _ = file.write_all(bytes);
     }
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn print_changes(context: &Context, changes: &[Change]) -> Result<()> {
@@ -114,8 +152,13 @@ pub fn install(context: &Context, args: &InstallArgs) -> Result<ExitCode> {
     };
     let data_dir = context.data_dir_given.then_some(context.data_dir.as_path());
     let pattern = install::hook_pattern(&binary, data_dir, context.config_file.as_deref())?;
-    std::fs::create_dir_all(&context.data_dir).with_context(|| format!("creating {}", context.data_dir.display()))?;
-    let mut changes = install::install(&KernelFiles::default(), &context.data_dir.join("install.json"), &pattern)?;
+    std::fs::create_dir_all(&context.data_dir)
+        .with_context(|| format!("creating {}", context.data_dir.display()))?;
+    let mut changes = install::install(
+        &KernelFiles::default(),
+        &context.data_dir.join("install.json"),
+        &pattern,
+    )?;
     if context.config.python.enabled {
         changes.extend(install_python_hook(context)?);
     }
@@ -125,7 +168,10 @@ pub fn install(context: &Context, args: &InstallArgs) -> Result<ExitCode> {
 
 /// `crashmesh uninstall`.
 pub fn uninstall(context: &Context) -> Result<ExitCode> {
-    let mut changes = install::uninstall(&KernelFiles::default(), &context.data_dir.join("install.json"))?;
+    let mut changes = install::uninstall(
+        &KernelFiles::default(),
+        &context.data_dir.join("install.json"),
+    )?;
     changes.extend(uninstall_python_hook(context)?);
     print_changes(context, &changes)?;
     Ok(ExitCode::SUCCESS)
@@ -151,20 +197,35 @@ fn install_python_hook(context: &Context) -> Result<Vec<Change>> {
                 if changed {
                     sites.push(site);
                 }
-                changes.push(Change { setting, from: if changed { "absent" } else { "installed" }.into(), to: "installed".into(), changed });
+                changes.push(Change {
+                    setting,
+                    from: if changed { "absent" } else { "installed" }.into(),
+                    to: "installed".into(),
+                    changed,
+                });
             }
             Err(error) => {
                 tracing::warn!(%setting, %error, "python hook not installed");
-                changes.push(Change { setting, from: "absent".into(), to: format!("absent ({error})"), changed: false });
+                changes.push(Change {
+                    setting,
+                    from: "absent".into(),
+                    to: format!("absent ({error})"),
+                    changed: false,
+                });
             }
         }
     }
-    std::fs::write(python_state_file(context), serde_json::to_vec_pretty(&sites)?)?;
+    std::fs::write(
+        python_state_file(context),
+        serde_json::to_vec_pretty(&sites)?,
+    )?;
     Ok(changes)
 }
 
 fn uninstall_python_hook(context: &Context) -> Result<Vec<Change>> {
-    let Ok(bytes) = std::fs::read(python_state_file(context)) else { return Ok(Vec::new()) };
+    let Ok(bytes) = std::fs::read(python_state_file(context)) else {
+        return Ok(Vec::new());
+    };
     let sites: Vec<PathBuf> = serde_json::from_slice(&bytes).unwrap_or_default();
     let removed = crate::pyhook::uninstall(&sites);
     std::fs::remove_file(python_state_file(context))?;
@@ -188,11 +249,22 @@ pub fn analyze(context: &Context, what: &AnalyzeCommand) -> Result<ExitCode> {
             }
             let scratch = std::env::temp_dir();
             let core_context = CoreContext { root: root.clone() };
-            vec![analyze::analyze_core_here(file, &core_context, &context.config.analysis, &scratch)]
+            vec![analyze::analyze_core_here(
+                file,
+                &core_context,
+                &context.config.analysis,
+                &scratch,
+            )]
         }
-        AnalyzeCommand::Oops { file } => analyze::analyze_text(analyze::TextKind::KernelLog, &read_text(file)?),
-        AnalyzeCommand::Python { file } => analyze::analyze_text(analyze::TextKind::Python, &read_text(file)?),
-        AnalyzeCommand::HsErr { file } => analyze::analyze_text(analyze::TextKind::HsErr, &read_text(file)?),
+        AnalyzeCommand::Oops { file } => {
+            analyze::analyze_text(analyze::TextKind::KernelLog, &read_text(file)?)
+        }
+        AnalyzeCommand::Python { file } => {
+            analyze::analyze_text(analyze::TextKind::Python, &read_text(file)?)
+        }
+        AnalyzeCommand::HsErr { file } => {
+            analyze::analyze_text(analyze::TextKind::HsErr, &read_text(file)?)
+        }
     };
     if context.json {
         print_json(&AnalysisOutput { problems })?;
@@ -210,7 +282,8 @@ pub fn analyze(context: &Context, what: &AnalyzeCommand) -> Result<ExitCode> {
 /// Text files are read lossily (a kernel log may hold binary garbage) and capped.
 fn read_text(path: &Path) -> Result<String> {
     const TEXT_FILE_BYTES_MAX: u64 = 256 * 1024 * 1024;
-    let bytes = crate::procsnap::read_capped(path, TEXT_FILE_BYTES_MAX).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = crate::procsnap::read_capped(path, TEXT_FILE_BYTES_MAX)
+        .with_context(|| format!("reading {}", path.display()))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -222,21 +295,34 @@ pub fn describe_problem(problem: &crashmesh_protocol::Problem) -> String {
         text.push_str(&format!("  executable: {executable}\n"));
     }
     if let Some(exception) = &problem.exception_type {
-        text.push_str(&format!("  exception: {exception}: {}\n", problem.message.as_deref().unwrap_or("")));
+        text.push_str(&format!(
+            "  exception: {exception}: {}\n",
+            problem.message.as_deref().unwrap_or("")
+        ));
     }
     if let Some(version) = &problem.version {
         text.push_str(&format!("  version: {version}\n"));
     }
-    if let Some(flags) = problem.taint_flags.as_ref().filter(|flags| !flags.is_empty()) {
+    if let Some(flags) = problem
+        .taint_flags
+        .as_ref()
+        .filter(|flags| !flags.is_empty())
+    {
         text.push_str(&format!("  tainted: {}\n", flags.join("")));
     }
     if let Some(error) = &problem.analysis_error {
         text.push_str(&format!("  analysis error: {error}\n"));
     }
     for (index, frame) in problem.frames.iter().enumerate() {
-        let address = frame.address.map(|a| format!("{a:#018x}")).unwrap_or_else(|| "?".repeat(18));
+        let address = frame
+            .address
+            .map(|a| format!("{a:#018x}"))
+            .unwrap_or_else(|| "?".repeat(18));
         let function = frame.function.as_deref().unwrap_or("??");
-        let mut line = format!("  #{index:<3} {address} {}{function}", if frame.reliable { "" } else { "? " });
+        let mut line = format!(
+            "  #{index:<3} {address} {}{function}",
+            if frame.reliable { "" } else { "? " }
+        );
         if let Some(offset) = frame.offset.filter(|_| frame.function.is_some()) {
             line.push_str(&format!("+{offset:#x}"));
         }
@@ -274,7 +360,10 @@ fn query(context: &Context, request: Request) -> Result<Response> {
         return answer.map_err(|error| anyhow::anyhow!(error));
     }
     if !context.data_dir.join("index.redb").exists() && !matches!(request, Request::Check) {
-        bail!("no crashmesh data in {} (nothing captured yet, or another --data-dir)", context.data_dir.display());
+        bail!(
+            "no crashmesh data in {} (nothing captured yet, or another --data-dir)",
+            context.data_dir.display()
+        );
     }
     let store = crate::daemon::open_store(context)?;
     Ok(control::handle(&store, request))
@@ -291,18 +380,28 @@ fn expect_answer(response: Response) -> Result<Response> {
 pub fn problems(context: &Context, what: &ProblemsCommand) -> Result<ExitCode> {
     match what {
         ProblemsCommand::List => {
-            let Response::Problems(mut problems) = expect_answer(query(context, Request::Problems)?)? else {
+            let Response::Problems(mut problems) =
+                expect_answer(query(context, Request::Problems)?)?
+            else {
                 bail!("unexpected answer to problems list");
             };
             problems.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
             if context.json {
-                return print_json(&serde_json::json!({ "problems": problems })).map(|_| ExitCode::SUCCESS);
+                return print_json(&serde_json::json!({ "problems": problems }))
+                    .map(|_| ExitCode::SUCCESS);
             }
             if problems.is_empty() {
                 println!("no problems recorded");
                 return Ok(ExitCode::SUCCESS);
             }
-            let mut table = Table::new(&["ID", "LAST SEEN", "COUNT", "KIND", "FUNCTION", "EXECUTABLE / REASON"]);
+            let mut table = Table::new(&[
+                "ID",
+                "LAST SEEN",
+                "COUNT",
+                "KIND",
+                "FUNCTION",
+                "EXECUTABLE / REASON",
+            ]);
             for problem in &problems {
                 table.row(vec![
                     problem.id.clone(),
@@ -310,23 +409,39 @@ pub fn problems(context: &Context, what: &ProblemsCommand) -> Result<ExitCode> {
                     problem.count.to_string(),
                     problem.kind.to_string(),
                     problem.crash_function.clone().unwrap_or_else(|| "-".into()),
-                    problem.executable.clone().unwrap_or_else(|| problem.reason.clone()),
+                    problem
+                        .executable
+                        .clone()
+                        .unwrap_or_else(|| problem.reason.clone()),
                 ]);
             }
             print!("{}", table.render());
         }
         ProblemsCommand::Show { id } => {
-            let Response::Problem(detail) = expect_answer(query(context, Request::Problem { id: id.clone() })?)? else {
+            let Response::Problem(detail) =
+                expect_answer(query(context, Request::Problem { id: id.clone() })?)?
+            else {
                 bail!("unexpected answer to problems show");
             };
-            let Some(detail) = detail else { bail!("no problem matches {id:?} (see `crashmesh problems list`)") };
+            let Some(detail) = detail else {
+                bail!("no problem matches {id:?} (see `crashmesh problems list`)")
+            };
             if context.json {
                 return print_json(&detail).map(|_| ExitCode::SUCCESS);
             }
             let summary = &detail.summary;
             println!("problem {}", summary.id);
-            println!("  count: {}  first seen: {}  last seen: {}", summary.count, format_time_ms(summary.first_seen), format_time_ms(summary.last_seen));
-            println!("  cores kept: {}  stored: {}", summary.cores_kept, crate::config::format_bytes(summary.bytes));
+            println!(
+                "  count: {}  first seen: {}  last seen: {}",
+                summary.count,
+                format_time_ms(summary.first_seen),
+                format_time_ms(summary.last_seen)
+            );
+            println!(
+                "  cores kept: {}  stored: {}",
+                summary.cores_kept,
+                crate::config::format_bytes(summary.bytes)
+            );
             print!("{}", describe_problem(&detail.problem));
             println!("incidents:");
             let mut table = Table::new(&["TIME", "NODE", "PID", "SIGNAL", "CORE", "REPORT"]);
@@ -334,12 +449,24 @@ pub fn problems(context: &Context, what: &ProblemsCommand) -> Result<ExitCode> {
                 table.row(vec![
                     format_time_ms(incident.time_ms),
                     incident.node.clone(),
-                    incident.pid.map(|pid| pid.to_string()).unwrap_or_else(|| "-".into()),
-                    incident.signal.map(crate::ingest::signal_name).unwrap_or_else(|| "-".into()),
+                    incident
+                        .pid
+                        .map(|pid| pid.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    incident
+                        .signal
+                        .map(crate::ingest::signal_name)
+                        .unwrap_or_else(|| "-".into()),
                     incident
                         .core
                         .as_ref()
-                        .map(|core| format!("{:?} {}", core.state, crate::config::format_bytes(core.len_bytes)))
+                        .map(|core| {
+                            format!(
+                                "{:?} {}",
+                                core.state,
+                                crate::config::format_bytes(core.len_bytes)
+                            )
+                        })
                         .unwrap_or_else(|| "none".into()),
                     incident.report_id.clone(),
                 ]);
@@ -348,7 +475,14 @@ pub fn problems(context: &Context, what: &ProblemsCommand) -> Result<ExitCode> {
         }
         ProblemsCommand::Core { id, out } => {
             let out = absolute(out);
-            let Response::Exported { bytes } = expect_answer(query(context, Request::ExportCore { id: id.clone(), out: out.clone() })?)? else {
+            let Response::Exported { bytes } = expect_answer(query(
+                context,
+                Request::ExportCore {
+                    id: id.clone(),
+                    out: out.clone(),
+                },
+            )?)?
+            else {
                 bail!("unexpected answer to problems core");
             };
             if context.json {
@@ -371,9 +505,16 @@ pub fn status(context: &Context) -> Result<ExitCode> {
         Err(_) if !context.data_dir.join("index.redb").exists() => None,
         Err(error) => return Err(error),
     };
-    let pending = crate::spool::Spool::new(&context.data_dir).list().map(|entries| entries.len()).unwrap_or(0);
-    let core_pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default().trim_end().to_string();
-    let hook_installed = core_pattern.starts_with('|') && core_pattern.contains("crashmesh hook core");
+    let pending = crate::spool::Spool::new(&context.data_dir)
+        .list()
+        .map(|entries| entries.len())
+        .unwrap_or(0);
+    let core_pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern")
+        .unwrap_or_default()
+        .trim_end()
+        .to_string();
+    let hook_installed =
+        core_pattern.starts_with('|') && core_pattern.contains("crashmesh hook core");
     if context.json {
         return print_json(&serde_json::json!({
             "node": context.config.node_name(),
@@ -388,11 +529,29 @@ pub fn status(context: &Context) -> Result<ExitCode> {
     }
     println!("node: {}", context.config.node_name());
     println!("data dir: {}", context.data_dir.display());
-    println!("daemon: {}", if daemon_running { "running" } else { "not running" });
-    println!("hook: {} (core_pattern {core_pattern:?})", if hook_installed { "installed" } else { "not installed" });
+    println!(
+        "daemon: {}",
+        if daemon_running {
+            "running"
+        } else {
+            "not running"
+        }
+    );
+    println!(
+        "hook: {} (core_pattern {core_pattern:?})",
+        if hook_installed {
+            "installed"
+        } else {
+            "not installed"
+        }
+    );
     println!("spool: {pending} entries waiting");
     if let Some(status) = store_status {
-        let percent = if status.allowed_bytes > 0 { status.used_bytes as f64 * 100.0 / status.allowed_bytes as f64 } else { 0.0 };
+        let percent = if status.allowed_bytes > 0 {
+            status.used_bytes as f64 * 100.0 / status.allowed_bytes as f64
+        } else {
+            0.0
+        };
         println!(
             "store: {} of {} used ({percent:.0}%), {} problems, {} incidents, {} chunks, {} evicted so far",
             crate::config::format_bytes(status.used_bytes),
@@ -402,7 +561,11 @@ pub fn status(context: &Context) -> Result<ExitCode> {
             status.chunks,
             crate::config::format_bytes(status.evicted_bytes)
         );
-        println!("file system: {} free of {}", crate::config::format_bytes(status.fs_free_bytes), crate::config::format_bytes(status.fs_total_bytes));
+        println!(
+            "file system: {} free of {}",
+            crate::config::format_bytes(status.fs_free_bytes),
+            crate::config::format_bytes(status.fs_total_bytes)
+        );
     } else {
         println!("store: empty");
     }
@@ -434,5 +597,9 @@ pub fn store(context: &Context, what: &StoreCommand) -> Result<ExitCode> {
             println!("  NOT REPAIRED: {problem}");
         }
     }
-    Ok(if report.unrepaired.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.unrepaired.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -164,7 +164,10 @@ pub struct KmsgConfig {
 
 impl Default for KmsgConfig {
     fn default() -> KmsgConfig {
-        KmsgConfig { enabled: true, trust_user_records: false }
+        KmsgConfig {
+            enabled: true,
+            trust_user_records: false,
+        }
     }
 }
 
@@ -180,7 +183,10 @@ pub struct PythonConfig {
 
 impl Default for PythonConfig {
     fn default() -> PythonConfig {
-        PythonConfig { enabled: true, interpreters: Vec::new() }
+        PythonConfig {
+            enabled: true,
+            interpreters: Vec::new(),
+        }
     }
 }
 
@@ -226,18 +232,31 @@ pub fn format_bytes(bytes: u64) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config {path} is not valid: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
 }
 
 impl Config {
     /// Read `path`, or the embedded defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let Some(path) = path else { return Ok(Config::default()) };
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::parse(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
     }
 
     /// Parse TOML text; missing keys take their defaults.
@@ -267,12 +286,17 @@ mod tests {
 
     #[test]
     fn embedded_defaults_match_the_code() {
-        assert_eq!(Config::parse(DEFAULT_CONFIG_TOML).unwrap(), Config::default());
+        assert_eq!(
+            Config::parse(DEFAULT_CONFIG_TOML).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
     fn sizes_parse_from_text_and_numbers() {
-        let config = Config::parse("[store]\nmax_bytes = \"40 MiB\"\n[capture]\ncore_bytes_max = 1024\n").unwrap();
+        let config =
+            Config::parse("[store]\nmax_bytes = \"40 MiB\"\n[capture]\ncore_bytes_max = 1024\n")
+                .unwrap();
         assert_eq!(config.store.max_bytes, ByteSize(40 << 20));
         assert_eq!(config.capture.core_bytes_max, ByteSize(1024));
         assert_eq!(config.capture.repeat_window_secs, 20);

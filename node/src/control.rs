@@ -50,7 +50,9 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub fn handle(store: &Store, request: Request) -> Response {
     let result = match request {
         Request::Problems => store.problems().map(Response::Problems),
-        Request::Problem { id } => store.problem(&id).map(|detail| Response::Problem(detail.map(Box::new))),
+        Request::Problem { id } => store
+            .problem(&id)
+            .map(|detail| Response::Problem(detail.map(Box::new))),
         Request::ExportCore { id, out } => export_core(store, &id, &out),
         Request::Status => store.status().map(Response::Status),
         Request::Check => store.check(true).map(Response::Check),
@@ -58,18 +60,31 @@ pub fn handle(store: &Store, request: Request) -> Response {
     result.unwrap_or_else(|error| Response::Error(error.to_string()))
 }
 
-fn export_core(store: &Store, id: &str, out: &Path) -> Result<Response, crashmesh_store::StoreError> {
-    let Some(detail) = store.problem(id)? else { return Ok(Response::Error(format!("no problem {id:?}"))) };
-    let core = detail.incidents.iter().rev().filter_map(|incident| incident.core.as_ref()).find(|core| {
-        core.state == crashmesh_store::EvidenceState::Kept
-    });
-    let Some(core) = core else { return Ok(Response::Error(format!("problem {id} has no kept core"))) };
+fn export_core(
+    store: &Store,
+    id: &str,
+    out: &Path,
+) -> Result<Response, crashmesh_store::StoreError> {
+    let Some(detail) = store.problem(id)? else {
+        return Ok(Response::Error(format!("no problem {id:?}")));
+    };
+    let core = detail
+        .incidents
+        .iter()
+        .rev()
+        .filter_map(|incident| incident.core.as_ref())
+        .find(|core| core.state == crashmesh_store::EvidenceState::Kept);
+    let Some(core) = core else {
+        return Ok(Response::Error(format!("problem {id} has no kept core")));
+    };
     let mut file = match std::fs::File::create(out) {
         Ok(file) => file,
         Err(error) => return Ok(Response::Error(format!("{}: {error}", out.display()))),
     };
     store.read_blob(&core.blob, &mut file)?;
-    Ok(Response::Exported { bytes: core.len_bytes })
+    Ok(Response::Exported {
+        bytes: core.len_bytes,
+    })
 }
 
 /// Ask the running daemon. `None` when no daemon listens on the data dir's socket.
@@ -79,15 +94,20 @@ pub fn ask(data_dir: &Path, request: &Request) -> Option<Result<Response, String
 }
 
 fn exchange(stream: &mut UnixStream, request: &Request) -> Result<Response, String> {
-    stream.set_read_timeout(Some(Duration::from_secs(RESPONSE_TIMEOUT_SECS))).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(RESPONSE_TIMEOUT_SECS)))
+        .map_err(|e| e.to_string())?;
     let mut line = serde_json::to_vec(request).expect("request serializes");
     line.push(b'\n');
-    stream.write_all(&line).map_err(|error| format!("daemon socket: {error}"))?;
+    stream
+        .write_all(&line)
+        .map_err(|error| format!("daemon socket: {error}"))?;
     let mut answer = Vec::new();
     BufReader::new(stream.take(RESPONSE_BYTES_MAX))
         .read_until(b'\n', &mut answer)
         .map_err(|error| format!("daemon socket: {error}"))?;
-    serde_json::from_slice(&answer).map_err(|error| format!("daemon answered something else: {error}"))
+    serde_json::from_slice(&answer)
+        .map_err(|error| format!("daemon answered something else: {error}"))
 }
 
 /// Serve requests until the listener fails; each connection gets one answer.

@@ -13,7 +13,7 @@ use actix::prelude::*;
 use anyhow::{Context as _, Result};
 use crashmesh_store::Store;
 
-use crate::commands::{now_ms, Context};
+use crate::commands::{Context, now_ms};
 use crate::control;
 use crate::ingest::Ingester;
 use crate::spool::Spool;
@@ -32,17 +32,22 @@ pub fn open_store(context: &Context) -> Result<Store> {
         max_cores_per_signature: limits.max_cores_per_signature,
         max_age_days: limits.max_age_days,
     };
-    Store::open(&context.data_dir, config).with_context(|| format!("opening the store in {}", context.data_dir.display()))
+    Store::open(&context.data_dir, config)
+        .with_context(|| format!("opening the store in {}", context.data_dir.display()))
 }
 
 /// Run the daemon until SIGINT/SIGTERM, or with `once` until the spool is empty.
 pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
-    std::fs::create_dir_all(&context.data_dir).with_context(|| format!("creating {}", context.data_dir.display()))?;
+    std::fs::create_dir_all(&context.data_dir)
+        .with_context(|| format!("creating {}", context.data_dir.display()))?;
     let spool = Spool::new(&context.data_dir);
     spool.create_dirs()?;
     let abandoned = spool.clean_tmp()?;
     if abandoned > 0 {
-        tracing::info!(abandoned, "removed spool entries a dead writer left unfinished");
+        tracing::info!(
+            abandoned,
+            "removed spool entries a dead writer left unfinished"
+        );
     }
     let _ = std::fs::remove_dir_all(context.scratch_dir());
     let store = Arc::new(open_store(context)?);
@@ -70,11 +75,16 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
     let data_dir = context.data_dir.clone();
     let proc_file_bytes_max = context.config.capture.proc_file_bytes_max.0;
     let system = actix::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
     });
     let result: Result<()> = system.block_on(async move {
         let _ = std::fs::remove_file(&socket);
-        let listener = tokio::net::UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+        let listener = tokio::net::UnixListener::bind(&socket)
+            .with_context(|| format!("binding {}", socket.display()))?;
         restrict_to_owner(&socket);
         tokio::spawn(control::serve(listener, store.clone()));
         let python_socket = crate::pyhook::socket_path(&data_dir);
@@ -83,9 +93,21 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
             .with_context(|| format!("binding {}", python_socket.display()))?;
         // Any user's Python reports here; what it sends is size-capped and parsed strictly.
         allow_everyone(&python_socket);
-        tokio::spawn(serve_python(python_listener, data_dir.clone(), proc_file_bytes_max));
-        IngestActor { ingester, busy: false }.start();
-        QuotaActor { store: store.clone(), busy: false }.start();
+        tokio::spawn(serve_python(
+            python_listener,
+            data_dir.clone(),
+            proc_file_bytes_max,
+        ));
+        IngestActor {
+            ingester,
+            busy: false,
+        }
+        .start();
+        QuotaActor {
+            store: store.clone(),
+            busy: false,
+        }
+        .start();
         tracing::info!(socket = %socket.display(), "crashmesh node running");
         wait_for_shutdown().await;
         tracing::info!("shutting down");
@@ -109,7 +131,11 @@ fn allow_everyone(path: &std::path::Path) {
 
 /// Take reports from the Python hook: each connection is handled on the blocking pool
 /// (a /proc snapshot and an fsynced spool entry), then answered.
-async fn serve_python(listener: tokio::net::UnixListener, data_dir: std::path::PathBuf, proc_file_bytes_max: u64) {
+async fn serve_python(
+    listener: tokio::net::UnixListener,
+    data_dir: std::path::PathBuf,
+    proc_file_bytes_max: u64,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -136,7 +162,7 @@ async fn serve_python(listener: tokio::net::UnixListener, data_dir: std::path::P
 }
 
 async fn wait_for_shutdown() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
     tokio::select! {
@@ -155,7 +181,10 @@ impl Actor for IngestActor {
     type Context = actix::Context<Self>;
 
     fn started(&mut self, context: &mut Self::Context) {
-        context.run_interval(Duration::from_millis(SPOOL_POLL_INTERVAL_MS), |actor, context| actor.tick(context));
+        context.run_interval(
+            Duration::from_millis(SPOOL_POLL_INTERVAL_MS),
+            |actor, context| actor.tick(context),
+        );
     }
 }
 
@@ -167,17 +196,19 @@ impl IngestActor {
         self.busy = true;
         let ingester = self.ingester.clone();
         let pass = tokio::task::spawn_blocking(move || ingester.pass());
-        context.spawn(actix::fut::wrap_future(pass).map(|result, actor: &mut IngestActor, _| {
-            actor.busy = false;
-            match result {
-                Ok(Ok(summary)) if summary.recorded + summary.set_aside > 0 => {
-                    tracing::debug!(?summary, "ingest pass");
+        context.spawn(
+            actix::fut::wrap_future(pass).map(|result, actor: &mut IngestActor, _| {
+                actor.busy = false;
+                match result {
+                    Ok(Ok(summary)) if summary.recorded + summary.set_aside > 0 => {
+                        tracing::debug!(?summary, "ingest pass");
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::error!(%error, "ingest pass failed; will retry"),
+                    Err(error) => tracing::error!(%error, "ingest pass panicked; will retry"),
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => tracing::error!(%error, "ingest pass failed; will retry"),
-                Err(error) => tracing::error!(%error, "ingest pass panicked; will retry"),
-            }
-        }));
+            }),
+        );
     }
 }
 
@@ -191,24 +222,33 @@ impl Actor for QuotaActor {
     type Context = actix::Context<Self>;
 
     fn started(&mut self, context: &mut Self::Context) {
-        context.run_interval(Duration::from_secs(QUOTA_INTERVAL_SECS), |actor, context| {
-            if actor.busy {
-                return;
-            }
-            actor.busy = true;
-            let store = actor.store.clone();
-            let pass = tokio::task::spawn_blocking(move || store.enforce_quota(now_ms()));
-            context.spawn(actix::fut::wrap_future(pass).map(|result, actor: &mut QuotaActor, _| {
-                actor.busy = false;
-                match result {
-                    Ok(Ok(report)) if report.freed_bytes > 0 => {
-                        tracing::info!(freed_bytes = report.freed_bytes, over = report.still_over_quota, "quota enforced")
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => tracing::error!(%error, "quota pass failed"),
-                    Err(error) => tracing::error!(%error, "quota pass panicked"),
+        context.run_interval(
+            Duration::from_secs(QUOTA_INTERVAL_SECS),
+            |actor, context| {
+                if actor.busy {
+                    return;
                 }
-            }));
-        });
+                actor.busy = true;
+                let store = actor.store.clone();
+                let pass = tokio::task::spawn_blocking(move || store.enforce_quota(now_ms()));
+                context.spawn(actix::fut::wrap_future(pass).map(
+                    |result, actor: &mut QuotaActor, _| {
+                        actor.busy = false;
+                        match result {
+                            Ok(Ok(report)) if report.freed_bytes > 0 => {
+                                tracing::info!(
+                                    freed_bytes = report.freed_bytes,
+                                    over = report.still_over_quota,
+                                    "quota enforced"
+                                )
+                            }
+                            Ok(Ok(_)) => {}
+                            Ok(Err(error)) => tracing::error!(%error, "quota pass failed"),
+                            Err(error) => tracing::error!(%error, "quota pass panicked"),
+                        }
+                    },
+                ));
+            },
+        );
     }
 }

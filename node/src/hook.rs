@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::procsnap;
-use crate::spool::{self, CoreFile, EntryMeta, Spool, SPOOL_FORMAT_VERSION};
+use crate::spool::{self, CoreFile, EntryMeta, SPOOL_FORMAT_VERSION, Spool};
 
 /// The core_pattern arguments after `hook core`, in this order. `%e` goes last because
 /// older kernels split a command name with spaces into several arguments.
@@ -62,7 +62,11 @@ impl CoreArgs {
             return Err(usage());
         }
         let number = |text: &str| text.parse::<u64>().ok();
-        let comm = if args.len() > 9 { Some(args[9..].join(" ")) } else { None };
+        let comm = if args.len() > 9 {
+            Some(args[9..].join(" "))
+        } else {
+            None
+        };
         Ok(CoreArgs {
             pid: args[0].parse().map_err(|_| usage())?,
             tid: number(&args[1]).map(|n| n as u32),
@@ -82,13 +86,20 @@ impl CoreArgs {
 #[derive(Debug, PartialEq)]
 pub enum HookOutcome {
     /// A spool entry was written.
-    Captured { entry: PathBuf, core_bytes: u64, truncated: Option<String> },
+    Captured {
+        entry: PathBuf,
+        core_bytes: u64,
+        truncated: Option<String>,
+    },
     /// Nothing was written, on purpose.
     Skipped(String),
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Free bytes for unprivileged users on the file system holding `path`.
@@ -105,14 +116,19 @@ fn refuse_own_core() {
     // SAFETY: plain syscalls with constant arguments.
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-        let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         libc::setrlimit(libc::RLIMIT_CORE, &zero);
     }
 }
 
 /// True when `pid` is itself a crashmesh hook: its crash must not re-enter the hook.
 fn is_own_hook(pid: u32) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
     args.len() >= 3
         && args[0].ends_with(b"crashmesh")
@@ -121,10 +137,12 @@ fn is_own_hook(pid: u32) -> bool {
 }
 
 fn is_ignored(executable: &str, patterns: &[String]) -> Option<String> {
-    patterns.iter().find_map(|pattern| match glob::Pattern::new(pattern) {
-        Ok(glob) if glob.matches(executable) => Some(pattern.clone()),
-        _ => None,
-    })
+    patterns
+        .iter()
+        .find_map(|pattern| match glob::Pattern::new(pattern) {
+            Ok(glob) if glob.matches(executable) => Some(pattern.clone()),
+            _ => None,
+        })
 }
 
 /// The crash-loop guard: true when `executable` had a full capture less than
@@ -135,14 +153,17 @@ fn is_repeat(spool: &Spool, executable: &str, now_ms: u64, window_secs: u64) -> 
     }
     let key = blake3::hash(executable.as_bytes()).to_hex();
     let path = spool.repeat_dir().join(&key.as_str()[..32]);
-    let last_ms = std::fs::read_to_string(&path).ok().and_then(|text| text.trim().parse::<u64>().ok());
+    let last_ms = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
     if let Some(last_ms) = last_ms {
         if now_ms >= last_ms && now_ms - last_ms < window_secs * 1000 {
             return true;
         }
     }
     let temporary = path.with_extension("tmp");
-    let written = std::fs::write(&temporary, now_ms.to_string()).and_then(|_| std::fs::rename(&temporary, &path));
+    let written = std::fs::write(&temporary, now_ms.to_string())
+        .and_then(|_| std::fs::rename(&temporary, &path));
     if let Err(error) = written {
         tracing::warn!(%error, "cannot record the crash-loop window");
     }
@@ -150,26 +171,49 @@ fn is_repeat(spool: &Spool, executable: &str, now_ms: u64, window_secs: u64) -> 
 }
 
 /// Run the hook: `input` is the core (stdin when the kernel runs us).
-pub fn run(config: &Config, data_dir: &Path, args: &CoreArgs, input: &mut impl Read) -> Result<HookOutcome, HookError> {
+pub fn run(
+    config: &Config,
+    data_dir: &Path,
+    args: &CoreArgs,
+    input: &mut impl Read,
+) -> Result<HookOutcome, HookError> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(config.capture.time_limit_secs);
     refuse_own_core();
     if is_own_hook(args.pid) {
-        return Ok(HookOutcome::Skipped("the crashed process is a crashmesh hook".into()));
+        return Ok(HookOutcome::Skipped(
+            "the crashed process is a crashmesh hook".into(),
+        ));
     }
     let proc_dir = PathBuf::from(format!("/proc/{}", args.pid));
-    let executable = std::fs::read_link(proc_dir.join("exe")).ok().map(|p| p.to_string_lossy().into_owned());
-    if let Some(pattern) = executable.as_deref().and_then(|exe| is_ignored(exe, &config.capture.ignore_paths)) {
-        return Ok(HookOutcome::Skipped(format!("executable matches ignore pattern {pattern:?}")));
+    let executable = std::fs::read_link(proc_dir.join("exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    if let Some(pattern) = executable
+        .as_deref()
+        .and_then(|exe| is_ignored(exe, &config.capture.ignore_paths))
+    {
+        return Ok(HookOutcome::Skipped(format!(
+            "executable matches ignore pattern {pattern:?}"
+        )));
     }
 
-    let time_ms = args.time_secs.map(|secs| secs * 1000).filter(|&ms| ms > 0).unwrap_or_else(now_ms);
+    let time_ms = args
+        .time_secs
+        .map(|secs| secs * 1000)
+        .filter(|&ms| ms > 0)
+        .unwrap_or_else(now_ms);
     let spool = Spool::new(data_dir);
     spool.create_dirs()?;
     let id = spool::new_entry_id(time_ms, args.pid);
     let writer = spool.begin(&id)?;
     let repeat_key = executable.clone().or(args.comm.clone()).unwrap_or_default();
-    let repeat = is_repeat(&spool, &repeat_key, now_ms(), config.capture.repeat_window_secs);
+    let repeat = is_repeat(
+        &spool,
+        &repeat_key,
+        now_ms(),
+        config.capture.repeat_window_secs,
+    );
 
     let mut meta = EntryMeta {
         format_version: SPOOL_FORMAT_VERSION,
@@ -199,8 +243,10 @@ pub fn run(config: &Config, data_dir: &Path, args: &CoreArgs, input: &mut impl R
 
     let free = free_bytes(data_dir);
     if repeat {
-        meta.core_dropped =
-            Some(format!("crash loop: a core of this executable was captured less than {} s ago", config.capture.repeat_window_secs));
+        meta.core_dropped = Some(format!(
+            "crash loop: a core of this executable was captured less than {} s ago",
+            config.capture.repeat_window_secs
+        ));
     } else if free.is_some_and(|free| free < config.capture.min_free_bytes.0) {
         meta.core_dropped = Some(format!(
             "low disk: {} bytes free, less than capture.min_free_bytes ({})",
@@ -216,10 +262,17 @@ pub fn run(config: &Config, data_dir: &Path, args: &CoreArgs, input: &mut impl R
     }
 
     meta.capture_ms = started.elapsed().as_millis() as u64;
-    let (core_bytes, truncated) =
-        meta.core.as_ref().map(|core| (core.bytes_raw, core.truncated.clone())).unwrap_or((0, meta.core_dropped.clone()));
+    let (core_bytes, truncated) = meta
+        .core
+        .as_ref()
+        .map(|core| (core.bytes_raw, core.truncated.clone()))
+        .unwrap_or((0, meta.core_dropped.clone()));
     let entry = writer.commit(&meta)?;
-    Ok(HookOutcome::Captured { entry, core_bytes, truncated })
+    Ok(HookOutcome::Captured {
+        entry,
+        core_bytes,
+        truncated,
+    })
 }
 
 /// Wait until `input` has bytes or the deadline passes. Only file descriptors that can
@@ -229,7 +282,11 @@ fn wait_readable(fd: i32, deadline: Instant) -> bool {
     if remaining.is_zero() {
         return false;
     }
-    let mut poll_fd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut poll_fd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     let timeout_ms = remaining.as_millis().min(i32::MAX as u128) as i32;
     // SAFETY: one valid pollfd for the duration of the call.
     let ready = unsafe { libc::poll(&mut poll_fd, 1, timeout_ms) };
@@ -246,7 +303,10 @@ fn stream_core(
 ) -> Result<CoreFile, HookError> {
     let fd = io::stdin().as_raw_fd();
     let poll_stdin = is_pipe(fd);
-    let mut encoder = zstd::stream::write::Encoder::new(BufWriter::with_capacity(READ_BUFFER_BYTES, file), config.capture.compression_level)?;
+    let mut encoder = zstd::stream::write::Encoder::new(
+        BufWriter::with_capacity(READ_BUFFER_BYTES, file),
+        config.capture.compression_level,
+    )?;
     encoder.include_checksum(true)?;
     let mut buffer = vec![0u8; READ_BUFFER_BYTES];
     let cap = config.capture.core_bytes_max.0;
@@ -255,7 +315,10 @@ fn stream_core(
     let mut truncated = None;
     loop {
         if poll_stdin && !wait_readable(fd, deadline) {
-            truncated = Some(format!("time limit: capture.time_limit_secs = {}", config.capture.time_limit_secs));
+            truncated = Some(format!(
+                "time limit: capture.time_limit_secs = {}",
+                config.capture.time_limit_secs
+            ));
             break;
         }
         let wanted = (cap - bytes_raw).min(buffer.len() as u64) as usize;
@@ -284,7 +347,12 @@ fn stream_core(
     let writer = encoder.finish()?;
     let file = writer.into_inner().map_err(|error| error.into_error())?;
     let bytes_stored = file.metadata()?.len();
-    Ok(CoreFile { file: "core.zst".into(), bytes_raw, bytes_stored, truncated })
+    Ok(CoreFile {
+        file: "core.zst".into(),
+        bytes_raw,
+        bytes_stored,
+        truncated,
+    })
 }
 
 fn read_retrying(input: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
@@ -313,7 +381,20 @@ mod tests {
 
     #[test]
     fn arguments_parse_in_pattern_order_and_join_split_names() {
-        let parsed = CoreArgs::parse(&args(&["42", "43", "1", "11", "1700000000", "18446744073709551615", "0", "0", "node1", "Web", "Content"])).unwrap();
+        let parsed = CoreArgs::parse(&args(&[
+            "42",
+            "43",
+            "1",
+            "11",
+            "1700000000",
+            "18446744073709551615",
+            "0",
+            "0",
+            "node1",
+            "Web",
+            "Content",
+        ]))
+        .unwrap();
         assert_eq!(parsed.pid, 42);
         assert_eq!(parsed.signal, Some(11));
         assert_eq!(parsed.comm.as_deref(), Some("Web Content"));
@@ -323,8 +404,20 @@ mod tests {
 
     fn run_on(config: &Config, data: &Path, core: &[u8]) -> HookOutcome {
         let own_pid = std::process::id();
-        let core_args = CoreArgs { pid: own_pid, signal: Some(11), time_secs: Some(1_700_000_000), comm: Some("t".into()), ..CoreArgs::default() };
-        run(config, data, &core_args, &mut io::Cursor::new(core.to_vec())).unwrap()
+        let core_args = CoreArgs {
+            pid: own_pid,
+            signal: Some(11),
+            time_secs: Some(1_700_000_000),
+            comm: Some("t".into()),
+            ..CoreArgs::default()
+        };
+        run(
+            config,
+            data,
+            &core_args,
+            &mut io::Cursor::new(core.to_vec()),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -333,7 +426,14 @@ mod tests {
         let mut config = Config::default();
         config.capture.min_free_bytes = crate::config::ByteSize(0);
         let core: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let HookOutcome::Captured { entry, core_bytes, truncated } = run_on(&config, data.path(), &core) else { panic!() };
+        let HookOutcome::Captured {
+            entry,
+            core_bytes,
+            truncated,
+        } = run_on(&config, data.path(), &core)
+        else {
+            panic!()
+        };
         assert_eq!(core_bytes, core.len() as u64);
         assert_eq!(truncated, None);
         let meta = spool::read_meta(&entry).unwrap();
@@ -342,7 +442,12 @@ mod tests {
         assert!(meta.proc_files.iter().any(|f| f == "proc/maps"));
         assert!(!meta.repeat);
 
-        let HookOutcome::Captured { entry, core_bytes, .. } = run_on(&config, data.path(), &core) else { panic!() };
+        let HookOutcome::Captured {
+            entry, core_bytes, ..
+        } = run_on(&config, data.path(), &core)
+        else {
+            panic!()
+        };
         let meta = spool::read_meta(&entry).unwrap();
         assert!(meta.repeat);
         assert_eq!(core_bytes, 0);
@@ -356,10 +461,22 @@ mod tests {
         let mut config = Config::default();
         config.capture.min_free_bytes = crate::config::ByteSize(0);
         config.capture.core_bytes_max = crate::config::ByteSize(1000);
-        let HookOutcome::Captured { entry, core_bytes, truncated } = run_on(&config, data.path(), &[7u8; 5000]) else { panic!() };
+        let HookOutcome::Captured {
+            entry,
+            core_bytes,
+            truncated,
+        } = run_on(&config, data.path(), &[7u8; 5000])
+        else {
+            panic!()
+        };
         assert_eq!(core_bytes, 1000);
         assert!(truncated.unwrap().starts_with("size cap"));
-        assert_eq!(zstd::decode_all(&std::fs::read(entry.join("core.zst")).unwrap()[..]).unwrap().len(), 1000);
+        assert_eq!(
+            zstd::decode_all(&std::fs::read(entry.join("core.zst")).unwrap()[..])
+                .unwrap()
+                .len(),
+            1000
+        );
     }
 
     #[test]
@@ -367,7 +484,14 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.capture.min_free_bytes = crate::config::ByteSize(u64::MAX);
-        let HookOutcome::Captured { entry, core_bytes, truncated } = run_on(&config, data.path(), &[1u8; 100]) else { panic!() };
+        let HookOutcome::Captured {
+            entry,
+            core_bytes,
+            truncated,
+        } = run_on(&config, data.path(), &[1u8; 100])
+        else {
+            panic!()
+        };
         assert_eq!(core_bytes, 0);
         assert!(truncated.unwrap().starts_with("low disk"));
         assert!(!entry.join("core.zst").exists());
@@ -379,7 +503,10 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.capture.ignore_paths = vec!["/**".into()];
-        assert!(matches!(run_on(&config, data.path(), b"x"), HookOutcome::Skipped(_)));
+        assert!(matches!(
+            run_on(&config, data.path(), b"x"),
+            HookOutcome::Skipped(_)
+        ));
         assert!(Spool::new(data.path()).list().unwrap().is_empty());
     }
 }

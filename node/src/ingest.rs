@@ -45,7 +45,10 @@ pub enum IngestError {
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Ingester {
@@ -67,7 +70,10 @@ impl Ingester {
                         core_kept = recorded.core_kept,
                         "recorded incident"
                     );
-                    std::fs::remove_dir_all(&entry.dir).map_err(|source| IngestError::Io { path: entry.dir.clone(), source })?;
+                    std::fs::remove_dir_all(&entry.dir).map_err(|source| IngestError::Io {
+                        path: entry.dir.clone(),
+                        source,
+                    })?;
                 }
                 Err((dir, error)) => {
                     tracing::warn!(entry = %dir.display(), %error, "unreadable spool entry set aside in spool/bad");
@@ -92,26 +98,39 @@ impl Ingester {
                 attachments.push((relative.clone(), self.put_file(&path)?));
             }
         }
-        let core = match &meta.core {
-            Some(core) if self.wants_core(&problem.signature)? => {
-                let path = entry.dir.join(&core.file);
-                let file = std::fs::File::open(&path).map_err(|source| IngestError::Io { path: path.clone(), source })?;
-                let mut decoder = zstd::stream::read::Decoder::new(BufReader::new(file))
-                    .map_err(|source| IngestError::Io { path: path.clone(), source })?;
-                Some(self.store.put_blob(&mut decoder)?)
-            }
-            _ => None,
-        };
+        let core =
+            match &meta.core {
+                Some(core) if self.wants_core(&problem.signature)? => {
+                    let path = entry.dir.join(&core.file);
+                    let file = std::fs::File::open(&path).map_err(|source| IngestError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    let mut decoder = zstd::stream::read::Decoder::new(BufReader::new(file))
+                        .map_err(|source| IngestError::Io {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    Some(self.store.put_blob(&mut decoder)?)
+                }
+                _ => None,
+            };
         let incident = NewIncident {
             report_id: format!("{}:{}", self.node_name, meta.id),
             time_ms: meta.time_ms,
             node: self.node_name.clone(),
-            executable: meta.executable.clone().or_else(|| problem.executable.clone()),
+            executable: meta
+                .executable
+                .clone()
+                .or_else(|| problem.executable.clone()),
             pid: meta.pid,
             uid: meta.uid,
             signal: meta.signal,
             core,
-            core_truncated: meta.core.as_ref().is_some_and(|core| core.truncated.is_some()),
+            core_truncated: meta
+                .core
+                .as_ref()
+                .is_some_and(|core| core.truncated.is_some()),
             attachments,
             labels: self.config.node.labels.clone(),
             problem,
@@ -123,12 +142,20 @@ impl Ingester {
 
     /// Is a core of this signature still wanted (fewer than max_cores_per_signature kept)?
     fn wants_core(&self, signature: &str) -> Result<bool, IngestError> {
-        let kept = self.store.problems()?.into_iter().find(|summary| summary.signature == signature).map(|s| s.cores_kept);
+        let kept = self
+            .store
+            .problems()?
+            .into_iter()
+            .find(|summary| summary.signature == signature)
+            .map(|s| s.cores_kept);
         Ok(kept.is_none_or(|kept| kept < self.config.store.max_cores_per_signature))
     }
 
     fn put_file(&self, path: &Path) -> Result<crashmesh_store::BlobId, IngestError> {
-        let file = std::fs::File::open(path).map_err(|source| IngestError::Io { path: path.to_path_buf(), source })?;
+        let file = std::fs::File::open(path).map_err(|source| IngestError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(self.store.put_blob(&mut BufReader::new(file))?)
     }
 
@@ -140,12 +167,24 @@ impl Ingester {
             return Ok(problem.clone());
         }
         if meta.source == "python" {
-            return Ok(crate::pyhook::problem_of_entry(&entry.dir, meta).unwrap_or_else(|| {
-                analyze::failed_problem(ProblemKind::Python, "no traceback could be parsed", meta.executable.as_deref())
-            }));
+            return Ok(
+                crate::pyhook::problem_of_entry(&entry.dir, meta).unwrap_or_else(|| {
+                    analyze::failed_problem(
+                        ProblemKind::Python,
+                        "no traceback could be parsed",
+                        meta.executable.as_deref(),
+                    )
+                }),
+            );
         }
         if let Some(core) = &meta.core {
-            let context = CoreContext { root: meta.root.as_ref().map(PathBuf::from).filter(|root| root.exists()) };
+            let context = CoreContext {
+                root: meta
+                    .root
+                    .as_ref()
+                    .map(PathBuf::from)
+                    .filter(|root| root.exists()),
+            };
             let core_path = entry.dir.join(&core.file);
             let mut problem = analyze::analyze_core_isolated(
                 &self.binary,
@@ -159,10 +198,18 @@ impl Ingester {
                 analyze::failed_core_problem(&error.to_string(), meta.executable.as_deref(), meta.signal)
             });
             if let Some(truncated) = &core.truncated {
-                problem.analysis_error.get_or_insert_with(|| format!("core truncated: {truncated}"));
+                problem
+                    .analysis_error
+                    .get_or_insert_with(|| format!("core truncated: {truncated}"));
             }
             if problem.executable.is_none() {
                 problem.executable = meta.executable.clone();
+            }
+            if problem.package.is_none() {
+                problem.package = problem
+                    .executable
+                    .as_deref()
+                    .and_then(|exe| crate::package::owner(Path::new(exe)));
             }
             return Ok(problem);
         }
@@ -175,14 +222,21 @@ impl Ingester {
     }
 
     fn latest_problem_of(&self, meta: &EntryMeta) -> Result<Option<Problem>, IngestError> {
-        let Some(executable) = meta.executable.as_deref() else { return Ok(None) };
+        let Some(executable) = meta.executable.as_deref() else {
+            return Ok(None);
+        };
         let latest = self
             .store
             .problems()?
             .into_iter()
-            .filter(|summary| summary.kind == ProblemKind::Core && summary.executable.as_deref() == Some(executable))
+            .filter(|summary| {
+                summary.kind == ProblemKind::Core
+                    && summary.executable.as_deref() == Some(executable)
+            })
             .max_by_key(|summary| summary.last_seen);
-        let Some(latest) = latest else { return Ok(None) };
+        let Some(latest) = latest else {
+            return Ok(None);
+        };
         Ok(self.store.problem(&latest.id)?.map(|detail| detail.problem))
     }
 }
@@ -191,11 +245,18 @@ impl Ingester {
 /// executable and signal, the only facts there are.
 fn coreless_problem(meta: &EntryMeta) -> Problem {
     let reason = meta.core_dropped.as_deref().unwrap_or("no core");
-    let mut problem = analyze::failed_core_problem(&format!("no core: {reason}"), meta.executable.as_deref(), meta.signal);
+    let mut problem = analyze::failed_core_problem(
+        &format!("no core: {reason}"),
+        meta.executable.as_deref(),
+        meta.signal,
+    );
     problem.reason = format!(
         "{} in {} (no core: {reason})",
         signal_name(meta.signal.unwrap_or(0)),
-        meta.executable.as_deref().or(meta.comm.as_deref()).unwrap_or("?")
+        meta.executable
+            .as_deref()
+            .or(meta.comm.as_deref())
+            .unwrap_or("?")
     );
     problem
 }
@@ -225,10 +286,19 @@ pub fn signal_name(signal: i32) -> String {
 
 fn set_aside(spool: &Spool, dir: &Path, reason: &str) -> Result<(), IngestError> {
     let bad = spool.root.join("bad");
-    std::fs::create_dir_all(&bad).map_err(|source| IngestError::Io { path: bad.clone(), source })?;
-    let name = dir.file_name().map(|name| name.to_owned()).unwrap_or_default();
+    std::fs::create_dir_all(&bad).map_err(|source| IngestError::Io {
+        path: bad.clone(),
+        source,
+    })?;
+    let name = dir
+        .file_name()
+        .map(|name| name.to_owned())
+        .unwrap_or_default();
     let target = bad.join(&name);
-    std::fs::rename(dir, &target).map_err(|source| IngestError::Io { path: target.clone(), source })?;
+    std::fs::rename(dir, &target).map_err(|source| IngestError::Io {
+        path: target.clone(),
+        source,
+    })?;
     let _ = std::fs::write(target.with_extension("reason"), reason);
     Ok(())
 }

@@ -55,22 +55,35 @@ pub enum InstallError {
     #[error("core_pattern would be {length} bytes, the kernel allows {max}: use a shorter binary or data-dir path ({pattern})", max = CORE_PATTERN_BYTES_MAX - 1)]
     PatternTooLong { pattern: String, length: usize },
     #[error("{path}: {source} (install needs root)")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn read_setting(path: &Path) -> Result<String, InstallError> {
     std::fs::read_to_string(path)
         .map(|text| text.trim_end_matches('\n').to_string())
-        .map_err(|source| InstallError::Io { path: path.to_path_buf(), source })
+        .map_err(|source| InstallError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn write_setting(path: &Path, value: &str) -> Result<(), InstallError> {
-    std::fs::write(path, format!("{value}\n")).map_err(|source| InstallError::Io { path: path.to_path_buf(), source })
+    std::fs::write(path, format!("{value}\n")).map_err(|source| InstallError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The core_pattern that runs `binary` as the hook, with the data dir and config when
 /// they are not the defaults.
-pub fn hook_pattern(binary: &Path, data_dir: Option<&Path>, config: Option<&Path>) -> Result<String, InstallError> {
+pub fn hook_pattern(
+    binary: &Path,
+    data_dir: Option<&Path>,
+    config: Option<&Path>,
+) -> Result<String, InstallError> {
     let mut pattern = format!("|{} hook core", binary.display());
     if let Some(data_dir) = data_dir {
         pattern.push_str(&format!(" --data-dir {}", data_dir.display()));
@@ -81,7 +94,10 @@ pub fn hook_pattern(binary: &Path, data_dir: Option<&Path>, config: Option<&Path
     pattern.push(' ');
     pattern.push_str(CORE_PATTERN_SPECIFIERS);
     if pattern.len() >= CORE_PATTERN_BYTES_MAX {
-        return Err(InstallError::PatternTooLong { length: pattern.len(), pattern });
+        return Err(InstallError::PatternTooLong {
+            length: pattern.len(),
+            pattern,
+        });
     }
     Ok(pattern)
 }
@@ -92,13 +108,20 @@ fn is_crashmesh_pattern(pattern: &str) -> bool {
 
 /// Set core_pattern to `pattern` and make core_pipe_limit non-zero, remembering the
 /// previous values in `state_file` (unless they are ours already).
-pub fn install(files: &KernelFiles, state_file: &Path, pattern: &str) -> Result<Vec<Change>, InstallError> {
+pub fn install(
+    files: &KernelFiles,
+    state_file: &Path,
+    pattern: &str,
+) -> Result<Vec<Change>, InstallError> {
     let current_pattern = read_setting(&files.core_pattern)?;
     let current_limit = read_setting(&files.core_pipe_limit)?;
     let previous = read_state(state_file);
     // Reinstalling over our own pattern keeps the original previous values.
     let state = match previous {
-        Some(state) if is_crashmesh_pattern(&current_pattern) => InstallState { core_pattern: pattern.to_string(), ..state },
+        Some(state) if is_crashmesh_pattern(&current_pattern) => InstallState {
+            core_pattern: pattern.to_string(),
+            ..state
+        },
         _ => InstallState {
             previous_core_pattern: current_pattern.clone(),
             previous_core_pipe_limit: current_limit.clone(),
@@ -112,13 +135,27 @@ pub fn install(files: &KernelFiles, state_file: &Path, pattern: &str) -> Result<
     if pattern_changed {
         write_setting(&files.core_pattern, pattern)?;
     }
-    changes.push(Change { setting: "kernel.core_pattern".into(), from: current_pattern, to: pattern.into(), changed: pattern_changed });
+    changes.push(Change {
+        setting: "kernel.core_pattern".into(),
+        from: current_pattern,
+        to: pattern.into(),
+        changed: pattern_changed,
+    });
     let limit_changed = current_limit.trim() == "0";
-    let new_limit = if limit_changed { CORE_PIPE_LIMIT.to_string() } else { current_limit.clone() };
+    let new_limit = if limit_changed {
+        CORE_PIPE_LIMIT.to_string()
+    } else {
+        current_limit.clone()
+    };
     if limit_changed {
         write_setting(&files.core_pipe_limit, &new_limit)?;
     }
-    changes.push(Change { setting: "kernel.core_pipe_limit".into(), from: current_limit, to: new_limit, changed: limit_changed });
+    changes.push(Change {
+        setting: "kernel.core_pipe_limit".into(),
+        from: current_limit,
+        to: new_limit,
+        changed: limit_changed,
+    });
     Ok(changes)
 }
 
@@ -127,22 +164,45 @@ pub fn uninstall(files: &KernelFiles, state_file: &Path) -> Result<Vec<Change>, 
     let current_pattern = read_setting(&files.core_pattern)?;
     let current_limit = read_setting(&files.core_pipe_limit)?;
     let Some(state) = read_state(state_file) else {
-        return Ok(vec![Change { setting: "kernel.core_pattern".into(), from: current_pattern.clone(), to: current_pattern, changed: false }]);
+        return Ok(vec![Change {
+            setting: "kernel.core_pattern".into(),
+            from: current_pattern.clone(),
+            to: current_pattern,
+            changed: false,
+        }]);
     };
     let mut changes = Vec::new();
     if is_crashmesh_pattern(&current_pattern) {
         write_setting(&files.core_pattern, &state.previous_core_pattern)?;
-        changes.push(Change { setting: "kernel.core_pattern".into(), from: current_pattern, to: state.previous_core_pattern.clone(), changed: true });
+        changes.push(Change {
+            setting: "kernel.core_pattern".into(),
+            from: current_pattern,
+            to: state.previous_core_pattern.clone(),
+            changed: true,
+        });
         let limit_changed = current_limit != state.previous_core_pipe_limit;
         if limit_changed {
             write_setting(&files.core_pipe_limit, &state.previous_core_pipe_limit)?;
         }
-        changes.push(Change { setting: "kernel.core_pipe_limit".into(), from: current_limit, to: state.previous_core_pipe_limit.clone(), changed: limit_changed });
+        changes.push(Change {
+            setting: "kernel.core_pipe_limit".into(),
+            from: current_limit,
+            to: state.previous_core_pipe_limit.clone(),
+            changed: limit_changed,
+        });
     } else {
         // Somebody else owns core_pattern now; leave it alone.
-        changes.push(Change { setting: "kernel.core_pattern".into(), from: current_pattern.clone(), to: current_pattern, changed: false });
+        changes.push(Change {
+            setting: "kernel.core_pattern".into(),
+            from: current_pattern.clone(),
+            to: current_pattern,
+            changed: false,
+        });
     }
-    std::fs::remove_file(state_file).map_err(|source| InstallError::Io { path: state_file.to_path_buf(), source })?;
+    std::fs::remove_file(state_file).map_err(|source| InstallError::Io {
+        path: state_file.to_path_buf(),
+        source,
+    })?;
     Ok(changes)
 }
 
@@ -151,12 +211,19 @@ fn read_state(path: &Path) -> Option<InstallState> {
 }
 
 fn write_state(path: &Path, state: &InstallState) -> Result<(), InstallError> {
-    let io_error = |source| InstallError::Io { path: path.to_path_buf(), source };
+    let io_error = |source| InstallError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io_error)?;
     }
     let temporary = path.with_extension("json.tmp");
-    std::fs::write(&temporary, serde_json::to_vec_pretty(state).expect("state serializes")).map_err(io_error)?;
+    std::fs::write(
+        &temporary,
+        serde_json::to_vec_pretty(state).expect("state serializes"),
+    )
+    .map_err(io_error)?;
     std::fs::rename(&temporary, path).map_err(io_error)
 }
 
@@ -165,7 +232,10 @@ mod tests {
     use super::*;
 
     fn fake_kernel(dir: &Path, pattern: &str, limit: &str) -> KernelFiles {
-        let files = KernelFiles { core_pattern: dir.join("core_pattern"), core_pipe_limit: dir.join("core_pipe_limit") };
+        let files = KernelFiles {
+            core_pattern: dir.join("core_pattern"),
+            core_pipe_limit: dir.join("core_pipe_limit"),
+        };
         std::fs::write(&files.core_pattern, format!("{pattern}\n")).unwrap();
         std::fs::write(&files.core_pipe_limit, format!("{limit}\n")).unwrap();
         files
@@ -199,16 +269,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = fake_kernel(dir.path(), "core", "0");
         let state = dir.path().join("install.json");
-        install(&files, &state, &hook_pattern(Path::new("/bin/crashmesh"), None, None).unwrap()).unwrap();
-        std::fs::write(&files.core_pattern, "|/usr/lib/systemd/systemd-coredump %P\n").unwrap();
+        install(
+            &files,
+            &state,
+            &hook_pattern(Path::new("/bin/crashmesh"), None, None).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            &files.core_pattern,
+            "|/usr/lib/systemd/systemd-coredump %P\n",
+        )
+        .unwrap();
         let changes = uninstall(&files, &state).unwrap();
         assert!(!changes[0].changed);
-        assert_eq!(read_setting(&files.core_pattern).unwrap(), "|/usr/lib/systemd/systemd-coredump %P");
+        assert_eq!(
+            read_setting(&files.core_pattern).unwrap(),
+            "|/usr/lib/systemd/systemd-coredump %P"
+        );
     }
 
     #[test]
     fn too_long_patterns_are_refused() {
         let long = PathBuf::from(format!("/{}", "d".repeat(120)));
-        assert!(matches!(hook_pattern(&long, None, None), Err(InstallError::PatternTooLong { .. })));
+        assert!(matches!(
+            hook_pattern(&long, None, None),
+            Err(InstallError::PatternTooLong { .. })
+        ));
     }
 }

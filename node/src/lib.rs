@@ -4,12 +4,14 @@
 pub mod analyze;
 pub mod cli;
 pub mod commands;
-pub mod control;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod hook;
 pub mod ingest;
 pub mod install;
+pub mod kmsg;
+pub mod package;
 pub mod procsnap;
 pub mod pyhook;
 pub mod spool;

@@ -12,8 +12,18 @@ use serde::{Deserialize, Serialize};
 use crate::spool::{EntryWriter, SpoolError};
 
 /// The /proc files copied as they are.
-pub const PROC_FILES: &[&str] =
-    &["cmdline", "environ", "maps", "status", "limits", "cgroup", "mountinfo", "auxv", "stat", "comm"];
+pub const PROC_FILES: &[&str] = &[
+    "cmdline",
+    "environ",
+    "maps",
+    "status",
+    "limits",
+    "cgroup",
+    "mountinfo",
+    "auxv",
+    "stat",
+    "comm",
+];
 /// How many open file descriptors are listed at most.
 pub const FDS_MAX: usize = 4096;
 
@@ -39,13 +49,17 @@ pub struct Snapshot {
 }
 
 fn read_link(path: &Path) -> Option<String> {
-    std::fs::read_link(path).ok().map(|target| target.to_string_lossy().into_owned())
+    std::fs::read_link(path)
+        .ok()
+        .map(|target| target.to_string_lossy().into_owned())
 }
 
 /// Read at most `bytes_max` bytes of `path`.
 pub fn read_capped(path: &Path, bytes_max: u64) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?.take(bytes_max).read_to_end(&mut bytes)?;
+    std::fs::File::open(path)?
+        .take(bytes_max)
+        .read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -60,7 +74,9 @@ pub fn read_links(proc_dir: &Path) -> ProcLinks {
     if let Ok(entries) = std::fs::read_dir(proc_dir.join("ns")) {
         for entry in entries.filter_map(|entry| entry.ok()) {
             if let Some(target) = read_link(&entry.path()) {
-                links.namespaces.insert(entry.file_name().to_string_lossy().into_owned(), target);
+                links
+                    .namespaces
+                    .insert(entry.file_name().to_string_lossy().into_owned(), target);
             }
         }
     }
@@ -70,7 +86,9 @@ pub fn read_links(proc_dir: &Path) -> ProcLinks {
                 links.fds_truncated = true;
                 break;
             }
-            let Ok(fd) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(fd) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
             if let Some(target) = read_link(&entry.path()) {
                 links.fds.insert(fd, target);
             }
@@ -80,7 +98,11 @@ pub fn read_links(proc_dir: &Path) -> ProcLinks {
 }
 
 /// Copy `/proc/<pid>` into `proc/` of the entry being written.
-pub fn snapshot(pid: u32, writer: &EntryWriter, file_bytes_max: u64) -> Result<Snapshot, SpoolError> {
+pub fn snapshot(
+    pid: u32,
+    writer: &EntryWriter,
+    file_bytes_max: u64,
+) -> Result<Snapshot, SpoolError> {
     let proc_dir = Path::new("/proc").join(pid.to_string());
     let mut files = Vec::new();
     let mut notes = Vec::new();
@@ -101,7 +123,11 @@ pub fn snapshot(pid: u32, writer: &EntryWriter, file_bytes_max: u64) -> Result<S
     let json = serde_json::to_vec_pretty(&links).expect("links serialize");
     writer.write_file("proc/links.json", &json)?;
     files.push("proc/links.json".to_string());
-    Ok(Snapshot { links, files, notes })
+    Ok(Snapshot {
+        links,
+        files,
+        notes,
+    })
 }
 
 /// The container id from a `/proc/<pid>/cgroup` text: the 64-hex-digit id that docker,
@@ -133,9 +159,16 @@ mod tests {
             format!("0::/kubepods.slice/kubepods-burstable.slice/cri-containerd-{id}.scope\n"),
             format!("0::/machine.slice/libpod-{id}.scope/container\n"),
         ] {
-            assert_eq!(container_id_from_cgroup(&cgroup).as_deref(), Some(id), "{cgroup}");
+            assert_eq!(
+                container_id_from_cgroup(&cgroup).as_deref(),
+                Some(id),
+                "{cgroup}"
+            );
         }
-        assert_eq!(container_id_from_cgroup("0::/user.slice/user-0.slice/session-3.scope\n"), None);
+        assert_eq!(
+            container_id_from_cgroup("0::/user.slice/user-0.slice/session-3.scope\n"),
+            None
+        );
     }
 
     #[test]
@@ -143,6 +176,8 @@ mod tests {
         let links = read_links(Path::new("/proc/self"));
         assert!(links.exe.is_some());
         assert!(links.namespaces.contains_key("pid"));
-        assert!(links.fds.contains_key(&0) || links.fds.contains_key(&1) || links.fds.contains_key(&2));
+        assert!(
+            links.fds.contains_key(&0) || links.fds.contains_key(&1) || links.fds.contains_key(&2)
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use crate::procsnap;
-use crate::spool::{self, EntryMeta, Spool, SPOOL_FORMAT_VERSION};
+use crate::spool::{self, EntryMeta, SPOOL_FORMAT_VERSION, Spool};
 
 /// The module's source; `@SOCKET@` and `@SPOOL@` are filled in at install time.
 pub const HOOK_MODULE: &str = include_str!("crashmesh_hook.py");
@@ -60,7 +60,11 @@ pub fn interpreters(configured: &[PathBuf]) -> Vec<PathBuf> {
 /// The directory where an interpreter loads `.pth` files from.
 pub fn site_packages(interpreter: &Path) -> Option<PathBuf> {
     let output = Command::new(interpreter)
-        .args(["-S", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+        .args([
+            "-S",
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
@@ -76,7 +80,10 @@ pub fn install(interpreters: &[PathBuf], data_dir: &Path) -> Vec<(PathBuf, Resul
     let mut done: Vec<(PathBuf, Result<(), String>)> = Vec::new();
     for interpreter in interpreters {
         let Some(site) = site_packages(interpreter) else {
-            done.push((interpreter.clone(), Err("cannot ask it for its site-packages".into())));
+            done.push((
+                interpreter.clone(),
+                Err("cannot ask it for its site-packages".into()),
+            ));
             continue;
         };
         if done.iter().any(|(path, _)| path == &site) {
@@ -101,25 +108,38 @@ pub fn uninstall(site_dirs: &[PathBuf]) -> Vec<PathBuf> {
                 removed.push(path);
             }
         }
-        let _ = std::fs::remove_dir_all(site.join("__pycache__").join("crashmesh_hook.cpython-311.pyc"));
+        let _ = std::fs::remove_dir_all(
+            site.join("__pycache__")
+                .join("crashmesh_hook.cpython-311.pyc"),
+        );
     }
     removed
 }
 
 /// Handle one connection from the Python hook: read the report, snapshot the process,
 /// write a spool entry, answer `ok`.
-pub fn handle_connection(stream: &mut std::os::unix::net::UnixStream, data_dir: &Path, proc_file_bytes_max: u64) -> Result<String, String> {
+pub fn handle_connection(
+    stream: &mut std::os::unix::net::UnixStream,
+    data_dir: &Path,
+    proc_file_bytes_max: u64,
+) -> Result<String, String> {
     let mut line = Vec::new();
     BufReader::new((&mut *stream).take(MESSAGE_BYTES_MAX))
         .read_until(b'\n', &mut line)
         .map_err(|error| format!("reading the report: {error}"))?;
-    let report: PythonReport = serde_json::from_slice(&line).map_err(|error| format!("malformed report: {error}"))?;
-    let entry = write_entry(&report, data_dir, proc_file_bytes_max).map_err(|error| error.to_string())?;
+    let report: PythonReport =
+        serde_json::from_slice(&line).map_err(|error| format!("malformed report: {error}"))?;
+    let entry =
+        write_entry(&report, data_dir, proc_file_bytes_max).map_err(|error| error.to_string())?;
     let _ = stream.write_all(b"ok\n");
     Ok(entry)
 }
 
-fn write_entry(report: &PythonReport, data_dir: &Path, proc_file_bytes_max: u64) -> Result<String, spool::SpoolError> {
+fn write_entry(
+    report: &PythonReport,
+    data_dir: &Path,
+    proc_file_bytes_max: u64,
+) -> Result<String, spool::SpoolError> {
     let spool = Spool::new(data_dir);
     let id = spool::new_entry_id(report.time_ms, report.pid);
     let writer = spool.begin(&id)?;
@@ -131,11 +151,17 @@ fn write_entry(report: &PythonReport, data_dir: &Path, proc_file_bytes_max: u64)
         pid: Some(report.pid),
         uid: report.uid,
         executable: report.executable.clone(),
-        comm: report.executable.as_deref().map(|exe| exe.rsplit('/').next().unwrap_or(exe).to_string()),
+        comm: report
+            .executable
+            .as_deref()
+            .map(|exe| exe.rsplit('/').next().unwrap_or(exe).to_string()),
         ..EntryMeta::default()
     };
     writer.write_file("traceback.txt", report.traceback.as_bytes())?;
-    writer.write_file("python/argv.json", &serde_json::to_vec(&report.argv).expect("argv serializes"))?;
+    writer.write_file(
+        "python/argv.json",
+        &serde_json::to_vec(&report.argv).expect("argv serializes"),
+    )?;
     meta.proc_files = vec!["traceback.txt".into(), "python/argv.json".into()];
     // The process is waiting for our answer, so its /proc is still there.
     let snapshot = procsnap::snapshot(report.pid, &writer, proc_file_bytes_max)?;

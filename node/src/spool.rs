@@ -100,13 +100,18 @@ pub enum SpoolError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io { path: path.to_path_buf(), source }
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl Spool {
     /// The spool of a data dir (nothing is created yet).
     pub fn new(data_dir: &Path) -> Spool {
-        Spool { root: data_dir.join("spool") }
+        Spool {
+            root: data_dir.join("spool"),
+        }
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
@@ -134,7 +139,11 @@ impl Spool {
         self.create_dirs()?;
         let dir = self.tmp_dir().join(id);
         fs::create_dir(&dir).map_err(io_error(&dir))?;
-        Ok(EntryWriter { dir, final_dir: self.new_dir().join(id), new_dir: self.new_dir() })
+        Ok(EntryWriter {
+            dir,
+            final_dir: self.new_dir().join(id),
+            new_dir: self.new_dir(),
+        })
     }
 
     /// Complete entries, oldest id first. Entries whose meta cannot be read are returned
@@ -142,9 +151,17 @@ impl Spool {
     pub fn list(&self) -> Result<Vec<Result<Entry, (PathBuf, SpoolError)>>, SpoolError> {
         let new_dir = self.new_dir();
         let mut names: Vec<_> = match fs::read_dir(&new_dir) {
-            Ok(entries) => entries.filter_map(|entry| entry.ok()).map(|entry| entry.path()).collect(),
+            Ok(entries) => entries
+                .filter_map(|entry| entry.ok())
+                .map(|entry| entry.path())
+                .collect(),
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(SpoolError::Io { path: new_dir, source }),
+            Err(source) => {
+                return Err(SpoolError::Io {
+                    path: new_dir,
+                    source,
+                });
+            }
         };
         names.sort();
         Ok(names
@@ -159,7 +176,9 @@ impl Spool {
     /// Remove what a writer that died left in `tmp/` (never visible, never acknowledged).
     pub fn clean_tmp(&self) -> Result<usize, SpoolError> {
         let tmp = self.tmp_dir();
-        let Ok(entries) = fs::read_dir(&tmp) else { return Ok(0) };
+        let Ok(entries) = fs::read_dir(&tmp) else {
+            return Ok(0);
+        };
         let mut removed = 0;
         for entry in entries.filter_map(|entry| entry.ok()) {
             let path = entry.path();
@@ -176,12 +195,21 @@ pub fn read_meta(dir: &Path) -> Result<EntryMeta, SpoolError> {
     let file = File::open(&path).map_err(io_error(&path))?;
     let length = file.metadata().map_err(io_error(&path))?.len();
     if length > META_BYTES_MAX {
-        return Err(SpoolError::Meta { path, message: format!("{length} bytes, more than {META_BYTES_MAX}") });
+        return Err(SpoolError::Meta {
+            path,
+            message: format!("{length} bytes, more than {META_BYTES_MAX}"),
+        });
     }
-    let meta: EntryMeta = serde_json::from_reader(io::BufReader::new(file))
-        .map_err(|error| SpoolError::Meta { path: path.clone(), message: error.to_string() })?;
+    let meta: EntryMeta =
+        serde_json::from_reader(io::BufReader::new(file)).map_err(|error| SpoolError::Meta {
+            path: path.clone(),
+            message: error.to_string(),
+        })?;
     if meta.format_version != SPOOL_FORMAT_VERSION {
-        return Err(SpoolError::Meta { path, message: format!("unknown format version {}", meta.format_version) });
+        return Err(SpoolError::Meta {
+            path,
+            message: format!("unknown format version {}", meta.format_version),
+        });
     }
     Ok(meta)
 }
@@ -236,7 +264,9 @@ fn sync_tree(dir: &Path) -> Result<(), SpoolError> {
         if file_type.is_dir() {
             sync_tree(&path)?;
         } else if file_type.is_file() {
-            File::open(&path).and_then(|file| file.sync_all()).map_err(io_error(&path))?;
+            File::open(&path)
+                .and_then(|file| file.sync_all())
+                .map_err(io_error(&path))?;
         }
     }
     sync_dir(dir)
@@ -244,14 +274,21 @@ fn sync_tree(dir: &Path) -> Result<(), SpoolError> {
 
 /// fsync a directory so that renames and creations in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir).and_then(|file| file.sync_all()).map_err(io_error(dir))
+    File::open(dir)
+        .and_then(|file| file.sync_all())
+        .map_err(io_error(dir))
 }
 
 /// A new entry id: sortable by time, unique across processes.
 pub fn new_entry_id(time_ms: u64, pid: u32) -> String {
     let mut random = [0u8; 6];
-    if File::open("/dev/urandom").and_then(|mut file| io::Read::read_exact(&mut file, &mut random)).is_err() {
-        random = (std::process::id() as u64 ^ time_ms).to_le_bytes()[..6].try_into().expect("6 bytes");
+    if File::open("/dev/urandom")
+        .and_then(|mut file| io::Read::read_exact(&mut file, &mut random))
+        .is_err()
+    {
+        random = (std::process::id() as u64 ^ time_ms).to_le_bytes()[..6]
+            .try_into()
+            .expect("6 bytes");
     }
     let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
     format!("{time_ms:013}-{pid}-{suffix}")
@@ -268,7 +305,11 @@ mod tests {
         let writer = spool.begin("0001-1-aa").unwrap();
         writer.write_file("proc/status", b"Name: x\n").unwrap();
         assert!(spool.list().unwrap().is_empty());
-        let meta = EntryMeta { format_version: SPOOL_FORMAT_VERSION, id: "0001-1-aa".into(), ..EntryMeta::default() };
+        let meta = EntryMeta {
+            format_version: SPOOL_FORMAT_VERSION,
+            id: "0001-1-aa".into(),
+            ..EntryMeta::default()
+        };
         writer.commit(&meta).unwrap();
         let entries = spool.list().unwrap();
         assert_eq!(entries.len(), 1);

@@ -8,7 +8,10 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&str]) -> Table {
-        Table { header: header.iter().map(|cell| cell.to_string()).collect(), rows: Vec::new() }
+        Table {
+            header: header.iter().map(|cell| cell.to_string()).collect(),
+            rows: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -18,7 +21,11 @@ impl Table {
     /// The table as text, one line per row, the last column not padded.
     pub fn render(&self) -> String {
         let columns = self.header.len();
-        let mut widths: Vec<usize> = self.header.iter().map(|cell| cell.chars().count()).collect();
+        let mut widths: Vec<usize> = self
+            .header
+            .iter()
+            .map(|cell| cell.chars().count())
+            .collect();
         for row in &self.rows {
             for (index, cell) in row.iter().enumerate().take(columns) {
                 widths[index] = widths[index].max(cell.chars().count());
@@ -57,7 +64,10 @@ mod tests {
         let mut table = Table::new(&["ID", "COUNT", "FUNCTION"]);
         table.row(vec!["abc".into(), "2".into(), "main".into()]);
         table.row(vec!["a".into(), "10".into(), "x".into()]);
-        assert_eq!(table.render(), "ID   COUNT  FUNCTION\nabc  2      main\na    10     x\n");
+        assert_eq!(
+            table.render(),
+            "ID   COUNT  FUNCTION\nabc  2      main\na    10     x\n"
+        );
         assert_eq!(format_time_ms(0), "1970-01-01 00:00:00");
     }
 }

@@ -11,7 +11,10 @@ use serde_json::Value;
 
 /// The workspace's root directory.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The `crashmesh` binary, built on first use (a no-op when `./test` built it already).
@@ -24,13 +27,26 @@ pub fn crashmesh_binary() -> PathBuf {
             }
             // target/<profile>/deps/<test binary> → target/<profile>/crashmesh
             let test_binary = std::env::current_exe().expect("current exe");
-            let profile_dir = test_binary.parent().and_then(Path::parent).expect("target/<profile>");
+            let profile_dir = test_binary
+                .parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>");
             let target_dir = profile_dir.parent().expect("target dir");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut build = Command::new(cargo);
-            build.current_dir(workspace_root()).args(["build", "--quiet", "-p", "crashmesh", "--bin", "crashmesh"]);
+            build.current_dir(workspace_root()).args([
+                "build",
+                "--quiet",
+                "-p",
+                "crashmesh",
+                "--bin",
+                "crashmesh",
+            ]);
             build.env("CARGO_TARGET_DIR", target_dir);
-            if profile_dir.file_name().is_some_and(|name| name == "release") {
+            if profile_dir
+                .file_name()
+                .is_some_and(|name| name == "release")
+            {
                 build.arg("--release");
             }
             let status = build.status().expect("run cargo build");
@@ -53,17 +69,29 @@ impl NodeDir {
     /// A data dir whose config is `config_toml`. The directory lives under /var/tmp
     /// rather than a tmpfs so that free-space guards see a real disk.
     pub fn new(config_toml: &str) -> NodeDir {
-        let root = tempfile::Builder::new().prefix("cm-").tempdir_in("/var/tmp").expect("tempdir");
+        let root = tempfile::Builder::new()
+            .prefix("cm-")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
         let data_dir = root.path().join("d");
         let config = root.path().join("c.toml");
         std::fs::write(&config, config_toml).expect("write config");
-        NodeDir { root, data_dir, config }
+        NodeDir {
+            root,
+            data_dir,
+            config,
+        }
     }
 
     /// `crashmesh --data-dir D --config C <args>`.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(crashmesh_binary());
-        command.arg("--data-dir").arg(&self.data_dir).arg("--config").arg(&self.config).args(args);
+        command
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args);
         command
     }
 
@@ -85,8 +113,12 @@ impl NodeDir {
         let mut with_json = args.to_vec();
         with_json.push("--json");
         let output = self.run(&with_json);
-        serde_json::from_slice(&output.stdout)
-            .unwrap_or_else(|error| panic!("{args:?}: not JSON ({error}): {}", String::from_utf8_lossy(&output.stdout)))
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+            panic!(
+                "{args:?}: not JSON ({error}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
     }
 
     /// Start `crashmesh node run`; it is killed when the returned guard drops.
@@ -94,7 +126,9 @@ impl NodeDir {
         let child = self
             .command(&["node", "run"])
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(self.root.path().join("daemon.log")).expect("log")))
+            .stderr(Stdio::from(
+                std::fs::File::create(self.root.path().join("daemon.log")).expect("log"),
+            ))
             .spawn()
             .expect("start daemon");
         Daemon { child }
@@ -148,10 +182,16 @@ pub struct KernelCoreSettings {
 
 impl KernelCoreSettings {
     pub fn save() -> KernelCoreSettings {
-        assert_eq!(unsafe { libc::geteuid() }, 0, "this suite changes core_pattern and needs root");
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this suite changes core_pattern and needs root"
+        );
         KernelCoreSettings {
-            core_pattern: std::fs::read_to_string("/proc/sys/kernel/core_pattern").expect("read core_pattern"),
-            core_pipe_limit: std::fs::read_to_string("/proc/sys/kernel/core_pipe_limit").expect("read core_pipe_limit"),
+            core_pattern: std::fs::read_to_string("/proc/sys/kernel/core_pattern")
+                .expect("read core_pattern"),
+            core_pipe_limit: std::fs::read_to_string("/proc/sys/kernel/core_pipe_limit")
+                .expect("read core_pipe_limit"),
         }
     }
 
@@ -172,8 +212,18 @@ pub fn compile_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBu
     let source_path = dir.join(format!("{name}.c"));
     std::fs::write(&source_path, source).expect("write source");
     let binary = dir.join(name);
-    let output = Command::new("gcc").args(flags).arg("-o").arg(&binary).arg(&source_path).output().expect("run gcc");
-    assert!(output.status.success(), "gcc failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new("gcc")
+        .args(flags)
+        .arg("-o")
+        .arg(&binary)
+        .arg(&source_path)
+        .output()
+        .expect("run gcc");
+    assert!(
+        output.status.success(),
+        "gcc failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     binary
 }
 
@@ -183,13 +233,22 @@ pub fn crash(command: &mut Command) -> i32 {
     // SAFETY: setrlimit between fork and exec.
     unsafe {
         command.pre_exec(|| {
-            let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+            let unlimited = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
             libc::setrlimit(libc::RLIMIT_CORE, &unlimited);
             Ok(())
         });
     }
-    let status = command.stdout(Stdio::null()).stderr(Stdio::null()).status().expect("run program");
-    status.signal().unwrap_or_else(|| panic!("{command:?} did not die of a signal: {status}"))
+    let status = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run program");
+    status
+        .signal()
+        .unwrap_or_else(|| panic!("{command:?} did not die of a signal: {status}"))
 }
 
 /// One physical frame as gdb sees it.
@@ -209,10 +268,19 @@ while f is not None:\n\
         print('FRAME %x %s' % (f.pc(), f.name()))\n\
     f = f.older()\n\
 end\n";
-    let script_path = std::env::temp_dir().join(format!("gdb-frames-{}.py.gdb", std::process::id()));
+    let script_path =
+        std::env::temp_dir().join(format!("gdb-frames-{}.py.gdb", std::process::id()));
     std::fs::write(&script_path, script).expect("write gdb script");
     let output = Command::new("gdb")
-        .args(["-nx", "-batch", "-ex", "set pagination off", "-ex", "set debuginfod enabled off", "-x"])
+        .args([
+            "-nx",
+            "-batch",
+            "-ex",
+            "set pagination off",
+            "-ex",
+            "set debuginfod enabled off",
+            "-x",
+        ])
         .arg(&script_path)
         .arg(executable)
         .arg(core)
@@ -240,8 +308,13 @@ pub fn json_frames(problem: &Value) -> Vec<(u64, Option<String>)> {
             frames
                 .iter()
                 .map(|frame| {
-                    let address = frame["address"].as_str().and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
-                    (address.unwrap_or(0), frame["function"].as_str().map(str::to_string))
+                    let address = frame["address"]
+                        .as_str()
+                        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
+                    (
+                        address.unwrap_or(0),
+                        frame["function"].as_str().map(str::to_string),
+                    )
                 })
                 .collect()
         })

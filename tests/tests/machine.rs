@@ -21,15 +21,22 @@ int main(int argc, char **argv) { (void)argv; return outer(argc + 3); }
 "#;
 
 fn spool_entries(node: &NodeDir) -> usize {
-    std::fs::read_dir(node.data_dir.join("spool/new")).map(|dir| dir.count()).unwrap_or(0)
+    std::fs::read_dir(node.data_dir.join("spool/new"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
 }
 
 fn problems(node: &NodeDir) -> Vec<Value> {
-    node.json(&["problems", "list"])["problems"].as_array().cloned().unwrap_or_default()
+    node.json(&["problems", "list"])["problems"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn problem_of<'a>(problems: &'a [Value], executable: &Path) -> &'a Value {
-    let executable = executable.canonicalize().unwrap_or_else(|_| executable.to_path_buf());
+    let executable = executable
+        .canonicalize()
+        .unwrap_or_else(|_| executable.to_path_buf());
     problems
         .iter()
         .find(|problem| problem["executable"].as_str().map(Path::new) == Some(executable.as_path()))
@@ -37,9 +44,20 @@ fn problem_of<'a>(problems: &'a [Value], executable: &Path) -> &'a Value {
 }
 
 /// Our frames against gdb's physical frames on the same (exported) core.
-fn assert_frames_agree_with_gdb(node: &NodeDir, problem_id: &str, executable: &Path, scratch: &Path) -> Vec<(u64, Option<String>)> {
+fn assert_frames_agree_with_gdb(
+    node: &NodeDir,
+    problem_id: &str,
+    executable: &Path,
+    scratch: &Path,
+) -> Vec<(u64, Option<String>)> {
     let core = scratch.join(format!("{problem_id}.core"));
-    node.run(&["problems", "core", problem_id, "--out", core.to_str().unwrap()]);
+    node.run(&[
+        "problems",
+        "core",
+        problem_id,
+        "--out",
+        core.to_str().unwrap(),
+    ]);
     let detail = node.json(&["problems", "show", problem_id]);
     let ours = json_frames(&detail["problem"]);
     let gdb = gdb_frames(executable, &core);
@@ -47,17 +65,31 @@ fn assert_frames_agree_with_gdb(node: &NodeDir, problem_id: &str, executable: &P
     let common = ours.len().min(gdb.len());
     for index in 0..common {
         assert_eq!(
-            ours[index].0, gdb[index].pc,
+            ours[index].0,
+            gdb[index].pc,
             "frame #{index} of {}: ours {:#x} {:?}, gdb {:#x} {:?}\nours: {ours:x?}\ngdb: {gdb:x?}",
-            executable.display(), ours[index].0, ours[index].1, gdb[index].pc, gdb[index].function
+            executable.display(),
+            ours[index].0,
+            ours[index].1,
+            gdb[index].pc,
+            gdb[index].function
         );
     }
-    assert!(ours.len().abs_diff(gdb.len()) <= 1, "frame counts differ: ours {ours:x?}, gdb {gdb:x?}");
+    assert!(
+        ours.len().abs_diff(gdb.len()) <= 1,
+        "frame counts differ: ours {ours:x?}, gdb {gdb:x?}"
+    );
     ours
 }
 
 fn python3() -> PathBuf {
-    let output = Command::new("python3").args(["-c", "import sys, os; print(os.path.realpath(sys.executable))"]).output().expect("python3");
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, os; print(os.path.realpath(sys.executable))",
+        ])
+        .output()
+        .expect("python3");
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
 
@@ -66,26 +98,48 @@ fn real_crashes_through_core_pattern_become_problems_with_gdbs_frames() {
     let kernel = KernelCoreSettings::save();
     let node = NodeDir::new("[node]\nname = \"e2e\"\n[capture]\nrepeat_window_secs = 0\n");
     let scratch = tempfile::tempdir().unwrap();
-    let crashy = compile_c(scratch.path(), "crashy", CRASHY_C, &["-O2", "-fomit-frame-pointer", "-g"]);
+    let crashy = compile_c(
+        scratch.path(),
+        "crashy",
+        CRASHY_C,
+        &["-O2", "-fomit-frame-pointer", "-g"],
+    );
 
     let installed = node.json(&["install"]);
     assert_eq!(installed["changes"][0]["changed"], true, "{installed}");
     let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
-    assert!(pattern.starts_with('|') && pattern.contains("crashmesh hook core"), "{pattern}");
-    assert_ne!(std::fs::read_to_string("/proc/sys/kernel/core_pipe_limit").unwrap().trim(), "0");
+    assert!(
+        pattern.starts_with('|') && pattern.contains("crashmesh hook core"),
+        "{pattern}"
+    );
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pipe_limit")
+            .unwrap()
+            .trim(),
+        "0"
+    );
 
     // The daemon is down: the hook alone must leave complete entries.
     assert_eq!(crash(&mut Command::new(&crashy)), libc::SIGSEGV);
     assert_eq!(crash(&mut Command::new(&crashy)), libc::SIGSEGV);
-    assert_eq!(crash(Command::new("python3").args(["-c", "import ctypes; ctypes.string_at(0)"])), libc::SIGSEGV);
-    assert_eq!(crash(Command::new("python3").args(["-c", "import os; os.abort()"])), libc::SIGABRT);
+    assert_eq!(
+        crash(Command::new("python3").args(["-c", "import ctypes; ctypes.string_at(0)"])),
+        libc::SIGSEGV
+    );
+    assert_eq!(
+        crash(Command::new("python3").args(["-c", "import os; os.abort()"])),
+        libc::SIGABRT
+    );
     let mut sleeper = Command::new("sleep");
     sleeper.arg("60");
     let sleeper_pid = {
         use std::os::unix::process::CommandExt;
         unsafe {
             sleeper.pre_exec(|| {
-                let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+                let unlimited = libc::rlimit {
+                    rlim_cur: libc::RLIM_INFINITY,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
                 libc::setrlimit(libc::RLIMIT_CORE, &unlimited);
                 Ok(())
             });
@@ -98,12 +152,24 @@ fn real_crashes_through_core_pattern_become_problems_with_gdbs_frames() {
         assert_eq!(status.signal(), Some(libc::SIGSEGV));
         child.id()
     };
-    assert_eq!(crash(Command::new("bash").args(["-c", "kill -ABRT $$"])), libc::SIGABRT);
+    assert_eq!(
+        crash(Command::new("bash").args(["-c", "kill -ABRT $$"])),
+        libc::SIGABRT
+    );
 
-    assert!(wait_until(Duration::from_secs(20), || spool_entries(&node) >= 6), "only {} spool entries", spool_entries(&node));
+    assert!(
+        wait_until(Duration::from_secs(20), || spool_entries(&node) >= 6),
+        "only {} spool entries",
+        spool_entries(&node)
+    );
     let restored = node.json(&["uninstall"]);
     assert_eq!(restored["changes"][0]["changed"], true, "{restored}");
-    assert_eq!(std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap().trim_end(), kernel.core_pattern());
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern")
+            .unwrap()
+            .trim_end(),
+        kernel.core_pattern()
+    );
 
     // The daemon indexes everything it finds.
     node.run(&["node", "run", "--once"]);
@@ -111,43 +177,98 @@ fn real_crashes_through_core_pattern_become_problems_with_gdbs_frames() {
     let listed = problems(&node);
 
     let crashy_problem = problem_of(&listed, &crashy);
-    assert_eq!(crashy_problem["count"], 2, "two alike crashes make one problem: {crashy_problem}");
+    assert_eq!(
+        crashy_problem["count"], 2,
+        "two alike crashes make one problem: {crashy_problem}"
+    );
     assert_eq!(crashy_problem["crash_function"], "leaf");
     assert_eq!(crashy_problem["kind"], "core");
-    let ours = assert_frames_agree_with_gdb(&node, crashy_problem["id"].as_str().unwrap(), &crashy, scratch.path());
-    let names: Vec<_> = ours.iter().take(4).map(|(_, name)| name.clone().unwrap_or_default()).collect();
+    let ours = assert_frames_agree_with_gdb(
+        &node,
+        crashy_problem["id"].as_str().unwrap(),
+        &crashy,
+        scratch.path(),
+    );
+    let names: Vec<_> = ours
+        .iter()
+        .take(4)
+        .map(|(_, name)| name.clone().unwrap_or_default())
+        .collect();
     assert_eq!(names, ["leaf", "middle", "outer", "main"]);
 
     let python = python3();
-    let python_problems: Vec<&Value> =
-        listed.iter().filter(|problem| problem["executable"].as_str().map(Path::new) == Some(python.as_path())).collect();
-    assert_eq!(python_problems.len(), 2, "ctypes crash and abort are two problems: {listed:#?}");
+    let python_problems: Vec<&Value> = listed
+        .iter()
+        .filter(|problem| problem["executable"].as_str().map(Path::new) == Some(python.as_path()))
+        .collect();
+    assert_eq!(
+        python_problems.len(),
+        2,
+        "ctypes crash and abort are two problems: {listed:#?}"
+    );
     for problem in python_problems {
-        assert_frames_agree_with_gdb(&node, problem["id"].as_str().unwrap(), &python, scratch.path());
+        assert_frames_agree_with_gdb(
+            &node,
+            problem["id"].as_str().unwrap(),
+            &python,
+            scratch.path(),
+        );
     }
 
     let sleep_path = which("sleep");
     let sleep_problem = problem_of(&listed, &sleep_path);
     let detail = node.json(&["problems", "show", sleep_problem["id"].as_str().unwrap()]);
     assert_eq!(detail["incidents"][0]["pid"], sleeper_pid);
-    assert_frames_agree_with_gdb(&node, sleep_problem["id"].as_str().unwrap(), &sleep_path, scratch.path());
+    assert_frames_agree_with_gdb(
+        &node,
+        sleep_problem["id"].as_str().unwrap(),
+        &sleep_path,
+        scratch.path(),
+    );
 
     let bash_path = which("bash");
     let bash_problem = problem_of(&listed, &bash_path);
-    assert_eq!(node.json(&["problems", "show", bash_problem["id"].as_str().unwrap()])["problem"]["signal"], libc::SIGABRT);
-    assert_frames_agree_with_gdb(&node, bash_problem["id"].as_str().unwrap(), &bash_path, scratch.path());
+    assert_eq!(
+        node.json(&["problems", "show", bash_problem["id"].as_str().unwrap()])["problem"]["signal"],
+        libc::SIGABRT
+    );
+    assert_frames_agree_with_gdb(
+        &node,
+        bash_problem["id"].as_str().unwrap(),
+        &bash_path,
+        scratch.path(),
+    );
 
     // The /proc snapshot came along with every incident.
     let attachments = &detail["incidents"][0]["attachments"];
-    for name in ["proc/maps", "proc/environ", "proc/cmdline", "proc/links.json"] {
-        assert!(attachments.as_array().unwrap().iter().any(|a| a["name"] == name), "{name} missing: {attachments}");
+    for name in [
+        "proc/maps",
+        "proc/environ",
+        "proc/cmdline",
+        "proc/links.json",
+    ] {
+        assert!(
+            attachments
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["name"] == name),
+            "{name} missing: {attachments}"
+        );
     }
     let check = node.command(&["store", "check"]).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 }
 
 fn which(program: &str) -> PathBuf {
-    let output = Command::new("bash").args(["-c", &format!("readlink -f \"$(command -v {program})\"")]).output().unwrap();
+    let output = Command::new("bash")
+        .args(["-c", &format!("readlink -f \"$(command -v {program})\"")])
+        .output()
+        .unwrap();
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
 
@@ -168,15 +289,33 @@ fn a_crash_loop_counts_without_new_cores_and_the_live_daemon_sees_it() {
             .ok()
             .and_then(|output| serde_json::from_slice::<Value>(&output.stdout).ok())
             .and_then(|listed| {
-                listed["problems"].as_array()?.iter().find(|p| p["crash_function"] == "leaf").map(|p| p["count"] == 3)
+                listed["problems"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["crash_function"] == "leaf")
+                    .map(|p| p["count"] == 3)
             })
             .unwrap_or(false)
     });
     node.run(&["uninstall"]);
-    assert!(seen, "the loop's three crashes were not counted as one problem: {}\n{}", String::from_utf8_lossy(&node.command(&["problems", "list"]).output().unwrap().stdout), node.daemon_log());
+    assert!(
+        seen,
+        "the loop's three crashes were not counted as one problem: {}\n{}",
+        String::from_utf8_lossy(&node.command(&["problems", "list"]).output().unwrap().stdout),
+        node.daemon_log()
+    );
     let listed = problems(&node);
     let looping = problem_of(&listed, &crashy);
     let detail = node.json(&["problems", "show", looping["id"].as_str().unwrap()]);
-    let cores: Vec<_> = detail["incidents"].as_array().unwrap().iter().filter(|incident| !incident["core"].is_null()).collect();
-    assert_eq!(cores.len(), 1, "inside the repeat window only the count grows: {detail:#}");
+    let cores: Vec<_> = detail["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|incident| !incident["core"].is_null())
+        .collect();
+    assert_eq!(
+        cores.len(),
+        1,
+        "inside the repeat window only the count grows: {detail:#}"
+    );
 }
