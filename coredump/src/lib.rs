@@ -246,9 +246,30 @@ impl<'a> ProcessView<'a> for Process<'a> {
     }
 
     fn is_executable(&self, address: u64) -> bool {
-        self.image
-            .segment_at(address)
-            .is_some_and(|segment| segment.is_executable())
+        if let Some(segment) = self.image.segment_at(address) {
+            return segment.is_executable();
+        }
+        // Cores written by gdb leave out read-only file mappings (text among them): ask
+        // the module's own program headers.
+        let Some(module) = modules::module_at(self.modules, address) else {
+            return false;
+        };
+        let (Some(bias), Some(bytes)) = (
+            self.modules[module].load_bias,
+            self.files.get(module).and_then(ModuleFile::usable_bytes),
+        ) else {
+            return false;
+        };
+        let stated = address.wrapping_sub(bias);
+        elf_header::program_headers(bytes)
+            .unwrap_or_default()
+            .iter()
+            .any(|header| {
+                header.segment_type == elf_header::PT_LOAD
+                    && header.flags & memory::PF_X != 0
+                    && header.address <= stated
+                    && stated - header.address < header.memory_bytes
+            })
     }
 
     fn module_index(&self, address: u64) -> Option<usize> {

@@ -70,7 +70,7 @@ pub mod auxv {
 pub struct CoreNotes {
     /// One per `NT_PRSTATUS`, in the core's order (Linux puts the dumping thread first).
     pub threads: Vec<ThreadNote>,
-    /// The fatal signal, from `NT_SIGINFO`.
+    /// The fatal signal, from the first `NT_SIGINFO`.
     pub signal_info: Option<SignalInfo>,
     /// The process, from `NT_PRPSINFO`.
     pub process: Option<ProcessInfo>,
@@ -248,7 +248,14 @@ pub fn parse_notes(data: &[u8]) -> Result<CoreNotes, CoreError> {
                     .threads
                     .push(parse_prstatus(description).map_err(bad)?);
             }
-            NT_SIGINFO => notes.signal_info = Some(parse_siginfo(description).map_err(bad)?),
+            NT_SIGINFO => {
+                // The kernel writes one, for the dumping thread; gdb writes one per
+                // thread, the signalled thread's first. The first one is the crash.
+                let signal_info = parse_siginfo(description).map_err(bad)?;
+                if notes.signal_info.is_none() {
+                    notes.signal_info = Some(signal_info);
+                }
+            }
             NT_PRPSINFO => notes.process = Some(parse_prpsinfo(description).map_err(bad)?),
             NT_FILE => {
                 let (page_size, mappings) =
