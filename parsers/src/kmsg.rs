@@ -259,12 +259,11 @@ impl KernelLogAssembler {
             stream.extractor.finish(&mut raw_problems);
         }
         let message = truncate_to_bytes(&record.message, self.limits.line_bytes_max);
-        // Kernels escape the newlines of a multi-line printk as `\x0a` in /dev/kmsg.
-        for line in message.split("\\x0a") {
-            stream
-                .extractor
-                .push_line(strip_kernel_message_prefixes(line), &mut raw_problems);
-        }
+        // A multi-line printk arrives with its newlines escaped as `\x0a`; like the
+        // whole-file parser (and dmesg), the record stays one line.
+        stream
+            .extractor
+            .push_line(strip_kernel_message_prefixes(message), &mut raw_problems);
         stream.last_line_arrival_ms = now_ms;
         stream.last_line_timestamp_usecs = record.timestamp_usecs;
         self.emit(raw_problems, now_ms)
