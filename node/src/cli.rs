@@ -108,7 +108,8 @@ pub enum ProblemsCommand {
     List,
     /// One problem with its frames and incidents (an id prefix is enough).
     Show { id: String },
-    /// Write a problem's kept core, decompressed, to a file (for gdb).
+    /// Write the earliest kept core of a problem (the one its frames come from),
+    /// decompressed, to a file (for gdb).
     Core {
         id: String,
         #[arg(long)]

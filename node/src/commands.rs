@@ -77,9 +77,19 @@ fn print_json(value: &impl Serialize) -> Result<()> {
 /// `crashmesh hook core …`: never fails loudly (the kernel would not show it); the
 /// outcome goes to `<data dir>/hook.log`.
 pub fn hook_core(context: &Context, args: &[String]) -> Result<ExitCode> {
+    // core_pattern has no room for --config: install remembered it in the data dir.
+    let remembered = match &context.config_file {
+        Some(_) => None,
+        None => install::read_state(&context.data_dir.join("install.json"))
+            .and_then(|state| state.config_file),
+    };
+    let config = match &remembered {
+        Some(path) => Config::load(Some(path)).unwrap_or_else(|_| context.config.clone()),
+        None => context.config.clone(),
+    };
     let outcome = hook::CoreArgs::parse(args).and_then(|core_args| {
         hook::run(
-            &context.config,
+            &config,
             &context.data_dir,
             &core_args,
             &mut std::io::stdin().lock(),
@@ -151,13 +161,14 @@ pub fn install(context: &Context, args: &InstallArgs) -> Result<ExitCode> {
         None => std::env::current_exe().context("cannot find this binary's path")?,
     };
     let data_dir = context.data_dir_given.then_some(context.data_dir.as_path());
-    let pattern = install::hook_pattern(&binary, data_dir, context.config_file.as_deref())?;
+    let pattern = install::hook_pattern(&binary, data_dir)?;
     std::fs::create_dir_all(&context.data_dir)
         .with_context(|| format!("creating {}", context.data_dir.display()))?;
     let mut changes = install::install(
         &KernelFiles::default(),
         &context.data_dir.join("install.json"),
         &pattern,
+        context.config_file.as_deref(),
     )?;
     if context.config.python.enabled {
         changes.extend(install_python_hook(context)?);

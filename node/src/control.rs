@@ -71,7 +71,6 @@ fn export_core(
     let core = detail
         .incidents
         .iter()
-        .rev()
         .filter_map(|incident| incident.core.as_ref())
         .find(|core| core.state == crashmesh_store::EvidenceState::Kept);
     let Some(core) = core else {

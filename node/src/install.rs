@@ -39,6 +39,9 @@ pub struct InstallState {
     pub previous_core_pattern: String,
     pub previous_core_pipe_limit: String,
     pub core_pattern: String,
+    /// The config file the hook reads: core_pattern has no room for it (128 bytes).
+    #[serde(default)]
+    pub config_file: Option<PathBuf>,
 }
 
 /// One change made (or found already made), for the human and `--json` output.
@@ -77,19 +80,13 @@ fn write_setting(path: &Path, value: &str) -> Result<(), InstallError> {
     })
 }
 
-/// The core_pattern that runs `binary` as the hook, with the data dir and config when
-/// they are not the defaults.
-pub fn hook_pattern(
-    binary: &Path,
-    data_dir: Option<&Path>,
-    config: Option<&Path>,
-) -> Result<String, InstallError> {
+/// The core_pattern that runs `binary` as the hook, with the data dir when it is not the
+/// default. The config file's path is kept in the data dir's `install.json` instead,
+/// because the kernel cuts core_pattern at 128 bytes.
+pub fn hook_pattern(binary: &Path, data_dir: Option<&Path>) -> Result<String, InstallError> {
     let mut pattern = format!("|{} hook core", binary.display());
     if let Some(data_dir) = data_dir {
         pattern.push_str(&format!(" --data-dir {}", data_dir.display()));
-    }
-    if let Some(config) = config {
-        pattern.push_str(&format!(" --config {}", config.display()));
     }
     pattern.push(' ');
     pattern.push_str(CORE_PATTERN_SPECIFIERS);
@@ -112,6 +109,7 @@ pub fn install(
     files: &KernelFiles,
     state_file: &Path,
     pattern: &str,
+    config_file: Option<&Path>,
 ) -> Result<Vec<Change>, InstallError> {
     let current_pattern = read_setting(&files.core_pattern)?;
     let current_limit = read_setting(&files.core_pipe_limit)?;
@@ -120,12 +118,14 @@ pub fn install(
     let state = match previous {
         Some(state) if is_crashmesh_pattern(&current_pattern) => InstallState {
             core_pattern: pattern.to_string(),
+            config_file: config_file.map(Path::to_path_buf),
             ..state
         },
         _ => InstallState {
             previous_core_pattern: current_pattern.clone(),
             previous_core_pipe_limit: current_limit.clone(),
             core_pattern: pattern.to_string(),
+            config_file: config_file.map(Path::to_path_buf),
         },
     };
     write_state(state_file, &state)?;
@@ -206,7 +206,8 @@ pub fn uninstall(files: &KernelFiles, state_file: &Path) -> Result<Vec<Change>, 
     Ok(changes)
 }
 
-fn read_state(path: &Path) -> Option<InstallState> {
+/// What install remembered in a data dir, if it was installed from there.
+pub fn read_state(path: &Path) -> Option<InstallState> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
@@ -246,14 +247,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = fake_kernel(dir.path(), "core", "0");
         let state = dir.path().join("data/install.json");
-        let pattern = hook_pattern(Path::new("/usr/bin/crashmesh"), None, None).unwrap();
+        let pattern = hook_pattern(Path::new("/usr/bin/crashmesh"), None).unwrap();
 
-        let first = install(&files, &state, &pattern).unwrap();
+        let first = install(&files, &state, &pattern, None).unwrap();
         assert!(first.iter().all(|change| change.changed));
         assert_eq!(read_setting(&files.core_pattern).unwrap(), pattern);
         assert_eq!(read_setting(&files.core_pipe_limit).unwrap(), "16");
 
-        let second = install(&files, &state, &pattern).unwrap();
+        let second = install(&files, &state, &pattern, None).unwrap();
         assert!(second.iter().all(|change| !change.changed), "{second:?}");
 
         let undone = uninstall(&files, &state).unwrap();
@@ -272,7 +273,7 @@ mod tests {
         install(
             &files,
             &state,
-            &hook_pattern(Path::new("/bin/crashmesh"), None, None).unwrap(),
+            &hook_pattern(Path::new("/bin/crashmesh"), None).unwrap(),
         )
         .unwrap();
         std::fs::write(
@@ -292,7 +293,7 @@ mod tests {
     fn too_long_patterns_are_refused() {
         let long = PathBuf::from(format!("/{}", "d".repeat(120)));
         assert!(matches!(
-            hook_pattern(&long, None, None),
+            hook_pattern(&long, None),
             Err(InstallError::PatternTooLong { .. })
         ));
     }

@@ -258,16 +258,18 @@ pub struct GdbFrame {
     pub function: Option<String>,
 }
 
-/// gdb's physical (non-inline) frames of the crashing thread of `core`.
+/// gdb's physical frames of the crashing thread of `core`: inline frames and the tail
+/// calls gdb reconstructs from DWARF call-site information are not on the stack.
 pub fn gdb_frames(executable: &Path, core: &Path) -> Vec<GdbFrame> {
-    let script = "python\n\
-import gdb\n\
-f = gdb.newest_frame()\n\
-while f is not None:\n\
-    if f.type() != gdb.INLINE_FRAME:\n\
-        print('FRAME %x %s' % (f.pc(), f.name()))\n\
-    f = f.older()\n\
-end\n";
+    let script = r#"python
+import gdb
+f = gdb.newest_frame()
+while f is not None:
+    if f.type() not in (gdb.INLINE_FRAME, gdb.TAILCALL_FRAME):
+        print('FRAME %x %s' % (f.pc(), f.name()))
+    f = f.older()
+end
+"#;
     let script_path =
         std::env::temp_dir().join(format!("gdb-frames-{}.py.gdb", std::process::id()));
     std::fs::write(&script_path, script).expect("write gdb script");
@@ -279,6 +281,8 @@ end\n";
             "set pagination off",
             "-ex",
             "set debuginfod enabled off",
+            "-ex",
+            "set backtrace past-main on",
             "-x",
         ])
         .arg(&script_path)
@@ -287,7 +291,7 @@ end\n";
         .output()
         .expect("run gdb");
     let _ = std::fs::remove_file(&script_path);
-    String::from_utf8_lossy(&output.stdout)
+    let frames: Vec<GdbFrame> = String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| line.strip_prefix("FRAME "))
         .filter_map(|rest| {
@@ -297,7 +301,16 @@ end\n";
                 function: (name != "None").then(|| name.to_string()),
             })
         })
-        .collect()
+        .collect();
+    assert!(
+        !frames.is_empty(),
+        "gdb found no frames in {} ({}):\n{}\n{}",
+        core.display(),
+        executable.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    frames
 }
 
 /// The frames of a problem's JSON as (address, function).
