@@ -21,6 +21,10 @@ use std::collections::HashMap;
 use gimli::{EndianSlice, RunTimeEndian};
 
 type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
+type UnitOffset = gimli::DebugInfoOffset<usize>;
+type SharedUnit<'a> = std::rc::Rc<gimli::Unit<Reader<'a>>>;
+/// `[start, end)` of addresses and the unit that holds them.
+type UnitRange = (u64, u64, UnitOffset);
 
 /// DIE nesting deeper than this is not searched.
 const DIE_DEPTH_MAX: usize = 64;
@@ -50,11 +54,9 @@ struct Search {
 pub struct DwarfIndex<'a> {
     dwarf: gimli::Dwarf<Reader<'a>>,
     /// Units already parsed, by offset.
-    units: RefCell<
-        HashMap<gimli::DebugInfoOffset<usize>, Option<std::rc::Rc<gimli::Unit<Reader<'a>>>>>,
-    >,
+    units: RefCell<HashMap<UnitOffset, Option<SharedUnit<'a>>>>,
     /// (range, unit) from `.debug_aranges`, or from root DIEs when there are no aranges.
-    unit_ranges: RefCell<Option<Vec<(u64, u64, gimli::DebugInfoOffset<usize>)>>>,
+    unit_ranges: RefCell<Option<Vec<UnitRange>>>,
 }
 
 impl<'a> DwarfIndex<'a> {
@@ -67,7 +69,7 @@ impl<'a> DwarfIndex<'a> {
         }
     }
 
-    fn build_unit_ranges(&self) -> Vec<(u64, u64, gimli::DebugInfoOffset<usize>)> {
+    fn build_unit_ranges(&self) -> Vec<UnitRange> {
         let mut ranges = Vec::new();
         let mut headers = self.dwarf.debug_aranges.headers();
         while let Ok(Some(header)) = headers.next() {
@@ -107,7 +109,7 @@ impl<'a> DwarfIndex<'a> {
         ranges
     }
 
-    fn unit_for(&self, address: u64) -> Option<std::rc::Rc<gimli::Unit<Reader<'a>>>> {
+    fn unit_for(&self, address: u64) -> Option<SharedUnit<'a>> {
         let offset = {
             let mut cached = self.unit_ranges.borrow_mut();
             let ranges = cached.get_or_insert_with(|| self.build_unit_ranges());
@@ -268,14 +270,12 @@ impl<'a> DwarfIndex<'a> {
                 | gimli::DW_TAG_module
                 | gimli::DW_TAG_class_type
                 | gimli::DW_TAG_structure_type => !search.function_found,
-                gimli::DW_TAG_subprogram if !search.function_found => {
-                    if self.contains(unit, entry, address) {
-                        search.function_found = true;
-                        hit.function = self.name_of(unit, entry);
-                        true
-                    } else {
-                        false
-                    }
+                gimli::DW_TAG_subprogram
+                    if !search.function_found && self.contains(unit, entry, address) =>
+                {
+                    search.function_found = true;
+                    hit.function = self.name_of(unit, entry);
+                    true
                 }
                 gimli::DW_TAG_lexical_block if search.function_found => {
                     self.contains(unit, entry, address)

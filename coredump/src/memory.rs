@@ -155,11 +155,9 @@ impl<'data> CoreImage<'data> {
                         flags,
                     });
                 }
-                PT_NOTE => {
-                    if present_bytes > 0 {
-                        let start = offset as usize;
-                        note_segments.push(&data[start..start + present_bytes as usize]);
-                    }
+                PT_NOTE if present_bytes > 0 => {
+                    let start = offset as usize;
+                    note_segments.push(&data[start..start + present_bytes as usize]);
                 }
                 _ => {}
             }
