@@ -355,13 +355,13 @@ pub fn parse_python_tracebacks_detailed(text: &str, limits: &PythonLimits) -> Ve
                     current.add_frame(frame);
                     current.push_text(line);
                 } else if line.starts_with("    ") || line.starts_with('\t') {
-                    if !CARET_LINE.is_match(line) && !trimmed.starts_with("[Previous line repeated")
+                    if !CARET_LINE.is_match(line)
+                        && !trimmed.starts_with("[Previous line repeated")
+                        && let Some(frame) = current.frames.last_mut()
+                        && frame.code.is_none()
+                        && !trimmed.is_empty()
                     {
-                        if let Some(frame) = current.frames.last_mut() {
-                            if frame.code.is_none() && !trimmed.is_empty() {
-                                frame.code = Some(trimmed.to_string());
-                            }
-                        }
+                        frame.code = Some(trimmed.to_string());
                     }
                     current.push_text(line);
                 } else if trimmed.starts_with("[Previous line repeated") || trimmed.is_empty() {
@@ -442,10 +442,10 @@ pub fn parse_python_tracebacks_detailed(text: &str, limits: &PythonLimits) -> Ve
         }
         index += 1;
     }
-    if tracebacks.len() < limits.tracebacks_max {
-        if let Some(traceback) = builder.take().and_then(Builder::build) {
-            tracebacks.push(traceback);
-        }
+    if tracebacks.len() < limits.tracebacks_max
+        && let Some(traceback) = builder.take().and_then(Builder::build)
+    {
+        tracebacks.push(traceback);
     }
     tracebacks
 }
