@@ -58,6 +58,7 @@ def _write_spool(message):
     temporary = os.path.join(_SPOOL, "tmp", entry_id)
     final = os.path.join(_SPOOL, "new", entry_id)
     os.makedirs(temporary)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
     meta = {
         "format_version": 1,
         "id": entry_id,

@@ -5,6 +5,7 @@
 //! - [`QuotaActor`]: keeps the store inside its limits between writes.
 //! - the control socket answers the CLI (see [`crate::control`]).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,8 @@ use crate::control;
 use crate::ingest::Ingester;
 use crate::spool::Spool;
 
+/// The kernel's log device.
+pub const KMSG_PATH: &str = "/dev/kmsg";
 /// How often the spool is looked at for new entries.
 pub const SPOOL_POLL_INTERVAL_MS: u64 = 200;
 /// How often quotas are enforced besides after every write.
@@ -73,6 +76,7 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
 
     let socket = control::socket_path(&context.data_dir);
     let data_dir = context.data_dir.clone();
+    let kmsg_config = context.config.detect.kmsg.clone();
     let proc_file_bytes_max = context.config.capture.proc_file_bytes_max.0;
     let system = actix::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -103,6 +107,18 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
             busy: false,
         }
         .start();
+        if kmsg_config.enabled {
+            let actor = crate::kmsg::KmsgActor::new(&data_dir, kmsg_config.trust_user_records).start();
+            match crate::kmsg::start_reader(PathBuf::from(KMSG_PATH), actor) {
+                Ok(_) => tracing::info!(
+                    trust_user_records = kmsg_config.trust_user_records,
+                    "reading the kernel log"
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read {KMSG_PATH}; the kernel log detector is off")
+                }
+            }
+        }
         QuotaActor {
             store: store.clone(),
             busy: false,

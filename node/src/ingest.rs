@@ -89,6 +89,25 @@ impl Ingester {
     pub fn ingest(&self, entry: &Entry) -> Result<Recorded, IngestError> {
         let meta = &entry.meta;
         let problem = self.problem_of(entry)?;
+        if let Some(extra) = meta.suppressed_count.filter(|&extra| extra > 0) {
+            // A flood's held-back occurrences count on the problem they repeat.
+            if let Some(summary) = self
+                .store
+                .problems()?
+                .into_iter()
+                .find(|s| s.signature == problem.signature)
+            {
+                let count = self
+                    .store
+                    .add_repeat_count(&summary.id, extra, meta.time_ms)?;
+                return Ok(Recorded {
+                    problem_id: summary.id,
+                    new_problem: false,
+                    count,
+                    core_kept: false,
+                });
+            }
+        }
         let mut attachments = Vec::new();
         let meta_path = entry.dir.join("meta.json");
         attachments.push(("meta.json".to_string(), self.put_file(&meta_path)?));

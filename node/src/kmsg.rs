@@ -115,3 +115,258 @@ impl KmsgReader {
         unsafe { libc::poll(&mut poll_fd, 1, timeout_ms) > 0 }
     }
 }
+
+/// Records read per message to the actor.
+pub const RECORDS_PER_BATCH_MAX: usize = 256;
+/// How often the actor closes problems that went quiet.
+pub const POLL_INTERVAL_MS: u64 = 250;
+
+/// A batch of raw records from the reader thread.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct RawRecords {
+    pub records: Vec<Vec<u8>>,
+    pub overruns: u64,
+}
+
+/// The kernel log detector: owns the (pure) assembler, spools every problem it closes,
+/// and keeps the cursor.
+pub struct KmsgActor {
+    assembler: crashmesh_parsers::KernelLogAssembler,
+    data_dir: PathBuf,
+    trust_user_records: bool,
+    boot_id: String,
+    /// Records up to here were pushed already (from the saved cursor at start).
+    skip_through: Option<u64>,
+    last_pushed: Option<u64>,
+    /// The first record pushed since the assembler last had nothing open.
+    pending_since: Option<u64>,
+    saved: Option<u64>,
+    garbage_records: u64,
+}
+
+impl KmsgActor {
+    pub fn new(data_dir: &Path, trust_user_records: bool) -> KmsgActor {
+        let boot_id = boot_id();
+        let skip_through = load_cursor(data_dir, &boot_id).map(|cursor| cursor.sequence);
+        KmsgActor {
+            assembler: crashmesh_parsers::KernelLogAssembler::new(Default::default()),
+            data_dir: data_dir.to_path_buf(),
+            trust_user_records,
+            boot_id,
+            skip_through,
+            last_pushed: None,
+            pending_since: None,
+            saved: skip_through,
+            garbage_records: 0,
+        }
+    }
+
+    fn spool(&self, problems: Vec<crashmesh_protocol::Problem>, now_ms: u64) {
+        // A user-space `segfault at` line is the kernel's echo of a crash whose core the
+        // hook captures; on its own it is not a problem.
+        // FIXME: attach it to the matching core's incident instead of dropping it.
+        let problems = problems
+            .into_iter()
+            .filter(|problem| problem.kind != crashmesh_protocol::ProblemKind::SegfaultHint);
+        for (index, problem) in problems.enumerate() {
+            if let Err(error) = spool_kernel_problem(
+                &self.data_dir,
+                &self.boot_id,
+                self.last_pushed,
+                index,
+                problem,
+                None,
+                now_ms,
+            ) {
+                tracing::error!(%error, "cannot spool a kernel problem");
+            }
+        }
+    }
+
+    /// After problems are spooled: move the cursor as far as nothing open depends on.
+    fn settle(&mut self, now_ms: u64) {
+        let suppressed = self.assembler.drain_suppressed();
+        for report in suppressed {
+            let mut problem = crashmesh_protocol::Problem::new(report.kind, report.reason.clone());
+            problem.signature = report.signature.clone();
+            let result = spool_kernel_problem(
+                &self.data_dir,
+                &self.boot_id,
+                self.last_pushed,
+                usize::MAX,
+                problem,
+                Some(report.suppressed_count),
+                now_ms,
+            );
+            if let Err(error) = result {
+                tracing::error!(%error, "cannot spool a suppressed-problems count");
+            }
+        }
+        let idle = self.assembler.next_deadline_ms().is_none();
+        if idle {
+            self.pending_since = None;
+        }
+        let safe = match (idle, self.pending_since, self.last_pushed) {
+            (true, _, Some(last)) => Some(last),
+            (false, Some(first), _) => first.checked_sub(1),
+            _ => None,
+        };
+        if let Some(safe) = safe {
+            if self.saved.is_none_or(|saved| safe > saved) {
+                let cursor = KmsgCursor {
+                    boot_id: self.boot_id.clone(),
+                    sequence: safe,
+                };
+                match save_cursor(&self.data_dir, &cursor) {
+                    Ok(()) => self.saved = Some(safe),
+                    Err(error) => tracing::warn!(%error, "cannot save the kernel log cursor"),
+                }
+            }
+        }
+    }
+}
+
+/// Write one kernel problem as a spool entry. The entry id is derived from the boot, the
+/// record that closed it and its text, so a replay after a restart makes the same id (and
+/// the same report id, which the store records once).
+fn spool_kernel_problem(
+    data_dir: &Path,
+    boot_id: &str,
+    closing_sequence: Option<u64>,
+    index: usize,
+    problem: crashmesh_protocol::Problem,
+    suppressed_count: Option<u64>,
+    now_ms: u64,
+) -> Result<(), crate::spool::SpoolError> {
+    use crate::spool::{EntryMeta, SPOOL_FORMAT_VERSION, Spool};
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(boot_id.as_bytes());
+    hasher.update(&closing_sequence.unwrap_or(0).to_le_bytes());
+    hasher.update(&(index as u64).to_le_bytes());
+    hasher.update(problem.signature.as_bytes());
+    hasher.update(problem.text.as_deref().unwrap_or("").as_bytes());
+    // No time in the id: a replay after a restart must make the same one.
+    let id = format!("kmsg-{}", &hasher.finalize().to_hex()[..24]);
+    let spool = Spool::new(data_dir);
+    if spool.new_dir().join(&id).exists() {
+        return Ok(());
+    }
+    let writer = spool.begin(&id)?;
+    let mut proc_files = Vec::new();
+    if let Some(text) = &problem.text {
+        writer.write_file("kernel.txt", text.as_bytes())?;
+        proc_files.push("kernel.txt".to_string());
+    }
+    let meta = EntryMeta {
+        format_version: SPOOL_FORMAT_VERSION,
+        id,
+        source: "kmsg".into(),
+        time_ms: now_ms,
+        comm: problem.process.clone(),
+        proc_files,
+        suppressed_count,
+        problem: Some(problem),
+        ..EntryMeta::default()
+    };
+    writer.commit(&meta)?;
+    Ok(())
+}
+
+impl actix::Actor for KmsgActor {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, context: &mut Self::Context) {
+        use actix::AsyncContext;
+        context.run_interval(
+            std::time::Duration::from_millis(POLL_INTERVAL_MS),
+            |actor, _| {
+                let now_ms = crate::commands::now_ms();
+                let problems = actor.assembler.poll(now_ms);
+                actor.spool(problems, now_ms);
+                actor.settle(now_ms);
+            },
+        );
+    }
+}
+
+impl actix::Handler<RawRecords> for KmsgActor {
+    type Result = ();
+
+    fn handle(&mut self, batch: RawRecords, _: &mut Self::Context) {
+        let now_ms = crate::commands::now_ms();
+        if batch.overruns > 0 {
+            tracing::warn!(
+                overruns = batch.overruns,
+                "the kernel log ring buffer overwrote records before we read them"
+            );
+        }
+        let mut problems = Vec::new();
+        for raw in batch.records {
+            let record = match crashmesh_parsers::parse_kmsg_record(&raw) {
+                Ok(record) => record,
+                Err(error) => {
+                    self.garbage_records += 1;
+                    if self.garbage_records.is_power_of_two() {
+                        tracing::warn!(%error, count = self.garbage_records, "unreadable kernel log record skipped");
+                    }
+                    continue;
+                }
+            };
+            if self
+                .skip_through
+                .is_some_and(|through| record.sequence <= through)
+            {
+                continue;
+            }
+            self.last_pushed = Some(record.sequence);
+            if !record.is_kernel_facility() && !self.trust_user_records {
+                continue;
+            }
+            self.pending_since.get_or_insert(record.sequence);
+            problems.extend(self.assembler.push(record, now_ms));
+        }
+        self.spool(problems, now_ms);
+        self.settle(now_ms);
+    }
+}
+
+/// Read `/dev/kmsg` on a thread of its own and hand batches to the actor.
+pub fn start_reader(
+    path: PathBuf,
+    actor: actix::Addr<KmsgActor>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let mut reader = KmsgReader::open(&path)?;
+    std::thread::Builder::new().name("kmsg-reader".into()).spawn(move || loop {
+        if !reader.wait(500) && !actor.connected() {
+            return;
+        }
+        let mut batch = RawRecords { records: Vec::new(), overruns: 0 };
+        while batch.records.len() < RECORDS_PER_BATCH_MAX {
+            match reader.read() {
+                Ok(Read1::Record(record)) => batch.records.push(record),
+                Ok(Read1::Overrun) => batch.overruns += 1,
+                Ok(Read1::Empty) => break,
+                Err(error) => {
+                    tracing::error!(%error, "reading the kernel log failed; the kernel log detector stops");
+                    return;
+                }
+            }
+        }
+        if batch.records.is_empty() && batch.overruns == 0 {
+            continue;
+        }
+        // A bounded mailbox: wait rather than let a flood grow memory.
+        let mut pending = batch;
+        loop {
+            match actor.try_send(pending) {
+                Ok(()) => break,
+                Err(actix::prelude::SendError::Full(back)) => {
+                    pending = back;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(actix::prelude::SendError::Closed(_)) => return,
+            }
+        }
+    })
+}

@@ -28,8 +28,10 @@ pub struct Spool {
     pub root: PathBuf,
 }
 
-/// What the hook knew about a crash, written as `meta.json`.
+/// What the hook knew about a crash, written as `meta.json`. Writers in other languages
+/// (the Python hook) may leave out any field but `format_version`, `id` and `source`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct EntryMeta {
     pub format_version: u32,
     pub id: String,
@@ -68,6 +70,10 @@ pub struct EntryMeta {
     pub capture_ms: u64,
     /// A problem already analysed by the writer (Python hook, kernel log).
     pub problem: Option<crashmesh_protocol::Problem>,
+    /// More occurrences of `problem` that a rate limit held back (a kernel log flood):
+    /// counted, not recorded one by one.
+    #[serde(default)]
+    pub suppressed_count: Option<u64>,
 }
 
 /// A core inside a spool entry.
@@ -316,6 +322,19 @@ mod tests {
         let entry = entries.into_iter().next().unwrap().unwrap();
         assert_eq!(entry.meta, meta);
         assert!(entry.dir.join("proc/status").exists());
+    }
+
+    #[test]
+    fn a_meta_with_only_the_required_fields_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("meta.json"),
+            br#"{"format_version":1,"id":"x","source":"python"}"#,
+        )
+        .unwrap();
+        let meta = read_meta(dir.path()).unwrap();
+        assert_eq!(meta.source, "python");
+        assert!(!meta.repeat && meta.notes.is_empty());
     }
 
     #[test]

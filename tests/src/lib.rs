@@ -333,3 +333,49 @@ pub fn json_frames(problem: &Value) -> Vec<(u64, Option<String>)> {
         })
         .unwrap_or_default()
 }
+
+/// Lets tests write as many records into /dev/kmsg as they need: the kernel rate-limits
+/// user writes (`printk_devkmsg = ratelimit`, 10 lines per 5 s). Restored on drop.
+pub struct DevKmsgUnlimited {
+    previous: String,
+}
+
+impl DevKmsgUnlimited {
+    pub fn new() -> DevKmsgUnlimited {
+        let path = "/proc/sys/kernel/printk_devkmsg";
+        let previous = std::fs::read_to_string(path).expect("read printk_devkmsg");
+        std::fs::write(path, "on\n").expect("write printk_devkmsg (needs root)");
+        DevKmsgUnlimited { previous }
+    }
+}
+
+impl Default for DevKmsgUnlimited {
+    fn default() -> Self {
+        DevKmsgUnlimited::new()
+    }
+}
+
+impl Drop for DevKmsgUnlimited {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", &self.previous);
+    }
+}
+
+/// `crashmesh install` for a node, undone by `crashmesh uninstall` on drop (also when the
+/// test fails), so no hook outlives its test.
+pub struct Installed<'a> {
+    node: &'a NodeDir,
+}
+
+impl<'a> Installed<'a> {
+    pub fn new(node: &'a NodeDir) -> (Installed<'a>, Value) {
+        let changes = node.json(&["install"]);
+        (Installed { node }, changes)
+    }
+}
+
+impl Drop for Installed<'_> {
+    fn drop(&mut self) {
+        let _ = self.node.command(&["uninstall"]).output();
+    }
+}

@@ -319,3 +319,241 @@ fn a_crash_loop_counts_without_new_cores_and_the_live_daemon_sees_it() {
         "inside the repeat window only the count grows: {detail:#}"
     );
 }
+
+/// Write one record per line into /dev/kmsg, as a misbehaving kernel would print them.
+fn write_kmsg(lines: &[String]) {
+    use std::io::Write;
+    let mut kmsg = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .expect("open /dev/kmsg");
+    for line in lines {
+        // <4> is KERN_WARNING; every write is one record.
+        kmsg.write_all(format!("<4>{line}").as_bytes())
+            .expect("write /dev/kmsg");
+    }
+}
+
+#[test]
+fn an_oops_written_into_dev_kmsg_is_listed_within_two_seconds() {
+    let _unlimited = DevKmsgUnlimited::new();
+    let node = NodeDir::new("[node]\nname = \"kmsg\"\n[detect.kmsg]\ntrust_user_records = true\n");
+    let _daemon = node.start_daemon();
+    // The daemon reads the whole ring buffer first; wait until it has caught up.
+    assert!(
+        wait_until(Duration::from_secs(20), || node
+            .data_dir
+            .join("kmsg-cursor.json")
+            .exists()),
+        "{}",
+        node.daemon_log()
+    );
+    let marker = format!("crashmesh_e2e_{}", std::process::id());
+    let oops: Vec<String> = [
+        "BUG: kernel NULL pointer dereference, address: 0000000000000008",
+        "#PF: supervisor read access in kernel mode",
+        "#PF: error_code(0x0000) - not-present page",
+        "Oops: 0000 [#1] PREEMPT SMP NOPTI",
+        "CPU: 1 PID: 4242 Comm: vstorage-csd Tainted: G           OE      6.1.0-18-amd64 #1  Debian 6.1.76-1",
+        "Hardware name: QEMU Standard PC (Q35 + ICH9, 2009), BIOS 1.16.2-debian-1.16.2-1 04/01/2014",
+        &format!("RIP: 0010:{marker}_write+0x1c/0x90 [csd_mod]"),
+        "Call Trace:",
+        " <TASK>",
+        " ? __die+0x23/0x70",
+        &format!(" {marker}_write+0x1c/0x90 [csd_mod]"),
+        " vfs_write+0xb7/0x3e0",
+        " ksys_write+0x6f/0xf0",
+        " do_syscall_64+0x5b/0xc0",
+        " entry_SYSCALL_64_after_hwframe+0x64/0xce",
+        " </TASK>",
+        "---[ end trace 0000000000000000 ]---",
+    ]
+    .iter()
+    .map(|line| line.to_string())
+    .collect();
+    let written = std::time::Instant::now();
+    write_kmsg(&oops);
+    let mut found = None;
+    wait_until(Duration::from_secs(10), || {
+        found = node
+            .command(&["problems", "list", "--json"])
+            .output()
+            .ok()
+            .and_then(|output| serde_json::from_slice::<Value>(&output.stdout).ok())
+            .and_then(|listed| {
+                listed["problems"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| {
+                        p["crash_function"]
+                            .as_str()
+                            .is_some_and(|f| f.starts_with(&marker))
+                    })
+                    .cloned()
+            });
+        found.is_some()
+    });
+    let elapsed = written.elapsed();
+    let problem = found.unwrap_or_else(|| panic!("the oops was not listed: {}", node.daemon_log()));
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "listed after {elapsed:?}, more than 2 s"
+    );
+    assert_eq!(problem["kind"], "kernel_oops");
+    assert_eq!(problem["count"], 1);
+    let detail = node.json(&["problems", "show", problem["id"].as_str().unwrap()]);
+    let frames = detail["problem"]["frames"].as_array().unwrap();
+    let names: Vec<&str> = frames
+        .iter()
+        .filter_map(|f| f["function"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"vfs_write") && names.contains(&"ksys_write"),
+        "{names:?}"
+    );
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["function"] == "__die" && f["reliable"] == false),
+        "{frames:?}"
+    );
+    assert_eq!(
+        detail["problem"]["taint_flags"],
+        serde_json::json!(["O", "E"])
+    );
+}
+
+const PYTHON_SCRIPT: &str = r#"
+import sys
+
+def parse_size(text):
+    return int(text)
+
+def load_config(value):
+    try:
+        parse_size(value)
+    except ValueError as error:
+        raise KeyError("size of " + value) from error
+
+print("starting", flush=True)
+load_config("12 GiB")
+"#;
+
+fn spool_sources(node: &NodeDir) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(node.data_dir.join("spool/new")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| entry.ok())
+        .filter_map(|entry| std::fs::read(entry.path().join("meta.json")).ok())
+        .filter_map(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .map(|meta| meta["source"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn an_uncaught_python_exception_becomes_a_problem_and_uninstall_removes_the_hook() {
+    let _kernel = KernelCoreSettings::save();
+    let node = NodeDir::new("[node]\nname = \"py\"\n");
+    let scratch = tempfile::tempdir().unwrap();
+    let script = scratch.path().join("load_config.py");
+    std::fs::write(&script, PYTHON_SCRIPT).unwrap();
+    let (installed, changes) = Installed::new(&node);
+    let hooked: Vec<_> = changes["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["setting"].as_str().unwrap().starts_with("python hook"))
+        .collect();
+    assert!(
+        !hooked.is_empty(),
+        "no Python interpreter was hooked: {changes}"
+    );
+
+    // With the daemon down, the hook writes the spool entry itself; the program's own
+    // output and exit status are unchanged.
+    let output = Command::new("python3").arg(&script).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "starting\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("KeyError: 'size of 12 GiB'")
+            && stderr.contains("The above exception was the direct cause"),
+        "{stderr}"
+    );
+    assert_eq!(spool_sources(&node), ["python"]);
+
+    // Not problems: Ctrl-C, sys.exit, a closed pipe.
+    for code in [
+        "raise KeyboardInterrupt",
+        "import sys; sys.exit(3)",
+        "raise BrokenPipeError",
+    ] {
+        let _ = Command::new("python3").args(["-c", code]).output().unwrap();
+    }
+    assert_eq!(spool_sources(&node).len(), 1, "a non-problem was reported");
+
+    // With the daemon up, the hook talks to it.
+    let _daemon = node.start_daemon();
+    assert!(
+        wait_until(Duration::from_secs(20), || node
+            .data_dir
+            .join("python.sock")
+            .exists()),
+        "{}",
+        node.daemon_log()
+    );
+    let output = Command::new("python3").arg(&script).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let mut listed = Vec::new();
+    let counted = wait_until(Duration::from_secs(20), || {
+        listed = node
+            .command(&["problems", "list", "--json"])
+            .output()
+            .ok()
+            .and_then(|output| serde_json::from_slice::<Value>(&output.stdout).ok())
+            .and_then(|listed| listed["problems"].as_array().cloned())
+            .unwrap_or_default();
+        listed
+            .iter()
+            .any(|p| p["kind"] == "python" && p["count"] == 2)
+    });
+    assert!(
+        counted,
+        "the two exceptions are not one problem with count 2: {listed:#?}\n{}",
+        node.daemon_log()
+    );
+    let problem = listed.iter().find(|p| p["kind"] == "python").unwrap();
+    let detail = node.json(&["problems", "show", problem["id"].as_str().unwrap()]);
+    assert_eq!(detail["problem"]["exception_type"], "KeyError");
+    let functions: Vec<&str> = detail["problem"]["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["function"].as_str())
+        .collect();
+    assert_eq!(
+        functions.first(),
+        Some(&"load_config"),
+        "innermost frame first: {functions:?}"
+    );
+    assert!(functions.contains(&"<module>"), "{functions:?}");
+    // The daemon snapshotted the living process.
+    let incident = detail["incidents"].as_array().unwrap().iter().find(|i| {
+        i["attachments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "proc/maps")
+    });
+    assert!(
+        incident.is_some(),
+        "no incident carries the /proc snapshot: {detail:#}"
+    );
+
+    drop(installed);
+    let output = Command::new("python3")
+        .args(["-c", "import sys; print('crashmesh_hook' in sys.modules)"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "False");
+}
