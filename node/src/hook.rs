@@ -145,29 +145,37 @@ fn is_ignored(executable: &str, patterns: &[String]) -> Option<String> {
         })
 }
 
-/// The crash-loop guard: true when `executable` had a full capture less than
-/// `window_secs` ago. Otherwise records now as its last full capture.
-fn is_repeat(spool: &Spool, executable: &str, now_ms: u64, window_secs: u64) -> bool {
+/// The crash-loop guard. When `executable` had a full capture less than `window_secs`
+/// ago, gives back that capture's entry id (the repeat is counted on its problem).
+/// Otherwise records `entry_id` at `now_ms` as the executable's last full capture.
+fn repeat_of(
+    spool: &Spool,
+    executable: &str,
+    entry_id: &str,
+    now_ms: u64,
+    window_secs: u64,
+) -> Option<String> {
     if window_secs == 0 {
-        return false;
+        return None;
     }
     let key = blake3::hash(executable.as_bytes()).to_hex();
     let path = spool.repeat_dir().join(&key.as_str()[..32]);
-    let last_ms = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok());
-    if let Some(last_ms) = last_ms {
+    let last = std::fs::read_to_string(&path).ok().and_then(|text| {
+        let (time, id) = text.trim().split_once(' ')?;
+        Some((time.parse::<u64>().ok()?, id.to_string()))
+    });
+    if let Some((last_ms, last_id)) = last {
         if now_ms >= last_ms && now_ms - last_ms < window_secs * 1000 {
-            return true;
+            return Some(last_id);
         }
     }
-    let temporary = path.with_extension("tmp");
-    let written = std::fs::write(&temporary, now_ms.to_string())
+    let temporary = path.with_extension(format!("{}.tmp", std::process::id()));
+    let written = std::fs::write(&temporary, format!("{now_ms} {entry_id}"))
         .and_then(|_| std::fs::rename(&temporary, &path));
     if let Err(error) = written {
         tracing::warn!(%error, "cannot record the crash-loop window");
     }
-    false
+    None
 }
 
 /// Run the hook: `input` is the core (stdin when the kernel runs us).
@@ -198,19 +206,18 @@ pub fn run(
         )));
     }
 
-    let time_ms = args
-        .time_secs
-        .map(|secs| secs * 1000)
-        .filter(|&ms| ms > 0)
-        .unwrap_or_else(now_ms);
+    // The kernel's %t has whole seconds; our clock orders crashes within a second too
+    // (entry ids sort by it).
+    let time_ms = now_ms();
     let spool = Spool::new(data_dir);
     spool.create_dirs()?;
     let id = spool::new_entry_id(time_ms, args.pid);
     let writer = spool.begin(&id)?;
     let repeat_key = executable.clone().or(args.comm.clone()).unwrap_or_default();
-    let repeat = is_repeat(
+    let repeat_of = repeat_of(
         &spool,
         &repeat_key,
+        &id,
         now_ms(),
         config.capture.repeat_window_secs,
     );
@@ -228,7 +235,8 @@ pub fn run(
         comm: args.comm.clone(),
         executable,
         hostname: args.hostname.clone(),
-        repeat,
+        repeat: repeat_of.is_some(),
+        repeat_of: repeat_of.clone(),
         ..EntryMeta::default()
     };
 
@@ -242,7 +250,7 @@ pub fn run(
     meta.root = snapshot.links.root.filter(|root| root != "/");
 
     let free = free_bytes(data_dir);
-    if repeat {
+    if repeat_of.is_some() {
         meta.core_dropped = Some(format!(
             "crash loop: a core of this executable was captured less than {} s ago",
             config.capture.repeat_window_secs

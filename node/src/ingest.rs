@@ -58,6 +58,7 @@ impl Ingester {
         let mut summary = PassSummary::default();
         for listed in spool.list()?.into_iter().take(ENTRIES_PER_PASS_MAX) {
             match listed {
+                Ok(entry) if self.waits_for_its_original(&spool, &entry) => continue,
                 Ok(entry) => {
                     let recorded = self.ingest(&entry)?;
                     summary.recorded += 1;
@@ -83,6 +84,23 @@ impl Ingester {
             }
         }
         Ok(summary)
+    }
+
+    /// A crash-loop repeat is counted on the problem of the capture it repeats, so that
+    /// capture must be indexed first; it may still be streaming its core. It is waited
+    /// for as long as the hook may take, no longer.
+    fn waits_for_its_original(&self, spool: &Spool, entry: &Entry) -> bool {
+        let Some(original) = &entry.meta.repeat_of else {
+            return false;
+        };
+        let pending =
+            spool.new_dir().join(original).exists() || spool.tmp_dir().join(original).exists();
+        let waited_ms = crate::commands::now_ms().saturating_sub(entry.meta.time_ms);
+        pending && waited_ms < (self.config.capture.time_limit_secs + 60) * 1000
+    }
+
+    fn report_id(&self, entry_id: &str) -> String {
+        format!("{}:{entry_id}", self.node_name)
     }
 
     /// Index one entry; idempotent by its report id.
@@ -135,7 +153,7 @@ impl Ingester {
                 _ => None,
             };
         let incident = NewIncident {
-            report_id: format!("{}:{}", self.node_name, meta.id),
+            report_id: self.report_id(&meta.id),
             time_ms: meta.time_ms,
             node: self.node_name.clone(),
             executable: meta
@@ -231,6 +249,14 @@ impl Ingester {
                     .and_then(|exe| crate::package::owner(Path::new(exe)));
             }
             return Ok(problem);
+        }
+        if let Some(original) = &meta.repeat_of {
+            let incident = self.store.incident(&self.report_id(original))?;
+            if let Some(incident) = incident {
+                if let Some(detail) = self.store.problem(&incident.problem_id)? {
+                    return Ok(detail.problem);
+                }
+            }
         }
         if meta.repeat {
             if let Some(previous) = self.latest_problem_of(meta)? {

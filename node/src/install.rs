@@ -274,6 +274,7 @@ mod tests {
             &files,
             &state,
             &hook_pattern(Path::new("/bin/crashmesh"), None).unwrap(),
+            None,
         )
         .unwrap();
         std::fs::write(

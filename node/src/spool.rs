@@ -62,6 +62,8 @@ pub struct EntryMeta {
     pub core_dropped: Option<String>,
     /// True when this crash fell inside the crash-loop window of its executable.
     pub repeat: bool,
+    /// The entry of the capture this crash repeats (it holds the core and the frames).
+    pub repeat_of: Option<String>,
     /// Files of the /proc snapshot, relative to the entry.
     pub proc_files: Vec<String>,
     /// Notes the capture made on the way (what failed, what was cut).
