@@ -26,6 +26,12 @@ pub const SPOOL_POLL_INTERVAL_MS: u64 = 200;
 /// How often quotas are enforced besides after every write.
 pub const QUOTA_INTERVAL_SECS: u64 = 30;
 
+/// How long a spool writer may go without writing before its entry counts as abandoned:
+/// the hook's own time limit and a margin.
+pub fn writer_idle_limit(context: &Context) -> Duration {
+    Duration::from_secs(context.config.capture.time_limit_secs + 60)
+}
+
 /// Open the store the node's configuration describes.
 pub fn open_store(context: &Context) -> Result<Store> {
     let limits = &context.config.store;
@@ -45,7 +51,7 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
         .with_context(|| format!("creating {}", context.data_dir.display()))?;
     let spool = Spool::new(&context.data_dir);
     spool.create_dirs()?;
-    let abandoned = spool.clean_tmp()?;
+    let abandoned = spool.clean_tmp(writer_idle_limit(context))?;
     if abandoned > 0 {
         tracing::info!(
             abandoned,
@@ -77,6 +83,7 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
     let socket = control::socket_path(&context.data_dir);
     let data_dir = context.data_dir.clone();
     let kmsg_config = context.config.detect.kmsg.clone();
+    let writer_idle_limit = writer_idle_limit(context);
     let proc_file_bytes_max = context.config.capture.proc_file_bytes_max.0;
     let system = actix::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -121,6 +128,8 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
         }
         QuotaActor {
             store: store.clone(),
+            spool: Spool::new(&data_dir),
+            writer_idle_limit,
             busy: false,
         }
         .start();
@@ -231,6 +240,9 @@ impl IngestActor {
 /// Keeps the store inside its quota between writes (the disk may fill from elsewhere).
 pub struct QuotaActor {
     store: Arc<Store>,
+    /// Abandoned spool entries are cleaned on the same beat.
+    spool: Spool,
+    writer_idle_limit: Duration,
     busy: bool,
 }
 
@@ -246,7 +258,14 @@ impl Actor for QuotaActor {
                 }
                 actor.busy = true;
                 let store = actor.store.clone();
-                let pass = tokio::task::spawn_blocking(move || store.enforce_quota(now_ms()));
+                let spool = actor.spool.clone();
+                let idle = actor.writer_idle_limit;
+                let pass = tokio::task::spawn_blocking(move || {
+                    if let Err(error) = spool.clean_tmp(idle) {
+                        tracing::warn!(%error, "cannot clean abandoned spool entries");
+                    }
+                    store.enforce_quota(now_ms())
+                });
                 context.spawn(actix::fut::wrap_future(pass).map(
                     |result, actor: &mut QuotaActor, _| {
                         actor.busy = false;

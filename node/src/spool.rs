@@ -181,20 +181,43 @@ impl Spool {
             .collect())
     }
 
-    /// Remove what a writer that died left in `tmp/` (never visible, never acknowledged).
-    pub fn clean_tmp(&self) -> Result<usize, SpoolError> {
+    /// Remove what a writer that died left in `tmp/` (never visible, never acknowledged):
+    /// entries in which nothing was written for `idle_for`. A live writer (a hook still
+    /// streaming a core) keeps touching its files, and no writer outlives its time limit.
+    pub fn clean_tmp(&self, idle_for: std::time::Duration) -> Result<usize, SpoolError> {
         let tmp = self.tmp_dir();
         let Ok(entries) = fs::read_dir(&tmp) else {
             return Ok(0);
         };
+        let now = std::time::SystemTime::now();
         let mut removed = 0;
         for entry in entries.filter_map(|entry| entry.ok()) {
             let path = entry.path();
-            fs::remove_dir_all(&path).map_err(io_error(&path))?;
-            removed += 1;
+            let idle =
+                newest_modification(&path).and_then(|newest| now.duration_since(newest).ok());
+            if idle.is_some_and(|idle| idle >= idle_for) {
+                fs::remove_dir_all(&path).map_err(io_error(&path))?;
+                removed += 1;
+            }
         }
         Ok(removed)
     }
+}
+
+/// The latest modification time of a directory and everything in it.
+fn newest_modification(path: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = fs::metadata(path).ok()?.modified().ok()?;
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.filter_map(|entry| entry.ok()) {
+            let child = if entry.file_type().ok()?.is_dir() {
+                newest_modification(&entry.path())
+            } else {
+                entry.metadata().ok()?.modified().ok()
+            };
+            newest = newest.max(child.unwrap_or(newest));
+        }
+    }
+    Some(newest)
 }
 
 /// Read and check an entry's `meta.json`.
@@ -344,7 +367,12 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let spool = Spool::new(data.path());
         drop(spool.begin("0002-1-bb").unwrap());
-        assert_eq!(spool.clean_tmp().unwrap(), 1);
+        // A writer that may still be alive is left alone.
+        assert_eq!(
+            spool.clean_tmp(std::time::Duration::from_secs(60)).unwrap(),
+            0
+        );
+        assert_eq!(spool.clean_tmp(std::time::Duration::ZERO).unwrap(), 1);
         fs::create_dir_all(spool.new_dir().join("bad")).unwrap();
         fs::write(spool.new_dir().join("bad/meta.json"), b"{not json").unwrap();
         let entries = spool.list().unwrap();
