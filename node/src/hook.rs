@@ -311,11 +311,20 @@ fn stream_core(
 ) -> Result<CoreFile, HookError> {
     let fd = io::stdin().as_raw_fd();
     let poll_stdin = is_pipe(fd);
+    if poll_stdin {
+        // A 1 MiB pipe lets the kernel hand over the core in fewer, larger pieces. It may
+        // refuse (pipe-max-size); the default size works too.
+        // SAFETY: fcntl on our own stdin with an integer argument.
+        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, READ_BUFFER_BYTES as libc::c_int) };
+    }
     let mut encoder = zstd::stream::write::Encoder::new(
         BufWriter::with_capacity(READ_BUFFER_BYTES, file),
         config.capture.compression_level,
     )?;
     encoder.include_checksum(true)?;
+    // One zstd worker: compression runs beside our reads, as the zstd CLI overlaps its
+    // I/O; memory stays bounded by the worker's job size (a few MiB at level 1).
+    encoder.multithread(1)?;
     let mut buffer = vec![0u8; READ_BUFFER_BYTES];
     let cap = config.capture.core_bytes_max.0;
     let mut bytes_raw = 0u64;
