@@ -20,6 +20,8 @@ use crate::types::*;
 pub const SYNC_EACH_FILE_CHUNKS_MAX: usize = 16;
 /// The longest report id, node name, label key or value accepted.
 pub const NAME_BYTES_MAX: usize = 4096;
+/// Files outside the store's own (spool, scratch) measured for the quota at most.
+pub const OTHER_FILES_MAX: usize = 100_000;
 /// The most attachments or labels one incident may carry.
 pub const INCIDENT_ITEMS_MAX: usize = 1024;
 /// The largest encoded `Problem` an incident may carry.
@@ -1040,6 +1042,61 @@ impl Store {
         Ok(recorded)
     }
 
+    /// Adds evidence that arrived after the incident was recorded (logs gathered for the
+    /// window after the problem, the output of event commands). Consumes the blobs' pins.
+    /// Idempotent: an attachment whose name the incident already has is not added again.
+    /// Gives back how many were added.
+    pub fn add_attachments(
+        &self,
+        report_id: &str,
+        attachments: Vec<(String, BlobId)>,
+    ) -> Result<usize, StoreError> {
+        for (name, _) in &attachments {
+            check_len("attachment name bytes", name.len(), NAME_BYTES_MAX)?;
+        }
+        let txn = self.db.begin_write()?;
+        let added = {
+            let mut tables = Tables::open(&txn)?;
+            let mut incident = tables
+                .incident(report_id)?
+                .ok_or_else(|| StoreError::Invalid(format!("no incident {report_id:?}")))?;
+            check_len(
+                "attachments",
+                incident.attachments.len() + attachments.len(),
+                INCIDENT_ITEMS_MAX,
+            )?;
+            let mut problem = tables.problem(&incident.problem_id)?;
+            let mut added = 0;
+            for (name, blob) in attachments {
+                let row = tables.blob(&blob)?.ok_or(StoreError::UnknownBlob(blob))?;
+                if incident.attachments.iter().any(|evidence| evidence.name == name) {
+                    if row.pending > 0 {
+                        tables.adjust_blob(&blob, 0, -1)?;
+                    }
+                    continue;
+                }
+                tables.adjust_blob(&blob, 1, -1)?;
+                if let Some(problem) = problem.as_mut() {
+                    problem.bytes_kept += row.len_bytes;
+                }
+                incident.attachments.push(EvidenceRow {
+                    name,
+                    blob,
+                    len_bytes: row.len_bytes,
+                    state: EvidenceState::Kept,
+                });
+                added += 1;
+            }
+            tables.put_incident(&incident)?;
+            if let Some(problem) = problem {
+                tables.put_problem(&problem)?;
+            }
+            added
+        };
+        txn.commit()?;
+        Ok(added)
+    }
+
     /// Adds crash-loop repeats that came without evidence to a problem, named by id or
     /// signature. Returns the new count.
     pub fn add_repeat_count(
@@ -1204,7 +1261,37 @@ impl Store {
                 .map(disk_bytes)
                 .unwrap_or(0);
         }
-        Ok(chunk_bytes + disk_bytes(index_bytes) + tmp_bytes)
+        Ok(chunk_bytes + disk_bytes(index_bytes) + tmp_bytes + self.other_bytes())
+    }
+
+    /// Bytes of everything else in the data directory (the node's spool, scratch files,
+    /// logs): everything in the data dir counts against the quota. These files are not the
+    /// store's, so they are measured on the real file system, at most
+    /// [`OTHER_FILES_MAX`] of them.
+    fn other_bytes(&self) -> u64 {
+        let mut total = 0;
+        let mut seen = 0usize;
+        let mut pending = vec![self.data_dir.clone()];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.filter_map(|entry| entry.ok()) {
+                seen += 1;
+                if seen > OTHER_FILES_MAX {
+                    return total;
+                }
+                let path = entry.path();
+                if path == self.chunks_dir || path == self.tmp_dir || path == self.index_path {
+                    continue;
+                }
+                let Ok(metadata) = entry.metadata() else { continue };
+                if metadata.is_dir() {
+                    pending.push(path);
+                } else {
+                    total += disk_bytes(metadata.len());
+                }
+            }
+        }
+        total
     }
 
     /// The limit enforced now: `max_bytes`, lowered so the file system keeps

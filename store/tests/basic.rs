@@ -420,3 +420,25 @@ fn check_finds_and_repairs_corrupt_and_missing_chunks_and_orphans() {
     );
     assert_eq!(store.read_blob_bytes(&other).unwrap(), noise(2, 100_000));
 }
+
+#[test]
+fn attachments_added_later_are_kept_once_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.record_incident(incident("r1", "sig-a", 1_000, None)).unwrap();
+        let log = store.put_blob_bytes(b"10:00:01 csd: chunk 7 failed\n").unwrap();
+        let added = store.add_attachments("r1", vec![("log/csd.log".into(), log)]).unwrap();
+        assert_eq!(added, 1);
+        // The same name again (a retried gather) adds nothing and leaves no pin behind.
+        let again = store.put_blob_bytes(b"other bytes").unwrap();
+        assert_eq!(store.add_attachments("r1", vec![("log/csd.log".into(), again)]).unwrap(), 0);
+        assert!(store.add_attachments("missing", vec![]).is_err());
+    }
+    let store = open(dir.path());
+    let detail = store.incident("r1").unwrap().unwrap();
+    assert_eq!(detail.attachments.len(), 1);
+    assert_eq!(detail.attachments[0].name, "log/csd.log");
+    assert_eq!(store.read_blob_bytes(&detail.attachments[0].blob).unwrap(), b"10:00:01 csd: chunk 7 failed\n");
+    assert!(store.check(false).unwrap().is_clean());
+}
