@@ -6,6 +6,7 @@
 //! the very code the daemon runs, deterministically.
 
 pub mod model;
+pub mod report;
 pub mod signature;
 
 pub use model::{Frame, FrameSource, Problem, ProblemKind, ThreadTrace};
