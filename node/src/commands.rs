@@ -43,7 +43,7 @@ impl Context {
     /// Where scratch files (decompressed cores) go: inside the data dir, so they count
     /// against the quota and are cleaned at start.
     pub fn scratch_dir(&self) -> PathBuf {
-        self.data_dir.join("tmp")
+        self.data_dir.join("scratch")
     }
 }
 

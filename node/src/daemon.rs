@@ -83,6 +83,7 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
     let socket = control::socket_path(&context.data_dir);
     let data_dir = context.data_dir.clone();
     let kmsg_config = context.config.detect.kmsg.clone();
+    let gather_config = context.config.gather.clone();
     let writer_idle_limit = writer_idle_limit(context);
     let proc_file_bytes_max = context.config.capture.proc_file_bytes_max.0;
     let system = actix::System::with_tokio_rt(|| {
@@ -125,6 +126,15 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
                     tracing::warn!(%error, "cannot read {KMSG_PATH}; the kernel log detector is off")
                 }
             }
+        }
+        if gather_config.enabled {
+            GatherActor {
+                store: store.clone(),
+                data_dir: data_dir.clone(),
+                config: gather_config,
+                busy: false,
+            }
+            .start();
         }
         QuotaActor {
             store: store.clone(),
@@ -285,5 +295,66 @@ impl Actor for QuotaActor {
                 ));
             },
         );
+    }
+}
+
+/// How often pending log gatherings are looked at.
+pub const GATHER_INTERVAL_MS: u64 = 1000;
+
+/// Gathers each incident's logs once the window after it has passed (see
+/// [`crate::gather`]), one batch at a time on the blocking pool.
+pub struct GatherActor {
+    store: Arc<Store>,
+    data_dir: PathBuf,
+    config: crate::gather::GatherConfig,
+    busy: bool,
+}
+
+impl Actor for GatherActor {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, context: &mut Self::Context) {
+        context.run_interval(Duration::from_millis(GATHER_INTERVAL_MS), |actor, context| {
+            if actor.busy {
+                return;
+            }
+            actor.busy = true;
+            let (store, data_dir, config) = (actor.store.clone(), actor.data_dir.clone(), actor.config.clone());
+            let pass = tokio::task::spawn_blocking(move || gather_due(&store, &data_dir, &config));
+            context.spawn(actix::fut::wrap_future(pass).map(|result, actor: &mut GatherActor, _| {
+                actor.busy = false;
+                if let Err(error) = result {
+                    tracing::error!(%error, "gather pass panicked");
+                }
+            }));
+        });
+    }
+}
+
+/// Run every due gathering: store what it found on its incident, then drop the job.
+pub fn gather_due(store: &Store, data_dir: &std::path::Path, config: &crate::gather::GatherConfig) {
+    for (path, job) in crate::gather::due_jobs(data_dir, now_ms()) {
+        let gathered = crate::gather::gather(config, &job, now_ms());
+        let mut attachments = Vec::new();
+        let mut notes = gathered.notes;
+        for (name, bytes) in gathered.attachments {
+            match store.put_blob_bytes(&bytes) {
+                Ok(blob) => attachments.push((name, blob)),
+                Err(error) => notes.push(format!("{name}: not stored: {error}")),
+            }
+        }
+        if !notes.is_empty() {
+            match store.put_blob_bytes((notes.join("\n") + "\n").as_bytes()) {
+                Ok(blob) => attachments.push(("gather/notes.txt".to_string(), blob)),
+                Err(error) => tracing::warn!(%error, "cannot store gather notes"),
+            }
+        }
+        match store.add_attachments(&job.report_id, attachments) {
+            Ok(added) => tracing::info!(report = %job.report_id, added, "logs gathered"),
+            Err(error) => tracing::warn!(report = %job.report_id, %error, "gathered logs not kept"),
+        }
+        if let Err(error) = std::fs::remove_file(&path) {
+            tracing::warn!(%error, "cannot remove a finished gather job");
+        }
     }
 }

@@ -60,7 +60,7 @@ impl Ingester {
             match listed {
                 Ok(entry) if self.waits_for_its_original(&spool, &entry) => continue,
                 Ok(entry) => {
-                    let recorded = self.ingest(&entry)?;
+                    let (recorded, problem) = self.ingest(&entry)?;
                     summary.recorded += 1;
                     summary.new_problems += usize::from(recorded.new_problem);
                     tracing::info!(
@@ -75,6 +75,7 @@ impl Ingester {
                         path: entry.dir.clone(),
                         source,
                     })?;
+                    self.after_recording(&entry.meta, &recorded, problem);
                 }
                 Err((dir, error)) => {
                     tracing::warn!(entry = %dir.display(), %error, "unreadable spool entry set aside in spool/bad");
@@ -82,6 +83,11 @@ impl Ingester {
                     summary.set_aside += 1;
                 }
             }
+        }
+        if summary.recorded > 0 {
+            // After the entries left the spool: their bytes must not make room for themselves
+            // by evicting evidence.
+            self.store.enforce_quota(crate::commands::now_ms())?;
         }
         Ok(summary)
     }
@@ -103,8 +109,46 @@ impl Ingester {
         format!("{}:{entry_id}", self.node_name)
     }
 
-    /// Index one entry; idempotent by its report id.
-    pub fn ingest(&self, entry: &Entry) -> Result<Recorded, IngestError> {
+    /// What follows a new incident: its logs are gathered once the window after it has
+    /// passed (a durable job), and the configured events fire. Neither can fail capture.
+    fn after_recording(&self, meta: &EntryMeta, recorded: &Recorded, problem: Problem) {
+        let report_id = self.report_id(&meta.id);
+        if self.config.gather.enabled && meta.suppressed_count.is_none() {
+            let job = crate::gather::GatherJob {
+                report_id: report_id.clone(),
+                kind: problem.kind.to_string(),
+                executable: problem.executable.clone(),
+                time_ms: meta.time_ms,
+                due_ms: meta.time_ms + self.config.gather.after_secs * 1000,
+            };
+            if let Err(error) = crate::gather::queue_job(&self.data_dir, &job) {
+                tracing::warn!(%error, report = %report_id, "cannot queue log gathering");
+            }
+        }
+        let kind = if recorded.new_problem {
+            crate::events::EventKind::ProblemCreated
+        } else {
+            crate::events::EventKind::Incident
+        };
+        let context = crate::events::EventContext {
+            kind,
+            problem_id: recorded.problem_id.clone(),
+            report_id,
+            count: recorded.count,
+            node: self.node_name.clone(),
+            problem,
+        };
+        crate::events::fire(
+            &self.config.events,
+            context,
+            self.store.clone(),
+            &self.data_dir.join("scratch"),
+        );
+    }
+
+    /// Index one entry; idempotent by its report id. Gives back the problem it was
+    /// recorded as.
+    pub fn ingest(&self, entry: &Entry) -> Result<(Recorded, Problem), IngestError> {
         let meta = &entry.meta;
         let problem = self.problem_of(entry)?;
         if let Some(extra) = meta.suppressed_count.filter(|&extra| extra > 0) {
@@ -118,12 +162,13 @@ impl Ingester {
                 let count = self
                     .store
                     .add_repeat_count(&summary.id, extra, meta.time_ms)?;
-                return Ok(Recorded {
+                let recorded = Recorded {
                     problem_id: summary.id,
                     new_problem: false,
                     count,
                     core_kept: false,
-                });
+                };
+                return Ok((recorded, problem));
             }
         }
         let mut attachments = Vec::new();
@@ -170,11 +215,10 @@ impl Ingester {
                 .is_some_and(|core| core.truncated.is_some()),
             attachments,
             labels: self.config.node.labels.clone(),
-            problem,
+            problem: problem.clone(),
         };
         let recorded = self.store.record_incident(incident)?;
-        self.store.enforce_quota(crate::commands::now_ms())?;
-        Ok(recorded)
+        Ok((recorded, problem))
     }
 
     /// Is a core of this signature still wanted (fewer than max_cores_per_signature kept)?

@@ -6,6 +6,8 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod events;
+pub mod gather;
 pub mod daemon;
 pub mod hook;
 pub mod ingest;

@@ -1,0 +1,195 @@
+//! End-to-end tests of one node that need no machine-wide state: spool entries made as
+//! the hooks make them, the real daemon, the real CLI.
+
+use std::time::Duration;
+
+use crashmesh_tests::*;
+use serde_json::Value;
+
+/// Leave a spool entry exactly as the Python hook does when the daemon is down.
+fn spool_python_entry(node: &NodeDir, id: &str, time_ms: u64) {
+    let dir = node.data_dir.join("spool/new").join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("traceback.txt"),
+        "Traceback (most recent call last):\n  File \"/opt/csd/tool.py\", line 3, in <module>\n    main()\n  File \"/opt/csd/tool.py\", line 2, in main\n    raise RuntimeError(\"replica lost\")\nRuntimeError: replica lost\n",
+    )
+    .unwrap();
+    let meta = serde_json::json!({
+        "format_version": 1, "id": id, "source": "python", "time_ms": time_ms, "pid": 4242,
+        "executable": "/usr/bin/python3", "proc_files": ["traceback.txt"],
+    });
+    std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn iso(ms: u64) -> String {
+    let secs = ms / 1000;
+    let output = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn logs_around_a_problem_are_gathered_and_events_run_with_their_output_kept() {
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("csd.log");
+    let now = now_ms();
+    std::fs::write(
+        &log,
+        format!(
+            "{} csd[7]: long before, cut\n{} csd[7]: replica 3 ERROR lost\n  detail line without time\n{} csd[7]: just before\n",
+            iso(now - 3_600_000),
+            iso(now - 60_000),
+            iso(now - 1_000)
+        ),
+    )
+    .unwrap();
+    let marker = scratch.path().join("event-ran");
+    let config = format!(
+        r#"
+[node]
+name = "n1"
+[detect.kmsg]
+enabled = false
+[gather]
+after_secs = 1
+[[gather.rules]]
+kinds = ["python"]
+files = ["{log}"]
+[[events]]
+on = "problem_created"
+command = ["sh", "-c", "echo created $CRASHMESH_KIND $CRASHMESH_COUNT > {marker}; grep -o replica $CRASHMESH_PROBLEM_JSON | head -1; echo failing >&2; exit 7"]
+timeout_secs = 10
+"#,
+        log = log.display(),
+        marker = marker.display()
+    );
+    let node = NodeDir::new(&config);
+    spool_python_entry(&node, &format!("{now:013}-4242-aaaa"), now);
+    let _daemon = node.start_daemon();
+
+    let mut detail = Value::Null;
+    let complete = wait_until(Duration::from_secs(30), || {
+        let Ok(output) = node.command(&["problems", "list", "--json"]).output() else {
+            return false;
+        };
+        let Ok(listed) = serde_json::from_slice::<Value>(&output.stdout) else {
+            return false;
+        };
+        let Some(id) = listed["problems"][0]["id"].as_str() else {
+            return false;
+        };
+        let Ok(output) = node.command(&["problems", "show", id, "--json"]).output() else {
+            return false;
+        };
+        detail = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        let names: Vec<String> = detail["incidents"][0]["attachments"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|a| a["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.iter().any(|n| n.ends_with("csd.log"))
+            && names.iter().any(|n| n == "event/problem_created-0.txt")
+    });
+    assert!(
+        complete,
+        "logs or event output missing: {detail:#}\n{}",
+        node.daemon_log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        "created python 1"
+    );
+    let attachments = detail["incidents"][0]["attachments"].as_array().unwrap();
+    let names: Vec<&str> = attachments
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert!(names.contains(&"gather/notes.txt"), "{names:?}");
+    assert!(names.contains(&"traceback.txt"), "{names:?}");
+    assert_eq!(detail["problem"]["exception_type"], "RuntimeError");
+}
+
+#[test]
+fn a_core_fed_to_the_hook_by_hand_is_analysed_by_the_daemon() {
+    // The same bytes the kernel would pipe: a real core, taken by gdb at the fault.
+    let scratch = tempfile::tempdir().unwrap();
+    let program = compile_c(
+        scratch.path(),
+        "fault",
+        "__attribute__((noinline)) void fault(volatile int *p) { *p = 1; }\nint main(void) { fault(0); return 0; }\n",
+        &["-O1", "-g"],
+    );
+    let core = scratch.path().join("fault.core");
+    let status = std::process::Command::new("gdb")
+        .args(["-nx", "-batch", "-ex", "run", "-ex"])
+        .arg(format!("generate-core-file {}", core.display()))
+        .arg(&program)
+        .output()
+        .unwrap();
+    assert!(
+        core.exists(),
+        "gdb made no core: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let node = NodeDir::new(
+        "[node]\nname = \"n1\"\n[detect.kmsg]\nenabled = false\n[capture]\nmin_free_bytes = 0\n",
+    );
+    let own_pid = std::process::id().to_string();
+    let hook = node
+        .command(&[
+            "hook",
+            "core",
+            &own_pid,
+            &own_pid,
+            "1",
+            "11",
+            "0",
+            "18446744073709551615",
+            "0",
+            "0",
+            "host",
+            "fault",
+        ])
+        .stdin(std::fs::File::open(&core).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        hook.status.success(),
+        "{}",
+        String::from_utf8_lossy(&hook.stderr)
+    );
+    node.run(&["node", "run", "--once"]);
+    let listed = node.json(&["problems", "list"]);
+    let problem = &listed["problems"][0];
+    assert_eq!(problem["kind"], "core");
+    assert_eq!(problem["crash_function"], "fault", "{listed:#}");
+    assert_eq!(problem["count"], 1);
+    // `problems core` gives back exactly the bytes the hook was fed.
+    let exported = scratch.path().join("exported.core");
+    node.run(&[
+        "problems",
+        "core",
+        problem["id"].as_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&exported).unwrap(),
+        std::fs::read(&core).unwrap()
+    );
+    let check = node.json(&["store", "check"]);
+    assert_eq!(check["unrepaired"], serde_json::json!([]), "{check:#}");
+}
