@@ -557,3 +557,118 @@ fn an_uncaught_python_exception_becomes_a_problem_and_uninstall_removes_the_hook
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "False");
 }
+
+const HOARDER_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+/* Holds ~30 MiB of random memory (incompressible, different every run), then crashes. */
+volatile unsigned char *volatile null_pointer = 0;
+__attribute__((noinline)) void crash_holding(volatile unsigned char *memory) { memory[0] = *null_pointer; }
+int main(void) {
+    size_t size = 30u << 20;
+    unsigned char *memory = malloc(size);
+    FILE *random = fopen("/dev/urandom", "rb");
+    if (!memory || !random || fread(memory, 1, size, random) != size) return 2;
+    crash_holding(memory);
+    return 0;
+}
+"#;
+
+/// Bytes the data dir takes on disk (allocated blocks, as `du` counts them).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            } else {
+                total += metadata.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+fn count_of(node: &NodeDir, executable: &Path) -> u64 {
+    node.command(&["problems", "list", "--json"])
+        .output()
+        .ok()
+        .and_then(|output| serde_json::from_slice::<Value>(&output.stdout).ok())
+        .and_then(|listed| {
+            listed["problems"]
+                .as_array()?
+                .iter()
+                .find(|p| p["executable"].as_str().map(Path::new) == Some(executable))
+                .and_then(|p| p["count"].as_u64())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn big_crashes_against_a_small_quota_with_the_daemon_killed_lose_no_incident() {
+    let _kernel = KernelCoreSettings::save();
+    let quota_bytes: u64 = 40 << 20;
+    let node = NodeDir::new(
+        "[node]\nname = \"quota\"\n[store]\nmax_bytes = \"40 MiB\"\n[capture]\nrepeat_window_secs = 0\n[detect.kmsg]\nenabled = false\n[gather]\nenabled = false\n",
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let hoarder = compile_c(scratch.path(), "hoarder", HOARDER_C, &["-O2", "-g"])
+        .canonicalize()
+        .unwrap();
+    let (_installed, _) = Installed::new(&node);
+
+    let mut daemon = node.start_daemon();
+    assert_eq!(crash(&mut Command::new(&hoarder)), libc::SIGSEGV);
+    assert!(
+        wait_until(Duration::from_secs(60), || count_of(&node, &hoarder) == 1),
+        "{}",
+        node.daemon_log()
+    );
+    daemon.kill();
+
+    // The daemon is down: the hook alone takes this one.
+    assert_eq!(crash(&mut Command::new(&hoarder)), libc::SIGSEGV);
+    assert!(wait_until(Duration::from_secs(20), || spool_entries(&node) == 1));
+
+    let _daemon = node.start_daemon();
+    assert_eq!(crash(&mut Command::new(&hoarder)), libc::SIGSEGV);
+    assert!(
+        wait_until(Duration::from_secs(90), || count_of(&node, &hoarder) == 3
+            && spool_entries(&node) == 0),
+        "not every incident was counted: {}\n{}",
+        String::from_utf8_lossy(&node.command(&["problems", "list"]).output().unwrap().stdout),
+        node.daemon_log()
+    );
+    let status = node.json(&["status"]);
+    let used = disk_usage(&node.data_dir);
+    assert!(
+        used <= quota_bytes,
+        "the data dir takes {used} bytes, over the quota of {quota_bytes}: {status:#}"
+    );
+    assert!(
+        status["store"]["used_bytes"].as_u64().unwrap() <= quota_bytes,
+        "{status:#}"
+    );
+    // Eviction took cores, never incidents: the first core is the one kept.
+    let listed = problems(&node);
+    let problem = problem_of(&listed, &hoarder);
+    let detail = node.json(&["problems", "show", problem["id"].as_str().unwrap()]);
+    let incidents = detail["incidents"].as_array().unwrap();
+    assert_eq!(incidents.len(), 3);
+    let kept: Vec<_> = incidents
+        .iter()
+        .filter(|i| i["core"]["state"] == "kept")
+        .collect();
+    assert_eq!(kept.len(), 1, "{detail:#}");
+    let check = node.command(&["store", "check"]).output().unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
