@@ -5,9 +5,12 @@
 //! takes what it needs (including `now`) as arguments. That is what lets the simulator run
 //! the very code the daemon runs, deterministically.
 
+pub mod election;
 pub mod model;
 pub mod report;
+pub mod rng;
 pub mod signature;
+pub mod wire;
 
 pub use model::{Frame, FrameSource, Problem, ProblemKind, ThreadTrace};
 pub use signature::{SIGNATURE_SCHEME_VERSION, Signature};

@@ -1,0 +1,501 @@
+//! The messages nodes send each other over the mesh, and their encoding.
+//!
+//! A datagram is one version byte ([`WIRE_VERSION`]) followed by a postcard-encoded
+//! [`Envelope`]. [`decode`] is the only way in for peer bytes.
+//!
+//! Invariants:
+//! - No I/O, no clock, no threads, no randomness: encoding and decoding are pure.
+//! - Decoded peer input is size-limited twice: the whole datagram against the caller's
+//!   `message_bytes_max` before postcard sees it (so no count read from the input can
+//!   make us allocate more than the input's length), then every string, list and blob
+//!   against the named limits below ([`Envelope::validate`]).
+//! - Versioned: an unknown version byte is refused with a typed error, never guessed at.
+//! - Every error is typed ([`DecodeError`]); decoding never panics on any input (the fuzz
+//!   target `fuzz/fuzz_targets/wire.rs` holds it to that).
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ProblemKind;
+
+/// The version byte every datagram starts with; bumped on any incompatible change.
+pub const WIRE_VERSION: u8 = 1;
+/// The default largest datagram a node accepts (one chunk of evidence plus headroom).
+pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// The longest node name (`crashmesh cluster issue NODE`).
+pub const NODE_ID_BYTES_MAX: usize = 64;
+/// The longest cluster id.
+pub const CLUSTER_ID_BYTES_MAX: usize = 64;
+/// The longest report id a node makes.
+pub const REPORT_ID_BYTES_MAX: usize = 128;
+/// The longest signature (`v1:` and 40 hex digits today; room for later schemes).
+pub const SIGNATURE_BYTES_MAX: usize = 128;
+/// How many labels (`role`, `test_run`, …) one announcement carries at most.
+pub const LABELS_LEN_MAX: usize = 16;
+/// The longest label key or value.
+pub const LABEL_BYTES_MAX: usize = 128;
+/// The largest SWIM packet (foca's `max_packet_size`).
+pub const MEMBERSHIP_PACKET_BYTES_MAX: usize = 1400;
+/// How many chunk ids one `ReportChunks` or `ChunkWant` names at most.
+pub const CHUNK_IDS_PER_MESSAGE_MAX: usize = 1024;
+/// The largest chunk of evidence in one `ChunkData` (the store's 512 KiB chunk plus the
+/// room zstd may add to an incompressible one).
+pub const CHUNK_BYTES_MAX: usize = 512 * 1024 + 64 * 1024;
+
+/// A term of the aggregator election; it only grows.
+pub type Term = u64;
+
+/// A node's name, as its certificate states it: 1 to 64 bytes of `[A-Za-z0-9._-]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(pub String);
+
+impl NodeId {
+    /// A node id from a name; panics on a name [`NodeId::is_valid`] refuses (for config
+    /// and tests: peer input goes through [`decode`]).
+    pub fn new(name: impl Into<String>) -> NodeId {
+        let node = NodeId(name.into());
+        assert!(node.is_valid(), "invalid node name {:?}", node.0);
+        node
+    }
+
+    /// True when the name is 1..=64 bytes of `[A-Za-z0-9._-]`.
+    pub fn is_valid(&self) -> bool {
+        is_plain_name(&self.0, NODE_ID_BYTES_MAX)
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The cluster's id, made by `crashmesh cluster init`: 1 to 64 bytes of `[A-Za-z0-9._-]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClusterId(pub String);
+
+impl ClusterId {
+    /// A cluster id from a name; panics on an invalid one (config and tests only).
+    pub fn new(name: impl Into<String>) -> ClusterId {
+        let cluster = ClusterId(name.into());
+        assert!(
+            is_plain_name(&cluster.0, CLUSTER_ID_BYTES_MAX),
+            "invalid cluster id"
+        );
+        cluster
+    }
+}
+
+/// A report id, made by the node that captured the problem; unique in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ReportId(pub String);
+
+impl ReportId {
+    /// A report id from a string.
+    pub fn new(id: impl Into<String>) -> ReportId {
+        ReportId(id.into())
+    }
+}
+
+impl std::fmt::Display for ReportId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A chunk of evidence's content address: blake3 of its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    /// The id of these bytes.
+    pub fn of(bytes: &[u8]) -> ChunkId {
+        ChunkId(*blake3::hash(bytes).as_bytes())
+    }
+}
+
+/// One `key = value` label from a node's config (`role = "storage"`, `test_run = "42"`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Label {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+}
+
+/// Whether the endpoint has accepted an incident, as the announcing node knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UploadState {
+    /// Not yet known to be at the endpoint.
+    NotUploaded,
+    /// An aggregator told this node the endpoint acknowledged it.
+    Uploaded,
+}
+
+/// What a node tells the aggregator about one incident: enough to deduplicate it by
+/// signature and to pull its full report later. Idempotent by `report_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The node's report id of this incident.
+    pub report_id: ReportId,
+    /// The problem's signature (`v1:…`).
+    pub signature: String,
+    /// The problem's kind.
+    pub kind: ProblemKind,
+    /// When the problem happened (unix ms, the origin node's clock).
+    pub time_ms: u64,
+    /// The node that captured it and holds its evidence.
+    pub node: NodeId,
+    /// The size of the full report (metadata and evidence) in bytes.
+    pub report_bytes: u64,
+    /// The node's labels from config.
+    pub labels: Vec<Label>,
+    /// Whether the endpoint already has it (so a new aggregator can rebuild its state).
+    pub upload_state: UploadState,
+}
+
+/// A mesh message. Membership, election and consolidation share one envelope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// A SWIM packet, produced and consumed by foca (membership.rs).
+    Membership {
+        /// foca's own postcard encoding, at most [`MEMBERSHIP_PACKET_BYTES_MAX`].
+        packet: Vec<u8>,
+    },
+    /// A candidate asks for a vote in `term`.
+    RequestVote {
+        /// The candidate's term.
+        term: Term,
+        /// The candidate (the sender).
+        candidate: NodeId,
+    },
+    /// The answer to `RequestVote`.
+    Vote {
+        /// The voter's term after handling the request.
+        term: Term,
+        /// True when the vote goes to the candidate.
+        granted: bool,
+    },
+    /// The aggregator holds its role.
+    Heartbeat {
+        /// The aggregator's term.
+        term: Term,
+        /// The aggregator (the sender).
+        aggregator: NodeId,
+        /// The aggregator's own clock at sending, echoed back in the ack for its lease.
+        sent_ms: u64,
+    },
+    /// The answer to `Heartbeat`.
+    HeartbeatAck {
+        /// The follower's term (higher than the heartbeat's: the aggregator is stale).
+        term: Term,
+        /// The heartbeat's `sent_ms`.
+        echo_sent_ms: u64,
+    },
+    /// A node tells the aggregator about an incident.
+    Announce {
+        /// The term of the aggregator the node addresses.
+        term: Term,
+        /// The incident.
+        announcement: Announcement,
+    },
+    /// The aggregator has recorded an announcement (and maybe uploaded it).
+    AnnounceAck {
+        /// The aggregator's term.
+        term: Term,
+        /// Which announcement.
+        report_id: ReportId,
+        /// True once the endpoint has acknowledged the incident.
+        uploaded: bool,
+    },
+    /// The aggregator asks the origin for a report's list of chunks.
+    FetchReport {
+        /// The aggregator's term.
+        term: Term,
+        /// Which report.
+        report_id: ReportId,
+    },
+    /// The origin lists the chunks of a report ("have").
+    ReportChunks {
+        /// Which report.
+        report_id: ReportId,
+        /// The report's whole size in bytes.
+        report_bytes: u64,
+        /// Its chunks, in order.
+        chunk_ids: Vec<ChunkId>,
+    },
+    /// The origin no longer has a report (evicted); the aggregator fetches another.
+    ReportUnavailable {
+        /// Which report.
+        report_id: ReportId,
+    },
+    /// The aggregator asks for the chunks it lacks ("want").
+    ChunkWant {
+        /// Which report.
+        report_id: ReportId,
+        /// The chunks wanted.
+        chunk_ids: Vec<ChunkId>,
+    },
+    /// One chunk's bytes.
+    ChunkData {
+        /// Which report.
+        report_id: ReportId,
+        /// The chunk's id: blake3 of `bytes`, checked by the receiver.
+        chunk_id: ChunkId,
+        /// The bytes, at most [`CHUNK_BYTES_MAX`].
+        bytes: Vec<u8>,
+    },
+    /// The aggregator asks a peer for its logs around a problem.
+    LogRequest {
+        /// The aggregator's term.
+        term: Term,
+        /// The problem.
+        signature: String,
+        /// Window start (unix ms).
+        window_start_ms: u64,
+        /// Window end (unix ms).
+        window_end_ms: u64,
+    },
+}
+
+/// What crosses the wire: who sends, in which cluster, and the message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The cluster; a datagram of another cluster is refused by the shell.
+    pub cluster_id: ClusterId,
+    /// The sender; the shell checks it against the peer's certificate.
+    pub from: NodeId,
+    /// The message.
+    pub message: Message,
+}
+
+/// Why peer bytes were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Nothing arrived.
+    #[error("empty datagram")]
+    Empty,
+    /// More bytes than the receiver accepts.
+    #[error("datagram of {bytes} bytes is over the limit of {limit_bytes} bytes")]
+    TooLarge {
+        /// The datagram's size.
+        bytes: usize,
+        /// The limit.
+        limit_bytes: usize,
+    },
+    /// A version this build does not speak.
+    #[error("unknown wire version {found} (this build speaks {WIRE_VERSION})")]
+    UnknownVersion {
+        /// The version byte found.
+        found: u8,
+    },
+    /// Not a well-formed envelope.
+    #[error("malformed datagram: {0}")]
+    Malformed(postcard::Error),
+    /// Bytes left after the envelope.
+    #[error("{0} trailing bytes after the envelope")]
+    TrailingBytes(usize),
+    /// Well-formed, but a field breaks a limit or a rule.
+    #[error("invalid field {field}: {reason}")]
+    InvalidField {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// A field breaks a limit: the peer would refuse it.
+    #[error("invalid field {field}: {reason}")]
+    InvalidField {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// postcard failed (should not happen for valid messages).
+    #[error("encoding failed: {0}")]
+    Postcard(postcard::Error),
+}
+
+/// Encodes an envelope: the version byte, then postcard. Refuses what a peer would refuse.
+pub fn encode(envelope: &Envelope) -> Result<Vec<u8>, EncodeError> {
+    envelope.validate().map_err(|error| match error {
+        DecodeError::InvalidField { field, reason } => EncodeError::InvalidField { field, reason },
+        _ => EncodeError::InvalidField {
+            field: "envelope",
+            reason: "invalid",
+        },
+    })?;
+    let mut bytes = vec![WIRE_VERSION];
+    let body = postcard::to_allocvec(envelope).map_err(EncodeError::Postcard)?;
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+/// Decodes peer bytes: refuses more than `message_bytes_max`, unknown versions, garbage,
+/// trailing bytes and fields over their limits. Never panics.
+pub fn decode(bytes: &[u8], message_bytes_max: usize) -> Result<Envelope, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if bytes.len() > message_bytes_max {
+        return Err(DecodeError::TooLarge {
+            bytes: bytes.len(),
+            limit_bytes: message_bytes_max,
+        });
+    }
+    if bytes[0] != WIRE_VERSION {
+        return Err(DecodeError::UnknownVersion { found: bytes[0] });
+    }
+    let (envelope, rest): (Envelope, &[u8]) =
+        postcard::take_from_bytes(&bytes[1..]).map_err(DecodeError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    envelope.validate()?;
+    Ok(envelope)
+}
+
+fn is_plain_name(name: &str, bytes_max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= bytes_max
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+}
+
+fn invalid(field: &'static str, reason: &'static str) -> DecodeError {
+    DecodeError::InvalidField { field, reason }
+}
+
+fn check_report_id(report_id: &ReportId) -> Result<(), DecodeError> {
+    if report_id.0.is_empty() || report_id.0.len() > REPORT_ID_BYTES_MAX {
+        return Err(invalid("report_id", "empty or over REPORT_ID_BYTES_MAX"));
+    }
+    Ok(())
+}
+
+fn check_signature(signature: &str) -> Result<(), DecodeError> {
+    if signature.is_empty() || signature.len() > SIGNATURE_BYTES_MAX {
+        return Err(invalid("signature", "empty or over SIGNATURE_BYTES_MAX"));
+    }
+    Ok(())
+}
+
+fn check_chunk_ids(chunk_ids: &[ChunkId]) -> Result<(), DecodeError> {
+    if chunk_ids.len() > CHUNK_IDS_PER_MESSAGE_MAX {
+        return Err(invalid("chunk_ids", "over CHUNK_IDS_PER_MESSAGE_MAX"));
+    }
+    Ok(())
+}
+
+fn check_node(node: &NodeId, field: &'static str) -> Result<(), DecodeError> {
+    if !node.is_valid() {
+        return Err(invalid(field, "not 1..=64 bytes of [A-Za-z0-9._-]"));
+    }
+    Ok(())
+}
+
+impl Announcement {
+    /// Checks every field against its limit.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_report_id(&self.report_id)?;
+        check_signature(&self.signature)?;
+        check_node(&self.node, "announcement.node")?;
+        if self.labels.len() > LABELS_LEN_MAX {
+            return Err(invalid("labels", "over LABELS_LEN_MAX"));
+        }
+        for label in &self.labels {
+            if label.key.is_empty()
+                || label.key.len() > LABEL_BYTES_MAX
+                || label.value.len() > LABEL_BYTES_MAX
+            {
+                return Err(invalid(
+                    "labels",
+                    "key empty or key/value over LABEL_BYTES_MAX",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Envelope {
+    /// Checks every field against its limit; [`decode`] and [`encode`] both call it.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        if !is_plain_name(&self.cluster_id.0, CLUSTER_ID_BYTES_MAX) {
+            return Err(invalid("cluster_id", "not 1..=64 bytes of [A-Za-z0-9._-]"));
+        }
+        check_node(&self.from, "from")?;
+        match &self.message {
+            Message::Membership { packet } => {
+                if packet.is_empty() || packet.len() > MEMBERSHIP_PACKET_BYTES_MAX {
+                    return Err(invalid(
+                        "packet",
+                        "empty or over MEMBERSHIP_PACKET_BYTES_MAX",
+                    ));
+                }
+            }
+            Message::RequestVote { candidate, .. } => {
+                check_node(candidate, "candidate")?;
+                if candidate != &self.from {
+                    return Err(invalid("candidate", "is not the sender"));
+                }
+            }
+            Message::Heartbeat { aggregator, .. } => {
+                check_node(aggregator, "aggregator")?;
+                if aggregator != &self.from {
+                    return Err(invalid("aggregator", "is not the sender"));
+                }
+            }
+            Message::Vote { .. } | Message::HeartbeatAck { .. } => {}
+            Message::Announce { announcement, .. } => announcement.validate()?,
+            Message::AnnounceAck { report_id, .. }
+            | Message::FetchReport { report_id, .. }
+            | Message::ReportUnavailable { report_id } => check_report_id(report_id)?,
+            Message::ReportChunks {
+                report_id,
+                chunk_ids,
+                ..
+            }
+            | Message::ChunkWant {
+                report_id,
+                chunk_ids,
+            } => {
+                check_report_id(report_id)?;
+                check_chunk_ids(chunk_ids)?;
+            }
+            Message::ChunkData {
+                report_id, bytes, ..
+            } => {
+                check_report_id(report_id)?;
+                if bytes.len() > CHUNK_BYTES_MAX {
+                    return Err(invalid("bytes", "over CHUNK_BYTES_MAX"));
+                }
+            }
+            Message::LogRequest {
+                signature,
+                window_start_ms,
+                window_end_ms,
+                ..
+            } => {
+                check_signature(signature)?;
+                if window_start_ms > window_end_ms {
+                    return Err(invalid("window_start_ms", "after window_end_ms"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
