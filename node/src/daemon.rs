@@ -83,6 +83,7 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
     let socket = control::socket_path(&context.data_dir);
     let data_dir = context.data_dir.clone();
     let kmsg_config = context.config.detect.kmsg.clone();
+    let detect_config = context.config.detect.clone();
     let gather_config = context.config.gather.clone();
     let writer_idle_limit = writer_idle_limit(context);
     let proc_file_bytes_max = context.config.capture.proc_file_bytes_max.0;
@@ -127,6 +128,8 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
                 }
             }
         }
+        // kdump/pstore harvest (once, on the blocking pool), hs_err and VM log watchers.
+        crate::watch::start_file_detectors(&data_dir, &detect_config);
         if gather_config.enabled {
             GatherActor {
                 store: store.clone(),

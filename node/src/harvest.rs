@@ -1,0 +1,744 @@
+//! Kernel crashes of earlier boots, harvested once at daemon start: kdump's crash
+//! directories (`/var/crash/<crash>/vmcore-dmesg.txt` and the `vmcore`) and pstore's dmesg
+//! records (`/sys/fs/pstore/dmesg-<backend>-<id>`, one dump split in parts).
+//!
+//! # Invariants
+//! - Nothing is harvested twice. Every crash has a stable key — kdump: the path, size and
+//!   modification time of its log (or of its vmcore when there is no log); pstore: the
+//!   blake3 hash of the reassembled dump, so a record that systemd-pstore moved from
+//!   `/sys/fs/pstore` into `/var/lib/systemd/pstore` keeps its key. Keys are remembered in
+//!   `harvested.json` in the data dir (at most [`HARVESTED_KEYS_MAX`], oldest dropped),
+//!   saved durably after each crash is spooled; the entry id is derived from the key, so
+//!   a crash between the two replays an entry the store records once.
+//! - A vmcore is never read whole into memory and never copied unless
+//!   `vmcore_attach_bytes_max` allows it; it is hashed (streaming) only up to
+//!   `vmcore_hash_bytes_max`, otherwise identified by path, size and modification time.
+//! - Reading is bounded: a crash's kernel log up to `dmesg_bytes_max` (its end kept), a
+//!   pstore record up to [`PSTORE_RECORD_BYTES_MAX`], [`PSTORE_RECORDS_MAX`] records.
+//!
+//! The problem: the crash is the last problem the log shows at or before the first
+//! `Kernel panic - not syncing` line (a panic's own trace follows its line), or the last
+//! problem when the log never says it panicked (with kdump loaded the kernel jumps to the
+//! crash kernel from the oops, before printing a panic). Its kind becomes `kernel_panic`
+//! — the machine went down — and its signature is recomputed for that kind.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use crashmesh_parsers::KernelLogOptions;
+use crashmesh_protocol::signature::kernel_signature;
+use crashmesh_protocol::{Problem, ProblemKind};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{KdumpConfig, PstoreConfig};
+use crate::watch::{self, Attachment, FoundProblem};
+
+/// Keys of harvested crashes remembered; the oldest are forgotten beyond it.
+pub const HARVESTED_KEYS_MAX: usize = 4096;
+/// Bytes read of one pstore record (records are a few KiB).
+pub const PSTORE_RECORD_BYTES_MAX: u64 = 1024 * 1024;
+/// pstore records looked at per start.
+pub const PSTORE_RECORDS_MAX: usize = 4096;
+/// Crash directories looked at per kdump directory per start.
+pub const KDUMP_CRASHES_MAX: usize = 1024;
+/// Lines of the log kept as the text of a crash in which no problem was found.
+pub const UNRECOGNIZED_TAIL_LINES_MAX: usize = 80;
+/// Seconds between two parts of one pstore dump at most (they are written together).
+const PSTORE_PARTS_SECONDS_APART_MAX: u64 = 60;
+
+/// The state file's name in the data dir.
+pub const STATE_FILE: &str = "harvested.json";
+const STATE_FORMAT_VERSION: u32 = 1;
+
+/// What was harvested already, persisted as `harvested.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HarvestedState {
+    pub format_version: u32,
+    /// Oldest first.
+    pub harvested: Vec<HarvestedCrash>,
+}
+
+/// One harvested crash.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HarvestedCrash {
+    pub key: String,
+    /// Where it was found (for people; the key decides).
+    pub path: PathBuf,
+    pub harvested_ms: u64,
+}
+
+impl HarvestedState {
+    fn contains(&self, key: &str) -> bool {
+        self.harvested.iter().any(|crash| crash.key == key)
+    }
+
+    fn insert(&mut self, key: String, path: PathBuf, now_ms: u64) {
+        self.harvested.push(HarvestedCrash {
+            key,
+            path,
+            harvested_ms: now_ms,
+        });
+        let excess = self.harvested.len().saturating_sub(HARVESTED_KEYS_MAX);
+        self.harvested.drain(..excess);
+    }
+}
+
+/// What a harvest did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HarvestSummary {
+    /// Crashes spooled as problems.
+    pub spooled: usize,
+    /// Crashes skipped because they were harvested before.
+    pub known: usize,
+    /// Records remembered without a problem (pstore dumps of a clean restart).
+    pub not_problems: usize,
+    /// Crashes that could not be read or spooled (logged; retried at the next start).
+    pub failed: usize,
+}
+
+/// The vmcore of a kdump crash, as recorded in the report (`vmcore.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmcoreInfo {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub modified_ms: u64,
+    /// blake3 of the whole file, when it is at most `vmcore_hash_bytes_max`.
+    pub blake3: Option<String>,
+    /// kdump did not finish writing it (`vmcore-incomplete`).
+    pub incomplete: bool,
+    /// The vmcore itself is in the report (`vmcore`).
+    pub attached: bool,
+}
+
+/// Harvest kdump and pstore crashes of earlier boots into the spool. Runs on the blocking
+/// pool; errors are logged per crash and never stop the others.
+pub fn harvest(
+    data_dir: &Path,
+    kdump: &KdumpConfig,
+    pstore: &PstoreConfig,
+    now_ms: u64,
+) -> HarvestSummary {
+    let state_path = data_dir.join(STATE_FILE);
+    let mut state: HarvestedState = watch::load_state(&state_path).unwrap_or_default();
+    state.format_version = STATE_FORMAT_VERSION;
+    let mut summary = HarvestSummary::default();
+    let remember = |state: &mut HarvestedState, key: String, path: PathBuf| {
+        state.insert(key, path, now_ms);
+        if let Err(error) = watch::save_state(&state_path, state) {
+            tracing::error!(%error, "cannot save what was harvested; it may be harvested again");
+        }
+    };
+    if kdump.enabled {
+        for crash in find_kdump_crashes(&kdump.dirs) {
+            if state.contains(&crash.key) {
+                summary.known += 1;
+                continue;
+            }
+            match spool_kdump_crash(data_dir, &crash, kdump) {
+                Ok(()) => {
+                    tracing::info!(crash = %crash.dir.display(), "harvested a kdump crash");
+                    summary.spooled += 1;
+                    remember(&mut state, crash.key.clone(), crash.dir.clone());
+                }
+                Err(error) => {
+                    tracing::error!(crash = %crash.dir.display(), %error, "cannot harvest a kdump crash");
+                    summary.failed += 1;
+                }
+            }
+        }
+    }
+    if pstore.enabled {
+        for dump in find_pstore_dumps(&pstore.dirs) {
+            let key = dump.key();
+            if state.contains(&key) {
+                summary.known += 1;
+                continue;
+            }
+            let path = dump.parts[0].path.clone();
+            match spool_pstore_dump(data_dir, &dump, &key) {
+                Ok(true) => {
+                    tracing::info!(record = %path.display(), "harvested a pstore dump");
+                    summary.spooled += 1;
+                    remember(&mut state, key, path);
+                }
+                Ok(false) => {
+                    summary.not_problems += 1;
+                    remember(&mut state, key, path);
+                }
+                Err(error) => {
+                    tracing::error!(record = %path.display(), %error, "cannot harvest a pstore dump");
+                    summary.failed += 1;
+                }
+            }
+        }
+    }
+    summary
+}
+
+/// Why one crash could not be harvested.
+#[derive(Debug, thiserror::Error)]
+pub enum HarvestError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> HarvestError + '_ {
+    move |source| HarvestError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One kdump crash directory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KdumpCrash {
+    pub dir: PathBuf,
+    /// `vmcore-dmesg.txt` (RHEL, Fedora, SUSE) or `dmesg.<stamp>` (Debian, Ubuntu).
+    pub dmesg: Option<PathBuf>,
+    /// `vmcore`, `vmcore.flat`, `dump.<stamp>` or `vmcore-incomplete`.
+    pub vmcore: Option<PathBuf>,
+    pub key: String,
+}
+
+/// Crash directories under each kdump directory, oldest name first.
+pub fn find_kdump_crashes(dirs: &[PathBuf]) -> Vec<KdumpCrash> {
+    let mut crashes = Vec::new();
+    for dir in dirs {
+        let mut subdirs: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|entry| entry.ok())
+                .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+                .map(|entry| entry.path())
+                .collect(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot list a kdump directory");
+                continue;
+            }
+        };
+        subdirs.sort();
+        if subdirs.len() > KDUMP_CRASHES_MAX {
+            tracing::warn!(dir = %dir.display(), count = subdirs.len(), "too many kdump crashes; the newest are harvested");
+            subdirs.drain(..subdirs.len() - KDUMP_CRASHES_MAX);
+        }
+        crashes.extend(
+            subdirs
+                .into_iter()
+                .filter_map(|subdir| kdump_crash(&subdir)),
+        );
+    }
+    crashes
+}
+
+fn kdump_crash(dir: &Path) -> Option<KdumpCrash> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_file()))
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    let find = |exact: &[&str], prefix: &str| {
+        exact
+            .iter()
+            .find(|name| names.iter().any(|n| n == *name))
+            .map(|name| name.to_string())
+            .or_else(|| names.iter().find(|n| n.starts_with(prefix)).cloned())
+            .map(|name| dir.join(name))
+    };
+    let dmesg = find(&["vmcore-dmesg.txt"], "dmesg.");
+    let vmcore = find(&["vmcore", "vmcore.flat", "vmcore-incomplete"], "dump.");
+    let identity = dmesg.as_ref().or(vmcore.as_ref())?;
+    let metadata = std::fs::metadata(identity).ok()?;
+    let key = format!(
+        "kdump:{}:{}:{}",
+        identity.display(),
+        metadata.len(),
+        watch::modified_ms(&metadata)
+    );
+    Some(KdumpCrash {
+        dir: dir.to_path_buf(),
+        dmesg,
+        vmcore,
+        key,
+    })
+}
+
+/// The last `bytes_max` bytes of a file, as text (lossy), and its modification time.
+fn read_tail(path: &Path, bytes_max: u64) -> Result<(String, u64), HarvestError> {
+    let mut file = std::fs::File::open(path).map_err(io_error(path))?;
+    let metadata = file.metadata().map_err(io_error(path))?;
+    let start = metadata.len().saturating_sub(bytes_max);
+    file.seek(SeekFrom::Start(start)).map_err(io_error(path))?;
+    let mut bytes = Vec::new();
+    file.take(bytes_max)
+        .read_to_end(&mut bytes)
+        .map_err(io_error(path))?;
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if start > 0 {
+        // Start at a whole line.
+        if let Some(newline) = text.find('\n') {
+            text.drain(..=newline);
+        }
+    }
+    Ok((text, watch::modified_ms(&metadata)))
+}
+
+fn spool_kdump_crash(
+    data_dir: &Path,
+    crash: &KdumpCrash,
+    config: &KdumpConfig,
+) -> Result<(), HarvestError> {
+    let mut notes = vec![format!("harvested from kdump: {}", crash.dir.display())];
+    let (text, time_ms) = match &crash.dmesg {
+        Some(path) => {
+            let (text, modified_ms) = read_tail(path, config.dmesg_bytes_max.0)?;
+            let length = std::fs::metadata(path).map_or(0, |m| m.len());
+            if length > config.dmesg_bytes_max.0 {
+                notes.push(format!(
+                    "{}: only its last {} of {length} bytes were read",
+                    path.display(),
+                    config.dmesg_bytes_max.0
+                ));
+            }
+            (Some(text), modified_ms)
+        }
+        None => (None, 0),
+    };
+    let vmcore = match &crash.vmcore {
+        Some(path) => Some(vmcore_info(path, config)?),
+        None => None,
+    };
+    let time_ms = match (&vmcore, time_ms) {
+        (_, time) if time > 0 => time,
+        (Some(vmcore), _) => vmcore.modified_ms,
+        _ => crate::commands::now_ms(),
+    };
+    let mut problem = match &text {
+        Some(text) => crash_problem(text, true),
+        None => {
+            let mut problem = Problem::new(
+                ProblemKind::KernelPanic,
+                "kernel crash (kdump saved a vmcore but no kernel log)",
+            );
+            problem.signature = kernel_signature(ProblemKind::KernelPanic, &[], &problem.reason).0;
+            problem
+        }
+    };
+    if let Some(vmcore) = &vmcore {
+        notes.push(match &vmcore.blake3 {
+            Some(hash) => format!(
+                "vmcore {} ({} bytes, blake3 {hash})",
+                vmcore.path.display(),
+                vmcore.bytes
+            ),
+            None => format!(
+                "vmcore {} ({} bytes, modified {} ms; larger than vmcore_hash_bytes_max, not hashed)",
+                vmcore.path.display(),
+                vmcore.bytes,
+                vmcore.modified_ms
+            ),
+        });
+        if vmcore.incomplete {
+            notes.push("kdump did not finish writing the vmcore".to_string());
+            problem
+                .analysis_error
+                .get_or_insert_with(|| "the vmcore is incomplete".to_string());
+        }
+    }
+    let vmcore_json = vmcore
+        .as_ref()
+        .map(|vmcore| serde_json::to_vec_pretty(vmcore).expect("vmcore info serializes"));
+    let mut attachments = Vec::new();
+    if let Some(text) = &text {
+        attachments.push((
+            "vmcore-dmesg.txt".to_string(),
+            Attachment::Bytes(text.as_bytes()),
+        ));
+    }
+    if let Some(json) = &vmcore_json {
+        attachments.push(("vmcore.json".to_string(), Attachment::Bytes(json)));
+    }
+    if let Some(vmcore) = vmcore.as_ref().filter(|vmcore| vmcore.attached) {
+        attachments.push((
+            "vmcore".to_string(),
+            Attachment::File {
+                path: &vmcore.path,
+                bytes_max: vmcore.bytes,
+            },
+        ));
+    }
+    watch::spool_found(
+        data_dir,
+        FoundProblem {
+            entry_id: watch::stable_entry_id("kdump", &[crash.key.as_bytes()]),
+            source: "kdump",
+            time_ms,
+            comm: problem.process.clone(),
+            problem,
+            pid: None,
+            attachments,
+            notes,
+        },
+    )?;
+    Ok(())
+}
+
+/// Size, time and (when small enough) the blake3 hash of a vmcore, read streaming.
+pub fn vmcore_info(path: &Path, config: &KdumpConfig) -> Result<VmcoreInfo, HarvestError> {
+    let file = std::fs::File::open(path).map_err(io_error(path))?;
+    let metadata = file.metadata().map_err(io_error(path))?;
+    let bytes = metadata.len();
+    let blake3 = if bytes <= config.vmcore_hash_bytes_max.0 {
+        let mut hasher = blake3::Hasher::new();
+        // A 1 MiB buffer: constant memory whatever the vmcore's size.
+        let mut reader = std::io::BufReader::with_capacity(1024 * 1024, file);
+        hasher.update_reader(&mut reader).map_err(io_error(path))?;
+        Some(hasher.finalize().to_hex().to_string())
+    } else {
+        None
+    };
+    let attach_max = config.vmcore_attach_bytes_max.0;
+    Ok(VmcoreInfo {
+        path: path.to_path_buf(),
+        bytes,
+        modified_ms: watch::modified_ms(&metadata),
+        blake3,
+        incomplete: path
+            .file_name()
+            .is_some_and(|name| name == "vmcore-incomplete"),
+        attached: attach_max > 0 && bytes <= attach_max,
+    })
+}
+
+/// The problem of a crashed kernel's log (see the module's docs). `crashed` says the
+/// machine is known to have gone down (kdump ran, or pstore says `Panic`), so the problem
+/// becomes a `kernel_panic` even when the log never printed a panic line.
+pub fn crash_problem(log: &str, crashed: bool) -> Problem {
+    let options = KernelLogOptions {
+        // ABRT's marker belongs to the live system; the crash comes after it anyway.
+        honor_abrt_reported_marker: false,
+        ..KernelLogOptions::default()
+    };
+    let problems: Vec<Problem> = crashmesh_parsers::parse_kernel_log_with(log, &options)
+        .into_iter()
+        .filter(|problem| problem.kind != ProblemKind::SegfaultHint)
+        .collect();
+    let panic_at = log.find("Kernel panic - not syncing");
+    // Where each problem starts in the log, searched in order so repeats line up.
+    let mut cursor = 0;
+    let mut positions = Vec::with_capacity(problems.len());
+    for problem in &problems {
+        let first_line = problem
+            .text
+            .as_deref()
+            .and_then(|text| text.lines().next())
+            .unwrap_or(&problem.reason)
+            .trim();
+        let position = log
+            .get(cursor..)
+            .and_then(|rest| rest.find(first_line))
+            .map_or(cursor, |found| cursor + found);
+        positions.push(position);
+        cursor = position + 1;
+    }
+    let chosen = match panic_at {
+        Some(panic_at) => positions
+            .iter()
+            .rposition(|&position| position <= panic_at)
+            .or_else(|| (!problems.is_empty()).then_some(0)),
+        None => problems.len().checked_sub(1),
+    };
+    let panicked = crashed || panic_at.is_some();
+    let mut problem = match chosen {
+        Some(index) => problems[index].clone(),
+        None => {
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(UNRECOGNIZED_TAIL_LINES_MAX)
+                .collect();
+            let text: Vec<&str> = tail.into_iter().rev().collect();
+            let mut problem = Problem::new(
+                ProblemKind::KernelPanic,
+                match panic_at {
+                    Some(_) => "kernel panic (its report was not recognized)",
+                    None => "kernel crash (no problem found in its log)",
+                },
+            );
+            problem.text = Some(text.join("\n"));
+            problem.version = linux_version(log);
+            problem.signature = kernel_signature(ProblemKind::KernelPanic, &[], &problem.reason).0;
+            return problem;
+        }
+    };
+    if panicked && problem.kind != ProblemKind::KernelPanic {
+        problem.kind = ProblemKind::KernelPanic;
+        problem.signature =
+            kernel_signature(ProblemKind::KernelPanic, &problem.frames, &problem.reason).0;
+    }
+    if problem.version.is_none() {
+        problem.version = linux_version(log);
+    }
+    problem
+}
+
+/// The kernel version from a log's `Linux version X` line.
+fn linux_version(log: &str) -> Option<String> {
+    let start = log.find("Linux version ")? + "Linux version ".len();
+    let version = log[start..].split_whitespace().next()?;
+    Some(version.to_string())
+}
+
+/// One pstore record file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PstoreRecord {
+    pub path: PathBuf,
+    /// `ramoops`, `efi`, … (from `dmesg-<backend>-<id>`).
+    pub backend: String,
+    /// `Panic`, `Oops`, `Emergency`, `Restart`, … from the `Oops#1 Part1` header.
+    pub reason: String,
+    /// The `#N` of the header: the dump's number in its boot.
+    pub count: u32,
+    /// The `PartN` of the header: part 1 holds the end of the log.
+    pub part: u32,
+    pub modified_ms: u64,
+    /// The record's text without its header line.
+    pub text: String,
+}
+
+/// One kernel log dump, its parts in log order (oldest text first).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PstoreDump {
+    pub parts: Vec<PstoreRecord>,
+}
+
+impl PstoreDump {
+    /// The dump's text, parts joined in log order.
+    pub fn text(&self) -> String {
+        let mut text = String::new();
+        for part in &self.parts {
+            text.push_str(&part.text);
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    /// The stable key: the hash of the dump's text, wherever its files are.
+    pub fn key(&self) -> String {
+        format!("pstore:{}", blake3::hash(self.text().as_bytes()).to_hex())
+    }
+
+    pub fn reason(&self) -> &str {
+        &self.parts[0].reason
+    }
+
+    /// Did the kernel die (a `Panic` dump, or a panic line in its text)?
+    pub fn panicked(&self) -> bool {
+        self.reason() == "Panic"
+            || self
+                .parts
+                .iter()
+                .any(|part| part.text.contains("Kernel panic - not syncing"))
+    }
+}
+
+/// `Oops#1 Part2` → (`Oops`, 1, 2).
+fn parse_pstore_header(line: &str) -> Option<(String, u32, u32)> {
+    let (reason, rest) = line.trim_end().split_once('#')?;
+    let (count, part) = rest.split_once(" Part")?;
+    if reason.is_empty() || !reason.chars().all(|c| c.is_ascii_alphabetic()) {
+        return None;
+    }
+    Some((reason.to_string(), count.parse().ok()?, part.parse().ok()?))
+}
+
+/// Read one `dmesg-<backend>-<id>` record.
+pub fn read_pstore_record(path: &Path) -> Result<PstoreRecord, HarvestError> {
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let backend = name
+        .strip_prefix("dmesg-")
+        .and_then(|rest| rest.split('-').next())
+        .unwrap_or("unknown")
+        .to_string();
+    let file = std::fs::File::open(path).map_err(io_error(path))?;
+    let metadata = file.metadata().map_err(io_error(path))?;
+    let mut bytes = Vec::new();
+    file.take(PSTORE_RECORD_BYTES_MAX)
+        .read_to_end(&mut bytes)
+        .map_err(io_error(path))?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let (first_line, rest) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+    let (reason, count, part, text) = match parse_pstore_header(first_line) {
+        Some((reason, count, part)) => (reason, count, part, rest.to_string()),
+        None => ("Unknown".to_string(), 0, 1, text.clone()),
+    };
+    Ok(PstoreRecord {
+        path: path.to_path_buf(),
+        backend,
+        reason,
+        count,
+        part,
+        modified_ms: watch::modified_ms(&metadata),
+        text,
+    })
+}
+
+/// The dmesg record files directly in `dirs` and one level below.
+fn pstore_record_paths(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    let look = |dir: &Path, paths: &mut Vec<PathBuf>, subdirs: Option<&mut Vec<PathBuf>>| {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut subdirs = subdirs;
+        for entry in entries.filter_map(|entry| entry.ok()) {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if kind.is_dir() {
+                if let Some(subdirs) = subdirs.as_deref_mut() {
+                    subdirs.push(entry.path());
+                }
+            } else if kind.is_file() && name.starts_with("dmesg-") {
+                if name.ends_with(".enc.z") {
+                    // The kernel could not decompress it; there is no text to read.
+                    tracing::debug!(record = %entry.path().display(), "compressed pstore record skipped");
+                    continue;
+                }
+                paths.push(entry.path());
+            }
+        }
+    };
+    for dir in dirs {
+        let mut subdirs = Vec::new();
+        look(dir, &mut paths, Some(&mut subdirs));
+        for subdir in subdirs {
+            look(&subdir, &mut paths, None);
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    paths.truncate(PSTORE_RECORDS_MAX);
+    paths
+}
+
+/// Every dump the pstore directories hold: records grouped by directory, backend, reason
+/// and dump number, split where a part number repeats or the parts are far apart in time
+/// (two boots' `Panic#1`), parts put in log order.
+pub fn find_pstore_dumps(dirs: &[PathBuf]) -> Vec<PstoreDump> {
+    let mut groups: BTreeMap<(PathBuf, String, String, u32), Vec<PstoreRecord>> = BTreeMap::new();
+    for path in pstore_record_paths(dirs) {
+        match read_pstore_record(&path) {
+            Ok(record) => {
+                let parent = path.parent().unwrap_or(Path::new("")).to_path_buf();
+                groups
+                    .entry((
+                        parent,
+                        record.backend.clone(),
+                        record.reason.clone(),
+                        record.count,
+                    ))
+                    .or_default()
+                    .push(record);
+            }
+            Err(error) => tracing::warn!(%error, "cannot read a pstore record"),
+        }
+    }
+    let mut dumps = Vec::new();
+    for (_, mut records) in groups {
+        records.sort_by_key(|record| (record.modified_ms, record.part));
+        let mut current: Vec<PstoreRecord> = Vec::new();
+        for record in records {
+            let apart = current.last().is_some_and(|last| {
+                record.modified_ms.abs_diff(last.modified_ms)
+                    > PSTORE_PARTS_SECONDS_APART_MAX * 1000
+            });
+            let repeated = current.iter().any(|part| part.part == record.part);
+            if apart || repeated {
+                dumps.push(finish_dump(std::mem::take(&mut current)));
+            }
+            current.push(record);
+        }
+        if !current.is_empty() {
+            dumps.push(finish_dump(current));
+        }
+    }
+    dumps.sort_by_key(|dump| dump.parts[0].modified_ms);
+    dumps
+}
+
+fn finish_dump(mut parts: Vec<PstoreRecord>) -> PstoreDump {
+    // Part 1 is the end of the log: the highest part is its oldest text.
+    parts.sort_by(|a, b| b.part.cmp(&a.part));
+    PstoreDump { parts }
+}
+
+/// Spool a pstore dump; false when it holds no problem (a dump of a clean restart).
+fn spool_pstore_dump(data_dir: &Path, dump: &PstoreDump, key: &str) -> Result<bool, HarvestError> {
+    let text = dump.text();
+    let panicked = dump.panicked();
+    // A dump of a clean restart or power-off (printk.always_kmsg_dump) is no problem.
+    if !panicked && dump.reason() != "Oops" {
+        return Ok(false);
+    }
+    let problem = crash_problem(&text, panicked);
+    let mut notes = vec![format!(
+        "harvested from pstore: {} {}#{} in {} part(s)",
+        dump.parts[0].backend,
+        dump.reason(),
+        dump.parts[0].count,
+        dump.parts.len()
+    )];
+    let mut attachments = vec![(
+        "pstore-dmesg.txt".to_string(),
+        Attachment::Bytes(text.as_bytes()),
+    )];
+    for part in &dump.parts {
+        let name = part
+            .path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        attachments.push((
+            format!("pstore/{name}"),
+            Attachment::File {
+                path: &part.path,
+                bytes_max: PSTORE_RECORD_BYTES_MAX,
+            },
+        ));
+        notes.push(format!("record {}", part.path.display()));
+    }
+    let time_ms = dump
+        .parts
+        .iter()
+        .map(|part| part.modified_ms)
+        .min()
+        .unwrap_or(0);
+    watch::spool_found(
+        data_dir,
+        FoundProblem {
+            entry_id: watch::stable_entry_id("pstore", &[key.as_bytes()]),
+            source: "pstore",
+            time_ms,
+            comm: problem.process.clone(),
+            problem,
+            pid: None,
+            attachments,
+            notes,
+        },
+    )?;
+    Ok(true)
+}

@@ -1,0 +1,392 @@
+//! JVM fatal errors: `hs_err_pid<pid>.log` files that HotSpot writes when it dies, found
+//! by listing the configured directories (`[detect.hs_err] dirs`, glob patterns allowed)
+//! every `poll_interval_ms`.
+//!
+//! # Invariants
+//! - A file is read only once it is complete: it ends with HotSpot's closing `END.` line,
+//!   or its JVM is gone (no `/proc/<pid>`; a JVM in another pid namespace never looks
+//!   gone) and its size held still between two looks, or it has not changed for
+//!   `quiet_secs`.
+//! - No file is reported twice. A file is known by its path, device, inode and birth
+//!   time (where the file system records one), remembered in `hs-err-seen.json` in the
+//!   data dir; a file that keeps growing after it was reported is not reported again.
+//!   Entries of files that disappeared are forgotten, at most [`SEEN_FILES_MAX`] kept.
+//! - The watched directories are usually world-writable: a file is opened without
+//!   following symlinks, must be a regular file with one link, is read once up to
+//!   `file_bytes_max`, and what is attached is exactly what was parsed. A file that does
+//!   not parse as an hs_err report is remembered and never attached.
+//! - Files already older than `file_age_days_max` when first seen are remembered, not
+//!   reported (a first start does not report last year's crashes).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::HsErrConfig;
+use crate::watch::{self, Attachment, FoundProblem};
+
+/// Files remembered as seen.
+pub const SEEN_FILES_MAX: usize = 10_000;
+/// Candidate files looked at per poll.
+pub const FILES_PER_POLL_MAX: usize = 1024;
+/// The state file's name in the data dir.
+pub const STATE_FILE: &str = "hs-err-seen.json";
+const STATE_FORMAT_VERSION: u32 = 1;
+
+/// Files already handled, persisted as `hs-err-seen.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeenState {
+    pub format_version: u32,
+    pub files: Vec<SeenFile>,
+}
+
+/// One handled file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenFile {
+    pub path: PathBuf,
+    pub device: u64,
+    pub inode: u64,
+    /// Birth time in unix milliseconds, 0 where the file system records none.
+    pub born_ms: u64,
+    /// Its size when it was handled.
+    pub bytes: u64,
+    /// True when it was spooled as a problem (false: too old or not an hs_err report).
+    pub reported: bool,
+}
+
+/// The identity of a file on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+    born_ms: u64,
+}
+
+fn identity(metadata: &std::fs::Metadata) -> FileIdentity {
+    let born_ms = metadata
+        .created()
+        .ok()
+        .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |duration| duration.as_millis() as u64);
+    FileIdentity {
+        device: metadata.dev(),
+        inode: metadata.ino(),
+        born_ms,
+    }
+}
+
+/// A file waiting to be complete.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    identity: FileIdentity,
+    bytes: u64,
+    /// When this size was first observed.
+    since_ms: u64,
+}
+
+/// The hs_err detector's state between polls.
+pub struct HsErrWatcher {
+    data_dir: PathBuf,
+    config: HsErrConfig,
+    seen: SeenState,
+    pending: HashMap<PathBuf, Pending>,
+}
+
+/// What one poll did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PollSummary {
+    pub reported: usize,
+    /// Files remembered without a report (too old, or not an hs_err report).
+    pub ignored: usize,
+    /// Files still being written.
+    pub waiting: usize,
+}
+
+impl HsErrWatcher {
+    pub fn new(data_dir: &Path, config: HsErrConfig) -> HsErrWatcher {
+        let seen = watch::load_state(&data_dir.join(STATE_FILE)).unwrap_or_default();
+        HsErrWatcher {
+            data_dir: data_dir.to_path_buf(),
+            config,
+            seen,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// `hs_err_pid*.log` files in the configured directories.
+    fn candidates(&self) -> Vec<(PathBuf, std::fs::Metadata)> {
+        let mut found = Vec::new();
+        for dir in watch::expand_globs(&self.config.dirs) {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.filter_map(|entry| entry.ok()) {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if !(name.starts_with("hs_err_pid") && name.ends_with(".log")) {
+                    continue;
+                }
+                // Not following symlinks: a link to another file is never read.
+                match std::fs::symlink_metadata(entry.path()) {
+                    Ok(metadata) if metadata.is_file() => found.push((entry.path(), metadata)),
+                    _ => {}
+                }
+                if found.len() >= FILES_PER_POLL_MAX {
+                    return found;
+                }
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
+    fn is_seen(&self, path: &Path, identity: FileIdentity) -> bool {
+        self.seen.files.iter().any(|file| {
+            file.path == path
+                && file.device == identity.device
+                && file.inode == identity.inode
+                && file.born_ms == identity.born_ms
+        })
+    }
+
+    /// Look once: report every complete new file.
+    pub fn poll_once(&mut self, now_ms: u64) -> PollSummary {
+        let mut summary = PollSummary::default();
+        let candidates = self.candidates();
+        let mut changed = self.forget_vanished();
+        let mut still_pending = HashMap::new();
+        for (path, metadata) in candidates {
+            let identity = identity(&metadata);
+            if self.is_seen(&path, identity) {
+                continue;
+            }
+            let modified_ms = watch::modified_ms(&metadata);
+            let age_max_ms = self.config.file_age_days_max.saturating_mul(86_400_000);
+            let first_sight = !self.pending.contains_key(&path);
+            if first_sight && now_ms.saturating_sub(modified_ms) > age_max_ms {
+                self.remember(&path, identity, metadata.len(), false);
+                summary.ignored += 1;
+                changed = true;
+                continue;
+            }
+            let pending = match self.pending.get(&path) {
+                Some(pending)
+                    if pending.identity == identity && pending.bytes == metadata.len() =>
+                {
+                    *pending
+                }
+                _ => Pending {
+                    identity,
+                    bytes: metadata.len(),
+                    since_ms: now_ms,
+                },
+            };
+            if !self.is_complete(&path, &pending, modified_ms, now_ms) {
+                still_pending.insert(path, pending);
+                summary.waiting += 1;
+                continue;
+            }
+            match self.report(&path, modified_ms) {
+                Ok(Some(bytes)) => {
+                    self.remember(&path, identity, bytes, true);
+                    summary.reported += 1;
+                    changed = true;
+                }
+                Ok(None) => {
+                    self.remember(&path, identity, metadata.len(), false);
+                    summary.ignored += 1;
+                    changed = true;
+                }
+                Err(error) => {
+                    // Retried at the next poll.
+                    tracing::warn!(file = %path.display(), %error, "cannot report an hs_err file");
+                    still_pending.insert(path, pending);
+                }
+            }
+        }
+        self.pending = still_pending;
+        if changed {
+            self.seen.format_version = STATE_FORMAT_VERSION;
+            if let Err(error) = watch::save_state(&self.data_dir.join(STATE_FILE), &self.seen) {
+                tracing::error!(%error, "cannot save the hs_err files seen; they may be reported again");
+            }
+        }
+        summary
+    }
+
+    fn is_complete(&self, path: &Path, pending: &Pending, modified_ms: u64, now_ms: u64) -> bool {
+        let quiet_ms = self.config.quiet_secs.saturating_mul(1000);
+        let unchanged_ms = now_ms
+            .saturating_sub(pending.since_ms)
+            .max(now_ms.saturating_sub(modified_ms));
+        if unchanged_ms >= quiet_ms || ends_with_end_marker(path) {
+            return true;
+        }
+        let held_still = now_ms > pending.since_ms;
+        held_still
+            && pid_of(path).is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists())
+    }
+
+    /// Parse and spool one file: its size when it was reported, `None` when it is not an
+    /// hs_err report.
+    fn report(&self, path: &Path, modified_ms: u64) -> Result<Option<u64>, HsErrError> {
+        let io_error = |source| HsErrError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io_error)?;
+        let metadata = file.metadata().map_err(io_error)?;
+        if !metadata.is_file() || metadata.nlink() != 1 {
+            tracing::warn!(file = %path.display(), "not a plain hs_err file (a link?); ignored");
+            return Ok(None);
+        }
+        let bytes_max = self.config.file_bytes_max.0;
+        let mut bytes = Vec::new();
+        file.take(bytes_max)
+            .read_to_end(&mut bytes)
+            .map_err(io_error)?;
+        let text = String::from_utf8_lossy(&bytes);
+        let Some(problem) = crashmesh_parsers::parse_hs_err(&text) else {
+            tracing::info!(file = %path.display(), "not an hs_err report; ignored");
+            return Ok(None);
+        };
+        let identity = identity(&metadata);
+        let mut notes = vec![format!("hs_err file {}", path.display())];
+        if metadata.len() > bytes.len() as u64 {
+            notes.push(format!(
+                "hs_err file cut at {} of {} bytes",
+                bytes.len(),
+                metadata.len()
+            ));
+        }
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "hs_err.log".to_string());
+        let path_text = path.to_string_lossy();
+        let entry_id = watch::stable_entry_id(
+            "hs_err",
+            &[
+                path_text.as_bytes(),
+                &identity.device.to_le_bytes(),
+                &identity.inode.to_le_bytes(),
+                &identity.born_ms.to_le_bytes(),
+            ],
+        );
+        let spooled = watch::spool_found(
+            &self.data_dir,
+            FoundProblem {
+                entry_id,
+                source: "hs_err",
+                time_ms: modified_ms,
+                pid: pid_of(path),
+                comm: Some("java".to_string()),
+                problem,
+                attachments: vec![(name, Attachment::Bytes(&bytes))],
+                notes,
+            },
+        )?;
+        if spooled {
+            tracing::info!(file = %path.display(), "JVM fatal error spooled");
+        }
+        Ok(Some(metadata.len()))
+    }
+
+    fn remember(&mut self, path: &Path, identity: FileIdentity, bytes: u64, reported: bool) {
+        self.seen.files.push(SeenFile {
+            path: path.to_path_buf(),
+            device: identity.device,
+            inode: identity.inode,
+            born_ms: identity.born_ms,
+            bytes,
+            reported,
+        });
+        let excess = self.seen.files.len().saturating_sub(SEEN_FILES_MAX);
+        self.seen.files.drain(..excess);
+    }
+
+    /// Forget files that are gone (or replaced); true when something was forgotten.
+    fn forget_vanished(&mut self) -> bool {
+        let before = self.seen.files.len();
+        // Only a file known to be gone is forgotten: one that cannot be looked at for
+        // another reason (permissions) must not become new again.
+        self.seen
+            .files
+            .retain(|file| match std::fs::symlink_metadata(&file.path) {
+                Ok(metadata) => {
+                    let now = identity(&metadata);
+                    now.device == file.device
+                        && now.inode == file.inode
+                        && now.born_ms == file.born_ms
+                }
+                Err(error) => error.kind() != std::io::ErrorKind::NotFound,
+            });
+        before != self.seen.files.len()
+    }
+}
+
+impl watch::Poller for HsErrWatcher {
+    const NAME: &'static str = "hs_err";
+
+    fn poll(&mut self, now_ms: u64) {
+        let summary = self.poll_once(now_ms);
+        if summary.reported + summary.ignored > 0 {
+            tracing::debug!(?summary, "hs_err poll");
+        }
+    }
+}
+
+/// Why an hs_err file could not be reported.
+#[derive(Debug, thiserror::Error)]
+pub enum HsErrError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+}
+
+/// The pid in `hs_err_pid<pid>.log`.
+pub fn pid_of(path: &Path) -> Option<u32> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("hs_err_pid")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
+}
+
+/// Does the file end with HotSpot's closing `END.` line?
+fn ends_with_end_marker(path: &Path) -> bool {
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    let length = file.metadata().map_or(0, |metadata| metadata.len());
+    if file
+        .seek(SeekFrom::Start(length.saturating_sub(16)))
+        .is_err()
+    {
+        return false;
+    }
+    let mut tail = Vec::new();
+    if file.take(16).read_to_end(&mut tail).is_err() {
+        return false;
+    }
+    String::from_utf8_lossy(&tail)
+        .trim_end()
+        .ends_with("\nEND.")
+}

@@ -1,0 +1,444 @@
+//! VM guest panics: follows QEMU/libvirt domain logs (`[detect.vm_guest] globs`, by
+//! default `/var/log/libvirt/qemu/*.log`; the domain is the file name without `.log`) and
+//! reports what `crashmesh_parsers::parse_vm_guest_log` finds in the appended text.
+//!
+//! # How a log is followed
+//! Per log the detector remembers (in `vm-guest-logs.json` in the data dir) its device and
+//! inode, the offset read up to, and a few *context lines* of the current QEMU run: its
+//! `starting up` line, the QEMU command line, and the first line of the run's last
+//! problem. New text is parsed after the context; the problems the context alone gives
+//! were reported before and are skipped. This is what keeps libvirt's record of a panic
+//! that arrives a poll after the panic event, or the `shutting down, reason=crashed` that
+//! follows it, from becoming a second problem, and what keeps the QEMU version and binary.
+//!
+//! # Invariants
+//! - Appended text is read once the log has been quiet for `quiet_ms` (libvirt writes a
+//!   panic's lines together), at most `read_bytes_max` per log per poll, and only up to
+//!   the last complete line (unless a single line fills the whole read).
+//! - Rotation (a new inode at the path) first finishes the old file where it now lies in
+//!   the same directory (`win.log.0`), then reads the new one from its start; truncation
+//!   (a smaller size, same inode: copytruncate) reads from the start. The run's context
+//!   survives both: rotation happens in the middle of a run.
+//! - At the very first start (no state file) existing logs are taken from their end: the
+//!   history before crashmesh was installed is not reported. A log that appears later is
+//!   read whole.
+//! - Problems are spooled before the offset that covers them is saved, with entry ids
+//!   derived from the log's identity, the chunk's offset and the problem's index: a crash
+//!   in between replays the same ids, which the store records once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crashmesh_protocol::Problem;
+use serde::{Deserialize, Serialize};
+
+use crate::config::VmGuestConfig;
+use crate::watch::{self, Attachment, FoundProblem};
+
+/// The state file's name in the data dir.
+pub const STATE_FILE: &str = "vm-guest-logs.json";
+const STATE_FORMAT_VERSION: u32 = 1;
+/// Logs followed at once.
+pub const LOGS_MAX: usize = 4096;
+/// Bytes of one context line kept.
+pub const CONTEXT_LINE_BYTES_MAX: usize = 4096;
+/// Reads of a rotated file's rest, each up to `read_bytes_max`.
+const ROTATED_READS_MAX: usize = 8;
+/// A log that is never quiet is read anyway after this many quiet periods.
+const QUIET_PERIODS_WAITED_MAX: u64 = 10;
+
+/// Where each log was read up to, persisted as `vm-guest-logs.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct VmGuestState {
+    pub format_version: u32,
+    pub logs: BTreeMap<PathBuf, LogState>,
+}
+
+/// One followed log.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogState {
+    pub device: u64,
+    pub inode: u64,
+    /// Bytes read and handled.
+    pub offset: u64,
+    /// The current run's context lines (see the module's docs).
+    pub context: Vec<String>,
+}
+
+/// The VM guest detector's state between polls.
+pub struct VmGuestWatcher {
+    data_dir: PathBuf,
+    config: VmGuestConfig,
+    state: VmGuestState,
+    /// False until the first poll of a data dir that had no state file.
+    baselined: bool,
+    /// Since when each log has had unread text.
+    unread_since: HashMap<PathBuf, u64>,
+}
+
+/// What one poll did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PollSummary {
+    pub reported: usize,
+    pub bytes_read: u64,
+}
+
+/// Why a log could not be followed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmGuestError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+}
+
+/// The domain a log belongs to: its file name without `.log`.
+pub fn domain_of(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.strip_suffix(".log").unwrap_or(&name).to_string()
+}
+
+impl VmGuestWatcher {
+    pub fn new(data_dir: &Path, config: VmGuestConfig) -> VmGuestWatcher {
+        let loaded: Option<VmGuestState> = watch::load_state(&data_dir.join(STATE_FILE));
+        VmGuestWatcher {
+            data_dir: data_dir.to_path_buf(),
+            config,
+            baselined: loaded.is_some(),
+            state: loaded.unwrap_or_default(),
+            unread_since: HashMap::new(),
+        }
+    }
+
+    fn logs(&self) -> Vec<(PathBuf, std::fs::Metadata)> {
+        let mut logs: Vec<(PathBuf, std::fs::Metadata)> = watch::expand_globs(&self.config.globs)
+            .into_iter()
+            .filter_map(|path| {
+                let metadata = std::fs::metadata(&path).ok()?;
+                metadata.is_file().then_some((path, metadata))
+            })
+            .collect();
+        if logs.len() > LOGS_MAX {
+            tracing::warn!(
+                count = logs.len(),
+                "too many VM logs; following the first {LOGS_MAX}"
+            );
+            logs.truncate(LOGS_MAX);
+        }
+        logs
+    }
+
+    /// Look once at every log.
+    pub fn poll_once(&mut self, now_ms: u64) -> PollSummary {
+        let mut summary = PollSummary::default();
+        let logs = self.logs();
+        let mut changed = false;
+        if !self.baselined {
+            for (path, metadata) in &logs {
+                let context = match read_range(
+                    path,
+                    metadata.len().saturating_sub(self.config.read_bytes_max.0),
+                    self.config.read_bytes_max.0,
+                ) {
+                    Ok(bytes) => {
+                        let text = String::from_utf8_lossy(&bytes);
+                        let text = text.split_once('\n').map_or("", |(_, rest)| rest);
+                        let problems =
+                            crashmesh_parsers::parse_vm_guest_log(&domain_of(path), text);
+                        context_lines(text, &problems)
+                    }
+                    Err(_) => Vec::new(),
+                };
+                self.state.logs.insert(
+                    path.clone(),
+                    LogState {
+                        device: metadata.dev(),
+                        inode: metadata.ino(),
+                        offset: metadata.len(),
+                        context,
+                    },
+                );
+            }
+            self.baselined = true;
+            self.save();
+            return summary;
+        }
+        let before = self.state.logs.len();
+        self.state
+            .logs
+            .retain(|path, _| logs.iter().any(|(listed, _)| listed == path));
+        changed |= before != self.state.logs.len();
+        self.unread_since
+            .retain(|path, _| logs.iter().any(|(listed, _)| listed == path));
+        for (path, metadata) in &logs {
+            match self.follow(path, metadata, now_ms, &mut summary) {
+                Ok(log_changed) => changed |= log_changed,
+                Err(error) => tracing::warn!(%error, "cannot follow a VM log"),
+            }
+        }
+        if changed {
+            self.save();
+        }
+        summary
+    }
+
+    fn save(&mut self) {
+        self.state.format_version = STATE_FORMAT_VERSION;
+        if let Err(error) = watch::save_state(&self.data_dir.join(STATE_FILE), &self.state) {
+            tracing::error!(%error, "cannot save where the VM logs were read up to");
+        }
+    }
+
+    /// Read what was appended to one log; true when its state changed.
+    fn follow(
+        &mut self,
+        path: &Path,
+        metadata: &std::fs::Metadata,
+        now_ms: u64,
+        summary: &mut PollSummary,
+    ) -> Result<bool, VmGuestError> {
+        let mut changed = false;
+        let mut log = match self.state.logs.get(path) {
+            Some(log) => log.clone(),
+            None => {
+                changed = true;
+                LogState {
+                    device: metadata.dev(),
+                    inode: metadata.ino(),
+                    offset: 0,
+                    context: Vec::new(),
+                }
+            }
+        };
+        if (log.device, log.inode) != (metadata.dev(), metadata.ino()) {
+            self.finish_rotated(path, &mut log, summary)?;
+            tracing::info!(log = %path.display(), "VM log rotated");
+            log.device = metadata.dev();
+            log.inode = metadata.ino();
+            log.offset = 0;
+            changed = true;
+        } else if metadata.len() < log.offset {
+            tracing::info!(log = %path.display(), "VM log truncated; reading it from the start");
+            log.offset = 0;
+            changed = true;
+        }
+        let unread = metadata.len().saturating_sub(log.offset);
+        if unread == 0 {
+            self.unread_since.remove(path);
+            if changed {
+                self.state.logs.insert(path.to_path_buf(), log);
+            }
+            return Ok(changed);
+        }
+        let since = *self
+            .unread_since
+            .entry(path.to_path_buf())
+            .or_insert(now_ms);
+        let quiet_ms = self.config.quiet_ms;
+        let quiet = now_ms.saturating_sub(watch::modified_ms(metadata)) >= quiet_ms;
+        let waited_long =
+            now_ms.saturating_sub(since) >= quiet_ms.saturating_mul(QUIET_PERIODS_WAITED_MAX);
+        if !(quiet || waited_long || unread >= self.config.read_bytes_max.0) {
+            if changed {
+                self.state.logs.insert(path.to_path_buf(), log);
+            }
+            return Ok(changed);
+        }
+        let consumed = self.read_chunk(path, &mut log, summary)?;
+        if consumed > 0 {
+            changed = true;
+        }
+        if log.offset >= metadata.len() {
+            self.unread_since.remove(path);
+        }
+        self.state.logs.insert(path.to_path_buf(), log);
+        Ok(changed)
+    }
+
+    /// Read and handle one chunk at `log.offset`; gives back the bytes consumed.
+    fn read_chunk(
+        &self,
+        path: &Path,
+        log: &mut LogState,
+        summary: &mut PollSummary,
+    ) -> Result<u64, VmGuestError> {
+        let bytes_max = self.config.read_bytes_max.0;
+        let bytes = read_range(path, log.offset, bytes_max)?;
+        let consumed = match bytes.iter().rposition(|&byte| byte == b'\n') {
+            Some(newline) => newline + 1,
+            None if bytes.len() as u64 >= bytes_max => bytes.len(),
+            None => 0,
+        };
+        if consumed == 0 {
+            return Ok(0);
+        }
+        let chunk = String::from_utf8_lossy(&bytes[..consumed]);
+        let domain = domain_of(path);
+        self.handle_text(path, &domain, log, &chunk, summary)?;
+        log.offset += consumed as u64;
+        summary.bytes_read += consumed as u64;
+        Ok(consumed as u64)
+    }
+
+    /// Parse `chunk` after the log's context, spool the new problems, move the context.
+    fn handle_text(
+        &self,
+        path: &Path,
+        domain: &str,
+        log: &mut LogState,
+        chunk: &str,
+        summary: &mut PollSummary,
+    ) -> Result<(), VmGuestError> {
+        let mut combined = String::new();
+        for line in &log.context {
+            combined.push_str(line);
+            combined.push('\n');
+        }
+        let already = crashmesh_parsers::parse_vm_guest_log(domain, &combined).len();
+        combined.push_str(chunk);
+        let problems = crashmesh_parsers::parse_vm_guest_log(domain, &combined);
+        let time_ms = std::fs::metadata(path)
+            .map(|metadata| watch::modified_ms(&metadata))
+            .unwrap_or_else(|_| crate::commands::now_ms());
+        let path_text = path.to_string_lossy();
+        for (index, problem) in problems.iter().enumerate().skip(already) {
+            let entry_id = watch::stable_entry_id(
+                "vm_guest",
+                &[
+                    path_text.as_bytes(),
+                    &log.device.to_le_bytes(),
+                    &log.inode.to_le_bytes(),
+                    &log.offset.to_le_bytes(),
+                    &(index as u64).to_le_bytes(),
+                ],
+            );
+            let spooled = watch::spool_found(
+                &self.data_dir,
+                FoundProblem {
+                    entry_id,
+                    source: "vm_guest",
+                    time_ms,
+                    pid: None,
+                    comm: Some(domain.to_string()),
+                    problem: problem.clone(),
+                    attachments: vec![(
+                        format!("{domain}.log"),
+                        Attachment::Bytes(combined.as_bytes()),
+                    )],
+                    notes: vec![format!(
+                        "domain {domain}, log {} from byte {}",
+                        path.display(),
+                        log.offset
+                    )],
+                },
+            )?;
+            if spooled {
+                tracing::info!(domain, reason = %problem.reason, "VM guest problem spooled");
+            }
+            summary.reported += 1;
+        }
+        log.context = context_lines(&combined, &problems);
+        Ok(())
+    }
+
+    /// A log was replaced at its path: read the rest of the old file where it now lies.
+    fn finish_rotated(
+        &self,
+        path: &Path,
+        log: &mut LogState,
+        summary: &mut PollSummary,
+    ) -> Result<(), VmGuestError> {
+        let Some(directory) = path.parent() else {
+            return Ok(());
+        };
+        let Ok(entries) = std::fs::read_dir(directory) else {
+            return Ok(());
+        };
+        let rotated = entries.filter_map(|entry| entry.ok()).find(|entry| {
+            entry.metadata().is_ok_and(|metadata| {
+                metadata.is_file() && (metadata.dev(), metadata.ino()) == (log.device, log.inode)
+            })
+        });
+        let Some(rotated) = rotated else {
+            return Ok(());
+        };
+        for _ in 0..ROTATED_READS_MAX {
+            if self.read_chunk(&rotated.path(), log, summary)? == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl watch::Poller for VmGuestWatcher {
+    const NAME: &'static str = "vm_guest";
+
+    fn poll(&mut self, now_ms: u64) {
+        let summary = self.poll_once(now_ms);
+        if summary.reported > 0 {
+            tracing::debug!(?summary, "VM log poll");
+        }
+    }
+}
+
+/// Up to `bytes_max` bytes of a file from `offset`.
+fn read_range(path: &Path, offset: u64, bytes_max: u64) -> Result<Vec<u8>, VmGuestError> {
+    let io_error = |source| VmGuestError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io_error)?;
+    file.seek(SeekFrom::Start(offset)).map_err(io_error)?;
+    let mut bytes = Vec::new();
+    file.take(bytes_max)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    Ok(bytes)
+}
+
+/// The context lines of the last run in `text` (see the module's docs): its `starting up`
+/// line, the first QEMU command line after it, and the first line of its last problem.
+pub fn context_lines(text: &str, problems: &[Problem]) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let run_start = lines.iter().rposition(|line| line.contains("starting up"));
+    let from = run_start.unwrap_or(0);
+    let mut keep: Vec<usize> = run_start.into_iter().collect();
+    if let Some(command) = lines[from..]
+        .iter()
+        .position(|line| line.contains("/qemu-system-") || line.contains("/qemu-kvm"))
+    {
+        keep.push(from + command);
+    }
+    let last_problem_line = problems
+        .last()
+        .and_then(|problem| problem.text.as_deref())
+        .and_then(|text| text.lines().next());
+    if let Some(first_line) = last_problem_line
+        && let Some(found) = lines[from..]
+            .iter()
+            .rposition(|line| !first_line.is_empty() && line.starts_with(first_line))
+    {
+        keep.push(from + found);
+    }
+    keep.sort_unstable();
+    keep.dedup();
+    keep.into_iter()
+        .map(|index| {
+            let line = lines[index];
+            let mut end = line.len().min(CONTEXT_LINE_BYTES_MAX);
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line[..end].to_string()
+        })
+        .collect()
+}
