@@ -513,7 +513,7 @@ impl Store {
             }
             let txn = self.db.begin_read()?;
             let chunks_table = txn.open_table(CHUNKS)?;
-            let mut consumed = 0usize;
+            let mut cuts: Vec<(usize, usize)> = Vec::new();
             for cut in fastcdc::v2020::FastCDC::new(
                 &buffer[..filled],
                 CHUNK_BYTES_MIN,
@@ -525,14 +525,24 @@ impl Store {
                     // The tail may grow into a different chunk once more bytes arrive.
                     break;
                 }
-                let raw = &buffer[cut.offset..end];
-                blob_hasher.update(raw);
-                let id = ChunkId::of(raw);
-                manifest.push((id, raw.len() as u32));
+                cuts.push((cut.offset, end));
+            }
+            let consumed = cuts.last().map_or(0, |&(_, end)| end);
+            blob_hasher.update(&buffer[..consumed]);
+            // Hashing and compressing chunks is most of the work: spread it over the cores,
+            // in order, then decide sequentially which chunks are new.
+            let ids = parallel_map(&cuts, |&(start, end)| ChunkId::of(&buffer[start..end]));
+            let mut wanted: Vec<(ChunkId, usize, usize)> = Vec::new();
+            for (&(start, end), id) in cuts.iter().zip(ids) {
+                manifest.push((id, (end - start) as u32));
                 if seen.insert(id) && chunks_table.get(id.0)?.is_none() {
-                    new_chunks.push(self.write_tmp_chunk(id, raw)?);
+                    wanted.push((id, start, end));
                 }
-                consumed = end;
+            }
+            for written in parallel_map(&wanted, |&(id, start, end)| {
+                self.write_tmp_chunk(id, &buffer[start..end])
+            }) {
+                new_chunks.push(written?);
             }
             assert!(
                 consumed > 0 || (eof && filled == 0),
@@ -1383,3 +1393,28 @@ fn incident_detail(row: IncidentRow) -> IncidentDetail {
         labels: row.labels,
     }
 }
+
+/// `map` over `items` on up to [`PARALLEL_WORKERS_MAX`] threads, results in order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], map: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(PARALLEL_WORKERS_MAX)
+        .min(items.len().max(1));
+    if workers <= 1 {
+        return items.iter().map(&map).collect();
+    }
+    let per_worker = items.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(per_worker)
+            .map(|part| scope.spawn(|| part.iter().map(&map).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().expect("a chunk worker panicked"))
+            .collect()
+    })
+}
+
+/// Threads that hash and compress the chunks of one buffer at most.
+const PARALLEL_WORKERS_MAX: usize = 8;
