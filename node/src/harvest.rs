@@ -742,3 +742,353 @@ fn spool_pstore_dump(data_dir: &Path, dump: &PstoreDump, key: &str) -> Result<bo
     )?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ByteSize;
+    use crate::spool::{Entry, Spool};
+
+    const CORPUS: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/corpus/kernel/abrt-examples"
+    );
+
+    fn corpus(name: &str) -> String {
+        std::fs::read_to_string(format!("{CORPUS}/{name}")).expect("corpus file")
+    }
+
+    fn entries(data_dir: &Path) -> Vec<Entry> {
+        Spool::new(data_dir)
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.unwrap())
+            .collect()
+    }
+
+    fn kdump_config(dir: &Path) -> KdumpConfig {
+        KdumpConfig {
+            dirs: vec![dir.to_path_buf()],
+            ..KdumpConfig::default()
+        }
+    }
+
+    fn no_pstore() -> PstoreConfig {
+        PstoreConfig {
+            enabled: false,
+            dirs: Vec::new(),
+        }
+    }
+
+    /// A crashed boot's log: a warning long before, the fatal oops, the panic it caused,
+    /// and a warning printed while the kernel was going down.
+    fn crashed_boot_log() -> String {
+        format!(
+            "[    0.000000] Linux version 3.10.0-test.x86_64 (builder@example) #1 SMP\n{}{}[   72.000000] Kernel panic - not syncing: Fatal exception\n{}",
+            corpus("1_oops.test"),
+            corpus("debug_messages.test"),
+            corpus("cut_here.test"),
+        )
+    }
+
+    #[test]
+    fn a_kdump_crash_becomes_one_kernel_panic_with_its_oops_and_vmcore_hash() {
+        let data = tempfile::tempdir().unwrap();
+        let crash_root = tempfile::tempdir().unwrap();
+        let crash_dir = crash_root.path().join("127.0.0.1-2024-01-01-10:00:00");
+        std::fs::create_dir(&crash_dir).unwrap();
+        std::fs::write(crash_dir.join("vmcore-dmesg.txt"), crashed_boot_log()).unwrap();
+        let vmcore: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(crash_dir.join("vmcore"), &vmcore).unwrap();
+        let config = kdump_config(crash_root.path());
+
+        let summary = harvest(data.path(), &config, &no_pstore(), 1_000);
+        assert_eq!(summary.spooled, 1, "{summary:?}");
+        let listed = entries(data.path());
+        assert_eq!(listed.len(), 1);
+        let meta = &listed[0].meta;
+        assert_eq!(meta.source, "kdump");
+        let problem = meta.problem.as_ref().unwrap();
+        // The fatal oops, not the earlier warning nor the one printed while going down.
+        let oops = &crashmesh_parsers::parse_kernel_log(&corpus("debug_messages.test"))[0];
+        assert_eq!(problem.kind, ProblemKind::KernelPanic);
+        assert_eq!(problem.reason, oops.reason);
+        assert_eq!(problem.frames, oops.frames);
+        assert_eq!(problem.text, oops.text);
+        assert_eq!(
+            problem.signature,
+            kernel_signature(ProblemKind::KernelPanic, &oops.frames, &oops.reason).0
+        );
+        assert_ne!(problem.signature, oops.signature, "the kind is part of it");
+        assert_eq!(meta.proc_files, ["vmcore-dmesg.txt", "vmcore.json"]);
+        let dmesg = std::fs::read_to_string(listed[0].dir.join("vmcore-dmesg.txt")).unwrap();
+        assert_eq!(dmesg, crashed_boot_log());
+        let info: VmcoreInfo =
+            serde_json::from_slice(&std::fs::read(listed[0].dir.join("vmcore.json")).unwrap())
+                .unwrap();
+        let hash = blake3::hash(&vmcore).to_hex().to_string();
+        assert_eq!(info.blake3.as_deref(), Some(hash.as_str()));
+        assert_eq!(info.bytes, vmcore.len() as u64);
+        assert!(!info.attached && !listed[0].dir.join("vmcore").exists());
+        assert!(
+            meta.notes.iter().any(|note| note.contains(&hash)),
+            "{:?}",
+            meta.notes
+        );
+
+        // Never twice: not while the entry waits, not after it was indexed and removed.
+        assert_eq!(harvest(data.path(), &config, &no_pstore(), 2_000).known, 1);
+        std::fs::remove_dir_all(&listed[0].dir).unwrap();
+        let again = harvest(data.path(), &config, &no_pstore(), 3_000);
+        assert_eq!((again.spooled, again.known), (0, 1));
+        assert!(entries(data.path()).is_empty());
+        // A new crash is harvested; the old one still is not.
+        let second = crash_root.path().join("127.0.0.1-2024-02-01-10:00:00");
+        std::fs::create_dir(&second).unwrap();
+        std::fs::write(
+            second.join("vmcore-dmesg.txt"),
+            corpus("oops-without-addrs.test"),
+        )
+        .unwrap();
+        let third = harvest(data.path(), &config, &no_pstore(), 4_000);
+        assert_eq!((third.spooled, third.known), (1, 1));
+        let problem = entries(data.path())[0].meta.problem.clone().unwrap();
+        assert_eq!(
+            problem.reason,
+            "Kernel panic - not syncing: sysrq triggered crash"
+        );
+        let state: HarvestedState = watch::load_state(&data.path().join(STATE_FILE)).unwrap();
+        assert_eq!(state.harvested.len(), 2);
+    }
+
+    #[test]
+    fn a_big_vmcore_is_not_hashed_and_a_small_one_is_attached_only_when_allowed() {
+        let crash_root = tempfile::tempdir().unwrap();
+        let crash_dir = crash_root.path().join("202401011000");
+        std::fs::create_dir(&crash_dir).unwrap();
+        // Debian and Ubuntu name the files dmesg.<stamp> and dump.<stamp>.
+        std::fs::write(
+            crash_dir.join("dmesg.202401011000"),
+            corpus("oops9_ppc64.test"),
+        )
+        .unwrap();
+        std::fs::write(crash_dir.join("dump.202401011000"), vec![7u8; 4096]).unwrap();
+
+        let data = tempfile::tempdir().unwrap();
+        let config = KdumpConfig {
+            vmcore_hash_bytes_max: ByteSize(4095),
+            ..kdump_config(crash_root.path())
+        };
+        assert_eq!(harvest(data.path(), &config, &no_pstore(), 1).spooled, 1);
+        let entry = &entries(data.path())[0];
+        let info: VmcoreInfo =
+            serde_json::from_slice(&std::fs::read(entry.dir.join("vmcore.json")).unwrap()).unwrap();
+        assert_eq!(
+            (info.blake3, info.bytes, info.attached),
+            (None, 4096, false)
+        );
+        assert!(info.modified_ms > 0);
+        assert!(
+            entry
+                .meta
+                .notes
+                .iter()
+                .any(|note| note.contains("not hashed"))
+        );
+        assert_eq!(
+            entry.meta.problem.as_ref().unwrap().kind,
+            ProblemKind::KernelPanic,
+            "kdump ran, so the kernel died, even without a panic line"
+        );
+
+        let data = tempfile::tempdir().unwrap();
+        let config = KdumpConfig {
+            vmcore_attach_bytes_max: ByteSize(4096),
+            ..kdump_config(crash_root.path())
+        };
+        assert_eq!(harvest(data.path(), &config, &no_pstore(), 1).spooled, 1);
+        let entry = &entries(data.path())[0];
+        assert_eq!(
+            std::fs::read(entry.dir.join("vmcore")).unwrap(),
+            vec![7u8; 4096]
+        );
+        assert!(entry.meta.proc_files.contains(&"vmcore".to_string()));
+    }
+
+    #[test]
+    fn the_crash_is_the_last_problem_up_to_the_panic() {
+        // A panic with its own trace (sysrq) after many other lines.
+        let problem = crash_problem(&corpus("oops-without-addrs.test"), false);
+        assert_eq!(problem.kind, ProblemKind::KernelPanic);
+        assert!(!problem.frames.is_empty());
+        // An oops without a panic line (kdump jumps from the oops): kept as the oops when
+        // nothing says the machine died, marked a panic when it did.
+        let log = corpus("oops10_s390x.test");
+        let oops = crash_problem(&log, false);
+        assert_eq!(oops.kind, ProblemKind::KernelOops);
+        assert_eq!(oops.reason, "kernel BUG at drivers/scsi/scsi_lib.c:660!");
+        assert_eq!(crash_problem(&log, true).kind, ProblemKind::KernelPanic);
+        // Nothing recognizable: still a problem, with the log's end and its version.
+        let unknown = crash_problem(
+            "[    0.000000] Linux version 6.1.0-9-amd64 (debian-kernel@lists.debian.org)\n[    1.0] hello\n",
+            true,
+        );
+        assert_eq!(unknown.kind, ProblemKind::KernelPanic);
+        assert_eq!(unknown.version.as_deref(), Some("6.1.0-9-amd64"));
+        assert!(unknown.text.as_deref().unwrap().ends_with("hello"));
+        assert!(!unknown.signature.is_empty());
+    }
+
+    fn write_record(dir: &Path, name: &str, header: &str, body: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{header}\n{body}")).unwrap();
+        path
+    }
+
+    fn set_modified_secs_ago(path: &Path, secs: u64) {
+        let time = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(time)
+            .unwrap();
+    }
+
+    #[test]
+    fn pstore_parts_are_reassembled_harvested_once_and_followed_when_moved() {
+        let pstore = tempfile::tempdir().unwrap();
+        let log = format!(
+            "{}[   72.000000] Kernel panic - not syncing: Fatal exception\n",
+            corpus("debug_messages.test")
+        );
+        let lines: Vec<&str> = log.lines().collect();
+        let third = lines.len() / 3;
+        let chunk = |range: std::ops::Range<usize>| lines[range].join("\n") + "\n";
+        // Part 1 is the end of the log; ramoops numbers its files in writing order.
+        write_record(
+            pstore.path(),
+            "dmesg-ramoops-0",
+            "Panic#1 Part1",
+            &chunk(2 * third..lines.len()),
+        );
+        write_record(
+            pstore.path(),
+            "dmesg-ramoops-1",
+            "Panic#1 Part2",
+            &chunk(third..2 * third),
+        );
+        write_record(
+            pstore.path(),
+            "dmesg-ramoops-2",
+            "Panic#1 Part3",
+            &chunk(0..third),
+        );
+        // A clean reboot's dump (printk.always_kmsg_dump) and another boot's panic.
+        write_record(
+            pstore.path(),
+            "dmesg-ramoops-3",
+            "Restart#1 Part1",
+            "[ 1.0] reboot: Restarting system\n",
+        );
+        let older = write_record(
+            pstore.path(),
+            "dmesg-efi-150000000001001",
+            "Panic#1 Part1",
+            &corpus("kernel_panic_oom.test"),
+        );
+        set_modified_secs_ago(&older, 86_400);
+        std::fs::write(
+            pstore.path().join("console-ramoops-0"),
+            "not a dmesg record",
+        )
+        .unwrap();
+        std::fs::write(pstore.path().join("dmesg-ramoops-9.enc.z"), [0x78, 0x9c, 0]).unwrap();
+
+        let dumps = find_pstore_dumps(&[pstore.path().to_path_buf()]);
+        assert_eq!(dumps.len(), 3, "{dumps:#?}");
+        let panic = dumps
+            .iter()
+            .find(|dump| dump.parts.len() == 3)
+            .expect("the split dump");
+        assert_eq!(panic.text(), log);
+        assert_eq!(
+            panic.parts.iter().map(|part| part.part).collect::<Vec<_>>(),
+            [3, 2, 1]
+        );
+
+        let data = tempfile::tempdir().unwrap();
+        let config = PstoreConfig {
+            enabled: true,
+            dirs: vec![pstore.path().to_path_buf()],
+        };
+        let no_kdump = KdumpConfig {
+            enabled: false,
+            ..KdumpConfig::default()
+        };
+        let summary = harvest(data.path(), &no_kdump, &config, 1);
+        assert_eq!(
+            (summary.spooled, summary.not_problems),
+            (2, 1),
+            "{summary:?}"
+        );
+        let listed = entries(data.path());
+        let problems: Vec<_> = listed
+            .iter()
+            .map(|entry| entry.meta.problem.clone().unwrap())
+            .collect();
+        assert!(listed.iter().all(|entry| entry.meta.source == "pstore"));
+        let oops = &crashmesh_parsers::parse_kernel_log(&corpus("debug_messages.test"))[0];
+        let from_parts = problems
+            .iter()
+            .find(|problem| problem.reason == oops.reason)
+            .expect("the oops from the parts");
+        assert_eq!(from_parts.kind, ProblemKind::KernelPanic);
+        assert_eq!(from_parts.frames, oops.frames);
+        let oom = problems
+            .iter()
+            .find(|problem| problem.reason.contains("panic_on_oom"))
+            .expect("the other boot's panic");
+        assert_eq!(oom.kind, ProblemKind::KernelPanic);
+        let with_parts = listed
+            .iter()
+            .find(|entry| entry.meta.proc_files.len() == 4)
+            .expect("the text and three parts");
+        assert_eq!(
+            std::fs::read_to_string(with_parts.dir.join("pstore-dmesg.txt")).unwrap(),
+            log
+        );
+        assert!(with_parts.dir.join("pstore/dmesg-ramoops-2").is_file());
+
+        // systemd-pstore moves the records into /var/lib/systemd/pstore/<id>/: still known.
+        let archive = tempfile::tempdir().unwrap();
+        let moved = archive.path().join("1700000000");
+        std::fs::create_dir(&moved).unwrap();
+        for entry in std::fs::read_dir(pstore.path()).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), moved.join(entry.file_name())).unwrap();
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+        let config = PstoreConfig {
+            enabled: true,
+            dirs: vec![pstore.path().to_path_buf(), archive.path().to_path_buf()],
+        };
+        let again = harvest(data.path(), &no_kdump, &config, 2);
+        assert_eq!((again.spooled, again.known), (0, 3), "{again:?}");
+    }
+
+    #[test]
+    fn pstore_headers_parse() {
+        assert_eq!(
+            parse_pstore_header("Oops#1 Part1"),
+            Some(("Oops".into(), 1, 1))
+        );
+        assert_eq!(
+            parse_pstore_header("Panic#12 Part3\r"),
+            Some(("Panic".into(), 12, 3))
+        );
+        assert_eq!(parse_pstore_header("[ 1.0] Oops#1 Part1"), None);
+        assert_eq!(parse_pstore_header("Oops#x Part1"), None);
+    }
+}

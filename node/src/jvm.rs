@@ -390,3 +390,189 @@ fn ends_with_end_marker(path: &Path) -> bool {
         .trim_end()
         .ends_with("\nEND.")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{Entry, Spool};
+    use crashmesh_protocol::ProblemKind;
+
+    /// The head of a HotSpot report: enough for the problematic frame.
+    const HS_ERR_HEAD: &str = r#"#
+# A fatal error has been detected by the Java Runtime Environment:
+#
+#  SIGSEGV (0xb) at pc=0x00007f3b8c4a1b2e, pid=12345, tid=12346
+#
+# JRE version: OpenJDK Runtime Environment (17.0.9+9) (build 17.0.9+9-Ubuntu-122.04)
+# Java VM: OpenJDK 64-Bit Server VM (17.0.9+9-Ubuntu-122.04, mixed mode, sharing, tiered, compressed oops, compressed class ptrs, g1 gc, linux-amd64)
+# Problematic frame:
+# C  [libc.so.6+0x1a1b2e]  __memmove_avx_unaligned_erms+0x6e
+#
+"#;
+
+    /// The rest, as HotSpot writes it later (it may take seconds).
+    const HS_ERR_TAIL: &str = r#"
+---------------  T H R E A D  ---------------
+
+Native frames: (J=compiled Java code, j=interpreted, Vv=VM code, C=native code)
+C  [libc.so.6+0x1a1b2e]  __memmove_avx_unaligned_erms+0x6e
+C  [libstoragejni.so+0x1139]  Java_com_example_storage_Native_copy+0x39
+j  com.example.storage.Native.copy([BJI)V+0
+j  com.example.storage.Main.main([Ljava/lang/String;)V+9
+
+END.
+"#;
+
+    fn entries(data_dir: &Path) -> Vec<Entry> {
+        Spool::new(data_dir)
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.unwrap())
+            .collect()
+    }
+
+    fn config(dir: &Path) -> HsErrConfig {
+        HsErrConfig {
+            dirs: vec![dir.to_string_lossy().into_owned()],
+            ..HsErrConfig::default()
+        }
+    }
+
+    fn append(path: &Path, text: &str) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_file_written_in_parts_is_reported_once_when_complete() {
+        let data = tempfile::tempdir().unwrap();
+        let watched = tempfile::tempdir().unwrap();
+        // This test's own pid: the JVM "is alive" while the file is being written.
+        let path = watched
+            .path()
+            .join(format!("hs_err_pid{}.log", std::process::id()));
+        append(&path, HS_ERR_HEAD);
+        let mut watcher = HsErrWatcher::new(data.path(), config(watched.path()));
+        let now = crate::commands::now_ms();
+        assert_eq!(watcher.poll_once(now).waiting, 1);
+        assert_eq!(
+            watcher.poll_once(now + 2_000).waiting,
+            1,
+            "alive and not quiet yet"
+        );
+        assert!(entries(data.path()).is_empty());
+
+        append(&path, HS_ERR_TAIL);
+        let summary = watcher.poll_once(now + 4_000);
+        assert_eq!(summary.reported, 1, "{summary:?}");
+        let listed = entries(data.path());
+        assert_eq!(listed.len(), 1);
+        let meta = &listed[0].meta;
+        assert_eq!(meta.source, "hs_err");
+        assert_eq!(meta.pid, Some(std::process::id()));
+        let problem = meta.problem.as_ref().unwrap();
+        assert_eq!(problem.kind, ProblemKind::Java);
+        assert_eq!(
+            problem.reason,
+            "SIGSEGV in __memmove_avx_unaligned_erms (libc.so.6)"
+        );
+        assert_eq!(
+            problem.frames[0].function.as_deref(),
+            Some("__memmove_avx_unaligned_erms")
+        );
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(meta.proc_files, [name]);
+        assert_eq!(
+            std::fs::read_to_string(listed[0].dir.join(name)).unwrap(),
+            format!("{HS_ERR_HEAD}{HS_ERR_TAIL}")
+        );
+
+        // Never twice: not at the next poll, not after a restart, not when it grows.
+        std::fs::remove_dir_all(&listed[0].dir).unwrap();
+        assert_eq!(watcher.poll_once(now + 6_000), PollSummary::default());
+        append(&path, "\n");
+        let mut restarted = HsErrWatcher::new(data.path(), config(watched.path()));
+        assert_eq!(restarted.poll_once(now + 60_000), PollSummary::default());
+        assert!(entries(data.path()).is_empty());
+    }
+
+    #[test]
+    fn a_file_of_a_gone_jvm_is_complete_once_it_holds_still() {
+        let data = tempfile::tempdir().unwrap();
+        let watched = tempfile::tempdir().unwrap();
+        // No such pid (above the kernel's pid_max).
+        let path = watched.path().join("hs_err_pid999999999.log");
+        append(&path, HS_ERR_HEAD);
+        let mut watcher = HsErrWatcher::new(data.path(), config(watched.path()));
+        let now = crate::commands::now_ms();
+        assert_eq!(
+            watcher.poll_once(now).waiting,
+            1,
+            "first look: may still grow"
+        );
+        assert_eq!(watcher.poll_once(now + 1).reported, 1);
+        assert_eq!(entries(data.path())[0].meta.pid, Some(999_999_999));
+    }
+
+    #[test]
+    fn quiet_files_complete_while_old_files_links_and_other_texts_are_not_reported() {
+        let data = tempfile::tempdir().unwrap();
+        let watched = tempfile::tempdir().unwrap();
+        let quiet = watched
+            .path()
+            .join(format!("hs_err_pid{}.log", std::process::id()));
+        append(&quiet, HS_ERR_HEAD);
+        let old = watched.path().join("hs_err_pid1.log");
+        append(&old, HS_ERR_HEAD);
+        let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(month_ago)
+            .unwrap();
+        append(&watched.path().join("hs_err_pid2.log"), "just some text\n");
+        let secret = watched.path().join("secret");
+        append(&secret, HS_ERR_HEAD);
+        std::os::unix::fs::symlink(&secret, watched.path().join("hs_err_pid3.log")).unwrap();
+        std::fs::hard_link(&secret, watched.path().join("hs_err_pid4.log")).unwrap();
+        append(&watched.path().join("other.log"), HS_ERR_HEAD);
+
+        let mut watcher = HsErrWatcher::new(data.path(), config(watched.path()));
+        let now = crate::commands::now_ms();
+        let first = watcher.poll_once(now);
+        assert_eq!(first.reported, 0, "{first:?}");
+        assert_eq!(first.ignored, 1, "the old file: {first:?}");
+        // Quiet for quiet_secs although the pid is alive.
+        let later = watcher.poll_once(now + 11_000);
+        assert_eq!(later.reported, 1, "{later:?}");
+        // The text and the hard link are remembered unreported; the symlink never looked at.
+        assert_eq!(later.ignored, 2, "{later:?}");
+        let listed = entries(data.path());
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].meta.pid, Some(std::process::id()));
+        let state: SeenState = watch::load_state(&data.path().join(STATE_FILE)).unwrap();
+        assert_eq!(state.files.len(), 4);
+        assert_eq!(state.files.iter().filter(|file| file.reported).count(), 1);
+
+        // A reported file deleted and written again (a new JVM with the same pid) is new.
+        std::fs::remove_file(&quiet).unwrap();
+        assert_eq!(watcher.poll_once(now + 12_000).reported, 0);
+        append(&quiet, HS_ERR_HEAD);
+        append(&quiet, HS_ERR_TAIL);
+        assert_eq!(watcher.poll_once(now + 13_000).reported, 1);
+    }
+
+    #[test]
+    fn the_pid_comes_from_the_file_name() {
+        assert_eq!(pid_of(Path::new("/tmp/hs_err_pid4242.log")), Some(4242));
+        assert_eq!(pid_of(Path::new("/tmp/hs_err_pidx.log")), None);
+        assert_eq!(pid_of(Path::new("/tmp/replay_pid4242.log")), None);
+    }
+}

@@ -44,6 +44,8 @@ const STATE_FORMAT_VERSION: u32 = 1;
 pub const LOGS_MAX: usize = 4096;
 /// Bytes of one context line kept.
 pub const CONTEXT_LINE_BYTES_MAX: usize = 4096;
+/// Bytes of a log's start remembered to notice truncation.
+pub const HEAD_BYTES_MAX: usize = 64;
 /// Reads of a rotated file's rest, each up to `read_bytes_max`.
 const ROTATED_READS_MAX: usize = 8;
 /// A log that is never quiet is read anyway after this many quiet periods.
@@ -65,6 +67,10 @@ pub struct LogState {
     pub offset: u64,
     /// The current run's context lines (see the module's docs).
     pub context: Vec<String>,
+    /// The log's first bytes (up to [`HEAD_BYTES_MAX`], hex): a log truncated and written
+    /// again past the old offset between two looks starts differently.
+    #[serde(default)]
+    pub head_hex: String,
 }
 
 /// The VM guest detector's state between polls.
@@ -143,14 +149,16 @@ impl VmGuestWatcher {
         let mut changed = false;
         if !self.baselined {
             for (path, metadata) in &logs {
-                let context = match read_range(
-                    path,
-                    metadata.len().saturating_sub(self.config.read_bytes_max.0),
-                    self.config.read_bytes_max.0,
-                ) {
+                let bytes_max = self.config.read_bytes_max.0;
+                let start = metadata.len().saturating_sub(bytes_max);
+                let context = match read_range(path, start, bytes_max) {
                     Ok(bytes) => {
                         let text = String::from_utf8_lossy(&bytes);
-                        let text = text.split_once('\n').map_or("", |(_, rest)| rest);
+                        // Begin at a whole line.
+                        let text = match start {
+                            0 => &text[..],
+                            _ => text.split_once('\n').map_or("", |(_, rest)| rest),
+                        };
                         let problems =
                             crashmesh_parsers::parse_vm_guest_log(&domain_of(path), text);
                         context_lines(text, &problems)
@@ -164,6 +172,7 @@ impl VmGuestWatcher {
                         inode: metadata.ino(),
                         offset: metadata.len(),
                         context,
+                        head_hex: read_head_hex(path, metadata.len()),
                     },
                 );
             }
@@ -215,6 +224,7 @@ impl VmGuestWatcher {
                     inode: metadata.ino(),
                     offset: 0,
                     context: Vec::new(),
+                    head_hex: String::new(),
                 }
             }
         };
@@ -224,10 +234,14 @@ impl VmGuestWatcher {
             log.device = metadata.dev();
             log.inode = metadata.ino();
             log.offset = 0;
+            log.head_hex.clear();
             changed = true;
-        } else if metadata.len() < log.offset {
+        } else if metadata.len() < log.offset
+            || (metadata.len() > log.offset && !head_matches(path, &log.head_hex))
+        {
             tracing::info!(log = %path.display(), "VM log truncated; reading it from the start");
             log.offset = 0;
+            log.head_hex.clear();
             changed = true;
         }
         let unread = metadata.len().saturating_sub(log.offset);
@@ -285,6 +299,9 @@ impl VmGuestWatcher {
         self.handle_text(path, &domain, log, &chunk, summary)?;
         log.offset += consumed as u64;
         summary.bytes_read += consumed as u64;
+        if log.head_hex.len() < HEAD_BYTES_MAX * 2 {
+            log.head_hex = read_head_hex(path, log.offset);
+        }
         Ok(consumed as u64)
     }
 
@@ -390,6 +407,20 @@ impl watch::Poller for VmGuestWatcher {
     }
 }
 
+/// The first bytes of a file (up to [`HEAD_BYTES_MAX`] and `length`), hex.
+fn read_head_hex(path: &Path, length: u64) -> String {
+    let bytes_max = length.min(HEAD_BYTES_MAX as u64);
+    read_range(path, 0, bytes_max)
+        .map(|bytes| bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+        .unwrap_or_default()
+}
+
+/// Does the file still start with the remembered bytes?
+fn head_matches(path: &Path, head_hex: &str) -> bool {
+    let length = (head_hex.len() / 2) as u64;
+    length == 0 || read_head_hex(path, length) == head_hex
+}
+
 /// Up to `bytes_max` bytes of a file from `offset`.
 fn read_range(path: &Path, offset: u64, bytes_max: u64) -> Result<Vec<u8>, VmGuestError> {
     let io_error = |source| VmGuestError::Io {
@@ -441,4 +472,196 @@ pub fn context_lines(text: &str, problems: &[Problem]) -> Vec<String> {
             line[..end].to_string()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{Entry, Spool};
+    use crashmesh_protocol::ProblemKind;
+
+    const STARTING_UP: &str = "2024-02-01 08:00:00.123+0000: starting up libvirt version: 8.0.0, package: 1ubuntu7.8 (Ubuntu), qemu version: 6.2.0Debian 1:6.2+dfsg-2ubuntu6.15, kernel: 5.15.0-91-generic, hostname: node3\n";
+    const COMMAND_LINE: &str = "LC_ALL=C PATH=/usr/local/sbin:/usr/bin HOME=/var/lib/libvirt/qemu/domain-4-win2019 /usr/bin/qemu-system-x86_64 -name guest=win2019,debug-threads=on -S -device pvpanic,ioport=1285\n";
+    const EVENT: &str = "2024-02-01 09:13:37.456+0000: event GUEST_PANICKED received\n";
+    const HYPERV: &str = "2024-02-01 09:13:37.500+0000: panic hyper-v: arg1='0x3b', arg2='0xc0000005', arg3='0xfffff80371a1b2c3', arg4='0xffffd0818e2fe920', arg5='0x0'\n";
+    const CRASHED: &str = "2024-02-01 09:13:38.001+0000: shutting down, reason=crashed\n";
+
+    fn entries(data_dir: &Path) -> Vec<Entry> {
+        Spool::new(data_dir)
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.unwrap())
+            .collect()
+    }
+
+    fn problems(data_dir: &Path) -> Vec<Problem> {
+        entries(data_dir)
+            .into_iter()
+            .map(|entry| entry.meta.problem.unwrap())
+            .collect()
+    }
+
+    fn config(dir: &Path) -> VmGuestConfig {
+        VmGuestConfig {
+            globs: vec![format!("{}/*.log", dir.display())],
+            ..VmGuestConfig::default()
+        }
+    }
+
+    fn append(path: &Path, text: &str) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Well after every write: the logs are quiet.
+    fn later() -> u64 {
+        crate::commands::now_ms() + 60_000
+    }
+
+    #[test]
+    fn appended_panics_are_reported_once_with_their_domain_and_history_is_not() {
+        let data = tempfile::tempdir().unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let log = logs.path().join("win2019.log");
+        // History from before crashmesh: not reported.
+        append(
+            &log,
+            &format!("{STARTING_UP}{COMMAND_LINE}{HYPERV}{CRASHED}"),
+        );
+        let mut watcher = VmGuestWatcher::new(data.path(), config(logs.path()));
+        assert_eq!(watcher.poll_once(later()).reported, 0);
+        assert!(data.path().join(STATE_FILE).exists());
+
+        // A new run, whose panic event comes first and libvirt's details a poll later.
+        append(&log, &format!("{STARTING_UP}{COMMAND_LINE}{EVENT}"));
+        assert_eq!(watcher.poll_once(later()).reported, 1);
+        append(&log, &format!("{HYPERV}{CRASHED}"));
+        assert_eq!(watcher.poll_once(later()).reported, 0, "the same panic");
+        let found = problems(data.path());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].kind, ProblemKind::VmGuestPanic);
+        assert_eq!(found[0].process.as_deref(), Some("win2019"));
+        assert_eq!(
+            found[0].version.as_deref(),
+            Some("6.2.0Debian 1:6.2+dfsg-2ubuntu6.15")
+        );
+        assert_eq!(
+            found[0].executable.as_deref(),
+            Some("/usr/bin/qemu-system-x86_64")
+        );
+        let entry = &entries(data.path())[0];
+        assert_eq!(entry.meta.source, "vm_guest");
+        assert_eq!(entry.meta.comm.as_deref(), Some("win2019"));
+        assert!(entry.dir.join("win2019.log").is_file());
+        // Known limit: details that arrive more than a quiet period after the event do
+        // not refine the problem already reported (libvirt writes them together).
+        assert_eq!(found[0].reason, "guest panicked");
+
+        // After a restart nothing is read twice; the next run's panic is new.
+        let mut restarted = VmGuestWatcher::new(data.path(), config(logs.path()));
+        assert_eq!(restarted.poll_once(later()).reported, 0);
+        append(&log, &format!("{STARTING_UP}{COMMAND_LINE}{HYPERV}"));
+        assert_eq!(restarted.poll_once(later()).reported, 1);
+        let mut reasons: Vec<String> = problems(data.path())
+            .into_iter()
+            .map(|problem| problem.reason)
+            .collect();
+        reasons.sort();
+        assert_eq!(
+            reasons,
+            [
+                "guest panicked",
+                "guest panicked: hyper-v bugcheck 0x3b (0xc0000005)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_log_is_read_when_quiet_and_whole_lines_only() {
+        let data = tempfile::tempdir().unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let mut watcher = VmGuestWatcher::new(data.path(), config(logs.path()));
+        watcher.poll_once(later());
+        let log = logs.path().join("db1.log");
+        append(&log, &format!("{STARTING_UP}{EVENT}"));
+        // Just written: not yet.
+        assert_eq!(watcher.poll_once(crate::commands::now_ms()).bytes_read, 0);
+        // A half-written line waits for its end.
+        append(&log, "2024-02-01 09:13:38.001+0000: shutting do");
+        let summary = watcher.poll_once(later());
+        assert_eq!(
+            summary.reported, 1,
+            "a log that appears later is read whole"
+        );
+        assert_eq!(summary.bytes_read, (STARTING_UP.len() + EVENT.len()) as u64);
+        append(&log, "wn, reason=crashed\n");
+        assert_eq!(watcher.poll_once(later()).reported, 0);
+        assert_eq!(problems(data.path())[0].process.as_deref(), Some("db1"));
+    }
+
+    #[test]
+    fn rotation_finishes_the_old_file_and_truncation_starts_over() {
+        let data = tempfile::tempdir().unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let log = logs.path().join("web.log");
+        append(&log, &format!("{STARTING_UP}{COMMAND_LINE}"));
+        let mut watcher = VmGuestWatcher::new(data.path(), config(logs.path()));
+        watcher.poll_once(later());
+
+        // virtlogd renames the full log and starts a new one; a panic was written to the
+        // old file after our last read, and the run goes on in the new file.
+        std::fs::rename(&log, logs.path().join("web.log.0")).unwrap();
+        append(&logs.path().join("web.log.0"), EVENT);
+        append(&log, CRASHED);
+        let summary = watcher.poll_once(later());
+        assert_eq!(summary.reported, 1, "{summary:?}");
+        let found = problems(data.path());
+        assert_eq!(
+            found.len(),
+            1,
+            "the crash shutdown in the new file is the same panic"
+        );
+        assert_eq!(
+            found[0].version.as_deref(),
+            Some("6.2.0Debian 1:6.2+dfsg-2ubuntu6.15")
+        );
+
+        // copytruncate: same inode, smaller size.
+        std::fs::write(&log, "").unwrap();
+        append(&log, &format!("{STARTING_UP}{HYPERV}"));
+        assert_eq!(watcher.poll_once(later()).reported, 1);
+        assert_eq!(problems(data.path()).len(), 2);
+    }
+
+    #[test]
+    fn context_keeps_the_run_start_the_command_and_the_last_problem() {
+        let text = format!(
+            "{STARTING_UP}{COMMAND_LINE}{HYPERV}{CRASHED}{STARTING_UP}{COMMAND_LINE}{EVENT}2024-02-01 10:00:00.000+0000: some other line\n"
+        );
+        let problems = crashmesh_parsers::parse_vm_guest_log("d", &text);
+        let context = context_lines(&text, &problems);
+        assert_eq!(
+            context,
+            [
+                STARTING_UP.trim_end(),
+                COMMAND_LINE.trim_end(),
+                EVENT.trim_end()
+            ]
+        );
+        // The context alone gives exactly the problems reported in its run.
+        assert_eq!(
+            crashmesh_parsers::parse_vm_guest_log("d", &context.join("\n")).len(),
+            1
+        );
+        assert_eq!(
+            domain_of(Path::new("/var/log/libvirt/qemu/win2019.log")),
+            "win2019"
+        );
+    }
 }
