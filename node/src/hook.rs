@@ -264,9 +264,18 @@ pub fn run(
     } else if args.core_limit == Some(0) {
         meta.core_dropped = Some("the process's RLIMIT_CORE is 0".into());
     } else {
-        let file = writer.create("core.zst")?;
-        let core = stream_core(input, file, config, data_dir, deadline)?;
-        meta.core = Some(core);
+        // A full or failing disk costs the core, never the crash's record.
+        let streamed = writer
+            .create("core.zst")
+            .map_err(HookError::from)
+            .and_then(|file| stream_core(input, file, config, data_dir, deadline));
+        match streamed {
+            Ok(core) => meta.core = Some(core),
+            Err(error) => {
+                let _ = std::fs::remove_file(writer.dir().join("core.zst"));
+                meta.core_dropped = Some(format!("writing the core failed: {error}"));
+            }
+        }
     }
 
     meta.capture_ms = started.elapsed().as_millis() as u64;
@@ -513,6 +522,36 @@ mod tests {
         assert!(truncated.unwrap().starts_with("low disk"));
         assert!(!entry.join("core.zst").exists());
         assert!(entry.join("proc/status").exists());
+    }
+
+    #[test]
+    fn a_failing_core_write_keeps_the_metadata() {
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+        }
+        let data = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.capture.min_free_bytes = crate::config::ByteSize(0);
+        let core_args = CoreArgs {
+            pid: std::process::id(),
+            signal: Some(6),
+            ..CoreArgs::default()
+        };
+        let HookOutcome::Captured {
+            entry,
+            core_bytes,
+            truncated,
+        } = run(&config, data.path(), &core_args, &mut Failing).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(core_bytes, 0);
+        assert!(truncated.unwrap().starts_with("writing the core failed"));
+        assert!(!entry.join("core.zst").exists());
+        assert_eq!(spool::read_meta(&entry).unwrap().signal, Some(6));
     }
 
     #[test]

@@ -193,3 +193,61 @@ fn a_core_fed_to_the_hook_by_hand_is_analysed_by_the_daemon() {
     let check = node.json(&["store", "check"]);
     assert_eq!(check["unrepaired"], serde_json::json!([]), "{check:#}");
 }
+
+#[test]
+fn a_corrupt_core_is_recorded_as_analysis_failed_with_its_bytes_kept() {
+    let node = NodeDir::new(
+        "[node]\nname = \"n1\"\n[detect.kmsg]\nenabled = false\n[capture]\nmin_free_bytes = 0\n",
+    );
+    let own_pid = std::process::id().to_string();
+    // An ELF header that claims a core, then garbage: what a truncated or hostile core
+    // looks like.
+    let mut garbage =
+        b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x04\x00\x3e\x00".to_vec();
+    garbage.extend((0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    let mut hook = node
+        .command(&[
+            "hook",
+            "core",
+            &own_pid,
+            &own_pid,
+            "1",
+            "11",
+            "0",
+            "18446744073709551615",
+            "0",
+            "0",
+            "host",
+            "garbage",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(hook.stdin.as_mut().unwrap(), &garbage).unwrap();
+    drop(hook.stdin.take());
+    assert!(hook.wait().unwrap().success());
+    node.run(&["node", "run", "--once"]);
+    let listed = node.json(&["problems", "list"]);
+    let problem = &listed["problems"][0];
+    assert!(
+        problem["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("analysis failed: "),
+        "{listed:#}"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let exported = scratch.path().join("raw.core");
+    node.run(&[
+        "problems",
+        "core",
+        problem["id"].as_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&exported).unwrap(),
+        garbage,
+        "the raw evidence is kept"
+    );
+}
