@@ -466,7 +466,7 @@ pub fn problems(context: &Context, what: &ProblemsCommand) -> Result<ExitCode> {
                         .unwrap_or_else(|| "-".into()),
                     incident
                         .signal
-                        .map(crate::ingest::signal_name)
+                        .map(crashmesh_coredump::signal_name)
                         .unwrap_or_else(|| "-".into()),
                     incident
                         .core

@@ -341,7 +341,7 @@ fn coreless_problem(meta: &EntryMeta) -> Problem {
     );
     problem.reason = format!(
         "{} in {} (no core: {reason})",
-        signal_name(meta.signal.unwrap_or(0)),
+        crashmesh_coredump::signal_name(meta.signal.unwrap_or(0)),
         meta.executable
             .as_deref()
             .or(meta.comm.as_deref())
@@ -350,28 +350,6 @@ fn coreless_problem(meta: &EntryMeta) -> Problem {
     problem
 }
 
-/// `11` → `SIGSEGV`.
-pub fn signal_name(signal: i32) -> String {
-    let name = match signal {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        5 => "SIGTRAP",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        13 => "SIGPIPE",
-        15 => "SIGTERM",
-        24 => "SIGXCPU",
-        25 => "SIGXFSZ",
-        31 => "SIGSYS",
-        _ => return format!("signal {signal}"),
-    };
-    name.to_string()
-}
 
 fn set_aside(spool: &Spool, dir: &Path, reason: &str) -> Result<(), IngestError> {
     let bad = spool.root.join("bad");
