@@ -1198,9 +1198,36 @@ static INSTRUCTION_POINTER_LINES: LazyLock<Vec<Regex>> = LazyLock::new(|| {
     .collect()
 });
 
+/// Register lines that carry the faulting address without its symbol: i386's
+/// `EIP: 0060:[<c022a7b5>] EFLAGS: …` (the symbol follows in `EIP is at …`) and old ARM's
+/// `pc : [<c0123456>]    lr : …` (with `PC is at …`).
+static INSTRUCTION_POINTER_ADDRESS_LINES: LazyLock<Vec<Regex>> = LazyLock::new(|| {
+    [
+        r"^EIP:\s+[0-9a-fA-F]{4}:\[<(?P<address>[0-9a-fA-F]+)>\]",
+        r"^pc : \[<(?P<address>[0-9a-fA-F]+)>\]",
+    ]
+    .iter()
+    .map(|pattern| Regex::new(pattern).expect("valid regex"))
+    .collect()
+});
+
 /// The faulting instruction as the register dump before the trace names it (`RIP:`,
-/// `EIP is at`, `NIP`, `PC is at`, `pc :`, `IP:`, s390's `Krnl PSW`): frame 0.
+/// `EIP is at`, `NIP`, `PC is at`, `pc :`, `IP:`, s390's `Krnl PSW`): frame 0. Its address
+/// comes from the same line or, where the symbol line has none, from the register line.
 fn instruction_pointer_frame(header: &[String]) -> Option<Frame> {
+    let mut frame = instruction_pointer_symbol_frame(header)?;
+    if frame.address.is_none() {
+        frame.address = header.iter().find_map(|line| {
+            INSTRUCTION_POINTER_ADDRESS_LINES.iter().find_map(|pattern| {
+                let captures = pattern.captures(line.trim())?;
+                parse_hex(captures.name("address")?.as_str())
+            })
+        });
+    }
+    Some(frame)
+}
+
+fn instruction_pointer_symbol_frame(header: &[String]) -> Option<Frame> {
     for line in header {
         let trimmed = line.trim();
         for pattern in INSTRUCTION_POINTER_LINES.iter() {

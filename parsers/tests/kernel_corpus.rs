@@ -731,3 +731,15 @@ fn every_corpus_file_is_checked() {
         "corpus files without a test: {uncovered:?}"
     );
 }
+
+/// Regression: i386 prints the faulting address on its `EIP: 0060:[<…>]` register line
+/// and the symbol on `EIP is at …`; frame 0 carries both (it had no address).
+#[test]
+fn i386_frame_zero_has_the_eip_address() {
+    let problems = parse_case("debug_messages");
+    let frame = &problems[0].frames[0];
+    assert_eq!(frame.function.as_deref(), Some("acpi_ns_internalize_name"));
+    assert_eq!(frame.address, Some(0xc022a7b5));
+    let problems = parse_case("koops-tainted-bg1");
+    assert_eq!(problems[0].frames[0].address, Some(0xc04ac80f));
+}
