@@ -121,6 +121,18 @@ impl NodeDir {
         })
     }
 
+    /// Like [`NodeDir::json`], but `None` instead of a panic when the command fails (for
+    /// polling while a daemon starts or works).
+    pub fn try_json(&self, args: &[&str]) -> Option<Value> {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        let output = self.command(&with_json).output().ok()?;
+        if !output.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
     /// Start `crashmesh node run`; it is killed when the returned guard drops.
     pub fn start_daemon(&self) -> Daemon {
         let child = self

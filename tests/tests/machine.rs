@@ -284,10 +284,7 @@ fn a_crash_loop_counts_without_new_cores_and_the_live_daemon_sees_it() {
         assert_eq!(crash(&mut Command::new(&crashy)), libc::SIGSEGV);
     }
     let seen = wait_until(Duration::from_secs(30), || {
-        node.command(&["problems", "list", "--json"])
-            .output()
-            .ok()
-            .and_then(|output| serde_json::from_slice::<Value>(&output.stdout).ok())
+        node.try_json(&["problems", "list"])
             .and_then(|listed| {
                 listed["problems"]
                     .as_array()?
@@ -375,22 +372,17 @@ fn an_oops_written_into_dev_kmsg_is_listed_within_two_seconds() {
     write_kmsg(&oops);
     let mut found = None;
     wait_until(Duration::from_secs(10), || {
-        found = node
-            .command(&["problems", "list", "--json"])
-            .output()
-            .ok()
-            .and_then(|output| serde_json::from_slice::<Value>(&output.stdout).ok())
-            .and_then(|listed| {
-                listed["problems"]
-                    .as_array()?
-                    .iter()
-                    .find(|p| {
-                        p["crash_function"]
-                            .as_str()
-                            .is_some_and(|f| f.starts_with(&marker))
-                    })
-                    .cloned()
-            });
+        found = node.try_json(&["problems", "list"]).and_then(|listed| {
+            listed["problems"]
+                .as_array()?
+                .iter()
+                .find(|p| {
+                    p["crash_function"]
+                        .as_str()
+                        .is_some_and(|f| f.starts_with(&marker))
+                })
+                .cloned()
+        });
         found.is_some()
     });
     let elapsed = written.elapsed();
@@ -507,10 +499,7 @@ fn an_uncaught_python_exception_becomes_a_problem_and_uninstall_removes_the_hook
     let mut listed = Vec::new();
     let counted = wait_until(Duration::from_secs(20), || {
         listed = node
-            .command(&["problems", "list", "--json"])
-            .output()
-            .ok()
-            .and_then(|output| serde_json::from_slice::<Value>(&output.stdout).ok())
+            .try_json(&["problems", "list"])
             .and_then(|listed| listed["problems"].as_array().cloned())
             .unwrap_or_default();
         listed
@@ -595,10 +584,7 @@ fn disk_usage(dir: &Path) -> u64 {
 }
 
 fn count_of(node: &NodeDir, executable: &Path) -> u64 {
-    node.command(&["problems", "list", "--json"])
-        .output()
-        .ok()
-        .and_then(|output| serde_json::from_slice::<Value>(&output.stdout).ok())
+    node.try_json(&["problems", "list"])
         .and_then(|listed| {
             listed["problems"]
                 .as_array()?
