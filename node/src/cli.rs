@@ -57,6 +57,9 @@ pub enum Command {
     /// The configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The cluster's CA and node certificates (mutual TLS between nodes).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,4 +133,22 @@ pub enum ConfigCommand {
     Defaults,
     /// Print the configuration in effect.
     Show,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Create the cluster CA and cluster id in `<data dir>/cluster/` (never overwrites).
+    Init {
+        /// The cluster id (default: a random one).
+        #[arg(long, value_name = "ID")]
+        cluster_id: Option<String>,
+    },
+    /// Issue a node certificate and key signed by the cluster CA (`NODE.pem`, `NODE.key`).
+    Issue {
+        /// The node's name: its certificate's DNS name and its member name.
+        node: String,
+        /// Where to write them (default: `<data dir>/cluster/nodes/`).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }

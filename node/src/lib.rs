@@ -2,7 +2,9 @@
 //! `main.rs` only dispatches; everything it calls lives here, so it can be tested.
 
 pub mod analyze;
+pub mod certs;
 pub mod cli;
+pub mod cluster_cmd;
 pub mod commands;
 pub mod config;
 pub mod control;

@@ -8,6 +8,8 @@ use crashmesh::cli::{Cli, Command, ConfigCommand, HookCommand, NodeCommand};
 use crashmesh::commands::{self, Context};
 
 fn main() -> ExitCode {
+    // The only TLS provider (DESIGN.md): installed before anything builds a rustls config.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     // The hook runs with the kernel's stderr (nowhere); it logs into the data dir itself.
     let is_hook = matches!(cli.command, Command::Hook(_));
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
         Command::Store(what) => commands::store(&context, &what),
         Command::Config(ConfigCommand::Defaults) => commands::config_defaults(),
         Command::Config(ConfigCommand::Show) => commands::config_show(&context),
+        Command::Cluster(what) => crashmesh::cluster_cmd::cluster(&context, &what),
     };
     match result {
         Ok(code) => code,
