@@ -1,0 +1,186 @@
+//! Blob storage: chunks through `object_store` (a local directory by default, an
+//! S3-compatible bucket when configured), named `chunks/ab/cdef…` by the blake3 of their
+//! uncompressed bytes, each kept as the one zstd frame the node sent (as the node's store
+//! keeps it, so `zstd -d` reads one).
+//!
+//! Invariants: `verify_chunk` runs before `put`, so a stored object always decompresses
+//! (within [`crashmesh_store::CHUNK_BYTES_MAX`]) to bytes hashing to its name; ids reach
+//! a path only after `is_hex_id`. A chunk is never deleted (the vendor keeps evidence).
+
+use std::sync::Arc;
+
+use actix_web::web::Bytes;
+use crashmesh_protocol::report::is_hex_id;
+use futures_util::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::config::{EndpointConfig, StorageKind};
+use crate::error::EndpointError;
+
+/// Existence checks in flight at once for one manifest.
+pub const HEADS_IN_FLIGHT_MAX: usize = 32;
+
+/// Where chunks live.
+#[derive(Clone)]
+pub struct Blobs {
+    store: Arc<dyn ObjectStore>,
+}
+
+/// Checks a compressed chunk against its id; returns the uncompressed bytes.
+pub fn verify_chunk(id: &str, compressed: &[u8]) -> Result<Vec<u8>, EndpointError> {
+    if !is_hex_id(id) {
+        return Err(EndpointError::BadRequest(format!(
+            "chunk id {id:?} is not 64 lower-case hex digits"
+        )));
+    }
+    let raw = zstd::bulk::decompress(compressed, crashmesh_store::CHUNK_BYTES_MAX as usize)
+        .map_err(|error| EndpointError::BadChunk {
+            id: id.to_string(),
+            detail: format!("not a zstd frame of at most 512 KiB: {error}"),
+        })?;
+    if raw.is_empty() {
+        return Err(EndpointError::BadChunk {
+            id: id.to_string(),
+            detail: "empty".into(),
+        });
+    }
+    if blake3::hash(&raw).to_hex().as_str() != id {
+        return Err(EndpointError::BadChunk {
+            id: id.to_string(),
+            detail: "content does not hash to its id".into(),
+        });
+    }
+    Ok(raw)
+}
+
+fn chunk_path(id: &str) -> Result<ObjectPath, EndpointError> {
+    if !is_hex_id(id) {
+        return Err(EndpointError::BadRequest(format!("bad chunk id {id:?}")));
+    }
+    Ok(ObjectPath::from(format!(
+        "chunks/{}/{}",
+        &id[..2],
+        &id[2..]
+    )))
+}
+
+impl Blobs {
+    /// Opens the configured storage.
+    pub fn open(config: &EndpointConfig) -> Result<Blobs, EndpointError> {
+        let store: Arc<dyn ObjectStore> = match config.storage.kind {
+            StorageKind::Local => {
+                let dir = config
+                    .storage
+                    .dir
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("blobs"));
+                std::fs::create_dir_all(&dir)
+                    .map_err(|error| EndpointError::io("create", &dir, error))?;
+                Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(&dir)?
+                        .with_fsync(config.storage.fsync),
+                )
+            }
+            StorageKind::S3 => {
+                let s3 = config
+                    .storage
+                    .s3
+                    .as_ref()
+                    .ok_or_else(|| EndpointError::Config("[storage.s3] missing".into()))?;
+                let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(&s3.bucket)
+                    .with_allow_http(s3.allow_http);
+                if let Some(endpoint) = &s3.endpoint {
+                    builder = builder.with_endpoint(endpoint);
+                }
+                if let Some(region) = &s3.region {
+                    builder = builder.with_region(region);
+                }
+                if let Some(key) = &s3.access_key_id {
+                    builder = builder.with_access_key_id(key);
+                }
+                if let Some(secret) = &s3.secret_access_key {
+                    builder = builder.with_secret_access_key(secret);
+                }
+                Arc::new(builder.build()?)
+            }
+        };
+        Ok(Blobs { store })
+    }
+
+    /// True when the chunk is stored.
+    pub async fn has(&self, id: &str) -> Result<bool, EndpointError> {
+        match self.store.head(&chunk_path(id)?).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The ids among `ids` not stored, in order.
+    pub async fn missing(&self, ids: &[&str]) -> Result<Vec<String>, EndpointError> {
+        let checks = futures_util::stream::iter(ids.iter().map(|id| async move {
+            self.has(id)
+                .await
+                .map(|present| (!present).then(|| id.to_string()))
+        }))
+        .buffered(HEADS_IN_FLIGHT_MAX)
+        .collect::<Vec<_>>()
+        .await;
+        let mut missing = Vec::new();
+        for check in checks {
+            if let Some(id) = check? {
+                missing.push(id);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Stores a verified chunk (see [`verify_chunk`]).
+    pub async fn put(&self, id: &str, compressed: Bytes) -> Result<(), EndpointError> {
+        self.store.put(&chunk_path(id)?, compressed.into()).await?;
+        Ok(())
+    }
+
+    /// A chunk's stored (compressed) bytes.
+    pub async fn get(&self, id: &str) -> Result<Bytes, EndpointError> {
+        match self.store.get(&chunk_path(id)?).await {
+            Ok(result) => Ok(result.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(EndpointError::NotFound(format!("chunk {id}")))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// A blob's whole uncompressed content, verified chunk by chunk and as a whole;
+    /// refused above `bytes_max`.
+    pub async fn read_blob(
+        &self,
+        blob: &crashmesh_protocol::report::BlobManifest,
+        bytes_max: u64,
+    ) -> Result<Vec<u8>, EndpointError> {
+        if blob.len_bytes > bytes_max {
+            return Err(EndpointError::TooLarge {
+                what: "blob bytes",
+                value: blob.len_bytes,
+                limit: bytes_max,
+            });
+        }
+        let mut out = Vec::with_capacity(blob.len_bytes as usize);
+        let mut hasher = blake3::Hasher::new();
+        for (id, _) in &blob.chunks {
+            let raw = verify_chunk(id, &self.get(id).await?)?;
+            hasher.update(&raw);
+            out.extend_from_slice(&raw);
+        }
+        if hasher.finalize().to_hex().as_str() != blob.blob_id {
+            return Err(EndpointError::Corrupt {
+                what: format!("blob {}", blob.blob_id),
+                detail: "its chunks do not hash to its id".into(),
+            });
+        }
+        Ok(out)
+    }
+}

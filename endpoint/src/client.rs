@@ -1,0 +1,201 @@
+//! A small blocking client of the upload protocol: cutting a blob into chunks the way the
+//! node's store does (FastCDC v2020 with the store's sizes, blake3 ids, one zstd frame
+//! per chunk) and uploading a report (manifest → missing chunks → complete). The load
+//! generator and the tests use it; an aggregator can too.
+
+use std::time::Duration;
+
+use crashmesh_protocol::report::{BlobManifest, IncidentUpdate, ReportManifest, UploadReply};
+
+/// A chunk ready to send: its id and its zstd frame.
+#[derive(Clone, Debug)]
+pub struct ChunkData {
+    pub id: String,
+    pub compressed: Vec<u8>,
+}
+
+/// Cuts `bytes` into chunks like the node's store and compresses each.
+pub fn chunk_blob(bytes: &[u8]) -> (BlobManifest, Vec<ChunkData>) {
+    let mut chunks = Vec::new();
+    let mut manifest_chunks = Vec::new();
+    for cut in fastcdc::v2020::FastCDC::new(
+        bytes,
+        crashmesh_store::CHUNK_BYTES_MIN,
+        crashmesh_store::CHUNK_BYTES_AVG,
+        crashmesh_store::CHUNK_BYTES_MAX,
+    ) {
+        let raw = &bytes[cut.offset..cut.offset + cut.length];
+        let id = blake3::hash(raw).to_hex().to_string();
+        let compressed =
+            zstd::bulk::compress(raw, crashmesh_store::ZSTD_LEVEL).expect("zstd compresses");
+        manifest_chunks.push((id.clone(), raw.len() as u32));
+        chunks.push(ChunkData { id, compressed });
+    }
+    let manifest = BlobManifest {
+        blob_id: blake3::hash(bytes).to_hex().to_string(),
+        len_bytes: bytes.len() as u64,
+        chunks: manifest_chunks,
+    };
+    (manifest, chunks)
+}
+
+/// An HTTP answer: status and body text.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Answer {
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The body as an upload reply.
+    pub fn reply(&self) -> Option<UploadReply> {
+        serde_json::from_str(&self.body).ok()
+    }
+}
+
+/// Why an upload failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No answer (connection refused, timeout).
+    #[error("transport: {0}")]
+    Transport(String),
+    /// An answer that is not a success.
+    #[error("HTTP {status}: {body}")]
+    Refused { status: u16, body: String },
+}
+
+/// A blocking client for one endpoint and one token.
+#[derive(Clone)]
+pub struct Client {
+    agent: ureq::Agent,
+    base_url: String,
+    token: String,
+}
+
+impl Client {
+    /// A client of `base_url` (`http://127.0.0.1:8470`) with a bearer token.
+    pub fn new(base_url: &str, token: &str) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .max_idle_connections_per_host(64)
+            .build()
+            .into();
+        Client {
+            agent,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    fn finish(
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Answer, ClientError> {
+        let mut response = result.map_err(|error| ClientError::Transport(error.to_string()))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .map_err(|error| ClientError::Transport(error.to_string()))?;
+        Ok(Answer { status, body })
+    }
+
+    fn authorization(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    /// POSTs raw bytes as JSON to a path.
+    pub fn post(&self, path: &str, body: &[u8]) -> Result<Answer, ClientError> {
+        Self::finish(
+            self.agent
+                .post(format!("{}{path}", self.base_url))
+                .header("Authorization", self.authorization())
+                .header("Content-Type", "application/json")
+                .send(body),
+        )
+    }
+
+    /// PUTs raw bytes to a path.
+    pub fn put(&self, path: &str, body: &[u8]) -> Result<Answer, ClientError> {
+        Self::finish(
+            self.agent
+                .put(format!("{}{path}", self.base_url))
+                .header("Authorization", self.authorization())
+                .header("Content-Type", "application/zstd")
+                .send(body),
+        )
+    }
+
+    /// GETs a path.
+    pub fn get(&self, path: &str) -> Result<Answer, ClientError> {
+        Self::finish(
+            self.agent
+                .get(format!("{}{path}", self.base_url))
+                .header("Authorization", self.authorization())
+                .call(),
+        )
+    }
+
+    fn expect_reply(answer: Answer) -> Result<(u16, UploadReply), ClientError> {
+        match answer.reply() {
+            Some(reply) if answer.status == 200 || answer.status == 202 => {
+                Ok((answer.status, reply))
+            }
+            _ => Err(ClientError::Refused {
+                status: answer.status,
+                body: answer.body,
+            }),
+        }
+    }
+
+    /// Uploads a report: the manifest, the chunks the endpoint lacks, the completion.
+    /// `chunks` must hold every chunk the manifest names (extra ones are ignored).
+    pub fn upload(
+        &self,
+        manifest: &ReportManifest,
+        chunks: &[ChunkData],
+    ) -> Result<UploadReply, ClientError> {
+        let body = serde_json::to_vec(manifest).expect("a manifest serializes");
+        let (status, reply) = Self::expect_reply(self.post("/api/v1/reports", &body)?)?;
+        if status == 200 {
+            return Ok(reply);
+        }
+        for id in &reply.missing_chunks {
+            let Some(chunk) = chunks.iter().find(|chunk| &chunk.id == id) else {
+                return Err(ClientError::Refused {
+                    status,
+                    body: format!("the endpoint wants chunk {id}, which this report lacks"),
+                });
+            };
+            let answer = self.put(&format!("/api/v1/chunks/{id}"), &chunk.compressed)?;
+            if answer.status != 204 && answer.status != 200 {
+                return Err(ClientError::Refused {
+                    status: answer.status,
+                    body: answer.body,
+                });
+            }
+        }
+        let path = format!("/api/v1/reports/{}/complete", manifest.report_id);
+        let (status, reply) = Self::expect_reply(self.post(&path, b"")?)?;
+        if status != 200 {
+            return Err(ClientError::Refused {
+                status,
+                body: format!("still missing: {:?}", reply.missing_chunks),
+            });
+        }
+        Ok(reply)
+    }
+
+    /// Sends an incident update.
+    pub fn update(&self, update: &IncidentUpdate) -> Result<UploadReply, ClientError> {
+        let body = serde_json::to_vec(update).expect("an update serializes");
+        Self::expect_reply(self.post("/api/v1/incidents", &body)?).map(|(_, reply)| reply)
+    }
+}

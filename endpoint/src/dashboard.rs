@@ -1,0 +1,878 @@
+//! The read side: `GET /api/v1/problems[/{id}]`, the bug API, and the dashboard — server
+//! rendered HTML with inline CSS and SVG, nothing fetched from elsewhere (the machines it
+//! runs on may have no internet).
+//!
+//! Invariants: every value shown is HTML-escaped; uninteresting problems are hidden unless
+//! asked for (`interesting=all` or `false`); lists are bounded (`limit`, at most
+//! [`PROBLEMS_SHOWN_MAX`]); writes need the admin token.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use crashmesh_protocol::{Frame, Problem};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{BUG_STATUSES, BugRow, ProblemRow};
+use crate::error::EndpointError;
+use crate::server::{AppState, admin_of, bearer_of};
+
+/// Problems one list shows at most.
+pub const PROBLEMS_SHOWN_MAX: usize = 1000;
+/// Attachments previewed inline on a problem's page.
+pub const PREVIEWS_MAX: usize = 4;
+/// Bytes of one attachment shown inline.
+pub const PREVIEW_BYTES_MAX: usize = 16 * 1024;
+/// The largest attachment read for a preview or served whole.
+pub const ATTACHMENT_SERVED_BYTES_MAX: u64 = 64 << 20;
+
+/// A bug as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BugJson {
+    pub id: u64,
+    pub status: String,
+    pub url: String,
+    pub workaround: Option<String>,
+    pub regression: bool,
+}
+
+/// One problem as `GET /api/v1/problems` lists it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProblemJson {
+    pub id: String,
+    pub signature: String,
+    pub kind: String,
+    pub reason: String,
+    pub crash_function: Option<String>,
+    pub executable: Option<String>,
+    pub count: u64,
+    pub nodes: Vec<String>,
+    pub clusters: Vec<String>,
+    pub versions: Vec<String>,
+    pub labels: Vec<String>,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub interesting: bool,
+    pub uninteresting_rule: Option<String>,
+    pub bug: Option<BugJson>,
+}
+
+impl ProblemJson {
+    /// From the stored rows.
+    pub fn new(row: &ProblemRow, bug: Option<&BugRow>, public_url: &str) -> ProblemJson {
+        ProblemJson {
+            id: row.id.clone(),
+            signature: row.signature.clone(),
+            kind: row.kind.to_string(),
+            reason: row.reason.clone(),
+            crash_function: row.crash_function.clone(),
+            executable: row.executable.clone(),
+            count: row.count,
+            nodes: row.nodes.iter().cloned().collect(),
+            clusters: row.clusters.iter().cloned().collect(),
+            versions: row.versions.iter().cloned().collect(),
+            labels: row.labels.iter().cloned().collect(),
+            first_seen: row.first_seen,
+            last_seen: row.last_seen,
+            interesting: row.interesting,
+            uninteresting_rule: row.uninteresting_rule.clone(),
+            bug: bug.map(|bug| BugJson {
+                id: bug.id,
+                status: bug.status.clone(),
+                url: bug.to_ref(public_url).url,
+                workaround: bug.workaround.clone(),
+                regression: bug.regression,
+            }),
+        }
+    }
+}
+
+/// Query parameters of the list (API and dashboard); empty values mean "any".
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Filter {
+    /// A kind (`core`, `kernel_oops`, …).
+    pub kind: Option<String>,
+    /// Problems seen on this cluster.
+    pub cluster: Option<String>,
+    /// The bug's status; `none` for problems without a bug.
+    pub status: Option<String>,
+    /// `true` (default), `false`, or `all`.
+    pub interesting: Option<String>,
+    /// `key=value`, or `key` for any value.
+    pub label: Option<String>,
+    /// `last_seen` (default) or `count`.
+    pub sort: Option<String>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+fn given(value: &Option<String>) -> Option<&str> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+}
+
+impl Filter {
+    fn matches(&self, row: &ProblemRow, bug: Option<&BugRow>) -> bool {
+        if let Some(kind) = given(&self.kind)
+            && row.kind.as_str() != kind
+        {
+            return false;
+        }
+        if let Some(cluster) = given(&self.cluster)
+            && !row.clusters.contains(cluster)
+        {
+            return false;
+        }
+        if let Some(status) = given(&self.status) {
+            let actual = bug.map_or("none", |bug| bug.status.as_str());
+            if actual != status {
+                return false;
+            }
+        }
+        match given(&self.interesting).unwrap_or("true") {
+            "all" => {}
+            "false" if row.interesting => return false,
+            "true" if !row.interesting => return false,
+            _ => {}
+        }
+        if let Some(label) = given(&self.label) {
+            let found = if label.contains('=') {
+                row.labels.contains(label)
+            } else {
+                row.labels
+                    .iter()
+                    .any(|have| have.split_once('=').is_some_and(|(key, _)| key == label))
+            };
+            if !found {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The problems a filter selects, sorted and bounded.
+pub fn select(
+    state: &AppState,
+    filter: &Filter,
+) -> Result<Vec<(ProblemRow, Option<BugRow>)>, EndpointError> {
+    let mut problems: Vec<_> = state
+        .db
+        .problems()?
+        .into_iter()
+        .filter(|(row, bug)| filter.matches(row, bug.as_ref()))
+        .collect();
+    match given(&filter.sort).unwrap_or("last_seen") {
+        "count" => problems.sort_by(|a, b| {
+            b.0.count
+                .cmp(&a.0.count)
+                .then(b.0.last_seen.cmp(&a.0.last_seen))
+        }),
+        _ => problems.sort_by(|a, b| {
+            b.0.last_seen
+                .cmp(&a.0.last_seen)
+                .then(b.0.count.cmp(&a.0.count))
+        }),
+    }
+    problems.truncate(
+        filter
+            .limit
+            .unwrap_or(PROBLEMS_SHOWN_MAX)
+            .min(PROBLEMS_SHOWN_MAX),
+    );
+    Ok(problems)
+}
+
+/// `GET /api/v1/problems`.
+pub async fn api_problems(
+    state: web::Data<AppState>,
+    filter: web::Query<Filter>,
+) -> Result<HttpResponse, EndpointError> {
+    let problems: Vec<ProblemJson> = select(&state, &filter)?
+        .iter()
+        .map(|(row, bug)| ProblemJson::new(row, bug.as_ref(), &state.public_url))
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "problems": problems })))
+}
+
+fn load_problem(
+    state: &AppState,
+    id: &str,
+) -> Result<(ProblemRow, Option<BugRow>, Option<Problem>), EndpointError> {
+    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(EndpointError::BadRequest(format!(
+            "problem id {id:?} is not hex"
+        )));
+    }
+    let row = state
+        .db
+        .problem(id)?
+        .ok_or_else(|| EndpointError::NotFound(format!("problem {id}")))?;
+    let bug = match row.bug {
+        Some(bug) => state.db.bug(bug)?,
+        None => None,
+    };
+    let analysis = state.db.analysis(id)?;
+    Ok((row, bug, analysis))
+}
+
+/// The attachments of a problem's reports: (report id, name, bytes).
+fn attachments_of(
+    state: &AppState,
+    row: &ProblemRow,
+) -> Result<Vec<(String, String, u64)>, EndpointError> {
+    let mut out = Vec::new();
+    for report_id in row.reports.iter().take(16) {
+        if let Some(report) = state.db.report(report_id)? {
+            for attachment in &report.manifest.attachments {
+                out.push((
+                    report_id.clone(),
+                    attachment.name.clone(),
+                    attachment.blob.len_bytes,
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `GET /api/v1/problems/{id}`: the summary, the analysis, recent incidents, reports,
+/// attachments and the bug with its comments.
+pub async fn api_problem(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, EndpointError> {
+    let (row, bug, analysis) = load_problem(&state, &path)?;
+    let attachments: Vec<_> = attachments_of(&state, &row)?
+        .into_iter()
+        .map(|(report, name, len_bytes)| {
+            serde_json::json!({ "report_id": report, "name": name, "len_bytes": len_bytes })
+        })
+        .collect();
+    let mut summary = serde_json::to_value(ProblemJson::new(&row, bug.as_ref(), &state.public_url))
+        .map_err(|error| EndpointError::BadRequest(error.to_string()))?;
+    let extra = serde_json::json!({
+        "problem": analysis,
+        "incidents": row.recent,
+        "reports": row.reports,
+        "attachments": attachments,
+        "hourly": row.hourly,
+        "bug_detail": bug,
+    });
+    if let (Some(summary), serde_json::Value::Object(extra)) = (summary.as_object_mut(), extra) {
+        summary.extend(extra);
+    }
+    Ok(HttpResponse::Ok().json(summary))
+}
+
+/// `GET /api/v1/bugs/{id}`.
+pub async fn api_bug(
+    state: web::Data<AppState>,
+    path: web::Path<u64>,
+) -> Result<HttpResponse, EndpointError> {
+    let bug = state
+        .db
+        .bug(*path)?
+        .ok_or_else(|| EndpointError::NotFound(format!("bug {path}")))?;
+    Ok(HttpResponse::Ok().json(bug))
+}
+
+/// The body of `POST /api/v1/bugs/{id}`.
+#[derive(Debug, Deserialize)]
+pub struct BugChange {
+    pub status: Option<String>,
+    /// An empty text removes the workaround.
+    pub workaround: Option<String>,
+}
+
+async fn set_bug(
+    state: &web::Data<AppState>,
+    id: u64,
+    change: BugChange,
+) -> Result<BugRow, EndpointError> {
+    let db = state.db.clone();
+    web::block(move || {
+        db.set_bug(
+            id,
+            change.status.as_deref().filter(|status| !status.is_empty()),
+            change.workaround.as_deref(),
+            crate::ingest::now_ms(),
+        )
+    })
+    .await
+    .map_err(|error| EndpointError::Database(error.to_string()))?
+}
+
+/// `POST /api/v1/bugs/{id}` (admin token): `{"status": …, "workaround": …}`.
+pub async fn api_set_bug(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<u64>,
+    body: web::Bytes,
+) -> Result<HttpResponse, EndpointError> {
+    admin_of(&state, bearer_of(&request))?;
+    let change: BugChange = serde_json::from_slice(&body)
+        .map_err(|error| EndpointError::BadRequest(format!("bug change: {error}")))?;
+    let bug = set_bug(&state, *path, change).await?;
+    Ok(HttpResponse::Ok().json(bug))
+}
+
+/// The dashboard's bug form.
+#[derive(Debug, Deserialize)]
+pub struct BugForm {
+    pub status: Option<String>,
+    pub workaround: Option<String>,
+    pub admin_token: String,
+}
+
+/// `POST /problems/{id}/bug` (form, with the admin token) → back to the problem page.
+pub async fn form_set_bug(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    form: web::Form<BugForm>,
+) -> Result<HttpResponse, EndpointError> {
+    admin_of(&state, Some(form.admin_token.trim()))?;
+    let (row, _, _) = load_problem(&state, &path)?;
+    let bug = row
+        .bug
+        .ok_or_else(|| EndpointError::NotFound(format!("a bug for problem {}", row.id)))?;
+    let form = form.into_inner();
+    set_bug(
+        &state,
+        bug,
+        BugChange {
+            status: form.status,
+            workaround: form.workaround,
+        },
+    )
+    .await?;
+    Ok(HttpResponse::SeeOther()
+        .insert_header(("Location", format!("/problems/{}#bug", row.id)))
+        .finish())
+}
+
+/// `GET /reports/{report}/attachments/{name}`: an attachment, decompressed and verified.
+pub async fn attachment(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, EndpointError> {
+    let (report_id, name) = path.into_inner();
+    if !crashmesh_protocol::report::is_hex_id(&report_id) {
+        return Err(EndpointError::BadRequest("bad report id".into()));
+    }
+    let report = state
+        .db
+        .report(&report_id)?
+        .ok_or_else(|| EndpointError::NotFound(format!("report {report_id}")))?;
+    let attachment = report
+        .manifest
+        .attachments
+        .iter()
+        .find(|attachment| attachment.name == name)
+        .ok_or_else(|| EndpointError::NotFound(format!("attachment {name:?}")))?;
+    let bytes = state
+        .blobs
+        .read_blob(&attachment.blob, ATTACHMENT_SERVED_BYTES_MAX)
+        .await?;
+    let content_type = if std::str::from_utf8(&bytes).is_ok() {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    };
+    Ok(HttpResponse::Ok().content_type(content_type).body(bytes))
+}
+
+// ---------------------------------------------------------------- HTML
+
+/// Escapes text for HTML content and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(character),
+        }
+    }
+    out
+}
+
+/// `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn format_time_ms(time_ms: u64) -> String {
+    let secs = time_ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}\
+header{background:#1d2330;color:#fff;padding:10px 20px}header a{color:#fff;text-decoration:none;font-weight:600}\
+main{padding:16px 20px}table{border-collapse:collapse;width:100%;background:#fff}\
+th,td{border-bottom:1px solid #e2e5ea;padding:4px 8px;text-align:left;vertical-align:top}\
+th{background:#eef0f4}code,pre{font:12px/1.35 ui-monospace,monospace}pre{background:#fff;border:1px solid #e2e5ea;padding:8px;overflow:auto;max-height:24em}\
+.badge{display:inline-block;padding:0 6px;border-radius:8px;background:#dde3ee;font-size:12px}\
+.open{background:#fde2e1}.fixed,.closed{background:#dff3e3}.regression{background:#ffd166}\
+form.filters{margin-bottom:12px}form.filters label{margin-right:10px}section{margin:18px 0}\
+h2{font-size:16px;margin:0 0 6px}.muted{color:#6b7280}.bar{fill:#3b6fd8}";
+
+fn page(title: &str, body: &str) -> HttpResponse {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} — crashmesh</title>\
+         <style>{STYLE}</style></head><body><header><a href=\"/\">crashmesh endpoint</a></header>\
+         <main>{body}</main></body></html>",
+        escape(title)
+    );
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(html)
+}
+
+fn bug_badge(bug: Option<&BugRow>) -> String {
+    match bug {
+        None => "<span class=\"badge\">no bug</span>".into(),
+        Some(bug) => {
+            let mut text = format!(
+                "<span class=\"badge {}\">#{} {}</span>",
+                escape(&bug.status),
+                bug.id,
+                escape(&bug.status)
+            );
+            if bug.regression {
+                text.push_str(" <span class=\"badge regression\">regression</span>");
+            }
+            text
+        }
+    }
+}
+
+fn select_box(name: &str, current: Option<&str>, options: &[(&str, &str)]) -> String {
+    let mut out = format!("<select name=\"{name}\">");
+    for (value, label) in options {
+        let selected = if current.unwrap_or("") == *value {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            "<option value=\"{}\"{selected}>{}</option>",
+            escape(value),
+            escape(label)
+        );
+    }
+    out.push_str("</select>");
+    out
+}
+
+/// `GET /`: the problems, filters, sorted by last seen or count.
+pub async fn index(
+    state: web::Data<AppState>,
+    filter: web::Query<Filter>,
+) -> Result<HttpResponse, EndpointError> {
+    let problems = select(&state, &filter)?;
+    let mut body = String::new();
+    let kinds: Vec<(&str, &str)> = std::iter::once(("", "any kind"))
+        .chain(KINDS.iter().map(|kind| (*kind, *kind)))
+        .collect();
+    let statuses: Vec<(&str, &str)> = [("", "any status"), ("none", "no bug")]
+        .into_iter()
+        .chain(BUG_STATUSES.iter().map(|status| (*status, *status)))
+        .collect();
+    let _ = write!(
+        body,
+        "<form class=\"filters\" method=\"get\" action=\"/\">\
+         <label>kind {}</label>\
+         <label>cluster <input name=\"cluster\" size=\"12\" value=\"{}\"></label>\
+         <label>status {}</label>\
+         <label>show {}</label>\
+         <label>label <input name=\"label\" size=\"14\" placeholder=\"key=value\" value=\"{}\"></label>\
+         <label>sort {}</label>\
+         <button type=\"submit\">filter</button></form>",
+        select_box("kind", given(&filter.kind), &kinds),
+        escape(given(&filter.cluster).unwrap_or("")),
+        select_box("status", given(&filter.status), &statuses),
+        select_box(
+            "interesting",
+            given(&filter.interesting),
+            &[
+                ("true", "interesting"),
+                ("false", "uninteresting"),
+                ("all", "all")
+            ]
+        ),
+        escape(given(&filter.label).unwrap_or("")),
+        select_box(
+            "sort",
+            given(&filter.sort),
+            &[("last_seen", "last seen"), ("count", "count")]
+        ),
+    );
+    let _ = write!(
+        body,
+        "<p class=\"muted\" id=\"problem-count\">{} problem(s)</p>\
+         <table id=\"problems\"><thead><tr><th>problem</th><th>kind</th><th>count</th>\
+         <th>nodes</th><th>clusters</th><th>first seen</th><th>last seen</th><th>bug</th></tr></thead><tbody>",
+        problems.len()
+    );
+    for (row, bug) in &problems {
+        let what = row.crash_function.as_deref().unwrap_or(&row.reason);
+        let _ = write!(
+            body,
+            "<tr class=\"problem\" data-id=\"{id}\"><td><a href=\"/problems/{id}\">{reason}</a><br>\
+             <span class=\"muted\"><code>{what}</code>{hidden}</span></td><td>{kind}</td><td>{count}</td>\
+             <td>{nodes}</td><td>{clusters}</td><td>{first}</td><td>{last}</td><td>{bug}</td></tr>",
+            id = escape(&row.id),
+            reason = escape(&row.reason),
+            what = escape(what),
+            hidden = if row.interesting {
+                String::new()
+            } else {
+                format!(
+                    " · uninteresting ({})",
+                    escape(row.uninteresting_rule.as_deref().unwrap_or("rule"))
+                )
+            },
+            kind = escape(row.kind.as_str()),
+            count = row.count,
+            nodes = row.nodes.len(),
+            clusters = row.clusters.len(),
+            first = format_time_ms(row.first_seen),
+            last = format_time_ms(row.last_seen),
+            bug = bug_badge(bug.as_ref()),
+        );
+    }
+    body.push_str("</tbody></table>");
+    Ok(page("problems", &body))
+}
+
+const KINDS: &[&str] = &[
+    "core",
+    "kernel_oops",
+    "kernel_warning",
+    "kernel_panic",
+    "hung_task",
+    "soft_lockup",
+    "oom_kill",
+    "machine_check",
+    "lockdep",
+    "segfault_hint",
+    "python",
+    "java",
+    "vm_guest_panic",
+];
+
+/// Incidents over time as an inline SVG bar chart: hours when the problem spans at most
+/// three days, days otherwise.
+pub fn chart_svg(hourly: &BTreeMap<u64, u64>) -> String {
+    const WIDTH: f64 = 720.0;
+    const HEIGHT: f64 = 140.0;
+    let (Some((&first, _)), Some((&last, _))) = (hourly.first_key_value(), hourly.last_key_value())
+    else {
+        return "<svg id=\"incidents-chart\" width=\"720\" height=\"20\"></svg>".into();
+    };
+    let (step_hours, label) = if last - first <= 72 {
+        (1, "hour")
+    } else {
+        (24, "day")
+    };
+    let mut buckets: BTreeMap<u64, u64> = BTreeMap::new();
+    for (hour, count) in hourly {
+        *buckets.entry(hour / step_hours).or_insert(0) += count;
+    }
+    let start = first / step_hours;
+    let end = last / step_hours;
+    let slots = (end - start + 1) as f64;
+    let peak = buckets.values().copied().max().unwrap_or(1).max(1) as f64;
+    let bar_width = (WIDTH / slots).max(1.0);
+    let mut svg = format!(
+        "<svg id=\"incidents-chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" \
+         viewBox=\"0 0 {} {}\" role=\"img\" aria-label=\"incidents per {label}\">\
+         <rect x=\"0\" y=\"0\" width=\"{WIDTH}\" height=\"{HEIGHT}\" fill=\"#fff\" stroke=\"#e2e5ea\"/>",
+        WIDTH,
+        HEIGHT + 20.0,
+        WIDTH,
+        HEIGHT + 20.0
+    );
+    for (bucket, count) in &buckets {
+        let x = (bucket - start) as f64 * bar_width;
+        let height = (*count as f64 / peak) * (HEIGHT - 10.0);
+        let _ = write!(
+            svg,
+            "<rect class=\"bar\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{height:.1}\">\
+             <title>{}: {count}</title></rect>",
+            HEIGHT - height,
+            (bar_width - 1.0).max(1.0),
+            format_time_ms(bucket * step_hours * 3_600_000),
+        );
+    }
+    let _ = write!(
+        svg,
+        "<text x=\"0\" y=\"{}\" font-size=\"11\">{}</text>\
+         <text x=\"{WIDTH}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{} · peak {} per {label}</text></svg>",
+        HEIGHT + 15.0,
+        format_time_ms(start * step_hours * 3_600_000),
+        HEIGHT + 15.0,
+        format_time_ms(end * step_hours * 3_600_000),
+        peak
+    );
+    svg
+}
+
+fn frame_row(index: usize, frame: &Frame) -> String {
+    let location = match (&frame.file, frame.line) {
+        (Some(file), Some(line)) => format!("{}:{line}", escape(file)),
+        (Some(file), None) => escape(file),
+        _ => String::new(),
+    };
+    let function = match (&frame.function, frame.offset) {
+        (Some(function), Some(offset)) => format!("{}+{offset:#x}", escape(function)),
+        (Some(function), None) => escape(function),
+        (None, Some(offset)) => format!("?? ({offset:#x} in module)"),
+        (None, None) => "??".into(),
+    };
+    format!(
+        "<tr class=\"frame\"><td>#{index}</td><td><code>{}</code></td><td><code>{function}</code>{}</td>\
+         <td>{}</td><td>{location}</td></tr>",
+        frame
+            .address
+            .map(|address| format!("{address:#x}"))
+            .unwrap_or_default(),
+        if frame.reliable {
+            ""
+        } else {
+            " <span class=\"muted\">?</span>"
+        },
+        escape(frame.module.as_deref().unwrap_or("")),
+    )
+}
+
+fn list(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items
+        .map(|item| format!("<li>{}</li>", escape(&item)))
+        .collect();
+    if items.is_empty() {
+        "<p class=\"muted\">none</p>".into()
+    } else {
+        format!("<ul>{}</ul>", items.join(""))
+    }
+}
+
+/// `GET /problems/{id}`: the problem's page.
+pub async fn problem_page(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, EndpointError> {
+    let (row, bug, analysis) = load_problem(&state, &path)?;
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<h1 id=\"title\">{}</h1><table id=\"summary\">\
+         <tr><th>problem</th><td><code>{}</code></td></tr>\
+         <tr><th>signature</th><td><code id=\"signature\">{}</code></td></tr>\
+         <tr><th>kind</th><td>{}</td></tr><tr><th>executable</th><td>{}</td></tr>\
+         <tr><th>incidents</th><td id=\"count\">{}</td></tr>\
+         <tr><th>first seen</th><td>{}</td></tr><tr><th>last seen</th><td>{}</td></tr>\
+         <tr><th>interesting</th><td>{}</td></tr><tr><th>bug</th><td>{}</td></tr></table>",
+        escape(&row.reason),
+        escape(&row.id),
+        escape(&row.signature),
+        escape(row.kind.as_str()),
+        escape(row.executable.as_deref().unwrap_or("-")),
+        row.count,
+        format_time_ms(row.first_seen),
+        format_time_ms(row.last_seen),
+        match &row.uninteresting_rule {
+            None => "yes".to_string(),
+            Some(rule) => format!("no — rule {}", escape(rule)),
+        },
+        bug_badge(bug.as_ref()),
+    );
+    let _ = write!(
+        body,
+        "<section><h2>incidents over time</h2>{}</section>",
+        chart_svg(&row.hourly)
+    );
+    body.push_str(
+        "<section><h2>backtrace</h2><table id=\"backtrace\"><thead><tr><th></th><th>address</th>\
+                   <th>function</th><th>module</th><th>source</th></tr></thead><tbody>",
+    );
+    if let Some(problem) = &analysis {
+        for (index, frame) in problem.frames.iter().enumerate() {
+            body.push_str(&frame_row(index, frame));
+        }
+    }
+    body.push_str("</tbody></table>");
+    if let Some(text) = analysis.as_ref().and_then(|problem| problem.text.as_ref()) {
+        let _ = write!(body, "<pre id=\"problem-text\">{}</pre>", escape(text));
+    }
+    body.push_str("</section>");
+    let _ = write!(
+        body,
+        "<section style=\"display:flex;gap:40px\"><div><h2>nodes</h2><div id=\"nodes\">{}</div></div>\
+         <div><h2>clusters</h2><div id=\"clusters\">{}</div></div><div><h2>versions</h2>{}</div>\
+         <div><h2>labels</h2>{}</div></section>",
+        list(row.nodes.iter().cloned()),
+        list(row.clusters.iter().cloned()),
+        list(row.versions.iter().cloned()),
+        list(row.labels.iter().cloned()),
+    );
+    // The bug and its form.
+    body.push_str("<section id=\"bug\"><h2>bug</h2>");
+    match &bug {
+        None => body.push_str("<p class=\"muted\">no bug (uninteresting problems get none)</p>"),
+        Some(bug) => {
+            let _ = write!(
+                body,
+                "<p>{} opened {}{}</p><p><b>workaround:</b> <span id=\"workaround\">{}</span></p>",
+                bug_badge(Some(bug)),
+                format_time_ms(bug.created_ms),
+                if bug.regression {
+                    " — reopened as a regression"
+                } else {
+                    ""
+                },
+                escape(bug.workaround.as_deref().unwrap_or("none yet")),
+            );
+            let statuses: Vec<(&str, &str)> = BUG_STATUSES
+                .iter()
+                .map(|status| (*status, *status))
+                .collect();
+            let _ = write!(
+                body,
+                "<form method=\"post\" action=\"/problems/{}/bug\"><label>status {}</label> \
+                 <label>workaround <input name=\"workaround\" size=\"50\" value=\"{}\"></label> \
+                 <label>admin token <input type=\"password\" name=\"admin_token\" size=\"20\"></label> \
+                 <button type=\"submit\">save</button></form><h2>comments</h2><table id=\"comments\">",
+                escape(&row.id),
+                select_box("status", Some(&bug.status), &statuses),
+                escape(bug.workaround.as_deref().unwrap_or("")),
+            );
+            for comment in bug.comments.iter().rev().take(100) {
+                let _ = write!(
+                    body,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    format_time_ms(comment.time_ms),
+                    escape(&comment.author),
+                    escape(&comment.text)
+                );
+            }
+            body.push_str("</table>");
+        }
+    }
+    body.push_str("</section>");
+    // Incidents.
+    body.push_str("<section><h2>latest incidents</h2><table id=\"incidents\"><tr><th>time</th><th>cluster</th>\
+                   <th>node</th><th>version</th><th>report</th><th>labels</th></tr>");
+    for incident in row.recent.iter().rev().take(50) {
+        let labels: Vec<String> = incident
+            .labels
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+            format_time_ms(incident.time_ms),
+            escape(&incident.cluster),
+            escape(&incident.node),
+            escape(incident.version.as_deref().unwrap_or("-")),
+            escape(&incident.report_id),
+            escape(&labels.join(" ")),
+        );
+    }
+    body.push_str("</table></section>");
+    // Correlated logs and other attachments.
+    body.push_str("<section id=\"attachments\"><h2>correlated logs and attachments</h2>");
+    let attachments = attachments_of(&state, &row)?;
+    if attachments.is_empty() {
+        body.push_str("<p class=\"muted\">none</p>");
+    }
+    let mut previews = 0;
+    for (report_id, name, len_bytes) in &attachments {
+        let _ = write!(
+            body,
+            "<p><a href=\"/reports/{}/attachments/{}\">{}</a> <span class=\"muted\">{} bytes</span></p>",
+            escape(report_id),
+            escape(name),
+            escape(name),
+            len_bytes
+        );
+        if previews < PREVIEWS_MAX
+            && *len_bytes <= ATTACHMENT_SERVED_BYTES_MAX
+            && let Some(report) = state.db.report(report_id)?
+            && let Some(attachment) = report.manifest.attachments.iter().find(|a| &a.name == name)
+        {
+            previews += 1;
+            match state
+                .blobs
+                .read_blob(&attachment.blob, ATTACHMENT_SERVED_BYTES_MAX)
+                .await
+            {
+                Ok(bytes) => {
+                    let shown = &bytes[..bytes.len().min(PREVIEW_BYTES_MAX)];
+                    let _ = write!(
+                        body,
+                        "<pre class=\"log\">{}</pre>",
+                        escape(&String::from_utf8_lossy(shown))
+                    );
+                }
+                Err(error) => {
+                    let _ = write!(
+                        body,
+                        "<p class=\"muted\">unreadable: {}</p>",
+                        escape(&error.to_string())
+                    );
+                }
+            }
+        }
+    }
+    body.push_str("</section>");
+    Ok(page(&row.reason, &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_escaping() {
+        assert_eq!(format_time_ms(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time_ms(1_700_000_000_000), "2023-11-14 22:13:20");
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+
+    #[test]
+    fn chart_has_one_bar_per_bucket() {
+        let hourly = BTreeMap::from([(100, 2), (101, 5), (103, 1)]);
+        let svg = chart_svg(&hourly);
+        assert_eq!(svg.matches("class=\"bar\"").count(), 3);
+        assert!(svg.starts_with("<svg id=\"incidents-chart\""));
+    }
+}

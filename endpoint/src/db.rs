@@ -1,0 +1,412 @@
+//! The metadata database (redb, format version 1): tokens, cluster terms, reports,
+//! problems, incidents and bugs.
+//!
+//! Keys are redb-native; rows are postcard. The database is opened in redb's multi-writer
+//! mode, so the CLI (`token create`, `bug set`, `export`) works beside a running server:
+//! redb serializes write transactions across processes, and the server keeps no cached copy
+//! of anything the CLI writes, except tokens it has already seen (tokens are never revoked).
+//!
+//! Invariants: a report row, its incidents, its problem's counters, its bug and its
+//! cluster's term are written in one transaction; every set kept on a row is bounded
+//! (the `*_MAX` constants), counts stay exact beyond them.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::Path;
+
+use crashmesh_protocol::report::{BugRef, ReportManifest};
+use crashmesh_protocol::{Problem, ProblemKind};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::EndpointError;
+
+/// The metadata format this build reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
+/// Names kept per problem (nodes, clusters, versions, labels), each.
+pub const NAMES_PER_PROBLEM_MAX: usize = 4096;
+/// Recent incidents kept on a problem's row for its page.
+pub const RECENT_INCIDENTS_MAX: usize = 200;
+/// Report ids kept on a problem's row.
+pub const REPORTS_PER_PROBLEM_MAX: usize = 256;
+/// Hour buckets kept for a problem's chart (about 13 months).
+pub const HOURS_PER_PROBLEM_MAX: usize = 24 * 400;
+/// Comments kept on a bug; the oldest go first.
+pub const COMMENTS_PER_BUG_MAX: usize = 1000;
+
+/// Counters and the format version, by name.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta_v1");
+/// blake3 of a token (hex) → its cluster.
+pub(crate) const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens_v1");
+/// Cluster → the highest term admitted.
+pub(crate) const TERMS: TableDefinition<&str, u64> = TableDefinition::new("terms_v1");
+/// Report id → [`ReportRow`].
+pub(crate) const REPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("reports_v1");
+/// Problem id → [`ProblemRow`].
+pub(crate) const PROBLEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("problems_v1");
+/// Problem id → its analysis ([`Problem`], re-symbolized).
+pub(crate) const ANALYSES: TableDefinition<&str, &[u8]> = TableDefinition::new("analyses_v1");
+/// (cluster, the node's incident report id) → problem id: an incident counts once.
+pub(crate) const INCIDENTS: TableDefinition<(&str, &str), &str> =
+    TableDefinition::new("incidents_v1");
+/// Bug number → [`BugRow`].
+pub(crate) const BUGS: TableDefinition<u64, &[u8]> = TableDefinition::new("bugs_v1");
+
+const META_FORMAT_VERSION: &str = "format_version";
+pub(crate) const META_NEXT_BUG: &str = "next_bug";
+
+/// A stored report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReportRow {
+    /// The manifest as received.
+    pub manifest: ReportManifest,
+    /// The problem it was grouped into.
+    pub problem_id: String,
+    /// When it was completed (server clock, ms).
+    pub received_ms: u64,
+}
+
+/// One incident as a problem's page lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentRow {
+    pub cluster: String,
+    pub node: String,
+    pub time_ms: u64,
+    pub report_id: String,
+    pub version: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A problem: its counters and the names seen with it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProblemRow {
+    pub id: String,
+    pub signature: String,
+    pub kind: ProblemKind,
+    /// One line: the first report's reason.
+    pub reason: String,
+    pub crash_function: Option<String>,
+    pub executable: Option<String>,
+    /// Incidents, exact.
+    pub count: u64,
+    pub nodes: BTreeSet<String>,
+    pub clusters: BTreeSet<String>,
+    pub versions: BTreeSet<String>,
+    /// `key=value` of every incident label.
+    pub labels: BTreeSet<String>,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    /// False when a rule marked it uninteresting (kept and counted, hidden by default).
+    pub interesting: bool,
+    /// The rule that did, as written.
+    pub uninteresting_rule: Option<String>,
+    pub bug: Option<u64>,
+    /// The reports grouped into it, oldest first (bounded).
+    pub reports: Vec<String>,
+    /// Incidents per hour (hours since the epoch), for the chart.
+    pub hourly: BTreeMap<u64, u64>,
+    /// The latest incidents, newest last.
+    pub recent: VecDeque<IncidentRow>,
+}
+
+/// A comment on a bug.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Comment {
+    pub time_ms: u64,
+    /// `endpoint` for automatic comments, `admin` for people.
+    pub author: String,
+    pub text: String,
+}
+
+/// A bug of the built-in tracker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BugRow {
+    pub id: u64,
+    pub problem_id: String,
+    pub title: String,
+    /// `open`, `fixed`, `closed`, `wontfix`, …
+    pub status: String,
+    pub workaround: Option<String>,
+    /// Set when a closed bug's problem came back in a newer version.
+    pub regression: bool,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// The newest version seen when the bug was closed.
+    pub closed_version_max: Option<String>,
+    pub comments: Vec<Comment>,
+}
+
+impl BugRow {
+    /// True for the statuses that mean "dealt with".
+    pub fn is_closed(&self) -> bool {
+        is_closed_status(&self.status)
+    }
+
+    /// The reference an upload reply carries.
+    pub fn to_ref(&self, public_url: &str) -> BugRef {
+        BugRef {
+            id: self.id,
+            status: self.status.clone(),
+            url: format!("{public_url}/problems/{}#bug", self.problem_id),
+        }
+    }
+
+    /// Adds a comment, dropping the oldest past [`COMMENTS_PER_BUG_MAX`].
+    pub fn comment(&mut self, time_ms: u64, author: &str, text: String) {
+        self.comments.push(Comment {
+            time_ms,
+            author: author.into(),
+            text,
+        });
+        if self.comments.len() > COMMENTS_PER_BUG_MAX {
+            let extra = self.comments.len() - COMMENTS_PER_BUG_MAX;
+            self.comments.drain(..extra);
+        }
+        self.updated_ms = self.updated_ms.max(time_ms);
+    }
+}
+
+/// Statuses a bug may have.
+pub const BUG_STATUSES: &[&str] = &["open", "confirmed", "fixed", "closed", "wontfix"];
+
+/// True for `fixed`, `closed` and `wontfix`.
+pub fn is_closed_status(status: &str) -> bool {
+    matches!(status, "fixed" | "closed" | "wontfix")
+}
+
+pub(crate) fn encode(value: &impl Serialize) -> Result<Vec<u8>, EndpointError> {
+    postcard::to_allocvec(value).map_err(|error| EndpointError::Corrupt {
+        what: "row (encode)".into(),
+        detail: error.to_string(),
+    })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, EndpointError> {
+    postcard::from_bytes(bytes).map_err(|error| EndpointError::Corrupt {
+        what: what.into(),
+        detail: error.to_string(),
+    })
+}
+
+/// Inserts into a bounded set; false when the set is full (and lacks the value).
+pub(crate) fn insert_bounded(set: &mut BTreeSet<String>, value: &str) -> bool {
+    if set.contains(value) {
+        return true;
+    }
+    if set.len() >= NAMES_PER_PROBLEM_MAX {
+        return false;
+    }
+    set.insert(value.to_string());
+    true
+}
+
+/// The metadata database.
+pub struct Db {
+    pub(crate) db: redb::Database,
+}
+
+impl Db {
+    /// Opens (or creates) `DATA_DIR/endpoint.redb`, refusing an unknown format version.
+    pub fn open(data_dir: &Path) -> Result<Db, EndpointError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|error| EndpointError::io("create", data_dir, error))?;
+        let path = data_dir.join("endpoint.redb");
+        let db = redb::Builder::new()
+            .set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
+            .create(&path)?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let version = meta.get(META_FORMAT_VERSION)?.map(|value| value.value());
+            match version {
+                None => {
+                    meta.insert(META_FORMAT_VERSION, FORMAT_VERSION)?;
+                }
+                Some(FORMAT_VERSION) => {}
+                Some(other) => {
+                    return Err(EndpointError::Corrupt {
+                        what: path.display().to_string(),
+                        detail: format!(
+                            "format version {other}, this build reads {FORMAT_VERSION}"
+                        ),
+                    });
+                }
+            }
+            txn.open_table(TOKENS)?;
+            txn.open_table(TERMS)?;
+            txn.open_table(REPORTS)?;
+            txn.open_table(PROBLEMS)?;
+            txn.open_table(ANALYSES)?;
+            txn.open_table(INCIDENTS)?;
+            txn.open_table(BUGS)?;
+        }
+        txn.commit()?;
+        Ok(Db { db })
+    }
+
+    /// Records a token's hash for a cluster.
+    pub fn add_token(&self, token_hash: &str, cluster: &str) -> Result<(), EndpointError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(TOKENS)?.insert(token_hash, cluster)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The cluster a token's hash belongs to.
+    pub fn cluster_of_token(&self, token_hash: &str) -> Result<Option<String>, EndpointError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TOKENS)?;
+        Ok(table
+            .get(token_hash)?
+            .map(|value| value.value().to_string()))
+    }
+
+    /// The highest term admitted for a cluster (0 if none).
+    pub fn term(&self, cluster: &str) -> Result<u64, EndpointError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TERMS)?;
+        Ok(table.get(cluster)?.map(|value| value.value()).unwrap_or(0))
+    }
+
+    /// A stored report.
+    pub fn report(&self, report_id: &str) -> Result<Option<ReportRow>, EndpointError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REPORTS)?;
+        table
+            .get(report_id)?
+            .map(|value| decode(&format!("report {report_id}"), value.value()))
+            .transpose()
+    }
+
+    /// Every stored report id, in order.
+    pub fn report_ids(&self) -> Result<Vec<String>, EndpointError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REPORTS)?;
+        let mut ids = Vec::new();
+        for entry in table.iter()? {
+            let (key, _) = entry?;
+            ids.push(key.value().to_string());
+        }
+        Ok(ids)
+    }
+
+    /// A problem's row.
+    pub fn problem(&self, id: &str) -> Result<Option<ProblemRow>, EndpointError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PROBLEMS)?;
+        table
+            .get(id)?
+            .map(|value| decode(&format!("problem {id}"), value.value()))
+            .transpose()
+    }
+
+    /// A problem's analysis (the first report's, re-symbolized).
+    pub fn analysis(&self, id: &str) -> Result<Option<Problem>, EndpointError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ANALYSES)?;
+        table
+            .get(id)?
+            .map(|value| decode(&format!("analysis {id}"), value.value()))
+            .transpose()
+    }
+
+    /// Every problem with its bug.
+    pub fn problems(&self) -> Result<Vec<(ProblemRow, Option<BugRow>)>, EndpointError> {
+        let txn = self.db.begin_read()?;
+        let problems = txn.open_table(PROBLEMS)?;
+        let bugs = txn.open_table(BUGS)?;
+        let mut out = Vec::new();
+        for entry in problems.iter()? {
+            let (key, value) = entry?;
+            let row: ProblemRow = decode(&format!("problem {}", key.value()), value.value())?;
+            let bug = match row.bug {
+                Some(id) => bugs
+                    .get(id)?
+                    .map(|value| decode::<BugRow>(&format!("bug {id}"), value.value()))
+                    .transpose()?,
+                None => None,
+            };
+            out.push((row, bug));
+        }
+        Ok(out)
+    }
+
+    /// A bug.
+    pub fn bug(&self, id: u64) -> Result<Option<BugRow>, EndpointError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BUGS)?;
+        table
+            .get(id)?
+            .map(|value| decode(&format!("bug {id}"), value.value()))
+            .transpose()
+    }
+
+    /// Sets a bug's status and/or workaround (an empty workaround clears it); records a
+    /// comment saying what changed. Closing remembers the newest version seen, which is
+    /// what regression detection compares later versions with.
+    pub fn set_bug(
+        &self,
+        id: u64,
+        status: Option<&str>,
+        workaround: Option<&str>,
+        now_ms: u64,
+    ) -> Result<BugRow, EndpointError> {
+        if let Some(status) = status
+            && !BUG_STATUSES.contains(&status)
+        {
+            return Err(EndpointError::BadRequest(format!(
+                "status {status:?} is not one of {BUG_STATUSES:?}"
+            )));
+        }
+        if let Some(workaround) = workaround
+            && workaround.len() > crashmesh_protocol::report::TEXT_BYTES_MAX
+        {
+            return Err(EndpointError::TooLarge {
+                what: "workaround bytes",
+                value: workaround.len() as u64,
+                limit: crashmesh_protocol::report::TEXT_BYTES_MAX as u64,
+            });
+        }
+        let txn = self.db.begin_write()?;
+        let bug = {
+            let mut bugs = txn.open_table(BUGS)?;
+            let problems = txn.open_table(PROBLEMS)?;
+            let mut bug: BugRow = match bugs.get(id)? {
+                Some(value) => decode(&format!("bug {id}"), value.value())?,
+                None => return Err(EndpointError::NotFound(format!("bug {id}"))),
+            };
+            let mut changes = Vec::new();
+            if let Some(status) = status
+                && status != bug.status
+            {
+                if is_closed_status(status) && !bug.is_closed() {
+                    let problem: Option<ProblemRow> = problems
+                        .get(bug.problem_id.as_str())?
+                        .map(|value| decode("problem", value.value()))
+                        .transpose()?;
+                    bug.closed_version_max =
+                        problem.and_then(|problem| crate::version::newest(problem.versions.iter()));
+                }
+                changes.push(format!("status {} → {status}", bug.status));
+                bug.status = status.to_string();
+            }
+            if let Some(workaround) = workaround {
+                let workaround = (!workaround.trim().is_empty()).then(|| workaround.to_string());
+                if workaround != bug.workaround {
+                    changes.push(match &workaround {
+                        Some(text) => format!("workaround: {text}"),
+                        None => "workaround removed".to_string(),
+                    });
+                    bug.workaround = workaround;
+                }
+            }
+            if !changes.is_empty() {
+                bug.comment(now_ms, "admin", changes.join("; "));
+                bugs.insert(id, encode(&bug)?.as_slice())?;
+            }
+            bug
+        };
+        txn.commit()?;
+        Ok(bug)
+    }
+}

@@ -1,0 +1,165 @@
+//! The endpoint's errors, each with the HTTP status it is answered with.
+
+use actix_web::http::StatusCode;
+use crashmesh_protocol::report::ReportError;
+
+/// Everything that can go wrong, from a bad request to a full disk.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// No or an unknown bearer token (401).
+    #[error("missing or unknown token")]
+    Unauthorized,
+    /// The token belongs to another cluster than the body names (403).
+    #[error("the token is for cluster {token_cluster:?}, the request names {named:?}")]
+    WrongCluster {
+        token_cluster: String,
+        named: String,
+    },
+    /// The body is not what the route takes (400).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// A manifest or update that failed validation (400, or 413 for limits).
+    #[error("invalid report: {0}")]
+    InvalidReport(#[from] ReportError),
+    /// A chunk whose bytes do not decompress or do not hash to its id (400).
+    #[error("bad chunk {id}: {detail}")]
+    BadChunk { id: String, detail: String },
+    /// A body or count over its limit (413).
+    #[error("{what} is {value}, over the limit of {limit}")]
+    TooLarge {
+        what: &'static str,
+        value: u64,
+        limit: u64,
+    },
+    /// A cluster over its rate, or too many pending uploads (429).
+    #[error("too many requests: {0}")]
+    TooMany(String),
+    /// A term lower than the highest seen for the cluster (409).
+    #[error("stale term {term} for cluster {cluster:?}: {highest} was seen")]
+    StaleTerm {
+        cluster: String,
+        term: u64,
+        highest: u64,
+    },
+    /// A request that contradicts what is stored (409).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Nothing by that id (404).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The configuration is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The metadata database failed (500).
+    #[error("database: {0}")]
+    Database(String),
+    /// Blob storage failed (500 or 503).
+    #[error("blob storage: {0}")]
+    Storage(String),
+    /// A local file operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    /// A stored row that does not decode (500).
+    #[error("corrupt stored {what}: {detail}")]
+    Corrupt { what: String, detail: String },
+}
+
+impl EndpointError {
+    /// A local file error with its path.
+    pub fn io(what: &'static str, path: &std::path::Path, source: std::io::Error) -> EndpointError {
+        EndpointError::Io {
+            what,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            EndpointError::Unauthorized => StatusCode::UNAUTHORIZED,
+            EndpointError::WrongCluster { .. } => StatusCode::FORBIDDEN,
+            EndpointError::BadRequest(_) | EndpointError::BadChunk { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            EndpointError::InvalidReport(error) if error.is_limit() => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            EndpointError::InvalidReport(_) => StatusCode::BAD_REQUEST,
+            EndpointError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            EndpointError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            EndpointError::StaleTerm { .. } | EndpointError::Conflict(_) => StatusCode::CONFLICT,
+            EndpointError::NotFound(_) => StatusCode::NOT_FOUND,
+            EndpointError::Config(_)
+            | EndpointError::Database(_)
+            | EndpointError::Storage(_)
+            | EndpointError::Io { .. }
+            | EndpointError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short stable name for the JSON body's `code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EndpointError::Unauthorized => "unauthorized",
+            EndpointError::WrongCluster { .. } => "wrong_cluster",
+            EndpointError::BadRequest(_) => "bad_request",
+            EndpointError::InvalidReport(error) if error.is_limit() => "too_large",
+            EndpointError::InvalidReport(_) => "invalid_report",
+            EndpointError::BadChunk { .. } => "bad_chunk",
+            EndpointError::TooLarge { .. } => "too_large",
+            EndpointError::TooMany(_) => "too_many_requests",
+            EndpointError::StaleTerm { .. } => "stale_term",
+            EndpointError::Conflict(_) => "conflict",
+            EndpointError::NotFound(_) => "not_found",
+            EndpointError::Config(_) => "config",
+            EndpointError::Database(_) => "database",
+            EndpointError::Storage(_) => "storage",
+            EndpointError::Io { .. } => "io",
+            EndpointError::Corrupt { .. } => "corrupt",
+        }
+    }
+}
+
+macro_rules! database_error {
+    ($($source:ty),*) => {
+        $(impl From<$source> for EndpointError {
+            fn from(error: $source) -> EndpointError {
+                EndpointError::Database(error.to_string())
+            }
+        })*
+    };
+}
+
+database_error!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<object_store::Error> for EndpointError {
+    fn from(error: object_store::Error) -> EndpointError {
+        EndpointError::Storage(error.to_string())
+    }
+}
+
+impl actix_web::ResponseError for EndpointError {
+    fn status_code(&self) -> StatusCode {
+        self.status()
+    }
+
+    fn error_response(&self) -> actix_web::HttpResponse {
+        let mut response = actix_web::HttpResponse::build(self.status());
+        if let EndpointError::TooMany(_) = self {
+            response.insert_header(("Retry-After", "1"));
+        }
+        response.json(serde_json::json!({ "error": self.to_string(), "code": self.code() }))
+    }
+}

@@ -1,0 +1,640 @@
+//! Recording reports and incident updates: grouping into problems, rules, bugs,
+//! regressions, fencing — all in one redb write transaction per batch.
+//!
+//! One committer thread owns every write of ingest. Requests queue jobs to it (bounded,
+//! [`QUEUE_LEN_MAX`]); it takes up to [`BATCH_JOBS_MAX`] at a time, runs them in one
+//! transaction and commits once (group commit), then answers each. Invariants:
+//! - each job checks everything that can refuse it (term, report, signature) before it
+//!   writes anything, so a refused job leaves nothing behind in the shared transaction;
+//! - a storage error aborts the whole batch and every job in it is answered with it
+//!   (the callers retry; nothing of the batch was committed);
+//! - webhook events are sent only after the commit that made them true.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use crashmesh_protocol::Problem;
+use crashmesh_protocol::report::{Incident, IncidentUpdate, ReportManifest, UploadReply};
+use redb::{ReadableTable, Table, WriteTransaction};
+use tokio::sync::oneshot;
+
+use crate::db::{
+    ANALYSES, BUGS, BugRow, Db, HOURS_PER_PROBLEM_MAX, INCIDENTS, IncidentRow, META, META_NEXT_BUG,
+    PROBLEMS, ProblemRow, RECENT_INCIDENTS_MAX, REPORTS, REPORTS_PER_PROBLEM_MAX, ReportRow, TERMS,
+    decode, encode, insert_bounded,
+};
+use crate::error::EndpointError;
+use crate::metrics::Metrics;
+use crate::rules::Rule;
+use crate::webhook::{Event, Webhooks};
+
+/// Jobs waiting for the committer; more are refused with 429.
+pub const QUEUE_LEN_MAX: usize = 4096;
+/// Jobs in one transaction.
+pub const BATCH_JOBS_MAX: usize = 512;
+
+/// What the committer needs besides the database.
+pub struct IngestContext {
+    pub rules: Vec<Rule>,
+    pub public_url: String,
+    pub webhooks: Webhooks,
+    pub metrics: Arc<Metrics>,
+}
+
+enum Job {
+    Complete {
+        manifest: Arc<ReportManifest>,
+        analysis: Box<Problem>,
+        answer: oneshot::Sender<Result<UploadReply, EndpointError>>,
+    },
+    Update {
+        update: IncidentUpdate,
+        answer: oneshot::Sender<Result<UploadReply, EndpointError>>,
+    },
+}
+
+/// The handle requests use to reach the committer thread.
+#[derive(Clone)]
+pub struct Committer {
+    sender: SyncSender<Job>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Committer {
+    /// Starts the committer thread.
+    pub fn start(db: Arc<Db>, context: IngestContext) -> Committer {
+        let (sender, receiver) = sync_channel(QUEUE_LEN_MAX);
+        std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || commit_loop(&db, &context, receiver))
+            .expect("spawn the committer thread");
+        Committer { sender }
+    }
+
+    fn submit(&self, job: Job) -> Result<(), EndpointError> {
+        match self.sender.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                Err(EndpointError::TooMany("the ingest queue is full".into()))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                Err(EndpointError::Database("the committer stopped".into()))
+            }
+        }
+    }
+
+    /// Records a report whose chunks are all stored.
+    pub async fn complete(
+        &self,
+        manifest: Arc<ReportManifest>,
+        analysis: Problem,
+    ) -> Result<UploadReply, EndpointError> {
+        let (answer, receiver) = oneshot::channel();
+        self.submit(Job::Complete {
+            manifest,
+            analysis: Box::new(analysis),
+            answer,
+        })?;
+        receiver
+            .await
+            .map_err(|_| EndpointError::Database("the committer stopped".into()))?
+    }
+
+    /// Records an incident update.
+    pub async fn update(&self, update: IncidentUpdate) -> Result<UploadReply, EndpointError> {
+        let (answer, receiver) = oneshot::channel();
+        self.submit(Job::Update { update, answer })?;
+        receiver
+            .await
+            .map_err(|_| EndpointError::Database("the committer stopped".into()))?
+    }
+}
+
+fn commit_loop(db: &Db, context: &IngestContext, receiver: Receiver<Job>) {
+    while let Ok(first) = receiver.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < BATCH_JOBS_MAX {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut events = Vec::new();
+        let outcome = run_batch(db, context, &jobs, &mut results, &mut events);
+        Metrics::add(&context.metrics.commit_batches, 1);
+        match outcome {
+            Ok(()) => {
+                for (job, result) in jobs.into_iter().zip(results) {
+                    answer(job, result);
+                }
+                for event in events {
+                    context.webhooks.send(event);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, jobs = jobs.len(), "ingest transaction failed");
+                for job in jobs {
+                    answer(job, Err(EndpointError::Database(error.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn answer(job: Job, result: Result<UploadReply, EndpointError>) {
+    let answer = match job {
+        Job::Complete { answer, .. } | Job::Update { answer, .. } => answer,
+    };
+    let _ = answer.send(result);
+}
+
+/// True for errors that mean the transaction itself is broken.
+fn is_fatal(error: &EndpointError) -> bool {
+    matches!(
+        error,
+        EndpointError::Database(_) | EndpointError::Corrupt { .. } | EndpointError::Io { .. }
+    )
+}
+
+fn run_batch(
+    db: &Db,
+    context: &IngestContext,
+    jobs: &[Job],
+    results: &mut Vec<Result<UploadReply, EndpointError>>,
+    events: &mut Vec<Event>,
+) -> Result<(), EndpointError> {
+    let txn = db.db.begin_write()?;
+    {
+        let mut tables = Tables::open(&txn)?;
+        let now = now_ms();
+        for job in jobs {
+            let mut job_events = Vec::new();
+            let result = match job {
+                Job::Complete {
+                    manifest, analysis, ..
+                } => complete(
+                    &mut tables,
+                    context,
+                    manifest,
+                    analysis,
+                    now,
+                    &mut job_events,
+                ),
+                Job::Update { update, .. } => {
+                    update_incidents(&mut tables, context, update, now, &mut job_events)
+                }
+            };
+            if let Err(error) = &result
+                && is_fatal(error)
+            {
+                return Err(EndpointError::Database(error.to_string()));
+            }
+            events.extend(job_events);
+            results.push(result);
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+struct Tables<'txn> {
+    meta: Table<'txn, &'static str, u64>,
+    terms: Table<'txn, &'static str, u64>,
+    reports: Table<'txn, &'static str, &'static [u8]>,
+    problems: Table<'txn, &'static str, &'static [u8]>,
+    analyses: Table<'txn, &'static str, &'static [u8]>,
+    incidents: Table<'txn, (&'static str, &'static str), &'static str>,
+    bugs: Table<'txn, u64, &'static [u8]>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, EndpointError> {
+        Ok(Tables {
+            meta: txn.open_table(META)?,
+            terms: txn.open_table(TERMS)?,
+            reports: txn.open_table(REPORTS)?,
+            problems: txn.open_table(PROBLEMS)?,
+            analyses: txn.open_table(ANALYSES)?,
+            incidents: txn.open_table(INCIDENTS)?,
+            bugs: txn.open_table(BUGS)?,
+        })
+    }
+
+    /// Fencing: refuses a term below the cluster's highest; returns whether it is higher.
+    fn check_term(&self, cluster: &str, term: u64) -> Result<(), EndpointError> {
+        let highest = self
+            .terms
+            .get(cluster)?
+            .map(|value| value.value())
+            .unwrap_or(0);
+        if term < highest {
+            return Err(EndpointError::StaleTerm {
+                cluster: cluster.to_string(),
+                term,
+                highest,
+            });
+        }
+        Ok(())
+    }
+
+    fn raise_term(&mut self, cluster: &str, term: u64) -> Result<(), EndpointError> {
+        let highest = self
+            .terms
+            .get(cluster)?
+            .map(|value| value.value())
+            .unwrap_or(0);
+        if term > highest {
+            self.terms.insert(cluster, term)?;
+        }
+        Ok(())
+    }
+
+    fn report(&self, report_id: &str) -> Result<Option<ReportRow>, EndpointError> {
+        self.reports
+            .get(report_id)?
+            .map(|value| decode(&format!("report {report_id}"), value.value()))
+            .transpose()
+    }
+
+    fn problem(&self, id: &str) -> Result<Option<ProblemRow>, EndpointError> {
+        self.problems
+            .get(id)?
+            .map(|value| decode(&format!("problem {id}"), value.value()))
+            .transpose()
+    }
+
+    fn bug(&self, id: Option<u64>) -> Result<Option<BugRow>, EndpointError> {
+        let Some(id) = id else { return Ok(None) };
+        self.bugs
+            .get(id)?
+            .map(|value| decode(&format!("bug {id}"), value.value()))
+            .transpose()
+    }
+
+    fn next_bug_id(&mut self) -> Result<u64, EndpointError> {
+        let next = self
+            .meta
+            .get(META_NEXT_BUG)?
+            .map(|value| value.value())
+            .unwrap_or(1);
+        self.meta.insert(META_NEXT_BUG, next + 1)?;
+        Ok(next)
+    }
+}
+
+fn reply(
+    context: &IngestContext,
+    problem_id: &str,
+    known: bool,
+    bug: Option<&BugRow>,
+) -> UploadReply {
+    UploadReply {
+        problem_id: problem_id.to_string(),
+        known,
+        bug: bug.map(|bug| bug.to_ref(&context.public_url)),
+        workaround: bug.and_then(|bug| bug.workaround.clone()),
+        missing_chunks: Vec::new(),
+    }
+}
+
+/// The version of an incident: its own, else the problem's package or kernel version.
+fn incident_version(incident: &Incident, problem: Option<&Problem>) -> Option<String> {
+    if incident.version.is_some() {
+        return incident.version.clone();
+    }
+    let problem = problem?;
+    if let Some(package) = &problem.package
+        && let Some(version) = package.split_whitespace().nth(1)
+    {
+        return Some(version.to_string());
+    }
+    problem.version.clone()
+}
+
+/// Adds the incidents not yet recorded; returns the new ones.
+fn add_incidents(
+    tables: &mut Tables,
+    row: &mut ProblemRow,
+    cluster: &str,
+    incidents: &[Incident],
+    analysis: Option<&Problem>,
+) -> Result<Vec<IncidentRow>, EndpointError> {
+    let mut added = Vec::new();
+    for incident in incidents {
+        let key = (cluster, incident.report_id.as_str());
+        if tables.incidents.get(key)?.is_some() {
+            continue;
+        }
+        tables.incidents.insert(key, row.id.as_str())?;
+        let version = incident_version(incident, analysis);
+        row.count += 1;
+        insert_bounded(&mut row.nodes, &incident.node);
+        insert_bounded(&mut row.clusters, cluster);
+        if let Some(version) = &version {
+            insert_bounded(&mut row.versions, version);
+        }
+        for (key, value) in &incident.labels {
+            insert_bounded(&mut row.labels, &format!("{key}={value}"));
+        }
+        if row.count == 1 {
+            row.first_seen = incident.time_ms;
+            row.last_seen = incident.time_ms;
+        }
+        row.first_seen = row.first_seen.min(incident.time_ms);
+        row.last_seen = row.last_seen.max(incident.time_ms);
+        *row.hourly.entry(incident.time_ms / 3_600_000).or_insert(0) += 1;
+        while row.hourly.len() > HOURS_PER_PROBLEM_MAX {
+            row.hourly.pop_first();
+        }
+        let incident_row = IncidentRow {
+            cluster: cluster.to_string(),
+            node: incident.node.clone(),
+            time_ms: incident.time_ms,
+            report_id: incident.report_id.clone(),
+            version,
+            labels: incident.labels.clone(),
+        };
+        row.recent.push_back(incident_row.clone());
+        while row.recent.len() > RECENT_INCIDENTS_MAX {
+            row.recent.pop_front();
+        }
+        added.push(incident_row);
+    }
+    Ok(added)
+}
+
+fn describe_incidents(added: &[IncidentRow]) -> String {
+    let nodes: BTreeSet<&str> = added
+        .iter()
+        .map(|incident| incident.node.as_str())
+        .collect();
+    let clusters: BTreeSet<&str> = added
+        .iter()
+        .map(|incident| incident.cluster.as_str())
+        .collect();
+    let versions: BTreeSet<&str> = added
+        .iter()
+        .filter_map(|incident| incident.version.as_deref())
+        .collect();
+    let first = added
+        .iter()
+        .map(|incident| incident.time_ms)
+        .min()
+        .unwrap_or(0);
+    let last = added
+        .iter()
+        .map(|incident| incident.time_ms)
+        .max()
+        .unwrap_or(0);
+    let join = |set: &BTreeSet<&str>| {
+        if set.is_empty() {
+            "-".to_string()
+        } else {
+            set.iter().copied().collect::<Vec<_>>().join(", ")
+        }
+    };
+    format!(
+        "{} incident(s); nodes: {}; clusters: {}; versions: {}; time: {} .. {}",
+        added.len(),
+        join(&nodes),
+        join(&clusters),
+        join(&versions),
+        crate::dashboard::format_time_ms(first),
+        crate::dashboard::format_time_ms(last),
+    )
+}
+
+fn event(
+    context: &IngestContext,
+    kind: &'static str,
+    bug: &BugRow,
+    row: &ProblemRow,
+    text: String,
+    now: u64,
+) -> Event {
+    Event {
+        event: kind,
+        bug_id: bug.id,
+        bug_url: bug.to_ref(&context.public_url).url,
+        status: bug.status.clone(),
+        problem_id: row.id.clone(),
+        signature: row.signature.clone(),
+        kind: row.kind.to_string(),
+        reason: row.reason.clone(),
+        text,
+        time_ms: now,
+    }
+}
+
+/// What a known problem's bug does with new incidents: a comment, and a reopening as a
+/// regression when the bug was closed and an incident runs a newer version than the
+/// newest seen when it was closed.
+fn comment_on_bug(
+    context: &IngestContext,
+    bug: &mut BugRow,
+    row: &ProblemRow,
+    added: &[IncidentRow],
+    now: u64,
+    events: &mut Vec<Event>,
+) {
+    let text = describe_incidents(added);
+    bug.comment(now, "endpoint", text.clone());
+    events.push(event(context, "comment", bug, row, text, now));
+    if !bug.is_closed() {
+        return;
+    }
+    let Some(closed_max) = bug.closed_version_max.clone() else {
+        return;
+    };
+    let newer = added
+        .iter()
+        .filter_map(|incident| incident.version.as_ref())
+        .filter(|version| crate::version::compare(version, &closed_max).is_gt())
+        .max_by(|a, b| crate::version::compare(a, b));
+    if let Some(version) = newer {
+        let text = format!(
+            "regression: seen again in version {version}, newer than {closed_max} (the newest \
+             seen when it was marked {}); reopened",
+            bug.status
+        );
+        bug.status = "open".into();
+        bug.regression = true;
+        bug.closed_version_max = None;
+        bug.comment(now, "endpoint", text.clone());
+        Metrics::add(&context.metrics.bugs_reopened, 1);
+        events.push(event(context, "regression", bug, row, text, now));
+    }
+}
+
+fn complete(
+    tables: &mut Tables,
+    context: &IngestContext,
+    manifest: &ReportManifest,
+    analysis: &Problem,
+    now: u64,
+    events: &mut Vec<Event>,
+) -> Result<UploadReply, EndpointError> {
+    let cluster = manifest.cluster_id.as_str();
+    tables.check_term(cluster, manifest.term)?;
+    if let Some(stored) = tables.report(&manifest.report_id)? {
+        // A retry or a second aggregator: same answer, nothing more stored.
+        tables.raise_term(cluster, manifest.term)?;
+        let row = tables.problem(&stored.problem_id)?;
+        let bug = tables.bug(row.as_ref().and_then(|row| row.bug))?;
+        Metrics::add(&context.metrics.reports_repeated, 1);
+        return Ok(reply(context, &stored.problem_id, true, bug.as_ref()));
+    }
+    tables.raise_term(cluster, manifest.term)?;
+    let problem_id = crashmesh_store::problem_id_for(&manifest.signature, &manifest.report_id);
+    let existing = tables.problem(&problem_id)?;
+    let known = existing.is_some();
+    let uninteresting = crate::rules::first_match(&context.rules, analysis);
+    let mut row = existing.unwrap_or_else(|| ProblemRow {
+        id: problem_id.clone(),
+        signature: manifest.signature.clone(),
+        kind: manifest.kind,
+        reason: analysis.reason.clone(),
+        crash_function: analysis.crash_function().map(str::to_string),
+        executable: analysis.executable.clone(),
+        count: 0,
+        nodes: BTreeSet::new(),
+        clusters: BTreeSet::new(),
+        versions: BTreeSet::new(),
+        labels: BTreeSet::new(),
+        first_seen: 0,
+        last_seen: 0,
+        interesting: true,
+        uninteresting_rule: None,
+        bug: None,
+        reports: Vec::new(),
+        hourly: Default::default(),
+        recent: Default::default(),
+    });
+    row.interesting = uninteresting.is_none();
+    row.uninteresting_rule = uninteresting;
+    if row.reports.len() < REPORTS_PER_PROBLEM_MAX {
+        row.reports.push(manifest.report_id.clone());
+    }
+    let added = add_incidents(
+        tables,
+        &mut row,
+        cluster,
+        &manifest.incidents,
+        Some(analysis),
+    )?;
+    Metrics::add(&context.metrics.incidents_recorded, added.len() as u64);
+    let mut bug = tables.bug(row.bug)?;
+    if !known {
+        tables
+            .analyses
+            .insert(problem_id.as_str(), encode(analysis)?.as_slice())?;
+        Metrics::add(&context.metrics.problems_new, 1);
+    }
+    match &mut bug {
+        None if row.interesting => {
+            let id = tables.next_bug_id()?;
+            let text = format!("opened: {}", describe_incidents(&added));
+            let mut new_bug = BugRow {
+                id,
+                problem_id: problem_id.clone(),
+                title: row.reason.clone(),
+                status: "open".into(),
+                workaround: None,
+                regression: false,
+                created_ms: now,
+                updated_ms: now,
+                closed_version_max: None,
+                comments: Vec::new(),
+            };
+            new_bug.comment(now, "endpoint", text.clone());
+            row.bug = Some(id);
+            Metrics::add(&context.metrics.bugs_opened, 1);
+            events.push(event(context, "new_bug", &new_bug, &row, text, now));
+            bug = Some(new_bug);
+        }
+        None => {}
+        Some(bug) if !added.is_empty() => {
+            comment_on_bug(context, bug, &row, &added, now, events);
+        }
+        Some(_) => {}
+    }
+    if let Some(bug) = &bug {
+        tables.bugs.insert(bug.id, encode(bug)?.as_slice())?;
+    }
+    tables
+        .problems
+        .insert(problem_id.as_str(), encode(&row)?.as_slice())?;
+    let report = ReportRow {
+        manifest: manifest.clone(),
+        problem_id: problem_id.clone(),
+        received_ms: now,
+    };
+    tables
+        .reports
+        .insert(manifest.report_id.as_str(), encode(&report)?.as_slice())?;
+    Metrics::add(&context.metrics.reports_completed, 1);
+    Ok(reply(context, &problem_id, known, bug.as_ref()))
+}
+
+fn update_incidents(
+    tables: &mut Tables,
+    context: &IngestContext,
+    update: &IncidentUpdate,
+    now: u64,
+    events: &mut Vec<Event>,
+) -> Result<UploadReply, EndpointError> {
+    let cluster = update.cluster_id.as_str();
+    tables.check_term(cluster, update.term)?;
+    let Some(report) = tables.report(&update.report_id)? else {
+        return Err(EndpointError::NotFound(format!(
+            "report {} (upload it before its incident updates)",
+            update.report_id
+        )));
+    };
+    if report.manifest.signature != update.signature {
+        return Err(EndpointError::Conflict(format!(
+            "report {} has another signature",
+            update.report_id
+        )));
+    }
+    let Some(mut row) = tables.problem(&report.problem_id)? else {
+        return Err(EndpointError::Corrupt {
+            what: format!("report {}", update.report_id),
+            detail: format!("its problem {} is missing", report.problem_id),
+        });
+    };
+    tables.raise_term(cluster, update.term)?;
+    let analysis: Option<Problem> = tables
+        .analyses
+        .get(row.id.as_str())?
+        .map(|value| decode("analysis", value.value()))
+        .transpose()?;
+    let added = add_incidents(
+        tables,
+        &mut row,
+        cluster,
+        &update.incidents,
+        analysis.as_ref(),
+    )?;
+    Metrics::add(&context.metrics.incidents_recorded, added.len() as u64);
+    let mut bug = tables.bug(row.bug)?;
+    if let Some(bug) = &mut bug
+        && !added.is_empty()
+    {
+        comment_on_bug(context, bug, &row, &added, now, events);
+        tables.bugs.insert(bug.id, encode(&*bug)?.as_slice())?;
+    }
+    tables
+        .problems
+        .insert(row.id.as_str(), encode(&row)?.as_slice())?;
+    Ok(reply(context, &row.id, true, bug.as_ref()))
+}

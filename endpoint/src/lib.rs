@@ -1,0 +1,50 @@
+//! crashmesh's upload endpoint: the vendor's server where consolidated reports land.
+//!
+//! It receives [`crashmesh_protocol::report::ReportManifest`]s and their chunks over HTTP,
+//! groups reports into problems by signature, keeps a small bug tracker, answers each
+//! upload with what it knows (bug, workaround), and serves a dashboard and `/metrics`.
+//!
+//! # Layout
+//! ```text
+//! DATA_DIR/endpoint.redb     metadata: tokens, cluster terms, reports, problems, incidents, bugs
+//! DATA_DIR/admin.token       the admin token (dashboard and API writes), 0600
+//! DATA_DIR/blobs/chunks/ab/cdef…   chunks as received: one zstd frame each (local storage)
+//! ```
+//!
+//! # Invariants
+//! - **Nothing half stored.** A report is visible (in reports, problems, incidents, bugs)
+//!   only after the one redb transaction that records all of it commits, and only once
+//!   every chunk it names is in blob storage. A refused request changes nothing.
+//! - **Chunks are verified before they are kept**: a chunk is stored under its id only
+//!   after its bytes decompressed (within the chunk limit) and hashed to that id.
+//! - **Idempotent by id.** A report id is recorded once; an incident is recorded once per
+//!   (cluster, incident report id). A retry, or a second aggregator with the same report,
+//!   gets the same answer and changes nothing more.
+//! - **Fencing.** Per cluster the highest term seen is kept with the data it admitted; a
+//!   request with a lower term is refused (409) inside the transaction that would write it.
+//! - **Ingest never waits on the outside**: webhooks go through a bounded queue to their
+//!   own thread; a full queue drops the event and logs it.
+//! - Every input is bounded: body bytes, chunks per report, incidents, pending uploads, and
+//!   a per-cluster rate (413 and 429).
+
+pub mod auth;
+pub mod blobs;
+pub mod client;
+pub mod config;
+pub mod dashboard;
+pub mod db;
+pub mod error;
+pub mod export;
+pub mod ingest;
+pub mod metrics;
+pub mod pending;
+pub mod ratelimit;
+pub mod rules;
+pub mod server;
+pub mod symbolize;
+pub mod version;
+pub mod webhook;
+
+pub use config::EndpointConfig;
+pub use error::EndpointError;
+pub use server::{RunningServer, ServerMode, start};

@@ -1,0 +1,569 @@
+//! The upload API through real HTTP on loopback: a real server on 127.0.0.1:0, a real
+//! client.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use crashmesh_protocol::report::IncidentUpdate;
+
+const T0: u64 = 1_790_000_000_000;
+
+#[test]
+fn a_report_uploads_once_and_a_retry_changes_nothing() {
+    let harness = Harness::start();
+    let client = harness.client("c1");
+    let log = log_bytes("a", 600_000);
+    let (manifest, chunks) = report(
+        "c1",
+        1,
+        "r1",
+        problem("v1:core:leaf", "leaf"),
+        vec![incident("node-1", "e1", T0, None)],
+        &log,
+    );
+    assert!(chunks.len() >= 2, "a multi-chunk attachment");
+
+    // First the manifest: every chunk is missing.
+    let body = serde_json::to_vec(&manifest).unwrap();
+    let answer = client.post("/api/v1/reports", &body).unwrap();
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let reply = answer.reply().unwrap();
+    assert_eq!(reply.missing_chunks.len(), chunks.len());
+    assert!(!reply.known);
+    // Completing early says what is still missing.
+    let complete = format!("/api/v1/reports/{}/complete", manifest.report_id);
+    let answer = client.post(&complete, b"").unwrap();
+    assert_eq!(answer.status, 202);
+    assert_eq!(answer.reply().unwrap().missing_chunks.len(), chunks.len());
+    // The chunks, then completion.
+    for chunk in &chunks {
+        let answer = client
+            .put(&format!("/api/v1/chunks/{}", chunk.id), &chunk.compressed)
+            .unwrap();
+        assert_eq!(answer.status, 204, "{}", answer.body);
+    }
+    let answer = client.post(&complete, b"").unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let first = answer.reply().unwrap();
+    assert!(!first.known);
+    assert!(first.missing_chunks.is_empty());
+    let bug = first.bug.clone().expect("a new problem opens a bug");
+    assert_eq!(bug.status, "open");
+
+    // A retry of the whole upload, and a second aggregator with the same report.
+    let again = client.upload(&manifest, &chunks).unwrap();
+    assert_eq!(again.problem_id, first.problem_id);
+    assert!(again.known);
+    let mut second_aggregator = manifest.clone();
+    second_aggregator.term = 2;
+    let again = client.upload(&second_aggregator, &chunks).unwrap();
+    assert_eq!(again.problem_id, first.problem_id);
+
+    let problems = harness.problems("");
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0]["count"], 1);
+    assert_eq!(problems[0]["id"], first.problem_id.as_str());
+    assert_eq!(problems[0]["nodes"], serde_json::json!(["node-1"]));
+    assert_eq!(problems[0]["clusters"], serde_json::json!(["c1"]));
+    assert_eq!(problems[0]["kind"], "core");
+    assert_eq!(problems[0]["bug"]["status"], "open");
+    let bug = harness
+        .anonymous()
+        .get(&format!("/api/v1/bugs/{}", bug.id))
+        .unwrap()
+        .json();
+    assert_eq!(bug["comments"].as_array().unwrap().len(), 1, "{bug}");
+
+    // The stored report and its attachment come back as sent.
+    let stored = harness
+        .anonymous()
+        .get(&format!("/api/v1/reports/{}", manifest.report_id))
+        .unwrap();
+    assert_eq!(
+        stored.json()["manifest"]["report_id"],
+        manifest.report_id.as_str()
+    );
+    let attachment = harness
+        .anonymous()
+        .get(&format!(
+            "/reports/{}/attachments/node-1/journal.log",
+            manifest.report_id
+        ))
+        .unwrap();
+    assert_eq!(attachment.status, 200);
+    assert_eq!(attachment.body.as_bytes(), &log[..]);
+}
+
+#[test]
+fn a_known_problem_adds_incidents_and_comments_and_chunks_are_not_sent_twice() {
+    let harness = Harness::start();
+    let client = harness.client("c1");
+    let other = harness.client("c2");
+    let log = log_bytes("shared", 300_000);
+    let (first, chunks) = report(
+        "c1",
+        1,
+        "r1",
+        problem("v1:core:leaf", "leaf"),
+        vec![incident("node-1", "e1", T0, Some("1.0"))],
+        &log,
+    );
+    let reply = client.upload(&first, &chunks).unwrap();
+    let bug_id = reply.bug.unwrap().id;
+
+    // Another cluster hits the same bug with the same log bytes: nothing is missing, so
+    // the manifest alone records the report.
+    let (second, _) = report(
+        "c2",
+        1,
+        "r2",
+        problem("v1:core:leaf", "leaf"),
+        vec![
+            incident("node-7", "e1", T0 + 3_600_000, Some("1.0")),
+            incident("node-8", "e1", T0 + 7_200_000, Some("1.0")),
+        ],
+        &log,
+    );
+    let answer = other
+        .post("/api/v1/reports", &serde_json::to_vec(&second).unwrap())
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let reply = answer.reply().unwrap();
+    assert!(reply.known);
+    assert_eq!(reply.bug.as_ref().unwrap().id, bug_id);
+
+    // Incident updates: new ones count, repeats do not.
+    let update = IncidentUpdate {
+        report_id: first.report_id.clone(),
+        cluster_id: "c1".into(),
+        term: 1,
+        signature: first.signature.clone(),
+        incidents: vec![incident("node-2", "e9", T0 + 10_000_000, None)],
+    };
+    client.update(&update).unwrap();
+    client.update(&update).unwrap();
+
+    let problems = harness.problems("");
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0]["count"], 4);
+    assert_eq!(problems[0]["clusters"], serde_json::json!(["c1", "c2"]));
+    assert_eq!(
+        problems[0]["nodes"],
+        serde_json::json!(["node-1", "node-2", "node-7", "node-8"])
+    );
+    let bug = harness
+        .anonymous()
+        .get(&format!("/api/v1/bugs/{bug_id}"))
+        .unwrap()
+        .json();
+    let comments = bug["comments"].as_array().unwrap();
+    assert_eq!(comments.len(), 3, "{bug}");
+    assert!(
+        comments[1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("node-7, node-8")
+    );
+    assert!(comments[1]["text"].as_str().unwrap().contains("c2"));
+
+    // An update for a report never uploaded is refused.
+    let mut unknown = update.clone();
+    unknown.report_id = hex_id("never");
+    let answer = client
+        .post("/api/v1/incidents", &serde_json::to_vec(&unknown).unwrap())
+        .unwrap();
+    assert_eq!(answer.status, 404);
+}
+
+#[test]
+fn workarounds_reach_the_cluster_and_a_fixed_bug_seen_in_a_newer_version_reopens() {
+    let harness = Harness::start();
+    let client = harness.client("c1");
+    let (first, chunks) = report(
+        "c1",
+        1,
+        "r1",
+        problem("v1:core:leaf", "leaf"),
+        vec![incident("node-1", "e1", T0, Some("1.0"))],
+        b"tiny log\n",
+    );
+    let bug = client.upload(&first, &chunks).unwrap().bug.unwrap();
+
+    let answer = harness
+        .admin()
+        .post(
+            &format!("/api/v1/bugs/{}", bug.id),
+            br#"{"status":"fixed","workaround":"restart vstorage-csd with --no-leaf"}"#,
+        )
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    // Not with a cluster token.
+    let answer = client
+        .post(&format!("/api/v1/bugs/{}", bug.id), br#"{"status":"open"}"#)
+        .unwrap();
+    assert_eq!(answer.status, 401);
+
+    // The same version again: a comment, still fixed.
+    let update = |entry: &str, version: &str| IncidentUpdate {
+        report_id: first.report_id.clone(),
+        cluster_id: "c1".into(),
+        term: 1,
+        signature: first.signature.clone(),
+        incidents: vec![incident("node-3", entry, T0 + 1000, Some(version))],
+    };
+    let reply = client.update(&update("e2", "1.0")).unwrap();
+    assert_eq!(reply.bug.as_ref().unwrap().status, "fixed");
+    assert_eq!(
+        reply.workaround.as_deref(),
+        Some("restart vstorage-csd with --no-leaf")
+    );
+    // A newer version: a regression.
+    let reply = client.update(&update("e3", "1.2")).unwrap();
+    assert_eq!(reply.bug.as_ref().unwrap().status, "open");
+    let problems = harness.problems("");
+    assert_eq!(problems[0]["bug"]["regression"], true);
+    let bug = harness
+        .anonymous()
+        .get(&format!("/api/v1/bugs/{}", bug.id))
+        .unwrap()
+        .json();
+    let last = bug["comments"].as_array().unwrap().last().unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        last.contains("regression") && last.contains("1.2"),
+        "{last}"
+    );
+}
+
+#[test]
+fn fencing_refuses_a_lower_term_and_admits_equal_and_higher_ones() {
+    let harness = Harness::start();
+    let client = harness.client("c1");
+    let (manifest, chunks) = report(
+        "c1",
+        5,
+        "r1",
+        problem("v1:core:a", "a"),
+        vec![incident("node-1", "e1", T0, None)],
+        b"log\n",
+    );
+    client.upload(&manifest, &chunks).unwrap();
+    let (stale, stale_chunks) = report(
+        "c1",
+        4,
+        "r2",
+        problem("v1:core:b", "b"),
+        vec![incident("node-2", "e1", T0, None)],
+        b"other log\n",
+    );
+    let answer = client
+        .post("/api/v1/reports", &serde_json::to_vec(&stale).unwrap())
+        .unwrap();
+    assert_eq!(answer.status, 409, "{}", answer.body);
+    assert_eq!(answer.json()["code"], "stale_term");
+    let stale_update = IncidentUpdate {
+        report_id: manifest.report_id.clone(),
+        cluster_id: "c1".into(),
+        term: 4,
+        signature: manifest.signature.clone(),
+        incidents: vec![incident("node-9", "e1", T0, None)],
+    };
+    let answer = client
+        .post(
+            "/api/v1/incidents",
+            &serde_json::to_vec(&stale_update).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(answer.status, 409);
+    let mut current = stale.clone();
+    current.term = 6;
+    client.upload(&current, &stale_chunks).unwrap();
+    assert_eq!(harness.problems("").len(), 2);
+    assert_eq!(
+        harness
+            .problems("")
+            .iter()
+            .map(|p| p["count"].as_u64().unwrap())
+            .sum::<u64>(),
+        2
+    );
+}
+
+#[test]
+fn rules_hide_uninteresting_problems_and_filters_select() {
+    let harness = Harness::start_with(|config| {
+        config.rules = vec![crashmesh_endpoint::rules::Rule {
+            executable: Some("/usr/bin/test-*".into()),
+            ..Default::default()
+        }];
+    });
+    let client = harness.client("c1");
+    let mut boring = problem("v1:core:boring", "boring");
+    boring.executable = Some("/usr/bin/test-runner".into());
+    let (manifest, chunks) = report(
+        "c1",
+        1,
+        "r1",
+        boring,
+        vec![incident("node-1", "e1", T0, None)],
+        b"x\n",
+    );
+    let reply = client.upload(&manifest, &chunks).unwrap();
+    assert!(reply.bug.is_none(), "no bug for an uninteresting problem");
+    let mut labelled = incident("node-2", "e1", T0 + 5, None);
+    labelled.labels.insert("test_run".into(), "t2".into());
+    let (manifest, chunks) = report(
+        "c1",
+        1,
+        "r2",
+        problem("v1:core:real", "real"),
+        vec![labelled],
+        b"y\n",
+    );
+    client.upload(&manifest, &chunks).unwrap();
+
+    assert_eq!(harness.problems("").len(), 1);
+    assert_eq!(harness.problems("?interesting=all").len(), 2);
+    let hidden = harness.problems("?interesting=false");
+    assert_eq!(hidden.len(), 1);
+    assert_eq!(
+        hidden[0]["uninteresting_rule"],
+        "executable=/usr/bin/test-*"
+    );
+    assert_eq!(hidden[0]["count"], 1, "kept and counted");
+    assert_eq!(harness.problems("?label=test_run=t2").len(), 1);
+    assert_eq!(
+        harness.problems("?label=test_run=t1&interesting=all").len(),
+        1
+    );
+    assert_eq!(harness.problems("?label=test_run&interesting=all").len(), 2);
+    assert_eq!(harness.problems("?cluster=c1").len(), 1);
+    assert_eq!(harness.problems("?cluster=c9").len(), 0);
+    assert_eq!(harness.problems("?kind=python").len(), 0);
+    assert_eq!(harness.problems("?status=open").len(), 1);
+    assert_eq!(harness.problems("?status=none&interesting=all").len(), 1);
+    let one = harness
+        .anonymous()
+        .get(&format!(
+            "/api/v1/problems/{}",
+            hidden[0]["id"].as_str().unwrap()
+        ))
+        .unwrap();
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["problem"]["frames"][0]["function"], "boring");
+}
+
+/// A tiny HTTP receiver: collects the JSON bodies POSTed to it.
+fn webhook_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(64) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_ok() {
+                sink.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap_or_default());
+            }
+            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, received)
+}
+
+#[test]
+fn webhooks_get_new_bug_and_comment_events_and_a_dead_one_never_blocks_ingest() {
+    let (url, received) = webhook_receiver();
+    // A second URL where nothing listens: its failures are logged, ingest goes on.
+    let dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/", listener.local_addr().unwrap())
+    };
+    let harness = Harness::start_with(|config| {
+        config.webhooks.urls = vec![dead, url];
+        config.webhooks.timeout_ms = 2000;
+    });
+    let client = harness.client("c1");
+    let (manifest, chunks) = report(
+        "c1",
+        1,
+        "r1",
+        problem("v1:core:hook", "hook"),
+        vec![incident("node-1", "e1", T0, None)],
+        b"z\n",
+    );
+    let started = Instant::now();
+    client.upload(&manifest, &chunks).unwrap();
+    client
+        .update(&IncidentUpdate {
+            report_id: manifest.report_id.clone(),
+            cluster_id: "c1".into(),
+            term: 1,
+            signature: manifest.signature.clone(),
+            incidents: vec![incident("node-2", "e2", T0 + 1, None)],
+        })
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "ingest did not wait on webhooks"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let events = received.lock().unwrap().clone();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["event"], "new_bug");
+    assert_eq!(events[0]["signature"], "v1:core:hook");
+    assert_eq!(events[1]["event"], "comment");
+    assert!(events[1]["text"].as_str().unwrap().contains("node-2"));
+    let metrics = harness.anonymous().get("/metrics").unwrap().body;
+    assert!(
+        metrics.contains("crashmesh_endpoint_webhooks_failed_total 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn frames_without_names_are_named_from_the_symbol_directory() {
+    // This test binary is an ELF with a symbol table and a build-id: it stands for the
+    // debug file a vendor keeps.
+    let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    use object::{Object, ObjectSymbol};
+    let file = object::File::parse(&*exe).unwrap();
+    let build_id: String = file
+        .build_id()
+        .unwrap()
+        .expect("the test binary has a build-id")
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let symbol = file
+        .symbols()
+        .find(|symbol| {
+            symbol.kind() == object::SymbolKind::Text
+                && symbol.size() > 64
+                && symbol
+                    .name()
+                    .is_ok_and(|name| name.contains("webhook_receiver"))
+        })
+        .expect("a known function");
+    let symbols = tempfile::tempdir().unwrap();
+    let dir = symbols.path().join("buildid").join(&build_id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(std::env::current_exe().unwrap(), dir.join("debuginfo")).unwrap();
+    let symbols_dir = symbols.path().to_path_buf();
+    let harness = Harness::start_with(move |config| config.symbols_dir = Some(symbols_dir));
+    let client = harness.client("c1");
+    let mut unnamed = problem("v1:core:unnamed", "x");
+    unnamed.frames[0].function = None;
+    unnamed.frames[0].offset = Some(symbol.address() + 8);
+    unnamed.frames[0].build_id = Some(build_id.clone());
+    let (manifest, chunks) = report(
+        "c1",
+        1,
+        "r1",
+        unnamed,
+        vec![incident("node-1", "e1", T0, None)],
+        b"l\n",
+    );
+    let reply = client.upload(&manifest, &chunks).unwrap();
+    let detail = harness
+        .anonymous()
+        .get(&format!("/api/v1/problems/{}", reply.problem_id))
+        .unwrap()
+        .json();
+    let function = detail["problem"]["frames"][0]["function"].as_str().unwrap();
+    assert!(function.contains("webhook_receiver"), "{function}");
+    assert_eq!(detail["problem"]["frames"][0]["offset"], 8);
+}
+
+#[test]
+fn export_writes_reports_as_json_and_attachments_as_plain_files() {
+    let harness = Harness::start();
+    let client = harness.client("c1");
+    let log = log_bytes("export", 400_000);
+    let (manifest, chunks) = report(
+        "c1",
+        1,
+        "r1",
+        problem("v1:core:e", "e"),
+        vec![incident("node-1", "e1", T0, None)],
+        &log,
+    );
+    client.upload(&manifest, &chunks).unwrap();
+    // The export runs beside the live server (the database is multi-process).
+    let out = harness.dir.path().join("export");
+    let config = crashmesh_endpoint::EndpointConfig {
+        data_dir: harness.dir.path().join("endpoint"),
+        ..Default::default()
+    };
+    let summary = crashmesh_endpoint::export::export(&config, &out).unwrap();
+    assert_eq!(
+        (summary.reports, summary.attachments, summary.problems),
+        (1, 1, 1)
+    );
+    let dir = out.join("reports").join(&manifest.report_id);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["manifest"]["cluster_id"], "c1");
+    assert_eq!(
+        std::fs::read(dir.join("attachments/node-1/journal.log")).unwrap(),
+        log
+    );
+    let problems: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("problems.json")).unwrap()).unwrap();
+    assert_eq!(problems["problems"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn metrics_count_what_happened() {
+    let harness = Harness::start();
+    let client = harness.client("c1");
+    let (manifest, chunks) = report(
+        "c1",
+        1,
+        "r1",
+        problem("v1:core:m", "m"),
+        vec![incident("node-1", "e1", T0, None)],
+        &log_bytes("m", 200_000),
+    );
+    client.upload(&manifest, &chunks).unwrap();
+    let _ = harness.anonymous().post("/api/v1/reports", b"{}");
+    let metrics = harness.anonymous().get("/metrics").unwrap();
+    assert_eq!(metrics.status, 200);
+    for line in [
+        "crashmesh_endpoint_reports_completed_total 1",
+        "crashmesh_endpoint_problems_new_total 1",
+        "crashmesh_endpoint_bugs_opened_total 1",
+        "crashmesh_endpoint_requests_refused_total 1",
+        "# TYPE crashmesh_endpoint_pending_reports gauge",
+    ] {
+        assert!(metrics.body.contains(line), "{line} in\n{}", metrics.body);
+    }
+    assert!(metrics.body.contains(&format!(
+        "crashmesh_endpoint_chunks_stored_total {}",
+        chunks.len()
+    )));
+}
