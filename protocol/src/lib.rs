@@ -5,7 +5,10 @@
 //! takes what it needs (including `now`) as arguments. That is what lets the simulator run
 //! the very code the daemon runs, deterministically.
 
+pub mod cluster;
+pub mod consolidation;
 pub mod election;
+pub mod membership;
 pub mod model;
 pub mod report;
 pub mod rng;

@@ -25,8 +25,8 @@ pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 pub const NODE_ID_BYTES_MAX: usize = 64;
 /// The longest cluster id.
 pub const CLUSTER_ID_BYTES_MAX: usize = 64;
-/// The longest report id a node makes.
-pub const REPORT_ID_BYTES_MAX: usize = 128;
+/// The longest report id a node makes (the upload format's `INCIDENT_ID_BYTES_MAX`).
+pub const REPORT_ID_BYTES_MAX: usize = 256;
 /// The longest signature (`v1:` and 40 hex digits today; room for later schemes).
 pub const SIGNATURE_BYTES_MAX: usize = 128;
 /// How many labels (`role`, `test_run`, …) one announcement carries at most.
@@ -37,6 +37,8 @@ pub const LABEL_BYTES_MAX: usize = 128;
 pub const MEMBERSHIP_PACKET_BYTES_MAX: usize = 1400;
 /// How many chunk ids one `ReportChunks` or `ChunkWant` names at most.
 pub const CHUNK_IDS_PER_MESSAGE_MAX: usize = 1024;
+/// How many chunks one report has at most (the upload format's `CHUNKS_PER_REPORT_MAX`).
+pub const CHUNKS_PER_REPORT_MAX: usize = 65_536;
 /// The largest chunk of evidence in one `ChunkData` (the store's 512 KiB chunk plus the
 /// room zstd may add to an incompressible one).
 pub const CHUNK_BYTES_MAX: usize = 512 * 1024 + 64 * 1024;
@@ -44,7 +46,8 @@ pub const CHUNK_BYTES_MAX: usize = 512 * 1024 + 64 * 1024;
 /// A term of the aggregator election; it only grows.
 pub type Term = u64;
 
-/// A node's name, as its certificate states it: 1 to 64 bytes of `[A-Za-z0-9._-]`.
+/// A node's name, as its certificate states it: 1 to 64 bytes of `[A-Za-z0-9._-]`, not
+/// starting with a dot (safe in file names and URLs).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct NodeId(pub String);
@@ -58,7 +61,7 @@ impl NodeId {
         node
     }
 
-    /// True when the name is 1..=64 bytes of `[A-Za-z0-9._-]`.
+    /// True when the name is 1..=64 bytes of `[A-Za-z0-9._-]` not starting with a dot.
     pub fn is_valid(&self) -> bool {
         is_plain_name(&self.0, NODE_ID_BYTES_MAX)
     }
@@ -222,13 +225,17 @@ pub enum Message {
         /// Which report.
         report_id: ReportId,
     },
-    /// The origin lists the chunks of a report ("have").
+    /// The origin lists the chunks of a report ("have"), a page at a time.
     ReportChunks {
         /// Which report.
         report_id: ReportId,
         /// The report's whole size in bytes.
         report_bytes: u64,
-        /// Its chunks, in order.
+        /// How many chunks the report has over all pages.
+        chunk_count: u32,
+        /// The index of this page's first chunk.
+        offset: u32,
+        /// This page's chunks, in order.
         chunk_ids: Vec<ChunkId>,
     },
     /// The origin no longer has a report (evicted); the aggregator fetches another.
@@ -370,6 +377,7 @@ pub fn decode(bytes: &[u8], message_bytes_max: usize) -> Result<Envelope, Decode
 fn is_plain_name(name: &str, bytes_max: usize) -> bool {
     !name.is_empty()
         && name.len() <= bytes_max
+        && !name.starts_with('.')
         && name
             .bytes()
             .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
@@ -467,9 +475,23 @@ impl Envelope {
             Message::ReportChunks {
                 report_id,
                 chunk_ids,
+                chunk_count,
+                offset,
                 ..
+            } => {
+                check_report_id(report_id)?;
+                check_chunk_ids(chunk_ids)?;
+                let page_end = u64::from(*offset) + chunk_ids.len() as u64;
+                if *chunk_count as usize > CHUNKS_PER_REPORT_MAX
+                    || page_end > u64::from(*chunk_count)
+                {
+                    return Err(invalid(
+                        "chunk_count",
+                        "over CHUNKS_PER_REPORT_MAX or short of the page",
+                    ));
+                }
             }
-            | Message::ChunkWant {
+            Message::ChunkWant {
                 report_id,
                 chunk_ids,
             } => {

@@ -61,17 +61,12 @@ fn dependency_names(manifest: &str) -> Vec<String> {
             }
             continue;
         }
-        if in_dependencies && !line.starts_with('#') {
-            if let Some((name, _)) = line.split_once('=') {
-                names.push(
-                    name.trim()
-                        .trim_matches('"')
-                        .split('.')
-                        .next()
-                        .unwrap()
-                        .to_string(),
-                );
-            }
+        if in_dependencies
+            && !line.starts_with('#')
+            && let Some((name, _)) = line.split_once('=')
+        {
+            let name = name.trim().trim_matches('"');
+            names.push(name.split('.').next().unwrap().to_string());
         }
     }
     names

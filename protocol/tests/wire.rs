@@ -63,6 +63,8 @@ fn every_message() -> Vec<Message> {
         Message::ReportChunks {
             report_id: report_id.clone(),
             report_bytes: 5,
+            chunk_count: 3,
+            offset: 2,
             chunk_ids: vec![chunk],
         },
         Message::ReportUnavailable {
@@ -201,6 +203,13 @@ fn fields_over_their_limits_are_refused_both_ways() {
             bytes: vec![0; CHUNK_BYTES_MAX + 1],
         },
         Message::Membership { packet: vec![] },
+        Message::ReportChunks {
+            report_id: ReportId::new("r"),
+            report_bytes: 1,
+            chunk_count: 1,
+            offset: 1,
+            chunk_ids: vec![ChunkId([0; 32])],
+        },
         Message::RequestVote {
             term: 1,
             candidate: NodeId::new("someone-else"),
@@ -238,6 +247,14 @@ fn fields_over_their_limits_are_refused_both_ways() {
             ),
             "{envelope:?} must not decode"
         );
+    }
+}
+
+#[test]
+fn node_names_are_plain_and_never_start_with_a_dot() {
+    assert!(NodeId("node-1.rack_2".into()).is_valid());
+    for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+        assert!(!NodeId(bad.to_string()).is_valid(), "{bad:?}");
     }
 }
 

@@ -1,0 +1,1326 @@
+//! Consolidation: every node announces its incidents to the aggregator; the aggregator
+//! deduplicates them by signature across the cluster and uploads one report per problem.
+//!
+//! Node side: [`Consolidation::announce`] queues an incident; it is sent to the current
+//! aggregator and re-sent with backoff until acknowledged, re-sent at once to a new
+//! aggregator after an election, and re-sent now and then while it waits for its upload.
+//! A record is dropped from the pending queue only when an aggregator reports that the
+//! endpoint acknowledged it; uploaded records are kept (bounded) and told to every new
+//! aggregator, so it knows which problems the endpoint already has.
+//!
+//! Aggregator side: the first incident of a signature makes it pull that report from its
+//! origin (`FetchReport`, then have/want by chunk id, verified by blake3) and upload
+//! [`UploadReport`] with every incident known so far; later incidents go up as
+//! [`UploadIncidents`]. Every upload is stamped with `(cluster_id, term)` ([`Fence`]).
+//! The aggregator's state is rebuilt from announcements alone: they are idempotent by
+//! report id and carry whether the endpoint has them, so a new aggregator re-announced to
+//! after a failover neither loses nor re-sends what the old one finished. A new
+//! aggregator waits `takeover_quiet_ms` for those re-announcements before uploading.
+//!
+//! Invariants:
+//! - No I/O, no clock, no threads, no randomness: every input carries `now_ms`, every
+//!   effect is an output ([`ConsolidationOutput`]) the shell carries out: messages, uploads,
+//!   chunk reads and writes. Store and endpoint stay in the shell.
+//! - Every collection is bounded by a named limit in [`ConsolidationConfig`]; a full queue
+//!   refuses with a typed error (the spool keeps the incident and the shell retries) or
+//!   withholds the acknowledgement (the announcing node retries later). Nothing is dropped
+//!   silently, so nothing acknowledged is lost.
+//! - Every retry has a backoff computed from `now_ms` and a ceiling; the work done in
+//!   one call is bounded (`announces_per_call_max`).
+//! - At most one upload per problem is in flight, identified by `upload_id`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::model::ProblemKind;
+use crate::wire::{
+    Announcement, CHUNK_IDS_PER_MESSAGE_MAX, CHUNKS_PER_REPORT_MAX, ChunkId, ClusterId,
+    DecodeError, Label, Message, NodeId, ReportId, Term, UploadState,
+};
+
+/// Limits and timings; [`ConsolidationConfig::new`] has the defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsolidationConfig {
+    /// The cluster, stamped on every upload.
+    pub cluster_id: ClusterId,
+    /// The peers asked for their logs of a new problem's window (default: none here; the
+    /// shell fills in the storage peers).
+    pub log_peers: Vec<NodeId>,
+    /// Node side: incidents announced but not yet uploaded (default 4096).
+    pub pending_records_len_max: usize,
+    /// Node side: uploaded incidents remembered for the next aggregator (default 4096).
+    pub uploaded_records_len_max: usize,
+    /// Node side: first retry of an unacknowledged announcement (default 500 ms).
+    pub announce_retry_initial_ms: u64,
+    /// Node side: the longest retry interval (default 8 s).
+    pub announce_retry_max_ms: u64,
+    /// Node side: how often an acknowledged, not yet uploaded incident is re-announced
+    /// to learn its upload (default 15 s).
+    pub reannounce_interval_ms: u64,
+    /// Node side: announcements sent per call at most (default 256).
+    pub announces_per_call_max: usize,
+    /// Aggregator: problems tracked (default 4096).
+    pub problems_len_max: usize,
+    /// Aggregator: incidents of one problem waiting for upload (default 4096).
+    pub pending_incidents_per_problem_len_max: usize,
+    /// Aggregator: uploaded report ids remembered to answer re-announcements (default 65536).
+    pub uploaded_report_ids_len_max: usize,
+    /// Aggregator: how long a new aggregator collects re-announcements before it uploads
+    /// (default 1 s: nodes re-announce as soon as they hear its first heartbeat).
+    pub takeover_quiet_ms: u64,
+    /// Aggregator: retry interval of a report fetch (default 1 s).
+    pub fetch_retry_ms: u64,
+    /// Aggregator: attempts at one origin before fetching another incident's report
+    /// (default 5).
+    pub fetch_attempts_per_origin_max: u32,
+    /// Aggregator: how long the shell may take to say which chunks are missing, or to
+    /// finish an upload, before the attempt counts as failed (default 120 s).
+    pub shell_answer_timeout_ms: u64,
+    /// Aggregator: first retry of a failed upload (default 1 s).
+    pub upload_retry_initial_ms: u64,
+    /// Aggregator: the longest upload retry interval (default 30 s).
+    pub upload_retry_max_ms: u64,
+    /// Aggregator: incidents in one upload at most (default 1024; the upload format takes
+    /// 4096).
+    pub upload_incidents_len_max: usize,
+    /// Aggregator: the log window starts this long before the first incident (default 60 s).
+    pub log_window_before_ms: u64,
+    /// Aggregator: the log window ends this long after the first incident (default 10 s).
+    pub log_window_after_ms: u64,
+}
+
+impl ConsolidationConfig {
+    /// The defaults for `cluster_id`.
+    pub fn new(cluster_id: ClusterId) -> ConsolidationConfig {
+        ConsolidationConfig {
+            cluster_id,
+            log_peers: Vec::new(),
+            pending_records_len_max: 4096,
+            uploaded_records_len_max: 4096,
+            announce_retry_initial_ms: 500,
+            announce_retry_max_ms: 8_000,
+            reannounce_interval_ms: 15_000,
+            announces_per_call_max: 256,
+            problems_len_max: 4096,
+            pending_incidents_per_problem_len_max: 4096,
+            uploaded_report_ids_len_max: 65_536,
+            takeover_quiet_ms: 1_000,
+            fetch_retry_ms: 1_000,
+            fetch_attempts_per_origin_max: 5,
+            shell_answer_timeout_ms: 120_000,
+            upload_retry_initial_ms: 1_000,
+            upload_retry_max_ms: 30_000,
+            upload_incidents_len_max: 1024,
+            log_window_before_ms: 60_000,
+            log_window_after_ms: 10_000,
+        }
+    }
+}
+
+/// What an upload is stamped with; the endpoint refuses a term lower than its highest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Fence {
+    /// The cluster.
+    pub cluster_id: ClusterId,
+    /// The aggregator's term.
+    pub term: Term,
+}
+
+/// One incident as it goes up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncidentRecord {
+    /// The origin node's report id.
+    pub report_id: ReportId,
+    /// The origin node.
+    pub node: NodeId,
+    /// When it happened (unix ms).
+    pub time_ms: u64,
+    /// The origin node's labels.
+    pub labels: Vec<Label>,
+    /// The size of its full report.
+    pub report_bytes: u64,
+}
+
+/// A new problem: the first incident's full report (its chunks are in the aggregator's
+/// store) and every incident known so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadReport {
+    /// Identifies the upload in [`Consolidation::upload_finished`].
+    pub upload_id: u64,
+    /// `(cluster_id, term)`.
+    pub fence: Fence,
+    /// The problem's signature.
+    pub signature: String,
+    /// The problem's kind.
+    pub kind: ProblemKind,
+    /// The incident whose full report goes up.
+    pub first: IncidentRecord,
+    /// Every incident of this upload, `first` included.
+    pub incidents: Vec<IncidentRecord>,
+}
+
+/// Later incidents of a problem the endpoint already has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadIncidents {
+    /// Identifies the upload in [`Consolidation::upload_finished`].
+    pub upload_id: u64,
+    /// `(cluster_id, term)`.
+    pub fence: Fence,
+    /// The problem's signature.
+    pub signature: String,
+    /// The problem's kind.
+    pub kind: ProblemKind,
+    /// The incidents.
+    pub incidents: Vec<IncidentRecord>,
+}
+
+/// How an upload ended, as the shell reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadOutcome {
+    /// The endpoint acknowledged it (also when it already had every report id).
+    Acked,
+    /// It failed in a way worth retrying (network, endpoint down, 5xx).
+    Retry,
+    /// The endpoint has seen a higher term: this aggregator is stale and stops uploading.
+    StaleTerm,
+}
+
+/// What consolidation asks of the shell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsolidationOutput {
+    /// Send a message to a member (possibly this node itself).
+    Send {
+        /// The member.
+        to: NodeId,
+        /// The message.
+        message: Message,
+    },
+    /// Upload a new problem; answer with [`Consolidation::upload_finished`].
+    UploadReport(UploadReport),
+    /// Upload later incidents; answer with [`Consolidation::upload_finished`].
+    UploadIncidents(UploadIncidents),
+    /// The origin offered these chunks of a report; answer with
+    /// [`Consolidation::chunks_missing`] naming those the store lacks.
+    ChunksOffered {
+        /// The report.
+        report_id: ReportId,
+        /// Every chunk of it, in order.
+        chunk_ids: Vec<ChunkId>,
+    },
+    /// Store this verified chunk (its blake3 matched).
+    StoreChunk {
+        /// The report it belongs to.
+        report_id: ReportId,
+        /// The chunk's id.
+        chunk_id: ChunkId,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+    /// Node side: send `to` the report's chunk list (`ReportChunks` pages) or
+    /// `ReportUnavailable`.
+    ServeReport {
+        /// The aggregator asking.
+        to: NodeId,
+        /// The report.
+        report_id: ReportId,
+    },
+    /// Node side: send `to` these chunks as `ChunkData`.
+    ServeChunks {
+        /// The aggregator asking.
+        to: NodeId,
+        /// The report.
+        report_id: ReportId,
+        /// The chunks.
+        chunk_ids: Vec<ChunkId>,
+    },
+    /// Node side: gather this node's logs of the window for the aggregator.
+    ServeLogs {
+        /// The aggregator asking.
+        to: NodeId,
+        /// The problem.
+        signature: String,
+        /// Window start (unix ms).
+        window_start_ms: u64,
+        /// Window end (unix ms).
+        window_end_ms: u64,
+    },
+    /// Node side: the endpoint has this incident; the spool may release its evidence.
+    Uploaded {
+        /// The incident.
+        report_id: ReportId,
+    },
+    /// Aggregator: the endpoint refused this term; uploads stop until the next term.
+    Fenced {
+        /// The refused term.
+        term: Term,
+    },
+}
+
+/// This node's part, from the election.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsolidationRole {
+    /// Announce to `aggregator` (none known: wait).
+    Follower {
+        /// The current term.
+        term: Term,
+        /// The aggregator, if known.
+        aggregator: Option<NodeId>,
+    },
+    /// This node is the aggregator of `term` (and announces to itself too).
+    Aggregator {
+        /// The term.
+        term: Term,
+    },
+}
+
+/// Why an input was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConsolidationError {
+    /// The node's pending queue is full; the spool keeps the incident, retry later.
+    #[error("announcement queue full ({len_max} pending incidents)")]
+    QueueFull {
+        /// The limit.
+        len_max: usize,
+    },
+    /// The announcement breaks a wire limit.
+    #[error("invalid announcement: {0}")]
+    Invalid(#[from] DecodeError),
+    /// The announcement is not this node's.
+    #[error("announcement of node {0}, not of this node")]
+    NotThisNode(NodeId),
+}
+
+/// A counter of what went wrong, for status and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsolidationCounters {
+    /// Chunks whose bytes did not hash to their id.
+    pub chunks_rejected: u64,
+    /// Announcements not acknowledged because a limit was reached.
+    pub announcements_withheld: u64,
+    /// Fetches given up at one origin.
+    pub fetches_failed: u64,
+    /// Uploads that failed and were retried.
+    pub uploads_retried: u64,
+}
+
+#[derive(Clone, Debug)]
+struct NodeRecord {
+    announcement: Announcement,
+    /// The aggregator (and term) that acknowledged it.
+    acknowledged_by: Option<(NodeId, Term)>,
+    next_send_ms: u64,
+    retry_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fetch {
+    Idle,
+    Requested {
+        report_id: ReportId,
+        origin: NodeId,
+        attempts: u32,
+        retry_at_ms: u64,
+        chunk_count: u32,
+        offered: Vec<ChunkId>,
+    },
+    AwaitingShell {
+        report_id: ReportId,
+        origin: NodeId,
+        give_up_at_ms: u64,
+    },
+    Transferring {
+        report_id: ReportId,
+        origin: NodeId,
+        wanted: BTreeSet<ChunkId>,
+        attempts: u32,
+        retry_at_ms: u64,
+    },
+    Fetched {
+        report_id: ReportId,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct InFlightUpload {
+    upload_id: u64,
+    report_ids: Vec<ReportId>,
+    full_report: bool,
+    give_up_at_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+struct AggregatorProblem {
+    kind: ProblemKind,
+    /// The endpoint has the problem (uploaded by this or an earlier aggregator).
+    at_endpoint: bool,
+    pending: BTreeMap<ReportId, IncidentRecord>,
+    uploaded_count: u64,
+    fetch: Fetch,
+    fetch_failed: BTreeSet<ReportId>,
+    upload: Option<InFlightUpload>,
+    upload_not_before_ms: u64,
+    upload_retry_ms: u64,
+    logs_requested: bool,
+}
+
+#[derive(Debug)]
+struct AggregatorState {
+    term: Term,
+    since_ms: u64,
+    fenced: bool,
+    problems: BTreeMap<String, AggregatorProblem>,
+    uploaded_report_ids: BTreeSet<ReportId>,
+    uploaded_order: VecDeque<ReportId>,
+}
+
+/// A summary of one problem on the aggregator, for `crashmesh status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProblemStatus {
+    /// The signature.
+    pub signature: String,
+    /// Whether the endpoint has it.
+    pub at_endpoint: bool,
+    /// Incidents uploaded by this aggregator or known uploaded.
+    pub uploaded_count: u64,
+    /// Incidents waiting.
+    pub pending_count: usize,
+}
+
+/// The consolidation state machine of one node (both sides).
+#[derive(Debug)]
+pub struct Consolidation {
+    self_id: NodeId,
+    config: ConsolidationConfig,
+    role: ConsolidationRole,
+    records: BTreeMap<ReportId, NodeRecord>,
+    pending_records_len: usize,
+    uploaded_records_order: VecDeque<ReportId>,
+    aggregator: Option<AggregatorState>,
+    next_upload_id: u64,
+    next_deadline_ms: Option<u64>,
+    outputs: VecDeque<ConsolidationOutput>,
+    counters: ConsolidationCounters,
+}
+
+impl Consolidation {
+    /// A node with no aggregator known yet.
+    pub fn new(self_id: NodeId, config: ConsolidationConfig) -> Consolidation {
+        Consolidation {
+            self_id,
+            config,
+            role: ConsolidationRole::Follower {
+                term: 0,
+                aggregator: None,
+            },
+            records: BTreeMap::new(),
+            pending_records_len: 0,
+            uploaded_records_order: VecDeque::new(),
+            aggregator: None,
+            next_upload_id: 1,
+            next_deadline_ms: None,
+            outputs: VecDeque::new(),
+            counters: ConsolidationCounters::default(),
+        }
+    }
+
+    /// The next output, in order.
+    pub fn poll_output(&mut self) -> Option<ConsolidationOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Consolidation::handle_timeout`] must next be called (`None`: only on input).
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.next_deadline_ms
+    }
+
+    /// What went wrong so far.
+    pub fn counters(&self) -> &ConsolidationCounters {
+        &self.counters
+    }
+
+    /// Node side: incidents not yet known uploaded.
+    pub fn pending_len(&self) -> usize {
+        self.pending_records_len
+    }
+
+    /// Aggregator side: every tracked problem (empty on other nodes).
+    pub fn problems(&self) -> Vec<ProblemStatus> {
+        let Some(state) = &self.aggregator else {
+            return Vec::new();
+        };
+        state
+            .problems
+            .iter()
+            .map(|(signature, problem)| ProblemStatus {
+                signature: signature.clone(),
+                at_endpoint: problem.at_endpoint,
+                uploaded_count: problem.uploaded_count,
+                pending_count: problem.pending.len(),
+            })
+            .collect()
+    }
+
+    /// Follows the election: whom to announce to, and whether to aggregate.
+    pub fn set_role(&mut self, now_ms: u64, role: ConsolidationRole) {
+        if role == self.role {
+            return;
+        }
+        let target_changed = self.announce_target() != announce_target_of(&self.self_id, &role);
+        self.role = role;
+        match &self.role {
+            ConsolidationRole::Aggregator { term } => {
+                let keep = self
+                    .aggregator
+                    .as_ref()
+                    .is_some_and(|state| state.term == *term);
+                if !keep {
+                    self.aggregator = Some(AggregatorState {
+                        term: *term,
+                        since_ms: now_ms,
+                        fenced: false,
+                        problems: BTreeMap::new(),
+                        uploaded_report_ids: BTreeSet::new(),
+                        uploaded_order: VecDeque::new(),
+                    });
+                }
+            }
+            ConsolidationRole::Follower { .. } => self.aggregator = None,
+        }
+        if target_changed {
+            for record in self.records.values_mut() {
+                record.acknowledged_by = None;
+                record.next_send_ms = now_ms;
+                record.retry_ms = self.config.announce_retry_initial_ms;
+            }
+        }
+        self.drive(now_ms);
+    }
+
+    /// Node side: an incident of this node to announce. Idempotent by report id.
+    pub fn announce(
+        &mut self,
+        now_ms: u64,
+        announcement: Announcement,
+    ) -> Result<(), ConsolidationError> {
+        announcement.validate()?;
+        if announcement.node != self.self_id {
+            return Err(ConsolidationError::NotThisNode(announcement.node));
+        }
+        if self.records.contains_key(&announcement.report_id) {
+            return Ok(());
+        }
+        if self.pending_records_len >= self.config.pending_records_len_max {
+            return Err(ConsolidationError::QueueFull {
+                len_max: self.config.pending_records_len_max,
+            });
+        }
+        let uploaded = announcement.upload_state == UploadState::Uploaded;
+        let report_id = announcement.report_id.clone();
+        self.records.insert(
+            report_id.clone(),
+            NodeRecord {
+                announcement,
+                acknowledged_by: None,
+                next_send_ms: now_ms,
+                retry_ms: self.config.announce_retry_initial_ms,
+            },
+        );
+        if uploaded {
+            self.remember_uploaded_record(report_id);
+        } else {
+            self.pending_records_len += 1;
+        }
+        self.drive(now_ms);
+        Ok(())
+    }
+
+    /// Handles a consolidation message from `from` (other messages are ignored).
+    pub fn handle_message(&mut self, now_ms: u64, from: &NodeId, message: &Message) {
+        match message {
+            Message::Announce { announcement, .. } => {
+                self.aggregator_handle_announce(from, announcement)
+            }
+            Message::AnnounceAck {
+                term,
+                report_id,
+                uploaded,
+            } => self.node_handle_ack(now_ms, from, *term, report_id, *uploaded),
+            Message::FetchReport { report_id, .. } => {
+                self.outputs.push_back(ConsolidationOutput::ServeReport {
+                    to: from.clone(),
+                    report_id: report_id.clone(),
+                });
+            }
+            Message::ChunkWant {
+                report_id,
+                chunk_ids,
+            } => {
+                self.outputs.push_back(ConsolidationOutput::ServeChunks {
+                    to: from.clone(),
+                    report_id: report_id.clone(),
+                    chunk_ids: chunk_ids.clone(),
+                });
+            }
+            Message::LogRequest {
+                signature,
+                window_start_ms,
+                window_end_ms,
+                ..
+            } => {
+                self.outputs.push_back(ConsolidationOutput::ServeLogs {
+                    to: from.clone(),
+                    signature: signature.clone(),
+                    window_start_ms: *window_start_ms,
+                    window_end_ms: *window_end_ms,
+                });
+            }
+            Message::ReportChunks {
+                report_id,
+                chunk_count,
+                offset,
+                chunk_ids,
+                ..
+            } => self.aggregator_handle_report_chunks(
+                now_ms,
+                from,
+                report_id,
+                *chunk_count,
+                *offset,
+                chunk_ids,
+            ),
+            Message::ReportUnavailable { report_id } => {
+                self.aggregator_fetch_failed(from, report_id)
+            }
+            Message::ChunkData {
+                report_id,
+                chunk_id,
+                bytes,
+            } => self.aggregator_handle_chunk(from, report_id, *chunk_id, bytes),
+            _ => {}
+        }
+        self.drive(now_ms);
+    }
+
+    /// Acts on the passage of time: retries, fetches, uploads.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.drive(now_ms);
+    }
+
+    /// Aggregator: the shell's answer to [`ConsolidationOutput::ChunksOffered`].
+    pub fn chunks_missing(&mut self, now_ms: u64, report_id: &ReportId, missing: Vec<ChunkId>) {
+        let fetch_retry_ms = self.config.fetch_retry_ms;
+        let Some(state) = &mut self.aggregator else {
+            return;
+        };
+        let mut sends = Vec::new();
+        for problem in state.problems.values_mut() {
+            let Fetch::AwaitingShell {
+                report_id: awaited,
+                origin,
+                ..
+            } = &problem.fetch
+            else {
+                continue;
+            };
+            if awaited != report_id {
+                continue;
+            }
+            if missing.is_empty() {
+                problem.fetch = Fetch::Fetched {
+                    report_id: report_id.clone(),
+                };
+            } else {
+                let origin = origin.clone();
+                let wanted: BTreeSet<ChunkId> = missing.iter().copied().collect();
+                sends.extend(chunk_wants(&origin, report_id, &wanted));
+                problem.fetch = Fetch::Transferring {
+                    report_id: report_id.clone(),
+                    origin,
+                    wanted,
+                    attempts: 1,
+                    retry_at_ms: now_ms + fetch_retry_ms,
+                };
+            }
+        }
+        self.outputs.extend(sends);
+        self.drive(now_ms);
+    }
+
+    /// Aggregator: how an upload ended.
+    pub fn upload_finished(&mut self, now_ms: u64, upload_id: u64, outcome: UploadOutcome) {
+        let config = &self.config;
+        let Some(state) = &mut self.aggregator else {
+            return;
+        };
+        let Some(problem) = state.problems.values_mut().find(|problem| {
+            problem
+                .upload
+                .as_ref()
+                .is_some_and(|upload| upload.upload_id == upload_id)
+        }) else {
+            return;
+        };
+        let upload = problem.upload.take().expect("found by its upload");
+        match outcome {
+            UploadOutcome::Acked => {
+                problem.at_endpoint = true;
+                problem.upload_retry_ms = config.upload_retry_initial_ms;
+                problem.upload_not_before_ms = now_ms;
+                if upload.full_report {
+                    problem.fetch = Fetch::Idle;
+                    problem.fetch_failed.clear();
+                }
+                let mut acknowledged = Vec::new();
+                for report_id in &upload.report_ids {
+                    if let Some(incident) = problem.pending.remove(report_id) {
+                        problem.uploaded_count += 1;
+                        acknowledged.push(incident);
+                    }
+                }
+                for incident in acknowledged {
+                    self.outputs.push_back(ConsolidationOutput::Send {
+                        to: incident.node.clone(),
+                        message: Message::AnnounceAck {
+                            term: state.term,
+                            report_id: incident.report_id.clone(),
+                            uploaded: true,
+                        },
+                    });
+                    remember_uploaded_report_id(state, config, incident.report_id);
+                }
+            }
+            UploadOutcome::Retry => {
+                self.counters.uploads_retried += 1;
+                problem.upload_not_before_ms = now_ms + problem.upload_retry_ms;
+                problem.upload_retry_ms =
+                    (problem.upload_retry_ms * 2).min(config.upload_retry_max_ms);
+            }
+            UploadOutcome::StaleTerm => {
+                state.fenced = true;
+                self.outputs
+                    .push_back(ConsolidationOutput::Fenced { term: state.term });
+            }
+        }
+        self.drive(now_ms);
+    }
+
+    fn announce_target(&self) -> Option<(NodeId, Term)> {
+        announce_target_of(&self.self_id, &self.role)
+    }
+
+    fn remember_uploaded_record(&mut self, report_id: ReportId) {
+        self.uploaded_records_order.push_back(report_id);
+        while self.uploaded_records_order.len() > self.config.uploaded_records_len_max {
+            let oldest = self
+                .uploaded_records_order
+                .pop_front()
+                .expect("over the limit");
+            self.records.remove(&oldest);
+        }
+    }
+
+    fn node_handle_ack(
+        &mut self,
+        now_ms: u64,
+        from: &NodeId,
+        term: Term,
+        report_id: &ReportId,
+        uploaded: bool,
+    ) {
+        let target = self.announce_target();
+        let from_target = target.as_ref().is_some_and(|(node, _)| node == from);
+        let Some(record) = self.records.get_mut(report_id) else {
+            return;
+        };
+        if uploaded {
+            if record.announcement.upload_state == UploadState::NotUploaded {
+                record.announcement.upload_state = UploadState::Uploaded;
+                self.pending_records_len -= 1;
+                self.outputs.push_back(ConsolidationOutput::Uploaded {
+                    report_id: report_id.clone(),
+                });
+                // The current aggregator must learn it too, unless it is the one telling.
+                let record = self.records.get_mut(report_id).expect("present");
+                if from_target {
+                    record.acknowledged_by = target.clone();
+                    record.next_send_ms = u64::MAX;
+                } else {
+                    record.acknowledged_by = None;
+                    record.next_send_ms = now_ms;
+                }
+                self.remember_uploaded_record(report_id.clone());
+            } else if from_target {
+                record.acknowledged_by = target.clone();
+                record.next_send_ms = u64::MAX;
+            }
+            return;
+        }
+        if from_target && record.announcement.upload_state == UploadState::NotUploaded {
+            record.acknowledged_by = Some((from.clone(), term));
+            record.retry_ms = self.config.announce_retry_initial_ms;
+            record.next_send_ms = now_ms + self.config.reannounce_interval_ms;
+        }
+    }
+
+    fn aggregator_handle_announce(&mut self, from: &NodeId, announcement: &Announcement) {
+        let config = &self.config;
+        let Some(state) = &mut self.aggregator else {
+            return;
+        };
+        if state.fenced || announcement.node != *from || announcement.validate().is_err() {
+            return;
+        }
+        let report_id = announcement.report_id.clone();
+        let already_uploaded = state.uploaded_report_ids.contains(&report_id);
+        if !state.problems.contains_key(&announcement.signature) {
+            if state.problems.len() >= config.problems_len_max && !evict_idle_problem(state) {
+                self.counters.announcements_withheld += 1;
+                return;
+            }
+            state.problems.insert(
+                announcement.signature.clone(),
+                AggregatorProblem {
+                    kind: announcement.kind,
+                    at_endpoint: false,
+                    pending: BTreeMap::new(),
+                    uploaded_count: 0,
+                    fetch: Fetch::Idle,
+                    fetch_failed: BTreeSet::new(),
+                    upload: None,
+                    upload_not_before_ms: 0,
+                    upload_retry_ms: config.upload_retry_initial_ms,
+                    logs_requested: false,
+                },
+            );
+        }
+        let problem = state
+            .problems
+            .get_mut(&announcement.signature)
+            .expect("inserted");
+        let uploaded = if already_uploaded || announcement.upload_state == UploadState::Uploaded {
+            problem.at_endpoint = true;
+            if problem.pending.remove(&report_id).is_some() || !already_uploaded {
+                problem.uploaded_count += 1;
+            }
+            if !already_uploaded {
+                remember_uploaded_report_id(state, config, report_id.clone());
+            }
+            true
+        } else if problem.pending.contains_key(&report_id) {
+            false
+        } else if problem.pending.len() >= config.pending_incidents_per_problem_len_max {
+            self.counters.announcements_withheld += 1;
+            return;
+        } else {
+            problem.pending.insert(
+                report_id.clone(),
+                IncidentRecord {
+                    report_id: report_id.clone(),
+                    node: announcement.node.clone(),
+                    time_ms: announcement.time_ms,
+                    labels: announcement.labels.clone(),
+                    report_bytes: announcement.report_bytes,
+                },
+            );
+            false
+        };
+        self.outputs.push_back(ConsolidationOutput::Send {
+            to: from.clone(),
+            message: Message::AnnounceAck {
+                term: state.term,
+                report_id,
+                uploaded,
+            },
+        });
+    }
+
+    fn aggregator_handle_report_chunks(
+        &mut self,
+        now_ms: u64,
+        from: &NodeId,
+        report_id: &ReportId,
+        page_chunk_count: u32,
+        page_offset: u32,
+        page: &[ChunkId],
+    ) {
+        let shell_answer_timeout_ms = self.config.shell_answer_timeout_ms;
+        let Some(state) = &mut self.aggregator else {
+            return;
+        };
+        for problem in state.problems.values_mut() {
+            let Fetch::Requested {
+                report_id: requested,
+                origin,
+                chunk_count,
+                offered,
+                ..
+            } = &mut problem.fetch
+            else {
+                continue;
+            };
+            if requested != report_id || origin != from {
+                continue;
+            }
+            // Pages arrive in order over one stream; a page out of order restarts the list.
+            if page_offset as usize != offered.len()
+                || (page_offset > 0 && *chunk_count != page_chunk_count)
+            {
+                offered.clear();
+                if page_offset != 0 {
+                    continue;
+                }
+            }
+            *chunk_count = page_chunk_count;
+            offered.extend_from_slice(page);
+            debug_assert!(offered.len() <= CHUNKS_PER_REPORT_MAX);
+            if offered.len() < *chunk_count as usize {
+                continue;
+            }
+            let chunk_ids = std::mem::take(offered);
+            if chunk_ids.is_empty() {
+                problem.fetch = Fetch::Fetched {
+                    report_id: report_id.clone(),
+                };
+            } else {
+                problem.fetch = Fetch::AwaitingShell {
+                    report_id: report_id.clone(),
+                    origin: from.clone(),
+                    give_up_at_ms: now_ms + shell_answer_timeout_ms,
+                };
+                self.outputs.push_back(ConsolidationOutput::ChunksOffered {
+                    report_id: report_id.clone(),
+                    chunk_ids,
+                });
+            }
+        }
+    }
+
+    fn aggregator_fetch_failed(&mut self, from: &NodeId, report_id: &ReportId) {
+        let Some(state) = &mut self.aggregator else {
+            return;
+        };
+        for problem in state.problems.values_mut() {
+            let failed = match &problem.fetch {
+                Fetch::Requested {
+                    report_id: fetching,
+                    origin,
+                    ..
+                }
+                | Fetch::Transferring {
+                    report_id: fetching,
+                    origin,
+                    ..
+                } => fetching == report_id && origin == from,
+                _ => false,
+            };
+            if failed {
+                self.counters.fetches_failed += 1;
+                problem.fetch_failed.insert(report_id.clone());
+                problem.fetch = Fetch::Idle;
+            }
+        }
+    }
+
+    fn aggregator_handle_chunk(
+        &mut self,
+        from: &NodeId,
+        report_id: &ReportId,
+        chunk_id: ChunkId,
+        bytes: &[u8],
+    ) {
+        let Some(state) = &mut self.aggregator else {
+            return;
+        };
+        for problem in state.problems.values_mut() {
+            let Fetch::Transferring {
+                report_id: fetching,
+                origin,
+                wanted,
+                attempts,
+                ..
+            } = &mut problem.fetch
+            else {
+                continue;
+            };
+            if fetching != report_id || origin != from || !wanted.contains(&chunk_id) {
+                continue;
+            }
+            if ChunkId::of(bytes) != chunk_id {
+                self.counters.chunks_rejected += 1;
+                continue;
+            }
+            wanted.remove(&chunk_id);
+            *attempts = 1;
+            self.outputs.push_back(ConsolidationOutput::StoreChunk {
+                report_id: report_id.clone(),
+                chunk_id,
+                bytes: bytes.to_vec(),
+            });
+            if wanted.is_empty() {
+                problem.fetch = Fetch::Fetched {
+                    report_id: report_id.clone(),
+                };
+            }
+        }
+    }
+
+    /// Does all work due at `now_ms` and computes the next deadline.
+    fn drive(&mut self, now_ms: u64) {
+        let mut deadline: Option<u64> = None;
+        let mut consider = |at_ms: u64| deadline = Some(deadline.map_or(at_ms, |d| d.min(at_ms)));
+        self.drive_node_side(now_ms, &mut consider);
+        self.drive_aggregator(now_ms, &mut consider);
+        self.next_deadline_ms = deadline;
+    }
+
+    fn drive_node_side(&mut self, now_ms: u64, consider: &mut impl FnMut(u64)) {
+        let Some((aggregator, term)) = self.announce_target() else {
+            return;
+        };
+        let mut sent = 0;
+        for record in self.records.values_mut() {
+            if record.next_send_ms > now_ms {
+                if record.next_send_ms != u64::MAX {
+                    consider(record.next_send_ms);
+                }
+                continue;
+            }
+            if sent >= self.config.announces_per_call_max {
+                consider(now_ms);
+                continue;
+            }
+            sent += 1;
+            self.outputs.push_back(ConsolidationOutput::Send {
+                to: aggregator.clone(),
+                message: Message::Announce {
+                    term,
+                    announcement: record.announcement.clone(),
+                },
+            });
+            record.next_send_ms = now_ms + record.retry_ms;
+            record.retry_ms = (record.retry_ms * 2).min(self.config.announce_retry_max_ms);
+            consider(record.next_send_ms);
+        }
+    }
+
+    fn drive_aggregator(&mut self, now_ms: u64, consider: &mut impl FnMut(u64)) {
+        let config = &self.config;
+        let Some(state) = &mut self.aggregator else {
+            return;
+        };
+        if state.fenced {
+            return;
+        }
+        let quiet_until_ms = state.since_ms + config.takeover_quiet_ms;
+        if now_ms < quiet_until_ms {
+            consider(quiet_until_ms);
+            return;
+        }
+        let fence = Fence {
+            cluster_id: config.cluster_id.clone(),
+            term: state.term,
+        };
+        for (signature, problem) in state.problems.iter_mut() {
+            if problem.pending.is_empty() && problem.upload.is_none() {
+                continue;
+            }
+            if !problem.logs_requested && !problem.at_endpoint {
+                problem.logs_requested = true;
+                if let Some(first) = problem
+                    .pending
+                    .values()
+                    .min_by_key(|incident| incident.time_ms)
+                {
+                    for peer in &config.log_peers {
+                        self.outputs.push_back(ConsolidationOutput::Send {
+                            to: peer.clone(),
+                            message: Message::LogRequest {
+                                term: state.term,
+                                signature: signature.clone(),
+                                window_start_ms: first
+                                    .time_ms
+                                    .saturating_sub(config.log_window_before_ms),
+                                window_end_ms: first
+                                    .time_ms
+                                    .saturating_add(config.log_window_after_ms),
+                            },
+                        });
+                    }
+                }
+            }
+            if let Some(upload) = &problem.upload {
+                if now_ms >= upload.give_up_at_ms {
+                    problem.upload = None;
+                    problem.upload_not_before_ms = now_ms;
+                } else {
+                    consider(upload.give_up_at_ms);
+                    continue;
+                }
+            }
+            if !problem.at_endpoint {
+                drive_fetch(
+                    config,
+                    state.term,
+                    now_ms,
+                    problem,
+                    &mut self.outputs,
+                    &mut self.counters,
+                    consider,
+                );
+                let Fetch::Fetched { report_id } = &problem.fetch else {
+                    continue;
+                };
+                let Some(first) = problem.pending.get(report_id).cloned() else {
+                    problem.fetch = Fetch::Idle;
+                    consider(now_ms);
+                    continue;
+                };
+                if now_ms < problem.upload_not_before_ms {
+                    consider(problem.upload_not_before_ms);
+                    continue;
+                }
+                let mut incidents = vec![first.clone()];
+                incidents.extend(
+                    problem
+                        .pending
+                        .values()
+                        .filter(|incident| incident.report_id != first.report_id)
+                        .take(config.upload_incidents_len_max - 1)
+                        .cloned(),
+                );
+                let upload_id = self.next_upload_id;
+                self.next_upload_id += 1;
+                problem.upload = Some(InFlightUpload {
+                    upload_id,
+                    report_ids: incidents
+                        .iter()
+                        .map(|incident| incident.report_id.clone())
+                        .collect(),
+                    full_report: true,
+                    give_up_at_ms: now_ms + config.shell_answer_timeout_ms,
+                });
+                consider(now_ms + config.shell_answer_timeout_ms);
+                self.outputs
+                    .push_back(ConsolidationOutput::UploadReport(UploadReport {
+                        upload_id,
+                        fence: fence.clone(),
+                        signature: signature.clone(),
+                        kind: problem.kind,
+                        first,
+                        incidents,
+                    }));
+            } else if !problem.pending.is_empty() {
+                if now_ms < problem.upload_not_before_ms {
+                    consider(problem.upload_not_before_ms);
+                    continue;
+                }
+                let incidents: Vec<IncidentRecord> = problem
+                    .pending
+                    .values()
+                    .take(config.upload_incidents_len_max)
+                    .cloned()
+                    .collect();
+                let upload_id = self.next_upload_id;
+                self.next_upload_id += 1;
+                problem.upload = Some(InFlightUpload {
+                    upload_id,
+                    report_ids: incidents
+                        .iter()
+                        .map(|incident| incident.report_id.clone())
+                        .collect(),
+                    full_report: false,
+                    give_up_at_ms: now_ms + config.shell_answer_timeout_ms,
+                });
+                consider(now_ms + config.shell_answer_timeout_ms);
+                self.outputs
+                    .push_back(ConsolidationOutput::UploadIncidents(UploadIncidents {
+                        upload_id,
+                        fence: fence.clone(),
+                        signature: signature.clone(),
+                        kind: problem.kind,
+                        incidents,
+                    }));
+            }
+        }
+    }
+}
+
+fn announce_target_of(self_id: &NodeId, role: &ConsolidationRole) -> Option<(NodeId, Term)> {
+    match role {
+        ConsolidationRole::Aggregator { term } => Some((self_id.clone(), *term)),
+        ConsolidationRole::Follower { term, aggregator } => aggregator
+            .as_ref()
+            .map(|aggregator| (aggregator.clone(), *term)),
+    }
+}
+
+fn remember_uploaded_report_id(
+    state: &mut AggregatorState,
+    config: &ConsolidationConfig,
+    report_id: ReportId,
+) {
+    if state.uploaded_report_ids.insert(report_id.clone()) {
+        state.uploaded_order.push_back(report_id);
+    }
+    while state.uploaded_order.len() > config.uploaded_report_ids_len_max {
+        let oldest = state.uploaded_order.pop_front().expect("over the limit");
+        state.uploaded_report_ids.remove(&oldest);
+    }
+}
+
+/// Forgets one problem with nothing left to do (the endpoint has it, nothing pending).
+fn evict_idle_problem(state: &mut AggregatorState) -> bool {
+    let idle = state
+        .problems
+        .iter()
+        .find(|(_, problem)| {
+            problem.at_endpoint && problem.pending.is_empty() && problem.upload.is_none()
+        })
+        .map(|(signature, _)| signature.clone());
+    match idle {
+        Some(signature) => {
+            state.problems.remove(&signature);
+            true
+        }
+        None => false,
+    }
+}
+
+fn chunk_wants(
+    origin: &NodeId,
+    report_id: &ReportId,
+    wanted: &BTreeSet<ChunkId>,
+) -> Vec<ConsolidationOutput> {
+    let wanted: Vec<ChunkId> = wanted.iter().copied().collect();
+    wanted
+        .chunks(CHUNK_IDS_PER_MESSAGE_MAX)
+        .map(|page| ConsolidationOutput::Send {
+            to: origin.clone(),
+            message: Message::ChunkWant {
+                report_id: report_id.clone(),
+                chunk_ids: page.to_vec(),
+            },
+        })
+        .collect()
+}
+
+/// Starts, retries or fails over the fetch of a problem's first full report.
+fn drive_fetch(
+    config: &ConsolidationConfig,
+    term: Term,
+    now_ms: u64,
+    problem: &mut AggregatorProblem,
+    outputs: &mut VecDeque<ConsolidationOutput>,
+    counters: &mut ConsolidationCounters,
+    consider: &mut impl FnMut(u64),
+) {
+    if problem.fetch == Fetch::Idle {
+        let candidate = problem
+            .pending
+            .values()
+            .filter(|incident| !problem.fetch_failed.contains(&incident.report_id))
+            .min_by(|a, b| (a.time_ms, &a.report_id).cmp(&(b.time_ms, &b.report_id)))
+            .cloned();
+        {
+            let next = match candidate {
+                Some(next) => Some(next),
+                None => {
+                    // Every origin failed once: start over, no sooner than a retry interval.
+                    problem.fetch_failed.clear();
+                    problem.upload_not_before_ms = now_ms + config.fetch_retry_ms;
+                    None
+                }
+            };
+            let Some(first) = next else {
+                consider(now_ms + config.fetch_retry_ms);
+                return;
+            };
+            if now_ms < problem.upload_not_before_ms {
+                consider(problem.upload_not_before_ms);
+                return;
+            }
+            outputs.push_back(ConsolidationOutput::Send {
+                to: first.node.clone(),
+                message: Message::FetchReport {
+                    term,
+                    report_id: first.report_id.clone(),
+                },
+            });
+            problem.fetch = Fetch::Requested {
+                report_id: first.report_id,
+                origin: first.node,
+                attempts: 1,
+                retry_at_ms: now_ms + config.fetch_retry_ms,
+                chunk_count: 0,
+                offered: Vec::new(),
+            };
+            consider(now_ms + config.fetch_retry_ms);
+        }
+        return;
+    }
+    match &mut problem.fetch {
+        Fetch::Idle => {}
+        Fetch::Requested {
+            report_id,
+            origin,
+            attempts,
+            retry_at_ms,
+            offered,
+            ..
+        } => {
+            if now_ms < *retry_at_ms {
+                consider(*retry_at_ms);
+                return;
+            }
+            if *attempts >= config.fetch_attempts_per_origin_max {
+                counters.fetches_failed += 1;
+                problem.fetch_failed.insert(report_id.clone());
+                problem.fetch = Fetch::Idle;
+                consider(now_ms);
+                return;
+            }
+            *attempts += 1;
+            offered.clear();
+            *retry_at_ms = now_ms + config.fetch_retry_ms;
+            consider(*retry_at_ms);
+            outputs.push_back(ConsolidationOutput::Send {
+                to: origin.clone(),
+                message: Message::FetchReport {
+                    term,
+                    report_id: report_id.clone(),
+                },
+            });
+        }
+        Fetch::AwaitingShell { give_up_at_ms, .. } => {
+            if now_ms >= *give_up_at_ms {
+                problem.fetch = Fetch::Idle;
+                consider(now_ms);
+            } else {
+                consider(*give_up_at_ms);
+            }
+        }
+        Fetch::Transferring {
+            report_id,
+            origin,
+            wanted,
+            attempts,
+            retry_at_ms,
+        } => {
+            if now_ms < *retry_at_ms {
+                consider(*retry_at_ms);
+                return;
+            }
+            if *attempts >= config.fetch_attempts_per_origin_max {
+                counters.fetches_failed += 1;
+                problem.fetch_failed.insert(report_id.clone());
+                problem.fetch = Fetch::Idle;
+                consider(now_ms);
+                return;
+            }
+            *attempts += 1;
+            *retry_at_ms = now_ms + config.fetch_retry_ms;
+            consider(*retry_at_ms);
+            outputs.extend(chunk_wants(origin, report_id, wanted));
+        }
+        Fetch::Fetched { .. } => {}
+    }
+}
