@@ -4,9 +4,10 @@
 //!
 //! # Invariants
 //! - A file is read only once it is complete: it ends with HotSpot's closing `END.` line,
-//!   or its JVM is gone (no `/proc/<pid>`; a JVM in another pid namespace never looks
-//!   gone) and its size held still between two looks, or it has not changed for
-//!   `quiet_secs`.
+//!   or its JVM is gone (no `/proc/<pid>`) and it has not changed for
+//!   [`GONE_QUIET_MS`], or it has not changed for `quiet_secs`. (The pid in the name is
+//!   the JVM's in its own pid namespace: a containerized JVM may look gone while it
+//!   writes, hence a quiet period even then.)
 //! - No file is reported twice. A file is known by its path, device, inode and birth
 //!   time (where the file system records one), remembered in `hs-err-seen.json` in the
 //!   data dir; a file that keeps growing after it was reported is not reported again.
@@ -28,6 +29,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::HsErrConfig;
 use crate::watch::{self, Attachment, FoundProblem};
 
+/// How long the file of a JVM that looks gone must not change to count as complete.
+pub const GONE_QUIET_MS: u64 = 2_000;
 /// Files remembered as seen.
 pub const SEEN_FILES_MAX: usize = 10_000;
 /// Candidate files looked at per poll.
@@ -225,8 +228,7 @@ impl HsErrWatcher {
         if unchanged_ms >= quiet_ms || ends_with_end_marker(path) {
             return true;
         }
-        let held_still = now_ms > pending.since_ms;
-        held_still
+        unchanged_ms >= GONE_QUIET_MS
             && pid_of(path).is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists())
     }
 
@@ -516,7 +518,12 @@ END.
             1,
             "first look: may still grow"
         );
-        assert_eq!(watcher.poll_once(now + 1).reported, 1);
+        assert_eq!(
+            watcher.poll_once(now + 500).waiting,
+            1,
+            "not quiet long enough"
+        );
+        assert_eq!(watcher.poll_once(now + GONE_QUIET_MS + 500).reported, 1);
         assert_eq!(entries(data.path())[0].meta.pid, Some(999_999_999));
     }
 
