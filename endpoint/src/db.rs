@@ -341,6 +341,18 @@ impl Db {
             .transpose()
     }
 
+    /// Every bug, newest first.
+    pub fn bugs(&self) -> Result<Vec<BugRow>, EndpointError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BUGS)?;
+        let mut bugs = Vec::new();
+        for entry in table.iter()?.rev() {
+            let (key, value) = entry?;
+            bugs.push(decode(&format!("bug {}", key.value()), value.value())?);
+        }
+        Ok(bugs)
+    }
+
     /// Sets a bug's status and/or workaround (an empty workaround clears it); records a
     /// comment saying what changed. Closing remembers the newest version seen, which is
     /// what regression detection compares later versions with.
