@@ -238,10 +238,9 @@ fn a_full_node_queue_refuses_with_a_typed_error_and_retries_back_off() {
                 message: Message::Announce { announcement, .. },
                 ..
             } = output
+                && announcement.report_id == ReportId::new("r1")
             {
-                if announcement.report_id == ReportId::new("r1") {
-                    sent_at_ms.push(now_ms);
-                }
+                sent_at_ms.push(now_ms);
             }
         }
         now_ms = node.next_deadline_ms().unwrap();
