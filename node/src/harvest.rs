@@ -20,7 +20,10 @@
 //! `Kernel panic - not syncing` line (a panic's own trace follows its line), or the last
 //! problem when the log never says it panicked (with kdump loaded the kernel jumps to the
 //! crash kernel from the oops, before printing a panic). Its kind becomes `kernel_panic`
-//! — the machine went down — and its signature is recomputed for that kind.
+//! — the machine went down — and its signature is recomputed for that kind. A pstore dump
+//! becomes a problem when it is a `Panic` dump or its text panicked (a `kernel_panic`), or
+//! an `Oops` dump (the machine may have lived on: the kind stays the oops's); dumps of a
+//! clean restart or power-off (`printk.always_kmsg_dump`) are remembered, not reported.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -682,7 +685,7 @@ pub fn find_pstore_dumps(dirs: &[PathBuf]) -> Vec<PstoreDump> {
 
 fn finish_dump(mut parts: Vec<PstoreRecord>) -> PstoreDump {
     // Part 1 is the end of the log: the highest part is its oldest text.
-    parts.sort_by(|a, b| b.part.cmp(&a.part));
+    parts.sort_by_key(|part| std::cmp::Reverse(part.part));
     PstoreDump { parts }
 }
 
