@@ -23,4 +23,5 @@ pub mod pyhook;
 pub mod spool;
 pub mod table;
 pub mod vmguest;
+pub mod transport;
 pub mod watch;
