@@ -60,6 +60,9 @@ pub enum Command {
     /// The cluster's CA and node certificates (mutual TLS between nodes).
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// The upload endpoint (the vendor's server).
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,4 +154,51 @@ pub enum ClusterCommand {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// Serve the upload API, the dashboard and /metrics.
+    Run {
+        /// Address to listen on (default: `listen` in the config, 127.0.0.1:8470).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Read every upload and answer without doing the work (benchmark baseline).
+        #[arg(long)]
+        null: bool,
+    },
+    /// Cluster tokens.
+    #[command(subcommand)]
+    Token(EndpointTokenCommand),
+    /// Write every stored report as JSON and its attachments as plain files.
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The built-in bug tracker.
+    #[command(subcommand)]
+    Bug(EndpointBugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointTokenCommand {
+    /// Make a token for a cluster and print it (only its hash is kept).
+    Create { cluster: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointBugCommand {
+    /// Set a bug's status and/or workaround (an empty workaround removes it).
+    Set {
+        id: u64,
+        /// open, confirmed, fixed, closed or wontfix.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        workaround: Option<String>,
+    },
+    /// One bug with its comments.
+    Show { id: u64 },
+    /// Every bug, newest first.
+    List,
 }

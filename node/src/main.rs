@@ -16,6 +16,9 @@ fn main() -> ExitCode {
     if !is_hook {
         commands::init_logging();
     }
+    if let Command::Endpoint(what) = &cli.command {
+        return crashmesh::endpoint_cmd::run(&cli.global, what);
+    }
     let context = match Context::new(&cli.global) {
         Ok(context) => context,
         Err(error) => return commands::fail(&error),
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Defaults) => commands::config_defaults(),
         Command::Config(ConfigCommand::Show) => commands::config_show(&context),
         Command::Cluster(what) => crashmesh::cluster_cmd::cluster(&context, &what),
+        Command::Endpoint(_) => unreachable!("handled above: the endpoint has its own data dir"),
     };
     match result {
         Ok(code) => code,
