@@ -442,3 +442,39 @@ fn attachments_added_later_are_kept_once_and_survive_reopen() {
     assert_eq!(store.read_blob_bytes(&detail.attachments[0].blob).unwrap(), b"10:00:01 csd: chunk 7 failed\n");
     assert!(store.check(false).unwrap().is_clean());
 }
+
+/// Bytes a directory takes on disk, as `du` counts them.
+fn disk_usage(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let metadata = entry.metadata().unwrap();
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            } else {
+                total += metadata.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn the_usage_the_quota_sees_is_what_the_disk_holds_after_eviction() {
+    let dir = tempfile::tempdir().unwrap();
+    let quota = 40u64 << 20;
+    let store = Store::open(dir.path(), StoreConfig { max_bytes: quota, keep_free_percent: 0, ..StoreConfig::default() }).unwrap();
+    for round in 0..3u64 {
+        let core = store.put_blob_bytes(&noise(round + 100, 30 << 20)).unwrap();
+        store.record_incident(incident(&format!("r{round}"), "sig-big", 1000 + round, Some(core))).unwrap();
+        store.enforce_quota(2000 + round).unwrap();
+    }
+    let status = store.status().unwrap();
+    let on_disk = disk_usage(dir.path());
+    assert!(status.used_bytes <= quota, "{status:?}");
+    assert!(on_disk <= quota, "{on_disk} on disk");
+    // The counter may round up (whole blocks), never lag behind deletions by a blob.
+    assert!(status.used_bytes.abs_diff(on_disk) < 4 << 20, "counted {} but {on_disk} on disk", status.used_bytes);
+}
