@@ -526,6 +526,10 @@ pub fn status(context: &Context) -> Result<ExitCode> {
         .to_string();
     let hook_installed =
         core_pattern.starts_with('|') && core_pattern.contains("crashmesh hook core");
+    let mesh = match control::ask(&context.data_dir, &Request::Mesh) {
+        Some(Ok(Response::Mesh(view))) => view,
+        _ => None,
+    };
     if context.json {
         return print_json(&serde_json::json!({
             "node": context.config.node_name(),
@@ -535,6 +539,7 @@ pub fn status(context: &Context) -> Result<ExitCode> {
             "core_pattern": core_pattern,
             "spool_pending": pending,
             "store": store_status,
+            "cluster": cluster_json(context, mesh.as_ref()),
         }))
         .map(|_| ExitCode::SUCCESS);
     }
@@ -580,7 +585,58 @@ pub fn status(context: &Context) -> Result<ExitCode> {
     } else {
         println!("store: empty");
     }
+    print_cluster(context, mesh.as_ref());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `status --json`'s `cluster` object: `enabled`, `running` (the daemon's mesh is up),
+/// `node`, `cluster_id`, `term`, `aggregator`, `role`, `members` (`name`, `state`: alive,
+/// suspect, down or unknown); the mesh's fields are null when it does not run.
+fn cluster_json(context: &Context, mesh: Option<&crate::mesh::MeshView>) -> serde_json::Value {
+    let enabled = context.config.cluster.enabled;
+    match mesh {
+        Some(view) => serde_json::json!({
+            "enabled": enabled,
+            "running": true,
+            "node": view.node,
+            "cluster_id": view.cluster_id,
+            "term": view.term,
+            "aggregator": view.aggregator,
+            "role": view.role,
+            "members": view.members,
+        }),
+        None => serde_json::json!({
+            "enabled": enabled,
+            "running": false,
+            "node": context.config.node_name(),
+            "cluster_id": null,
+            "term": null,
+            "aggregator": null,
+            "role": null,
+            "members": [],
+        }),
+    }
+}
+
+fn print_cluster(context: &Context, mesh: Option<&crate::mesh::MeshView>) {
+    let Some(view) = mesh else {
+        if context.config.cluster.enabled {
+            println!("cluster: enabled, but the daemon's mesh is not running");
+        } else {
+            println!("cluster: standalone (no [cluster] enabled)");
+        }
+        return;
+    };
+    println!(
+        "cluster {}: term {}, aggregator {}, this node is {}",
+        view.cluster_id,
+        view.term,
+        view.aggregator.as_deref().unwrap_or("(none)"),
+        view.role
+    );
+    for member in &view.members {
+        println!("  {:<24} {}", member.name, member.state);
+    }
 }
 
 /// `crashmesh store check`: exit 1 when damage remains that could not be repaired.

@@ -23,6 +23,7 @@ pub struct Config {
     pub python: PythonConfig,
     pub gather: crate::gather::GatherConfig,
     pub events: Vec<crate::events::EventHook>,
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -36,6 +37,7 @@ impl Default for Config {
             python: PythonConfig::default(),
             gather: crate::gather::GatherConfig::default(),
             events: Vec::new(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -312,6 +314,53 @@ impl Default for PythonConfig {
             interpreters: Vec::new(),
         }
     }
+}
+
+/// `[cluster]`: the mesh (see [`crate::mesh`]). Off by default: the node runs standalone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Join the mesh at all.
+    pub enabled: bool,
+    /// The UDP address the node's QUIC endpoint binds.
+    pub listen: String,
+    /// Every member of the cluster, this node included (majorities count over this list).
+    pub members: Vec<ClusterMember>,
+    /// May this node stand for aggregator (false: it votes but never stands).
+    pub aggregator: bool,
+    /// The cluster CA's certificate; empty means `<data dir>/cluster/ca.pem`.
+    pub ca_cert: PathBuf,
+    /// `cluster.json` (the cluster id); empty means `<data dir>/cluster/cluster.json`.
+    pub cluster_file: PathBuf,
+    /// This node's certificate; empty means `<data dir>/cluster/nodes/<name>.pem`.
+    pub node_cert: PathBuf,
+    /// This node's private key; empty means `<data dir>/cluster/nodes/<name>.key`.
+    pub node_key: PathBuf,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            enabled: false,
+            listen: "0.0.0.0:7710".to_string(),
+            members: Vec::new(),
+            aggregator: true,
+            ca_cert: PathBuf::new(),
+            cluster_file: PathBuf::new(),
+            node_cert: PathBuf::new(),
+            node_key: PathBuf::new(),
+        }
+    }
+}
+
+/// One `[[cluster.members]]` entry: a node's name (its certificate's) and its address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMember {
+    /// The node's name, as its certificate states it.
+    pub name: String,
+    /// `host:port` of its QUIC endpoint.
+    pub address: String,
 }
 
 /// A byte count written as `"40 MiB"`, `"5 GiB"` or a plain number in TOML.

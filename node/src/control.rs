@@ -28,6 +28,8 @@ pub enum Request {
     ExportCore { id: String, out: PathBuf },
     Status,
     Check,
+    /// The mesh as the daemon sees it (see [`crate::mesh::MeshView`]).
+    Mesh,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -38,6 +40,8 @@ pub enum Response {
     Exported { bytes: u64 },
     Status(StoreStatus),
     Check(CheckReport),
+    /// `None`: no mesh runs (standalone, or no daemon).
+    Mesh(Option<crate::mesh::MeshView>),
     Error(String),
 }
 
@@ -56,6 +60,8 @@ pub fn handle(store: &Store, request: Request) -> Response {
         Request::ExportCore { id, out } => export_core(store, &id, &out),
         Request::Status => store.status().map(Response::Status),
         Request::Check => store.check(true).map(Response::Check),
+        // Only the daemon knows the mesh ([`serve`] answers it there).
+        Request::Mesh => Ok(Response::Mesh(None)),
     };
     result.unwrap_or_else(|error| Response::Error(error.to_string()))
 }
@@ -110,7 +116,11 @@ fn exchange(stream: &mut UnixStream, request: &Request) -> Result<Response, Stri
 }
 
 /// Serve requests until the listener fails; each connection gets one answer.
-pub async fn serve(listener: tokio::net::UnixListener, store: std::sync::Arc<Store>) {
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    store: std::sync::Arc<Store>,
+    mesh: crate::mesh::SharedMeshView,
+) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     loop {
         let (stream, _) = match listener.accept().await {
@@ -122,6 +132,7 @@ pub async fn serve(listener: tokio::net::UnixListener, store: std::sync::Arc<Sto
             }
         };
         let store = store.clone();
+        let mesh = mesh.clone();
         tokio::spawn(async move {
             let (reader, mut writer) = stream.into_split();
             let mut line = Vec::new();
@@ -130,6 +141,11 @@ pub async fn serve(listener: tokio::net::UnixListener, store: std::sync::Arc<Sto
                 return;
             }
             let response = match serde_json::from_slice::<Request>(&line) {
+                Ok(Request::Mesh) => Response::Mesh(
+                    mesh.lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .clone(),
+                ),
                 Ok(request) => tokio::task::spawn_blocking(move || handle(&store, request))
                     .await
                     .unwrap_or_else(|error| Response::Error(format!("request failed: {error}"))),

@@ -60,6 +60,20 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
     }
     let _ = std::fs::remove_dir_all(context.scratch_dir());
     let store = Arc::new(open_store(context)?);
+    // The mesh (when `[cluster] enabled`): settings checked before anything starts.
+    let mesh_settings = if once {
+        None
+    } else {
+        crate::mesh::MeshSettings::from_config(&context.config, &context.data_dir)?
+    };
+    let (announcements, announcement_receiver) = match &mesh_settings {
+        Some(_) => {
+            let (sender, receiver) = crate::mesh::announcement_channel();
+            (Some(sender), Some(receiver))
+        }
+        None => (None, None),
+    };
+    let mesh_view: crate::mesh::SharedMeshView = Default::default();
     let ingester = Arc::new(Ingester {
         store: store.clone(),
         config: context.config.clone(),
@@ -67,6 +81,7 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
         data_dir: context.data_dir.clone(),
         binary: std::env::current_exe().context("cannot find this binary's path")?,
         node_name: context.config.node_name(),
+        announcements,
     });
 
     if once {
@@ -99,7 +114,13 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
         let listener = tokio::net::UnixListener::bind(&socket)
             .with_context(|| format!("binding {}", socket.display()))?;
         restrict_to_owner(&socket);
-        tokio::spawn(control::serve(listener, store.clone()));
+        tokio::spawn(control::serve(listener, store.clone(), mesh_view.clone()));
+        if let Some(settings) = mesh_settings {
+            let mesh = crate::mesh::start(settings, store.clone(), mesh_view.clone()).await?;
+            if let Some(receiver) = announcement_receiver {
+                crate::mesh::forward_announcements(receiver, mesh);
+            }
+        }
         let python_socket = crate::pyhook::socket_path(&data_dir);
         let _ = std::fs::remove_file(&python_socket);
         let python_listener = tokio::net::UnixListener::bind(&python_socket)

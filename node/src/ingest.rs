@@ -28,6 +28,8 @@ pub struct Ingester {
     /// The `crashmesh` binary that runs isolated analyses.
     pub binary: PathBuf,
     pub node_name: String,
+    /// Where new incidents are announced to the mesh (`None`: standalone).
+    pub announcements: Option<tokio::sync::mpsc::Sender<crashmesh_protocol::wire::Announcement>>,
 }
 
 /// What one pass did.
@@ -113,6 +115,7 @@ impl Ingester {
     /// passed (a durable job), and the configured events fire. Neither can fail capture.
     fn after_recording(&self, meta: &EntryMeta, recorded: &Recorded, problem: Problem) {
         let report_id = self.report_id(&meta.id);
+        self.announce(meta, &report_id, &problem);
         if self.config.gather.enabled && meta.suppressed_count.is_none() {
             let job = crate::gather::GatherJob {
                 report_id: report_id.clone(),
@@ -144,6 +147,37 @@ impl Ingester {
             self.store.clone(),
             &self.data_dir.join("scratch"),
         );
+    }
+
+    /// Tells the mesh about a new incident (never blocks: a full queue is logged; the
+    /// incident stays in the store).
+    fn announce(&self, meta: &EntryMeta, report_id: &str, problem: &Problem) {
+        use crashmesh_protocol::wire::{Announcement, Label, NodeId, ReportId, UploadState};
+        let Some(announcements) = &self.announcements else {
+            return;
+        };
+        let announcement = Announcement {
+            report_id: ReportId::new(report_id),
+            signature: problem.signature.clone(),
+            kind: problem.kind,
+            time_ms: meta.time_ms,
+            node: NodeId(self.node_name.clone()),
+            report_bytes: meta.core.as_ref().map_or(0, |core| core.bytes_stored),
+            labels: self
+                .config
+                .node
+                .labels
+                .iter()
+                .map(|(key, value)| Label {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            upload_state: UploadState::NotUploaded,
+        };
+        if let Err(error) = announcements.try_send(announcement) {
+            tracing::warn!(report = %report_id, %error, "incident not announced to the mesh");
+        }
     }
 
     /// Index one entry; idempotent by its report id. Gives back the problem it was

@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod install;
 pub mod jvm;
 pub mod kmsg;
+pub mod mesh;
 pub mod package;
 pub mod procsnap;
 pub mod pyhook;

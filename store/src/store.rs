@@ -29,6 +29,11 @@ pub const PROBLEM_BYTES_MAX: usize = 16 << 20;
 /// The shortest id prefix `problem` resolves.
 pub const PROBLEM_ID_PREFIX_MIN: usize = 4;
 
+/// The largest value [`Store::put_setting`] keeps.
+pub const SETTING_BYTES_MAX: usize = 64 * 1024;
+/// Small settings of other parts of the node (key → bytes), see [`Store::put_setting`].
+const SETTINGS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("settings_v1");
+
 /// The node's durable spool index and content-addressed chunk store.
 #[derive(Debug)]
 pub struct Store {
@@ -1338,6 +1343,34 @@ impl Store {
             chunks: txn.open_table(CHUNKS)?.len()?,
             evicted_bytes: meta_get(&meta, META_EVICTED_BYTES)?,
         })
+    }
+
+    /// Stores a small setting of another part of the node (the mesh's term and vote, its
+    /// boot counter) durably: the commit is `Durability::Immediate`, so it is on disk when
+    /// this returns. Settings live in their own table; the rest of the index ignores them.
+    pub fn put_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        assert!(key.len() <= NAME_BYTES_MAX && value.len() <= SETTING_BYTES_MAX);
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)
+            .map_err(|error| StoreError::Index(error.to_string()))?;
+        txn.open_table(SETTINGS)?.insert(key, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// A setting [`Store::put_setting`] stored, if any.
+    pub fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(SETTINGS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        let value = table.get(key)?.map(|value| value.value().to_vec());
+        if let Some(value) = &value {
+            assert!(value.len() <= SETTING_BYTES_MAX);
+        }
+        Ok(value)
     }
 
     /// Every incident row, for eviction and check.

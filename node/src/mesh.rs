@@ -1,0 +1,750 @@
+//! The mesh shell: [`MeshActor`] owns one [`protocol::cluster::Node`](Node) and moves bytes
+//! and timers between it and the world — what `protocol/tests/cluster.rs` does with a
+//! simulated network, done here with QUIC ([`crate::transport`]) and the clock.
+//!
+//! - **Timers**: one `run_later` to the node's [`Node::next_deadline_ms`], rescheduled
+//!   after every input; the clock is monotonic (an `Instant`) anchored at the unix time of
+//!   the start, so `now_ms` never goes back and still reads as wall time.
+//! - **Outbound**: `Transmit { to, bytes }` goes to a per-peer link task with a bounded
+//!   queue ([`PEER_SEND_QUEUE_LEN_MAX`]; when full the datagram is dropped — SWIM and the
+//!   election tolerate loss). The task keeps one QUIC connection to the member's configured
+//!   address, expecting its certificate name, reconnects on demand with backoff
+//!   ([`RECONNECT_BACKOFF_MIN_MS`]..[`RECONNECT_BACKOFF_MAX_MS`]), and drops what queued
+//!   while the peer was unreachable (stale heartbeats help nobody).
+//! - **Inbound**: the accept loop admits only configured members (the transport already
+//!   refused every certificate not of our CA); a reader task per connection hands
+//!   `(peer name from the certificate, bytes)` to the actor, with back-pressure (it awaits
+//!   the actor's mailbox). [`Node::handle_datagram`] refusals are logged, rate-limited,
+//!   and the node carries on.
+//! - **Persist before release**: when the node outputs `Persist(vote)`, the actor stops
+//!   draining outputs, writes the vote on the blocking pool ([`Store::put_setting`], a
+//!   redb commit with `Durability::Immediate`) and resumes draining only once the commit
+//!   returned. Outputs produced meanwhile stay queued inside the node, behind the persist,
+//!   so nothing after a `Persist` leaves before the vote is on disk. A failed write is
+//!   retried; nothing is released until it succeeds.
+//! - **Generation**: `max(previous + 1, start time in ms)`, persisted before the node
+//!   starts, so it grows across restarts even if the clock is set back.
+//! - **Not yet here** (next slice): fetching reports and chunks, serving logs, uploads.
+//!   Consolidation outputs that need them are logged at debug and dropped explicitly in
+//!   [`MeshActor::carry_out`].
+//!
+//! Restarted peers: a QUIC connection to a process that died stays "open" until its idle
+//! timeout. When a member connects to us afresh while our connection to it is older than
+//! [`FRESH_CONNECTION_MS`], it has probably restarted: our link reconnects. The age rule
+//! keeps two nodes that connect to each other at the same time from resetting each other
+//! forever.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use anyhow::{Context as _, Result, bail};
+use crashmesh_protocol::cluster::{Node, NodeConfig, NodeOutput};
+use crashmesh_protocol::consolidation::ConsolidationOutput;
+use crashmesh_protocol::election::{PersistedVote, Role};
+use crashmesh_protocol::membership::{MemberState, MembershipOutput};
+use crashmesh_protocol::wire::{Announcement, ClusterId, NodeId};
+use crashmesh_store::Store;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::certs;
+use crate::config::Config;
+use crate::transport::{Connection, MeshTransport, NodeIdentity};
+
+/// Datagrams queued per peer while its link sends or connects.
+pub const PEER_SEND_QUEUE_LEN_MAX: usize = 256;
+/// Announcements queued between the ingest and the mesh actor.
+pub const ANNOUNCE_QUEUE_LEN_MAX: usize = 1024;
+/// The first wait after a failed connect; doubled per failure.
+pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
+/// The longest wait between connect attempts.
+pub const RECONNECT_BACKOFF_MAX_MS: u64 = 2_000;
+/// A connection younger than this is not reset when the peer connects to us again.
+pub const FRESH_CONNECTION_MS: u64 = 2_000;
+/// The same kind of refusal or failure is logged at most this often (with a count).
+pub const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
+/// How long a failed vote write waits before it is tried again.
+pub const PERSIST_RETRY_MS: u64 = 500;
+/// The store setting holding the term and vote (JSON of [`PersistedVote`]).
+pub const VOTE_SETTING: &str = "mesh.vote.v1";
+/// The store setting holding the last generation (decimal).
+pub const GENERATION_SETTING: &str = "mesh.generation.v1";
+
+/// Everything the mesh needs, resolved from the configuration (addresses parsed,
+/// certificate paths defaulted, names checked) before the daemon starts.
+#[derive(Clone, Debug)]
+pub struct MeshSettings {
+    pub node: NodeId,
+    pub listen: SocketAddr,
+    /// Every configured member with its address, this node included.
+    pub members: Vec<(NodeId, SocketAddr)>,
+    pub may_be_aggregator: bool,
+    pub ca_cert: PathBuf,
+    pub cluster_file: PathBuf,
+    pub node_cert: PathBuf,
+    pub node_key: PathBuf,
+    /// `[node] labels`, carried by every announcement.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl MeshSettings {
+    /// The mesh settings of `config`, or `None` when `[cluster] enabled` is false.
+    pub fn from_config(config: &Config, data_dir: &Path) -> Result<Option<MeshSettings>> {
+        let cluster = &config.cluster;
+        if !cluster.enabled {
+            return Ok(None);
+        }
+        let name = config.node_name();
+        if !certs::is_valid_node_name(&name) {
+            bail!("[node] name {name:?} is not a valid cluster node name");
+        }
+        let listen: SocketAddr = cluster
+            .listen
+            .parse()
+            .with_context(|| format!("[cluster] listen {:?}", cluster.listen))?;
+        let mut members = Vec::new();
+        for member in &cluster.members {
+            if !certs::is_valid_node_name(&member.name) {
+                bail!("[cluster] member name {:?} is not valid", member.name);
+            }
+            let address = member
+                .address
+                .to_socket_addrs()
+                .with_context(|| {
+                    format!(
+                        "[cluster] member {} address {:?}",
+                        member.name, member.address
+                    )
+                })?
+                .next()
+                .with_context(|| {
+                    format!(
+                        "[cluster] member {} address {:?} resolves to nothing",
+                        member.name, member.address
+                    )
+                })?;
+            members.push((NodeId::new(member.name.clone()), address));
+        }
+        if !members.iter().any(|(member, _)| member.as_str() == name) {
+            bail!("[cluster] members must include this node ({name})");
+        }
+        let cluster_dir = certs::ClusterPaths::of_data_dir(data_dir);
+        let or_default = |path: &Path, default: PathBuf| {
+            if path.as_os_str().is_empty() {
+                default
+            } else {
+                path.to_path_buf()
+            }
+        };
+        Ok(Some(MeshSettings {
+            ca_cert: or_default(&cluster.ca_cert, cluster_dir.ca_cert()),
+            cluster_file: or_default(&cluster.cluster_file, cluster_dir.cluster_file()),
+            node_cert: or_default(
+                &cluster.node_cert,
+                cluster_dir.nodes_dir().join(format!("{name}.pem")),
+            ),
+            node_key: or_default(
+                &cluster.node_key,
+                cluster_dir.nodes_dir().join(format!("{name}.key")),
+            ),
+            node: NodeId::new(name),
+            listen,
+            members,
+            may_be_aggregator: cluster.aggregator,
+            labels: config.node.labels.clone(),
+        }))
+    }
+
+    /// This node's identity: its certificate and key, the CA, the cluster id.
+    pub fn identity(&self) -> Result<NodeIdentity> {
+        let cluster_id = certs::read_cluster_file(&self.cluster_file)
+            .with_context(|| format!("reading {}", self.cluster_file.display()))?
+            .cluster_id;
+        Ok(NodeIdentity {
+            name: self.node.as_str().to_string(),
+            cert_chain: certs::load_certs(&self.node_cert)
+                .with_context(|| format!("reading {}", self.node_cert.display()))?,
+            key: certs::load_key(&self.node_key)
+                .with_context(|| format!("reading {}", self.node_key.display()))?,
+            ca_roots: certs::load_certs(&self.ca_cert)
+                .with_context(|| format!("reading {}", self.ca_cert.display()))?,
+            cluster_id,
+        })
+    }
+}
+
+/// What `crashmesh status` shows of the mesh (`--json`: the `cluster` object).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshView {
+    pub node: String,
+    pub cluster_id: String,
+    pub term: u64,
+    pub aggregator: Option<String>,
+    /// `follower`, `candidate` or `aggregator`.
+    pub role: String,
+    pub members: Vec<MemberView>,
+}
+
+/// One configured member as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub name: String,
+    /// `alive`, `suspect`, `down`, or `unknown` (never heard from since this node started).
+    pub state: String,
+}
+
+/// The latest [`MeshView`], shared with the control socket (`None`: the mesh is off).
+pub type SharedMeshView = Arc<Mutex<Option<MeshView>>>;
+
+/// Bytes from a member, as the transport authenticated it.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Inbound {
+    peer: NodeId,
+    bytes: Vec<u8>,
+}
+
+/// A member opened a connection to us (it may have restarted).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PeerConnected {
+    peer: NodeId,
+}
+
+/// A new incident of this node to announce to the aggregator.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Announce(pub Announcement);
+
+/// What a peer link does next.
+enum LinkCommand {
+    Send(Vec<u8>),
+    /// The peer connected to us afresh: drop our connection unless it is fresh.
+    PeerReconnected,
+}
+
+/// Logs one kind of trouble at most once per [`REFUSAL_LOG_INTERVAL_MS`], with how many
+/// were not logged in between.
+#[derive(Default)]
+struct RateLimitedLog {
+    last_logged: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    /// `Some(suppressed since the last log)` when this one should be logged.
+    fn admit(&mut self) -> Option<u64> {
+        let due = self
+            .last_logged
+            .is_none_or(|at| at.elapsed() >= Duration::from_millis(REFUSAL_LOG_INTERVAL_MS));
+        if due {
+            self.last_logged = Some(Instant::now());
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+/// A monotonic clock in unix milliseconds.
+#[derive(Clone, Copy)]
+struct MeshClock {
+    started: Instant,
+    started_unix_ms: u64,
+}
+
+impl MeshClock {
+    fn new() -> MeshClock {
+        MeshClock {
+            started: Instant::now(),
+            started_unix_ms: crate::commands::now_ms(),
+        }
+    }
+    fn now_ms(&self) -> u64 {
+        self.started_unix_ms + self.started.elapsed().as_millis() as u64
+    }
+}
+
+/// Owns the cluster node; moves its bytes and timers (see the module documentation).
+pub struct MeshActor {
+    node: Node,
+    cluster_id: String,
+    clock: MeshClock,
+    store: Arc<Store>,
+    transport: Arc<MeshTransport>,
+    addresses: HashMap<NodeId, SocketAddr>,
+    links: HashMap<NodeId, mpsc::Sender<LinkCommand>>,
+    /// A vote is being written: outputs stay in the node until it is durable.
+    persist_in_flight: bool,
+    timer: Option<(u64, SpawnHandle)>,
+    view: SharedMeshView,
+    refusals: RateLimitedLog,
+    queue_full: RateLimitedLog,
+}
+
+/// Binds the transport, loads the vote, bumps the generation and starts the actor with
+/// its accept loop. Must run inside the actix system.
+pub async fn start(
+    settings: MeshSettings,
+    store: Arc<Store>,
+    view: SharedMeshView,
+) -> Result<Addr<MeshActor>> {
+    let identity = settings.identity()?;
+    let cluster_id = ClusterId(identity.cluster_id.clone());
+    let cluster_id_text = identity.cluster_id.clone();
+    let transport = Arc::new(
+        MeshTransport::bind(settings.listen, identity)
+            .await
+            .with_context(|| format!("binding the mesh endpoint on {}", settings.listen))?,
+    );
+    let (persisted, generation) = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || load_vote_and_bump_generation(&store))
+            .await
+            .context("loading the mesh state")??
+    };
+    let clock = MeshClock::new();
+    let member_ids: Vec<NodeId> = settings.members.iter().map(|(id, _)| id.clone()).collect();
+    let mut config = NodeConfig::new(settings.node.clone(), cluster_id, member_ids, generation);
+    config.election.may_be_aggregator = settings.may_be_aggregator;
+    let seed = generation ^ u64::from(std::process::id()).rotate_left(32);
+    let node = Node::new(config, persisted.clone(), seed, clock.now_ms())
+        .context("the cluster configuration")?;
+    tracing::info!(
+        node = %settings.node, listen = %transport.local_addr()?, generation,
+        term = persisted.term, members = settings.members.len(),
+        may_be_aggregator = settings.may_be_aggregator, "mesh started"
+    );
+    let addresses = settings.members.iter().cloned().collect();
+    let accept_transport = transport.clone();
+    let members: Vec<NodeId> = settings.members.iter().map(|(id, _)| id.clone()).collect();
+    let actor = MeshActor {
+        node,
+        cluster_id: cluster_id_text,
+        clock,
+        store,
+        transport,
+        addresses,
+        links: HashMap::new(),
+        persist_in_flight: false,
+        timer: None,
+        view,
+        refusals: RateLimitedLog::default(),
+        queue_full: RateLimitedLog::default(),
+    }
+    .start();
+    tokio::spawn(accept_loop(accept_transport, members, actor.clone()));
+    Ok(actor)
+}
+
+/// The persisted vote (default when none) and the new generation, made durable.
+fn load_vote_and_bump_generation(store: &Store) -> Result<(PersistedVote, u64)> {
+    let vote = match store.get_setting(VOTE_SETTING)? {
+        Some(bytes) => {
+            serde_json::from_slice(&bytes).context("the persisted vote is unreadable")?
+        }
+        None => PersistedVote::default(),
+    };
+    let previous: u64 = match store.get_setting(GENERATION_SETTING)? {
+        Some(bytes) => std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .context("the persisted generation is unreadable")?,
+        None => 0,
+    };
+    let generation = (previous + 1).max(crate::commands::now_ms());
+    store.put_setting(GENERATION_SETTING, generation.to_string().as_bytes())?;
+    Ok((vote, generation))
+}
+
+/// Hands the receiver of [`announcement_channel`] to the actor.
+pub fn forward_announcements(mut receiver: mpsc::Receiver<Announcement>, actor: Addr<MeshActor>) {
+    tokio::spawn(async move {
+        while let Some(announcement) = receiver.recv().await {
+            if actor.send(Announce(announcement)).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// The bounded queue from the ingest (which runs on the blocking pool) to the mesh.
+pub fn announcement_channel() -> (mpsc::Sender<Announcement>, mpsc::Receiver<Announcement>) {
+    mpsc::channel(ANNOUNCE_QUEUE_LEN_MAX)
+}
+
+impl Actor for MeshActor {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, context: &mut Self::Context) {
+        self.pump(context);
+    }
+}
+
+impl Handler<Inbound> for MeshActor {
+    type Result = ();
+
+    fn handle(&mut self, message: Inbound, context: &mut Self::Context) {
+        let now_ms = self.clock.now_ms();
+        if let Err(error) = self
+            .node
+            .handle_datagram(now_ms, &message.peer, &message.bytes)
+        {
+            if let Some(suppressed) = self.refusals.admit() {
+                tracing::warn!(peer = %message.peer, %error, suppressed, "refused a mesh datagram");
+            }
+        }
+        self.pump(context);
+    }
+}
+
+impl Handler<PeerConnected> for MeshActor {
+    type Result = ();
+
+    fn handle(&mut self, message: PeerConnected, _context: &mut Self::Context) {
+        if let Some(link) = self.links.get(&message.peer) {
+            let _ = link.try_send(LinkCommand::PeerReconnected);
+        }
+    }
+}
+
+impl Handler<Announce> for MeshActor {
+    type Result = ();
+
+    fn handle(&mut self, Announce(announcement): Announce, context: &mut Self::Context) {
+        let report_id = announcement.report_id.clone();
+        match self.node.announce(self.clock.now_ms(), announcement) {
+            Ok(()) => tracing::debug!(report = %report_id.0, "incident announced"),
+            // The incident stays in the store; announcing what the spool holds at start
+            // comes with the next slice (re-announcement of not-yet-uploaded incidents).
+            Err(error) => tracing::warn!(report = %report_id.0, %error, "incident not announced"),
+        }
+        self.pump(context);
+    }
+}
+
+impl MeshActor {
+    /// Releases the node's outputs in order until it has none or a persist is in flight,
+    /// then publishes the view and re-arms the timer.
+    fn pump(&mut self, context: &mut actix::Context<Self>) {
+        while !self.persist_in_flight {
+            let Some(output) = self.node.poll_output() else {
+                break;
+            };
+            match output {
+                NodeOutput::Persist(vote) => self.persist(vote, context),
+                NodeOutput::Transmit { to, bytes } => self.transmit(to, bytes, context),
+                NodeOutput::AggregatorChanged { term, aggregator } => {
+                    tracing::info!(term, aggregator = ?aggregator.as_ref().map(|node| node.as_str()), "aggregator changed")
+                }
+                NodeOutput::Membership(MembershipOutput::MemberUp(node)) => {
+                    tracing::info!(member = %node, "member up")
+                }
+                NodeOutput::Membership(MembershipOutput::MemberDown(node)) => {
+                    tracing::info!(member = %node, "member down")
+                }
+                NodeOutput::Membership(MembershipOutput::Rejoined { generation }) => {
+                    tracing::info!(generation, "declared down by the cluster; rejoined")
+                }
+                NodeOutput::Membership(MembershipOutput::Send { .. }) => {
+                    unreachable!("the node turns membership sends into transmits")
+                }
+                NodeOutput::Consolidation(output) => self.carry_out(output),
+            }
+        }
+        self.publish_view();
+        self.arm_timer(context);
+    }
+
+    /// Writes `vote` durably on the blocking pool; draining resumes once it is on disk.
+    fn persist(&mut self, vote: PersistedVote, context: &mut actix::Context<Self>) {
+        self.persist_in_flight = true;
+        let store = self.store.clone();
+        let bytes = serde_json::to_vec(&vote).expect("a vote serializes");
+        let write = tokio::task::spawn_blocking(move || store.put_setting(VOTE_SETTING, &bytes));
+        context.spawn(actix::fut::wrap_future(write).map(
+            move |result, actor: &mut MeshActor, context| {
+                let error = match result {
+                    Ok(Ok(())) => {
+                        tracing::debug!(term = vote.term, voted_for = ?vote.voted_for, "vote persisted");
+                        actor.persist_in_flight = false;
+                        actor.pump(context);
+                        return;
+                    }
+                    Ok(Err(error)) => error.to_string(),
+                    Err(error) => error.to_string(),
+                };
+                // Nothing after this persist may leave before it is durable: hold every
+                // output and try again.
+                tracing::error!(%error, term = vote.term, "cannot persist the vote; retrying, the mesh waits");
+                context.run_later(
+                    Duration::from_millis(PERSIST_RETRY_MS),
+                    move |actor, context| actor.persist(vote, context),
+                );
+            },
+        ));
+    }
+
+    fn transmit(&mut self, to: NodeId, bytes: Vec<u8>, context: &mut actix::Context<Self>) {
+        let Some(&address) = self.addresses.get(&to) else {
+            tracing::warn!(peer = %to, "a datagram for a node that is not a configured member dropped");
+            return;
+        };
+        let link = self.links.entry(to.clone()).or_insert_with(|| {
+            let (sender, receiver) = mpsc::channel(PEER_SEND_QUEUE_LEN_MAX);
+            tokio::spawn(peer_link(
+                self.transport.clone(),
+                to.clone(),
+                address,
+                receiver,
+                context.address().recipient(),
+            ));
+            sender
+        });
+        if link.try_send(LinkCommand::Send(bytes)).is_err()
+            && let Some(suppressed) = self.queue_full.admit()
+        {
+            tracing::warn!(peer = %to, suppressed, "the peer's send queue is full; datagram dropped");
+        }
+    }
+
+    /// Consolidation effects other than messages. This slice moves no reports yet: each is
+    /// logged and dropped on purpose, naming what is missing.
+    fn carry_out(&mut self, output: ConsolidationOutput) {
+        match output {
+            ConsolidationOutput::Send { .. } => {
+                unreachable!("the node turns consolidation sends into transmits")
+            }
+            ConsolidationOutput::UploadReport(upload) => tracing::debug!(
+                ?upload,
+                "dropped: the uploader to the endpoint is not built yet"
+            ),
+            ConsolidationOutput::UploadIncidents(upload) => tracing::debug!(
+                ?upload,
+                "dropped: the uploader to the endpoint is not built yet"
+            ),
+            ConsolidationOutput::ChunksOffered {
+                report_id,
+                chunk_ids,
+            } => tracing::debug!(
+                report = %report_id.0, chunks = chunk_ids.len(),
+                "dropped: the aggregator's chunk fetch into the store is not built yet"
+            ),
+            ConsolidationOutput::StoreChunk {
+                report_id,
+                chunk_id,
+                ..
+            } => tracing::debug!(
+                report = %report_id.0, ?chunk_id,
+                "dropped: storing fetched chunks is not built yet"
+            ),
+            ConsolidationOutput::ServeReport { to, report_id } => tracing::debug!(
+                aggregator = %to, report = %report_id.0,
+                "dropped: serving a report's chunk list is not built yet"
+            ),
+            ConsolidationOutput::ServeChunks {
+                to,
+                report_id,
+                chunk_ids,
+            } => tracing::debug!(
+                aggregator = %to, report = %report_id.0, chunks = chunk_ids.len(),
+                "dropped: serving chunks is not built yet"
+            ),
+            ConsolidationOutput::ServeLogs {
+                to,
+                signature,
+                window_start_ms,
+                window_end_ms,
+            } => {
+                tracing::debug!(
+                    aggregator = %to, %signature, window_start_ms, window_end_ms,
+                    "dropped: serving logs to the aggregator is not built yet"
+                )
+            }
+            ConsolidationOutput::Uploaded { report_id } => tracing::debug!(
+                report = %report_id.0,
+                "dropped: recording the upload in the store is not built yet"
+            ),
+            ConsolidationOutput::Fenced { term } => {
+                tracing::warn!(term, "the endpoint fenced this aggregator's term")
+            }
+        }
+    }
+
+    fn publish_view(&mut self) {
+        let status = self.node.status();
+        let mut states: HashMap<&NodeId, (u64, MemberState)> = HashMap::new();
+        for member in &status.members {
+            let entry = states
+                .entry(&member.node)
+                .or_insert((member.generation, member.state));
+            if member.generation >= entry.0 {
+                *entry = (member.generation, member.state);
+            }
+        }
+        let members = self
+            .node
+            .election()
+            .members()
+            .iter()
+            .map(|member| MemberView {
+                name: member.as_str().to_string(),
+                state: match states.get(member) {
+                    Some((_, MemberState::Alive)) => "alive",
+                    Some((_, MemberState::Suspect)) => "suspect",
+                    Some((_, MemberState::Down)) => "down",
+                    None => "unknown",
+                }
+                .to_string(),
+            })
+            .collect();
+        let view = MeshView {
+            node: self.node.id().as_str().to_string(),
+            cluster_id: self.cluster_id.clone(),
+            term: status.term,
+            aggregator: status.aggregator.map(|node| node.as_str().to_string()),
+            role: match status.role {
+                Role::Follower => "follower",
+                Role::Candidate => "candidate",
+                Role::Aggregator => "aggregator",
+            }
+            .to_string(),
+            members,
+        };
+        *self
+            .view
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(view);
+    }
+
+    /// One timer, at the node's next deadline.
+    fn arm_timer(&mut self, context: &mut actix::Context<Self>) {
+        let deadline_ms = self.node.next_deadline_ms();
+        if let Some((armed_ms, handle)) = self.timer {
+            if armed_ms == deadline_ms {
+                return;
+            }
+            context.cancel_future(handle);
+        }
+        let delay = Duration::from_millis(deadline_ms.saturating_sub(self.clock.now_ms()));
+        let handle = context.run_later(delay, |actor, context| {
+            actor.timer = None;
+            let now_ms = actor.clock.now_ms();
+            actor.node.handle_timeout(now_ms);
+            actor.pump(context);
+        });
+        self.timer = Some((deadline_ms, handle));
+    }
+}
+
+/// Admits connections of configured members and reads each.
+async fn accept_loop(transport: Arc<MeshTransport>, members: Vec<NodeId>, actor: Addr<MeshActor>) {
+    while let Some((peer_name, connection)) = transport.accept().await {
+        let peer = peer_name.node_id();
+        if !members.contains(&peer) {
+            tracing::warn!(
+                peer = %peer_name, remote = %connection.remote_address(),
+                "refusing a connection: a certificate of our CA, but not a configured member"
+            );
+            connection.close("not a configured member");
+            continue;
+        }
+        tracing::debug!(peer = %peer_name, remote = %connection.remote_address(), "member connected");
+        actor.do_send(PeerConnected { peer: peer.clone() });
+        tokio::spawn(read_connection(peer, connection, actor.clone().recipient()));
+    }
+}
+
+/// Hands every message of one connection to the actor until the connection is gone.
+async fn read_connection(peer: NodeId, connection: Connection, inbound: Recipient<Inbound>) {
+    loop {
+        match connection.accept_message().await {
+            Ok(bytes) => {
+                if inbound
+                    .send(Inbound {
+                        peer: peer.clone(),
+                        bytes,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(error) if error.is_connection_lost() => {
+                tracing::debug!(%peer, %error, "mesh connection closed");
+                return;
+            }
+            // One bad stream (the transport logged it); the connection carries on.
+            Err(_) => {}
+        }
+    }
+}
+
+/// Keeps one connection to `peer` and sends what the actor queues (see the module docs).
+async fn peer_link(
+    transport: Arc<MeshTransport>,
+    peer: NodeId,
+    address: SocketAddr,
+    mut queue: mpsc::Receiver<LinkCommand>,
+    inbound: Recipient<Inbound>,
+) {
+    let mut connection: Option<(Connection, Instant)> = None;
+    let mut backoff_ms = RECONNECT_BACKOFF_MIN_MS;
+    let mut failures = RateLimitedLog::default();
+    while let Some(command) = queue.recv().await {
+        let bytes = match command {
+            LinkCommand::Send(bytes) => bytes,
+            LinkCommand::PeerReconnected => {
+                if let Some((old, since)) = &connection
+                    && since.elapsed() >= Duration::from_millis(FRESH_CONNECTION_MS)
+                {
+                    tracing::debug!(%peer, "the peer connected afresh; reconnecting to it");
+                    old.close("the peer reconnected");
+                    connection = None;
+                }
+                continue;
+            }
+        };
+        if connection.is_none() {
+            match transport.connect(address, peer.as_str()).await {
+                Ok(connected) => {
+                    tracing::info!(%peer, %address, "connected to member");
+                    backoff_ms = RECONNECT_BACKOFF_MIN_MS;
+                    tokio::spawn(read_connection(
+                        peer.clone(),
+                        connected.clone(),
+                        inbound.clone(),
+                    ));
+                    connection = Some((connected, Instant::now()));
+                }
+                Err(error) => {
+                    if let Some(suppressed) = failures.admit() {
+                        tracing::warn!(%peer, %address, %error, suppressed, "cannot connect to member");
+                    }
+                    // What queued while the peer was unreachable is stale: drop it.
+                    while let Ok(LinkCommand::Send(_) | LinkCommand::PeerReconnected) =
+                        queue.try_recv()
+                    {}
+                    tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                    backoff_ms = (backoff_ms * 2).min(RECONNECT_BACKOFF_MAX_MS);
+                    continue;
+                }
+            }
+        }
+        let (open, _) = connection.as_ref().expect("connected above");
+        if let Err(error) = open.send_message(&bytes).await {
+            if error.is_connection_lost() {
+                tracing::debug!(%peer, %error, "connection to member lost");
+                connection = None;
+            } else {
+                tracing::debug!(%peer, %error, "a datagram to a member failed");
+            }
+        }
+    }
+}
