@@ -259,7 +259,10 @@ pub async fn api_problem(
         "reports": row.reports,
         "attachments": attachments,
         "hourly": row.hourly,
-        "bug_detail": bug,
+        "bug_detail": match &bug {
+            Some(bug) => state.db.bug_view(bug.id, crate::db::COMMENTS_PER_BUG_MAX)?,
+            None => None,
+        },
     });
     if let (Some(summary), serde_json::Value::Object(extra)) = (summary.as_object_mut(), extra) {
         summary.extend(extra);
@@ -274,7 +277,7 @@ pub async fn api_bug(
 ) -> Result<HttpResponse, EndpointError> {
     let bug = state
         .db
-        .bug(*path)?
+        .bug_view(*path, crate::db::COMMENTS_PER_BUG_MAX)?
         .ok_or_else(|| EndpointError::NotFound(format!("bug {path}")))?;
     Ok(HttpResponse::Ok().json(bug))
 }
@@ -316,7 +319,8 @@ pub async fn api_set_bug(
     let change: BugChange = serde_json::from_slice(&body)
         .map_err(|error| EndpointError::BadRequest(format!("bug change: {error}")))?;
     let bug = set_bug(&state, *path, change).await?;
-    Ok(HttpResponse::Ok().json(bug))
+    let view = state.db.bug_view(bug.id, crate::db::COMMENTS_PER_BUG_MAX)?;
+    Ok(HttpResponse::Ok().json(view))
 }
 
 /// The dashboard's bug form.
@@ -771,7 +775,12 @@ pub async fn problem_page(
                 select_box("status", Some(&bug.status), &statuses),
                 escape(bug.workaround.as_deref().unwrap_or("")),
             );
-            for comment in bug.comments.iter().rev().take(100) {
+            let comments = state
+                .db
+                .bug_view(bug.id, 100)?
+                .map(|view| view.comments)
+                .unwrap_or_default();
+            for comment in comments.iter().rev() {
                 let _ = write!(
                     body,
                     "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",

@@ -26,7 +26,7 @@ pub const FORMAT_VERSION: u64 = 1;
 /// Names kept per problem (nodes, clusters, versions, labels), each.
 pub const NAMES_PER_PROBLEM_MAX: usize = 4096;
 /// Recent incidents kept on a problem's row for its page.
-pub const RECENT_INCIDENTS_MAX: usize = 200;
+pub const RECENT_INCIDENTS_MAX: usize = 50;
 /// Report ids kept on a problem's row.
 pub const REPORTS_PER_PROBLEM_MAX: usize = 256;
 /// Hour buckets kept for a problem's chart (about 13 months).
@@ -51,6 +51,8 @@ pub(crate) const INCIDENTS: TableDefinition<(&str, &str), &str> =
     TableDefinition::new("incidents_v1");
 /// Bug number → [`BugRow`].
 pub(crate) const BUGS: TableDefinition<u64, &[u8]> = TableDefinition::new("bugs_v1");
+/// (bug number, comment number) → [`Comment`]: appended, so a hot bug's row stays small.
+pub(crate) const COMMENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("comments_v1");
 
 const META_FORMAT_VERSION: &str = "format_version";
 pub(crate) const META_NEXT_BUG: &str = "next_bug";
@@ -133,6 +135,19 @@ pub struct BugRow {
     pub updated_ms: u64,
     /// The newest version seen when the bug was closed.
     pub closed_version_max: Option<String>,
+    /// Comments ever made (the newest [`COMMENTS_PER_BUG_MAX`] are kept).
+    pub comments_total: u64,
+    /// Comments made since the row was read, saved by [`save_bug`].
+    #[serde(skip)]
+    pub unsaved_comments: Vec<Comment>,
+}
+
+/// A bug with its latest comments, as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct BugView {
+    #[serde(flatten)]
+    pub bug: BugRow,
+    /// Oldest first.
     pub comments: Vec<Comment>,
 }
 
@@ -151,17 +166,13 @@ impl BugRow {
         }
     }
 
-    /// Adds a comment, dropping the oldest past [`COMMENTS_PER_BUG_MAX`].
+    /// Adds a comment (saved with the row by [`save_bug`]).
     pub fn comment(&mut self, time_ms: u64, author: &str, text: String) {
-        self.comments.push(Comment {
+        self.unsaved_comments.push(Comment {
             time_ms,
             author: author.into(),
             text,
         });
-        if self.comments.len() > COMMENTS_PER_BUG_MAX {
-            let extra = self.comments.len() - COMMENTS_PER_BUG_MAX;
-            self.comments.drain(..extra);
-        }
         self.updated_ms = self.updated_ms.max(time_ms);
     }
 }
@@ -186,6 +197,25 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
         what: what.into(),
         detail: error.to_string(),
     })
+}
+
+/// Writes a bug's row and appends its unsaved comments, dropping the oldest past
+/// [`COMMENTS_PER_BUG_MAX`].
+pub(crate) fn save_bug(
+    bugs: &mut redb::Table<u64, &[u8]>,
+    comments: &mut redb::Table<(u64, u64), &[u8]>,
+    mut bug: BugRow,
+) -> Result<(), EndpointError> {
+    for comment in std::mem::take(&mut bug.unsaved_comments) {
+        let number = bug.comments_total;
+        comments.insert((bug.id, number), encode(&comment)?.as_slice())?;
+        bug.comments_total += 1;
+        if number >= COMMENTS_PER_BUG_MAX as u64 {
+            comments.remove((bug.id, number - COMMENTS_PER_BUG_MAX as u64))?;
+        }
+    }
+    bugs.insert(bug.id, encode(&bug)?.as_slice())?;
+    Ok(())
 }
 
 /// Inserts into a bounded set; false when the set is full (and lacks the value).
@@ -239,6 +269,7 @@ impl Db {
             txn.open_table(ANALYSES)?;
             txn.open_table(INCIDENTS)?;
             txn.open_table(BUGS)?;
+            txn.open_table(COMMENTS)?;
         }
         txn.commit()?;
         Ok(Db { db })
@@ -341,6 +372,27 @@ impl Db {
             .transpose()
     }
 
+    /// A bug with its latest `limit` comments.
+    pub fn bug_view(&self, id: u64, limit: usize) -> Result<Option<BugView>, EndpointError> {
+        let txn = self.db.begin_read()?;
+        let bugs = txn.open_table(BUGS)?;
+        let Some(bug) = bugs
+            .get(id)?
+            .map(|value| decode::<BugRow>(&format!("bug {id}"), value.value()))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let table = txn.open_table(COMMENTS)?;
+        let mut comments = Vec::new();
+        for entry in table.range((id, 0)..=(id, u64::MAX))?.rev().take(limit) {
+            let (_, value) = entry?;
+            comments.push(decode::<Comment>("comment", value.value())?);
+        }
+        comments.reverse();
+        Ok(Some(BugView { bug, comments }))
+    }
+
     /// Every bug, newest first.
     pub fn bugs(&self) -> Result<Vec<BugRow>, EndpointError> {
         let txn = self.db.begin_read()?;
@@ -414,7 +466,10 @@ impl Db {
             }
             if !changes.is_empty() {
                 bug.comment(now_ms, "admin", changes.join("; "));
-                bugs.insert(id, encode(&bug)?.as_slice())?;
+                let mut comments = txn.open_table(COMMENTS)?;
+                save_bug(&mut bugs, &mut comments, bug.clone())?;
+                bug.comments_total += bug.unsaved_comments.len() as u64;
+                bug.unsaved_comments.clear();
             }
             bug
         };

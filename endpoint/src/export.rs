@@ -55,7 +55,9 @@ pub fn export(config: &EndpointConfig, out: &Path) -> Result<ExportSummary, Endp
         .map(|(row, bug)| {
             serde_json::json!({
                 "summary": crate::dashboard::ProblemJson::new(row, bug.as_ref(), &config.public_url(None)),
-                "bug": bug,
+                "bug": bug.as_ref().and_then(|bug| {
+                    db.bug_view(bug.id, crate::db::COMMENTS_PER_BUG_MAX).ok().flatten()
+                }),
                 "analysis": db.analysis(&row.id).ok().flatten(),
             })
         })

@@ -10,7 +10,7 @@
 //!   (the callers retry; nothing of the batch was committed);
 //! - webhook events are sent only after the commit that made them true.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
@@ -20,9 +20,9 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use tokio::sync::oneshot;
 
 use crate::db::{
-    ANALYSES, BUGS, BugRow, Db, HOURS_PER_PROBLEM_MAX, INCIDENTS, IncidentRow, META, META_NEXT_BUG,
-    PROBLEMS, ProblemRow, RECENT_INCIDENTS_MAX, REPORTS, REPORTS_PER_PROBLEM_MAX, ReportRow, TERMS,
-    decode, encode, insert_bounded,
+    ANALYSES, BUGS, BugRow, COMMENTS, Db, HOURS_PER_PROBLEM_MAX, INCIDENTS, IncidentRow, META,
+    META_NEXT_BUG, PROBLEMS, ProblemRow, RECENT_INCIDENTS_MAX, REPORTS, REPORTS_PER_PROBLEM_MAX,
+    ReportRow, TERMS, decode, encode, insert_bounded, save_bug,
 };
 use crate::error::EndpointError;
 use crate::metrics::Metrics;
@@ -201,6 +201,7 @@ fn run_batch(
             events.extend(job_events);
             results.push(result);
         }
+        tables.flush()?;
     }
     txn.commit()?;
     Ok(())
@@ -214,6 +215,11 @@ struct Tables<'txn> {
     analyses: Table<'txn, &'static str, &'static [u8]>,
     incidents: Table<'txn, (&'static str, &'static str), &'static str>,
     bugs: Table<'txn, u64, &'static [u8]>,
+    comments: Table<'txn, (u64, u64), &'static [u8]>,
+    /// Rows read or changed in this batch, written back once at its end: a hot problem's
+    /// row (and its bug) is decoded and encoded once per batch, not once per report.
+    problem_rows: HashMap<String, ProblemRow>,
+    bug_rows: HashMap<u64, BugRow>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -226,7 +232,46 @@ impl<'txn> Tables<'txn> {
             analyses: txn.open_table(ANALYSES)?,
             incidents: txn.open_table(INCIDENTS)?,
             bugs: txn.open_table(BUGS)?,
+            comments: txn.open_table(COMMENTS)?,
+            problem_rows: HashMap::new(),
+            bug_rows: HashMap::new(),
         })
+    }
+
+    /// Writes the rows this batch changed.
+    fn flush(&mut self) -> Result<(), EndpointError> {
+        for (id, row) in std::mem::take(&mut self.problem_rows) {
+            self.problems
+                .insert(id.as_str(), encode(&row)?.as_slice())?;
+        }
+        for (_, bug) in std::mem::take(&mut self.bug_rows) {
+            save_bug(&mut self.bugs, &mut self.comments, bug)?;
+        }
+        Ok(())
+    }
+
+    /// A problem's row, taken out of the batch's cache (put it back with `put_problem`).
+    fn take_problem(&mut self, id: &str) -> Result<Option<ProblemRow>, EndpointError> {
+        if let Some(row) = self.problem_rows.remove(id) {
+            return Ok(Some(row));
+        }
+        self.problem(id)
+    }
+
+    /// A bug, taken out of the batch's cache (put it back with `put_bug`).
+    fn take_bug(&mut self, id: Option<u64>) -> Result<Option<BugRow>, EndpointError> {
+        if let Some(bug) = id.and_then(|id| self.bug_rows.remove(&id)) {
+            return Ok(Some(bug));
+        }
+        self.bug(id)
+    }
+
+    fn put_problem(&mut self, row: ProblemRow) {
+        self.problem_rows.insert(row.id.clone(), row);
+    }
+
+    fn put_bug(&mut self, bug: BugRow) {
+        self.bug_rows.insert(bug.id, bug);
     }
 
     /// Fencing: refuses a term below the cluster's highest; returns whether it is higher.
@@ -266,6 +311,9 @@ impl<'txn> Tables<'txn> {
     }
 
     fn problem(&self, id: &str) -> Result<Option<ProblemRow>, EndpointError> {
+        if let Some(row) = self.problem_rows.get(id) {
+            return Ok(Some(row.clone()));
+        }
         self.problems
             .get(id)?
             .map(|value| decode(&format!("problem {id}"), value.value()))
@@ -274,6 +322,9 @@ impl<'txn> Tables<'txn> {
 
     fn bug(&self, id: Option<u64>) -> Result<Option<BugRow>, EndpointError> {
         let Some(id) = id else { return Ok(None) };
+        if let Some(bug) = self.bug_rows.get(&id) {
+            return Ok(Some(bug.clone()));
+        }
         self.bugs
             .get(id)?
             .map(|value| decode(&format!("bug {id}"), value.value()))
@@ -495,7 +546,7 @@ fn complete(
     }
     tables.raise_term(cluster, manifest.term)?;
     let problem_id = crashmesh_store::problem_id_for(&manifest.signature, &manifest.report_id);
-    let existing = tables.problem(&problem_id)?;
+    let existing = tables.take_problem(&problem_id)?;
     let known = existing.is_some();
     let uninteresting = crate::rules::first_match(&context.rules, analysis);
     let mut row = existing.unwrap_or_else(|| ProblemRow {
@@ -532,7 +583,7 @@ fn complete(
         Some(analysis),
     )?;
     Metrics::add(&context.metrics.incidents_recorded, added.len() as u64);
-    let mut bug = tables.bug(row.bug)?;
+    let mut bug = tables.take_bug(row.bug)?;
     if !known {
         tables
             .analyses
@@ -553,7 +604,8 @@ fn complete(
                 created_ms: now,
                 updated_ms: now,
                 closed_version_max: None,
-                comments: Vec::new(),
+                comments_total: 0,
+                unsaved_comments: Vec::new(),
             };
             new_bug.comment(now, "endpoint", text.clone());
             row.bug = Some(id);
@@ -567,12 +619,11 @@ fn complete(
         }
         Some(_) => {}
     }
-    if let Some(bug) = &bug {
-        tables.bugs.insert(bug.id, encode(bug)?.as_slice())?;
+    let reply = reply(context, &problem_id, known, bug.as_ref());
+    if let Some(bug) = bug {
+        tables.put_bug(bug);
     }
-    tables
-        .problems
-        .insert(problem_id.as_str(), encode(&row)?.as_slice())?;
+    tables.put_problem(row);
     let report = ReportRow {
         manifest: manifest.clone(),
         problem_id: problem_id.clone(),
@@ -582,7 +633,7 @@ fn complete(
         .reports
         .insert(manifest.report_id.as_str(), encode(&report)?.as_slice())?;
     Metrics::add(&context.metrics.reports_completed, 1);
-    Ok(reply(context, &problem_id, known, bug.as_ref()))
+    Ok(reply)
 }
 
 fn update_incidents(
@@ -606,7 +657,7 @@ fn update_incidents(
             update.report_id
         )));
     }
-    let Some(mut row) = tables.problem(&report.problem_id)? else {
+    let Some(mut row) = tables.take_problem(&report.problem_id)? else {
         return Err(EndpointError::Corrupt {
             what: format!("report {}", update.report_id),
             detail: format!("its problem {} is missing", report.problem_id),
@@ -626,15 +677,16 @@ fn update_incidents(
         analysis.as_ref(),
     )?;
     Metrics::add(&context.metrics.incidents_recorded, added.len() as u64);
-    let mut bug = tables.bug(row.bug)?;
+    let mut bug = tables.take_bug(row.bug)?;
     if let Some(bug) = &mut bug
         && !added.is_empty()
     {
         comment_on_bug(context, bug, &row, &added, now, events);
-        tables.bugs.insert(bug.id, encode(&*bug)?.as_slice())?;
     }
-    tables
-        .problems
-        .insert(row.id.as_str(), encode(&row)?.as_slice())?;
-    Ok(reply(context, &row.id, true, bug.as_ref()))
+    let reply = reply(context, &row.id, true, bug.as_ref());
+    if let Some(bug) = bug {
+        tables.put_bug(bug);
+    }
+    tables.put_problem(row);
+    Ok(reply)
 }

@@ -61,6 +61,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub symbolizer: Option<Arc<Symbolizer>>,
     pub public_url: String,
+    /// The highest term seen per cluster, for early refusals.
+    pub terms: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// A server running on its own thread.
@@ -178,6 +180,7 @@ pub fn start(config: EndpointConfig, mode: ServerMode) -> Result<RunningServer, 
                 metrics,
                 db,
                 public_url,
+                terms: Default::default(),
                 config,
             };
             (Some(web::Data::new(state)), admin_token)
@@ -366,9 +369,21 @@ impl AppState {
         Ok(cluster)
     }
 
-    /// Refuses a term lower than the cluster's highest (checked again when committing).
+    /// Refuses a term lower than the cluster's highest seen (an early answer from memory;
+    /// the committer checks again against the database in the transaction that writes).
     fn check_term(&self, cluster: &str, term: u64) -> Result<(), EndpointError> {
-        let highest = self.db.term(cluster)?;
+        let cached = self.terms.lock().unwrap().get(cluster).copied();
+        let highest = match cached {
+            Some(highest) => highest,
+            None => self.db.term(cluster)?,
+        };
+        {
+            let mut terms = self.terms.lock().unwrap();
+            if terms.len() >= crate::ratelimit::CLUSTERS_TRACKED_MAX {
+                terms.clear();
+            }
+            terms.insert(cluster.to_string(), highest.max(term));
+        }
         if term < highest {
             return Err(EndpointError::StaleTerm {
                 cluster: cluster.to_string(),
@@ -461,10 +476,8 @@ async fn post_report(
     check_cluster(&cluster, &manifest.cluster_id)?;
     state.check_term(&cluster, manifest.term)?;
     let manifest = Arc::new(manifest);
-    if state.db.report(&manifest.report_id)?.is_some() {
-        let reply = state.finish(manifest).await?;
-        return Ok(HttpResponse::Ok().json(reply));
-    }
+    // A report already stored has all its chunks: it goes straight to the committer,
+    // which answers a repeat without storing anything again.
     let missing = state.blobs.missing(&manifest.chunk_ids()).await?;
     if missing.is_empty() {
         let reply = state.finish(manifest).await?;

@@ -107,9 +107,12 @@ fn run_command(global: &GlobalArgs, what: &EndpointCommand) -> Result<ExitCode> 
                     }
                 }
                 EndpointBugCommand::Show { id } => {
-                    let bug = db.bug(*id)?.with_context(|| format!("no bug {id}"))?;
+                    let view = db
+                        .bug_view(*id, crashmesh_endpoint::db::COMMENTS_PER_BUG_MAX)?
+                        .with_context(|| format!("no bug {id}"))?;
+                    let bug = &view.bug;
                     if global.json {
-                        print_json(&serde_json::to_value(&bug)?);
+                        print_json(&serde_json::to_value(&view)?);
                     } else {
                         println!("bug {} [{}] {}", bug.id, bug.status, bug.title);
                         println!("  problem: {}", bug.problem_id);
@@ -120,7 +123,7 @@ fn run_command(global: &GlobalArgs, what: &EndpointCommand) -> Result<ExitCode> 
                             "  workaround: {}",
                             bug.workaround.as_deref().unwrap_or("none")
                         );
-                        for comment in &bug.comments {
+                        for comment in &view.comments {
                             println!(
                                 "  {} {}: {}",
                                 crashmesh_endpoint::dashboard::format_time_ms(comment.time_ms),
