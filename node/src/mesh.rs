@@ -63,6 +63,8 @@ pub const ANNOUNCE_QUEUE_LEN_MAX: usize = 1024;
 pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
 /// The longest wait between connect attempts.
 pub const RECONNECT_BACKOFF_MAX_MS: u64 = 2_000;
+/// How long a connect to a member may take (handshake and admission).
+pub const MESH_CONNECT_TIMEOUT_MS: u64 = 3_000;
 /// A connection younger than this is not reset when the peer connects to us again.
 pub const FRESH_CONNECTION_MS: u64 = 2_000;
 /// The same kind of refusal or failure is logged at most this often (with a count).
@@ -298,7 +300,7 @@ pub async fn start(
     let cluster_id = ClusterId(identity.cluster_id.clone());
     let cluster_id_text = identity.cluster_id.clone();
     let transport = Arc::new(
-        MeshTransport::bind(settings.listen, identity)
+        MeshTransport::bind_with_limits(settings.listen, identity, mesh_transport_limits())
             .await
             .with_context(|| format!("binding the mesh endpoint on {}", settings.listen))?,
     );
@@ -340,6 +342,17 @@ pub async fn start(
     .start();
     tokio::spawn(accept_loop(accept_transport, members, actor.clone()));
     Ok(actor)
+}
+
+/// The transport's defaults, but a short connect timeout: a member that is down (or not
+/// started yet) must not hold its link for long — QUIC gets no "port unreachable", so a
+/// connect to a dead peer only ends at the timeout, and the handshake's retransmission
+/// (about 1 s after the first try) still fits when the peer was merely starting.
+fn mesh_transport_limits() -> crate::transport::TransportLimits {
+    crate::transport::TransportLimits {
+        connect_timeout: Duration::from_millis(MESH_CONNECT_TIMEOUT_MS),
+        ..Default::default()
+    }
 }
 
 /// The persisted vote (default when none) and the new generation, made durable.

@@ -391,3 +391,16 @@ impl Drop for Installed<'_> {
         let _ = self.node.command(&["uninstall"]).output();
     }
 }
+
+/// `count` distinct UDP ports on 127.0.0.1 that were free a moment ago: each is bound to
+/// port 0, read and released (the sockets are held until all are chosen, so no port comes
+/// twice). Another process may still take one before its daemon binds it: rare on loopback.
+pub fn free_udp_ports(count: usize) -> Vec<u16> {
+    let sockets: Vec<std::net::UdpSocket> = (0..count)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port"))
+        .collect();
+    sockets
+        .iter()
+        .map(|socket| socket.local_addr().expect("local address").port())
+        .collect()
+}
