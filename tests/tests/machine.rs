@@ -630,15 +630,30 @@ fn big_crashes_against_a_small_quota_with_the_daemon_killed_lose_no_incident() {
         String::from_utf8_lossy(&node.command(&["problems", "list"]).output().unwrap().stdout),
         node.daemon_log()
     );
+    // The quota pass follows the recording of the last incident.
+    let within = wait_until(Duration::from_secs(30), || {
+        disk_usage(&node.data_dir) <= quota_bytes
+    });
     let status = node.json(&["status"]);
     let used = disk_usage(&node.data_dir);
+    let listing = std::process::Command::new("du")
+        .args(["-a", "-B1"])
+        .arg(&node.data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        within,
+        "never back within the quota: {}",
+        String::from_utf8_lossy(&listing.stdout)
+    );
     assert!(
         used <= quota_bytes,
         "the data dir takes {used} bytes, over the quota of {quota_bytes}: {status:#}"
     );
     assert!(
         status["store"]["used_bytes"].as_u64().unwrap() <= quota_bytes,
-        "{status:#}"
+        "{status:#}\n{}",
+        String::from_utf8_lossy(&listing.stdout)
     );
     // Eviction took cores, never incidents: the first core is the one kept.
     let listed = problems(&node);
