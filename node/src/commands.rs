@@ -591,7 +591,9 @@ pub fn status(context: &Context) -> Result<ExitCode> {
 
 /// `status --json`'s `cluster` object: `enabled`, `running` (the daemon's mesh is up),
 /// `node`, `cluster_id`, `term`, `aggregator`, `role`, `members` (`name`, `state`: alive,
-/// suspect, down or unknown); the mesh's fields are null when it does not run.
+/// suspect, down or unknown), `pending_incidents` (this node's, not yet uploaded),
+/// `problems` (the aggregator's: `signature`, `at_endpoint`, `uploaded_incidents`,
+/// `pending_incidents`); the mesh's fields are null when it does not run.
 fn cluster_json(context: &Context, mesh: Option<&crate::mesh::MeshView>) -> serde_json::Value {
     let enabled = context.config.cluster.enabled;
     match mesh {
@@ -604,6 +606,8 @@ fn cluster_json(context: &Context, mesh: Option<&crate::mesh::MeshView>) -> serd
             "aggregator": view.aggregator,
             "role": view.role,
             "members": view.members,
+            "pending_incidents": view.pending_incidents,
+            "problems": view.problems,
         }),
         None => serde_json::json!({
             "enabled": enabled,
@@ -614,6 +618,8 @@ fn cluster_json(context: &Context, mesh: Option<&crate::mesh::MeshView>) -> serd
             "aggregator": null,
             "role": null,
             "members": [],
+            "pending_incidents": null,
+            "problems": [],
         }),
     }
 }

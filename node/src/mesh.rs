@@ -189,6 +189,19 @@ pub struct MeshView {
     /// `follower`, `candidate` or `aggregator`.
     pub role: String,
     pub members: Vec<MemberView>,
+    /// This node's incidents not yet known to be at the endpoint.
+    pub pending_incidents: usize,
+    /// The problems this node aggregates (empty unless it is the aggregator).
+    pub problems: Vec<MeshProblemView>,
+}
+
+/// One problem the aggregator holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshProblemView {
+    pub signature: String,
+    pub at_endpoint: bool,
+    pub uploaded_incidents: u64,
+    pub pending_incidents: usize,
 }
 
 /// One configured member as this node sees it.
@@ -628,6 +641,17 @@ impl MeshActor {
             }
             .to_string(),
             members,
+            pending_incidents: status.pending_incidents,
+            problems: status
+                .problems
+                .into_iter()
+                .map(|problem| MeshProblemView {
+                    signature: problem.signature,
+                    at_endpoint: problem.at_endpoint,
+                    uploaded_incidents: problem.uploaded_count,
+                    pending_incidents: problem.pending_count,
+                })
+                .collect(),
         };
         *self
             .view
