@@ -15,7 +15,8 @@ use crashmesh_store::{Store, StoreConfig};
 fn core_like(bytes: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
     let mut data = Vec::with_capacity(bytes);
-    let line = b"2026-11-26T15:40:46.123Z node1 vstorage-csd[4242]: chunk 42 replicated to cs#7 ok\n";
+    let line =
+        b"2026-11-26T15:40:46.123Z node1 vstorage-csd[4242]: chunk 42 replicated to cs#7 ok\n";
     let mut stripe = 0usize;
     while data.len() < bytes {
         let take = (bytes - data.len()).min(1 << 20);

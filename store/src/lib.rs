@@ -42,6 +42,12 @@
 //!   whole 4 KiB blocks, the index file, temporary files). After `enforce_quota` returns
 //!   Ok the store is within it, unless the report says `still_over_quota` (only metadata
 //!   and pinned blobs were left).
+//! - **Usage is what the disk holds.** The bytes `status` and `enforce_quota` report
+//!   count a chunk file from its rename until its deletion, garbage included: a chunk
+//!   freed while a put runs stays counted (its file stays) until a later collection (every
+//!   `enforce_quota` starts with one) deletes it, and each file a collection deletes stops
+//!   counting at once, not when the whole collection commits. Concurrent `enforce_quota`
+//!   calls run one after the other.
 //! - **Pins.** A blob from `put_blob` is pinned until `record_incident` names it,
 //!   `release_blob` lets it go, or the store is reopened (its caller died with the
 //!   process). A core over `max_cores_per_signature` is freed at once; its incident keeps

@@ -29,6 +29,11 @@ impl Store {
     /// Keeps the store inside its limit (and drops evidence older than `max_age_days`),
     /// evicting in the documented order. Call it after every write and periodically.
     pub fn enforce_quota(&self, now_ms: u64) -> Result<EvictionReport, StoreError> {
+        let _one_pass_at_a_time = self
+            .quota_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Garbage a put kept from being collected when it was made goes now.
         self.collect_garbage()?;
         let used_bytes_before = self.used_bytes()?;
         let (allowed_bytes, _) = self.allowed_bytes(used_bytes_before)?;

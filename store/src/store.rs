@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tracing::{debug, info, warn};
@@ -47,6 +47,14 @@ pub struct Store {
     /// Puts hold it shared from their first index look-up to their commit; deleting chunk
     /// files holds it exclusively, so a put never references a chunk whose file is gone.
     pub(crate) collection_lock: RwLock<()>,
+    /// Disk bytes of garbage chunk files the running collection already deleted and the
+    /// index still counts (its commit comes after the last removal). `used_bytes`
+    /// subtracts them, so the usage follows the disk file by file; the lock makes reading
+    /// the counter and this one step, and the commit and resetting this another.
+    deleted_uncommitted: Mutex<u64>,
+    /// Held by `enforce_quota` throughout: two passes measuring the usage at once would
+    /// both evict for the same excess.
+    pub(crate) quota_lock: Mutex<()>,
     tmp_counter: AtomicU64,
 }
 
@@ -263,6 +271,8 @@ impl Store {
             config,
             db,
             collection_lock: RwLock::new(()),
+            deleted_uncommitted: Mutex::new(0),
+            quota_lock: Mutex::new(()),
             tmp_counter: AtomicU64::new(0),
         };
         store.check_format()?;
@@ -419,21 +429,50 @@ impl Store {
         if garbage.is_empty() {
             return Ok(0);
         }
+        // Files go before their rows: a removal lost in a crash leaves an orphan file,
+        // which recovery deletes. Each file gone is subtracted from the usage at once.
+        let mut removed = Vec::with_capacity(garbage.len());
         let mut freed_bytes = 0;
+        let mut failure = None;
         for (id, stored) in &garbage {
             let path = chunk::chunk_path(&self.chunks_dir, &ChunkId(*id));
             match self.fs.remove_file(&path) {
                 Ok(()) => {}
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(StoreError::io("remove", &path, error)),
+                Err(error) => {
+                    failure = Some(StoreError::io("remove", &path, error));
+                    break;
+                }
             }
+            *self.lock_deleted_uncommitted() += disk_bytes(*stored);
+            removed.push(*id);
             freed_bytes += disk_bytes(*stored);
         }
-        // A removal lost in a crash leaves an orphan file, which recovery deletes.
+        // What was removed is committed even when a removal failed: the rest stays
+        // garbage, counted, for the next collection.
+        let committed = self.forget_garbage(&removed, freed_bytes);
+        if committed.is_err() {
+            // The rows stay; the next collection finds their files gone and counts them
+            // then. Until it does, the usage over-counts, never under-counts.
+            *self.lock_deleted_uncommitted() = 0;
+        }
+        committed?;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        debug!(chunks = removed.len(), freed_bytes, "garbage collected");
+        Ok(freed_bytes)
+    }
+
+    /// Drops the garbage rows of removed chunk files and their bytes from the counter.
+    fn forget_garbage(&self, removed: &[[u8; 32]], freed_bytes: u64) -> Result<(), StoreError> {
+        if removed.is_empty() {
+            return Ok(());
+        }
         let txn = self.db.begin_write()?;
         {
             let mut tables = Tables::open(&txn)?;
-            for (id, _) in &garbage {
+            for id in removed {
                 tables.garbage.remove(*id)?;
             }
             meta_add(
@@ -442,9 +481,16 @@ impl Store {
                 -(freed_bytes as i128),
             )?;
         }
+        let mut deleted_uncommitted = self.lock_deleted_uncommitted();
         txn.commit()?;
-        debug!(chunks = garbage.len(), freed_bytes, "garbage collected");
-        Ok(freed_bytes)
+        *deleted_uncommitted = 0;
+        Ok(())
+    }
+
+    fn lock_deleted_uncommitted(&self) -> MutexGuard<'_, u64> {
+        self.deleted_uncommitted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn try_collect_garbage(&self) {
@@ -852,6 +898,29 @@ impl Store {
         result
     }
 
+    /// Stores a chunk received from a peer as its uncompressed bytes (the mesh moves raw
+    /// chunks, verified by blake3): compressed here, then as [`Store::put_chunk_compressed`].
+    pub fn put_chunk_raw(&self, id: &ChunkId, raw: &[u8]) -> Result<(), StoreError> {
+        if raw.len() > chunk::CHUNK_BYTES_MAX as usize {
+            return Err(StoreError::LimitExceeded {
+                what: "chunk bytes",
+                value: raw.len() as u64,
+                limit: chunk::CHUNK_BYTES_MAX as u64,
+            });
+        }
+        if self.has_chunk(id)? {
+            return Ok(());
+        }
+        let stored = chunk::compress(raw)?;
+        self.put_chunk_compressed(id, &stored)
+    }
+
+    /// A chunk's uncompressed bytes, verified against its id.
+    pub fn chunk_raw(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+        let stored = self.chunk_bytes(id)?;
+        chunk::decompress_verified(id, &stored)
+    }
+
     /// Stores a blob whose chunks are all present (received from a peer); pinned like
     /// `put_blob`.
     pub fn put_manifest(&self, manifest: &Manifest) -> Result<BlobId, StoreError> {
@@ -1084,7 +1153,11 @@ impl Store {
             let mut added = 0;
             for (name, blob) in attachments {
                 let row = tables.blob(&blob)?.ok_or(StoreError::UnknownBlob(blob))?;
-                if incident.attachments.iter().any(|evidence| evidence.name == name) {
+                if incident
+                    .attachments
+                    .iter()
+                    .any(|evidence| evidence.name == name)
+                {
                     if row.pending > 0 {
                         tables.adjust_blob(&blob, 0, -1)?;
                     }
@@ -1251,13 +1324,15 @@ impl Store {
         }
     }
 
-    /// Bytes used in the data directory: chunk files (in whole blocks), the index file
-    /// and temporary files.
+    /// Bytes used in the data directory: chunk files (in whole blocks, garbage included
+    /// until its file is deleted), the index file, temporary files and everything else.
     pub fn used_bytes(&self) -> Result<u64, StoreError> {
         let chunk_bytes = {
+            // Garbage files a running collection already removed no longer take space.
+            let deleted_uncommitted = self.lock_deleted_uncommitted();
             let txn = self.db.begin_read()?;
             let meta = txn.open_table(META)?;
-            meta_get(&meta, META_CHUNK_DISK_BYTES)?
+            meta_get(&meta, META_CHUNK_DISK_BYTES)?.saturating_sub(*deleted_uncommitted)
         };
         let index_bytes = self
             .fs
@@ -1288,7 +1363,9 @@ impl Store {
         let mut seen = 0usize;
         let mut pending = vec![self.data_dir.clone()];
         while let Some(dir) = pending.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.filter_map(|entry| entry.ok()) {
                 seen += 1;
                 if seen > OTHER_FILES_MAX {
@@ -1298,7 +1375,9 @@ impl Store {
                 if path == self.chunks_dir || path == self.tmp_dir || path == self.index_path {
                     continue;
                 }
-                let Ok(metadata) = entry.metadata() else { continue };
+                let Ok(metadata) = entry.metadata() else {
+                    continue;
+                };
                 if metadata.is_dir() {
                     pending.push(path);
                 } else {

@@ -426,20 +426,34 @@ fn attachments_added_later_are_kept_once_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
-        store.record_incident(incident("r1", "sig-a", 1_000, None)).unwrap();
-        let log = store.put_blob_bytes(b"10:00:01 csd: chunk 7 failed\n").unwrap();
-        let added = store.add_attachments("r1", vec![("log/csd.log".into(), log)]).unwrap();
+        store
+            .record_incident(incident("r1", "sig-a", 1_000, None))
+            .unwrap();
+        let log = store
+            .put_blob_bytes(b"10:00:01 csd: chunk 7 failed\n")
+            .unwrap();
+        let added = store
+            .add_attachments("r1", vec![("log/csd.log".into(), log)])
+            .unwrap();
         assert_eq!(added, 1);
         // The same name again (a retried gather) adds nothing and leaves no pin behind.
         let again = store.put_blob_bytes(b"other bytes").unwrap();
-        assert_eq!(store.add_attachments("r1", vec![("log/csd.log".into(), again)]).unwrap(), 0);
+        assert_eq!(
+            store
+                .add_attachments("r1", vec![("log/csd.log".into(), again)])
+                .unwrap(),
+            0
+        );
         assert!(store.add_attachments("missing", vec![]).is_err());
     }
     let store = open(dir.path());
     let detail = store.incident("r1").unwrap().unwrap();
     assert_eq!(detail.attachments.len(), 1);
     assert_eq!(detail.attachments[0].name, "log/csd.log");
-    assert_eq!(store.read_blob_bytes(&detail.attachments[0].blob).unwrap(), b"10:00:01 csd: chunk 7 failed\n");
+    assert_eq!(
+        store.read_blob_bytes(&detail.attachments[0].blob).unwrap(),
+        b"10:00:01 csd: chunk 7 failed\n"
+    );
     assert!(store.check(false).unwrap().is_clean());
 }
 
@@ -465,10 +479,25 @@ fn disk_usage(dir: &std::path::Path) -> u64 {
 fn the_usage_the_quota_sees_is_what_the_disk_holds_after_eviction() {
     let dir = tempfile::tempdir().unwrap();
     let quota = 40u64 << 20;
-    let store = Store::open(dir.path(), StoreConfig { max_bytes: quota, keep_free_percent: 0, ..StoreConfig::default() }).unwrap();
+    let store = Store::open(
+        dir.path(),
+        StoreConfig {
+            max_bytes: quota,
+            keep_free_percent: 0,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
     for round in 0..3u64 {
         let core = store.put_blob_bytes(&noise(round + 100, 30 << 20)).unwrap();
-        store.record_incident(incident(&format!("r{round}"), "sig-big", 1000 + round, Some(core))).unwrap();
+        store
+            .record_incident(incident(
+                &format!("r{round}"),
+                "sig-big",
+                1000 + round,
+                Some(core),
+            ))
+            .unwrap();
         store.enforce_quota(2000 + round).unwrap();
     }
     let status = store.status().unwrap();
@@ -476,5 +505,9 @@ fn the_usage_the_quota_sees_is_what_the_disk_holds_after_eviction() {
     assert!(status.used_bytes <= quota, "{status:?}");
     assert!(on_disk <= quota, "{on_disk} on disk");
     // The counter may round up (whole blocks), never lag behind deletions by a blob.
-    assert!(status.used_bytes.abs_diff(on_disk) < 4 << 20, "counted {} but {on_disk} on disk", status.used_bytes);
+    assert!(
+        status.used_bytes.abs_diff(on_disk) < 4 << 20,
+        "counted {} but {on_disk} on disk",
+        status.used_bytes
+    );
 }
