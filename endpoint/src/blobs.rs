@@ -25,6 +25,26 @@ pub const HEADS_IN_FLIGHT_MAX: usize = 32;
 #[derive(Clone)]
 pub struct Blobs {
     store: Arc<dyn ObjectStore>,
+    /// The local directory, when storage is local and `fsync` is on: chunk files are
+    /// written without a sync each, and [`sync_dir`] flushes them all at once before the
+    /// transaction that records a report commits.
+    sync_dir: Option<std::path::PathBuf>,
+}
+
+/// Makes everything written under `dir` durable with one `syncfs` (file contents and
+/// renames of the whole file system), the way the node's store pays for many chunk files.
+pub fn sync_dir(dir: &std::path::Path) -> Result<(), EndpointError> {
+    let file = std::fs::File::open(dir).map_err(|error| EndpointError::io("open", dir, error))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs only reads the descriptor, which `file` keeps open.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
+        return Err(EndpointError::io(
+            "syncfs",
+            dir,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a compressed chunk against its id; returns the uncompressed bytes.
@@ -34,7 +54,20 @@ pub fn verify_chunk(id: &str, compressed: &[u8]) -> Result<Vec<u8>, EndpointErro
             "chunk id {id:?} is not 64 lower-case hex digits"
         )));
     }
-    let raw = zstd::bulk::decompress(compressed, crashmesh_store::CHUNK_BYTES_MAX as usize)
+    thread_local! {
+        // One decompression context per thread, not one per chunk.
+        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let raw = DECOMPRESSOR
+        .with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.is_none() {
+                *cell = Some(zstd::bulk::Decompressor::new()?);
+            }
+            let decompressor = cell.as_mut().expect("made above");
+            decompressor.decompress(compressed, crashmesh_store::CHUNK_BYTES_MAX as usize)
+        })
         .map_err(|error| EndpointError::BadChunk {
             id: id.to_string(),
             detail: format!("not a zstd frame of at most 512 KiB: {error}"),
@@ -68,6 +101,7 @@ fn chunk_path(id: &str) -> Result<ObjectPath, EndpointError> {
 impl Blobs {
     /// Opens the configured storage.
     pub fn open(config: &EndpointConfig) -> Result<Blobs, EndpointError> {
+        let mut sync = None;
         let store: Arc<dyn ObjectStore> = match config.storage.kind {
             StorageKind::Local => {
                 let dir = config
@@ -77,10 +111,10 @@ impl Blobs {
                     .unwrap_or_else(|| config.data_dir.join("blobs"));
                 std::fs::create_dir_all(&dir)
                     .map_err(|error| EndpointError::io("create", &dir, error))?;
-                Arc::new(
-                    object_store::local::LocalFileSystem::new_with_prefix(&dir)?
-                        .with_fsync(config.storage.fsync),
-                )
+                if config.storage.fsync {
+                    sync = Some(dir.clone());
+                }
+                Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&dir)?)
             }
             StorageKind::S3 => {
                 let s3 = config
@@ -106,7 +140,15 @@ impl Blobs {
                 Arc::new(builder.build()?)
             }
         };
-        Ok(Blobs { store })
+        Ok(Blobs {
+            store,
+            sync_dir: sync,
+        })
+    }
+
+    /// The directory the committer syncs before recording reports, if any.
+    pub fn sync_dir(&self) -> Option<&std::path::Path> {
+        self.sync_dir.as_deref()
     }
 
     /// True when the chunk is stored.

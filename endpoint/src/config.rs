@@ -125,8 +125,8 @@ pub struct StorageConfig {
     pub kind: StorageKind,
     /// Local storage's directory; default `DATA_DIR/blobs`.
     pub dir: Option<PathBuf>,
-    /// Local storage: fsync each chunk file and its directory before answering (default
-    /// true: a report is recorded only after its chunks are durable).
+    /// Local storage: make chunk files durable (one `syncfs` per commit batch) before the
+    /// reports naming them are recorded (default true).
     pub fsync: bool,
     /// S3-compatible storage, with `kind = "s3"`.
     pub s3: Option<S3Config>,

@@ -36,6 +36,9 @@ pub const BATCH_JOBS_MAX: usize = 512;
 
 /// What the committer needs besides the database.
 pub struct IngestContext {
+    /// Synced (one `syncfs`) before a batch that records reports commits, so a recorded
+    /// report never names a chunk a power cut could lose.
+    pub sync_dir: Option<std::path::PathBuf>,
     pub rules: Vec<Rule>,
     pub public_url: String,
     pub webhooks: Webhooks,
@@ -172,6 +175,11 @@ fn run_batch(
     results: &mut Vec<Result<UploadReply, EndpointError>>,
     events: &mut Vec<Event>,
 ) -> Result<(), EndpointError> {
+    if let Some(dir) = &context.sync_dir
+        && jobs.iter().any(|job| matches!(job, Job::Complete { .. }))
+    {
+        crate::blobs::sync_dir(dir)?;
+    }
     let txn = db.db.begin_write()?;
     {
         let mut tables = Tables::open(&txn)?;

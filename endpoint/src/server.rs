@@ -152,9 +152,11 @@ pub fn start(config: EndpointConfig, mode: ServerMode) -> Result<RunningServer, 
             let admin_token = auth::admin_token(&config.data_dir)?;
             let metrics = Arc::new(Metrics::default());
             let webhooks = Webhooks::start(&config.webhooks, metrics.clone());
+            let blobs = Blobs::open(&config)?;
             let committer = Committer::start(
                 db.clone(),
                 IngestContext {
+                    sync_dir: blobs.sync_dir().map(std::path::Path::to_path_buf),
                     rules: config.rules.clone(),
                     public_url: public_url.clone(),
                     webhooks,
@@ -162,7 +164,7 @@ pub fn start(config: EndpointConfig, mode: ServerMode) -> Result<RunningServer, 
                 },
             );
             let state = AppState {
-                blobs: Blobs::open(&config)?,
+                blobs,
                 auth: Auth::new(db.clone(), &admin_token),
                 pending: Pending::new(
                     limits.pending_reports_max,
