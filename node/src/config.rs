@@ -24,6 +24,7 @@ pub struct Config {
     pub gather: crate::gather::GatherConfig,
     pub events: Vec<crate::events::EventHook>,
     pub cluster: ClusterConfig,
+    pub upload: UploadConfig,
 }
 
 impl Default for Config {
@@ -38,6 +39,7 @@ impl Default for Config {
             gather: crate::gather::GatherConfig::default(),
             events: Vec::new(),
             cluster: ClusterConfig::default(),
+            upload: UploadConfig::default(),
         }
     }
 }
@@ -349,6 +351,34 @@ impl Default for ClusterConfig {
             cluster_file: PathBuf::new(),
             node_cert: PathBuf::new(),
             node_key: PathBuf::new(),
+        }
+    }
+}
+
+/// `[upload]`: where the aggregator sends the cluster's reports (see [`crate::uploader`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadConfig {
+    /// The endpoint's base URL (`http://127.0.0.1:8470`); empty: nothing is uploaded.
+    pub endpoint: String,
+    /// The cluster's bearer token (`crashmesh endpoint token create CLUSTER`).
+    pub token: String,
+    /// A file holding the token (used when `token` is empty).
+    pub token_file: PathBuf,
+    /// How long one HTTP request may take.
+    pub request_timeout_secs: u64,
+    /// Attempts of one chunk PUT within an upload before the upload is retried later.
+    pub chunk_attempts_max: u32,
+}
+
+impl Default for UploadConfig {
+    fn default() -> UploadConfig {
+        UploadConfig {
+            endpoint: String::new(),
+            token: String::new(),
+            token_file: PathBuf::new(),
+            request_timeout_secs: 60,
+            chunk_attempts_max: 3,
         }
     }
 }

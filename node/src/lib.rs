@@ -25,5 +25,6 @@ pub mod pyhook;
 pub mod spool;
 pub mod table;
 pub mod transport;
+pub mod uploader;
 pub mod vmguest;
 pub mod watch;

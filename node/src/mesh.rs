@@ -24,9 +24,18 @@
 //!   retried; nothing is released until it succeeds.
 //! - **Generation**: `max(previous + 1, start time in ms)`, persisted before the node
 //!   starts, so it grows across restarts even if the clock is set back.
-//! - **Not yet here** (next slice): fetching reports and chunks, serving logs, uploads.
-//!   Consolidation outputs that need them are logged at debug and dropped explicitly in
-//!   [`MeshActor::carry_out`].
+//! - **Reports and uploads** ([`MeshActor::carry_out`]): store work and HTTP run on one
+//!   worker thread per node ([`run_worker`]), in the order the consolidation asked for
+//!   them, so a report's chunks are in the store before its upload reads them. Node side:
+//!   `ServeReport` builds the incident's report ([`crate::uploader::build_node_report`])
+//!   and answers `ReportChunks` pages (or `ReportUnavailable`); `ServeChunks` answers
+//!   `ChunkData` with each chunk's uncompressed bytes (the receiver checks blake3);
+//!   `Uploaded` marks the local problem uploaded and fires the `uploaded` event.
+//!   Aggregator side: `ChunksOffered` → [`Node::chunks_missing`] from the store;
+//!   `StoreChunk` → the store; `UploadReport`/`UploadIncidents` → [`crate::uploader`] →
+//!   [`Node::upload_finished`]. With no `[upload] endpoint`, uploads are logged and
+//!   dropped (the consolidation counts the attempt as failed when its answer times out).
+//! - **Not yet here**: serving logs to the aggregator (`ServeLogs` is logged and dropped).
 //!
 //! Restarted peers: a QUIC connection to a process that died stays "open" until its idle
 //! timeout. When a member connects to us afresh while our connection to it is older than
@@ -43,16 +52,21 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use anyhow::{Context as _, Result, bail};
 use crashmesh_protocol::cluster::{Node, NodeConfig, NodeOutput};
-use crashmesh_protocol::consolidation::ConsolidationOutput;
+use crashmesh_protocol::consolidation::{
+    ConsolidationOutput, UploadIncidents, UploadOutcome, UploadReport,
+};
 use crashmesh_protocol::election::{PersistedVote, Role};
 use crashmesh_protocol::membership::{MemberState, MembershipOutput};
-use crashmesh_protocol::wire::{Announcement, ClusterId, NodeId};
+use crashmesh_protocol::wire::{
+    Announcement, CHUNK_IDS_PER_MESSAGE_MAX, ChunkId as WireChunkId, ClusterId, Message, NodeId,
+    ReportId,
+};
 use crashmesh_store::Store;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::certs;
-use crate::config::Config;
+use crate::config::{Config, UploadConfig};
 use crate::transport::{Connection, MeshTransport, NodeIdentity};
 
 /// Datagrams queued per peer while its link sends or connects.
@@ -91,6 +105,12 @@ pub struct MeshSettings {
     pub node_key: PathBuf,
     /// `[node] labels`, carried by every announcement.
     pub labels: BTreeMap<String, String>,
+    /// The node's data directory (upload stats, event scratch).
+    pub data_dir: PathBuf,
+    /// `[upload]`: where the aggregator sends reports.
+    pub upload: UploadConfig,
+    /// `[[events]]`: commands run on `uploaded`.
+    pub events: Vec<crate::events::EventHook>,
 }
 
 impl MeshSettings {
@@ -158,6 +178,9 @@ impl MeshSettings {
             members,
             may_be_aggregator: cluster.aggregator,
             labels: config.node.labels.clone(),
+            data_dir: data_dir.to_path_buf(),
+            upload: config.upload.clone(),
+            events: config.events.clone(),
         }))
     }
 
@@ -300,6 +323,9 @@ pub struct MeshActor {
     view: SharedMeshView,
     refusals: RateLimitedLog,
     queue_full: RateLimitedLog,
+    /// The worker's queue (set when the actor starts).
+    worker: Option<std::sync::mpsc::SyncSender<WorkerJob>>,
+    settings: MeshSettings,
 }
 
 /// Binds the transport, loads the vote, bumps the generation and starts the actor with
@@ -351,6 +377,8 @@ pub async fn start(
         view,
         refusals: RateLimitedLog::default(),
         queue_full: RateLimitedLog::default(),
+        worker: None,
+        settings: settings.clone(),
     }
     .start();
     tokio::spawn(accept_loop(accept_transport, members, actor.clone()));
@@ -408,6 +436,23 @@ impl Actor for MeshActor {
     type Context = actix::Context<Self>;
 
     fn started(&mut self, context: &mut Self::Context) {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(WORKER_QUEUE_LEN_MAX);
+        let worker = Worker {
+            store: self.store.clone(),
+            node: self.node.id().as_str().to_string(),
+            settings: self.settings.clone(),
+            actor: context.address(),
+            offered: HashMap::new(),
+            offered_order: std::collections::VecDeque::new(),
+            uploader: None,
+        };
+        let spawned = std::thread::Builder::new()
+            .name("mesh-worker".to_string())
+            .spawn(move || run_worker(worker, receiver));
+        match spawned {
+            Ok(_) => self.worker = Some(sender),
+            Err(error) => tracing::error!(%error, "cannot start the mesh worker; reports stay put"),
+        }
         self.pump(context);
     }
 }
@@ -539,48 +584,12 @@ impl MeshActor {
         }
     }
 
-    /// Consolidation effects other than messages. This slice moves no reports yet: each is
-    /// logged and dropped on purpose, naming what is missing.
+    /// Consolidation effects other than messages: each goes to the worker, in order.
     fn carry_out(&mut self, output: ConsolidationOutput) {
-        match output {
+        let job = match output {
             ConsolidationOutput::Send { .. } => {
                 unreachable!("the node turns consolidation sends into transmits")
             }
-            ConsolidationOutput::UploadReport(upload) => tracing::debug!(
-                ?upload,
-                "dropped: the uploader to the endpoint is not built yet"
-            ),
-            ConsolidationOutput::UploadIncidents(upload) => tracing::debug!(
-                ?upload,
-                "dropped: the uploader to the endpoint is not built yet"
-            ),
-            ConsolidationOutput::ChunksOffered {
-                report_id,
-                chunk_ids,
-            } => tracing::debug!(
-                report = %report_id.0, chunks = chunk_ids.len(),
-                "dropped: the aggregator's chunk fetch into the store is not built yet"
-            ),
-            ConsolidationOutput::StoreChunk {
-                report_id,
-                chunk_id,
-                ..
-            } => tracing::debug!(
-                report = %report_id.0, ?chunk_id,
-                "dropped: storing fetched chunks is not built yet"
-            ),
-            ConsolidationOutput::ServeReport { to, report_id } => tracing::debug!(
-                aggregator = %to, report = %report_id.0,
-                "dropped: serving a report's chunk list is not built yet"
-            ),
-            ConsolidationOutput::ServeChunks {
-                to,
-                report_id,
-                chunk_ids,
-            } => tracing::debug!(
-                aggregator = %to, report = %report_id.0, chunks = chunk_ids.len(),
-                "dropped: serving chunks is not built yet"
-            ),
             ConsolidationOutput::ServeLogs {
                 to,
                 signature,
@@ -590,15 +599,54 @@ impl MeshActor {
                 tracing::debug!(
                     aggregator = %to, %signature, window_start_ms, window_end_ms,
                     "dropped: serving logs to the aggregator is not built yet"
-                )
+                );
+                return;
             }
-            ConsolidationOutput::Uploaded { report_id } => tracing::debug!(
-                report = %report_id.0,
-                "dropped: recording the upload in the store is not built yet"
-            ),
             ConsolidationOutput::Fenced { term } => {
-                tracing::warn!(term, "the endpoint fenced this aggregator's term")
+                tracing::warn!(term, "the endpoint fenced this aggregator's term");
+                return;
             }
+            ConsolidationOutput::UploadReport(upload) => WorkerJob::UploadReport(upload),
+            ConsolidationOutput::UploadIncidents(upload) => WorkerJob::UploadIncidents(upload),
+            ConsolidationOutput::ChunksOffered {
+                report_id,
+                chunk_ids,
+            } => WorkerJob::ChunksOffered {
+                report_id,
+                chunk_ids,
+            },
+            ConsolidationOutput::StoreChunk {
+                report_id,
+                chunk_id,
+                bytes,
+            } => WorkerJob::StoreChunk {
+                report_id,
+                chunk_id,
+                bytes,
+            },
+            ConsolidationOutput::ServeReport { to, report_id } => {
+                WorkerJob::ServeReport { to, report_id }
+            }
+            ConsolidationOutput::ServeChunks {
+                to,
+                report_id,
+                chunk_ids,
+            } => WorkerJob::ServeChunks {
+                to,
+                report_id,
+                chunk_ids,
+            },
+            ConsolidationOutput::Uploaded { report_id } => WorkerJob::MarkUploaded { report_id },
+        };
+        let Some(worker) = &self.worker else {
+            tracing::warn!(?job, "dropped: the mesh worker is not running");
+            return;
+        };
+        // A full queue drops the job: every one is retried by the consolidation (fetches
+        // and uploads time out and start again), except `MarkUploaded`, which only
+        // updates local bookkeeping.
+        if let Err(error) = worker.try_send(job) {
+            tracing::warn!(%error, "the mesh worker's queue is full; job dropped");
         }
     }
 
@@ -676,6 +724,308 @@ impl MeshActor {
             actor.pump(context);
         });
         self.timer = Some((deadline_ms, handle));
+    }
+}
+
+/// Jobs queued per node for the worker (store work and uploads).
+pub const WORKER_QUEUE_LEN_MAX: usize = 4096;
+/// Offered chunk lists the worker remembers for uploads.
+pub const OFFERED_REPORTS_LEN_MAX: usize = 1024;
+
+/// What the worker does for the actor, in order.
+enum WorkerJob {
+    ServeReport {
+        to: NodeId,
+        report_id: ReportId,
+    },
+    ServeChunks {
+        to: NodeId,
+        report_id: ReportId,
+        chunk_ids: Vec<WireChunkId>,
+    },
+    MarkUploaded {
+        report_id: ReportId,
+    },
+    ChunksOffered {
+        report_id: ReportId,
+        chunk_ids: Vec<WireChunkId>,
+    },
+    StoreChunk {
+        report_id: ReportId,
+        chunk_id: WireChunkId,
+        bytes: Vec<u8>,
+    },
+    UploadReport(UploadReport),
+    UploadIncidents(UploadIncidents),
+}
+
+impl std::fmt::Debug for WorkerJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkerJob::ServeReport { report_id, .. } => write!(f, "ServeReport({report_id})"),
+            WorkerJob::ServeChunks {
+                report_id,
+                chunk_ids,
+                ..
+            } => {
+                write!(f, "ServeChunks({report_id}, {} chunks)", chunk_ids.len())
+            }
+            WorkerJob::MarkUploaded { report_id } => write!(f, "MarkUploaded({report_id})"),
+            WorkerJob::ChunksOffered {
+                report_id,
+                chunk_ids,
+            } => {
+                write!(f, "ChunksOffered({report_id}, {} chunks)", chunk_ids.len())
+            }
+            WorkerJob::StoreChunk { report_id, .. } => write!(f, "StoreChunk({report_id})"),
+            WorkerJob::UploadReport(upload) => write!(f, "UploadReport({})", upload.signature),
+            WorkerJob::UploadIncidents(upload) => {
+                write!(f, "UploadIncidents({})", upload.signature)
+            }
+        }
+    }
+}
+
+/// What the worker hands back to the actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+enum WorkDone {
+    Send {
+        to: NodeId,
+        messages: Vec<Message>,
+    },
+    ChunksMissing {
+        report_id: ReportId,
+        missing: Vec<WireChunkId>,
+    },
+    UploadFinished {
+        upload_id: u64,
+        outcome: UploadOutcome,
+    },
+}
+
+impl Handler<WorkDone> for MeshActor {
+    type Result = ();
+
+    fn handle(&mut self, done: WorkDone, context: &mut Self::Context) {
+        let now_ms = self.clock.now_ms();
+        match done {
+            WorkDone::Send { to, messages } => {
+                for message in messages {
+                    if let Err(error) = self.node.send(now_ms, &to, message) {
+                        tracing::warn!(peer = %to, %error, "a report message was not sent");
+                    }
+                }
+            }
+            WorkDone::ChunksMissing { report_id, missing } => {
+                self.node.chunks_missing(now_ms, &report_id, missing)
+            }
+            WorkDone::UploadFinished { upload_id, outcome } => {
+                self.node.upload_finished(now_ms, upload_id, outcome)
+            }
+        }
+        self.pump(context);
+    }
+}
+
+/// The worker's state: the store, the uploader, the chunk lists offered for uploads.
+struct Worker {
+    store: Arc<Store>,
+    node: String,
+    settings: MeshSettings,
+    actor: Addr<MeshActor>,
+    offered: HashMap<ReportId, Vec<WireChunkId>>,
+    offered_order: std::collections::VecDeque<ReportId>,
+    /// Built on the first upload (`None` inside: no endpoint configured).
+    uploader: Option<Option<crate::uploader::Uploader>>,
+}
+
+/// Runs jobs one after the other until the actor is gone.
+fn run_worker(mut worker: Worker, jobs: std::sync::mpsc::Receiver<WorkerJob>) {
+    while let Ok(job) = jobs.recv() {
+        let described = format!("{job:?}");
+        if let Err(error) = worker.run(job) {
+            tracing::warn!(job = %described, error = %format!("{error:#}"), "mesh job failed");
+        }
+    }
+}
+
+impl Worker {
+    fn run(&mut self, job: WorkerJob) -> Result<()> {
+        match job {
+            WorkerJob::ServeReport { to, report_id } => {
+                let messages = match crate::uploader::build_node_report(
+                    &self.store,
+                    &report_id.0,
+                    &self.node,
+                )? {
+                    None => vec![Message::ReportUnavailable { report_id }],
+                    Some(report) => {
+                        let chunk_ids: Vec<WireChunkId> = report
+                            .chunk_ids
+                            .iter()
+                            .map(crate::uploader::to_wire)
+                            .collect();
+                        let chunk_count = chunk_ids.len() as u32;
+                        let mut pages = Vec::new();
+                        for (page, ids) in chunk_ids.chunks(CHUNK_IDS_PER_MESSAGE_MAX).enumerate() {
+                            pages.push(Message::ReportChunks {
+                                report_id: report_id.clone(),
+                                report_bytes: report.report_bytes,
+                                chunk_count,
+                                offset: (page * CHUNK_IDS_PER_MESSAGE_MAX) as u32,
+                                chunk_ids: ids.to_vec(),
+                            });
+                        }
+                        tracing::debug!(report = %report_id, chunks = chunk_count, aggregator = %to, "serving a report");
+                        pages
+                    }
+                };
+                self.actor.do_send(WorkDone::Send { to, messages });
+            }
+            WorkerJob::ServeChunks {
+                to,
+                report_id,
+                chunk_ids,
+            } => {
+                // One message per chunk, handed over a few at a time to bound memory.
+                let mut messages = Vec::new();
+                for chunk_id in chunk_ids {
+                    match self.store.chunk_raw(&crate::uploader::from_wire(&chunk_id)) {
+                        Ok(bytes) => messages.push(Message::ChunkData {
+                            report_id: report_id.clone(),
+                            chunk_id,
+                            bytes,
+                        }),
+                        Err(error) => {
+                            tracing::warn!(report = %report_id, %error, "a wanted chunk cannot be read");
+                        }
+                    }
+                    if messages.len() >= 8 {
+                        self.actor.do_send(WorkDone::Send {
+                            to: to.clone(),
+                            messages: std::mem::take(&mut messages),
+                        });
+                    }
+                }
+                if !messages.is_empty() {
+                    self.actor.do_send(WorkDone::Send { to, messages });
+                }
+            }
+            WorkerJob::MarkUploaded { report_id } => self.mark_uploaded(&report_id)?,
+            WorkerJob::ChunksOffered {
+                report_id,
+                chunk_ids,
+            } => {
+                let store_ids: Vec<_> = chunk_ids.iter().map(crate::uploader::from_wire).collect();
+                let missing = self.store.missing_chunks(&store_ids)?;
+                if !self.offered.contains_key(&report_id) {
+                    self.offered_order.push_back(report_id.clone());
+                    while self.offered_order.len() > OFFERED_REPORTS_LEN_MAX {
+                        if let Some(oldest) = self.offered_order.pop_front() {
+                            self.offered.remove(&oldest);
+                        }
+                    }
+                }
+                self.offered.insert(report_id.clone(), chunk_ids);
+                tracing::debug!(report = %report_id, missing = missing.len(), "chunks offered");
+                self.actor.do_send(WorkDone::ChunksMissing {
+                    report_id,
+                    missing: missing.iter().map(crate::uploader::to_wire).collect(),
+                });
+            }
+            WorkerJob::StoreChunk {
+                report_id,
+                chunk_id,
+                bytes,
+            } => {
+                self.store
+                    .put_chunk_raw(&crate::uploader::from_wire(&chunk_id), &bytes)
+                    .with_context(|| format!("storing a chunk of report {report_id}"))?;
+            }
+            WorkerJob::UploadReport(upload) => {
+                let Some(chunk_ids) = self.offered.get(&upload.first.report_id).cloned() else {
+                    tracing::warn!(report = %upload.first.report_id, "no chunk list for the report to upload; retried later");
+                    self.actor.do_send(WorkDone::UploadFinished {
+                        upload_id: upload.upload_id,
+                        outcome: UploadOutcome::Retry,
+                    });
+                    return Ok(());
+                };
+                let store_ids: Vec<_> = chunk_ids.iter().map(crate::uploader::from_wire).collect();
+                let Some(uploader) = self.uploader()? else {
+                    tracing::info!(signature = %upload.signature, "dropped: no [upload] endpoint configured");
+                    return Ok(());
+                };
+                let finished = uploader.upload_report(&upload, &store_ids);
+                if let Some(reply) = &finished.reply {
+                    uploader.record_reply(&upload.signature, reply);
+                }
+                self.actor.do_send(WorkDone::UploadFinished {
+                    upload_id: upload.upload_id,
+                    outcome: finished.outcome,
+                });
+            }
+            WorkerJob::UploadIncidents(upload) => {
+                let Some(uploader) = self.uploader()? else {
+                    tracing::info!(signature = %upload.signature, "dropped: no [upload] endpoint configured");
+                    return Ok(());
+                };
+                let finished = uploader.upload_incidents(&upload);
+                if let Some(reply) = &finished.reply {
+                    uploader.record_reply(&upload.signature, reply);
+                }
+                self.actor.do_send(WorkDone::UploadFinished {
+                    upload_id: upload.upload_id,
+                    outcome: finished.outcome,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn uploader(&mut self) -> Result<Option<&mut crate::uploader::Uploader>> {
+        if self.uploader.is_none() {
+            let built = crate::uploader::Uploader::new(
+                &self.settings.upload,
+                self.store.clone(),
+                &self.settings.data_dir,
+            )?;
+            self.uploader = Some(built);
+        }
+        Ok(self.uploader.as_mut().and_then(Option::as_mut))
+    }
+
+    /// The endpoint has this node's incident: mark its problem and fire `uploaded`.
+    fn mark_uploaded(&self, report_id: &ReportId) -> Result<()> {
+        let Some(incident) = self.store.incident(&report_id.0)? else {
+            return Ok(());
+        };
+        let Some(detail) = self.store.problem(&incident.problem_id)? else {
+            return Ok(());
+        };
+        self.store.set_upload_state(
+            &incident.problem_id,
+            crashmesh_store::UploadState::Uploaded {
+                at_ms: crate::commands::now_ms(),
+            },
+        )?;
+        tracing::info!(report = %report_id, problem = %incident.problem_id, "incident at the endpoint");
+        let context = crate::events::EventContext {
+            kind: crate::events::EventKind::Uploaded,
+            problem_id: incident.problem_id.clone(),
+            report_id: report_id.0.clone(),
+            count: detail.summary.count,
+            node: self.node.clone(),
+            problem: detail.problem,
+        };
+        crate::events::fire(
+            &self.settings.events,
+            context,
+            self.store.clone(),
+            &self.settings.data_dir.join("scratch"),
+        );
+        Ok(())
     }
 }
 

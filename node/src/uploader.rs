@@ -1,0 +1,515 @@
+//! Reports between the nodes and out to the endpoint.
+//!
+//! - **A node's report** (what the aggregator pulls from an origin): a small JSON
+//!   [`ReportDocument`] — the problem, the incident, every kept piece of evidence with its
+//!   blob manifest — stored as a blob, followed by the evidence blobs. Its chunk list is
+//!   the document's chunks, then every evidence blob's chunks in order
+//!   ([`build_node_report`]). The receiver finds where the document ends by reading chunks
+//!   until they parse as one JSON document ([`read_node_report`]); the document then names
+//!   the rest.
+//! - **The upload** ([`Uploader`]): on the aggregator, an [`UploadReport`] becomes a
+//!   [`ReportManifest`] (the fence, the first incident's problem, every incident, the
+//!   document and the evidence as attachments named `NODE/NAME`); the manifest is POSTed,
+//!   only the chunks the endpoint names as missing are PUT, and the report is completed.
+//!   [`UploadIncidents`] become one [`IncidentUpdate`]. Outcomes: `Acked`; `StaleTerm` for
+//!   a 409 `stale_term`; `Retry` for everything else (network, 5xx, other refusals — the
+//!   consolidation retries with backoff up to its ceiling).
+//! - The consolidated report's id is a hash of the cluster and the signature, so any
+//!   aggregator of any term uploads a problem under the same id (the endpoint is idempotent
+//!   by it) and incident updates name it without remembering anything.
+//! - What went out is counted in `DATA_DIR/upload-stats.json` ([`UploadStats`]): bytes
+//!   sent, and for each problem the bytes its full report costs when sent whole (what a
+//!   per-node uploader would send for every incident). `crashmesh demo` reads it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use crashmesh_endpoint::client::{Answer, Client};
+use crashmesh_protocol::consolidation::{
+    IncidentRecord, UploadIncidents, UploadOutcome, UploadReport,
+};
+use crashmesh_protocol::model::Problem;
+use crashmesh_protocol::report::{
+    Attachment, BlobManifest, Incident, IncidentUpdate, REPORT_FORMAT_VERSION, ReportManifest,
+    UploadReply,
+};
+use crashmesh_protocol::wire::ChunkId as WireChunkId;
+use crashmesh_store::{BlobId, ChunkId, EvidenceState, IncidentDetail, Manifest, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::config::UploadConfig;
+
+/// The version of [`ReportDocument`] this build writes and reads.
+pub const REPORT_DOCUMENT_VERSION: u32 = 1;
+/// The largest report document read back (a 64 GiB core's manifest is ~19 MiB).
+pub const REPORT_DOCUMENT_BYTES_MAX: usize = 32 << 20;
+/// The store setting prefix of the endpoint's answer per problem id.
+pub const REPLY_SETTING_PREFIX: &str = "upload.reply.v1.";
+/// The file (in the data dir) counting what left the cluster through this node.
+pub const UPLOAD_STATS_FILE: &str = "upload-stats.json";
+
+/// What a node serves about one incident: everything the endpoint needs to know of it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReportDocument {
+    pub format_version: u32,
+    /// The node's report id of the incident.
+    pub report_id: String,
+    pub node: String,
+    /// The analysis of the incident's problem on this node.
+    pub problem: Problem,
+    pub incident: IncidentDetail,
+    /// Every kept piece of evidence (`core`, `proc/maps`, `log/…`) and its manifest.
+    pub attachments: Vec<(String, Manifest)>,
+}
+
+/// A node's report ready to serve: its chunks in order and its whole size.
+#[derive(Clone, Debug)]
+pub struct NodeReport {
+    pub chunk_ids: Vec<ChunkId>,
+    pub report_bytes: u64,
+    /// The document's blob (pinned in the store until the process ends).
+    pub document: BlobId,
+}
+
+/// Builds (and stores) the report of one incident of this node; `None` when the store
+/// does not know it.
+pub fn build_node_report(store: &Store, report_id: &str, node: &str) -> Result<Option<NodeReport>> {
+    let Some(incident) = store.incident(report_id)? else {
+        return Ok(None);
+    };
+    let Some(problem) = store.problem(&incident.problem_id)? else {
+        return Ok(None);
+    };
+    let mut attachments = Vec::new();
+    let evidence = incident.core.iter().chain(incident.attachments.iter());
+    for item in evidence {
+        if item.state != EvidenceState::Kept {
+            continue;
+        }
+        if let Some(manifest) = store.manifest(&item.blob)? {
+            attachments.push((item.name.clone(), manifest));
+        }
+    }
+    let document = ReportDocument {
+        format_version: REPORT_DOCUMENT_VERSION,
+        report_id: report_id.to_string(),
+        node: node.to_string(),
+        problem: problem.problem,
+        incident,
+        attachments,
+    };
+    let bytes = serde_json::to_vec(&document)?;
+    let blob = store.put_blob_bytes(&bytes)?;
+    let manifest = store
+        .manifest(&blob)?
+        .context("the report document just stored has no manifest")?;
+    let mut chunk_ids: Vec<ChunkId> = manifest.chunks.iter().map(|(id, _)| *id).collect();
+    let mut report_bytes = manifest.len_bytes;
+    for (_, attachment) in &document.attachments {
+        chunk_ids.extend(attachment.chunks.iter().map(|(id, _)| *id));
+        report_bytes += attachment.len_bytes;
+    }
+    Ok(Some(NodeReport {
+        chunk_ids,
+        report_bytes,
+        document: blob,
+    }))
+}
+
+/// A node report read back from chunks in the store: the document, its own manifest, and
+/// how many leading chunks it took.
+pub struct ReadReport {
+    pub document: ReportDocument,
+    pub document_manifest: BlobManifest,
+}
+
+/// Reads the document at the head of `chunk_ids` (see the module documentation).
+pub fn read_node_report(store: &Store, chunk_ids: &[ChunkId]) -> Result<ReadReport> {
+    let mut bytes = Vec::new();
+    let mut chunks = Vec::new();
+    for id in chunk_ids {
+        let raw = store.chunk_raw(id)?;
+        chunks.push((id.to_hex(), raw.len() as u32));
+        bytes.extend_from_slice(&raw);
+        if bytes.len() > REPORT_DOCUMENT_BYTES_MAX {
+            bail!("the report document is over {REPORT_DOCUMENT_BYTES_MAX} bytes");
+        }
+        if let Ok(document) = serde_json::from_slice::<ReportDocument>(&bytes) {
+            if document.format_version != REPORT_DOCUMENT_VERSION {
+                bail!(
+                    "report document version {} (this build reads {REPORT_DOCUMENT_VERSION})",
+                    document.format_version
+                );
+            }
+            return Ok(ReadReport {
+                document,
+                document_manifest: BlobManifest {
+                    blob_id: blake3::hash(&bytes).to_hex().to_string(),
+                    len_bytes: bytes.len() as u64,
+                    chunks,
+                },
+            });
+        }
+    }
+    bail!("the chunks end before the report document does")
+}
+
+/// Store ids to wire ids and back (both are blake3 of the uncompressed chunk).
+pub fn to_wire(id: &ChunkId) -> WireChunkId {
+    WireChunkId(id.0)
+}
+
+/// See [`to_wire`].
+pub fn from_wire(id: &WireChunkId) -> ChunkId {
+    ChunkId(id.0)
+}
+
+/// The consolidated report's id: the same for a problem whatever the aggregator or term.
+pub fn consolidated_report_id(cluster_id: &str, signature: &str) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"crashmesh consolidated report v1\0");
+    hasher.update(cluster_id.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(signature.as_bytes());
+    hasher.finalize().to_hex().to_string()
+}
+
+fn blob_manifest(manifest: &Manifest) -> BlobManifest {
+    BlobManifest {
+        blob_id: manifest.blob.to_hex(),
+        len_bytes: manifest.len_bytes,
+        chunks: manifest
+            .chunks
+            .iter()
+            .map(|(id, len)| (id.to_hex(), *len))
+            .collect(),
+    }
+}
+
+fn incident_of(record: &IncidentRecord) -> Incident {
+    Incident {
+        node: record.node.as_str().to_string(),
+        time_ms: record.time_ms,
+        report_id: record.report_id.0.clone(),
+        version: None,
+        labels: record
+            .labels
+            .iter()
+            .map(|label| (label.key.clone(), label.value.clone()))
+            .collect(),
+    }
+}
+
+/// What left the cluster through this node (`upload-stats.json`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UploadStats {
+    /// Request bodies sent to the endpoint: manifests, chunks, updates.
+    pub bytes_sent: u64,
+    /// Per signature: the manifest plus every chunk compressed — a whole report.
+    pub full_report_bytes: BTreeMap<String, u64>,
+    /// Uploads acknowledged.
+    pub uploads_acked: u64,
+}
+
+impl UploadStats {
+    /// The stats in `data_dir` (empty when there are none yet).
+    pub fn load(data_dir: &Path) -> UploadStats {
+        std::fs::read(data_dir.join(UPLOAD_STATS_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, data_dir: &Path) -> Result<()> {
+        let path = data_dir.join(UPLOAD_STATS_FILE);
+        let tmp = data_dir.join(format!("{UPLOAD_STATS_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+}
+
+/// How one upload ended, with the endpoint's answer when there was one.
+#[derive(Debug)]
+pub struct Finished {
+    pub outcome: UploadOutcome,
+    pub reply: Option<UploadReply>,
+}
+
+/// The aggregator's client of the endpoint (blocking: run it on its own thread).
+pub struct Uploader {
+    client: Client,
+    store: std::sync::Arc<Store>,
+    data_dir: PathBuf,
+    chunk_attempts_max: u32,
+    stats: UploadStats,
+}
+
+impl Uploader {
+    /// An uploader per `[upload]`; `None` when no endpoint is configured.
+    pub fn new(
+        config: &UploadConfig,
+        store: std::sync::Arc<Store>,
+        data_dir: &Path,
+    ) -> Result<Option<Uploader>> {
+        if config.endpoint.is_empty() {
+            return Ok(None);
+        }
+        let token = if config.token.is_empty() && !config.token_file.as_os_str().is_empty() {
+            std::fs::read_to_string(&config.token_file)
+                .with_context(|| format!("reading {}", config.token_file.display()))?
+                .trim()
+                .to_string()
+        } else {
+            config.token.clone()
+        };
+        if token.is_empty() {
+            bail!("[upload] endpoint is set but neither token nor token_file");
+        }
+        Ok(Some(Uploader {
+            client: Client::new(&config.endpoint, &token),
+            store,
+            data_dir: data_dir.to_path_buf(),
+            chunk_attempts_max: config.chunk_attempts_max.max(1),
+            stats: UploadStats::load(data_dir),
+        }))
+    }
+
+    fn save_stats(&self) {
+        if let Err(error) = self.stats.save(&self.data_dir) {
+            tracing::warn!(%error, "cannot write the upload stats");
+        }
+    }
+
+    /// Classifies an answer that is not a success.
+    fn outcome_of_refusal(answer: &Answer) -> UploadOutcome {
+        if answer.status == 409 && answer.body.contains("stale_term") {
+            UploadOutcome::StaleTerm
+        } else {
+            UploadOutcome::Retry
+        }
+    }
+
+    fn finished_refused(what: &str, answer: &Answer) -> Finished {
+        let outcome = Self::outcome_of_refusal(answer);
+        tracing::warn!(status = answer.status, body = %answer.body, ?outcome, "{what} refused by the endpoint");
+        Finished {
+            outcome,
+            reply: None,
+        }
+    }
+
+    fn finished_transport(what: &str, error: impl std::fmt::Display) -> Finished {
+        tracing::warn!(%error, "{what}: the endpoint is unreachable; retried later");
+        Finished {
+            outcome: UploadOutcome::Retry,
+            reply: None,
+        }
+    }
+
+    /// Builds the consolidated report of `upload` from the fetched chunks of its first
+    /// incident (`chunk_ids`, as the origin offered them).
+    pub fn manifest(&self, upload: &UploadReport, chunk_ids: &[ChunkId]) -> Result<ReportManifest> {
+        let read = read_node_report(&self.store, chunk_ids)?;
+        let origin = upload.first.node.as_str();
+        let mut attachments = vec![Attachment {
+            name: format!("{origin}/report.json"),
+            blob: read.document_manifest,
+        }];
+        for (name, manifest) in &read.document.attachments {
+            attachments.push(Attachment {
+                name: format!("{origin}/{name}"),
+                blob: blob_manifest(manifest),
+            });
+        }
+        let mut incidents: Vec<Incident> = vec![incident_of(&upload.first)];
+        incidents.extend(
+            upload
+                .incidents
+                .iter()
+                .filter(|record| record.report_id != upload.first.report_id)
+                .map(incident_of),
+        );
+        let manifest = ReportManifest {
+            format_version: REPORT_FORMAT_VERSION,
+            report_id: consolidated_report_id(&upload.fence.cluster_id.0, &upload.signature),
+            cluster_id: upload.fence.cluster_id.0.clone(),
+            term: upload.fence.term,
+            customer_id: None,
+            problem: read.document.problem,
+            signature: upload.signature.clone(),
+            kind: upload.kind,
+            incidents,
+            attachments,
+            scrub: None,
+            created_ms: crate::commands::now_ms(),
+        };
+        manifest.validate().context("the consolidated report")?;
+        Ok(manifest)
+    }
+
+    /// Uploads a new problem: manifest, the chunks the endpoint lacks, completion.
+    pub fn upload_report(&mut self, upload: &UploadReport, chunk_ids: &[ChunkId]) -> Finished {
+        let manifest = match self.manifest(upload, chunk_ids) {
+            Ok(manifest) => manifest,
+            Err(error) => {
+                tracing::error!(signature = %upload.signature, error = %format!("{error:#}"), "cannot build the consolidated report; retried later");
+                return Finished {
+                    outcome: UploadOutcome::Retry,
+                    reply: None,
+                };
+            }
+        };
+        let body = serde_json::to_vec(&manifest).expect("a manifest serializes");
+        let answer = match self.client.post("/api/v1/reports", &body) {
+            Ok(answer) => answer,
+            Err(error) => return Self::finished_transport("report manifest", error),
+        };
+        self.stats.bytes_sent += body.len() as u64;
+        let full_entry = self
+            .stats
+            .full_report_bytes
+            .entry(upload.signature.clone())
+            .or_insert(0);
+        if *full_entry == 0 {
+            // What sending the whole report costs: the manifest and every chunk compressed.
+            let mut full = body.len() as u64;
+            let mut seen = std::collections::HashSet::new();
+            for id in manifest.chunk_ids() {
+                if seen.insert(id.to_string())
+                    && let Ok(chunk) = id.parse::<ChunkId>()
+                    && let Ok(bytes) = self.store.chunk_bytes(&chunk)
+                {
+                    full += bytes.len() as u64;
+                }
+            }
+            *full_entry = full;
+        }
+        let reply = match answer.status {
+            200 => answer.reply(),
+            202 => {
+                let Some(reply) = answer.reply() else {
+                    return Self::finished_refused("report manifest", &answer);
+                };
+                for id in &reply.missing_chunks {
+                    if let Err(finished) = self.put_chunk(id) {
+                        self.save_stats();
+                        return finished;
+                    }
+                }
+                let path = format!("/api/v1/reports/{}/complete", manifest.report_id);
+                match self.client.post(&path, b"") {
+                    Ok(answer) if answer.status == 200 => answer.reply(),
+                    Ok(answer) => {
+                        self.save_stats();
+                        return Self::finished_refused("report completion", &answer);
+                    }
+                    Err(error) => {
+                        self.save_stats();
+                        return Self::finished_transport("report completion", error);
+                    }
+                }
+            }
+            _ => {
+                self.save_stats();
+                return Self::finished_refused("report manifest", &answer);
+            }
+        };
+        self.stats.uploads_acked += 1;
+        self.save_stats();
+        tracing::info!(
+            signature = %upload.signature, report = %manifest.report_id,
+            incidents = manifest.incidents.len(), attachments = manifest.attachments.len(),
+            problem = ?reply.as_ref().map(|reply| reply.problem_id.clone()),
+            "report uploaded"
+        );
+        Finished {
+            outcome: UploadOutcome::Acked,
+            reply,
+        }
+    }
+
+    fn put_chunk(&mut self, id: &str) -> Result<(), Finished> {
+        let chunk: ChunkId = id.parse().map_err(|_| Finished {
+            outcome: UploadOutcome::Retry,
+            reply: None,
+        })?;
+        let bytes = match self.store.chunk_bytes(&chunk) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%error, chunk = %id, "the endpoint wants a chunk this store cannot read");
+                return Err(Finished {
+                    outcome: UploadOutcome::Retry,
+                    reply: None,
+                });
+            }
+        };
+        let mut last = None;
+        for _ in 0..self.chunk_attempts_max {
+            match self.client.put(&format!("/api/v1/chunks/{id}"), &bytes) {
+                Ok(answer) if answer.status == 204 || answer.status == 200 => {
+                    self.stats.bytes_sent += bytes.len() as u64;
+                    return Ok(());
+                }
+                Ok(answer) if answer.status < 500 => {
+                    return Err(Self::finished_refused("chunk upload", &answer));
+                }
+                Ok(answer) => last = Some(format!("HTTP {}: {}", answer.status, answer.body)),
+                Err(error) => last = Some(error.to_string()),
+            }
+        }
+        Err(Self::finished_transport(
+            "chunk upload",
+            last.unwrap_or_default(),
+        ))
+    }
+
+    /// Uploads later incidents of a problem the endpoint has.
+    pub fn upload_incidents(&mut self, upload: &UploadIncidents) -> Finished {
+        let update = IncidentUpdate {
+            report_id: consolidated_report_id(&upload.fence.cluster_id.0, &upload.signature),
+            cluster_id: upload.fence.cluster_id.0.clone(),
+            term: upload.fence.term,
+            signature: upload.signature.clone(),
+            incidents: upload.incidents.iter().map(incident_of).collect(),
+        };
+        let body = serde_json::to_vec(&update).expect("an update serializes");
+        let answer = match self.client.post("/api/v1/incidents", &body) {
+            Ok(answer) => answer,
+            Err(error) => return Self::finished_transport("incident update", error),
+        };
+        self.stats.bytes_sent += body.len() as u64;
+        self.save_stats();
+        if answer.status != 200 && answer.status != 202 {
+            return Self::finished_refused("incident update", &answer);
+        }
+        tracing::info!(signature = %upload.signature, incidents = update.incidents.len(), "incidents uploaded");
+        Finished {
+            outcome: UploadOutcome::Acked,
+            reply: answer.reply(),
+        }
+    }
+
+    /// Keeps the endpoint's answer for `problems show` and marks the problem uploaded
+    /// when this node has it too.
+    pub fn record_reply(&self, signature: &str, reply: &UploadReply) {
+        let local_problem_id = crashmesh_store::problem_id_for(signature, "");
+        let bytes = serde_json::to_vec(reply).expect("a reply serializes");
+        if let Err(error) = self
+            .store
+            .put_setting(&format!("{REPLY_SETTING_PREFIX}{local_problem_id}"), &bytes)
+        {
+            tracing::warn!(%error, "cannot keep the endpoint's answer");
+        }
+    }
+}
+
+/// The endpoint's last answer about a problem of this store, if an upload through this
+/// node got one.
+pub fn endpoint_reply(store: &Store, problem_id: &str) -> Option<UploadReply> {
+    let bytes = store
+        .get_setting(&format!("{REPLY_SETTING_PREFIX}{problem_id}"))
+        .ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
