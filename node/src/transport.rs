@@ -246,15 +246,15 @@ impl TransportError {
     /// True when the whole connection is gone (as opposed to one stream failing): the
     /// caller should stop using it.
     pub fn is_connection_lost(&self) -> bool {
-        match self {
-            TransportError::ConnectionLost(_) => true,
-            TransportError::Read(quinn::ReadError::ConnectionLost(_)) => true,
-            TransportError::ReadExact(quinn::ReadExactError::ReadError(
-                quinn::ReadError::ConnectionLost(_),
-            )) => true,
-            TransportError::Write(quinn::WriteError::ConnectionLost(_)) => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            TransportError::ConnectionLost(_)
+                | TransportError::Read(quinn::ReadError::ConnectionLost(_))
+                | TransportError::ReadExact(quinn::ReadExactError::ReadError(
+                    quinn::ReadError::ConnectionLost(_),
+                ))
+                | TransportError::Write(quinn::WriteError::ConnectionLost(_))
+        )
     }
 }
 
