@@ -63,6 +63,15 @@ pub enum Command {
     /// The upload endpoint (the vendor's server).
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// A whole cluster plus its endpoint on loopback: real crashes, one upload per problem.
+    Demo {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Exit after the summary instead of serving until interrupted.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,6 +11,7 @@ pub mod control;
 pub mod events;
 pub mod gather;
 pub mod daemon;
+pub mod demo;
 pub mod endpoint_cmd;
 pub mod harvest;
 pub mod hook;

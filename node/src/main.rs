@@ -19,6 +19,15 @@ fn main() -> ExitCode {
     if let Command::Endpoint(what) = &cli.command {
         return crashmesh::endpoint_cmd::run(&cli.global, what);
     }
+    if let Command::Demo { nodes, once } = &cli.command {
+        let args = crashmesh::demo::DemoArgs {
+            nodes: *nodes,
+            once: *once,
+            json: cli.global.json,
+            data_dir: cli.global.data_dir.clone(),
+        };
+        return crashmesh::demo::run(&args).unwrap_or_else(|error| commands::fail(&error));
+    }
     let context = match Context::new(&cli.global) {
         Ok(context) => context,
         Err(error) => return commands::fail(&error),
@@ -36,6 +45,7 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Show) => commands::config_show(&context),
         Command::Cluster(what) => crashmesh::cluster_cmd::cluster(&context, &what),
         Command::Endpoint(_) => unreachable!("handled above: the endpoint has its own data dir"),
+        Command::Demo { .. } => unreachable!("handled above: the demo makes its own data dirs"),
     };
     match result {
         Ok(code) => code,
