@@ -20,7 +20,8 @@
 //! `incidents`, `bytes_uploaded` (request bodies the aggregators sent: manifests, chunks,
 //! incident updates) and `bytes_naive` (for every incident at the endpoint, its problem's
 //! whole report — manifest plus every chunk compressed — as a per-node uploader would send
-//! it), `ours_over_naive`, `data_dir`, `crash_source`.
+//! it), `ours_over_naive`, `data_dir`, `crash_source`, `problem_list` (each problem's
+//! `id`, `kind`, `signature`, `count`, `nodes` as the endpoint lists them).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -404,6 +405,16 @@ token = "{token}"
         "data_dir": root,
         "crash_source": crash_source,
         "python": python.is_some(),
+        "problem_list": problems
+            .iter()
+            .map(|problem| json!({
+                "id": problem["id"],
+                "kind": problem["kind"],
+                "signature": problem["signature"],
+                "count": problem["count"],
+                "nodes": problem["nodes"],
+            }))
+            .collect::<Vec<_>>(),
     });
     if args.json {
         println!("{summary}");
