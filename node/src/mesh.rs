@@ -362,6 +362,7 @@ pub async fn start(
         may_be_aggregator = settings.may_be_aggregator, "mesh started"
     );
     let addresses = settings.members.iter().cloned().collect();
+    let (store_for_start, settings_for_start) = (store.clone(), settings.clone());
     let accept_transport = transport.clone();
     let members: Vec<NodeId> = settings.members.iter().map(|(id, _)| id.clone()).collect();
     let actor = MeshActor {
@@ -382,7 +383,92 @@ pub async fn start(
     }
     .start();
     tokio::spawn(accept_loop(accept_transport, members, actor.clone()));
+    announce_pending_at_start(store_for_start, settings_for_start, actor.clone());
     Ok(actor)
+}
+
+/// Incidents re-announced at start at most (older ones wait for a later slice).
+pub const ANNOUNCE_AT_START_MAX: usize = 1024;
+
+/// Re-announces this node's incidents of problems not yet at the endpoint (the spool
+/// kept them while the node or the aggregator was down). Announcements are idempotent by
+/// report id, so one the aggregator already has costs a message, nothing more.
+/// Known gap: a problem marked uploaded is skipped whole, so an incident of it recorded
+/// after the mark and not announced before a restart waits until the next incident.
+fn announce_pending_at_start(store: Arc<Store>, settings: MeshSettings, actor: Addr<MeshActor>) {
+    tokio::spawn(async move {
+        let found =
+            tokio::task::spawn_blocking(move || pending_announcements(&store, &settings)).await;
+        let announcements = match found {
+            Ok(Ok(announcements)) => announcements,
+            Ok(Err(error)) => {
+                tracing::warn!(error = %format!("{error:#}"), "cannot list the incidents to re-announce");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot list the incidents to re-announce");
+                return;
+            }
+        };
+        if !announcements.is_empty() {
+            tracing::info!(
+                count = announcements.len(),
+                "re-announcing incidents not yet at the endpoint"
+            );
+        }
+        for announcement in announcements {
+            if actor.send(Announce(announcement)).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn pending_announcements(store: &Store, settings: &MeshSettings) -> Result<Vec<Announcement>> {
+    use crashmesh_protocol::wire::{Label, UploadState};
+    let node = settings.node.as_str();
+    let mut announcements = Vec::new();
+    for summary in store.problems()? {
+        if !matches!(summary.upload, crashmesh_store::UploadState::Pending) {
+            continue;
+        }
+        let Some(detail) = store.problem(&summary.id)? else {
+            continue;
+        };
+        for incident in detail
+            .incidents
+            .iter()
+            .filter(|incident| incident.node == node)
+        {
+            if announcements.len() >= ANNOUNCE_AT_START_MAX {
+                return Ok(announcements);
+            }
+            let report_bytes = incident
+                .core
+                .iter()
+                .chain(incident.attachments.iter())
+                .map(|evidence| evidence.len_bytes)
+                .sum();
+            announcements.push(Announcement {
+                report_id: ReportId::new(incident.report_id.clone()),
+                signature: detail.problem.signature.clone(),
+                kind: detail.problem.kind,
+                time_ms: incident.time_ms,
+                node: settings.node.clone(),
+                report_bytes,
+                labels: settings
+                    .labels
+                    .iter()
+                    .map(|(key, value)| Label {
+                        key: key.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+                upload_state: UploadState::NotUploaded,
+            });
+        }
+    }
+    Ok(announcements)
 }
 
 /// The transport's defaults, but a short connect timeout: a member that is down (or not

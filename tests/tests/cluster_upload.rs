@@ -120,3 +120,198 @@ fn the_same_crash_on_three_nodes_is_one_problem_with_one_full_report() {
     }
     assert!(saw_core);
 }
+
+/// The C program the fault test crashes (the same bug on every node).
+const CRASHER: &str = r#"#include <stdio.h>
+__attribute__((noinline)) static void store_reading(volatile int *slot) { *slot = 1; }
+int main(void) { volatile int *table = NULL; store_reading(table); return 0; }
+"#;
+
+/// `GET path` on `127.0.0.1:port` (HTTP/1.0, no client library needed); the body as JSON.
+fn http_get_json(port: u16, path: &str) -> Option<Value> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    serde_json::from_str(body).ok()
+}
+
+/// Crashes `crasher` under gdb and, while gdb holds the process, feeds its core to the
+/// node's `crashmesh hook core` on stdin, as the kernel's pipe would.
+fn crash_into(node: &NodeDir, crasher: &std::path::Path) {
+    let core = node.root.path().join("core");
+    let hook_args = |pid: &str| {
+        format!(
+            "[\"{exe}\", \"--data-dir\", \"{data}\", \"--config\", \"{config}\", \"hook\", \"core\", {pid}, {pid}, {pid}, \"11\", str(int(time.time())), \"18446744073709551615\", \"0\", \"0\", \"test\", \"crasher\"]",
+            exe = crashmesh_binary().display(),
+            data = node.data_dir.display(),
+            config = node.config.display(),
+        )
+    };
+    let script = format!(
+        "run\npython\nimport gdb, subprocess, time\npid = str(gdb.selected_inferior().pid)\ngdb.execute(\"generate-core-file {core}\", to_string=True)\nwith open(\"{core}\", \"rb\") as f:\n    print(\"HOOK_EXIT\", subprocess.run({args}, stdin=f).returncode)\nend\nkill\n",
+        core = core.display(),
+        args = hook_args("pid"),
+    );
+    let script_path = node.root.path().join("crash.gdb");
+    std::fs::write(&script_path, script).unwrap();
+    let output = Command::new("gdb")
+        .args(["-nx", "-batch", "-ex", "set debuginfod enabled off", "-x"])
+        .arg(&script_path)
+        .arg(crasher)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run gdb");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("HOOK_EXIT 0"),
+        "the hook did not take the core:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn kill_9_of_the_aggregator_mid_upload_still_gives_one_problem_and_every_incident() {
+    use std::time::Duration;
+    let work = tempfile::Builder::new()
+        .prefix("cm-fault-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    // The endpoint, with a token for the cluster.
+    let endpoint = NodeDir::new("");
+    let token = endpoint.json(&["endpoint", "token", "create", "fault-test"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let endpoint_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut endpoint_process = Daemon {
+        child: Command::new(crashmesh_binary())
+            .arg("--data-dir")
+            .arg(&endpoint.data_dir)
+            .args([
+                "endpoint",
+                "run",
+                "--listen",
+                &format!("127.0.0.1:{endpoint_port}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(
+                std::fs::File::create(work.path().join("endpoint.log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap(),
+    };
+    assert!(wait_until(Duration::from_secs(30), || http_get_json(
+        endpoint_port,
+        "/api/v1/problems"
+    )
+    .is_some()));
+
+    // Three nodes of one CA, uploading to it.
+    let ca = NodeDir::new("");
+    ca.json(&["cluster", "init", "--cluster-id", "fault-test"]);
+    let ports = free_udp_ports(3);
+    let names: Vec<String> = (1..=3).map(|index| format!("node-{index}")).collect();
+    let members: Vec<String> = names
+        .iter()
+        .zip(&ports)
+        .map(|(name, port)| format!("{{ name = \"{name}\", address = \"127.0.0.1:{port}\" }}"))
+        .collect();
+    let cluster_dir = ca.data_dir.join("cluster");
+    let nodes: Vec<NodeDir> = names
+        .iter()
+        .zip(&ports)
+        .map(|(name, port)| {
+            let issued = ca.json(&["cluster", "issue", name]);
+            NodeDir::new(&format!(
+                "[node]\nname = \"{name}\"\n[detect.kmsg]\nenabled = false\n[detect.kdump]\nenabled = false\n[detect.pstore]\nenabled = false\n[detect.hs_err]\nenabled = false\n[detect.vm_guest]\nenabled = false\n[gather]\nenabled = false\n[cluster]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nmembers = [{members}]\nca_cert = \"{ca}\"\ncluster_file = \"{cluster_file}\"\nnode_cert = \"{cert}\"\nnode_key = \"{key}\"\n[upload]\nendpoint = \"http://127.0.0.1:{endpoint_port}\"\ntoken = \"{token}\"\n",
+                members = members.join(", "),
+                ca = cluster_dir.join("ca.pem").display(),
+                cluster_file = cluster_dir.join("cluster.json").display(),
+                cert = issued["cert"].as_str().unwrap(),
+                key = issued["key"].as_str().unwrap(),
+            ))
+        })
+        .collect();
+    let mut daemons: Vec<Option<Daemon>> =
+        nodes.iter().map(|node| Some(node.start_daemon())).collect();
+    let aggregator_of = |node: &NodeDir| -> Option<String> {
+        node.try_json(&["status"])?["cluster"]["aggregator"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let mut aggregator = None;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let seen: Vec<Option<String>> = nodes.iter().map(aggregator_of).collect();
+            aggregator = seen[0].clone();
+            aggregator.is_some() && seen.iter().all(|name| *name == aggregator)
+        }),
+        "no aggregator elected"
+    );
+    let aggregator = aggregator.unwrap();
+    let aggregator_index = names.iter().position(|name| *name == aggregator).unwrap();
+    eprintln!("aggregator: {aggregator}");
+
+    // The endpoint stops answering (SIGSTOP): the upload hangs mid-way.
+    let endpoint_pid = endpoint_process.child.id() as libc::pid_t;
+    unsafe { libc::kill(endpoint_pid, libc::SIGSTOP) };
+    let crasher = compile_c(work.path(), "crasher", CRASHER, &["-g", "-O0"]);
+    for node in &nodes {
+        crash_into(node, &crasher);
+    }
+    // The aggregator has the problem (its upload is waiting on the stopped endpoint).
+    let holds_problem = wait_until(Duration::from_secs(30), || {
+        nodes[aggregator_index]
+            .try_json(&["status"])
+            .is_some_and(|status| {
+                status["cluster"]["problems"]
+                    .as_array()
+                    .is_some_and(|problems| !problems.is_empty())
+            })
+    });
+    assert!(holds_problem, "the aggregator never held the problem");
+    std::thread::sleep(Duration::from_secs(2));
+    // kill -9 of the aggregator mid-upload; the endpoint comes back.
+    daemons[aggregator_index].take().unwrap().kill();
+    unsafe { libc::kill(endpoint_pid, libc::SIGCONT) };
+    // The dead node comes back later: its incident waits in its spool until then.
+    std::thread::sleep(Duration::from_secs(3));
+    daemons[aggregator_index] = Some(nodes[aggregator_index].start_daemon());
+
+    let mut last = Value::Null;
+    let done = wait_until(Duration::from_secs(90), || {
+        last = http_get_json(endpoint_port, "/api/v1/problems").unwrap_or(Value::Null);
+        last["problems"]
+            .as_array()
+            .is_some_and(|problems| problems.iter().any(|p| p["count"] == 3))
+    });
+    let logs: Vec<String> = nodes.iter().map(|node| node.daemon_log()).collect();
+    assert!(
+        done,
+        "the endpoint never had all 3 incidents: {last}\nlogs:\n{}",
+        logs.join("\n----\n")
+    );
+    let problems = last["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "exactly one problem: {last}");
+    assert_eq!(
+        problems[0]["count"], 3,
+        "no incident lost or counted twice: {last}"
+    );
+    // Nothing more arrives later (no duplicate upload).
+    std::thread::sleep(Duration::from_secs(3));
+    let after = http_get_json(endpoint_port, "/api/v1/problems").unwrap();
+    assert_eq!(after["problems"].as_array().unwrap().len(), 1, "{after}");
+    assert_eq!(after["problems"][0]["count"], 3, "{after}");
+    drop(daemons);
+    endpoint_process.kill();
+}
