@@ -437,8 +437,21 @@ pub fn problems(context: &Context, what: &ProblemsCommand) -> Result<ExitCode> {
             let Some(detail) = detail else {
                 bail!("no problem matches {id:?} (see `crashmesh problems list`)")
             };
+            // What the endpoint answered, when this node uploaded the problem (an older
+            // daemon does not know the request: no answer then).
+            let endpoint_reply = match query(
+                context,
+                Request::EndpointReply {
+                    problem_id: detail.summary.id.clone(),
+                },
+            ) {
+                Ok(Response::EndpointReply(reply)) => reply,
+                _ => None,
+            };
             if context.json {
-                return print_json(&detail).map(|_| ExitCode::SUCCESS);
+                let mut value = serde_json::to_value(&detail)?;
+                value["endpoint"] = serde_json::to_value(&endpoint_reply)?;
+                return print_json(&value).map(|_| ExitCode::SUCCESS);
             }
             let summary = &detail.summary;
             println!("problem {}", summary.id);
@@ -453,6 +466,23 @@ pub fn problems(context: &Context, what: &ProblemsCommand) -> Result<ExitCode> {
                 summary.cores_kept,
                 crate::config::format_bytes(summary.bytes)
             );
+            if let Some(reply) = &endpoint_reply {
+                println!(
+                    "  endpoint: problem {} ({}){}{}",
+                    reply.problem_id,
+                    if reply.known { "known before" } else { "new" },
+                    reply
+                        .bug
+                        .as_ref()
+                        .map(|bug| format!("  bug {} [{}] {}", bug.id, bug.status, bug.url))
+                        .unwrap_or_default(),
+                    reply
+                        .workaround
+                        .as_ref()
+                        .map(|workaround| format!("  workaround: {workaround}"))
+                        .unwrap_or_default()
+                );
+            }
             print!("{}", describe_problem(&detail.problem));
             println!("incidents:");
             let mut table = Table::new(&["TIME", "NODE", "PID", "SIGNAL", "CORE", "REPORT"]);

@@ -30,6 +30,8 @@ pub enum Request {
     Check,
     /// The mesh as the daemon sees it (see [`crate::mesh::MeshView`]).
     Mesh,
+    /// The endpoint's last answer about a problem (kept by an aggregator that uploaded it).
+    EndpointReply { problem_id: String },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -42,6 +44,7 @@ pub enum Response {
     Check(CheckReport),
     /// `None`: no mesh runs (standalone, or no daemon).
     Mesh(Option<crate::mesh::MeshView>),
+    EndpointReply(Option<crashmesh_protocol::report::UploadReply>),
     Error(String),
 }
 
@@ -62,6 +65,9 @@ pub fn handle(store: &Store, request: Request) -> Response {
         Request::Check => store.check(true).map(Response::Check),
         // Only the daemon knows the mesh ([`serve`] answers it there).
         Request::Mesh => Ok(Response::Mesh(None)),
+        Request::EndpointReply { problem_id } => Ok(Response::EndpointReply(
+            crate::uploader::endpoint_reply(store, &problem_id),
+        )),
     };
     result.unwrap_or_else(|error| Response::Error(error.to_string()))
 }
