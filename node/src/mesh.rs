@@ -528,6 +528,7 @@ impl Actor for MeshActor {
             node: self.node.id().as_str().to_string(),
             settings: self.settings.clone(),
             actor: context.address(),
+            runtime: tokio::runtime::Handle::current(),
             offered: HashMap::new(),
             offered_order: std::collections::VecDeque::new(),
             uploader: None,
@@ -815,6 +816,8 @@ impl MeshActor {
 
 /// Jobs queued per node for the worker (store work and uploads).
 pub const WORKER_QUEUE_LEN_MAX: usize = 4096;
+/// `ChunkData` messages the worker hands the actor at once.
+pub const CHUNK_DATA_BATCH_LEN: usize = 8;
 /// Offered chunk lists the worker remembers for uploads.
 pub const OFFERED_REPORTS_LEN_MAX: usize = 1024;
 
@@ -920,6 +923,8 @@ struct Worker {
     node: String,
     settings: MeshSettings,
     actor: Addr<MeshActor>,
+    /// To wait for the actor from this plain thread (back-pressure on chunk data).
+    runtime: tokio::runtime::Handle,
     offered: HashMap<ReportId, Vec<WireChunkId>>,
     offered_order: std::collections::VecDeque<ReportId>,
     /// Built on the first upload (`None` inside: no endpoint configured).
@@ -974,7 +979,8 @@ impl Worker {
                 report_id,
                 chunk_ids,
             } => {
-                // One message per chunk, handed over a few at a time to bound memory.
+                // One message per chunk, handed over a few at a time, each batch only once
+                // the actor took the previous one: at most two batches are in memory here.
                 let mut messages = Vec::new();
                 for chunk_id in chunk_ids {
                     match self.store.chunk_raw(&crate::uploader::from_wire(&chunk_id)) {
@@ -987,11 +993,14 @@ impl Worker {
                             tracing::warn!(report = %report_id, %error, "a wanted chunk cannot be read");
                         }
                     }
-                    if messages.len() >= 8 {
-                        self.actor.do_send(WorkDone::Send {
+                    if messages.len() >= CHUNK_DATA_BATCH_LEN {
+                        let batch = WorkDone::Send {
                             to: to.clone(),
                             messages: std::mem::take(&mut messages),
-                        });
+                        };
+                        if self.runtime.block_on(self.actor.send(batch)).is_err() {
+                            return Ok(());
+                        }
                     }
                 }
                 if !messages.is_empty() {
