@@ -552,10 +552,9 @@ impl Handler<Inbound> for MeshActor {
         if let Err(error) = self
             .node
             .handle_datagram(now_ms, &message.peer, &message.bytes)
+            && let Some(suppressed) = self.refusals.admit()
         {
-            if let Some(suppressed) = self.refusals.admit() {
-                tracing::warn!(peer = %message.peer, %error, suppressed, "refused a mesh datagram");
-            }
+            tracing::warn!(peer = %message.peer, %error, suppressed, "refused a mesh datagram");
         }
         self.pump(context);
     }

@@ -393,7 +393,7 @@ impl Uploader {
                     return Self::finished_refused("report manifest", &answer);
                 };
                 for id in &reply.missing_chunks {
-                    if let Err(finished) = self.put_chunk(id) {
+                    if let Some(finished) = self.put_chunk(id) {
                         self.save_stats();
                         return finished;
                     }
@@ -430,19 +430,21 @@ impl Uploader {
         }
     }
 
-    fn put_chunk(&mut self, id: &str) -> Result<(), Finished> {
-        let chunk: ChunkId = id.parse().map_err(|_| Finished {
+    /// PUTs one chunk the endpoint lacks; `Some` says how the upload ends when it failed.
+    fn put_chunk(&mut self, id: &str) -> Option<Finished> {
+        let retry = || Finished {
             outcome: UploadOutcome::Retry,
             reply: None,
-        })?;
+        };
+        let Ok(chunk) = id.parse::<ChunkId>() else {
+            tracing::error!(chunk = %id, "the endpoint named a chunk id that is not one");
+            return Some(retry());
+        };
         let bytes = match self.store.chunk_bytes(&chunk) {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::error!(%error, chunk = %id, "the endpoint wants a chunk this store cannot read");
-                return Err(Finished {
-                    outcome: UploadOutcome::Retry,
-                    reply: None,
-                });
+                return Some(retry());
             }
         };
         let mut last = None;
@@ -450,16 +452,16 @@ impl Uploader {
             match self.client.put(&format!("/api/v1/chunks/{id}"), &bytes) {
                 Ok(answer) if answer.status == 204 || answer.status == 200 => {
                     self.stats.bytes_sent += bytes.len() as u64;
-                    return Ok(());
+                    return None;
                 }
                 Ok(answer) if answer.status < 500 => {
-                    return Err(Self::finished_refused("chunk upload", &answer));
+                    return Some(Self::finished_refused("chunk upload", &answer));
                 }
                 Ok(answer) => last = Some(format!("HTTP {}: {}", answer.status, answer.body)),
                 Err(error) => last = Some(error.to_string()),
             }
         }
-        Err(Self::finished_transport(
+        Some(Self::finished_transport(
             "chunk upload",
             last.unwrap_or_default(),
         ))
