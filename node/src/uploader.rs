@@ -515,3 +515,95 @@ pub fn endpoint_reply(store: &Store, problem_id: &str) -> Option<UploadReply> {
         .ok()??;
     serde_json::from_slice(&bytes).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crashmesh_protocol::model::ProblemKind;
+    use crashmesh_store::{NewIncident, StoreConfig};
+
+    /// Bytes that do not compress or repeat (so FastCDC cuts several chunks).
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_node_report_reads_back_from_its_chunks_even_when_the_document_spans_several() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let core = store.put_blob_bytes(&noise(1 << 20, 1)).unwrap();
+        let maps = store.put_blob_bytes(&noise(70_000, 2)).unwrap();
+        let mut problem = Problem::new(ProblemKind::Core, "SIGSEGV in store_reading");
+        problem.signature = "v1:0123456789abcdef0123456789abcdef01234567".to_string();
+        // A long text makes the document span several chunks.
+        problem.text = Some(
+            noise(300_000, 3)
+                .iter()
+                .map(|byte| char::from(b'a' + byte % 26))
+                .collect(),
+        );
+        store
+            .record_incident(NewIncident {
+                report_id: "node-1:1-2-3".to_string(),
+                time_ms: 1_700_000_000_000,
+                node: "node-1".to_string(),
+                problem,
+                executable: Some("/usr/bin/demo".to_string()),
+                pid: Some(42),
+                uid: Some(0),
+                signal: Some(11),
+                core: Some(core),
+                core_truncated: false,
+                attachments: vec![("proc/maps".to_string(), maps)],
+                labels: Default::default(),
+            })
+            .unwrap();
+        assert!(
+            build_node_report(&store, "node-1:9-9-9", "node-1")
+                .unwrap()
+                .is_none()
+        );
+        let report = build_node_report(&store, "node-1:1-2-3", "node-1")
+            .unwrap()
+            .unwrap();
+        let read = read_node_report(&store, &report.chunk_ids).unwrap();
+        let document_chunks = read.document_manifest.chunks.len();
+        assert!(document_chunks > 1, "the document spans several chunks");
+        assert_eq!(read.document.report_id, "node-1:1-2-3");
+        assert_eq!(read.document_manifest.blob_id, report.document.to_hex());
+        let names: Vec<&str> = read
+            .document
+            .attachments
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(names, ["core", "proc/maps"]);
+        // The rest of the list is exactly the evidence's chunks, in order.
+        let evidence: Vec<ChunkId> = read
+            .document
+            .attachments
+            .iter()
+            .flat_map(|(_, manifest)| manifest.chunks.iter().map(|(id, _)| *id))
+            .collect();
+        assert_eq!(&report.chunk_ids[document_chunks..], evidence.as_slice());
+        // A list cut inside the document is refused, not misread.
+        assert!(read_node_report(&store, &report.chunk_ids[..document_chunks - 1]).is_err());
+    }
+
+    #[test]
+    fn the_consolidated_report_id_depends_on_cluster_and_signature_only() {
+        let id = consolidated_report_id("c", "v1:aa");
+        assert!(crashmesh_protocol::report::is_hex_id(&id));
+        assert_eq!(id, consolidated_report_id("c", "v1:aa"));
+        assert_ne!(id, consolidated_report_id("d", "v1:aa"));
+        assert_ne!(id, consolidated_report_id("c", "v1:ab"));
+    }
+}
