@@ -284,7 +284,7 @@ impl Uploader {
 
     /// Classifies an answer that is not a success.
     fn outcome_of_refusal(answer: &Answer) -> UploadOutcome {
-        if answer.status == 409 && answer.body.contains("stale_term") {
+        if answer.status == 409 && answer.json()["code"] == "stale_term" {
             UploadOutcome::StaleTerm
         } else {
             UploadOutcome::Retry
@@ -535,10 +535,9 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_node_report_reads_back_from_its_chunks_even_when_the_document_spans_several() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    /// A store with one incident (`node-1:1-2-3`) holding a 1 MiB core and a log.
+    fn store_with_incident(dir: &Path) -> Store {
+        let store = Store::open(dir, StoreConfig::default()).unwrap();
         let core = store.put_blob_bytes(&noise(1 << 20, 1)).unwrap();
         let maps = store.put_blob_bytes(&noise(70_000, 2)).unwrap();
         let mut problem = Problem::new(ProblemKind::Core, "SIGSEGV in store_reading");
@@ -566,6 +565,13 @@ mod tests {
                 labels: Default::default(),
             })
             .unwrap();
+        store
+    }
+
+    #[test]
+    fn a_node_report_reads_back_from_its_chunks_even_when_the_document_spans_several() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_incident(dir.path());
         assert!(
             build_node_report(&store, "node-1:9-9-9", "node-1")
                 .unwrap()
@@ -605,5 +611,104 @@ mod tests {
         assert_eq!(id, consolidated_report_id("c", "v1:aa"));
         assert_ne!(id, consolidated_report_id("d", "v1:aa"));
         assert_ne!(id, consolidated_report_id("c", "v1:ab"));
+    }
+
+    #[test]
+    fn the_upload_sends_only_missing_chunks_once_and_a_lower_term_is_fenced() {
+        use crashmesh_protocol::consolidation::Fence;
+        use crashmesh_protocol::wire::{ClusterId, NodeId, ReportId};
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(store_with_incident(&dir.path().join("node")));
+        let endpoint_dir = dir.path().join("endpoint");
+        let token = {
+            let db = crashmesh_endpoint::db::Db::open(&endpoint_dir).unwrap();
+            crashmesh_endpoint::auth::create_cluster_token(&db, "c1").unwrap()
+        };
+        let server = crashmesh_endpoint::start(
+            crashmesh_endpoint::EndpointConfig {
+                listen: "127.0.0.1:0".into(),
+                data_dir: endpoint_dir,
+                workers: 2,
+                ..Default::default()
+            },
+            crashmesh_endpoint::ServerMode::Real,
+        )
+        .unwrap();
+        let config = UploadConfig {
+            endpoint: server.url.clone(),
+            token,
+            ..UploadConfig::default()
+        };
+        let mut uploader = Uploader::new(&config, store.clone(), dir.path())
+            .unwrap()
+            .unwrap();
+        let report = build_node_report(&store, "node-1:1-2-3", "node-1")
+            .unwrap()
+            .unwrap();
+        let first = IncidentRecord {
+            report_id: ReportId::new("node-1:1-2-3"),
+            node: NodeId::new("node-1"),
+            time_ms: 1_700_000_000_000,
+            labels: Vec::new(),
+            report_bytes: report.report_bytes,
+        };
+        let signature = "v1:0123456789abcdef0123456789abcdef01234567".to_string();
+        let upload = |term| UploadReport {
+            upload_id: 1,
+            fence: Fence {
+                cluster_id: ClusterId("c1".into()),
+                term,
+            },
+            signature: signature.clone(),
+            kind: ProblemKind::Core,
+            first: first.clone(),
+            incidents: vec![first.clone()],
+        };
+        let finished = uploader.upload_report(&upload(5), &report.chunk_ids);
+        assert_eq!(finished.outcome, UploadOutcome::Acked);
+        let reply = finished.reply.unwrap();
+        assert!(!reply.known);
+        let after_first = UploadStats::load(dir.path()).bytes_sent;
+        assert!(after_first > 1 << 20, "the core went up: {after_first}");
+        // Again (a new aggregator finishing the same work): only the manifest moves.
+        let finished = uploader.upload_report(&upload(6), &report.chunk_ids);
+        assert_eq!(finished.outcome, UploadOutcome::Acked);
+        let again = UploadStats::load(dir.path()).bytes_sent - after_first;
+        // (The manifest carries the problem, whose long text makes it ~300 KB here.)
+        assert!(
+            again + (1 << 20) < after_first,
+            "a repeat sent {again} bytes, the first {after_first}"
+        );
+        // A lower term than the endpoint has seen is fenced.
+        let second = IncidentRecord {
+            report_id: ReportId::new("node-2:1-2-3"),
+            node: NodeId::new("node-2"),
+            ..first.clone()
+        };
+        let stale = UploadIncidents {
+            upload_id: 2,
+            fence: Fence {
+                cluster_id: ClusterId("c1".into()),
+                term: 4,
+            },
+            signature: signature.clone(),
+            kind: ProblemKind::Core,
+            incidents: vec![second.clone()],
+        };
+        assert_eq!(
+            uploader.upload_incidents(&stale).outcome,
+            UploadOutcome::StaleTerm
+        );
+        let current = UploadIncidents {
+            fence: Fence {
+                cluster_id: ClusterId("c1".into()),
+                term: 6,
+            },
+            ..stale
+        };
+        let finished = uploader.upload_incidents(&current);
+        assert_eq!(finished.outcome, UploadOutcome::Acked);
+        assert!(finished.reply.unwrap().known);
+        server.stop();
     }
 }
