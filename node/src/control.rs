@@ -24,14 +24,21 @@ pub const RESPONSE_TIMEOUT_SECS: u64 = 60;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Problems,
-    Problem { id: String },
-    ExportCore { id: String, out: PathBuf },
+    Problem {
+        id: String,
+    },
+    ExportCore {
+        id: String,
+        out: PathBuf,
+    },
     Status,
     Check,
     /// The mesh as the daemon sees it (see [`crate::mesh::MeshView`]).
     Mesh,
     /// The endpoint's last answer about a problem (kept by an aggregator that uploaded it).
-    EndpointReply { problem_id: String },
+    EndpointReply {
+        problem_id: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -39,7 +46,9 @@ pub enum Request {
 pub enum Response {
     Problems(Vec<ProblemSummary>),
     Problem(Option<Box<ProblemDetail>>),
-    Exported { bytes: u64 },
+    Exported {
+        bytes: u64,
+    },
     Status(StoreStatus),
     Check(CheckReport),
     /// `None`: no mesh runs (standalone, or no daemon).

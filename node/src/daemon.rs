@@ -338,20 +338,30 @@ impl Actor for GatherActor {
     type Context = actix::Context<Self>;
 
     fn started(&mut self, context: &mut Self::Context) {
-        context.run_interval(Duration::from_millis(GATHER_INTERVAL_MS), |actor, context| {
-            if actor.busy {
-                return;
-            }
-            actor.busy = true;
-            let (store, data_dir, config) = (actor.store.clone(), actor.data_dir.clone(), actor.config.clone());
-            let pass = tokio::task::spawn_blocking(move || gather_due(&store, &data_dir, &config));
-            context.spawn(actix::fut::wrap_future(pass).map(|result, actor: &mut GatherActor, _| {
-                actor.busy = false;
-                if let Err(error) = result {
-                    tracing::error!(%error, "gather pass panicked");
+        context.run_interval(
+            Duration::from_millis(GATHER_INTERVAL_MS),
+            |actor, context| {
+                if actor.busy {
+                    return;
                 }
-            }));
-        });
+                actor.busy = true;
+                let (store, data_dir, config) = (
+                    actor.store.clone(),
+                    actor.data_dir.clone(),
+                    actor.config.clone(),
+                );
+                let pass =
+                    tokio::task::spawn_blocking(move || gather_due(&store, &data_dir, &config));
+                context.spawn(actix::fut::wrap_future(pass).map(
+                    |result, actor: &mut GatherActor, _| {
+                        actor.busy = false;
+                        if let Err(error) = result {
+                            tracing::error!(%error, "gather pass panicked");
+                        }
+                    },
+                ));
+            },
+        );
     }
 }
 

@@ -384,7 +384,6 @@ fn coreless_problem(meta: &EntryMeta) -> Problem {
     problem
 }
 
-
 fn set_aside(spool: &Spool, dir: &Path, reason: &str) -> Result<(), IngestError> {
     let bad = spool.root.join("bad");
     std::fs::create_dir_all(&bad).map_err(|source| IngestError::Io {

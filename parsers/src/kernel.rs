@@ -1218,10 +1218,12 @@ fn instruction_pointer_frame(header: &[String]) -> Option<Frame> {
     let mut frame = instruction_pointer_symbol_frame(header)?;
     if frame.address.is_none() {
         frame.address = header.iter().find_map(|line| {
-            INSTRUCTION_POINTER_ADDRESS_LINES.iter().find_map(|pattern| {
-                let captures = pattern.captures(line.trim())?;
-                parse_hex(captures.name("address")?.as_str())
-            })
+            INSTRUCTION_POINTER_ADDRESS_LINES
+                .iter()
+                .find_map(|pattern| {
+                    let captures = pattern.captures(line.trim())?;
+                    parse_hex(captures.name("address")?.as_str())
+                })
         });
     }
     Some(frame)
