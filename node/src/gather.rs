@@ -478,16 +478,45 @@ pub fn matching_rules<'a>(
 
 /// Gather every source the rules name for a problem at `time_ms`.
 pub fn gather(config: &GatherConfig, job: &GatherJob, now_ms: u64) -> Gathered {
+    let window = Window {
+        from_ms: job.time_ms.saturating_sub(config.before_secs * 1000),
+        to_ms: job.time_ms + config.after_secs * 1000,
+        problem_ms: job.time_ms,
+    };
+    gather_window(config, &job.kind, job.executable.as_deref(), window, now_ms)
+}
+
+/// A time window around a problem (unix ms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// The moment the budget keeps the nearest lines of.
+    pub problem_ms: u64,
+}
+
+/// Gather every source the rules for `kind` and `executable` name, cut to `window` — a
+/// problem of this node, or a peer's problem the aggregator asks this node's logs of.
+pub fn gather_window(
+    config: &GatherConfig,
+    kind: &str,
+    executable: Option<&str>,
+    window: Window,
+    now_ms: u64,
+) -> Gathered {
     let mut gathered = Gathered::default();
-    let from_ms = job.time_ms.saturating_sub(config.before_secs * 1000);
-    let to_ms = job.time_ms + config.after_secs * 1000;
+    let Window {
+        from_ms,
+        to_ms,
+        problem_ms,
+    } = window;
     let year = Utc
-        .timestamp_millis_opt(job.time_ms as i64)
+        .timestamp_millis_opt(problem_ms as i64)
         .single()
         .map(|t| t.year())
         .unwrap_or(1970);
     let boot_ms = boot_time_ms(now_ms);
-    let rules = matching_rules(config, &job.kind, job.executable.as_deref());
+    let rules = matching_rules(config, kind, executable);
     let mut names: Vec<String> = Vec::new();
     let mut records: Vec<Record> = Vec::new();
     let mut seen_files: Vec<PathBuf> = Vec::new();
@@ -532,7 +561,7 @@ pub fn gather(config: &GatherConfig, job: &GatherJob, now_ms: u64) -> Gathered {
     }
     let kept = fit_budget(
         records,
-        job.time_ms,
+        problem_ms,
         config.report_bytes_max.0,
         &mut gathered.notes,
     );

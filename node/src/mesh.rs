@@ -35,7 +35,15 @@
 //!   `StoreChunk` → the store; `UploadReport`/`UploadIncidents` → [`crate::uploader`] →
 //!   [`Node::upload_finished`]. With no `[upload] endpoint`, uploads are logged and
 //!   dropped (the consolidation counts the attempt as failed when its answer times out).
-//! - **Not yet here**: serving logs to the aggregator (`ServeLogs` is logged and dropped).
+//! - **Peers' logs**: the aggregator asks the log peers for their logs of a new
+//!   problem's window (`LogRequest`). A peer waits for the window to pass, gathers it by
+//!   its own `[gather]` rules ([`crate::gather::gather_window`]), stores the logs and a
+//!   bundle document as blobs ([`crate::uploader::build_log_bundle`]) and answers
+//!   `LogReady` with the bundle's id; the aggregator fetches the bundle like a report
+//!   (have/want by chunk) and the uploader attaches its logs as `<peer>/peer-logs/…`.
+//! - **Feedback**: the endpoint's answer to an upload is kept on the aggregator and sent
+//!   to every node with incidents of the problem (`ProblemFeedback`), which keeps it for
+//!   `crashmesh problems show`.
 //!
 //! Restarted peers: a QUIC connection to a process that died stays "open" until its idle
 //! timeout. When a member connects to us afresh while our connection to it is older than
@@ -58,8 +66,8 @@ use crashmesh_protocol::consolidation::{
 use crashmesh_protocol::election::{PersistedVote, Role};
 use crashmesh_protocol::membership::{MemberState, MembershipOutput};
 use crashmesh_protocol::wire::{
-    Announcement, CHUNK_IDS_PER_MESSAGE_MAX, ChunkId as WireChunkId, ClusterId, Message, NodeId,
-    ReportId,
+    Announcement, CHUNK_IDS_PER_MESSAGE_MAX, ChunkId as WireChunkId, ClusterId, Feedback, Message,
+    NodeId, ReportId,
 };
 use crashmesh_store::Store;
 use serde::{Deserialize, Serialize};
@@ -111,6 +119,16 @@ pub struct MeshSettings {
     pub upload: UploadConfig,
     /// `[[events]]`: commands run on `uploaded`.
     pub events: Vec<crate::events::EventHook>,
+    /// The members asked for their logs of a new problem's window (`[cluster] log_peers`,
+    /// every member when empty).
+    pub log_peers: Vec<NodeId>,
+    /// The peers' log window around a problem's first incident, and how long the report
+    /// waits for their logs.
+    pub log_window_before_ms: u64,
+    pub log_window_after_ms: u64,
+    pub log_wait_ms: u64,
+    /// `[gather]`: the rules this node answers a peer's log request with.
+    pub gather: crate::gather::GatherConfig,
 }
 
 impl MeshSettings {
@@ -154,6 +172,18 @@ impl MeshSettings {
         if !members.iter().any(|(member, _)| member.as_str() == name) {
             bail!("[cluster] members must include this node ({name})");
         }
+        let log_peers: Vec<NodeId> = if cluster.log_peers.is_empty() {
+            members.iter().map(|(member, _)| member.clone()).collect()
+        } else {
+            let mut peers = Vec::new();
+            for peer in &cluster.log_peers {
+                if !members.iter().any(|(member, _)| member.as_str() == peer) {
+                    bail!("[cluster] log_peers names {peer:?}, which is not a member");
+                }
+                peers.push(NodeId::new(peer.clone()));
+            }
+            peers
+        };
         let cluster_dir = certs::ClusterPaths::of_data_dir(data_dir);
         let or_default = |path: &Path, default: PathBuf| {
             if path.as_os_str().is_empty() {
@@ -181,6 +211,11 @@ impl MeshSettings {
             data_dir: data_dir.to_path_buf(),
             upload: config.upload.clone(),
             events: config.events.clone(),
+            log_peers,
+            log_window_before_ms: cluster.log_window_before_secs * 1000,
+            log_window_after_ms: cluster.log_window_after_secs * 1000,
+            log_wait_ms: cluster.log_wait_secs * 1000,
+            gather: config.gather.clone(),
         }))
     }
 
@@ -353,6 +388,10 @@ pub async fn start(
     let member_ids: Vec<NodeId> = settings.members.iter().map(|(id, _)| id.clone()).collect();
     let mut config = NodeConfig::new(settings.node.clone(), cluster_id, member_ids, generation);
     config.election.may_be_aggregator = settings.may_be_aggregator;
+    config.consolidation.log_peers = settings.log_peers.clone();
+    config.consolidation.log_window_before_ms = settings.log_window_before_ms;
+    config.consolidation.log_window_after_ms = settings.log_window_after_ms;
+    config.consolidation.log_wait_ms = settings.log_wait_ms;
     let seed = generation ^ u64::from(std::process::id()).rotate_left(32);
     let node = Node::new(config, persisted.clone(), seed, clock.now_ms())
         .context("the cluster configuration")?;
@@ -531,6 +570,8 @@ impl Actor for MeshActor {
             runtime: tokio::runtime::Handle::current(),
             offered: HashMap::new(),
             offered_order: std::collections::VecDeque::new(),
+            log_bundles: HashMap::new(),
+            log_bundles_order: std::collections::VecDeque::new(),
             uploader: None,
         };
         let spawned = std::thread::Builder::new()
@@ -611,7 +652,7 @@ impl MeshActor {
                 NodeOutput::Membership(MembershipOutput::Send { .. }) => {
                     unreachable!("the node turns membership sends into transmits")
                 }
-                NodeOutput::Consolidation(output) => self.carry_out(output),
+                NodeOutput::Consolidation(output) => self.carry_out(output, context),
             }
         }
         self.publish_view();
@@ -671,23 +712,46 @@ impl MeshActor {
     }
 
     /// Consolidation effects other than messages: each goes to the worker, in order.
-    fn carry_out(&mut self, output: ConsolidationOutput) {
+    fn carry_out(&mut self, output: ConsolidationOutput, context: &mut actix::Context<Self>) {
         let job = match output {
             ConsolidationOutput::Send { .. } => {
                 unreachable!("the node turns consolidation sends into transmits")
             }
             ConsolidationOutput::ServeLogs {
                 to,
+                term,
                 signature,
+                kind,
                 window_start_ms,
                 window_end_ms,
             } => {
-                tracing::debug!(
-                    aggregator = %to, %signature, window_start_ms, window_end_ms,
-                    "dropped: serving logs to the aggregator is not built yet"
-                );
-                return;
+                let job = WorkerJob::ServeLogs(LogRequest {
+                    to,
+                    term,
+                    signature,
+                    kind: kind.to_string(),
+                    window_start_ms,
+                    window_end_ms,
+                });
+                // The window reaches past the problem: answer once it has passed.
+                let wait_ms = window_end_ms
+                    .saturating_sub(self.clock.now_ms())
+                    .min(LOG_SERVE_DELAY_MS_MAX);
+                if wait_ms > 0 {
+                    context.run_later(Duration::from_millis(wait_ms), move |actor, _| {
+                        actor.send_job(job)
+                    });
+                    return;
+                }
+                job
             }
+            ConsolidationOutput::Feedback {
+                signature,
+                feedback,
+            } => WorkerJob::Feedback {
+                signature,
+                feedback,
+            },
             ConsolidationOutput::Fenced { term } => {
                 tracing::warn!(term, "the endpoint fenced this aggregator's term");
                 return;
@@ -724,6 +788,11 @@ impl MeshActor {
             },
             ConsolidationOutput::Uploaded { report_id } => WorkerJob::MarkUploaded { report_id },
         };
+        self.send_job(job);
+    }
+
+    /// Hands a job to the worker (dropped, and logged, when its queue is full).
+    fn send_job(&mut self, job: WorkerJob) {
         let Some(worker) = &self.worker else {
             tracing::warn!(?job, "dropped: the mesh worker is not running");
             return;
@@ -819,6 +888,20 @@ pub const WORKER_QUEUE_LEN_MAX: usize = 4096;
 pub const CHUNK_DATA_BATCH_LEN: usize = 8;
 /// Offered chunk lists the worker remembers for uploads.
 pub const OFFERED_REPORTS_LEN_MAX: usize = 1024;
+/// Log bundles a node keeps ready for the aggregator to fetch.
+pub const LOG_BUNDLES_LEN_MAX: usize = 256;
+/// The longest a log request waits for its window to pass.
+pub const LOG_SERVE_DELAY_MS_MAX: u64 = 120_000;
+
+/// A peer's request for this node's logs of a window.
+struct LogRequest {
+    to: NodeId,
+    term: u64,
+    signature: String,
+    kind: String,
+    window_start_ms: u64,
+    window_end_ms: u64,
+}
 
 /// What the worker does for the actor, in order.
 enum WorkerJob {
@@ -845,6 +928,11 @@ enum WorkerJob {
     },
     UploadReport(UploadReport),
     UploadIncidents(UploadIncidents),
+    ServeLogs(LogRequest),
+    Feedback {
+        signature: String,
+        feedback: Feedback,
+    },
 }
 
 impl std::fmt::Debug for WorkerJob {
@@ -870,6 +958,8 @@ impl std::fmt::Debug for WorkerJob {
             WorkerJob::UploadIncidents(upload) => {
                 write!(f, "UploadIncidents({})", upload.signature)
             }
+            WorkerJob::ServeLogs(request) => write!(f, "ServeLogs({})", request.signature),
+            WorkerJob::Feedback { signature, .. } => write!(f, "Feedback({signature})"),
         }
     }
 }
@@ -889,6 +979,8 @@ enum WorkDone {
     UploadFinished {
         upload_id: u64,
         outcome: UploadOutcome,
+        /// The endpoint's answer, passed on to the problem's nodes.
+        feedback: Option<(String, Feedback)>,
     },
 }
 
@@ -908,8 +1000,15 @@ impl Handler<WorkDone> for MeshActor {
             WorkDone::ChunksMissing { report_id, missing } => {
                 self.node.chunks_missing(now_ms, &report_id, missing)
             }
-            WorkDone::UploadFinished { upload_id, outcome } => {
-                self.node.upload_finished(now_ms, upload_id, outcome)
+            WorkDone::UploadFinished {
+                upload_id,
+                outcome,
+                feedback,
+            } => {
+                self.node.upload_finished(now_ms, upload_id, outcome);
+                if let Some((signature, feedback)) = feedback {
+                    self.node.upload_feedback(now_ms, &signature, feedback);
+                }
             }
         }
         self.pump(context);
@@ -926,6 +1025,9 @@ struct Worker {
     runtime: tokio::runtime::Handle,
     offered: HashMap<ReportId, Vec<WireChunkId>>,
     offered_order: std::collections::VecDeque<ReportId>,
+    /// Log bundles gathered for the aggregator, served like reports (oldest first out).
+    log_bundles: HashMap<ReportId, crate::uploader::NodeReport>,
+    log_bundles_order: std::collections::VecDeque<ReportId>,
     /// Built on the first upload (`None` inside: no endpoint configured).
     uploader: Option<Option<crate::uploader::Uploader>>,
 }
@@ -944,11 +1046,13 @@ impl Worker {
     fn run(&mut self, job: WorkerJob) -> Result<()> {
         match job {
             WorkerJob::ServeReport { to, report_id } => {
-                let messages = match crate::uploader::build_node_report(
-                    &self.store,
-                    &report_id.0,
-                    &self.node,
-                )? {
+                let report = match self.log_bundles.get(&report_id) {
+                    Some(bundle) => Some(bundle.clone()),
+                    None => {
+                        crate::uploader::build_node_report(&self.store, &report_id.0, &self.node)?
+                    }
+                };
+                let messages = match report {
                     None => vec![Message::ReportUnavailable { report_id }],
                     Some(report) => {
                         let chunk_ids: Vec<WireChunkId> = report
@@ -1043,21 +1147,38 @@ impl Worker {
                     self.actor.do_send(WorkDone::UploadFinished {
                         upload_id: upload.upload_id,
                         outcome: UploadOutcome::Retry,
+                        feedback: None,
                     });
                     return Ok(());
                 };
                 let store_ids: Vec<_> = chunk_ids.iter().map(crate::uploader::from_wire).collect();
+                let peer_logs: Vec<(String, Vec<crashmesh_store::ChunkId>)> = upload
+                    .peer_logs
+                    .iter()
+                    .filter_map(|(peer, bundle)| {
+                        let chunk_ids = self.offered.get(bundle)?;
+                        Some((
+                            peer.as_str().to_string(),
+                            chunk_ids.iter().map(crate::uploader::from_wire).collect(),
+                        ))
+                    })
+                    .collect();
                 let Some(uploader) = self.uploader()? else {
                     tracing::info!(signature = %upload.signature, "dropped: no [upload] endpoint configured");
                     return Ok(());
                 };
-                let finished = uploader.upload_report(&upload, &store_ids);
-                if let Some(reply) = &finished.reply {
+                let finished = uploader.upload_report(&upload, &store_ids, &peer_logs);
+                let feedback = finished.reply.as_ref().map(|reply| {
                     uploader.record_reply(&upload.signature, reply);
-                }
+                    (
+                        upload.signature.clone(),
+                        crate::uploader::feedback_of(reply),
+                    )
+                });
                 self.actor.do_send(WorkDone::UploadFinished {
                     upload_id: upload.upload_id,
                     outcome: finished.outcome,
+                    feedback,
                 });
             }
             WorkerJob::UploadIncidents(upload) => {
@@ -1066,15 +1187,91 @@ impl Worker {
                     return Ok(());
                 };
                 let finished = uploader.upload_incidents(&upload);
-                if let Some(reply) = &finished.reply {
+                let feedback = finished.reply.as_ref().map(|reply| {
                     uploader.record_reply(&upload.signature, reply);
-                }
+                    (
+                        upload.signature.clone(),
+                        crate::uploader::feedback_of(reply),
+                    )
+                });
                 self.actor.do_send(WorkDone::UploadFinished {
                     upload_id: upload.upload_id,
                     outcome: finished.outcome,
+                    feedback,
                 });
             }
+            WorkerJob::ServeLogs(request) => self.serve_logs(request)?,
+            WorkerJob::Feedback {
+                signature,
+                feedback,
+            } => crate::uploader::record_feedback(&self.store, &signature, &feedback),
         }
+        Ok(())
+    }
+
+    /// Gathers this node's logs of a peer's problem window into a bundle the aggregator
+    /// fetches like a report, and answers `LogReady` (no bundle when nothing was found).
+    fn serve_logs(&mut self, request: LogRequest) -> Result<()> {
+        let bundle_id = ReportId::new(format!(
+            "logs.{}.{}",
+            self.node,
+            &blake3::hash(
+                format!(
+                    "{}/{}/{}",
+                    request.signature, request.window_start_ms, request.window_end_ms
+                )
+                .as_bytes()
+            )
+            .to_hex()[..24]
+        ));
+        let bundle = if self.log_bundles.contains_key(&bundle_id) {
+            Some(bundle_id.clone())
+        } else {
+            let window = crate::gather::Window {
+                from_ms: request.window_start_ms,
+                to_ms: request.window_end_ms,
+                problem_ms: request
+                    .window_end_ms
+                    .saturating_sub(self.settings.log_window_after_ms)
+                    .max(request.window_start_ms),
+            };
+            let gathered = crate::gather::gather_window(
+                &self.settings.gather,
+                &request.kind,
+                None,
+                window,
+                crate::commands::now_ms(),
+            );
+            match crate::uploader::build_log_bundle(
+                &self.store,
+                &bundle_id.0,
+                &self.node,
+                &request.signature,
+                window,
+                gathered,
+            )? {
+                None => None,
+                Some(report) => {
+                    tracing::info!(bundle = %bundle_id, aggregator = %request.to, bytes = report.report_bytes, "logs gathered for a peer's problem");
+                    self.log_bundles.insert(bundle_id.clone(), report);
+                    self.log_bundles_order.push_back(bundle_id.clone());
+                    while self.log_bundles_order.len() > LOG_BUNDLES_LEN_MAX {
+                        if let Some(oldest) = self.log_bundles_order.pop_front() {
+                            self.log_bundles.remove(&oldest);
+                        }
+                    }
+                    Some(bundle_id)
+                }
+            }
+        };
+        self.actor.do_send(WorkDone::Send {
+            to: request.to,
+            messages: vec![Message::LogReady {
+                term: request.term,
+                signature: request.signature,
+                bundle,
+            }],
+        });
         Ok(())
     }
 

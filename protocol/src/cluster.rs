@@ -24,8 +24,8 @@ use crate::membership::{
     MemberStatus, Membership, MembershipConfig, MembershipError, MembershipOutput,
 };
 use crate::wire::{
-    Announcement, ChunkId, ClusterId, DecodeError, EncodeError, Envelope, MESSAGE_BYTES_MAX,
-    Message, NodeId, ReportId, Term, decode, encode,
+    Announcement, ChunkId, ClusterId, DecodeError, EncodeError, Envelope, Feedback,
+    MESSAGE_BYTES_MAX, Message, NodeId, ReportId, Term, decode, encode,
 };
 
 /// Self-addressed messages handled in one call at most (a node fetching its own report
@@ -284,6 +284,13 @@ impl Node {
     pub fn upload_finished(&mut self, now_ms: u64, upload_id: u64, outcome: UploadOutcome) {
         self.consolidation
             .upload_finished(now_ms, upload_id, outcome);
+        self.collect(now_ms);
+    }
+
+    /// Aggregator: the endpoint's answer about a problem, passed on to its nodes.
+    pub fn upload_feedback(&mut self, now_ms: u64, signature: &str, feedback: Feedback) {
+        self.consolidation
+            .upload_feedback(now_ms, signature, feedback);
         self.collect(now_ms);
     }
 

@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::model::ProblemKind;
 use crate::wire::{
     Announcement, CHUNK_IDS_PER_MESSAGE_MAX, CHUNKS_PER_REPORT_MAX, ChunkId, ClusterId,
-    DecodeError, Label, Message, NodeId, ReportId, Term, UploadState,
+    DecodeError, Feedback, Label, Message, NodeId, ReportId, Term, UploadState,
 };
 
 /// Limits and timings; [`ConsolidationConfig::new`] has the defaults.
@@ -86,6 +86,12 @@ pub struct ConsolidationConfig {
     pub log_window_before_ms: u64,
     /// Aggregator: the log window ends this long after the first incident (default 10 s).
     pub log_window_after_ms: u64,
+    /// Aggregator: how long a new problem's report waits for the peers' logs before it
+    /// goes up without the missing ones (default 20 s).
+    pub log_wait_ms: u64,
+    /// Aggregator: nodes remembered per problem to tell the endpoint's feedback
+    /// (default 1024).
+    pub feedback_nodes_per_problem_len_max: usize,
 }
 
 impl ConsolidationConfig {
@@ -112,6 +118,8 @@ impl ConsolidationConfig {
             upload_incidents_len_max: 1024,
             log_window_before_ms: 60_000,
             log_window_after_ms: 10_000,
+            log_wait_ms: 20_000,
+            feedback_nodes_per_problem_len_max: 1024,
         }
     }
 }
@@ -156,6 +164,9 @@ pub struct UploadReport {
     pub first: IncidentRecord,
     /// Every incident of this upload, `first` included.
     pub incidents: Vec<IncidentRecord>,
+    /// The peers' log bundles fetched for the problem's window (their chunks are in the
+    /// aggregator's store, offered like a report's).
+    pub peer_logs: Vec<(NodeId, ReportId)>,
 }
 
 /// Later incidents of a problem the endpoint already has.
@@ -232,12 +243,17 @@ pub enum ConsolidationOutput {
         /// The chunks.
         chunk_ids: Vec<ChunkId>,
     },
-    /// Node side: gather this node's logs of the window for the aggregator.
+    /// Node side: gather this node's logs of the window for the aggregator, keep them as
+    /// a bundle it can fetch like a report, and answer `LogReady`.
     ServeLogs {
         /// The aggregator asking.
         to: NodeId,
+        /// The term of the request (echoed in `LogReady`).
+        term: Term,
         /// The problem.
         signature: String,
+        /// The problem's kind (chooses the gathering rules).
+        kind: ProblemKind,
         /// Window start (unix ms).
         window_start_ms: u64,
         /// Window end (unix ms).
@@ -252,6 +268,14 @@ pub enum ConsolidationOutput {
     Fenced {
         /// The refused term.
         term: Term,
+    },
+    /// Node side: the aggregator passed on what the endpoint knows of a problem; keep it
+    /// for `problems show`.
+    Feedback {
+        /// The problem.
+        signature: String,
+        /// The endpoint's answer.
+        feedback: Feedback,
     },
 }
 
@@ -359,7 +383,25 @@ struct AggregatorProblem {
     upload: Option<InFlightUpload>,
     upload_not_before_ms: u64,
     upload_retry_ms: u64,
-    logs_requested: bool,
+    /// When the peers were asked for their logs (once per problem and term).
+    logs_requested_at_ms: Option<u64>,
+    /// Each asked peer's log bundle.
+    logs: BTreeMap<NodeId, PeerLogs>,
+    /// The nodes with incidents of the problem, told the endpoint's feedback.
+    nodes: BTreeSet<NodeId>,
+}
+
+/// Where one peer's logs of a problem's window stand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PeerLogs {
+    /// Asked; no answer yet.
+    Waiting,
+    /// The peer named its bundle; fetching it like a report.
+    Fetching(Fetch),
+    /// The bundle's chunks are in the store.
+    Ready(ReportId),
+    /// The peer has no logs of the window, or its bundle could not be fetched.
+    Unavailable,
 }
 
 #[derive(Debug)]
@@ -561,18 +603,31 @@ impl Consolidation {
                 });
             }
             Message::LogRequest {
+                term,
                 signature,
+                kind,
                 window_start_ms,
                 window_end_ms,
-                ..
             } => {
                 self.outputs.push_back(ConsolidationOutput::ServeLogs {
                     to: from.clone(),
+                    term: *term,
                     signature: signature.clone(),
+                    kind: *kind,
                     window_start_ms: *window_start_ms,
                     window_end_ms: *window_end_ms,
                 });
             }
+            Message::LogReady {
+                term,
+                signature,
+                bundle,
+            } => self.aggregator_handle_log_ready(now_ms, from, *term, signature, bundle),
+            Message::ProblemFeedback {
+                signature,
+                feedback,
+                ..
+            } => self.node_handle_feedback(from, signature, feedback),
             Message::ReportChunks {
                 report_id,
                 chunk_count,
@@ -613,35 +668,43 @@ impl Consolidation {
         };
         let mut sends = Vec::new();
         for problem in state.problems.values_mut() {
-            let Fetch::AwaitingShell {
-                report_id: awaited,
-                origin,
-                ..
-            } = &problem.fetch
-            else {
-                continue;
-            };
-            if awaited != report_id {
-                continue;
+            for fetch in problem.fetches_mut() {
+                sends.extend(fetch_chunks_missing(
+                    fetch,
+                    now_ms,
+                    report_id,
+                    &missing,
+                    fetch_retry_ms,
+                ));
             }
-            if missing.is_empty() {
-                problem.fetch = Fetch::Fetched {
-                    report_id: report_id.clone(),
-                };
-            } else {
-                let origin = origin.clone();
-                let wanted: BTreeSet<ChunkId> = missing.iter().copied().collect();
-                sends.extend(chunk_wants(&origin, report_id, &wanted));
-                problem.fetch = Fetch::Transferring {
-                    report_id: report_id.clone(),
-                    origin,
-                    wanted,
-                    attempts: 1,
-                    retry_at_ms: now_ms + fetch_retry_ms,
-                };
-            }
+            problem.settle_logs();
         }
         self.outputs.extend(sends);
+        self.drive(now_ms);
+    }
+
+    /// Aggregator: the endpoint's answer about a problem (from an upload's reply), passed
+    /// on to every node with incidents of it.
+    pub fn upload_feedback(&mut self, now_ms: u64, signature: &str, feedback: Feedback) {
+        if feedback.validate().is_err() {
+            return;
+        }
+        let Some(state) = &mut self.aggregator else {
+            return;
+        };
+        let Some(problem) = state.problems.get(signature) else {
+            return;
+        };
+        for node in &problem.nodes {
+            self.outputs.push_back(ConsolidationOutput::Send {
+                to: node.clone(),
+                message: Message::ProblemFeedback {
+                    term: state.term,
+                    signature: signature.to_string(),
+                    feedback: feedback.clone(),
+                },
+            });
+        }
         self.drive(now_ms);
     }
 
@@ -788,7 +851,9 @@ impl Consolidation {
                     upload: None,
                     upload_not_before_ms: 0,
                     upload_retry_ms: config.upload_retry_initial_ms,
-                    logs_requested: false,
+                    logs_requested_at_ms: None,
+                    logs: BTreeMap::new(),
+                    nodes: BTreeSet::new(),
                 },
             );
         }
@@ -796,6 +861,9 @@ impl Consolidation {
             .problems
             .get_mut(&announcement.signature)
             .expect("inserted");
+        if problem.nodes.len() < config.feedback_nodes_per_problem_len_max {
+            problem.nodes.insert(announcement.node.clone());
+        }
         let uploaded = if already_uploaded || announcement.upload_state == UploadState::Uploaded {
             problem.at_endpoint = true;
             if problem.pending.remove(&report_id).is_some() || !already_uploaded {
@@ -847,51 +915,80 @@ impl Consolidation {
             return;
         };
         for problem in state.problems.values_mut() {
-            let Fetch::Requested {
-                report_id: requested,
-                origin,
-                chunk_count,
-                offered,
-                ..
-            } = &mut problem.fetch
-            else {
-                continue;
-            };
-            if requested != report_id || origin != from {
-                continue;
-            }
-            // Pages arrive in order over one stream; a page out of order restarts the list.
-            if page_offset as usize != offered.len()
-                || (page_offset > 0 && *chunk_count != page_chunk_count)
-            {
-                offered.clear();
-                if page_offset != 0 {
-                    continue;
+            for fetch in problem.fetches_mut() {
+                let page = FetchPage {
+                    from,
+                    report_id,
+                    chunk_count: page_chunk_count,
+                    offset: page_offset,
+                    chunk_ids: page,
+                };
+                if let Some(output) = fetch_take_page(fetch, now_ms, page, shell_answer_timeout_ms)
+                {
+                    self.outputs.push_back(output);
                 }
             }
-            *chunk_count = page_chunk_count;
-            offered.extend_from_slice(page);
-            debug_assert!(offered.len() <= CHUNKS_PER_REPORT_MAX);
-            if offered.len() < *chunk_count as usize {
-                continue;
-            }
-            let chunk_ids = std::mem::take(offered);
-            if chunk_ids.is_empty() {
-                problem.fetch = Fetch::Fetched {
-                    report_id: report_id.clone(),
-                };
-            } else {
-                problem.fetch = Fetch::AwaitingShell {
-                    report_id: report_id.clone(),
+            problem.settle_logs();
+        }
+    }
+
+    fn aggregator_handle_log_ready(
+        &mut self,
+        now_ms: u64,
+        from: &NodeId,
+        term: Term,
+        signature: &str,
+        bundle: &Option<ReportId>,
+    ) {
+        let fetch_retry_ms = self.config.fetch_retry_ms;
+        let Some(state) = &mut self.aggregator else {
+            return;
+        };
+        if term != state.term {
+            return;
+        }
+        let Some(problem) = state.problems.get_mut(signature) else {
+            return;
+        };
+        let Some(logs) = problem.logs.get_mut(from) else {
+            return;
+        };
+        if *logs != PeerLogs::Waiting {
+            return;
+        }
+        match bundle {
+            None => *logs = PeerLogs::Unavailable,
+            Some(bundle) => {
+                self.outputs.push_back(ConsolidationOutput::Send {
+                    to: from.clone(),
+                    message: Message::FetchReport {
+                        term,
+                        report_id: bundle.clone(),
+                    },
+                });
+                *logs = PeerLogs::Fetching(Fetch::Requested {
+                    report_id: bundle.clone(),
                     origin: from.clone(),
-                    give_up_at_ms: now_ms + shell_answer_timeout_ms,
-                };
-                self.outputs.push_back(ConsolidationOutput::ChunksOffered {
-                    report_id: report_id.clone(),
-                    chunk_ids,
+                    attempts: 1,
+                    retry_at_ms: now_ms + fetch_retry_ms,
+                    chunk_count: 0,
+                    offered: Vec::new(),
                 });
             }
         }
+    }
+
+    fn node_handle_feedback(&mut self, from: &NodeId, signature: &str, feedback: &Feedback) {
+        let from_aggregator = self
+            .announce_target()
+            .is_some_and(|(aggregator, _)| aggregator == *from);
+        if !from_aggregator {
+            return;
+        }
+        self.outputs.push_back(ConsolidationOutput::Feedback {
+            signature: signature.to_string(),
+            feedback: feedback.clone(),
+        });
     }
 
     fn aggregator_fetch_failed(&mut self, from: &NodeId, report_id: &ReportId) {
@@ -899,23 +996,18 @@ impl Consolidation {
             return;
         };
         for problem in state.problems.values_mut() {
-            let failed = match &problem.fetch {
-                Fetch::Requested {
-                    report_id: fetching,
-                    origin,
-                    ..
-                }
-                | Fetch::Transferring {
-                    report_id: fetching,
-                    origin,
-                    ..
-                } => fetching == report_id && origin == from,
-                _ => false,
-            };
-            if failed {
+            if fetch_is_from(&problem.fetch, from, report_id) {
                 self.counters.fetches_failed += 1;
                 problem.fetch_failed.insert(report_id.clone());
                 problem.fetch = Fetch::Idle;
+            }
+            for logs in problem.logs.values_mut() {
+                if let PeerLogs::Fetching(fetch) = logs
+                    && fetch_is_from(fetch, from, report_id)
+                {
+                    self.counters.fetches_failed += 1;
+                    *logs = PeerLogs::Unavailable;
+                }
             }
         }
     }
@@ -931,35 +1023,23 @@ impl Consolidation {
             return;
         };
         for problem in state.problems.values_mut() {
-            let Fetch::Transferring {
-                report_id: fetching,
-                origin,
-                wanted,
-                attempts,
-                ..
-            } = &mut problem.fetch
-            else {
-                continue;
-            };
-            if fetching != report_id || origin != from || !wanted.contains(&chunk_id) {
-                continue;
+            let mut stored = false;
+            for fetch in problem.fetches_mut() {
+                match fetch_take_chunk(fetch, from, report_id, chunk_id, bytes) {
+                    ChunkTaken::No => {}
+                    ChunkTaken::Rejected => self.counters.chunks_rejected += 1,
+                    ChunkTaken::Yes if stored => {}
+                    ChunkTaken::Yes => {
+                        stored = true;
+                        self.outputs.push_back(ConsolidationOutput::StoreChunk {
+                            report_id: report_id.clone(),
+                            chunk_id,
+                            bytes: bytes.to_vec(),
+                        });
+                    }
+                }
             }
-            if ChunkId::of(bytes) != chunk_id {
-                self.counters.chunks_rejected += 1;
-                continue;
-            }
-            wanted.remove(&chunk_id);
-            *attempts = 1;
-            self.outputs.push_back(ConsolidationOutput::StoreChunk {
-                report_id: report_id.clone(),
-                chunk_id,
-                bytes: bytes.to_vec(),
-            });
-            if wanted.is_empty() {
-                problem.fetch = Fetch::Fetched {
-                    report_id: report_id.clone(),
-                };
-            }
+            problem.settle_logs();
         }
     }
 
@@ -1023,19 +1103,21 @@ impl Consolidation {
             if problem.pending.is_empty() && problem.upload.is_none() {
                 continue;
             }
-            if !problem.logs_requested && !problem.at_endpoint {
-                problem.logs_requested = true;
+            if problem.logs_requested_at_ms.is_none() && !problem.at_endpoint {
                 if let Some(first) = problem
                     .pending
                     .values()
                     .min_by_key(|incident| incident.time_ms)
                 {
+                    problem.logs_requested_at_ms = Some(now_ms);
                     for peer in &config.log_peers {
+                        problem.logs.insert(peer.clone(), PeerLogs::Waiting);
                         self.outputs.push_back(ConsolidationOutput::Send {
                             to: peer.clone(),
                             message: Message::LogRequest {
                                 term: state.term,
                                 signature: signature.clone(),
+                                kind: problem.kind,
                                 window_start_ms: first
                                     .time_ms
                                     .saturating_sub(config.log_window_before_ms),
@@ -1047,6 +1129,15 @@ impl Consolidation {
                     }
                 }
             }
+            drive_log_fetches(
+                config,
+                state.term,
+                now_ms,
+                problem,
+                &mut self.outputs,
+                &mut self.counters,
+                consider,
+            );
             if let Some(upload) = &problem.upload {
                 if now_ms >= upload.give_up_at_ms {
                     problem.upload = None;
@@ -1078,6 +1169,21 @@ impl Consolidation {
                     consider(problem.upload_not_before_ms);
                     continue;
                 }
+                if let Some(requested_at_ms) = problem.logs_requested_at_ms
+                    && !problem.logs_settled()
+                    && now_ms < requested_at_ms + config.log_wait_ms
+                {
+                    consider(requested_at_ms + config.log_wait_ms);
+                    continue;
+                }
+                let peer_logs: Vec<(NodeId, ReportId)> = problem
+                    .logs
+                    .iter()
+                    .filter_map(|(peer, logs)| match logs {
+                        PeerLogs::Ready(bundle) => Some((peer.clone(), bundle.clone())),
+                        _ => None,
+                    })
+                    .collect();
                 let mut incidents = vec![first.clone()];
                 incidents.extend(
                     problem
@@ -1107,6 +1213,7 @@ impl Consolidation {
                         kind: problem.kind,
                         first,
                         incidents,
+                        peer_logs,
                     }));
             } else if !problem.pending.is_empty() {
                 if now_ms < problem.upload_not_before_ms {
@@ -1257,8 +1364,52 @@ fn drive_fetch(
         }
         return;
     }
-    match &mut problem.fetch {
-        Fetch::Idle => {}
+    if let Some(failed) = advance_fetch(config, term, now_ms, &mut problem.fetch, outputs, consider)
+    {
+        if let Some(report_id) = failed {
+            counters.fetches_failed += 1;
+            problem.fetch_failed.insert(report_id);
+        }
+        problem.fetch = Fetch::Idle;
+        consider(now_ms);
+    }
+}
+
+/// Retries the fetches of the peers' log bundles; one that fails is given up (the report
+/// goes up without those logs).
+fn drive_log_fetches(
+    config: &ConsolidationConfig,
+    term: Term,
+    now_ms: u64,
+    problem: &mut AggregatorProblem,
+    outputs: &mut VecDeque<ConsolidationOutput>,
+    counters: &mut ConsolidationCounters,
+    consider: &mut impl FnMut(u64),
+) {
+    for logs in problem.logs.values_mut() {
+        let PeerLogs::Fetching(fetch) = logs else {
+            continue;
+        };
+        if advance_fetch(config, term, now_ms, fetch, outputs, consider).is_some() {
+            counters.fetches_failed += 1;
+            *logs = PeerLogs::Unavailable;
+        }
+    }
+    problem.settle_logs();
+}
+
+/// Retries a fetch under way. `Some(Some(id))`: it failed at its origin; `Some(None)`:
+/// the shell did not answer in time; either way it starts over.
+fn advance_fetch(
+    config: &ConsolidationConfig,
+    term: Term,
+    now_ms: u64,
+    fetch: &mut Fetch,
+    outputs: &mut VecDeque<ConsolidationOutput>,
+    consider: &mut impl FnMut(u64),
+) -> Option<Option<ReportId>> {
+    match fetch {
+        Fetch::Idle | Fetch::Fetched { .. } => None,
         Fetch::Requested {
             report_id,
             origin,
@@ -1269,14 +1420,10 @@ fn drive_fetch(
         } => {
             if now_ms < *retry_at_ms {
                 consider(*retry_at_ms);
-                return;
+                return None;
             }
             if *attempts >= config.fetch_attempts_per_origin_max {
-                counters.fetches_failed += 1;
-                problem.fetch_failed.insert(report_id.clone());
-                problem.fetch = Fetch::Idle;
-                consider(now_ms);
-                return;
+                return Some(Some(report_id.clone()));
             }
             *attempts += 1;
             offered.clear();
@@ -1289,13 +1436,14 @@ fn drive_fetch(
                     report_id: report_id.clone(),
                 },
             });
+            None
         }
         Fetch::AwaitingShell { give_up_at_ms, .. } => {
             if now_ms >= *give_up_at_ms {
-                problem.fetch = Fetch::Idle;
-                consider(now_ms);
+                Some(None)
             } else {
                 consider(*give_up_at_ms);
+                None
             }
         }
         Fetch::Transferring {
@@ -1307,20 +1455,206 @@ fn drive_fetch(
         } => {
             if now_ms < *retry_at_ms {
                 consider(*retry_at_ms);
-                return;
+                return None;
             }
             if *attempts >= config.fetch_attempts_per_origin_max {
-                counters.fetches_failed += 1;
-                problem.fetch_failed.insert(report_id.clone());
-                problem.fetch = Fetch::Idle;
-                consider(now_ms);
-                return;
+                return Some(Some(report_id.clone()));
             }
             *attempts += 1;
             *retry_at_ms = now_ms + config.fetch_retry_ms;
             consider(*retry_at_ms);
             outputs.extend(chunk_wants(origin, report_id, wanted));
+            None
         }
-        Fetch::Fetched { .. } => {}
+    }
+}
+
+impl AggregatorProblem {
+    /// The report fetch and every log bundle fetch under way.
+    fn fetches_mut(&mut self) -> impl Iterator<Item = &mut Fetch> {
+        std::iter::once(&mut self.fetch).chain(self.logs.values_mut().filter_map(
+            |logs| match logs {
+                PeerLogs::Fetching(fetch) => Some(fetch),
+                _ => None,
+            },
+        ))
+    }
+
+    /// Turns finished log fetches into ready bundles.
+    fn settle_logs(&mut self) {
+        for logs in self.logs.values_mut() {
+            if let PeerLogs::Fetching(Fetch::Fetched { report_id }) = logs {
+                *logs = PeerLogs::Ready(report_id.clone());
+            }
+        }
+    }
+
+    /// True when every asked peer answered and its bundle is fetched or given up.
+    fn logs_settled(&self) -> bool {
+        self.logs
+            .values()
+            .all(|logs| matches!(logs, PeerLogs::Ready(_) | PeerLogs::Unavailable))
+    }
+}
+
+/// One `ReportChunks` page as it arrived.
+struct FetchPage<'a> {
+    from: &'a NodeId,
+    report_id: &'a ReportId,
+    chunk_count: u32,
+    offset: u32,
+    chunk_ids: &'a [ChunkId],
+}
+
+/// Adds a page to a fetch waiting for its chunk list; once the list is whole, asks the
+/// shell which chunks the store lacks.
+fn fetch_take_page(
+    fetch: &mut Fetch,
+    now_ms: u64,
+    page: FetchPage<'_>,
+    shell_answer_timeout_ms: u64,
+) -> Option<ConsolidationOutput> {
+    let Fetch::Requested {
+        report_id: requested,
+        origin,
+        chunk_count,
+        offered,
+        ..
+    } = fetch
+    else {
+        return None;
+    };
+    if requested != page.report_id || origin != page.from {
+        return None;
+    }
+    // Pages arrive in order over one stream; a page out of order restarts the list.
+    if page.offset as usize != offered.len()
+        || (page.offset > 0 && *chunk_count != page.chunk_count)
+    {
+        offered.clear();
+        if page.offset != 0 {
+            return None;
+        }
+    }
+    *chunk_count = page.chunk_count;
+    offered.extend_from_slice(page.chunk_ids);
+    debug_assert!(offered.len() <= CHUNKS_PER_REPORT_MAX);
+    if offered.len() < *chunk_count as usize {
+        return None;
+    }
+    let chunk_ids = std::mem::take(offered);
+    if chunk_ids.is_empty() {
+        *fetch = Fetch::Fetched {
+            report_id: page.report_id.clone(),
+        };
+        None
+    } else {
+        *fetch = Fetch::AwaitingShell {
+            report_id: page.report_id.clone(),
+            origin: page.from.clone(),
+            give_up_at_ms: now_ms + shell_answer_timeout_ms,
+        };
+        Some(ConsolidationOutput::ChunksOffered {
+            report_id: page.report_id.clone(),
+            chunk_ids,
+        })
+    }
+}
+
+/// The shell named the chunks the store lacks: want them from the origin (or done).
+fn fetch_chunks_missing(
+    fetch: &mut Fetch,
+    now_ms: u64,
+    report_id: &ReportId,
+    missing: &[ChunkId],
+    fetch_retry_ms: u64,
+) -> Vec<ConsolidationOutput> {
+    let Fetch::AwaitingShell {
+        report_id: awaited,
+        origin,
+        ..
+    } = fetch
+    else {
+        return Vec::new();
+    };
+    if awaited != report_id {
+        return Vec::new();
+    }
+    if missing.is_empty() {
+        *fetch = Fetch::Fetched {
+            report_id: report_id.clone(),
+        };
+        return Vec::new();
+    }
+    let origin = origin.clone();
+    let wanted: BTreeSet<ChunkId> = missing.iter().copied().collect();
+    let sends = chunk_wants(&origin, report_id, &wanted);
+    *fetch = Fetch::Transferring {
+        report_id: report_id.clone(),
+        origin,
+        wanted,
+        attempts: 1,
+        retry_at_ms: now_ms + fetch_retry_ms,
+    };
+    sends
+}
+
+/// Whether a fetch took a chunk.
+enum ChunkTaken {
+    /// Not one it wants.
+    No,
+    /// Wanted, but its bytes do not hash to its id.
+    Rejected,
+    /// Wanted and verified: store it.
+    Yes,
+}
+
+fn fetch_take_chunk(
+    fetch: &mut Fetch,
+    from: &NodeId,
+    report_id: &ReportId,
+    chunk_id: ChunkId,
+    bytes: &[u8],
+) -> ChunkTaken {
+    let Fetch::Transferring {
+        report_id: fetching,
+        origin,
+        wanted,
+        attempts,
+        ..
+    } = fetch
+    else {
+        return ChunkTaken::No;
+    };
+    if fetching != report_id || origin != from || !wanted.contains(&chunk_id) {
+        return ChunkTaken::No;
+    }
+    if ChunkId::of(bytes) != chunk_id {
+        return ChunkTaken::Rejected;
+    }
+    wanted.remove(&chunk_id);
+    *attempts = 1;
+    if wanted.is_empty() {
+        *fetch = Fetch::Fetched {
+            report_id: report_id.clone(),
+        };
+    }
+    ChunkTaken::Yes
+}
+
+/// True when `fetch` is getting `report_id` from `from` (so its failure there ends it).
+fn fetch_is_from(fetch: &Fetch, from: &NodeId, report_id: &ReportId) -> bool {
+    match fetch {
+        Fetch::Requested {
+            report_id: fetching,
+            origin,
+            ..
+        }
+        | Fetch::Transferring {
+            report_id: fetching,
+            origin,
+            ..
+        } => fetching == report_id && origin == from,
+        _ => false,
     }
 }

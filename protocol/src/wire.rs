@@ -42,6 +42,9 @@ pub const CHUNKS_PER_REPORT_MAX: usize = 65_536;
 /// The largest chunk of evidence in one `ChunkData` (the store's 512 KiB chunk plus the
 /// room zstd may add to an incompressible one).
 pub const CHUNK_BYTES_MAX: usize = 512 * 1024 + 64 * 1024;
+/// The longest text in endpoint feedback (a problem id, a bug's status or URL, a
+/// workaround note).
+pub const FEEDBACK_TEXT_BYTES_MAX: usize = 4096;
 
 /// A term of the aggregator election; it only grows.
 pub type Term = u64;
@@ -265,11 +268,66 @@ pub enum Message {
         term: Term,
         /// The problem.
         signature: String,
+        /// The problem's kind (the peer's gathering rules are chosen by it).
+        kind: ProblemKind,
         /// Window start (unix ms).
         window_start_ms: u64,
         /// Window end (unix ms).
         window_end_ms: u64,
     },
+    /// A peer's answer to `LogRequest`: the id of the log bundle it gathered (fetched
+    /// like a report: `FetchReport`, then have/want by chunk), or none when it has no logs
+    /// of the window.
+    LogReady {
+        /// The term of the request.
+        term: Term,
+        /// The problem.
+        signature: String,
+        /// The bundle, if any.
+        bundle: Option<ReportId>,
+    },
+    /// The aggregator tells the nodes of a problem what the endpoint answered.
+    ProblemFeedback {
+        /// The aggregator's term.
+        term: Term,
+        /// The problem.
+        signature: String,
+        /// The endpoint's answer.
+        feedback: Feedback,
+    },
+}
+
+/// What the endpoint knows about a problem, as every node of the cluster keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feedback {
+    /// The endpoint's problem id.
+    pub problem_id: String,
+    /// True when the endpoint knew the problem before this cluster reported it.
+    pub known: bool,
+    /// The bug: number, status and URL.
+    pub bug: Option<(u64, String, String)>,
+    /// What to do meanwhile, when someone wrote it down.
+    pub workaround: Option<String>,
+}
+
+impl Feedback {
+    /// Checks every text against [`FEEDBACK_TEXT_BYTES_MAX`].
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        let texts = [
+            Some(self.problem_id.as_str()),
+            self.bug.as_ref().map(|(_, status, _)| status.as_str()),
+            self.bug.as_ref().map(|(_, _, url)| url.as_str()),
+            self.workaround.as_deref(),
+        ];
+        if texts
+            .iter()
+            .flatten()
+            .any(|text| text.len() > FEEDBACK_TEXT_BYTES_MAX)
+        {
+            return Err(invalid("feedback", "a text over FEEDBACK_TEXT_BYTES_MAX"));
+        }
+        Ok(())
+    }
 }
 
 /// What crosses the wire: who sends, in which cluster, and the message.
@@ -516,6 +574,22 @@ impl Envelope {
                 if window_start_ms > window_end_ms {
                     return Err(invalid("window_start_ms", "after window_end_ms"));
                 }
+            }
+            Message::LogReady {
+                signature, bundle, ..
+            } => {
+                check_signature(signature)?;
+                if let Some(bundle) = bundle {
+                    check_report_id(bundle)?;
+                }
+            }
+            Message::ProblemFeedback {
+                signature,
+                feedback,
+                ..
+            } => {
+                check_signature(signature)?;
+                feedback.validate()?;
             }
         }
         Ok(())

@@ -13,8 +13,8 @@ use crashmesh_protocol::election::{PersistedVote, Role};
 use crashmesh_protocol::membership::MemberState;
 use crashmesh_protocol::rng::DeterministicRng;
 use crashmesh_protocol::wire::{
-    Announcement, CHUNK_IDS_PER_MESSAGE_MAX, ChunkId, ClusterId, Label, Message, NodeId, ReportId,
-    UploadState,
+    Announcement, CHUNK_IDS_PER_MESSAGE_MAX, ChunkId, ClusterId, Feedback, Label, Message, NodeId,
+    ReportId, UploadState,
 };
 
 /// Steps one run may take before it counts as "never converged".
@@ -108,6 +108,10 @@ struct SimNode {
     reports: BTreeMap<ReportId, Report>,
     /// The node's chunk store (chunks fetched as aggregator).
     chunks: BTreeSet<ChunkId>,
+    /// Log bundles gathered for the aggregator, served like reports.
+    log_bundles: BTreeMap<ReportId, Vec<Vec<u8>>>,
+    /// The problems whose endpoint feedback reached this node.
+    feedback: BTreeSet<String>,
 }
 
 enum Event {
@@ -129,6 +133,7 @@ enum Event {
         node: usize,
         process: u64,
         upload_id: u64,
+        signature: String,
         outcome: UploadOutcome,
     },
 }
@@ -150,6 +155,8 @@ struct Sim {
     /// (time, node, term) of every upload call the shell made.
     upload_calls: Vec<(u64, usize, u64)>,
     full_upload_calls: u64,
+    /// The peers whose logs went up with each problem's full report.
+    peer_logs_uploaded: BTreeMap<String, BTreeSet<NodeId>>,
     incidents_injected: BTreeSet<ReportId>,
     /// Every datagram sent, with time and ends: equal for equal seeds.
     trace: blake3::Hasher,
@@ -174,6 +181,8 @@ impl Sim {
                     persisted: PersistedVote::default(),
                     reports: BTreeMap::new(),
                     chunks: BTreeSet::new(),
+                    log_bundles: BTreeMap::new(),
+                    feedback: BTreeSet::new(),
                 })
                 .collect(),
             cluster_id: ClusterId::new("sim-cluster"),
@@ -185,6 +194,7 @@ impl Sim {
             steps: 0,
             upload_calls: Vec::new(),
             full_upload_calls: 0,
+            peer_logs_uploaded: BTreeMap::new(),
             incidents_injected: BTreeSet::new(),
             trace: blake3::Hasher::new(),
         };
@@ -202,12 +212,14 @@ impl Sim {
         let ids = self.ids();
         let sim_node = &mut self.nodes[index];
         sim_node.process += 1;
-        let config = NodeConfig::new(
+        let mut config = NodeConfig::new(
             sim_node.id.clone(),
             self.cluster_id.clone(),
-            ids,
+            ids.clone(),
             self.now_ms + sim_node.process,
         );
+        config.consolidation.log_peers = ids;
+        config.consolidation.log_wait_ms = 3_000;
         let node_seed = self
             .seed
             .wrapping_mul(1_000_003)
@@ -354,17 +366,14 @@ impl Sim {
         let now_ms = self.now_ms;
         match output {
             ConsolidationOutput::ServeReport { to, report_id } => {
-                let message = match self.nodes[index].reports.get(&report_id) {
-                    Some(report) => {
-                        let chunk_ids: Vec<ChunkId> = report
-                            .chunks
-                            .iter()
-                            .map(|chunk| ChunkId::of(chunk))
-                            .collect();
+                let message = match self.chunks_of(index, &report_id) {
+                    Some(chunks) => {
+                        let chunk_ids: Vec<ChunkId> =
+                            chunks.iter().map(|chunk| ChunkId::of(chunk)).collect();
                         assert!(chunk_ids.len() <= CHUNK_IDS_PER_MESSAGE_MAX);
                         Message::ReportChunks {
                             report_id: report_id.clone(),
-                            report_bytes: report.announcement.report_bytes,
+                            report_bytes: chunks.iter().map(|chunk| chunk.len() as u64).sum(),
                             chunk_count: chunk_ids.len() as u32,
                             offset: 0,
                             chunk_ids,
@@ -379,11 +388,10 @@ impl Sim {
                 report_id,
                 chunk_ids,
             } => {
-                let Some(report) = self.nodes[index].reports.get(&report_id) else {
+                let Some(chunks) = self.chunks_of(index, &report_id) else {
                     return;
                 };
-                let chunks: Vec<Vec<u8>> = report
-                    .chunks
+                let chunks: Vec<Vec<u8>> = chunks
                     .iter()
                     .filter(|chunk| chunk_ids.contains(&ChunkId::of(chunk)))
                     .cloned()
@@ -436,6 +444,20 @@ impl Sim {
                         self.seed,
                         upload.first.report_id
                     );
+                }
+                for (peer, bundle) in &upload.peer_logs {
+                    let holder = self.nodes.iter().find(|node| &node.id == peer).unwrap();
+                    for chunk in &holder.log_bundles[bundle] {
+                        assert!(
+                            self.nodes[index].chunks.contains(&ChunkId::of(chunk)),
+                            "seed {}: uploading the logs of {peer} without their chunks",
+                            self.seed
+                        );
+                    }
+                    self.peer_logs_uploaded
+                        .entry(upload.signature.clone())
+                        .or_default()
+                        .insert(peer.clone());
                 }
                 assert_eq!(upload.fence.cluster_id, self.cluster_id);
                 self.full_upload_calls += 1;
@@ -491,9 +513,45 @@ impl Sim {
                     report.uploaded = true;
                 }
             }
-            ConsolidationOutput::ServeLogs { .. } | ConsolidationOutput::Fenced { .. } => {}
+            ConsolidationOutput::ServeLogs {
+                to,
+                term,
+                signature,
+                window_start_ms,
+                window_end_ms,
+                ..
+            } => {
+                let id = self.nodes[index].id.clone();
+                let bundle = ReportId::new(format!("logs.{id}.{signature}.{window_start_ms}"));
+                let log = format!("{id} log of {window_start_ms}..{window_end_ms}").into_bytes();
+                self.nodes[index]
+                    .log_bundles
+                    .insert(bundle.clone(), vec![log]);
+                self.send(
+                    index,
+                    &to,
+                    Message::LogReady {
+                        term,
+                        signature,
+                        bundle: Some(bundle),
+                    },
+                );
+            }
+            ConsolidationOutput::Feedback { signature, .. } => {
+                self.nodes[index].feedback.insert(signature);
+            }
+            ConsolidationOutput::Fenced { .. } => {}
             ConsolidationOutput::Send { .. } => unreachable!("the node turns sends into transmits"),
         }
+    }
+
+    /// The chunks of a report or a log bundle this node holds.
+    fn chunks_of(&self, index: usize, report_id: &ReportId) -> Option<Vec<Vec<u8>>> {
+        let node = &self.nodes[index];
+        node.reports
+            .get(report_id)
+            .map(|report| report.chunks.clone())
+            .or_else(|| node.log_bundles.get(report_id).cloned())
     }
 
     fn next_time_ms(&self) -> u64 {
@@ -553,6 +611,7 @@ impl Sim {
                             node,
                             process,
                             upload_id,
+                            signature,
                             outcome,
                         },
                     );
@@ -561,11 +620,24 @@ impl Sim {
                     node,
                     process,
                     upload_id,
+                    signature,
                     outcome,
                 } => {
                     let same_process = self.nodes[node].process == process;
                     if let Some(running) = self.nodes[node].node.as_mut().filter(|_| same_process) {
                         running.upload_finished(now_ms, upload_id, outcome);
+                        if outcome == UploadOutcome::Acked {
+                            running.upload_feedback(
+                                now_ms,
+                                &signature,
+                                Feedback {
+                                    problem_id: format!("problem of {signature}"),
+                                    known: false,
+                                    bug: Some((1, "open".into(), "http://endpoint/bugs/1".into())),
+                                    workaround: None,
+                                },
+                            );
+                        }
                         self.drain(node);
                     }
                 }
@@ -795,6 +867,18 @@ fn the_same_problem_on_every_node_goes_up_once_with_every_incident() {
                 "seed {seed}"
             );
             assert_eq!(sim.endpoint.stale_rejected, 0, "seed {seed}");
+            // The report carries every peer's logs of the window, and every node hears
+            // what the endpoint answered.
+            assert_eq!(
+                sim.peer_logs_uploaded["v1:same-bug"],
+                sim.ids().into_iter().collect::<BTreeSet<_>>(),
+                "seed {seed}"
+            );
+            sim.run_until(5_000, "feedback on every node", |sim| {
+                sim.nodes
+                    .iter()
+                    .all(|node| node.feedback.contains("v1:same-bug"))
+            });
         }
     }
 }

@@ -3,8 +3,8 @@
 use crashmesh_protocol::ProblemKind;
 use crashmesh_protocol::wire::{
     Announcement, CHUNK_BYTES_MAX, CHUNK_IDS_PER_MESSAGE_MAX, ChunkId, ClusterId, DecodeError,
-    EncodeError, Envelope, LABELS_LEN_MAX, Label, MESSAGE_BYTES_MAX, Message, NodeId, ReportId,
-    UploadState, WIRE_VERSION, decode, encode,
+    EncodeError, Envelope, FEEDBACK_TEXT_BYTES_MAX, Feedback, LABELS_LEN_MAX, Label,
+    MESSAGE_BYTES_MAX, Message, NodeId, ReportId, UploadState, WIRE_VERSION, decode, encode,
 };
 
 fn announcement() -> Announcement {
@@ -82,8 +82,29 @@ fn every_message() -> Vec<Message> {
         Message::LogRequest {
             term: 7,
             signature: "v1:abc".into(),
+            kind: ProblemKind::Core,
             window_start_ms: 1,
             window_end_ms: 2,
+        },
+        Message::LogReady {
+            term: 7,
+            signature: "v1:abc".into(),
+            bundle: Some(ReportId::new("logs:node-1:v1:abc")),
+        },
+        Message::LogReady {
+            term: 7,
+            signature: "v1:abc".into(),
+            bundle: None,
+        },
+        Message::ProblemFeedback {
+            term: 7,
+            signature: "v1:abc".into(),
+            feedback: Feedback {
+                problem_id: "p-1".into(),
+                known: true,
+                bug: Some((12, "open".into(), "http://endpoint/bugs/12".into())),
+                workaround: Some("restart the daemon".into()),
+            },
         },
     ]
 }
@@ -227,8 +248,24 @@ fn fields_over_their_limits_are_refused_both_ways() {
         Message::LogRequest {
             term: 1,
             signature: "s".into(),
+            kind: ProblemKind::Core,
             window_start_ms: 2,
             window_end_ms: 1,
+        },
+        Message::LogReady {
+            term: 1,
+            signature: "s".into(),
+            bundle: Some(ReportId::new("")),
+        },
+        Message::ProblemFeedback {
+            term: 1,
+            signature: "s".into(),
+            feedback: Feedback {
+                problem_id: "p".into(),
+                known: false,
+                bug: None,
+                workaround: Some("x".repeat(FEEDBACK_TEXT_BYTES_MAX + 1)),
+            },
         },
     ];
     for message in cases {

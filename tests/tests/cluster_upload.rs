@@ -3,7 +3,8 @@
 //! to each node's hook) plus one Python exception per node, and waits for the endpoint.
 //! Checked here: the summary's documented fields, exactly one problem per bug at the
 //! endpoint with every incident from every node, exactly one full report per problem
-//! (through `crashmesh endpoint export`), and fewer bytes than per-node upload.
+//! (through `crashmesh endpoint export`) carrying every peer's logs of the window, the
+//! endpoint's answer shown on every node, and fewer bytes than per-node upload.
 
 use std::process::Command;
 
@@ -51,6 +52,8 @@ fn the_same_crash_on_three_nodes_is_one_problem_with_one_full_report() {
         assert!(!summary[field].is_null(), "{field} missing in {summary}");
     }
     assert_eq!(summary["nodes"], 3);
+    // The endpoint's answer reached every node, not only the aggregator.
+    assert_eq!(summary["feedback_nodes"], 3, "{summary}");
     assert!(summary["endpoint"].as_str().unwrap().starts_with("http://"));
     let python = summary["python"] == true;
     let expected_problems = if python { 2 } else { 1 };
@@ -112,6 +115,20 @@ fn the_same_crash_on_three_nodes_is_one_problem_with_one_full_report() {
         );
         if manifest["kind"] == "core" {
             saw_core = true;
+            // Every peer's storage log of the window came along, cut to the window.
+            for node in 1..=3 {
+                let prefix = format!("node-{node}/peer-logs/log");
+                let log = names
+                    .iter()
+                    .find(|name| name.starts_with(&prefix) && name.ends_with("storage.log"))
+                    .unwrap_or_else(|| panic!("no storage log of node-{node} in {names:?}"));
+                let text = std::fs::read_to_string(report.join("attachments").join(log))
+                    .expect("the peer's log is exported");
+                assert!(
+                    text.contains(&format!("node-{node}: ERROR lost connection")),
+                    "{text}"
+                );
+            }
             let origin = manifest["incidents"][0]["node"].as_str().unwrap();
             let core_file = report.join("attachments").join(origin).join("core");
             let core = std::fs::read(&core_file).expect("the core is exported");
