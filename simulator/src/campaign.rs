@@ -2,9 +2,9 @@
 //! trace hash does not depend on scheduling), with a summary of faults, failures and
 //! latency percentiles.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
@@ -270,7 +270,8 @@ pub fn failure_text(report: &SeedReport) -> String {
     out
 }
 
-/// Runs a campaign; `on_seed` sees each seed's report in seed order.
+/// Runs a campaign; `on_seed` sees each seed's report in seed order, as soon as every
+/// earlier seed finished (so output streams while memory stays bounded).
 pub fn run_campaign(
     config: &CampaignConfig,
     mut on_seed: impl FnMut(&SeedReport),
@@ -283,12 +284,14 @@ pub fn run_campaign(
     }
     .clamp(1, config.seeds.len().max(1));
     let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<SeedReport>>> = Mutex::new(vec![None; config.seeds.len()]);
     let show_progress = config.progress && std::io::stderr().is_terminal();
+    let mut summary = Summary::new(config);
     std::thread::scope(|scope| {
+        let (sender, receiver) = std::sync::mpsc::channel::<(usize, SeedReport)>();
         for _ in 0..workers {
-            scope.spawn(|| {
+            let sender = sender.clone();
+            let next = &next;
+            scope.spawn(move || {
                 loop {
                     let position = next.fetch_add(1, Ordering::SeqCst);
                     let Some(&seed) = config.seeds.get(position) else {
@@ -296,26 +299,32 @@ pub fn run_campaign(
                     };
                     let mut sim_config = SimConfig::new(seed, config.nodes);
                     sim_config.sabotage = config.sabotage;
-                    let report = run_seed(sim_config);
-                    results.lock().unwrap_or_else(|p| p.into_inner())[position] = Some(report);
-                    let finished = done.fetch_add(1, Ordering::SeqCst) + 1;
-                    if show_progress {
-                        progress_bar(finished, config.seeds.len());
+                    if sender.send((position, run_seed(sim_config))).is_err() {
+                        break;
                     }
                 }
             });
         }
+        drop(sender);
+        let mut waiting: BTreeMap<usize, SeedReport> = BTreeMap::new();
+        let mut next_in_order = 0;
+        for (position, report) in receiver {
+            waiting.insert(position, report);
+            while let Some(report) = waiting.remove(&next_in_order) {
+                on_seed(&report);
+                summary.add(report);
+                next_in_order += 1;
+                if show_progress {
+                    progress_bar(next_in_order, config.seeds.len());
+                }
+            }
+        }
+        assert_eq!(next_in_order, config.seeds.len(), "every seed ran");
     });
     if show_progress {
         eprintln!();
     }
-    let reports: Vec<SeedReport> = results
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner())
-        .into_iter()
-        .map(|report| report.expect("every seed ran"))
-        .collect();
-    summarize(config, reports, &mut on_seed)
+    summary.finish()
 }
 
 fn progress_bar(done: usize, total: usize) {
@@ -331,65 +340,82 @@ fn progress_bar(done: usize, total: usize) {
     let _ = stderr.flush();
 }
 
-fn summarize(
-    config: &CampaignConfig,
-    reports: Vec<SeedReport>,
-    on_seed: &mut impl FnMut(&SeedReport),
-) -> CampaignSummary {
-    let mut hasher = blake3::Hasher::new();
-    let mut faults = FaultCounts::default();
-    let mut seeds_with_kind: Vec<(FaultKind, u64)> =
-        FaultKind::ALL.iter().map(|kind| (*kind, 0)).collect();
-    let (mut election, mut detection, mut upload, mut convergence) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut failures = Vec::new();
-    let mut failed_by_invariant: Vec<(Invariant, u64)> = Vec::new();
-    let (mut lost, mut duplicates, mut stale, mut incidents) = (0, 0, 0, 0);
-    for report in reports {
-        on_seed(&report);
-        hasher.update(&report.trace_hash);
-        faults.merge(&report.faults);
-        for (kind, seeds) in &mut seeds_with_kind {
+/// The campaign's totals, added to seed by seed in seed order.
+struct Summary {
+    summary: CampaignSummary,
+    hasher: blake3::Hasher,
+    election: Vec<u64>,
+    detection: Vec<u64>,
+    upload: Vec<u64>,
+    convergence: Vec<u64>,
+}
+
+impl Summary {
+    fn new(config: &CampaignConfig) -> Summary {
+        Summary {
+            summary: CampaignSummary {
+                seeds: config.seeds.len() as u64,
+                nodes: config.nodes,
+                sabotage: config.sabotage,
+                failures: Vec::new(),
+                failed_by_invariant: Vec::new(),
+                lost_reports: 0,
+                duplicate_problems: 0,
+                stale_term_accepted: 0,
+                incidents: 0,
+                faults: FaultCounts::default(),
+                seeds_with_kind: FaultKind::ALL.iter().map(|kind| (*kind, 0)).collect(),
+                election: Percentiles::default(),
+                detection: Percentiles::default(),
+                upload: Percentiles::default(),
+                convergence: Percentiles::default(),
+                trace_hash: [0; 32],
+            },
+            hasher: blake3::Hasher::new(),
+            election: Vec::new(),
+            detection: Vec::new(),
+            upload: Vec::new(),
+            convergence: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, report: SeedReport) {
+        let summary = &mut self.summary;
+        self.hasher.update(&report.trace_hash);
+        summary.faults.merge(&report.faults);
+        for (kind, seeds) in &mut summary.seeds_with_kind {
             if report.enabled.contains(kind) {
                 *seeds += 1;
             }
         }
-        election.extend_from_slice(&report.election_ms);
-        detection.extend_from_slice(&report.detection_ms);
-        upload.extend_from_slice(&report.upload_ms);
-        convergence.extend(report.converged_ms);
-        lost += report.lost_reports;
-        duplicates += report.duplicate_problems;
-        stale += report.stale_term_accepted;
-        incidents += report.incidents_acknowledged;
+        self.election.extend_from_slice(&report.election_ms);
+        self.detection.extend_from_slice(&report.detection_ms);
+        self.upload.extend_from_slice(&report.upload_ms);
+        self.convergence.extend(report.converged_ms);
+        summary.lost_reports += report.lost_reports;
+        summary.duplicate_problems += report.duplicate_problems;
+        summary.stale_term_accepted += report.stale_term_accepted;
+        summary.incidents += report.incidents_acknowledged;
         if let Some(violation) = &report.violation {
-            match failed_by_invariant
+            match summary
+                .failed_by_invariant
                 .iter_mut()
                 .find(|(invariant, _)| *invariant == violation.invariant)
             {
                 Some((_, count)) => *count += 1,
-                None => failed_by_invariant.push((violation.invariant, 1)),
+                None => summary.failed_by_invariant.push((violation.invariant, 1)),
             }
-            failures.push(report);
+            summary.failures.push(report);
         }
     }
-    CampaignSummary {
-        seeds: config.seeds.len() as u64,
-        nodes: config.nodes,
-        sabotage: config.sabotage,
-        failures,
-        failed_by_invariant,
-        lost_reports: lost,
-        duplicate_problems: duplicates,
-        stale_term_accepted: stale,
-        incidents,
-        faults,
-        seeds_with_kind,
-        election: Percentiles::of(election),
-        detection: Percentiles::of(detection),
-        upload: Percentiles::of(upload),
-        convergence: Percentiles::of(convergence),
-        trace_hash: *hasher.finalize().as_bytes(),
+
+    fn finish(mut self) -> CampaignSummary {
+        self.summary.election = Percentiles::of(self.election);
+        self.summary.detection = Percentiles::of(self.detection);
+        self.summary.upload = Percentiles::of(self.upload);
+        self.summary.convergence = Percentiles::of(self.convergence);
+        self.summary.trace_hash = *self.hasher.finalize().as_bytes();
+        self.summary
     }
 }
 

@@ -140,3 +140,68 @@ impl SimEndpoint {
         self.highest_term.get(cluster).copied().unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(term: u64, full: Option<&str>, incidents: &[&str]) -> UploadCall {
+        UploadCall {
+            cluster: "c".into(),
+            term,
+            signature: "v1:s".into(),
+            full_report: full.map(ReportId::new),
+            incidents: incidents.iter().map(|id| ReportId::new(*id)).collect(),
+        }
+    }
+
+    #[test]
+    fn fenced_by_term_idempotent_by_report_id_grouped_by_signature() {
+        let mut endpoint = SimEndpoint::new(Sabotage::None);
+        assert_eq!(
+            endpoint.handle(&call(2, Some("a"), &["a"])).0,
+            UploadOutcome::Acked
+        );
+        assert_eq!(
+            endpoint.handle(&call(2, Some("a"), &["a", "b"])).0,
+            UploadOutcome::Acked
+        );
+        assert_eq!(
+            endpoint.handle(&call(3, None, &["b", "c"])).0,
+            UploadOutcome::Acked
+        );
+        let (outcome, accepted) = endpoint.handle(&call(2, None, &["d"]));
+        assert_eq!((outcome, accepted), (UploadOutcome::StaleTerm, None));
+        assert_eq!(endpoint.problems().len(), 1);
+        let ids: Vec<&str> = endpoint.problems()[0]
+            .incidents
+            .iter()
+            .map(|id| id.0.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert!(!endpoint.has_report(&ReportId::new("d")));
+        assert_eq!(endpoint.highest_term("c"), 3);
+    }
+
+    #[test]
+    fn sabotaged_endpoints_accept_stale_terms_or_count_again() {
+        let mut unfenced = SimEndpoint::new(Sabotage::NoFencing);
+        unfenced.handle(&call(5, Some("a"), &["a"]));
+        assert_eq!(
+            unfenced.handle(&call(4, None, &["b"])).0,
+            UploadOutcome::Acked
+        );
+        let mut undeduplicated = SimEndpoint::new(Sabotage::NoDedup);
+        undeduplicated.handle(&call(1, Some("a"), &["a"]));
+        undeduplicated.handle(&call(1, Some("a"), &["a"]));
+        undeduplicated.handle(&call(1, None, &["b"]));
+        undeduplicated.handle(&call(1, None, &["b"]));
+        assert_eq!(undeduplicated.problems().len(), 2);
+        let counted: usize = undeduplicated
+            .problems()
+            .iter()
+            .map(|p| p.incidents.len())
+            .sum();
+        assert_eq!(counted, 4);
+    }
+}

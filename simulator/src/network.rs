@@ -93,3 +93,29 @@ impl Network {
         Fate::Delivered(delays)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_block_one_way_or_both_and_loss_follows_its_rate() {
+        let mut rng = DeterministicRng::new(9);
+        let mut network = Network::new(30, 10, 5, 20);
+        network.block(0, 1);
+        assert_eq!(network.fate(&mut rng, 0, 1), Fate::Blocked);
+        assert_ne!(network.fate(&mut rng, 1, 0), Fate::Blocked);
+        network.split(&[2], &[3, 4]);
+        assert!(!network.reachable(4, 2) && !network.reachable(2, 3));
+        let fates: Vec<Fate> = (0..10_000).map(|_| network.fate(&mut rng, 3, 4)).collect();
+        let lost = fates.iter().filter(|fate| **fate == Fate::Lost).count();
+        let doubled = fates
+            .iter()
+            .filter(|fate| matches!(fate, Fate::Delivered(delays) if delays.len() == 2))
+            .count();
+        assert!((2_700..3_300).contains(&lost), "{lost}");
+        assert!((500..900).contains(&doubled), "{doubled}");
+        network.heal();
+        assert!(!network.partitioned());
+    }
+}

@@ -85,7 +85,7 @@ impl RealOutcome {
     /// The human summary.
     pub fn table(&self) -> String {
         format!(
-            "real: {} nodes, {} s of faults (seed {}): {} incidents of {} bugs written, {} at the endpoint; \
+            "real: {} nodes, {} s in all (seed {}): {} incidents of {} bugs written, {} at the endpoint; \
              lost {}, duplicates {}; kills {}, pauses {}; converged {}\n",
             self.nodes,
             self.wall_secs.round(),
@@ -452,7 +452,7 @@ token = "{token}"
             }
         }
         let index = rng.range_u64(0, config.nodes as u64) as usize;
-        match rng.range_u64(0, 20) {
+        match rng.range_u64(0, 14) {
             0 => {
                 // kill -9, restarted 1-4 s later.
                 let node = &mut nodes[index];
@@ -483,7 +483,7 @@ token = "{token}"
                     *written.entry(bug).or_default() += 1;
                 }
             }
-            3..=8 => {
+            3..=9 => {
                 let bug = rng.range_u64(0, BUGS_LEN).min(rng.range_u64(0, BUGS_LEN));
                 serial += 1;
                 write_problem(&nodes[index].data_dir, bug, serial)?;

@@ -50,7 +50,7 @@ pub fn draw_arrivals(
         if at_ms >= until_ms {
             break;
         }
-        // Skewed: signature k with weight 1/(k+1).
+        // Skewed: the smaller of two uniform draws, so low-numbered bugs dominate.
         let signature = rng
             .range_u64(0, signatures)
             .min(rng.range_u64(0, signatures));
