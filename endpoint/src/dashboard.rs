@@ -238,8 +238,74 @@ fn attachments_of(
     Ok(out)
 }
 
+/// What the reports of a problem say about privacy: per report its customer and what
+/// scrubbing did (customer mode), and whether a core is asked for the problem.
+#[derive(Debug, Serialize)]
+pub struct PrivacyView {
+    /// Customers the reports name.
+    pub customers: Vec<String>,
+    /// Per report: `report_id`, `customer_id`, `scrub` (mode, removed, replaced,
+    /// dropped_attachments, rules, cores; null for internal-mode reports).
+    pub reports: Vec<serde_json::Value>,
+    /// True while a person asks clusters for a core of this problem.
+    pub core_requested: bool,
+}
+
+fn privacy_of(state: &AppState, row: &ProblemRow) -> Result<PrivacyView, EndpointError> {
+    let mut customers = std::collections::BTreeSet::new();
+    let mut reports = Vec::new();
+    for report_id in row.reports.iter().take(16) {
+        if let Some(report) = state.db.report(report_id)? {
+            if let Some(customer) = &report.manifest.customer_id {
+                customers.insert(customer.clone());
+            }
+            reports.push(serde_json::json!({
+                "report_id": report_id,
+                "customer_id": report.manifest.customer_id,
+                "scrub": report.manifest.scrub,
+            }));
+        }
+    }
+    Ok(PrivacyView {
+        customers: customers.into_iter().collect(),
+        reports,
+        core_requested: state.db.core_requested(&row.id)?.is_some(),
+    })
+}
+
+/// The body of `POST /api/v1/problems/{id}/core-request`.
+#[derive(Debug, Deserialize)]
+pub struct CoreRequestChange {
+    pub requested: bool,
+}
+
+/// `POST /api/v1/problems/{id}/core-request` (admin token): asks clusters for a core of
+/// the problem (`{"requested": true}`) or stops asking. A cluster in customer mode with
+/// `cores = "on_request"` sends its withheld core after its next upload of the problem.
+pub async fn api_core_request(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, EndpointError> {
+    admin_of(&state, bearer_of(&request))?;
+    let change: CoreRequestChange = serde_json::from_slice(&body)
+        .map_err(|error| EndpointError::BadRequest(format!("core request: {error}")))?;
+    let (row, _, _) = load_problem(&state, &path)?;
+    let db = state.db.clone();
+    let id = row.id.clone();
+    web::block(move || db.set_core_request(&id, change.requested, crate::ingest::now_ms()))
+        .await
+        .map_err(|error| EndpointError::Database(error.to_string()))??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "problem_id": row.id,
+        "core_requested": change.requested,
+    })))
+}
+
 /// `GET /api/v1/problems/{id}`: the summary, the analysis, recent incidents, reports,
-/// attachments and the bug with its comments.
+/// attachments, the bug with its comments, `privacy` ([`PrivacyView`]) and
+/// `core_requested`.
 pub async fn api_problem(
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -253,7 +319,10 @@ pub async fn api_problem(
         .collect();
     let mut summary = serde_json::to_value(ProblemJson::new(&row, bug.as_ref(), &state.public_url))
         .map_err(|error| EndpointError::BadRequest(error.to_string()))?;
+    let privacy = privacy_of(&state, &row)?;
     let extra = serde_json::json!({
+        "core_requested": privacy.core_requested,
+        "privacy": privacy,
         "problem": analysis,
         "incidents": row.recent,
         "reports": row.reports,
@@ -268,6 +337,63 @@ pub async fn api_problem(
         summary.extend(extra);
     }
     Ok(HttpResponse::Ok().json(summary))
+}
+
+/// The problem page's privacy section: customers, whether a core is asked, and per
+/// report what scrubbing removed and pseudonymized (counts per rule).
+fn privacy_section(view: &PrivacyView) -> String {
+    let mut html = String::from("<section id=\"privacy\"><h2>privacy</h2>");
+    let _ = write!(
+        html,
+        "<p>customers: <span id=\"customers\">{}</span> — core requested: <span id=\"core-requested\">{}</span></p>\
+         <table id=\"scrub\"><tr><th>report</th><th>customer</th><th>mode</th><th>removed</th>\
+         <th>pseudonymized</th><th>withheld attachments</th><th>cores</th><th>rules</th></tr>",
+        if view.customers.is_empty() {
+            "-".to_string()
+        } else {
+            escape(&view.customers.join(", "))
+        },
+        if view.core_requested { "yes" } else { "no" },
+    );
+    for report in &view.reports {
+        let scrub = &report["scrub"];
+        let rules = scrub["rules"]
+            .as_object()
+            .map(|rules| {
+                rules
+                    .iter()
+                    .map(|(rule, count)| format!("{rule}: {count}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let field = |value: &serde_json::Value| match value {
+            serde_json::Value::Null => "-".to_string(),
+            serde_json::Value::String(text) => escape(text),
+            other => escape(&other.to_string()),
+        };
+        let _ = write!(
+            html,
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            field(&report["report_id"])
+                .chars()
+                .take(16)
+                .collect::<String>(),
+            field(&report["customer_id"]),
+            if scrub.is_null() {
+                "internal".to_string()
+            } else {
+                field(&scrub["mode"])
+            },
+            field(&scrub["removed"]),
+            field(&scrub["replaced"]),
+            field(&scrub["dropped_attachments"]),
+            field(&scrub["cores"]),
+            escape(&rules),
+        );
+    }
+    html.push_str("</table></section>");
+    html
 }
 
 /// `GET /api/v1/bugs/{id}`.
@@ -744,6 +870,7 @@ pub async fn problem_page(
         list(row.versions.iter().cloned()),
         list(row.labels.iter().cloned()),
     );
+    body.push_str(&privacy_section(&privacy_of(&state, &row)?));
     // The bug and its form.
     body.push_str("<section id=\"bug\"><h2>bug</h2>");
     match &bug {

@@ -53,6 +53,10 @@ pub(crate) const INCIDENTS: TableDefinition<(&str, &str), &str> =
 pub(crate) const BUGS: TableDefinition<u64, &[u8]> = TableDefinition::new("bugs_v1");
 /// (bug number, comment number) → [`Comment`]: appended, so a hot bug's row stays small.
 pub(crate) const COMMENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("comments_v1");
+/// Problems a person asked a core for: problem id → when (ms). Clusters in customer mode
+/// with `cores = "on_request"` send the withheld core of such a problem.
+pub(crate) const CORE_REQUESTS: TableDefinition<&str, u64> =
+    TableDefinition::new("core_requests_v1");
 
 const META_FORMAT_VERSION: &str = "format_version";
 pub(crate) const META_NEXT_BUG: &str = "next_bug";
@@ -268,6 +272,7 @@ impl Db {
             txn.open_table(PROBLEMS)?;
             txn.open_table(ANALYSES)?;
             txn.open_table(INCIDENTS)?;
+            txn.open_table(CORE_REQUESTS)?;
             txn.open_table(BUGS)?;
             txn.open_table(COMMENTS)?;
         }
@@ -329,6 +334,36 @@ impl Db {
             .get(id)?
             .map(|value| decode(&format!("problem {id}"), value.value()))
             .transpose()
+    }
+
+    /// Asks (or stops asking) clusters for a core of a problem.
+    pub fn set_core_request(
+        &self,
+        problem_id: &str,
+        requested: bool,
+        now_ms: u64,
+    ) -> Result<(), EndpointError> {
+        if self.problem(problem_id)?.is_none() {
+            return Err(EndpointError::NotFound(format!("problem {problem_id}")));
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(CORE_REQUESTS)?;
+            if requested {
+                table.insert(problem_id, now_ms)?;
+            } else {
+                table.remove(problem_id)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// When a core was asked for the problem, if one is.
+    pub fn core_requested(&self, problem_id: &str) -> Result<Option<u64>, EndpointError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CORE_REQUESTS)?;
+        Ok(table.get(problem_id)?.map(|value| value.value()))
     }
 
     /// A problem's analysis (the first report's, re-symbolized).

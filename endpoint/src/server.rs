@@ -282,6 +282,11 @@ fn routes(
                     .route(web::get().to(crate::dashboard::api_problem)),
             )
             .service(
+                web::resource("/api/v1/problems/{id}/core-request")
+                    .app_data(web::PayloadConfig::new(4096))
+                    .route(web::post().to(crate::dashboard::api_core_request)),
+            )
+            .service(
                 web::resource("/api/v1/bugs/{id}")
                     .app_data(web::PayloadConfig::new(64 * 1024))
                     .route(web::get().to(crate::dashboard::api_bug))

@@ -116,6 +116,10 @@ impl ClusterPaths {
     pub fn cluster_file(&self) -> PathBuf {
         self.dir.join("cluster.json")
     }
+    /// The cluster's pseudonym key for customer mode (see [`crate::customer`]).
+    pub fn privacy_key(&self) -> PathBuf {
+        self.dir.join(crate::customer::PRIVACY_KEY_FILE)
+    }
     /// Where `cluster issue` writes node certificates unless told otherwise.
     pub fn nodes_dir(&self) -> PathBuf {
         self.dir.join("nodes")
@@ -129,6 +133,8 @@ pub struct InitOutcome {
     pub ca_cert: PathBuf,
     pub ca_key: PathBuf,
     pub cluster_file: PathBuf,
+    /// The cluster's pseudonym key (customer mode); copy it to every node with `ca.pem`.
+    pub privacy_key: PathBuf,
     /// The CA's last valid day, `YYYY-MM-DD` (UTC).
     pub not_after: String,
 }
@@ -188,7 +194,12 @@ pub fn init_cluster(
     if !is_valid_cluster_id(&cluster_id) {
         return Err(CertError::InvalidClusterId(cluster_id));
     }
-    for existing in [paths.ca_cert(), paths.ca_key(), paths.cluster_file()] {
+    for existing in [
+        paths.ca_cert(),
+        paths.ca_key(),
+        paths.cluster_file(),
+        paths.privacy_key(),
+    ] {
         if existing.exists() {
             return Err(CertError::CaExists(existing));
         }
@@ -211,12 +222,18 @@ pub fn init_cluster(
     write_new_file(&paths.ca_key(), ca_key.serialize_pem().as_bytes(), 0o600)?;
     write_new_file(&paths.ca_cert(), ca_cert.pem().as_bytes(), 0o644)?;
     write_new_file(&paths.cluster_file(), &cluster_json, 0o644)?;
+    let privacy_key = crate::customer::new_key_text().map_err(|error| CertError::BadFile {
+        path: paths.privacy_key(),
+        message: error.to_string(),
+    })?;
+    write_new_file(&paths.privacy_key(), privacy_key.as_bytes(), 0o600)?;
     sync_dir(&paths.dir)?;
     Ok(InitOutcome {
         cluster_id,
         ca_cert: paths.ca_cert(),
         ca_key: paths.ca_key(),
         cluster_file: paths.cluster_file(),
+        privacy_key: paths.privacy_key(),
         not_after,
     })
 }

@@ -63,6 +63,9 @@ pub enum Command {
     /// The upload endpoint (the vendor's server).
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// What leaves the cluster (`[privacy]`, customer mode).
+    #[command(subcommand)]
+    Privacy(PrivacyCommand),
     /// A whole cluster plus its endpoint on loopback: real crashes, one upload per problem.
     Demo {
         /// How many nodes.
@@ -71,6 +74,10 @@ pub enum Command {
         /// Exit after the summary instead of serving until interrupted.
         #[arg(long)]
         once: bool,
+        /// `customer`: the nodes run in customer mode (reports scrubbed before they
+        /// leave; secrets planted in the crashing program's environment and arguments).
+        #[arg(long, value_name = "MODE", value_parser = ["internal", "customer"])]
+        privacy: Option<String>,
     },
 }
 
@@ -187,6 +194,20 @@ pub enum EndpointCommand {
     /// The built-in bug tracker.
     #[command(subcommand)]
     Bug(EndpointBugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrivacyCommand {
+    /// Show an incident's report as the aggregator would upload it under this node's
+    /// `[privacy]` (scrubbed in customer mode). REPORT: a problem id (or prefix; its first
+    /// incident) or an incident's report id (`NODE:ENTRY`). Reads the store directly, so
+    /// the daemon of this data dir must be stopped.
+    Preview {
+        report: String,
+        /// Bytes of each attachment's scrubbed text shown.
+        #[arg(long, default_value_t = 4096)]
+        text_bytes_max: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]

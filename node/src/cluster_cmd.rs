@@ -1,7 +1,7 @@
 //! `crashmesh cluster init|issue`: the cluster CA and node certificates (see `certs`).
 //!
 //! `--json` output (one line, stable):
-//! - `cluster init`: `cluster_id`, `ca_cert`, `ca_key`, `cluster_file` (paths), `not_after`
+//! - `cluster init`: `cluster_id`, `ca_cert`, `ca_key`, `cluster_file`, `privacy_key` (paths), `not_after`
 //!   (`YYYY-MM-DD`).
 //! - `cluster issue NODE`: `node`, `cluster_id`, `cert`, `key`, `ca_cert` (paths),
 //!   `not_after`.

@@ -365,6 +365,92 @@ pub fn config_show(context: &Context) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `crashmesh privacy preview REPORT`: the report as it would leave the cluster.
+///
+/// `--json` prints the [`crate::customer::Preview`]: `mode`, `manifest` (the report's
+/// manifest as uploaded: `customer_id`, `problem`, `incidents`, `attachments`, `scrub`
+/// with counts per rule) and `texts` (attachment name → scrubbed text, cut).
+pub fn privacy(context: &Context, what: &crate::cli::PrivacyCommand) -> Result<ExitCode> {
+    let crate::cli::PrivacyCommand::Preview {
+        report,
+        text_bytes_max,
+    } = what;
+    if control::ask(&context.data_dir, &Request::Status).is_some() {
+        bail!(
+            "the daemon of {} holds the store: stop it for a preview",
+            context.data_dir.display()
+        );
+    }
+    let store = crate::daemon::open_store(context)?;
+    let report_id = if report.contains(':') {
+        report.clone()
+    } else {
+        let detail = store
+            .problem(report)?
+            .with_context(|| format!("no problem or incident {report:?} in this store"))?;
+        detail
+            .incidents
+            .first()
+            .map(|incident| incident.report_id.clone())
+            .context("the problem has no incident")?
+    };
+    let node = store
+        .incident(&report_id)?
+        .map(|incident| incident.node)
+        .unwrap_or_else(|| context.config.node_name());
+    let cluster_file = if context.config.cluster.cluster_file.as_os_str().is_empty() {
+        crate::certs::ClusterPaths::of_data_dir(&context.data_dir).cluster_file()
+    } else {
+        context.config.cluster.cluster_file.clone()
+    };
+    let cluster_id = crate::certs::read_cluster_file(&cluster_file)
+        .map(|file| file.cluster_id)
+        .unwrap_or_else(|_| "standalone".to_string());
+    let preview = crate::customer::preview(
+        &store,
+        &context.config.privacy,
+        &context.data_dir,
+        &report_id,
+        &node,
+        &cluster_id,
+        *text_bytes_max,
+    )?;
+    if context.json {
+        print_json(&preview)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let manifest = &preview.manifest;
+    println!("mode: {:?}", preview.mode);
+    println!(
+        "customer: {}",
+        manifest.customer_id.as_deref().unwrap_or("-")
+    );
+    println!("reason: {}", manifest.problem.reason);
+    println!("signature: {}", manifest.signature);
+    for incident in &manifest.incidents {
+        println!("incident: {} on {}", incident.report_id, incident.node);
+    }
+    if let Some(scrub) = &manifest.scrub {
+        println!(
+            "scrubbed: {} removed, {} pseudonymized, {} attachment(s) withheld (cores: {})",
+            scrub.removed, scrub.replaced, scrub.dropped_attachments, scrub.cores
+        );
+        for (rule, count) in &scrub.rules {
+            println!("  {rule}: {count}");
+        }
+    }
+    for attachment in &manifest.attachments {
+        println!(
+            "attachment: {} ({} bytes)",
+            attachment.name, attachment.blob.len_bytes
+        );
+    }
+    for (name, text) in &preview.texts {
+        println!("--- {name}\n{text}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Ask the daemon when it runs, else open the index here (the same [`control::handle`]).
 fn query(context: &Context, request: Request) -> Result<Response> {
     if let Some(answer) = control::ask(&context.data_dir, &request) {

@@ -25,6 +25,7 @@ pub struct Config {
     pub events: Vec<crate::events::EventHook>,
     pub cluster: ClusterConfig,
     pub upload: UploadConfig,
+    pub privacy: crate::customer::PrivacyConfig,
 }
 
 impl Default for Config {
@@ -40,6 +41,7 @@ impl Default for Config {
             events: Vec::new(),
             cluster: ClusterConfig::default(),
             upload: UploadConfig::default(),
+            privacy: crate::customer::PrivacyConfig::default(),
         }
     }
 }
@@ -369,6 +371,10 @@ pub struct UploadConfig {
     pub request_timeout_secs: u64,
     /// Attempts of one chunk PUT within an upload before the upload is retried later.
     pub chunk_attempts_max: u32,
+    /// `[privacy]`, copied here by [`Config::parse`]: the uploader is built from
+    /// `[upload]` alone and scrubs by it (not a key of `[upload]`).
+    #[serde(skip)]
+    pub privacy: crate::customer::PrivacyConfig,
 }
 
 impl Default for UploadConfig {
@@ -379,6 +385,7 @@ impl Default for UploadConfig {
             token_file: PathBuf::new(),
             request_timeout_secs: 60,
             chunk_attempts_max: 3,
+            privacy: crate::customer::PrivacyConfig::default(),
         }
     }
 }
@@ -464,7 +471,9 @@ impl Config {
 
     /// Parse TOML text; missing keys take their defaults.
     pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
-        toml::from_str(text)
+        let mut config: Config = toml::from_str(text)?;
+        config.upload.privacy = config.privacy.clone();
+        Ok(config)
     }
 
     /// The node's name: `[node] name`, else the host name.
@@ -509,6 +518,20 @@ mod tests {
     fn unknown_keys_are_refused() {
         let error = Config::parse("[store]\nmax_byte = 1\n").unwrap_err();
         assert!(error.to_string().contains("max_byte"), "{error}");
+    }
+
+    #[test]
+    fn privacy_parses_and_reaches_the_uploader() {
+        let config = Config::parse(
+            "[privacy]\nmode = \"customer\"\ncustomer_id = \"acme\"\ncores = \"on_request\"\n\
+             env_allowlist = [\"PATH\"]\n[[privacy.patterns]]\nname = \"ticket\"\npattern = \"T-[0-9]+\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.privacy.mode, crate::customer::PrivacyMode::Customer);
+        assert_eq!(config.privacy.cores, crate::customer::CorePolicy::OnRequest);
+        assert_eq!(config.privacy.patterns[0].action, "redact");
+        assert_eq!(config.upload.privacy, config.privacy);
+        assert!(Config::parse("[privacy]\nmode = \"secret\"\n").is_err());
     }
 
     #[test]

@@ -21,7 +21,15 @@
 //! incident updates) and `bytes_naive` (for every incident at the endpoint, its problem's
 //! whole report — manifest plus every chunk compressed — as a per-node uploader would send
 //! it), `ours_over_naive`, `data_dir`, `crash_source`, `problem_list` (each problem's
-//! `id`, `kind`, `signature`, `count`, `nodes` as the endpoint lists them).
+//! `id`, `kind`, `signature`, `count`, `nodes` as the endpoint lists them), `privacy`
+//! (`internal` or `customer`) and, in customer mode, `customer_id` and `scrub`: the
+//! endpoint's scrub summaries of every report added up (`removed`, `pseudonymized`,
+//! `dropped_attachments`, `rules`: counts per rule).
+//!
+//! `--privacy customer`: every node runs with `[privacy] mode = "customer"` (the cluster's
+//! `privacy.key`, customer id [`DEMO_CUSTOMER_ID`]), and the crashing programs carry
+//! planted secrets ([`DEMO_CANARIES`]: an API token in the environment, a password on the
+//! command line) so what reaches the endpoint can be checked for them.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -37,6 +45,12 @@ use crate::uploader::UploadStats;
 
 /// The cluster id of the demo.
 pub const DEMO_CLUSTER_ID: &str = "demo";
+/// The customer id of a demo in customer mode.
+pub const DEMO_CUSTOMER_ID: &str = "demo-customer";
+/// Secrets planted in customer mode: (environment variable, value), and the value of the
+/// crasher's `--password` argument.
+pub const DEMO_CANARIES: (&str, &str, &str) =
+    ("DEMO_API_TOKEN", "canary-env-0d5e1f", "canary-cli-7b2c9a");
 /// The most nodes a demo starts.
 pub const DEMO_NODES_MAX: usize = 32;
 /// How long the nodes may take to elect an aggregator.
@@ -84,6 +98,8 @@ load_config()
 pub struct DemoArgs {
     pub nodes: usize,
     pub once: bool,
+    /// `--privacy customer`.
+    pub customer: bool,
     pub json: bool,
     pub data_dir: Option<PathBuf>,
 }
@@ -228,6 +244,20 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     if !cluster_paths.cluster_file().exists() {
         certs::init_cluster(&cluster_paths, Some(DEMO_CLUSTER_ID)).context("cluster init")?;
     }
+    if !cluster_paths.privacy_key().exists() {
+        std::fs::write(
+            cluster_paths.privacy_key(),
+            crate::customer::new_key_text()?,
+        )?;
+    }
+    let privacy_section = if args.customer {
+        format!(
+            "[privacy]\nmode = \"customer\"\ncustomer_id = \"{DEMO_CUSTOMER_ID}\"\nkey_file = \"{}\"\n",
+            cluster_paths.privacy_key().display()
+        )
+    } else {
+        String::new()
+    };
     let ports = free_udp_ports(args.nodes)?;
     let names: Vec<String> = (1..=args.nodes)
         .map(|index| format!("node-{index}"))
@@ -276,7 +306,7 @@ node_key = "{key}"
 [upload]
 endpoint = "{url}"
 token = "{token}"
-"#,
+{privacy_section}"#,
             members = members.join(", "),
             ca_cert = cluster_paths.ca_cert().display(),
             cluster_file = cluster_paths.cluster_file().display(),
@@ -322,10 +352,11 @@ token = "{token}"
             dir,
             config,
             &app_dir.join(format!("core.{name}")),
+            args.customer,
         )
         .with_context(|| format!("crashing the demo program for {name}"))?;
         if let Some(python) = &python {
-            python_exception(python, &python_app, dir)
+            python_exception(python, &python_app, dir, args.customer)
                 .with_context(|| format!("the Python exception for {name}"))?;
         }
     }
@@ -392,7 +423,15 @@ token = "{token}"
             count * full_report_bytes.get(signature).copied().unwrap_or(0)
         })
         .sum();
+    let scrub = if args.customer {
+        Some(scrub_totals(&client, &problems))
+    } else {
+        None
+    };
     let summary = json!({
+        "privacy": if args.customer { "customer" } else { "internal" },
+        "customer_id": if args.customer { Some(DEMO_CUSTOMER_ID) } else { None },
+        "scrub": scrub,
         "endpoint": url,
         "dashboard": format!("{url}/"),
         "nodes": args.nodes,
@@ -434,6 +473,16 @@ token = "{token}"
              the cluster, per-node upload would have sent {bytes_naive}",
             problems.len()
         );
+        if let Some(scrub) = &scrub {
+            println!(
+                "customer mode ({DEMO_CUSTOMER_ID}): {} secret(s) removed, {} name(s) \
+                 pseudonymized, {} attachment(s) withheld before upload; per rule: {}",
+                scrub["removed"],
+                scrub["pseudonymized"],
+                scrub["dropped_attachments"],
+                scrub["rules"]
+            );
+        }
         println!("dashboard: {url}/");
     }
     if !args.once {
@@ -444,6 +493,40 @@ token = "{token}"
     }
     children.stop();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The endpoint's scrub summaries of every report of `problems`, added up.
+fn scrub_totals(client: &crashmesh_endpoint::client::Client, problems: &[Value]) -> Value {
+    let (mut removed, mut pseudonymized, mut dropped) = (0u64, 0u64, 0u64);
+    let mut rules = std::collections::BTreeMap::<String, u64>::new();
+    for problem in problems {
+        let Some(id) = problem["id"].as_str() else {
+            continue;
+        };
+        let Ok(answer) = client.get(&format!("/api/v1/problems/{id}")) else {
+            continue;
+        };
+        let detail = answer.json();
+        for report in detail["privacy"]["reports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let scrub = &report["scrub"];
+            removed += scrub["removed"].as_u64().unwrap_or(0);
+            pseudonymized += scrub["replaced"].as_u64().unwrap_or(0);
+            dropped += scrub["dropped_attachments"].as_u64().unwrap_or(0);
+            for (rule, count) in scrub["rules"].as_object().into_iter().flatten() {
+                *rules.entry(rule.clone()).or_insert(0) += count.as_u64().unwrap_or(0);
+            }
+        }
+    }
+    json!({
+        "removed": removed,
+        "pseudonymized": pseudonymized,
+        "dropped_attachments": dropped,
+        "rules": rules,
+    })
 }
 
 fn which(program: &str) -> Option<PathBuf> {
@@ -506,9 +589,19 @@ fn crash_under_gdb(
     data_dir: &Path,
     config: &Path,
     core: &Path,
+    customer: bool,
 ) -> Result<()> {
+    let (env_name, env_value, password) = DEMO_CANARIES;
+    let (environment, arguments) = if customer {
+        (
+            format!("set environment {env_name}={env_value}\n"),
+            format!(" --password {password}"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let script = format!(
-        r#"run
+        r#"{environment}run{arguments}
 python
 import gdb, os, subprocess, time
 pid = gdb.selected_inferior().pid
@@ -556,7 +649,7 @@ kill
 }
 
 /// One uncaught exception in a python3 that imported the node's hook module.
-fn python_exception(python: &Path, app: &Path, data_dir: &Path) -> Result<()> {
+fn python_exception(python: &Path, app: &Path, data_dir: &Path, customer: bool) -> Result<()> {
     let module_dir = data_dir.join("python-hook");
     std::fs::create_dir_all(&module_dir)?;
     let module = crate::pyhook::HOOK_MODULE
@@ -569,8 +662,15 @@ fn python_exception(python: &Path, app: &Path, data_dir: &Path) -> Result<()> {
             &crate::spool::Spool::new(data_dir).root.to_string_lossy(),
         );
     std::fs::write(module_dir.join(crate::pyhook::MODULE_FILE), module)?;
-    let status = Command::new(python)
-        .arg(app)
+    let mut command = Command::new(python);
+    command.arg(app);
+    if customer {
+        let (env_name, env_value, password) = DEMO_CANARIES;
+        command
+            .env(env_name, env_value)
+            .args(["--password", password]);
+    }
+    let status = command
         .env("PYTHONPATH", &module_dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

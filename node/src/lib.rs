@@ -8,6 +8,7 @@ pub mod cluster_cmd;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod customer;
 pub mod daemon;
 pub mod demo;
 pub mod endpoint_cmd;

@@ -19,10 +19,16 @@ fn main() -> ExitCode {
     if let Command::Endpoint(what) = &cli.command {
         return crashmesh::endpoint_cmd::run(&cli.global, what);
     }
-    if let Command::Demo { nodes, once } = &cli.command {
+    if let Command::Demo {
+        nodes,
+        once,
+        privacy,
+    } = &cli.command
+    {
         let args = crashmesh::demo::DemoArgs {
             nodes: *nodes,
             once: *once,
+            customer: privacy.as_deref() == Some("customer"),
             json: cli.global.json,
             data_dir: cli.global.data_dir.clone(),
         };
@@ -44,6 +50,7 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Defaults) => commands::config_defaults(),
         Command::Config(ConfigCommand::Show) => commands::config_show(&context),
         Command::Cluster(what) => crashmesh::cluster_cmd::cluster(&context, &what),
+        Command::Privacy(what) => commands::privacy(&context, &what),
         Command::Endpoint(_) => unreachable!("handled above: the endpoint has its own data dir"),
         Command::Demo { .. } => unreachable!("handled above: the demo makes its own data dirs"),
     };

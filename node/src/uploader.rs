@@ -244,6 +244,8 @@ pub struct Uploader {
     data_dir: PathBuf,
     chunk_attempts_max: u32,
     stats: UploadStats,
+    /// `[privacy] mode = "customer"`: every report and update is scrubbed before it leaves.
+    customer: Option<crate::customer::CustomerMode>,
 }
 
 impl Uploader {
@@ -273,6 +275,7 @@ impl Uploader {
             data_dir: data_dir.to_path_buf(),
             chunk_attempts_max: config.chunk_attempts_max.max(1),
             stats: UploadStats::load(data_dir),
+            customer: crate::customer::CustomerMode::from_config(&config.privacy, data_dir)?,
         }))
     }
 
@@ -344,6 +347,10 @@ impl Uploader {
             attachments,
             scrub: None,
             created_ms: crate::commands::now_ms(),
+        };
+        let manifest = match &self.customer {
+            Some(customer) => customer.scrub_manifest(&self.store, manifest)?,
+            None => manifest,
         };
         manifest.validate().context("the consolidated report")?;
         Ok(manifest)
@@ -417,6 +424,13 @@ impl Uploader {
             }
         };
         self.stats.uploads_acked += 1;
+        self.stats.bytes_sent += crate::customer::core_request_after_ack(
+            self.customer.as_ref(),
+            &self.client,
+            &self.store,
+            &manifest.report_id,
+            reply.as_ref(),
+        );
         self.save_stats();
         tracing::info!(
             signature = %upload.signature, report = %manifest.report_id,
@@ -476,6 +490,19 @@ impl Uploader {
             signature: upload.signature.clone(),
             incidents: upload.incidents.iter().map(incident_of).collect(),
         };
+        let update = match &self.customer {
+            None => update,
+            Some(customer) => match customer.scrub_update(update) {
+                Ok(update) => update,
+                Err(error) => {
+                    tracing::error!(error = %format!("{error:#}"), "cannot scrub the incident update; retried later");
+                    return Finished {
+                        outcome: UploadOutcome::Retry,
+                        reply: None,
+                    };
+                }
+            },
+        };
         let body = serde_json::to_vec(&update).expect("an update serializes");
         let answer = match self.client.post("/api/v1/incidents", &body) {
             Ok(answer) => answer,
@@ -487,6 +514,14 @@ impl Uploader {
             return Self::finished_refused("incident update", &answer);
         }
         tracing::info!(signature = %upload.signature, incidents = update.incidents.len(), "incidents uploaded");
+        let reply = answer.reply();
+        self.stats.bytes_sent += crate::customer::core_request_after_ack(
+            self.customer.as_ref(),
+            &self.client,
+            &self.store,
+            &update.report_id,
+            reply.as_ref(),
+        );
         Finished {
             outcome: UploadOutcome::Acked,
             reply: answer.reply(),

@@ -194,6 +194,14 @@ pub fn builtin_rules() -> Vec<Rule> {
             Redact,
             Check::None,
         ),
+        // `--password SECRET` in a logged command line, and `"--password", "SECRET"` in a
+        // JSON argument list.
+        Rule::new(
+            "secret_option",
+            r#"(?:(?m:^)|[\s"'])(?i:--?(?:password|passwd|pass|secret|token|api[_-]?key|access[_-]?key|secret[_-]?key|private[_-]?key))(?:[ \t]+|"\s*,\s*")"?(?P<v>[^\s"',;\]]+)"#,
+            Redact,
+            Check::None,
+        ),
         Rule::new(
             "secret_value",
             &format!(

@@ -104,6 +104,11 @@ fn passwords_in_urls_and_pairs_keep_their_keys() {
         &["secret_value"],
     );
     check(
+        r#"argv ["app.py", "--password", "hunter2"] and run app --api-key k3y"#,
+        r#"argv ["app.py", "--password", "[REDACTED:secret_option]"] and run app --api-key [REDACTED:secret_option]"#,
+        &["secret_option"],
+    );
+    check(
         "API_TOKEN: abc123",
         "API_TOKEN: [REDACTED:secret_value]",
         &["secret_value"],
@@ -200,7 +205,7 @@ fn plain_text_and_code_names_are_left_alone() {
         "SIGSEGV in store_reading",
         "libc.so.6 std::vector<int>::push_back dead::beef",
         "version 5.14.0-362.el9.x86_64 took 12:30:45.123",
-        "user space and token bucket",
+        "user space and token bucket, access-token refreshed",
     ] {
         check(text, text, &[]);
     }

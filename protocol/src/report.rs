@@ -47,6 +47,8 @@ pub const LABELS_MAX: usize = 32;
 pub const FRAMES_MAX: usize = 4096;
 /// Threads in the problem.
 pub const THREADS_MAX: usize = 4096;
+/// Rules counted in one report's scrub summary.
+pub const SCRUB_RULES_MAX: usize = 256;
 /// Bytes of the problem's free texts (`text`, `message`, `reason`) together.
 pub const PROBLEM_TEXT_BYTES_MAX: usize = 4 << 20;
 
@@ -118,8 +120,18 @@ pub struct ScrubSummary {
     pub mode: String,
     /// Values replaced by pseudonyms.
     pub replaced: u64,
-    /// Attachments dropped whole.
+    /// Attachments dropped whole (memory dumps the policy withholds, files too large to
+    /// scrub).
     pub dropped_attachments: u64,
+    /// Secrets removed.
+    #[serde(default)]
+    pub removed: u64,
+    /// Matches per rule (`aws_access_key`, `ipv4_address`, `env_value`, `node_name`, …).
+    #[serde(default)]
+    pub rules: BTreeMap<String, u64>,
+    /// The cluster's policy for memory dumps: `never`, `on_request`, `always`.
+    #[serde(default)]
+    pub cores: String,
 }
 
 /// A consolidated report: one problem, every incident so far, the evidence of the first.
@@ -380,6 +392,17 @@ impl ReportManifest {
             self.chunk_count(),
             CHUNKS_PER_REPORT_MAX,
         )?;
+        if let Some(scrub) = &self.scrub {
+            limit("scrub rules", scrub.rules.len(), SCRUB_RULES_MAX)?;
+            for rule in scrub.rules.keys() {
+                check_name("scrub.rules key", rule, NAME_BYTES_MAX)?;
+            }
+            limit(
+                "scrub mode bytes",
+                scrub.mode.len() + scrub.cores.len(),
+                NAME_BYTES_MAX,
+            )?;
+        }
         Ok(())
     }
 
