@@ -170,18 +170,6 @@ pub fn memory_report_id(report_id: &str) -> String {
     hasher.finalize().to_hex().to_string()
 }
 
-fn to_blob_manifest(manifest: &Manifest) -> BlobManifest {
-    BlobManifest {
-        blob_id: manifest.blob.to_hex(),
-        len_bytes: manifest.len_bytes,
-        chunks: manifest
-            .chunks
-            .iter()
-            .map(|(id, len)| (id.to_hex(), *len))
-            .collect(),
-    }
-}
-
 /// The content of a blob from its chunks in `store`.
 pub fn read_blob_chunks(store: &Store, blob: &BlobManifest) -> Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(blob.len_bytes as usize);
@@ -354,7 +342,7 @@ impl CustomerMode {
                 attachment.blob.blob_id.clone(),
                 Attachment {
                     name,
-                    blob: to_blob_manifest(&manifest),
+                    blob: crate::uploader::blob_manifest(&manifest),
                 },
             ));
         }
@@ -368,7 +356,7 @@ impl CustomerMode {
             let manifest = stored_manifest(store, &serde_json::to_vec(&document)?)?;
             attachments.push(Attachment {
                 name,
-                blob: to_blob_manifest(&manifest),
+                blob: crate::uploader::blob_manifest(&manifest),
             });
         }
         attachments.extend(kept.into_iter().map(|(_, attachment)| attachment));
@@ -597,7 +585,7 @@ pub fn local_manifest(
     for (name, manifest) in &read.document.attachments {
         attachments.push(Attachment {
             name: format!("{node}/{name}"),
-            blob: to_blob_manifest(manifest),
+            blob: crate::uploader::blob_manifest(manifest),
         });
     }
     let problem = read.document.problem.clone();

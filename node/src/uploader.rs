@@ -175,7 +175,8 @@ pub fn consolidated_report_id(cluster_id: &str, signature: &str) -> String {
     hasher.finalize().to_hex().to_string()
 }
 
-fn blob_manifest(manifest: &Manifest) -> BlobManifest {
+/// A store manifest as the report format names it (hex ids).
+pub(crate) fn blob_manifest(manifest: &Manifest) -> BlobManifest {
     BlobManifest {
         blob_id: manifest.blob.to_hex(),
         len_bytes: manifest.len_bytes,

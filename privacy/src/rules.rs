@@ -130,7 +130,7 @@ pub fn builtin_rules() -> Vec<Rule> {
         ),
         Rule::new(
             "aws_secret_key",
-            r#"(?i:aws_?secret_?(?:access_?)?key)"?\s*[=:]\s*"?(?P<v>[A-Za-z0-9/+=]{40})"#,
+            r#"(?i:aws_?secret_?(?:access_?)?key)"?[ \t]*[=:][ \t]*"?(?P<v>[A-Za-z0-9/+=]{40})"#,
             Redact,
             Check::None,
         ),
@@ -184,7 +184,7 @@ pub fn builtin_rules() -> Vec<Rule> {
         ),
         Rule::new(
             "bearer_token",
-            r"(?i:bearer|basic)\s+(?P<v>[A-Za-z0-9._~+/-]{16,}=*)",
+            r"(?i:bearer|basic)[ \t]+(?P<v>[A-Za-z0-9._~+/-]{16,}=*)",
             Redact,
             Check::None,
         ),
@@ -198,14 +198,14 @@ pub fn builtin_rules() -> Vec<Rule> {
         // JSON argument list.
         Rule::new(
             "secret_option",
-            r#"(?:(?m:^)|[\s"'])(?i:--?(?:password|passwd|pass|secret|token|api[_-]?key|access[_-]?key|secret[_-]?key|private[_-]?key))(?:[ \t]+|"\s*,\s*")"?(?P<v>[^\s"',;\]]+)"#,
+            r#"(?:(?m:^)|[\s"'])(?i:--?(?:password|passwd|pass|secret|token|api[_-]?key|access[_-]?key|secret[_-]?key|private[_-]?key))(?:[ \t]+|"[ \t]*,[ \t]*")"?(?P<v>[^\s"',;\]]+)"#,
             Redact,
             Check::None,
         ),
         Rule::new(
             "secret_value",
             &format!(
-                r#"(?i:[A-Za-z0-9_.-]*(?:{SECRET_KEY_WORDS})[A-Za-z0-9_.-]*)"?\s*[=:]\s*(?:(?i:bearer|basic|token)\s+)?(?P<v>"[^"\n]*"|'[^'\n]*'|[^\s,;&"']+)"#
+                r#"(?i:[A-Za-z0-9_.-]*(?:{SECRET_KEY_WORDS})[A-Za-z0-9_.-]*)"?[ \t]*[=:][ \t]*(?:(?i:bearer|basic|token)[ \t]+)?(?P<v>"[^"\n]*"|'[^'\n]*'|[^\s,;&"']+)"#
             ),
             Redact,
             Check::None,

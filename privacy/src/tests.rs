@@ -367,3 +367,13 @@ fn incidents_get_pseudonymous_nodes_and_report_ids() {
         128
     ));
 }
+
+#[test]
+fn no_rule_but_the_pem_block_spans_lines() {
+    // So the line scrubber's pieces (cut at line ends) scrub like the whole text.
+    check(
+        "password=\nvalue\nBearer\nabcdef0123456789abcdef",
+        "password=\nvalue\nBearer\nabcdef0123456789abcdef",
+        &[],
+    );
+}
