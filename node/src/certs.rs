@@ -559,6 +559,37 @@ mod tests {
     }
 
     #[test]
+    fn init_writes_a_private_pseudonym_key_and_refuses_to_replace_it() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ClusterPaths::of_data_dir(dir.path());
+        let outcome = init_cluster(&paths, Some("c1")).unwrap();
+        assert_eq!(outcome.privacy_key, paths.privacy_key());
+        let key = crate::customer::read_key(&paths.privacy_key()).unwrap();
+        let mode = std::fs::metadata(paths.privacy_key())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Another cluster gets another key.
+        let other = tempfile::tempdir().unwrap();
+        let other_paths = ClusterPaths::of_data_dir(other.path());
+        init_cluster(&other_paths, Some("c1")).unwrap();
+        assert_ne!(
+            crate::customer::read_key(&other_paths.privacy_key()).unwrap(),
+            key
+        );
+        // A key alone still makes init refuse (a cluster's key is never replaced).
+        for file in [paths.ca_cert(), paths.ca_key(), paths.cluster_file()] {
+            std::fs::remove_file(file).unwrap();
+        }
+        assert!(matches!(
+            init_cluster(&paths, Some("c1")),
+            Err(CertError::CaExists(path)) if path == paths.privacy_key()
+        ));
+    }
+
+    #[test]
     fn random_cluster_ids_are_valid_and_differ() {
         let first = random_cluster_id().unwrap();
         assert!(is_valid_cluster_id(&first));
