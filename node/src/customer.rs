@@ -156,10 +156,14 @@ pub struct CustomerMode {
     )>,
 }
 
-/// True for an attachment holding process or kernel memory.
+/// True for an attachment holding process or kernel memory (`core`, and kdump's `vmcore`,
+/// `vmcore.flat`, `vmcore-incomplete`; not `vmcore.json` or `vmcore-dmesg.txt`).
 pub fn is_memory_dump(name: &str) -> bool {
     let base = name.rsplit('/').next().unwrap_or(name);
-    base == "core" || base.starts_with("vmcore") && !base.ends_with(".json")
+    matches!(
+        base,
+        "core" | "vmcore" | "vmcore.flat" | "vmcore-incomplete"
+    )
 }
 
 /// The id of the second report that carries a problem's withheld core.
@@ -284,12 +288,12 @@ impl CustomerMode {
             .iter()
             .map(|incident| incident.node.clone())
             .collect();
-        node_names.extend(
-            manifest
-                .attachments
-                .iter()
-                .filter_map(|attachment| attachment.name.split('/').next().map(str::to_string)),
-        );
+        node_names.extend(manifest.attachments.iter().filter_map(|attachment| {
+            attachment
+                .name
+                .split_once('/')
+                .map(|(node, _)| node.to_string())
+        }));
         node_names.sort();
         node_names.dedup();
         let scrubber = self.scrubber(&node_names)?;
@@ -916,5 +920,9 @@ mod tests {
         );
         assert!(is_memory_dump("node-1/core") && is_memory_dump("vmcore"));
         assert!(!is_memory_dump("vmcore.json") && !is_memory_dump("proc/coredump_filter"));
+        assert!(!is_memory_dump(
+            "node-2/peer-logs/log/var/crash/1/vmcore-dmesg.txt"
+        ));
+        assert!(is_memory_dump("node-2/vmcore-incomplete"));
     }
 }
