@@ -45,12 +45,14 @@ impl Sim {
             self.violate(Invariant::VoteNotDurable, detail);
         }
         let now_local = self.local_ms(index);
-        let config = NodeConfig::new(
+        let mut config = NodeConfig::new(
             self.nodes[index].id.clone(),
             ClusterId::new(CLUSTER_ID),
             self.members.clone(),
             self.now_ms * 16 + process,
         );
+        // Every member is a storage peer whose logs of a problem's window go up with it.
+        config.consolidation.log_peers = self.members.clone();
         let node_seed = self
             .config
             .seed
@@ -65,6 +67,7 @@ impl Sim {
         sim_node.store = Some(store);
         sim_node.durable_vote = vote;
         sim_node.held_chunks.clear();
+        sim_node.log_bundles.clear();
         sim_node.timer_at_ms = None;
         sim_node.role = Role::Follower;
         let count = announcements.len();

@@ -54,6 +54,8 @@ pub const CONVERGENCE_CHECK_INTERVAL_MS: u64 = 250;
 pub const DISK_CAPACITY_BYTES: u64 = 256 << 20;
 /// Each simulated node's spool quota.
 pub const STORE_MAX_BYTES: u64 = 64 << 20;
+/// Log bundles a node keeps for the aggregator at most.
+pub const LOG_BUNDLES_LEN_MAX: usize = 256;
 /// The longest a full report's upload takes to reach the endpoint, in ms.
 pub const FULL_REPORT_TRANSFER_MS_MAX: u64 = 3_000;
 /// Where each node's store lives on its disk.
@@ -242,6 +244,8 @@ struct SimNode {
     restart_scheduled: bool,
     /// Chunks this node holds as aggregator (in memory: lost with the process).
     held_chunks: BTreeSet<ChunkId>,
+    /// Log bundles gathered for the aggregator, by bundle id (in memory).
+    log_bundles: BTreeMap<ReportId, Vec<u8>>,
     timer_at_ms: Option<u64>,
     role: Role,
     /// The last vote the store acknowledged as durable.
@@ -319,6 +323,7 @@ impl Sim {
                 paused: false,
                 restart_scheduled: false,
                 held_chunks: BTreeSet::new(),
+                log_bundles: BTreeMap::new(),
                 timer_at_ms: None,
                 role: Role::Follower,
                 durable_vote: PersistedVote::default(),

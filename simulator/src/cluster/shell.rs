@@ -115,8 +115,17 @@ impl Sim {
         }
     }
 
-    /// Reads a report's protocol chunks back from the node's store.
+    /// Reads a report's protocol chunks back from the node's store (or a log bundle it
+    /// gathered for the aggregator).
     pub(super) fn report_pieces(&self, index: usize, report_id: &ReportId) -> Option<Vec<Vec<u8>>> {
+        if let Some(bundle) = self.nodes[index].log_bundles.get(report_id) {
+            return Some(
+                workload::report_pieces(bundle)
+                    .into_iter()
+                    .map(<[u8]>::to_vec)
+                    .collect(),
+            );
+        }
         let store = self.nodes[index].store.as_ref()?;
         let incident = store.incident(&report_id.0).ok()??;
         let evidence = incident
@@ -247,7 +256,33 @@ impl Sim {
                     return false;
                 }
             }
-            // Logs, feedback and fencing notices change nothing the simulator checks.
+            ConsolidationOutput::ServeLogs {
+                to,
+                term,
+                signature,
+                window_start_ms,
+                window_end_ms,
+                ..
+            } => {
+                // The node's logs of the window, gathered into a bundle the aggregator
+                // fetches like a report (kept in memory: gone with the process).
+                let id = self.nodes[index].id.clone();
+                let bundle = ReportId::new(format!("logs.{id}.{signature}.{window_start_ms}"));
+                let log = format!("{id} storage log {window_start_ms}..{window_end_ms}\n")
+                    .repeat(20)
+                    .into_bytes();
+                if self.nodes[index].log_bundles.len() >= LOG_BUNDLES_LEN_MAX {
+                    self.nodes[index].log_bundles.pop_first();
+                }
+                self.nodes[index].log_bundles.insert(bundle.clone(), log);
+                let message = Message::LogReady {
+                    term,
+                    signature,
+                    bundle: Some(bundle),
+                };
+                self.send(index, &to, message);
+            }
+            // Feedback and fencing notices change nothing the simulator checks.
             _ => {}
         }
         true
