@@ -34,10 +34,14 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(pieces, whole);
     assert_eq!(counts, whole_counts);
 
+    // The input may hold the key's bytes itself where they are not a key (`xAKIA…`), so
+    // the planted one is gone when the count does not grow.
+    let canary = b"AKIAZZZZZZZZZZZZZZZZ";
+    let count = |bytes: &[u8]| bytes.windows(canary.len()).filter(|w| w == canary).count();
     let mut planted = input.to_vec();
     planted.extend_from_slice(b" AKIAZZZZZZZZZZZZZZZZ ");
     let out = scrubber.scrub_bytes(&planted, &mut ScrubCounts::default());
-    assert!(!out.windows(20).any(|w| w == b"AKIAZZZZZZZZZZZZZZZZ"));
+    assert!(count(&out) <= count(&whole));
     let _ = scrubber.scrub_environ(input, &mut ScrubCounts::default());
     let _ = scrubber.scrub_cmdline(input, &mut ScrubCounts::default());
 });
