@@ -29,6 +29,26 @@ pub struct CampaignConfig {
     pub workers: usize,
     /// Draw a progress bar on stderr (only when it is a terminal).
     pub progress: bool,
+    /// Length of each seed's safety phase, in simulated ms.
+    pub safety_ms: u64,
+    /// Workload time compression (see [`crate::workload`]).
+    pub time_compression: u64,
+}
+
+impl CampaignConfig {
+    /// Seeds `0..seeds` on `nodes` nodes with the defaults of [`SimConfig::new`].
+    pub fn new(seeds: std::ops::Range<u64>, nodes: usize) -> CampaignConfig {
+        let defaults = SimConfig::new(0, nodes);
+        CampaignConfig {
+            seeds: seeds.collect(),
+            nodes,
+            sabotage: Sabotage::None,
+            workers: 0,
+            progress: false,
+            safety_ms: defaults.safety_ms,
+            time_compression: defaults.time_compression,
+        }
+    }
 }
 
 /// A latency distribution's percentiles, ms.
@@ -299,6 +319,8 @@ pub fn run_campaign(
                     };
                     let mut sim_config = SimConfig::new(seed, config.nodes);
                     sim_config.sabotage = config.sabotage;
+                    sim_config.safety_ms = config.safety_ms;
+                    sim_config.time_compression = config.time_compression;
                     if sender.send((position, run_seed(sim_config))).is_err() {
                         break;
                     }

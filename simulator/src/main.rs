@@ -122,10 +122,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let config = CampaignConfig {
                 seeds,
-                nodes,
                 sabotage,
                 workers,
                 progress: true,
+                ..CampaignConfig::new(0..0, nodes)
             };
             let started = std::time::Instant::now();
             let single = seed.is_some();

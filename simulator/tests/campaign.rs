@@ -8,17 +8,16 @@ use crashmesh_simulator::campaign::{CampaignConfig, CampaignSummary, run_campaig
 use crashmesh_simulator::faults::{FaultKind, Sabotage};
 use crashmesh_simulator::invariants::Invariant;
 
+/// A campaign with a shorter safety phase and a lighter workload than the command's
+/// defaults (the same code paths; debug builds are slow).
 fn campaign(seeds: std::ops::Range<u64>, sabotage: Sabotage) -> CampaignSummary {
-    run_campaign(
-        &CampaignConfig {
-            seeds: seeds.collect(),
-            nodes: 5,
-            sabotage,
-            workers: 0,
-            progress: false,
-        },
-        |_| {},
-    )
+    let config = CampaignConfig {
+        sabotage,
+        safety_ms: 25_000,
+        time_compression: 4,
+        ..CampaignConfig::new(seeds, 5)
+    };
+    run_campaign(&config, |_| {})
 }
 
 #[test]
@@ -41,12 +40,9 @@ fn two_hundred_seeds_with_every_fault_kind_pass() {
     for kind in FaultKind::ALL {
         assert!(summary.faults.get(kind) > 0, "no {} injected", kind.name());
     }
-    assert!(
-        summary.incidents > 10_000,
-        "{} incidents",
-        summary.incidents
-    );
-    assert!(summary.election.count >= 200 && summary.upload.count > 10_000);
+    assert!(summary.incidents > 2_000, "{} incidents", summary.incidents);
+    assert!(summary.election.count >= 200);
+    assert_eq!(summary.upload.count as u64, summary.incidents);
     let json = summary.to_json();
     for key in [
         "seeds",
@@ -83,11 +79,9 @@ fn a_seed_replays_the_same_trace_and_another_does_not() {
     assert_ne!(first.trace_hash, other.trace_hash);
     // A campaign's hash is independent of how seeds were spread over worker threads.
     let config = |workers| CampaignConfig {
-        seeds: (10..16).collect(),
-        nodes: 3,
-        sabotage: Sabotage::None,
         workers,
-        progress: false,
+        safety_ms: 15_000,
+        ..CampaignConfig::new(10..16, 3)
     };
     let one_worker = run_campaign(&config(1), |_| {});
     let three_workers = run_campaign(&config(3), |_| {});
@@ -96,7 +90,12 @@ fn a_seed_replays_the_same_trace_and_another_does_not() {
 
 #[test]
 fn without_fencing_the_endpoint_accepts_stale_terms_and_the_campaign_fails() {
-    let summary = campaign(0..40, Sabotage::NoFencing);
+    // The command's default workload: stale uploads need uploads in flight at a failover.
+    let config = CampaignConfig {
+        sabotage: Sabotage::NoFencing,
+        ..CampaignConfig::new(0..40, 5)
+    };
+    let summary = run_campaign(&config, |_| {});
     print!("{}", summary.table());
     assert!(summary.failed() > 0, "no failure without fencing");
     assert!(summary.stale_term_accepted > 0);

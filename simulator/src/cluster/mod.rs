@@ -57,7 +57,7 @@ pub const STORE_MAX_BYTES: u64 = 64 << 20;
 /// Log bundles a node keeps for the aggregator at most.
 pub const LOG_BUNDLES_LEN_MAX: usize = 256;
 /// The longest a full report's upload takes to reach the endpoint, in ms.
-pub const FULL_REPORT_TRANSFER_MS_MAX: u64 = 3_000;
+pub const FULL_REPORT_TRANSFER_MS_MAX: u64 = 10_000;
 /// Where each node's store lives on its disk.
 const DATA_DIR: &str = "/data";
 /// The settings key of the persisted term and vote.

@@ -294,7 +294,7 @@ impl Sim {
         let latency_ms = if call.full_report.is_some() {
             self.rng.range_u64(200, FULL_REPORT_TRANSFER_MS_MAX)
         } else {
-            self.rng.range_u64(10, 300)
+            self.rng.range_u64(10, 1_000)
         };
         let process = self.nodes[index].process;
         self.note(format!(
