@@ -223,8 +223,11 @@ impl Store {
             fs.create_dir_all(&dir)
                 .map_err(|error| StoreError::io("create directory", &dir, error))?;
         }
-        fs.create_dir_all(&tmp_dir)
-            .map_err(|error| StoreError::io("create directory", &tmp_dir, error))?;
+        for name in tmp_fan_out_names() {
+            let dir = tmp_dir.join(name);
+            fs.create_dir_all(&dir)
+                .map_err(|error| StoreError::io("create directory", &dir, error))?;
+        }
         for dir in [&chunks_dir, &data_dir] {
             fs.sync_dir(dir)
                 .map_err(|error| StoreError::io("sync directory", dir, error))?;
@@ -241,18 +244,24 @@ impl Store {
 
         // Temporary files are puts that never reached their rename.
         let mut removed_tmp = 0;
-        for name in fs
-            .list_dir(&tmp_dir)
-            .map_err(|error| StoreError::io("list", &tmp_dir, error))?
-        {
-            let path = tmp_dir.join(name);
-            fs.remove_file(&path)
-                .map_err(|error| StoreError::io("remove", &path, error))?;
-            removed_tmp += 1;
-        }
-        if removed_tmp > 0 {
-            fs.sync_dir(&tmp_dir)
-                .map_err(|error| StoreError::io("sync directory", &tmp_dir, error))?;
+        for dir in tmp_dirs(&tmp_dir) {
+            let removed_before = removed_tmp;
+            for name in fs
+                .list_dir(&dir)
+                .map_err(|error| StoreError::io("list", &dir, error))?
+            {
+                if dir == tmp_dir && tmp_fan_out_names().any(|fan_out| fan_out == name) {
+                    continue;
+                }
+                let path = dir.join(name);
+                fs.remove_file(&path)
+                    .map_err(|error| StoreError::io("remove", &path, error))?;
+                removed_tmp += 1;
+            }
+            if removed_tmp > removed_before {
+                fs.sync_dir(&dir)
+                    .map_err(|error| StoreError::io("sync directory", &dir, error))?;
+            }
         }
 
         let backend = fs
@@ -619,7 +628,7 @@ impl Store {
     fn write_tmp_chunk(&self, id: ChunkId, raw: &[u8]) -> Result<NewChunk, StoreError> {
         let stored = chunk::compress(raw)?;
         let number = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp_path = self.tmp_dir.join(format!("{number}.chunk"));
+        let tmp_path = tmp_chunk_path(&self.tmp_dir, number);
         self.fs
             .write_file(&tmp_path, &stored)
             .map_err(|error| StoreError::io("write", &tmp_path, error))?;
@@ -867,7 +876,7 @@ impl Store {
         let number = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let new_chunk = NewChunk {
             id: *id,
-            tmp_path: self.tmp_dir.join(format!("{number}.chunk")),
+            tmp_path: tmp_chunk_path(&self.tmp_dir, number),
             stored_bytes: stored.len() as u64,
             raw_bytes: raw.len() as u64,
         };
@@ -1339,17 +1348,20 @@ impl Store {
             .file_len(&self.index_path)
             .map_err(|error| StoreError::io("stat", &self.index_path, error))?;
         let mut tmp_bytes = 0;
-        for name in self
-            .fs
-            .list_dir(&self.tmp_dir)
-            .map_err(|error| StoreError::io("list", &self.tmp_dir, error))?
-        {
-            // A temporary file may be renamed away between the listing and the stat.
-            tmp_bytes += self
+        for dir in tmp_dirs(&self.tmp_dir) {
+            for name in self
                 .fs
-                .file_len(&self.tmp_dir.join(name))
-                .map(disk_bytes)
-                .unwrap_or(0);
+                .list_dir(&dir)
+                .map_err(|error| StoreError::io("list", &dir, error))?
+            {
+                // A temporary file may be renamed away between the listing and the stat
+                // (and the fan-out directories themselves have no length here).
+                tmp_bytes += self
+                    .fs
+                    .file_len(&dir.join(name))
+                    .map(disk_bytes)
+                    .unwrap_or(0);
+            }
         }
         Ok(chunk_bytes + disk_bytes(index_bytes) + tmp_bytes + self.other_bytes())
     }
@@ -1530,3 +1542,24 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], map: impl Fn(&T) -> R + Sync) -> 
 
 /// Threads that hash and compress the chunks of one buffer at most.
 const PARALLEL_WORKERS_MAX: usize = 8;
+
+/// Temporary chunk files are spread over this many directories under `tmp/`: the workers
+/// of one put create files at once, and every create holds its directory's lock.
+const TMP_FAN_OUT: u64 = 16;
+
+fn tmp_fan_out_names() -> impl Iterator<Item = String> {
+    (0..TMP_FAN_OUT).map(|n| format!("{n:x}"))
+}
+
+/// `tmp/` itself (files of the older flat layout) and its fan-out directories.
+fn tmp_dirs(tmp_dir: &Path) -> Vec<PathBuf> {
+    std::iter::once(tmp_dir.to_path_buf())
+        .chain(tmp_fan_out_names().map(|name| tmp_dir.join(name)))
+        .collect()
+}
+
+fn tmp_chunk_path(tmp_dir: &Path, number: u64) -> PathBuf {
+    tmp_dir
+        .join(format!("{:x}", number % TMP_FAN_OUT))
+        .join(format!("{number}.chunk"))
+}
