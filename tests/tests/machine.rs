@@ -627,8 +627,10 @@ fn big_crashes_against_a_small_quota_with_the_daemon_killed_lose_no_incident() {
 
     let _daemon = node.start_daemon();
     assert_eq!(crash(&mut Command::new(&hoarder)), libc::SIGSEGV);
+    // Two 30 MiB cores to index with the suite's other tests competing for two cores: the
+    // bound is loose on purpose (it failed once at 90 s on a loaded CI machine).
     assert!(
-        wait_until(Duration::from_secs(90), || count_of(&node, &hoarder) == 3
+        wait_until(Duration::from_secs(240), || count_of(&node, &hoarder) == 3
             && spool_entries(&node) == 0),
         "not every incident was counted: {}\n{}",
         String::from_utf8_lossy(&node.command(&["problems", "list"]).output().unwrap().stdout),
