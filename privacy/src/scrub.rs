@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 
 use regex::bytes::{Regex, RegexBuilder};
+use regex_automata::meta;
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input};
 use serde::{Deserialize, Serialize};
 
 use crate::PrivacyError;
@@ -13,6 +16,9 @@ use crate::rules::{self, Action, Check, ExtraPattern, NameClass, Rule};
 /// The most bytes of one line the line scrubber holds while waiting for its end; a
 /// longer line is scrubbed in pieces of this size.
 pub const LINE_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// Pseudonyms remembered within one scrub call (names repeat on every line of a log);
+/// the memory is cleared when full.
+pub const PSEUDONYM_CACHE_LEN_MAX: usize = 4096;
 /// Bytes of the combined regular expression once compiled (the `regex` crate's limit).
 pub const REGEX_BYTES_MAX: usize = 64 << 20;
 
@@ -63,7 +69,13 @@ pub struct ScrubCounts {
 impl ScrubCounts {
     /// Counts one action of `rule`.
     pub fn add(&mut self, rule: &str, removed: bool) {
-        *self.rules.entry(rule.to_string()).or_insert(0) += 1;
+        // Looked up first: a rule's name is allocated once, not at every match.
+        match self.rules.get_mut(rule) {
+            Some(count) => *count += 1,
+            None => {
+                self.rules.insert(rule.to_string(), 1);
+            }
+        }
         if removed {
             self.removed += 1;
         } else {
@@ -90,15 +102,16 @@ struct CompiledRule {
     name: String,
     action: Action,
     check: Check,
-    /// The capture group of the whole rule in the combined expression.
-    group: usize,
-    /// Its `v` group, when it has one.
-    value_group: Option<usize>,
+    /// The rule alone, when it has a `v` group: run (anchored, on the match only) to find
+    /// the group.
+    alone: Option<meta::Regex>,
 }
 
 /// The scrubber of one cluster: its rules and its pseudonym key.
 pub struct Scrubber {
-    combined: Regex,
+    /// Every rule as one pattern of a multi-pattern regex (leftmost-first: at a position,
+    /// the first rule in priority order wins); a match names its pattern.
+    combined: meta::Regex,
     rules: Vec<CompiledRule>,
     key: PseudonymKey,
     env_allowlist: Vec<String>,
@@ -185,8 +198,7 @@ impl Scrubber {
         }
         all.extend(builtin);
 
-        let mut combined = String::new();
-        for (index, rule) in all.iter().enumerate() {
+        for rule in &all {
             // Each rule alone first, so a bad added pattern is named in the error.
             RegexBuilder::new(&rule.pattern)
                 .unicode(false)
@@ -195,34 +207,43 @@ impl Scrubber {
                     name: rule.name.clone(),
                     reason: error.to_string(),
                 })?;
-            if index > 0 {
-                combined.push('|');
-            }
-            let renamed = rule.pattern.replace("(?P<v>", &format!("(?P<v{index}>"));
-            combined.push_str(&format!("(?P<r{index}>{renamed})"));
         }
-        let combined = RegexBuilder::new(&combined)
-            .unicode(false)
-            .size_limit(REGEX_BYTES_MAX)
-            .dfa_size_limit(REGEX_BYTES_MAX)
-            .build()
-            .map_err(|error| PrivacyError::BadRule {
-                name: "(combined)".into(),
-                reason: error.to_string(),
-            })?;
-        let names: Vec<Option<&str>> = combined.capture_names().collect();
-        let group_of = |wanted: &str| names.iter().position(|name| *name == Some(wanted));
-        let rules = all
-            .iter()
-            .enumerate()
-            .map(|(index, rule)| CompiledRule {
+        let build = |patterns: &[&str]| {
+            meta::Regex::builder()
+                .syntax(syntax::Config::new().unicode(false).utf8(false))
+                .configure(
+                    meta::Regex::config()
+                        .utf8_empty(false)
+                        .nfa_size_limit(Some(REGEX_BYTES_MAX))
+                        .hybrid_cache_capacity(REGEX_BYTES_MAX),
+                )
+                .build_many(patterns)
+                .map_err(|error| error.to_string())
+        };
+        let patterns: Vec<&str> = all.iter().map(|rule| rule.pattern.as_str()).collect();
+        let combined = build(&patterns).map_err(|reason| PrivacyError::BadRule {
+            name: "(combined)".into(),
+            reason,
+        })?;
+        let mut rules = Vec::new();
+        for rule in &all {
+            let alone = if rule.pattern.contains("(?P<v>") {
+                Some(
+                    build(&[rule.pattern.as_str()]).map_err(|reason| PrivacyError::BadRule {
+                        name: rule.name.clone(),
+                        reason,
+                    })?,
+                )
+            } else {
+                None
+            };
+            rules.push(CompiledRule {
                 name: rule.name.clone(),
                 action: rule.action,
                 check: rule.check,
-                group: group_of(&format!("r{index}")).expect("every rule has its group"),
-                value_group: group_of(&format!("v{index}")),
-            })
-            .collect();
+                alone,
+            });
+        }
         Ok(Scrubber {
             combined,
             rules,
@@ -249,30 +270,43 @@ impl Scrubber {
     /// Scrubs `input` and appends the result to `out`.
     pub fn scrub_bytes_into(&self, input: &[u8], out: &mut Vec<u8>, counts: &mut ScrubCounts) {
         let mut copied = 0;
-        for captures in self.combined.captures_iter(input) {
-            let Some(rule) = self
-                .rules
-                .iter()
-                .find(|rule| captures.get(rule.group).is_some())
-            else {
+        // One set of capture slots per rule with a `v` group, made on first use.
+        let mut captures: Vec<Option<regex_automata::util::captures::Captures>> =
+            vec![None; self.rules.len()];
+        let mut pseudonyms: std::collections::HashMap<(NameClass, &[u8]), String> =
+            std::collections::HashMap::new();
+        for found in self.combined.find_iter(input) {
+            if found.is_empty() {
                 continue;
-            };
-            let whole = captures.get(rule.group).expect("the rule's group matched");
-            let target = rule
-                .value_group
-                .and_then(|group| captures.get(group))
-                .unwrap_or(whole);
-            let text = String::from_utf8_lossy(target.as_bytes());
+            }
+            let index = found.pattern().as_usize();
+            let rule = &self.rules[index];
+            let mut target = found.range();
+            if let Some(alone) = &rule.alone {
+                // The rule's own match at the same place (anchored, with the haystack
+                // around it for look-around), for its `v` group.
+                let captures = captures[index].get_or_insert_with(|| alone.create_captures());
+                alone.search_captures(
+                    &Input::new(input)
+                        .span(found.range())
+                        .anchored(Anchored::Yes),
+                    captures,
+                );
+                if let Some(value) = captures.get_group_by_name("v") {
+                    target = value.range();
+                }
+            }
+            let target_bytes = &input[target.clone()];
             let passes = match rule.check {
                 Check::None => true,
-                Check::Luhn => rules::luhn_valid(&text),
-                Check::Ipv6 => rules::ipv6_worth_hiding(&text),
-                Check::Ipv4 => rules::ipv4_worth_hiding(&text),
+                Check::Luhn => rules::luhn_valid(&String::from_utf8_lossy(target_bytes)),
+                Check::Ipv6 => rules::ipv6_worth_hiding(&String::from_utf8_lossy(target_bytes)),
+                Check::Ipv4 => rules::ipv4_worth_hiding(&String::from_utf8_lossy(target_bytes)),
             };
             if !passes {
                 continue;
             }
-            out.extend_from_slice(&input[copied..target.start()]);
+            out.extend_from_slice(&input[copied..target.start]);
             match rule.action {
                 Action::Redact => {
                     out.extend_from_slice(b"[REDACTED:");
@@ -281,11 +315,18 @@ impl Scrubber {
                     counts.add(&rule.name, true);
                 }
                 Action::Pseudonym(class) => {
-                    out.extend_from_slice(self.key.pseudonym(class, &text).as_bytes());
+                    if pseudonyms.len() >= PSEUDONYM_CACHE_LEN_MAX {
+                        pseudonyms.clear();
+                    }
+                    let pseudonym = pseudonyms.entry((class, target_bytes)).or_insert_with(|| {
+                        self.key
+                            .pseudonym(class, &String::from_utf8_lossy(target_bytes))
+                    });
+                    out.extend_from_slice(pseudonym.as_bytes());
                     counts.add(&rule.name, false);
                 }
             }
-            copied = target.end();
+            copied = target.end;
         }
         out.extend_from_slice(&input[copied..]);
     }
