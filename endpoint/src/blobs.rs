@@ -29,6 +29,9 @@ pub struct Blobs {
     /// written without a sync each, and [`sync_dir`] flushes them all at once before the
     /// transaction that records a report commits.
     sync_dir: Option<std::path::PathBuf>,
+    /// Chunks stored so far by this process: the committer syncs only when it grew since
+    /// its last sync (a batch of metadata-only reports has nothing to flush).
+    chunks_written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Makes everything written under `dir` durable with one `syncfs` (file contents and
@@ -143,7 +146,13 @@ impl Blobs {
         Ok(Blobs {
             store,
             sync_dir: sync,
+            chunks_written: Arc::default(),
         })
+    }
+
+    /// The count of chunks stored so far (see [`Blobs::put`]).
+    pub fn chunks_written(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.chunks_written.clone()
     }
 
     /// The directory the committer syncs before recording reports, if any.
@@ -182,6 +191,8 @@ impl Blobs {
     /// Stores a verified chunk (see [`verify_chunk`]).
     pub async fn put(&self, id: &str, compressed: Bytes) -> Result<(), EndpointError> {
         self.store.put(&chunk_path(id)?, compressed.into()).await?;
+        self.chunks_written
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
 

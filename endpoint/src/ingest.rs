@@ -39,6 +39,11 @@ pub struct IngestContext {
     /// Synced (one `syncfs`) before a batch that records reports commits, so a recorded
     /// report never names a chunk a power cut could lose.
     pub sync_dir: Option<std::path::PathBuf>,
+    /// [`crate::blobs::Blobs::chunks_written`]: the sync is skipped when no chunk was
+    /// stored since the last one.
+    pub chunks_written: Arc<std::sync::atomic::AtomicU64>,
+    /// The value of `chunks_written` the last sync covered (`u64::MAX`: none yet).
+    pub chunks_synced: std::sync::atomic::AtomicU64,
     pub rules: Vec<Rule>,
     pub public_url: String,
     pub webhooks: Webhooks,
@@ -178,7 +183,13 @@ fn run_batch(
     if let Some(dir) = &context.sync_dir
         && jobs.iter().any(|job| matches!(job, Job::Complete { .. }))
     {
-        crate::blobs::sync_dir(dir)?;
+        use std::sync::atomic::Ordering;
+        // Every chunk whose PUT was answered before these completions arrived is counted.
+        let written = context.chunks_written.load(Ordering::Acquire);
+        if context.chunks_synced.load(Ordering::Acquire) != written {
+            crate::blobs::sync_dir(dir)?;
+            context.chunks_synced.store(written, Ordering::Release);
+        }
     }
     let txn = db.db.begin_write()?;
     {

@@ -157,6 +157,8 @@ pub fn start(config: EndpointConfig, mode: ServerMode) -> Result<RunningServer, 
                 db.clone(),
                 IngestContext {
                     sync_dir: blobs.sync_dir().map(std::path::Path::to_path_buf),
+                    chunks_written: blobs.chunks_written(),
+                    chunks_synced: std::sync::atomic::AtomicU64::new(u64::MAX),
                     rules: config.rules.clone(),
                     public_url: public_url.clone(),
                     webhooks,
