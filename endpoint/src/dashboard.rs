@@ -341,7 +341,7 @@ pub async fn api_problem(
 
 /// The problem page's privacy section: customers, whether a core is asked, and per
 /// report what scrubbing removed and pseudonymized (counts per rule).
-fn privacy_section(view: &PrivacyView) -> String {
+fn privacy_section(problem_id: &str, view: &PrivacyView) -> String {
     let mut html = String::from("<section id=\"privacy\"><h2>privacy</h2>");
     let _ = write!(
         html,
@@ -392,7 +392,22 @@ fn privacy_section(view: &PrivacyView) -> String {
             escape(&rules),
         );
     }
-    html.push_str("</table></section>");
+    html.push_str("</table>");
+    // Clusters in customer mode with `cores = "on_request"` answer this.
+    let _ = write!(
+        html,
+        "<form method=\"post\" action=\"/problems/{}/core-request\"><input type=\"hidden\" \
+         name=\"requested\" value=\"{}\"><label>admin token <input type=\"password\" \
+         name=\"admin_token\" size=\"20\"></label> <button type=\"submit\">{}</button></form>",
+        escape(problem_id),
+        if view.core_requested { "no" } else { "yes" },
+        if view.core_requested {
+            "stop asking for a core"
+        } else {
+            "request a core"
+        },
+    );
+    html.push_str("</section>");
     html
 }
 
@@ -480,6 +495,33 @@ pub async fn form_set_bug(
     .await?;
     Ok(HttpResponse::SeeOther()
         .insert_header(("Location", format!("/problems/{}#bug", row.id)))
+        .finish())
+}
+
+/// The problem page's core request form.
+#[derive(Debug, Deserialize)]
+pub struct CoreRequestForm {
+    /// `yes` asks for a core, anything else stops asking.
+    pub requested: String,
+    pub admin_token: String,
+}
+
+/// `POST /problems/{id}/core-request` (form, with the admin token) → back to the page.
+pub async fn form_core_request(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    form: web::Form<CoreRequestForm>,
+) -> Result<HttpResponse, EndpointError> {
+    admin_of(&state, Some(form.admin_token.trim()))?;
+    let (row, _, _) = load_problem(&state, &path)?;
+    let db = state.db.clone();
+    let id = row.id.clone();
+    let requested = form.requested == "yes";
+    web::block(move || db.set_core_request(&id, requested, crate::ingest::now_ms()))
+        .await
+        .map_err(|error| EndpointError::Database(error.to_string()))??;
+    Ok(HttpResponse::SeeOther()
+        .insert_header(("Location", format!("/problems/{}#privacy", row.id)))
         .finish())
 }
 
@@ -870,7 +912,7 @@ pub async fn problem_page(
         list(row.versions.iter().cloned()),
         list(row.labels.iter().cloned()),
     );
-    body.push_str(&privacy_section(&privacy_of(&state, &row)?));
+    body.push_str(&privacy_section(&row.id, &privacy_of(&state, &row)?));
     // The bug and its form.
     body.push_str("<section id=\"bug\"><h2>bug</h2>");
     match &bug {

@@ -307,6 +307,11 @@ fn routes(
                     .route(web::get().to(crate::dashboard::problem_page)),
             )
             .service(
+                web::resource("/problems/{id}/core-request")
+                    .app_data(web::FormConfig::default().limit(4096))
+                    .route(web::post().to(crate::dashboard::form_core_request)),
+            )
+            .service(
                 web::resource("/problems/{id}/bug")
                     .app_data(web::FormConfig::default().limit(64 * 1024))
                     .route(web::post().to(crate::dashboard::form_set_bug)),

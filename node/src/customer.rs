@@ -815,7 +815,33 @@ mod tests {
         assert!(
             page.contains("id=\"privacy\"") && page.contains("acme") && page.contains("env_value")
         );
-        // Only the admin may ask for a core.
+        assert!(
+            page.contains("request a core"),
+            "the page offers the request"
+        );
+        // Only the admin may ask for a core, through the page's form or the API.
+        let form = |token: &str| {
+            use std::io::{Read as _, Write as _};
+            let address = server.url.trim_start_matches("http://");
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            let body = format!("requested=yes&admin_token={token}");
+            write!(
+                stream,
+                "POST /problems/{}/core-request HTTP/1.0\r\nHost: x\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                reply.problem_id,
+                body.len()
+            )
+            .unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).unwrap();
+            answer
+        };
+        assert!(
+            form("wrong").starts_with("HTTP/1.0 401"),
+            "{}",
+            form("wrong")
+        );
         let path = format!("/api/v1/problems/{}/core-request", reply.problem_id);
         assert_eq!(
             client
@@ -837,6 +863,13 @@ mod tests {
             .unwrap()
             .json();
         assert_eq!(problem["core_requested"], true);
+        // The page's form with the admin token sets it too, and the page says so.
+        assert!(form(&server.admin_token).starts_with("HTTP/1.0 303"));
+        let page = client
+            .get(&format!("/problems/{}", reply.problem_id))
+            .unwrap()
+            .body;
+        assert!(page.contains("stop asking for a core"), "{page}");
         assert_eq!(
             problem["count"], 1,
             "the core report adds no incident: {problem}"
