@@ -80,12 +80,48 @@ pub struct Client {
 impl Client {
     /// A client of `base_url` (`http://127.0.0.1:8470`) with a bearer token.
     pub fn new(base_url: &str, token: &str) -> Client {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        Client::build(base_url, token, None)
+    }
+
+    /// A client of an `https://` endpoint whose certificate chains to one of the CA
+    /// certificates in `ca_pem` (a private CA; nothing else is trusted). TLS runs on
+    /// rustls with the aws-lc-rs provider.
+    pub fn with_ca(base_url: &str, token: &str, ca_pem: &[u8]) -> Result<Client, ClientError> {
+        let mut roots = Vec::new();
+        for item in ureq::tls::parse_pem(ca_pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(certificate)) => roots.push(certificate),
+                Ok(_) => {}
+                Err(error) => {
+                    return Err(ClientError::Transport(format!(
+                        "the CA certificate file: {error}"
+                    )));
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err(ClientError::Transport(
+                "the CA certificate file holds no certificate".to_string(),
+            ));
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)))
+            .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .build();
+        Ok(Client::build(base_url, token, Some(tls)))
+    }
+
+    fn build(base_url: &str, token: &str, tls: Option<ureq::tls::TlsConfig>) -> Client {
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
-            .max_idle_connections_per_host(64)
-            .build()
-            .into();
+            .max_idle_connections_per_host(64);
+        if let Some(tls) = tls {
+            config = config.tls_config(tls);
+        }
+        let agent: ureq::Agent = config.build().into();
         Client {
             agent,
             base_url: base_url.trim_end_matches('/').to_string(),

@@ -340,6 +340,16 @@ pub struct ClusterConfig {
     pub node_cert: PathBuf,
     /// This node's private key; empty means `<data dir>/cluster/nodes/<name>.key`.
     pub node_key: PathBuf,
+    /// The members the aggregator asks for their logs of a new problem's window (the
+    /// storage peers); empty means every member.
+    pub log_peers: Vec<String>,
+    /// The peers' log window starts this long before the problem's first incident.
+    pub log_window_before_secs: u64,
+    /// … and ends this long after it (a peer answers once the window has passed).
+    pub log_window_after_secs: u64,
+    /// How long a new problem's report waits for the peers' logs before it goes up
+    /// without the missing ones.
+    pub log_wait_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -353,6 +363,10 @@ impl Default for ClusterConfig {
             cluster_file: PathBuf::new(),
             node_cert: PathBuf::new(),
             node_key: PathBuf::new(),
+            log_peers: Vec::new(),
+            log_window_before_secs: 60,
+            log_window_after_secs: 10,
+            log_wait_secs: 20,
         }
     }
 }
@@ -371,6 +385,9 @@ pub struct UploadConfig {
     pub request_timeout_secs: u64,
     /// Attempts of one chunk PUT within an upload before the upload is retried later.
     pub chunk_attempts_max: u32,
+    /// The CA certificate (PEM) an `https://` endpoint's certificate must chain to; empty:
+    /// the default roots.
+    pub ca_cert: PathBuf,
     /// `[privacy]`, copied here by [`Config::parse`]: the uploader is built from
     /// `[upload]` alone and scrubs by it (not a key of `[upload]`).
     #[serde(skip)]
@@ -385,6 +402,7 @@ impl Default for UploadConfig {
             token_file: PathBuf::new(),
             request_timeout_secs: 60,
             chunk_attempts_max: 3,
+            ca_cert: PathBuf::new(),
             privacy: crate::customer::PrivacyConfig::default(),
         }
     }

@@ -57,6 +57,8 @@ pub const DEMO_NODES_MAX: usize = 32;
 pub const ELECTION_WAIT_SECS: u64 = 60;
 /// How long the problems may take to reach the endpoint after the crashes.
 pub const UPLOAD_WAIT_SECS: u64 = 120;
+/// How long the demo waits for every node to show the endpoint's answer.
+pub const FEEDBACK_WAIT_SECS: u64 = 20;
 /// How long a stopped child may take to exit before it is killed.
 pub const CHILD_STOP_WAIT_MS: u64 = 5_000;
 
@@ -294,11 +296,19 @@ enabled = false
 [detect.vm_guest]
 enabled = false
 [gather]
-enabled = false
+enabled = true
+before_secs = 300
+after_secs = 2
+[[gather.rules]]
+files = ["{storage_log}"]
+journal = false
 [cluster]
 enabled = true
 listen = "127.0.0.1:{port}"
 members = [{members}]
+log_window_before_secs = 300
+log_window_after_secs = 2
+log_wait_secs = 15
 ca_cert = "{ca_cert}"
 cluster_file = "{cluster_file}"
 node_cert = "{cert}"
@@ -308,6 +318,7 @@ endpoint = "{url}"
 token = "{token}"
 {privacy_section}"#,
             members = members.join(", "),
+            storage_log = dir.join("storage.log").display(),
             ca_cert = cluster_paths.ca_cert().display(),
             cluster_file = cluster_paths.cluster_file().display(),
             cert = cert.display(),
@@ -345,6 +356,9 @@ token = "{token}"
     let python_app = app_dir.join("demo_app.py");
     std::fs::write(&python_app, PYTHON_APP)?;
     let python = which("python3");
+    for (name, dir, _) in &node_dirs {
+        write_storage_log(&dir.join("storage.log"), name)?;
+    }
     for (name, dir, config) in &node_dirs {
         crash_under_gdb(
             &exe,
@@ -402,8 +416,20 @@ token = "{token}"
         }
         std::thread::sleep(Duration::from_millis(250));
     };
-    // The last acknowledgements may still be on their way to the stats file.
+    // The last acknowledgements may still be on their way to the stats file, and the
+    // endpoint's answers on their way to every node.
     std::thread::sleep(Duration::from_millis(300));
+    let feedback_deadline = Instant::now() + Duration::from_secs(FEEDBACK_WAIT_SECS);
+    let feedback_nodes = loop {
+        let count = nodes_with_feedback(&exe, &node_dirs);
+        if count == node_dirs.len()
+            || Instant::now() > feedback_deadline
+            || INTERRUPTED.load(Ordering::SeqCst)
+        {
+            break count;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     let incidents: u64 = problems.iter().filter_map(|p| p["count"].as_u64()).sum();
     let mut bytes_uploaded = 0;
     let mut full_report_bytes = std::collections::BTreeMap::<String, u64>::new();
@@ -444,6 +470,7 @@ token = "{token}"
         "data_dir": root,
         "crash_source": crash_source,
         "python": python.is_some(),
+        "feedback_nodes": feedback_nodes,
         "problem_list": problems
             .iter()
             .map(|problem| json!({
@@ -493,6 +520,66 @@ token = "{token}"
     }
     children.stop();
     Ok(ExitCode::SUCCESS)
+}
+
+/// A storage daemon's log on each node, with lines around the crash: what the peers'
+/// correlated logs bring to the report.
+fn write_storage_log(path: &Path, node: &str) -> Result<()> {
+    let now = chrono::Utc::now();
+    let mut text = String::new();
+    for (seconds_ago, line) in [
+        (
+            90,
+            format!("csd[4242]: {node}: chunk server 7 joined, 112 chunks"),
+        ),
+        (
+            30,
+            format!("csd[4242]: {node}: WARN replication to chunk server 7 slow (2.4 s)"),
+        ),
+        (
+            5,
+            format!("csd[4242]: {node}: ERROR lost connection to chunk server 7"),
+        ),
+    ] {
+        let at = now - chrono::Duration::seconds(seconds_ago);
+        text.push_str(&format!("{} {line}\n", at.format("%Y-%m-%dT%H:%M:%S%.3fZ")));
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// How many nodes show the endpoint's answer about `problem_id` (through the aggregator's
+/// feedback) in `crashmesh problems show`.
+fn nodes_with_feedback(exe: &Path, nodes: &[(String, PathBuf, PathBuf)]) -> usize {
+    nodes
+        .iter()
+        .filter(|(_, dir, config)| {
+            let json = |args: &[&str]| -> Option<Value> {
+                let output = Command::new(exe)
+                    .arg("--data-dir")
+                    .arg(dir)
+                    .arg("--config")
+                    .arg(config)
+                    .args(args)
+                    .output()
+                    .ok()?;
+                serde_json::from_slice(&output.stdout).ok()
+            };
+            let Some(list) = json(&["problems", "list", "--json"]) else {
+                return false;
+            };
+            let ids: Vec<String> = list["problems"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|problem| problem["id"].as_str().map(str::to_string))
+                .collect();
+            !ids.is_empty()
+                && ids.iter().all(|id| {
+                    json(&["problems", "show", id, "--json"])
+                        .is_some_and(|shown| !shown["endpoint"].is_null())
+                })
+        })
+        .count()
 }
 
 /// The endpoint's scrub summaries of every report of `problems`, added up.

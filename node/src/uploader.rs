@@ -31,10 +31,10 @@ use crashmesh_protocol::consolidation::{
 };
 use crashmesh_protocol::model::Problem;
 use crashmesh_protocol::report::{
-    Attachment, BlobManifest, Incident, IncidentUpdate, REPORT_FORMAT_VERSION, ReportManifest,
-    UploadReply,
+    Attachment, BlobManifest, BugRef, Incident, IncidentUpdate, REPORT_FORMAT_VERSION,
+    ReportManifest, UploadReply,
 };
-use crashmesh_protocol::wire::ChunkId as WireChunkId;
+use crashmesh_protocol::wire::{ChunkId as WireChunkId, Feedback};
 use crashmesh_store::{BlobId, ChunkId, EvidenceState, IncidentDetail, Manifest, Store};
 use serde::{Deserialize, Serialize};
 
@@ -126,6 +126,24 @@ pub struct ReadReport {
 
 /// Reads the document at the head of `chunk_ids` (see the module documentation).
 pub fn read_node_report(store: &Store, chunk_ids: &[ChunkId]) -> Result<ReadReport> {
+    let (document, document_manifest) = read_document::<ReportDocument>(store, chunk_ids)?;
+    if document.format_version != REPORT_DOCUMENT_VERSION {
+        bail!(
+            "report document version {} (this build reads {REPORT_DOCUMENT_VERSION})",
+            document.format_version
+        );
+    }
+    Ok(ReadReport {
+        document,
+        document_manifest,
+    })
+}
+
+/// Reads a JSON document at the head of `chunk_ids`, and its own manifest.
+fn read_document<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    chunk_ids: &[ChunkId],
+) -> Result<(T, BlobManifest)> {
     let mut bytes = Vec::new();
     let mut chunks = Vec::new();
     for id in chunk_ids {
@@ -133,26 +151,126 @@ pub fn read_node_report(store: &Store, chunk_ids: &[ChunkId]) -> Result<ReadRepo
         chunks.push((id.to_hex(), raw.len() as u32));
         bytes.extend_from_slice(&raw);
         if bytes.len() > REPORT_DOCUMENT_BYTES_MAX {
-            bail!("the report document is over {REPORT_DOCUMENT_BYTES_MAX} bytes");
+            bail!("the document is over {REPORT_DOCUMENT_BYTES_MAX} bytes");
         }
-        if let Ok(document) = serde_json::from_slice::<ReportDocument>(&bytes) {
-            if document.format_version != REPORT_DOCUMENT_VERSION {
-                bail!(
-                    "report document version {} (this build reads {REPORT_DOCUMENT_VERSION})",
-                    document.format_version
-                );
-            }
-            return Ok(ReadReport {
+        if let Ok(document) = serde_json::from_slice::<T>(&bytes) {
+            return Ok((
                 document,
-                document_manifest: BlobManifest {
+                BlobManifest {
                     blob_id: blake3::hash(&bytes).to_hex().to_string(),
                     len_bytes: bytes.len() as u64,
                     chunks,
                 },
-            });
+            ));
         }
     }
-    bail!("the chunks end before the report document does")
+    bail!("the chunks end before the document does")
+}
+
+/// A peer's logs of another node's problem window, as the aggregator fetches them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogBundle {
+    pub format_version: u32,
+    pub bundle_id: String,
+    pub node: String,
+    pub signature: String,
+    pub window_start_ms: u64,
+    pub window_end_ms: u64,
+    /// The gathered logs (`log/var/log/…`, `journal.export`, `cmd/…`, `notes.txt`).
+    pub attachments: Vec<(String, Manifest)>,
+}
+
+/// Stores gathered logs and their bundle document; `None` when nothing was gathered.
+pub fn build_log_bundle(
+    store: &Store,
+    bundle_id: &str,
+    node: &str,
+    signature: &str,
+    window: crate::gather::Window,
+    gathered: crate::gather::Gathered,
+) -> Result<Option<NodeReport>> {
+    if gathered.attachments.is_empty() {
+        return Ok(None);
+    }
+    let mut attachments = Vec::new();
+    let mut files = gathered.attachments;
+    if !gathered.notes.is_empty() {
+        files.push((
+            "notes.txt".to_string(),
+            gathered.notes.join("\n").into_bytes(),
+        ));
+    }
+    for (name, bytes) in files {
+        let blob = store.put_blob_bytes(&bytes)?;
+        let manifest = store
+            .manifest(&blob)?
+            .context("a log just stored has no manifest")?;
+        attachments.push((name, manifest));
+    }
+    let document = LogBundle {
+        format_version: REPORT_DOCUMENT_VERSION,
+        bundle_id: bundle_id.to_string(),
+        node: node.to_string(),
+        signature: signature.to_string(),
+        window_start_ms: window.from_ms,
+        window_end_ms: window.to_ms,
+        attachments,
+    };
+    let bytes = serde_json::to_vec(&document)?;
+    let blob = store.put_blob_bytes(&bytes)?;
+    let manifest = store
+        .manifest(&blob)?
+        .context("the bundle document just stored has no manifest")?;
+    let mut chunk_ids: Vec<ChunkId> = manifest.chunks.iter().map(|(id, _)| *id).collect();
+    let mut report_bytes = manifest.len_bytes;
+    for (_, attachment) in &document.attachments {
+        chunk_ids.extend(attachment.chunks.iter().map(|(id, _)| *id));
+        report_bytes += attachment.len_bytes;
+    }
+    Ok(Some(NodeReport {
+        chunk_ids,
+        report_bytes,
+        document: blob,
+    }))
+}
+
+/// The endpoint's answer as the cluster passes it on.
+pub fn feedback_of(reply: &UploadReply) -> Feedback {
+    Feedback {
+        problem_id: reply.problem_id.clone(),
+        known: reply.known,
+        bug: reply
+            .bug
+            .as_ref()
+            .map(|bug| (bug.id, bug.status.clone(), bug.url.clone())),
+        workaround: reply.workaround.clone(),
+    }
+}
+
+/// Keeps what the aggregator passed on about a problem for `problems show`.
+pub fn record_feedback(store: &Store, signature: &str, feedback: &Feedback) {
+    let reply = UploadReply {
+        problem_id: feedback.problem_id.clone(),
+        known: feedback.known,
+        bug: feedback.bug.as_ref().map(|(id, status, url)| BugRef {
+            id: *id,
+            status: status.clone(),
+            url: url.clone(),
+        }),
+        workaround: feedback.workaround.clone(),
+        missing_chunks: Vec::new(),
+    };
+    keep_reply(store, signature, &reply);
+}
+
+fn keep_reply(store: &Store, signature: &str, reply: &UploadReply) {
+    let local_problem_id = crashmesh_store::problem_id_for(signature, "");
+    let bytes = serde_json::to_vec(reply).expect("a reply serializes");
+    if let Err(error) =
+        store.put_setting(&format!("{REPLY_SETTING_PREFIX}{local_problem_id}"), &bytes)
+    {
+        tracing::warn!(%error, "cannot keep the endpoint's answer");
+    }
 }
 
 /// Store ids to wire ids and back (both are blake3 of the uncompressed chunk).
@@ -270,8 +388,16 @@ impl Uploader {
         if token.is_empty() {
             bail!("[upload] endpoint is set but neither token nor token_file");
         }
+        let client = if config.ca_cert.as_os_str().is_empty() {
+            Client::new(&config.endpoint, &token)
+        } else {
+            let ca_pem = std::fs::read(&config.ca_cert)
+                .with_context(|| format!("[upload] ca_cert {}", config.ca_cert.display()))?;
+            Client::with_ca(&config.endpoint, &token, &ca_pem)
+                .with_context(|| format!("[upload] ca_cert {}", config.ca_cert.display()))?
+        };
         Ok(Some(Uploader {
-            client: Client::new(&config.endpoint, &token),
+            client,
             store,
             data_dir: data_dir.to_path_buf(),
             chunk_attempts_max: config.chunk_attempts_max.max(1),
@@ -313,8 +439,14 @@ impl Uploader {
     }
 
     /// Builds the consolidated report of `upload` from the fetched chunks of its first
-    /// incident (`chunk_ids`, as the origin offered them).
-    pub fn manifest(&self, upload: &UploadReport, chunk_ids: &[ChunkId]) -> Result<ReportManifest> {
+    /// incident (`chunk_ids`, as the origin offered them) and of the peers' log bundles
+    /// (`peer_logs`: peer name, the bundle's chunks).
+    pub fn manifest(
+        &self,
+        upload: &UploadReport,
+        chunk_ids: &[ChunkId],
+        peer_logs: &[(String, Vec<ChunkId>)],
+    ) -> Result<ReportManifest> {
         let read = read_node_report(&self.store, chunk_ids)?;
         let origin = upload.first.node.as_str();
         let mut attachments = vec![Attachment {
@@ -326,6 +458,21 @@ impl Uploader {
                 name: format!("{origin}/{name}"),
                 blob: blob_manifest(manifest),
             });
+        }
+        for (peer, bundle_chunks) in peer_logs {
+            let bundle = match read_document::<LogBundle>(&self.store, bundle_chunks) {
+                Ok((bundle, _)) => bundle,
+                Err(error) => {
+                    tracing::warn!(%peer, error = %format!("{error:#}"), "a peer's log bundle is unreadable; left out");
+                    continue;
+                }
+            };
+            for (name, manifest) in &bundle.attachments {
+                attachments.push(Attachment {
+                    name: format!("{peer}/peer-logs/{name}"),
+                    blob: blob_manifest(manifest),
+                });
+            }
         }
         let mut incidents: Vec<Incident> = vec![incident_of(&upload.first)];
         incidents.extend(
@@ -358,8 +505,13 @@ impl Uploader {
     }
 
     /// Uploads a new problem: manifest, the chunks the endpoint lacks, completion.
-    pub fn upload_report(&mut self, upload: &UploadReport, chunk_ids: &[ChunkId]) -> Finished {
-        let manifest = match self.manifest(upload, chunk_ids) {
+    pub fn upload_report(
+        &mut self,
+        upload: &UploadReport,
+        chunk_ids: &[ChunkId],
+        peer_logs: &[(String, Vec<ChunkId>)],
+    ) -> Finished {
+        let manifest = match self.manifest(upload, chunk_ids, peer_logs) {
             Ok(manifest) => manifest,
             Err(error) => {
                 tracing::error!(signature = %upload.signature, error = %format!("{error:#}"), "cannot build the consolidated report; retried later");
@@ -525,21 +677,14 @@ impl Uploader {
         );
         Finished {
             outcome: UploadOutcome::Acked,
-            reply: answer.reply(),
+            reply,
         }
     }
 
     /// Keeps the endpoint's answer for `problems show` and marks the problem uploaded
     /// when this node has it too.
     pub fn record_reply(&self, signature: &str, reply: &UploadReply) {
-        let local_problem_id = crashmesh_store::problem_id_for(signature, "");
-        let bytes = serde_json::to_vec(reply).expect("a reply serializes");
-        if let Err(error) = self
-            .store
-            .put_setting(&format!("{REPLY_SETTING_PREFIX}{local_problem_id}"), &bytes)
-        {
-            tracing::warn!(%error, "cannot keep the endpoint's answer");
-        }
+        keep_reply(&self.store, signature, reply);
     }
 }
 
@@ -699,15 +844,71 @@ mod tests {
             kind: ProblemKind::Core,
             first: first.clone(),
             incidents: vec![first.clone()],
+            peer_logs: Vec::new(),
         };
-        let finished = uploader.upload_report(&upload(5), &report.chunk_ids);
+        // A peer's logs of the window, gathered into a bundle (here in the same store).
+        let window = crate::gather::Window {
+            from_ms: 1_700_000_000_000 - 60_000,
+            to_ms: 1_700_000_000_000 + 10_000,
+            problem_ms: 1_700_000_000_000,
+        };
+        let gathered = crate::gather::Gathered {
+            attachments: vec![(
+                "log/var/log/csd.log".to_string(),
+                b"2023-11-14T22:13:20Z csd: error: lost chunk server 7\n".to_vec(),
+            )],
+            notes: vec!["journal: empty for the window".to_string()],
+        };
+        let bundle = build_log_bundle(
+            &store,
+            "logs.node-2.x",
+            "node-2",
+            &signature,
+            window,
+            gathered,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(
+            build_log_bundle(
+                &store,
+                "logs.node-3.x",
+                "node-3",
+                &signature,
+                window,
+                Default::default()
+            )
+            .unwrap()
+            .is_none(),
+            "nothing gathered, no bundle"
+        );
+        let peer_logs = vec![("node-2".to_string(), bundle.chunk_ids.clone())];
+        let manifest = uploader
+            .manifest(&upload(5), &report.chunk_ids, &peer_logs)
+            .unwrap();
+        let names: Vec<&str> = manifest
+            .attachments
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "node-1/report.json",
+                "node-1/core",
+                "node-1/proc/maps",
+                "node-2/peer-logs/log/var/log/csd.log",
+                "node-2/peer-logs/notes.txt"
+            ]
+        );
+        let finished = uploader.upload_report(&upload(5), &report.chunk_ids, &peer_logs);
         assert_eq!(finished.outcome, UploadOutcome::Acked);
         let reply = finished.reply.unwrap();
         assert!(!reply.known);
         let after_first = UploadStats::load(dir.path()).bytes_sent;
         assert!(after_first > 1 << 20, "the core went up: {after_first}");
         // Again (a new aggregator finishing the same work): only the manifest moves.
-        let finished = uploader.upload_report(&upload(6), &report.chunk_ids);
+        let finished = uploader.upload_report(&upload(6), &report.chunk_ids, &peer_logs);
         assert_eq!(finished.outcome, UploadOutcome::Acked);
         let again = UploadStats::load(dir.path()).bytes_sent - after_first;
         // (The manifest carries the problem, whose long text makes it ~300 KB here.)
