@@ -301,9 +301,9 @@ impl MeshTransport {
         // TLS 1.3 with AES-128-GCM first: on AES-NI machines it is the cheapest suite
         // per byte, and bulk log and chunk fetches are bound by the receiver's CPU.
         let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-        provider.cipher_suites.sort_by_key(|suite| {
-            suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
-        });
+        provider
+            .cipher_suites
+            .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
         let provider = Arc::new(provider);
         let mut roots = rustls::RootCertStore::empty();
         for root in &identity.ca_roots {

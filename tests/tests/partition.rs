@@ -74,7 +74,13 @@ impl Net {
                 "netns",
                 &namespace,
             ]);
-            ip(&["link", "set", &net.host_link(node), "master", &net.bridge("a")]);
+            ip(&[
+                "link",
+                "set",
+                &net.host_link(node),
+                "master",
+                &net.bridge("a"),
+            ]);
             ip(&["link", "set", &net.host_link(node), "up"]);
             let inside = |args: &[&str]| {
                 let mut all = vec!["netns", "exec", &namespace, "ip"];
@@ -112,7 +118,13 @@ impl Net {
 
     /// Puts `node`'s link on bridge `side` ("a": the cluster and the endpoint; "b": cut off).
     fn attach(&self, node: usize, side: &str) {
-        ip(&["link", "set", &self.host_link(node), "master", &self.bridge(side)]);
+        ip(&[
+            "link",
+            "set",
+            &self.host_link(node),
+            "master",
+            &self.bridge(side),
+        ]);
     }
 
     fn cleanup(&self) {
@@ -243,8 +255,7 @@ fn logs(nodes: &[PartitionNode], endpoint: &NodeDir) -> String {
 }
 
 #[test]
-fn a_minority_partition_elects_nobody_its_problems_wait_and_everything_converges_after_healing()
-{
+fn a_minority_partition_elects_nobody_its_problems_wait_and_everything_converges_after_healing() {
     let net = Net::new();
     let started = Instant::now();
 
@@ -430,7 +441,12 @@ token = "{token}"
     }
     for node in &minority {
         let cluster = node.cluster().expect("the minority node answers");
-        assert_eq!(cluster["pending_incidents"], 1, "{}: {cluster}", node.name());
+        assert_eq!(
+            cluster["pending_incidents"],
+            1,
+            "{}: {cluster}",
+            node.name()
+        );
     }
 
     // Heal.
