@@ -60,6 +60,17 @@ impl FaultKind {
         FaultKind::EndpointOutage,
     ];
 
+    /// True for the kinds that act on every datagram rather than at moments.
+    pub fn is_network(self) -> bool {
+        matches!(
+            self,
+            FaultKind::PacketLoss
+                | FaultKind::Duplication
+                | FaultKind::Reordering
+                | FaultKind::Latency
+        )
+    }
+
     /// The JSON key.
     pub fn name(self) -> &'static str {
         match self {

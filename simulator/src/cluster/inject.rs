@@ -29,17 +29,11 @@ impl Sim {
     }
 
     pub(super) fn schedule_faults(&mut self) {
-        let active: Vec<FaultKind> = [
-            FaultKind::Partition,
-            FaultKind::NodeKill,
-            FaultKind::Pause,
-            FaultKind::ClockSkew,
-            FaultKind::DiskFault,
-            FaultKind::EndpointOutage,
-        ]
-        .into_iter()
-        .filter(|kind| self.plan.has(*kind))
-        .collect();
+        // The network kinds act on every datagram; these strike at scheduled moments.
+        let active: Vec<FaultKind> = FaultKind::ALL
+            .into_iter()
+            .filter(|kind| !kind.is_network() && self.plan.has(*kind))
+            .collect();
         if active.is_empty() {
             return;
         }

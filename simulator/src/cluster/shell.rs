@@ -216,31 +216,16 @@ impl Sim {
                     );
                     self.violate(Invariant::UploadWithoutChunks, detail);
                 }
-                let call = UploadCall {
-                    cluster: upload.fence.cluster_id.0.clone(),
-                    term: upload.fence.term,
-                    signature: upload.signature,
-                    full_report: Some(upload.first.report_id),
-                    incidents: upload
-                        .incidents
-                        .into_iter()
-                        .map(|incident| incident.report_id)
-                        .collect(),
-                };
+                let call = upload_call(
+                    &upload.fence,
+                    upload.signature,
+                    Some(upload.first.report_id),
+                    upload.incidents,
+                );
                 self.call_endpoint(index, upload.upload_id, call);
             }
             ConsolidationOutput::UploadIncidents(upload) => {
-                let call = UploadCall {
-                    cluster: upload.fence.cluster_id.0.clone(),
-                    term: upload.fence.term,
-                    signature: upload.signature,
-                    full_report: None,
-                    incidents: upload
-                        .incidents
-                        .into_iter()
-                        .map(|incident| incident.report_id)
-                        .collect(),
-                };
+                let call = upload_call(&upload.fence, upload.signature, None, upload.incidents);
                 self.call_endpoint(index, upload.upload_id, call);
             }
             ConsolidationOutput::Uploaded { report_id } => {
@@ -464,5 +449,24 @@ impl Sim {
             tracing::debug!(%error, "announcement refused");
         }
         self.drain(index);
+    }
+}
+
+/// What the shell sends the endpoint for an upload the protocol asked for.
+fn upload_call(
+    fence: &crashmesh_protocol::consolidation::Fence,
+    signature: String,
+    full_report: Option<ReportId>,
+    incidents: Vec<crashmesh_protocol::consolidation::IncidentRecord>,
+) -> UploadCall {
+    UploadCall {
+        cluster: fence.cluster_id.0.clone(),
+        term: fence.term,
+        signature,
+        full_report,
+        incidents: incidents
+            .into_iter()
+            .map(|incident| incident.report_id)
+            .collect(),
     }
 }
