@@ -148,7 +148,10 @@ struct Withheld {
 /// The aggregator's scrubbing (see the module documentation).
 pub struct CustomerMode {
     config: PrivacyConfig,
-    key: PseudonymKey,
+    /// The key once read. Until it can be read every scrub fails (nothing leaves) and
+    /// tries again, so a key installed after the daemon started is picked up.
+    key: Mutex<Option<PseudonymKey>>,
+    key_path: PathBuf,
     /// Report id → its withheld memory dumps (cores = "on_request" only).
     withheld: Mutex<(
         HashMap<String, Withheld>,
@@ -185,16 +188,23 @@ pub fn read_blob_chunks(store: &Store, blob: &BlobManifest) -> Result<Vec<u8>> {
 }
 
 impl CustomerMode {
-    /// Customer mode per `[privacy]`; `None` in internal mode. Fails when the key is
-    /// missing or a rule does not compile (nothing may leave unscrubbed).
+    /// Customer mode per `[privacy]`; `None` in internal mode. A missing key or a rule
+    /// that does not compile is logged here and makes every scrub fail (the uploader then
+    /// retries later): nothing leaves unscrubbed, and uploads start once it is fixed.
     pub fn from_config(config: &PrivacyConfig, data_dir: &Path) -> Result<Option<CustomerMode>> {
         if config.mode == PrivacyMode::Internal {
             return Ok(None);
         }
-        let key = read_key(&config.key_path(data_dir))?;
-        let mode = CustomerMode::with_key(config.clone(), key);
-        // Compile once now so a bad rule is reported at start, not at the first upload.
-        mode.scrubber(&[])?;
+        let mode = CustomerMode {
+            config: config.clone(),
+            key: Mutex::new(None),
+            key_path: config.key_path(data_dir),
+            withheld: Mutex::new(Default::default()),
+        };
+        // Compiled once now so a bad rule or a missing key is reported at start.
+        if let Err(error) = mode.scrubber(&[]) {
+            tracing::error!(error = %format!("{error:#}"), "customer mode cannot scrub: nothing is uploaded until this is fixed");
+        }
         Ok(Some(mode))
     }
 
@@ -202,9 +212,21 @@ impl CustomerMode {
     pub fn with_key(config: PrivacyConfig, key: PseudonymKey) -> CustomerMode {
         CustomerMode {
             config,
-            key,
+            key: Mutex::new(Some(key)),
+            key_path: PathBuf::new(),
             withheld: Mutex::new(Default::default()),
         }
+    }
+
+    /// The cluster's key (read from its file on first use).
+    fn key(&self) -> Result<PseudonymKey> {
+        let mut key = self.key.lock().unwrap();
+        if let Some(key) = key.as_ref() {
+            return Ok(key.clone());
+        }
+        let read = read_key(&self.key_path)?;
+        *key = Some(read.clone());
+        Ok(read)
     }
 
     /// `[privacy]` in effect.
@@ -226,7 +248,7 @@ impl CustomerMode {
             users: self.config.users.clone(),
             line_bytes_max: self.config.line_bytes_max.0 as usize,
         };
-        Scrubber::new(&scrub, self.key.clone()).context("[privacy] rules")
+        Scrubber::new(&scrub, self.key()?).context("[privacy] rules")
     }
 
     fn summary(&self, counts: &ScrubCounts, dropped: u64) -> ScrubSummary {
@@ -630,7 +652,10 @@ pub fn preview(
 ) -> Result<Preview> {
     let manifest = local_manifest(store, report_id, node, cluster_id)?;
     let manifest = match CustomerMode::from_config(config, data_dir)? {
-        Some(customer) => customer.scrub_parts(store, manifest, false)?.0,
+        Some(customer) => {
+            customer.scrubber(&[])?;
+            customer.scrub_parts(store, manifest, false)?.0
+        }
         None => manifest,
     };
     let mut texts = BTreeMap::new();
@@ -939,18 +964,32 @@ mod tests {
             mode: PrivacyMode::Customer,
             ..PrivacyConfig::default()
         };
-        let error = CustomerMode::from_config(&customer, dir.path())
-            .err()
+        // Without its key customer mode scrubs nothing, so nothing can leave...
+        let mode = CustomerMode::from_config(&customer, dir.path())
+            .unwrap()
             .unwrap();
+        let error = mode.scrubber(&[]).err().unwrap();
         assert!(format!("{error:#}").contains("privacy.key"), "{error:#}");
+        let update = IncidentUpdate {
+            report_id: "ab".repeat(32),
+            cluster_id: "c1".into(),
+            term: 1,
+            signature: "v1:x".into(),
+            incidents: vec![crashmesh_protocol::report::Incident {
+                node: "node-1".into(),
+                time_ms: 1,
+                report_id: "node-1:1".into(),
+                version: None,
+                labels: Default::default(),
+            }],
+        };
+        assert!(mode.scrub_update(update.clone()).is_err());
+        // ... until the key is installed, which the running mode picks up.
         let key_dir = dir.path().join("cluster");
         std::fs::create_dir_all(&key_dir).unwrap();
         std::fs::write(key_dir.join(PRIVACY_KEY_FILE), new_key_text().unwrap()).unwrap();
-        assert!(
-            CustomerMode::from_config(&customer, dir.path())
-                .unwrap()
-                .is_some()
-        );
+        let scrubbed = mode.scrub_update(update).unwrap();
+        assert!(scrubbed.incidents[0].node.starts_with("host-"));
         assert!(is_memory_dump("node-1/core") && is_memory_dump("vmcore"));
         assert!(!is_memory_dump("vmcore.json") && !is_memory_dump("proc/coredump_filter"));
         assert!(!is_memory_dump(
