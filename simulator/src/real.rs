@@ -16,10 +16,52 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
 use crashmesh_protocol::rng::DeterministicRng;
 use serde::Serialize;
 use serde_json::Value;
+
+/// Why a real run could not be carried out (not a finding: findings are in
+/// [`RealOutcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RealError {
+    /// A file or socket operation failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A process could not be started.
+    #[error("starting {what}: {source}")]
+    Start {
+        /// Which process.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A `crashmesh` command failed.
+    #[error("crashmesh {args} failed: {stderr}")]
+    Command {
+        /// Its arguments.
+        args: String,
+        /// What it printed.
+        stderr: String,
+    },
+    /// A command's output or the endpoint's answer lacked something.
+    #[error("{0}")]
+    Output(String),
+    /// The endpoint's HTTP API failed.
+    #[error("the endpoint: {0}")]
+    Http(#[from] ureq::Error),
+    /// No `crashmesh` binary was found.
+    #[error("no crashmesh binary next to {0} (build it: cargo build -p crashmesh)")]
+    NoBinary(PathBuf),
+    /// The configuration is unusable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The system clock is before 1970.
+    #[error(transparent)]
+    Clock(#[from] std::time::SystemTimeError),
+}
+
+/// A real run's result.
+pub type Result<T> = std::result::Result<T, RealError>;
 
 /// The cluster id of the real-process cluster.
 pub const REAL_CLUSTER_ID: &str = "simulator-real";
@@ -106,7 +148,7 @@ impl RealOutcome {
 /// `crashmesh` next to this executable (`target/{debug,release}/`), or one directory up
 /// (this executable may be a test binary in `deps/`).
 pub fn crashmesh_next_to_this_executable() -> Result<PathBuf> {
-    let this = std::env::current_exe().context("finding this executable")?;
+    let this = std::env::current_exe()?;
     let mut dir = this.parent().map(Path::to_path_buf);
     while let Some(candidate_dir) = dir {
         let candidate = candidate_dir.join("crashmesh");
@@ -121,10 +163,7 @@ pub fn crashmesh_next_to_this_executable() -> Result<PathBuf> {
             break;
         }
     }
-    bail!(
-        "no crashmesh binary next to {} (build it: cargo build -p crashmesh)",
-        this.display()
-    )
+    Err(RealError::NoBinary(this))
 }
 
 /// One child process, killed when dropped.
@@ -179,15 +218,18 @@ fn crashmesh_json(binary: &Path, data_dir: &Path, args: &[&str]) -> Result<Value
         .args(args)
         .stderr(Stdio::piped())
         .output()
-        .with_context(|| format!("running crashmesh {args:?}"))?;
+        .map_err(|source| RealError::Start {
+            what: format!("crashmesh {args:?}"),
+            source,
+        })?;
     if !output.status.success() {
-        bail!(
-            "crashmesh {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        return Err(RealError::Command {
+            args: format!("{args:?}"),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
     }
     serde_json::from_slice(&output.stdout)
-        .with_context(|| format!("the output of crashmesh {args:?}"))
+        .map_err(|error| RealError::Output(format!("the output of crashmesh {args:?}: {error}")))
 }
 
 fn start_node(binary: &Path, node: &RealNode) -> Result<Process> {
@@ -204,7 +246,10 @@ fn start_node(binary: &Path, node: &RealNode) -> Result<Process> {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .with_context(|| format!("starting {}", node.name))?;
+        .map_err(|source| RealError::Start {
+            what: node.name.clone(),
+            source,
+        })?;
     Ok(Process {
         name: node.name.clone(),
         child,
@@ -271,7 +316,7 @@ fn endpoint_problems(url: &str) -> Result<Vec<(Value, String)>> {
     let list: Value = ureq::get(&format!("{url}/api/v1/problems"))
         .call()?
         .body_mut()
-        .read_json()?;
+        .read_json::<Value>()?;
     let mut problems = Vec::new();
     for problem in list["problems"].as_array().cloned().unwrap_or_default() {
         let id = problem["id"].as_str().unwrap_or_default().to_string();
@@ -315,7 +360,9 @@ fn compare(written: &BTreeMap<u64, u64>, problems: &[(Value, String)]) -> (u64, 
 /// Runs the real cluster; the processes are stopped when this returns.
 pub fn run(config: &RealConfig) -> Result<RealOutcome> {
     if !(1..=REAL_NODES_MAX).contains(&config.nodes) {
-        bail!("--nodes must be within 1..={REAL_NODES_MAX}");
+        return Err(RealError::Invalid(format!(
+            "--nodes must be within 1..={REAL_NODES_MAX}"
+        )));
     }
     let started = Instant::now();
     let temporary = tempfile::Builder::new()
@@ -338,7 +385,7 @@ pub fn run(config: &RealConfig) -> Result<RealOutcome> {
         &["endpoint", "token", "create", REAL_CLUSTER_ID],
     )?["token"]
         .as_str()
-        .context("no token in `endpoint token create`")?
+        .ok_or_else(|| RealError::Output("no token in `endpoint token create`".into()))?
         .to_string();
     let listen = format!("127.0.0.1:{}", free_port(false)?);
     let mut endpoint_child = Command::new(binary)
@@ -348,10 +395,18 @@ pub fn run(config: &RealConfig) -> Result<RealOutcome> {
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(endpoint_dir.join("endpoint.log"))?)
         .spawn()
-        .context("starting the endpoint")?;
+        .map_err(|source| RealError::Start {
+            what: "the endpoint".into(),
+            source,
+        })?;
     let mut first_line = String::new();
-    BufReader::new(endpoint_child.stdout.take().context("endpoint stdout")?)
-        .read_line(&mut first_line)?;
+    BufReader::new(
+        endpoint_child
+            .stdout
+            .take()
+            .ok_or_else(|| RealError::Output("no endpoint stdout".into()))?,
+    )
+    .read_line(&mut first_line)?;
     let _endpoint = Process {
         name: "endpoint".into(),
         child: endpoint_child,
@@ -414,8 +469,12 @@ token = "{token}"
             members = members.join(", "),
             ca_cert = ca_dir.join("cluster").join("ca.pem").display(),
             cluster_file = ca_dir.join("cluster").join("cluster.json").display(),
-            cert = issued["cert"].as_str().context("no cert issued")?,
-            key = issued["key"].as_str().context("no key issued")?,
+            cert = issued["cert"]
+                .as_str()
+                .ok_or_else(|| RealError::Output("no cert issued".into()))?,
+            key = issued["key"]
+                .as_str()
+                .ok_or_else(|| RealError::Output("no key issued".into()))?,
         );
         let config_path = data_dir.join("config.toml");
         std::fs::write(&config_path, node_config)?;
