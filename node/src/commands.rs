@@ -420,7 +420,13 @@ pub fn privacy(context: &Context, what: &crate::cli::PrivacyCommand) -> Result<E
         return Ok(ExitCode::SUCCESS);
     }
     let manifest = &preview.manifest;
-    println!("mode: {:?}", preview.mode);
+    println!(
+        "mode: {}",
+        match preview.mode {
+            crate::customer::PrivacyMode::Internal => "internal",
+            crate::customer::PrivacyMode::Customer => "customer",
+        }
+    );
     println!(
         "customer: {}",
         manifest.customer_id.as_deref().unwrap_or("-")
