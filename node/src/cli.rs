@@ -194,6 +194,14 @@ pub enum EndpointCommand {
     /// The built-in bug tracker.
     #[command(subcommand)]
     Bug(EndpointBugCommand),
+    /// Ask clusters for a core of a problem (customer mode, `cores = "on_request"`), or
+    /// stop asking with `--off`. Opens the database itself: the endpoint must be stopped
+    /// (while it runs: `POST /api/v1/problems/{id}/core-request` or the problem's page).
+    CoreRequest {
+        problem: String,
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

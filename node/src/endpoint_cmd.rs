@@ -86,6 +86,21 @@ fn run_command(global: &GlobalArgs, what: &EndpointCommand) -> Result<ExitCode> 
                 );
             }
         }
+        EndpointCommand::CoreRequest { problem, off } => {
+            let db = Db::open(&config.data_dir).context("opening the endpoint database")?;
+            db.set_core_request(problem, !off, crashmesh_endpoint::ingest::now_ms())?;
+            let requested = db.core_requested(problem)?.is_some();
+            if global.json {
+                print_json(&serde_json::json!({
+                    "problem_id": problem,
+                    "core_requested": requested,
+                }));
+            } else if requested {
+                println!("problem {problem}: a core is requested");
+            } else {
+                println!("problem {problem}: no core requested");
+            }
+        }
         EndpointCommand::Bug(command) => {
             let db = Db::open(&config.data_dir).context("opening the endpoint database")?;
             match command {

@@ -204,4 +204,31 @@ fn customer_mode_leaves_no_planted_secret_or_node_name_and_keeps_grouping() {
     }
     assert!(whole.contains("node-1") && !scrubbed.contains("node-1"));
     assert!(scrubbed.contains(&key.pseudonym(NameClass::Host, "node-1")));
+
+    // The vendor asks for a core of the problem (endpoint stopped: its CLI), and stops.
+    let endpoint_cli = |args: &[&str]| -> Value {
+        let output = Command::new(crashmesh_binary())
+            .arg("--data-dir")
+            .arg(root.join("endpoint"))
+            .args(["--json", "endpoint", "core-request"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let core_problem_id = customer["problem_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|problem| problem["kind"] == "core")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(endpoint_cli(&[&core_problem_id])["core_requested"], true);
+    assert_eq!(
+        endpoint_cli(&[&core_problem_id, "--off"])["core_requested"],
+        false
+    );
 }
