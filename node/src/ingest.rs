@@ -62,6 +62,14 @@ impl Ingester {
             match listed {
                 Ok(entry) if self.waits_for_its_original(&spool, &entry) => continue,
                 Ok(entry) => {
+                    if let Some((recorded, problem)) = self.already_recorded(&entry)? {
+                        // Recorded before a crash that came before the entry's removal:
+                        // finish what that pass did not.
+                        tracing::info!(entry = %entry.meta.id, problem = %recorded.problem_id, "spool entry already recorded; removed");
+                        discard_entry(&spool, &entry.dir)?;
+                        self.after_recording(&entry.meta, &recorded, problem);
+                        continue;
+                    }
                     let (recorded, problem) = self.ingest(&entry)?;
                     summary.recorded += 1;
                     summary.new_problems += usize::from(recorded.new_problem);
@@ -73,10 +81,7 @@ impl Ingester {
                         core_kept = recorded.core_kept,
                         "recorded incident"
                     );
-                    std::fs::remove_dir_all(&entry.dir).map_err(|source| IngestError::Io {
-                        path: entry.dir.clone(),
-                        source,
-                    })?;
+                    discard_entry(&spool, &entry.dir)?;
                     self.after_recording(&entry.meta, &recorded, problem);
                 }
                 Err((dir, error)) => {
@@ -105,6 +110,29 @@ impl Ingester {
             spool.new_dir().join(original).exists() || spool.tmp_dir().join(original).exists();
         let waited_ms = crate::commands::now_ms().saturating_sub(entry.meta.time_ms);
         pending && waited_ms < (self.config.capture.time_limit_secs + 60) * 1000
+    }
+
+    /// The incident of an entry the index already holds (and its problem), if any.
+    fn already_recorded(&self, entry: &Entry) -> Result<Option<(Recorded, Problem)>, IngestError> {
+        let Some(incident) = self.store.incident(&self.report_id(&entry.meta.id))? else {
+            return Ok(None);
+        };
+        let Some(detail) = self.store.problem(&incident.problem_id)? else {
+            return Ok(None);
+        };
+        let core_kept = incident
+            .core
+            .as_ref()
+            .is_some_and(|core| core.state == crashmesh_store::EvidenceState::Kept);
+        Ok(Some((
+            Recorded {
+                problem_id: incident.problem_id,
+                new_problem: false,
+                count: detail.summary.count,
+                core_kept,
+            },
+            detail.problem,
+        )))
     }
 
     fn report_id(&self, entry_id: &str) -> String {
@@ -401,4 +429,22 @@ fn set_aside(spool: &Spool, dir: &Path, reason: &str) -> Result<(), IngestError>
     })?;
     let _ = std::fs::write(target.with_extension("reason"), reason);
     Ok(())
+}
+
+/// Removes a recorded entry from the spool at once: renamed into `spool/tmp/` (one atomic
+/// step, so a crash never leaves a half-deleted entry in `new/` whose `meta.json` names a
+/// core that is gone), then deleted there; a leftover is cleaned like any dead writer's.
+fn discard_entry(spool: &Spool, dir: &Path) -> Result<(), IngestError> {
+    let name = dir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let trash = spool.tmp_dir().join(format!(".done-{name}"));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| IngestError::Io { path, source }
+    };
+    std::fs::create_dir_all(spool.tmp_dir()).map_err(io(&spool.tmp_dir()))?;
+    std::fs::rename(dir, &trash).map_err(io(dir))?;
+    std::fs::remove_dir_all(&trash).map_err(io(&trash))
 }

@@ -251,3 +251,81 @@ fn a_corrupt_core_is_recorded_as_analysis_failed_with_its_bytes_kept() {
         "the raw evidence is kept"
     );
 }
+
+/// A daemon killed between recording an entry and removing it may leave the entry half
+/// deleted: its `meta.json` naming a `core.zst` that is gone (the quota e2e test once hung
+/// on exactly that). The next pass sees the incident is already in the index and removes
+/// the entry: no error loop, no second incident, nothing stuck in the spool.
+#[test]
+fn an_entry_left_half_deleted_by_a_kill_is_not_recorded_twice() {
+    let scratch = tempfile::tempdir().unwrap();
+    let program = compile_c(
+        scratch.path(),
+        "fault",
+        "__attribute__((noinline)) void fault(volatile int *p) { *p = 1; }\nint main(void) { fault(0); return 0; }\n",
+        &["-O1", "-g"],
+    );
+    let core = scratch.path().join("fault.core");
+    std::process::Command::new("gdb")
+        .args(["-nx", "-batch", "-ex", "run", "-ex"])
+        .arg(format!("generate-core-file {}", core.display()))
+        .arg(&program)
+        .output()
+        .unwrap();
+    assert!(core.exists(), "gdb made no core");
+    let node = NodeDir::new(
+        "[node]\nname = \"half\"\n[detect.kmsg]\nenabled = false\n[gather]\nenabled = false\n[capture]\nmin_free_bytes = 0\n",
+    );
+    let own_pid = std::process::id().to_string();
+    let hook = node
+        .command(&[
+            "hook",
+            "core",
+            &own_pid,
+            &own_pid,
+            "1",
+            "11",
+            "0",
+            "18446744073709551615",
+            "0",
+            "0",
+            "host",
+            "fault",
+        ])
+        .stdin(std::fs::File::open(&core).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        hook.status.success(),
+        "{}",
+        String::from_utf8_lossy(&hook.stderr)
+    );
+    let new_dir = node.data_dir.join("spool/new");
+    let entry_name = std::fs::read_dir(&new_dir)
+        .unwrap()
+        .next()
+        .expect("the hook made an entry")
+        .unwrap()
+        .file_name();
+    let entry = new_dir.join(&entry_name);
+    let meta = std::fs::read(entry.join("meta.json")).unwrap();
+    assert!(String::from_utf8_lossy(&meta).contains("core.zst"));
+    node.run(&["node", "run", "--once"]);
+    assert!(!entry.exists());
+
+    // What a kill in the middle of removing the entry leaves: the meta, not the core.
+    std::fs::create_dir_all(&entry).unwrap();
+    std::fs::write(entry.join("meta.json"), &meta).unwrap();
+    let second = node.command(&["node", "run", "--once"]).output().unwrap();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(!entry.exists(), "the leftover entry stays in the spool");
+    let listed = node.json(&["problems", "list"]);
+    let problems = listed["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{listed:#}");
+    assert_eq!(problems[0]["count"], 1, "{listed:#}");
+    assert_eq!(problems[0]["crash_function"], "fault", "{listed:#}");
+}
