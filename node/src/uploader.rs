@@ -99,22 +99,7 @@ pub fn build_node_report(store: &Store, report_id: &str, node: &str) -> Result<O
         incident,
         attachments,
     };
-    let bytes = serde_json::to_vec(&document)?;
-    let blob = store.put_blob_bytes(&bytes)?;
-    let manifest = store
-        .manifest(&blob)?
-        .context("the report document just stored has no manifest")?;
-    let mut chunk_ids: Vec<ChunkId> = manifest.chunks.iter().map(|(id, _)| *id).collect();
-    let mut report_bytes = manifest.len_bytes;
-    for (_, attachment) in &document.attachments {
-        chunk_ids.extend(attachment.chunks.iter().map(|(id, _)| *id));
-        report_bytes += attachment.len_bytes;
-    }
-    Ok(Some(NodeReport {
-        chunk_ids,
-        report_bytes,
-        document: blob,
-    }))
+    stored_document(store, &document, &document.attachments).map(Some)
 }
 
 /// A node report read back from chunks in the store: the document, its own manifest, and
@@ -216,22 +201,32 @@ pub fn build_log_bundle(
         window_end_ms: window.to_ms,
         attachments,
     };
-    let bytes = serde_json::to_vec(&document)?;
+    stored_document(store, &document, &document.attachments).map(Some)
+}
+
+/// Stores a document (a report or a log bundle) as a blob; its chunks come first in the
+/// list a node serves, then every attachment's, in order (what [`read_document`] reads).
+fn stored_document(
+    store: &Store,
+    document: &impl Serialize,
+    attachments: &[(String, Manifest)],
+) -> Result<NodeReport> {
+    let bytes = serde_json::to_vec(document)?;
     let blob = store.put_blob_bytes(&bytes)?;
     let manifest = store
         .manifest(&blob)?
-        .context("the bundle document just stored has no manifest")?;
+        .context("the document just stored has no manifest")?;
     let mut chunk_ids: Vec<ChunkId> = manifest.chunks.iter().map(|(id, _)| *id).collect();
     let mut report_bytes = manifest.len_bytes;
-    for (_, attachment) in &document.attachments {
+    for (_, attachment) in attachments {
         chunk_ids.extend(attachment.chunks.iter().map(|(id, _)| *id));
         report_bytes += attachment.len_bytes;
     }
-    Ok(Some(NodeReport {
+    Ok(NodeReport {
         chunk_ids,
         report_bytes,
         document: blob,
-    }))
+    })
 }
 
 /// The endpoint's answer as the cluster passes it on.

@@ -404,3 +404,28 @@ pub fn free_udp_ports(count: usize) -> Vec<u16> {
         .map(|socket| socket.local_addr().expect("local address").port())
         .collect()
 }
+
+/// Leaves a spool entry exactly as the Python hook does when the daemon is down: an
+/// uncaught `RuntimeError` in `/opt/csd/tool.py` (the same problem wherever it is left).
+pub fn spool_python_entry(node: &NodeDir, id: &str, time_ms: u64) {
+    let dir = node.data_dir.join("spool/new").join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("traceback.txt"),
+        "Traceback (most recent call last):\n  File \"/opt/csd/tool.py\", line 3, in <module>\n    main()\n  File \"/opt/csd/tool.py\", line 2, in main\n    raise RuntimeError(\"replica lost\")\nRuntimeError: replica lost\n",
+    )
+    .unwrap();
+    let meta = serde_json::json!({
+        "format_version": 1, "id": id, "source": "python", "time_ms": time_ms, "pid": 4242,
+        "executable": "/usr/bin/python3", "proc_files": ["traceback.txt"],
+    });
+    std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}

@@ -296,26 +296,6 @@ fn a_node_with_another_cas_certificate_is_refused_and_the_cluster_carries_on() {
     assert!(agreed_aggregator(&honest).is_some_and(|(now, _)| now == aggregator));
 }
 
-/// Leaves a Python exception in a node's spool, as the Python hook does with no daemon.
-fn spool_python_entry(node: &NodeDir, id: &str) {
-    let dir = node.data_dir.join("spool/new").join(id);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("traceback.txt"),
-        "Traceback (most recent call last):\n  File \"/opt/csd/tool.py\", line 2, in main\n    raise RuntimeError(\"replica lost\")\nRuntimeError: replica lost\n",
-    )
-    .unwrap();
-    let time_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let meta = serde_json::json!({
-        "format_version": 1, "id": id, "source": "python", "time_ms": time_ms, "pid": 4242,
-        "executable": "/usr/bin/python3", "proc_files": ["traceback.txt"],
-    });
-    std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
-}
-
 #[test]
 fn the_same_problem_on_every_node_is_announced_to_the_aggregator_as_one_problem() {
     let (nodes, _ca, _other_ca) = start_cluster(3, &[]);
@@ -324,7 +304,7 @@ fn the_same_problem_on_every_node_is_announced_to_the_aggregator_as_one_problem(
         panic!("no aggregator\n{}", logs(&nodes));
     };
     for (index, node) in nodes.iter().enumerate() {
-        spool_python_entry(&node.dir, &format!("py-{index}"));
+        spool_python_entry(&node.dir, &format!("py-{index}"), now_ms());
     }
     let holder = nodes.iter().find(|node| node.name == aggregator).unwrap();
     // One problem at the aggregator with the three incidents (nothing uploads yet: the

@@ -6,29 +6,6 @@ use std::time::Duration;
 use crashmesh_tests::*;
 use serde_json::Value;
 
-/// Leave a spool entry exactly as the Python hook does when the daemon is down.
-fn spool_python_entry(node: &NodeDir, id: &str, time_ms: u64) {
-    let dir = node.data_dir.join("spool/new").join(id);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("traceback.txt"),
-        "Traceback (most recent call last):\n  File \"/opt/csd/tool.py\", line 3, in <module>\n    main()\n  File \"/opt/csd/tool.py\", line 2, in main\n    raise RuntimeError(\"replica lost\")\nRuntimeError: replica lost\n",
-    )
-    .unwrap();
-    let meta = serde_json::json!({
-        "format_version": 1, "id": id, "source": "python", "time_ms": time_ms, "pid": 4242,
-        "executable": "/usr/bin/python3", "proc_files": ["traceback.txt"],
-    });
-    std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 fn iso(ms: u64) -> String {
     let secs = ms / 1000;
     let output = std::process::Command::new("date")
@@ -122,17 +99,16 @@ timeout_secs = 10
     assert_eq!(detail["problem"]["exception_type"], "RuntimeError");
 }
 
-#[test]
-fn a_core_fed_to_the_hook_by_hand_is_analysed_by_the_daemon() {
-    // The same bytes the kernel would pipe: a real core, taken by gdb at the fault.
-    let scratch = tempfile::tempdir().unwrap();
+/// The same bytes the kernel would pipe: a real core of a small C program, taken by gdb
+/// at its fault (`fault` writing through a null pointer).
+fn fault_core(dir: &std::path::Path) -> std::path::PathBuf {
     let program = compile_c(
-        scratch.path(),
+        dir,
         "fault",
         "__attribute__((noinline)) void fault(volatile int *p) { *p = 1; }\nint main(void) { fault(0); return 0; }\n",
         &["-O1", "-g"],
     );
-    let core = scratch.path().join("fault.core");
+    let core = dir.join("fault.core");
     let status = std::process::Command::new("gdb")
         .args(["-nx", "-batch", "-ex", "run", "-ex"])
         .arg(format!("generate-core-file {}", core.display()))
@@ -144,9 +120,11 @@ fn a_core_fed_to_the_hook_by_hand_is_analysed_by_the_daemon() {
         "gdb made no core: {}",
         String::from_utf8_lossy(&status.stderr)
     );
-    let node = NodeDir::new(
-        "[node]\nname = \"n1\"\n[detect.kmsg]\nenabled = false\n[capture]\nmin_free_bytes = 0\n",
-    );
+    core
+}
+
+/// Feeds `core` to the node's hook as the kernel's core_pattern pipe would.
+fn feed_hook(node: &NodeDir, core: &std::path::Path) {
     let own_pid = std::process::id().to_string();
     let hook = node
         .command(&[
@@ -163,7 +141,7 @@ fn a_core_fed_to_the_hook_by_hand_is_analysed_by_the_daemon() {
             "host",
             "fault",
         ])
-        .stdin(std::fs::File::open(&core).unwrap())
+        .stdin(std::fs::File::open(core).unwrap())
         .output()
         .unwrap();
     assert!(
@@ -171,6 +149,16 @@ fn a_core_fed_to_the_hook_by_hand_is_analysed_by_the_daemon() {
         "{}",
         String::from_utf8_lossy(&hook.stderr)
     );
+}
+
+#[test]
+fn a_core_fed_to_the_hook_by_hand_is_analysed_by_the_daemon() {
+    let scratch = tempfile::tempdir().unwrap();
+    let core = fault_core(scratch.path());
+    let node = NodeDir::new(
+        "[node]\nname = \"n1\"\n[detect.kmsg]\nenabled = false\n[capture]\nmin_free_bytes = 0\n",
+    );
+    feed_hook(&node, &core);
     node.run(&["node", "run", "--once"]);
     let listed = node.json(&["problems", "list"]);
     let problem = &listed["problems"][0];
@@ -259,47 +247,11 @@ fn a_corrupt_core_is_recorded_as_analysis_failed_with_its_bytes_kept() {
 #[test]
 fn an_entry_left_half_deleted_by_a_kill_is_not_recorded_twice() {
     let scratch = tempfile::tempdir().unwrap();
-    let program = compile_c(
-        scratch.path(),
-        "fault",
-        "__attribute__((noinline)) void fault(volatile int *p) { *p = 1; }\nint main(void) { fault(0); return 0; }\n",
-        &["-O1", "-g"],
-    );
-    let core = scratch.path().join("fault.core");
-    std::process::Command::new("gdb")
-        .args(["-nx", "-batch", "-ex", "run", "-ex"])
-        .arg(format!("generate-core-file {}", core.display()))
-        .arg(&program)
-        .output()
-        .unwrap();
-    assert!(core.exists(), "gdb made no core");
+    let core = fault_core(scratch.path());
     let node = NodeDir::new(
         "[node]\nname = \"half\"\n[detect.kmsg]\nenabled = false\n[gather]\nenabled = false\n[capture]\nmin_free_bytes = 0\n",
     );
-    let own_pid = std::process::id().to_string();
-    let hook = node
-        .command(&[
-            "hook",
-            "core",
-            &own_pid,
-            &own_pid,
-            "1",
-            "11",
-            "0",
-            "18446744073709551615",
-            "0",
-            "0",
-            "host",
-            "fault",
-        ])
-        .stdin(std::fs::File::open(&core).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        hook.status.success(),
-        "{}",
-        String::from_utf8_lossy(&hook.stderr)
-    );
+    feed_hook(&node, &core);
     let new_dir = node.data_dir.join("spool/new");
     let entry_name = std::fs::read_dir(&new_dir)
         .unwrap()

@@ -222,26 +222,6 @@ fn wait_agreed(nodes: &[&PartitionNode], bound: Duration) -> Option<(String, u64
     found
 }
 
-/// A Python exception entry in a node's spool (the same problem on every node).
-fn spool_python_entry(node: &NodeDir, id: &str) {
-    let dir = node.data_dir.join("spool/new").join(id);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("traceback.txt"),
-        "Traceback (most recent call last):\n  File \"/opt/csd/rebalance.py\", line 7, in main\n    raise RuntimeError(\"placement lost\")\nRuntimeError: placement lost\n",
-    )
-    .unwrap();
-    let time_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let meta = serde_json::json!({
-        "format_version": 1, "id": id, "source": "python", "time_ms": time_ms, "pid": 4242,
-        "executable": "/usr/bin/python3", "proc_files": ["traceback.txt"],
-    });
-    std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
-}
-
 fn logs(nodes: &[PartitionNode], endpoint: &NodeDir) -> String {
     let mut text: String = nodes
         .iter()
@@ -408,7 +388,7 @@ token = "{token}"
 
     // The same problem on every node while cut.
     for node in &nodes {
-        spool_python_entry(&node.dir, &format!("py-cut-{}", node.index));
+        spool_python_entry(&node.dir, &format!("py-cut-{}", node.index), now_ms());
     }
     // The majority's three incidents go up; the minority's two wait.
     let mut counts = (0, 0);
