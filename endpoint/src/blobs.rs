@@ -8,6 +8,7 @@
 //! a path only after `is_hex_id`. A chunk is never deleted (the vendor keeps evidence).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::web::Bytes;
 use crashmesh_protocol::report::is_hex_id;
@@ -20,6 +21,10 @@ use crate::error::EndpointError;
 
 /// Existence checks in flight at once for one manifest.
 pub const HEADS_IN_FLIGHT_MAX: usize = 32;
+/// S3: one connection attempt.
+const S3_CONNECT_SECS_MAX: Duration = Duration::from_secs(5);
+/// S3: one request, a chunk's PUT included.
+const S3_REQUEST_SECS_MAX: Duration = Duration::from_secs(30);
 
 /// Where chunks live.
 #[derive(Clone)]
@@ -140,6 +145,20 @@ impl Blobs {
                 if let Some(secret) = &s3.secret_access_key {
                     builder = builder.with_secret_access_key(secret);
                 }
+                // Bounded retries: an unreachable service answers the upload 503 within
+                // `retry_secs_max` rather than holding it for object_store's 3 minutes.
+                let retry_secs_max = Duration::from_secs(s3.retry_secs_max.max(1));
+                builder = builder
+                    .with_retry(object_store::RetryConfig {
+                        retry_timeout: retry_secs_max,
+                        ..object_store::RetryConfig::default()
+                    })
+                    .with_client_options(
+                        object_store::ClientOptions::new()
+                            .with_allow_http(s3.allow_http)
+                            .with_connect_timeout(S3_CONNECT_SECS_MAX)
+                            .with_timeout(S3_REQUEST_SECS_MAX),
+                    );
                 Arc::new(builder.build()?)
             }
         };

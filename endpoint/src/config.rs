@@ -23,7 +23,8 @@
 //!
 //! [storage]
 //! kind = "local"                               # or "s3"
-//! # s3: bucket, endpoint, region, access_key_id, secret_access_key, allow_http
+//! # s3: bucket, endpoint, region, access_key_id, secret_access_key, allow_http,
+//! # retry_secs_max = 10
 //!
 //! [webhooks]
 //! urls = ["http://tracker.example.com/hook"]
@@ -155,7 +156,7 @@ pub enum StorageKind {
 }
 
 /// An S3-compatible bucket.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3Config {
     /// The bucket.
@@ -170,6 +171,23 @@ pub struct S3Config {
     pub secret_access_key: Option<String>,
     /// Allow plain HTTP to `endpoint`.
     pub allow_http: bool,
+    /// How long one storage operation is retried (with backoff) before the request that
+    /// needed it is answered `503` (the uploader retries later); default 10.
+    pub retry_secs_max: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> S3Config {
+        S3Config {
+            bucket: String::new(),
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            retry_secs_max: 10,
+        }
+    }
 }
 
 /// Webhooks.

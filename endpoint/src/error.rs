@@ -53,8 +53,9 @@ pub enum EndpointError {
     /// The metadata database failed (500).
     #[error("database: {0}")]
     Database(String),
-    /// Blob storage failed (500 or 503).
-    #[error("blob storage: {0}")]
+    /// Blob storage failed or cannot be reached (503 with `Retry-After`: the uploader
+    /// retries later, and nothing of the request was recorded).
+    #[error("blob storage unavailable: {0}")]
     Storage(String),
     /// A local file operation failed.
     #[error("{what} {path}: {source}")]
@@ -94,9 +95,9 @@ impl EndpointError {
             EndpointError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             EndpointError::StaleTerm { .. } | EndpointError::Conflict(_) => StatusCode::CONFLICT,
             EndpointError::NotFound(_) => StatusCode::NOT_FOUND,
+            EndpointError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             EndpointError::Config(_)
             | EndpointError::Database(_)
-            | EndpointError::Storage(_)
             | EndpointError::Io { .. }
             | EndpointError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -157,8 +158,14 @@ impl actix_web::ResponseError for EndpointError {
 
     fn error_response(&self) -> actix_web::HttpResponse {
         let mut response = actix_web::HttpResponse::build(self.status());
-        if let EndpointError::TooMany(_) = self {
-            response.insert_header(("Retry-After", "1"));
+        match self {
+            EndpointError::TooMany(_) => {
+                response.insert_header(("Retry-After", "1"));
+            }
+            EndpointError::Storage(_) => {
+                response.insert_header(("Retry-After", "10"));
+            }
+            _ => {}
         }
         response.json(serde_json::json!({ "error": self.to_string(), "code": self.code() }))
     }
