@@ -75,6 +75,13 @@ impl Fs for SimDisk {
         self.check()?;
         self.inner.write_file(path, data)
     }
+    fn append_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.check()?;
+        self.inner.append_file(path, data)
+    }
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.inner.read_at(path, offset, len)
+    }
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         self.inner.sync_file(path)
     }

@@ -1,4 +1,4 @@
-//! Verifying the index against the chunk files, and repairing what can be.
+//! Verifying the index against the pack files, and repairing what can be.
 
 use std::collections::{HashMap, HashSet};
 
@@ -8,12 +8,15 @@ use tracing::warn;
 use crate::chunk;
 use crate::error::StoreError;
 use crate::ids::{BlobId, ChunkId};
-use crate::index::{BLOBS, BlobRow, CHUNKS, GARBAGE, INCIDENTS, IncidentRow, decode};
+use crate::index::{
+    BLOBS, BlobRow, CHUNKS, ChunkRow, DEAD_PACKS, INCIDENTS, IncidentRow, PACKS, decode,
+};
+use crate::pack;
 use crate::store::{Store, Tables};
 use crate::types::{CheckReport, EvidenceState};
 
 impl Store {
-    /// Verifies every chunk and manifest and finds orphan files; with `repair`, fixes
+    /// Verifies every chunk and manifest and finds orphan pack files; with `repair`, fixes
     /// what it can (see the crate documentation) and lists the rest in `unrepaired`.
     pub fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
         self.collect_garbage()?;
@@ -26,12 +29,12 @@ impl Store {
             ..CheckReport::default()
         };
 
-        let (chunks, blobs, garbage, incidents) = {
+        let (chunks, blobs, packs, incidents) = {
             let txn = self.db.begin_read()?;
-            let mut chunks: HashMap<ChunkId, (u64, u64, u64)> = HashMap::new();
+            let mut chunks: HashMap<ChunkId, ChunkRow> = HashMap::new();
             for entry in txn.open_table(CHUNKS)?.iter()? {
                 let (key, value) = entry?;
-                chunks.insert(ChunkId(key.value()), value.value());
+                chunks.insert(ChunkId(key.value()), ChunkRow::from_value(value.value()));
             }
             let mut blobs: HashMap<BlobId, BlobRow> = HashMap::new();
             for entry in txn.open_table(BLOBS)?.iter()? {
@@ -39,54 +42,57 @@ impl Store {
                 let id = BlobId(key.value());
                 blobs.insert(id, decode(&format!("blob {id}"), value.value())?);
             }
-            let mut garbage = HashSet::new();
-            for entry in txn.open_table(GARBAGE)?.iter()? {
-                garbage.insert(ChunkId(entry?.0.value()));
+            let mut packs = HashSet::new();
+            for table in [PACKS, DEAD_PACKS] {
+                for entry in txn.open_table(table)?.iter()? {
+                    packs.insert(entry?.0.value());
+                }
             }
             let mut incidents: Vec<IncidentRow> = Vec::new();
             for entry in txn.open_table(INCIDENTS)?.iter()? {
                 let (key, value) = entry?;
                 incidents.push(decode(&format!("incident {}", key.value()), value.value())?);
             }
-            (chunks, blobs, garbage, incidents)
+            (chunks, blobs, packs, incidents)
         };
         report.chunks_checked = chunks.len() as u64;
         report.blobs_checked = blobs.len() as u64;
 
         let mut orphan_paths = Vec::new();
-        for fan_out in chunk::fan_out_names() {
-            let dir = self.chunks_dir.join(&fan_out);
-            let names = self
-                .fs
-                .list_dir(&dir)
-                .map_err(|error| StoreError::io("list", &dir, error))?;
-            for name in names {
-                let known = chunk::parse_chunk_file(&fan_out, &name)
-                    .is_some_and(|id| chunks.contains_key(&id) || garbage.contains(&id));
-                if !known {
-                    report.orphan_files.push(format!("{fan_out}/{name}"));
-                    orphan_paths.push(dir.join(name));
-                }
+        for name in self
+            .fs
+            .list_dir(&self.packs_dir)
+            .map_err(|error| StoreError::io("list", &self.packs_dir, error))?
+        {
+            let known = pack::parse_pack_file(&name).is_some_and(|number| packs.contains(&number));
+            if !known {
+                report.orphan_files.push(format!("packs/{name}"));
+                orphan_paths.push(self.packs_dir.join(name));
             }
         }
 
         let mut bad_chunks: HashSet<ChunkId> = HashSet::new();
         let mut sorted_chunks: Vec<_> = chunks.iter().collect();
-        sorted_chunks.sort_by_key(|(id, _)| **id);
-        for (id, (_, _, raw_bytes)) in sorted_chunks {
-            let path = chunk::chunk_path(&self.chunks_dir, id);
-            match self.fs.read_file(&path) {
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+        sorted_chunks.sort_by_key(|(_, row)| (row.pack, row.offset));
+        for (id, row) in sorted_chunks {
+            match self.read_stored(id, row) {
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
                     report.missing_chunks.push(*id);
                     bad_chunks.insert(*id);
                 }
-                Err(error) => {
+                Err(StoreError::Io { source, .. }) => {
                     report
                         .unrepaired
-                        .push(format!("chunk {id} unreadable: {error}"));
+                        .push(format!("chunk {id} unreadable: {source}"));
+                }
+                Err(_) => {
+                    report.corrupt_chunks.push(*id);
+                    bad_chunks.insert(*id);
                 }
                 Ok(stored) => match chunk::decompress_verified(id, &stored) {
-                    Ok(raw) if raw.len() as u64 == *raw_bytes => {}
+                    Ok(raw) if raw.len() as u64 == row.raw_bytes => {}
                     _ => {
                         report.corrupt_chunks.push(*id);
                         bad_chunks.insert(*id);
@@ -124,10 +130,10 @@ impl Store {
                 }
             }
         }
-        for (id, (refs, _, _)) in &chunks {
-            if expected_chunk_refs.get(id).copied().unwrap_or(0) != *refs {
+        for (id, row) in &chunks {
+            if expected_chunk_refs.get(id).copied().unwrap_or(0) != row.refs {
                 // A chunk received from a peer has no reference until its manifest comes.
-                if !(*refs == 0 && !expected_chunk_refs.contains_key(id)) {
+                if row.refs != 0 || expected_chunk_refs.contains_key(id) {
                     report.refcount_mismatches += 1;
                 }
             }
@@ -174,14 +180,22 @@ impl Store {
         {
             let mut tables = Tables::open(&txn)?;
             // Reference counts first, so that dropping damaged blobs frees their chunks.
-            for (id, (refs, stored, raw)) in &chunks {
+            for (id, row) in &chunks {
                 let expected = expected_chunk_refs.get(id).copied().unwrap_or(0);
-                if expected != *refs && !(*refs == 0 && expected == 0) {
+                if expected == 0 && row.refs == 0 && bad_chunks.contains(id) {
+                    // A bad chunk no manifest holds yet is of no use to anyone.
+                    tables.make_garbage(id, row)?;
+                } else if expected != row.refs && !(row.refs == 0 && expected == 0) {
                     if expected == 0 {
-                        tables.chunks.remove(id.0)?;
-                        tables.garbage.insert(id.0, *stored)?;
+                        tables.make_garbage(id, row)?;
                     } else {
-                        tables.chunks.insert(id.0, (expected, *stored, *raw))?;
+                        tables.put_chunk(
+                            id,
+                            &ChunkRow {
+                                refs: expected,
+                                ..*row
+                            },
+                        )?;
                     }
                 }
             }

@@ -1,6 +1,4 @@
-//! Chunks: how blobs are cut, compressed, named on disk and verified.
-
-use std::path::{Path, PathBuf};
+//! Chunks: how blobs are cut, compressed and verified.
 
 use crate::error::StoreError;
 use crate::ids::ChunkId;
@@ -21,7 +19,7 @@ pub const BLOB_BYTES_MAX: u64 = 64 << 30;
 pub const CHUNK_COMPRESSED_BYTES_MAX: u64 = CHUNK_BYTES_MAX as u64 + 64 * 1024;
 /// zstd level: 1 is the fastest, and the spool's cost is write time, not disk.
 pub const ZSTD_LEVEL: i32 = 1;
-/// The allocation unit chunk files are counted in against the quota.
+/// The allocation unit pack files are counted in against the quota.
 pub const DISK_BLOCK_BYTES: u64 = 4096;
 
 /// Bytes a file of `len` occupies, rounded up to whole blocks.
@@ -29,32 +27,13 @@ pub(crate) fn disk_bytes(len: u64) -> u64 {
     len.div_ceil(DISK_BLOCK_BYTES) * DISK_BLOCK_BYTES
 }
 
-/// `chunks/ab/cdef…`: 256 fan-out directories by the first byte of the id.
-pub(crate) fn chunk_path(chunks_dir: &Path, id: &ChunkId) -> PathBuf {
-    let hex = id.to_hex();
-    chunks_dir.join(&hex[..2]).join(&hex[2..])
-}
-
-/// The fan-out directory names, `00` to `ff`.
-pub(crate) fn fan_out_names() -> impl Iterator<Item = String> {
-    (0..=255u8).map(|byte| format!("{byte:02x}"))
-}
-
-/// The chunk id a file under a fan-out directory names, if it is a chunk file name.
-pub(crate) fn parse_chunk_file(fan_out: &str, name: &str) -> Option<ChunkId> {
-    if fan_out.len() != 2 || name.len() != 62 {
-        return None;
-    }
-    format!("{fan_out}{name}").parse().ok()
-}
-
-/// Compresses one chunk as one zstd frame (so `zstd -d` reads a chunk file).
+/// Compresses one chunk as one zstd frame (so `zstdcat` reads a pack file).
 pub(crate) fn compress(raw: &[u8]) -> Result<Vec<u8>, StoreError> {
     debug_assert!(raw.len() <= CHUNK_BYTES_MAX as usize);
     zstd::bulk::compress(raw, ZSTD_LEVEL).map_err(StoreError::Input)
 }
 
-/// Decompresses a chunk file's bytes and checks them against the chunk's id.
+/// Decompresses a chunk's stored bytes and checks them against the chunk's id.
 pub(crate) fn decompress_verified(id: &ChunkId, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
     let raw = zstd::bulk::decompress(stored, CHUNK_BYTES_MAX as usize).map_err(|error| {
         StoreError::CorruptChunk {

@@ -206,6 +206,20 @@ impl State {
         }
     }
 
+    /// The inode of `path`, created (empty, not yet durable) if it does not exist.
+    fn open_for_write(&mut self, path: &Path) -> io::Result<u64> {
+        self.require_dir(path.parent().unwrap_or(Path::new("/")))?;
+        match self.names.get(path) {
+            Some(Entry::File(inode)) => Ok(*inode),
+            Some(Entry::Dir) => Err(error(io::ErrorKind::IsADirectory, "directory")),
+            None => {
+                let inode = self.new_inode();
+                self.log(NameOp::Set(path.to_path_buf(), Entry::File(inode)));
+                Ok(inode)
+            }
+        }
+    }
+
     fn new_inode(&mut self) -> u64 {
         self.next_inode += 1;
         self.inodes.insert(self.next_inode, Inode::default());
@@ -408,16 +422,7 @@ impl Fs for FaultyFs {
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let mut state = self.lock();
         state.step("write")?;
-        state.require_dir(path.parent().unwrap_or(Path::new("/")))?;
-        let inode = match state.names.get(path) {
-            Some(Entry::File(inode)) => *inode,
-            Some(Entry::Dir) => return Err(error(io::ErrorKind::IsADirectory, "directory")),
-            None => {
-                let inode = state.new_inode();
-                state.log(NameOp::Set(path.to_path_buf(), Entry::File(inode)));
-                inode
-            }
-        };
+        let inode = state.open_for_write(path)?;
         state
             .inodes
             .get_mut(&inode)
@@ -425,6 +430,29 @@ impl Fs for FaultyFs {
             .current
             .clear();
         state.write_at(inode, 0, data)
+    }
+
+    fn append_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut state = self.lock();
+        state.step("append")?;
+        let inode = state.open_for_write(path)?;
+        let end = state.inodes[&inode].current.len();
+        state.write_at(inode, end, data)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut state = self.lock();
+        state.step("pread")?;
+        let inode = state.file(path)?;
+        let content = &state.inodes[&inode].current;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match start.checked_add(len) {
+            Some(end) if end <= content.len() => Ok(content[start..end].to_vec()),
+            _ => Err(error(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than the read",
+            )),
+        }
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {

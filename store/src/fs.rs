@@ -25,6 +25,10 @@ pub trait Fs: Debug + Send + Sync + 'static {
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
     /// Creates or truncates `path` and writes `data` into it (no sync).
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Appends `data` to `path`, creating it if needed (no sync).
+    fn append_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Reads exactly `len` bytes at `offset`; a file too short is `UnexpectedEof`.
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// Makes a file's content durable (`fsync`).
     fn sync_file(&self, path: &Path) -> io::Result<()>;
     /// Makes a directory's entries (creations, renames, removals) durable.
@@ -64,6 +68,22 @@ impl Fs for RealFs {
 
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         std::fs::write(path, data)
+    }
+
+    fn append_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)?
+            .write_all(data)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut out = vec![0u8; len];
+        std::fs::File::open(path)?.read_exact_at(&mut out, offset)?;
+        Ok(out)
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {

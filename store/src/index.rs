@@ -1,4 +1,4 @@
-//! The redb tables and their rows (format version 1).
+//! The redb tables and their rows (format version 2).
 //!
 //! Keys are redb-native; rows are postcard. A change to any row or table is a new
 //! [`FORMAT_VERSION`]: open refuses a version it does not know rather than misread it.
@@ -14,17 +14,24 @@ use crate::error::StoreError;
 use crate::ids::{BlobId, ChunkId};
 use crate::types::{EvidenceState, Recorded, UploadState};
 
-/// The index format this build reads and writes.
-pub const FORMAT_VERSION: u64 = 1;
+/// The index format this build reads and writes (2: chunks live in pack files).
+pub const FORMAT_VERSION: u64 = 2;
 
 /// Counters and the format version, by name.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta_v1");
-/// Chunk id → (references from blob manifests, compressed bytes, uncompressed bytes).
-pub(crate) const CHUNKS: TableDefinition<[u8; 32], (u64, u64, u64)> =
-    TableDefinition::new("chunks_v1");
-/// Chunks whose last reference went: their files are deleted by the next collection.
-/// Chunk id → compressed bytes.
-pub(crate) const GARBAGE: TableDefinition<[u8; 32], u64> = TableDefinition::new("garbage_v1");
+/// Chunk id → [`ChunkRow`] as a tuple (references from blob manifests, compressed bytes,
+/// uncompressed bytes, pack number, offset in the pack).
+pub(crate) const CHUNKS: TableDefinition<[u8; 32], (u64, u64, u64, u64, u64)> =
+    TableDefinition::new("chunks_v2");
+/// Copies of chunks nothing references any more, by where they lie: (pack number,
+/// offset) → (chunk id, compressed bytes). The next collection rewrites or deletes their
+/// packs.
+pub(crate) const GARBAGE: TableDefinition<(u64, u64), ([u8; 32], u64)> =
+    TableDefinition::new("garbage_v2");
+/// Pack number → the pack file's length in bytes, for every pack chunks may live in.
+pub(crate) const PACKS: TableDefinition<u64, u64> = TableDefinition::new("packs_v2");
+/// Packs no chunk lies in any more, whose files the collection deletes: number → length.
+pub(crate) const DEAD_PACKS: TableDefinition<u64, u64> = TableDefinition::new("dead_packs_v2");
 /// Blob id → [`BlobRow`].
 pub(crate) const BLOBS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("blobs_v1");
 /// Problem id → [`ProblemRow`].
@@ -38,10 +45,43 @@ pub(crate) const PROBLEM_INCIDENTS: MultimapTableDefinition<&str, &str> =
     MultimapTableDefinition::new("problem_incidents_v1");
 
 pub(crate) const META_FORMAT_VERSION: &str = "format_version";
-/// Disk bytes of every chunk file believed on disk (indexed or garbage).
-pub(crate) const META_CHUNK_DISK_BYTES: &str = "chunk_disk_bytes";
+/// Disk bytes of every pack file believed on disk (in `PACKS` or `DEAD_PACKS`).
+pub(crate) const META_PACK_DISK_BYTES: &str = "pack_disk_bytes";
 /// Disk bytes freed by eviction, ever.
 pub(crate) const META_EVICTED_BYTES: &str = "evicted_bytes";
+
+/// A chunk: how many manifests reference it and where its zstd frame lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChunkRow {
+    pub refs: u64,
+    pub stored_bytes: u64,
+    pub raw_bytes: u64,
+    pub pack: u64,
+    pub offset: u64,
+}
+
+impl ChunkRow {
+    pub(crate) fn from_value(value: (u64, u64, u64, u64, u64)) -> ChunkRow {
+        let (refs, stored_bytes, raw_bytes, pack, offset) = value;
+        ChunkRow {
+            refs,
+            stored_bytes,
+            raw_bytes,
+            pack,
+            offset,
+        }
+    }
+
+    pub(crate) fn value(&self) -> (u64, u64, u64, u64, u64) {
+        (
+            self.refs,
+            self.stored_bytes,
+            self.raw_bytes,
+            self.pack,
+            self.offset,
+        )
+    }
+}
 
 /// A blob: its manifest and who holds it.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! The store: opening and recovery, blobs in and out, incidents and problems.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +14,9 @@ use crate::error::StoreError;
 use crate::fs::{BoxedBackend, Fs, RealFs};
 use crate::ids::{BlobId, ChunkId};
 use crate::index::*;
+use crate::pack::{self, NewChunk, PackWriter};
 use crate::types::*;
 
-/// How many new chunks a put syncs one by one; above this it syncs the file system once.
-pub const SYNC_EACH_FILE_CHUNKS_MAX: usize = 16;
 /// The longest report id, node name, label key or value accepted.
 pub const NAME_BYTES_MAX: usize = 4096;
 /// Files outside the store's own (spool, scratch) measured for the quota at most.
@@ -39,30 +38,33 @@ const SETTINGS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new(
 pub struct Store {
     pub(crate) fs: Arc<dyn Fs>,
     pub(crate) data_dir: PathBuf,
-    pub(crate) chunks_dir: PathBuf,
+    pub(crate) packs_dir: PathBuf,
     pub(crate) tmp_dir: PathBuf,
     pub(crate) index_path: PathBuf,
     pub(crate) config: StoreConfig,
     pub(crate) db: redb::Database,
-    /// Puts hold it shared from their first index look-up to their commit; deleting chunk
-    /// files holds it exclusively, so a put never references a chunk whose file is gone.
+    /// Puts hold it shared from their first index look-up to their commit; the collection
+    /// holds it exclusively, so a put never references a chunk whose pack is gone.
     pub(crate) collection_lock: RwLock<()>,
-    /// Disk bytes of garbage chunk files the running collection already deleted and the
+    /// Disk bytes of dead pack files the running collection already deleted and the
     /// index still counts (its commit comes after the last removal). `used_bytes`
     /// subtracts them, so the usage follows the disk file by file; the lock makes reading
     /// the counter and this one step, and the commit and resetting this another.
-    deleted_uncommitted: Mutex<u64>,
+    pub(crate) deleted_uncommitted: Mutex<u64>,
     /// Held by `enforce_quota` throughout: two passes measuring the usage at once would
     /// both evict for the same excess.
     pub(crate) quota_lock: Mutex<()>,
-    tmp_counter: AtomicU64,
+    /// The number the next new pack gets; above every pack number the store has used.
+    next_pack: AtomicU64,
 }
 
 /// Every table, opened in one write transaction.
 pub(crate) struct Tables<'txn> {
     pub meta: redb::Table<'txn, &'static str, u64>,
-    pub chunks: redb::Table<'txn, [u8; 32], (u64, u64, u64)>,
-    pub garbage: redb::Table<'txn, [u8; 32], u64>,
+    pub chunks: redb::Table<'txn, [u8; 32], (u64, u64, u64, u64, u64)>,
+    pub garbage: redb::Table<'txn, (u64, u64), ([u8; 32], u64)>,
+    pub packs: redb::Table<'txn, u64, u64>,
+    pub dead_packs: redb::Table<'txn, u64, u64>,
     pub blobs: redb::Table<'txn, [u8; 32], &'static [u8]>,
     pub problems: redb::Table<'txn, &'static str, &'static [u8]>,
     pub signatures: redb::Table<'txn, &'static str, &'static str>,
@@ -76,12 +78,39 @@ impl<'txn> Tables<'txn> {
             meta: txn.open_table(META)?,
             chunks: txn.open_table(CHUNKS)?,
             garbage: txn.open_table(GARBAGE)?,
+            packs: txn.open_table(PACKS)?,
+            dead_packs: txn.open_table(DEAD_PACKS)?,
             blobs: txn.open_table(BLOBS)?,
             problems: txn.open_table(PROBLEMS)?,
             signatures: txn.open_table(SIGNATURES)?,
             incidents: txn.open_table(INCIDENTS)?,
             problem_incidents: txn.open_multimap_table(PROBLEM_INCIDENTS)?,
         })
+    }
+
+    pub(crate) fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkRow>, StoreError> {
+        Ok(self
+            .chunks
+            .get(id.0)?
+            .map(|value| ChunkRow::from_value(value.value())))
+    }
+
+    pub(crate) fn put_chunk(&mut self, id: &ChunkId, row: &ChunkRow) -> Result<(), StoreError> {
+        self.chunks.insert(id.0, row.value())?;
+        Ok(())
+    }
+
+    /// Where a garbage copy of `id` lies, if one does (a scan: garbage is short-lived).
+    pub(crate) fn find_garbage(&self, id: &ChunkId) -> Result<Option<(u64, u64, u64)>, StoreError> {
+        for entry in self.garbage.iter()? {
+            let (key, value) = entry?;
+            let (chunk, stored_bytes) = value.value();
+            if chunk == id.0 {
+                let (pack, offset) = key.value();
+                return Ok(Some((pack, offset, stored_bytes)));
+            }
+        }
+        Ok(None)
     }
 
     pub(crate) fn blob(&self, id: &BlobId) -> Result<Option<BlobRow>, StoreError> {
@@ -121,7 +150,7 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Changes a blob's counts; a blob nobody holds any more is deleted and its chunks
-    /// released. Returns the disk bytes of chunks that became garbage.
+    /// released. Returns the compressed bytes of chunks that became garbage.
     pub(crate) fn adjust_blob(
         &mut self,
         id: &BlobId,
@@ -148,17 +177,25 @@ impl<'txn> Tables<'txn> {
 
     /// Drops one manifest reference to a chunk; the last one makes it garbage.
     pub(crate) fn release_chunk(&mut self, id: &ChunkId) -> Result<u64, StoreError> {
-        let Some((refs, stored, raw)) = self.chunks.get(id.0)?.map(|value| value.value()) else {
+        let Some(mut row) = self.chunk(id)? else {
             // check() may already have removed a missing chunk's row.
             return Ok(0);
         };
-        if refs > 1 {
-            self.chunks.insert(id.0, (refs - 1, stored, raw))?;
+        if row.refs > 1 {
+            row.refs -= 1;
+            self.put_chunk(id, &row)?;
             return Ok(0);
         }
+        self.make_garbage(id, &row)?;
+        Ok(row.stored_bytes)
+    }
+
+    /// Drops a chunk's row; its copy becomes garbage at its place.
+    pub(crate) fn make_garbage(&mut self, id: &ChunkId, row: &ChunkRow) -> Result<(), StoreError> {
         self.chunks.remove(id.0)?;
-        self.garbage.insert(id.0, stored)?;
-        Ok(disk_bytes(stored))
+        self.garbage
+            .insert((row.pack, row.offset), (id.0, row.stored_bytes))?;
+        Ok(())
     }
 }
 
@@ -187,14 +224,6 @@ fn check_len(what: &'static str, value: usize, limit: usize) -> Result<(), Store
     Ok(())
 }
 
-/// A chunk written to a temporary file by a put, not yet in the index.
-struct NewChunk {
-    id: ChunkId,
-    tmp_path: PathBuf,
-    stored_bytes: u64,
-    raw_bytes: u64,
-}
-
 impl Store {
     /// Opens (creating) the store in `data_dir` on the real file system, running recovery.
     pub fn open(data_dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
@@ -215,23 +244,15 @@ impl Store {
             )));
         }
         let data_dir = data_dir.to_path_buf();
-        let chunks_dir = data_dir.join("chunks");
+        let packs_dir = data_dir.join("packs");
         let tmp_dir = data_dir.join("tmp");
         let index_path = data_dir.join("index.redb");
-        for name in chunk::fan_out_names() {
-            let dir = chunks_dir.join(name);
-            fs.create_dir_all(&dir)
-                .map_err(|error| StoreError::io("create directory", &dir, error))?;
+        for dir in [&packs_dir, &tmp_dir] {
+            fs.create_dir_all(dir)
+                .map_err(|error| StoreError::io("create directory", dir, error))?;
         }
-        for name in tmp_fan_out_names() {
-            let dir = tmp_dir.join(name);
-            fs.create_dir_all(&dir)
-                .map_err(|error| StoreError::io("create directory", &dir, error))?;
-        }
-        for dir in [&chunks_dir, &data_dir] {
-            fs.sync_dir(dir)
-                .map_err(|error| StoreError::io("sync directory", dir, error))?;
-        }
+        fs.sync_dir(&data_dir)
+            .map_err(|error| StoreError::io("sync directory", &data_dir, error))?;
         if let Some(parent) = data_dir
             .parent()
             .filter(|parent| !parent.as_os_str().is_empty())
@@ -244,24 +265,18 @@ impl Store {
 
         // Temporary files are puts that never reached their rename.
         let mut removed_tmp = 0;
-        for dir in tmp_dirs(&tmp_dir) {
-            let removed_before = removed_tmp;
-            for name in fs
-                .list_dir(&dir)
-                .map_err(|error| StoreError::io("list", &dir, error))?
-            {
-                if dir == tmp_dir && tmp_fan_out_names().any(|fan_out| fan_out == name) {
-                    continue;
-                }
-                let path = dir.join(name);
-                fs.remove_file(&path)
-                    .map_err(|error| StoreError::io("remove", &path, error))?;
-                removed_tmp += 1;
-            }
-            if removed_tmp > removed_before {
-                fs.sync_dir(&dir)
-                    .map_err(|error| StoreError::io("sync directory", &dir, error))?;
-            }
+        for name in fs
+            .list_dir(&tmp_dir)
+            .map_err(|error| StoreError::io("list", &tmp_dir, error))?
+        {
+            let path = tmp_dir.join(name);
+            fs.remove_file(&path)
+                .map_err(|error| StoreError::io("remove", &path, error))?;
+            removed_tmp += 1;
+        }
+        if removed_tmp > 0 {
+            fs.sync_dir(&tmp_dir)
+                .map_err(|error| StoreError::io("sync directory", &tmp_dir, error))?;
         }
 
         let backend = fs
@@ -274,7 +289,7 @@ impl Store {
         let store = Store {
             fs,
             data_dir,
-            chunks_dir,
+            packs_dir,
             tmp_dir,
             index_path,
             config,
@@ -282,7 +297,7 @@ impl Store {
             collection_lock: RwLock::new(()),
             deleted_uncommitted: Mutex::new(0),
             quota_lock: Mutex::new(()),
-            tmp_counter: AtomicU64::new(0),
+            next_pack: AtomicU64::new(1),
         };
         store.check_format()?;
         store.recover()?;
@@ -332,7 +347,7 @@ impl Store {
     }
 
     /// Finishes or rolls back what a crash left half done: pins of dead callers go,
-    /// chunk files the index does not list go, and the byte counter is recomputed.
+    /// pack files the index does not list go, and the byte counter is recomputed.
     fn recover(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         {
@@ -351,152 +366,81 @@ impl Store {
             let mut unreferenced = Vec::new();
             for entry in tables.chunks.iter()? {
                 let (key, value) = entry?;
-                if value.value().0 == 0 {
-                    unreferenced.push(key.value());
+                let row = ChunkRow::from_value(value.value());
+                if row.refs == 0 {
+                    unreferenced.push((ChunkId(key.value()), row));
                 }
             }
-            for id in unreferenced {
-                let (_, stored, _) = tables.chunks.remove(id)?.expect("listed above").value();
-                tables.garbage.insert(id, stored)?;
+            for (id, row) in unreferenced {
+                tables.make_garbage(&id, &row)?;
             }
+            // Their files are orphans now, deleted below.
+            tables.dead_packs.retain(|_, _| false)?;
         }
         txn.commit()?;
 
-        // Every chunk file the index does not list is an orphan (a put that crashed
-        // before its commit, or garbage): delete it.
-        let indexed = self.indexed_chunk_ids()?;
+        // Every pack file the index does not list is an orphan (a put or a rewrite that
+        // crashed before its commit, or a dead pack): delete it.
+        let listed: HashSet<u64> = {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(PACKS)?;
+            let mut listed = HashSet::new();
+            for entry in table.iter()? {
+                listed.insert(entry?.0.value());
+            }
+            listed
+        };
+        let mut highest = listed.iter().copied().max().unwrap_or(0);
         let mut orphans = 0u64;
-        for fan_out in chunk::fan_out_names() {
-            let dir = self.chunks_dir.join(&fan_out);
-            for name in self
-                .fs
-                .list_dir(&dir)
-                .map_err(|error| StoreError::io("list", &dir, error))?
-            {
-                let keep = chunk::parse_chunk_file(&fan_out, &name)
-                    .is_some_and(|id| indexed.contains(&id));
-                if !keep {
-                    let path = dir.join(&name);
-                    self.fs
-                        .remove_file(&path)
-                        .map_err(|error| StoreError::io("remove", &path, error))?;
-                    orphans += 1;
-                }
+        for name in self
+            .fs
+            .list_dir(&self.packs_dir)
+            .map_err(|error| StoreError::io("list", &self.packs_dir, error))?
+        {
+            let number = pack::parse_pack_file(&name);
+            if let Some(number) = number {
+                highest = highest.max(number);
+            }
+            if !number.is_some_and(|number| listed.contains(&number)) {
+                let path = self.packs_dir.join(&name);
+                self.fs
+                    .remove_file(&path)
+                    .map_err(|error| StoreError::io("remove", &path, error))?;
+                orphans += 1;
             }
         }
+        if orphans > 0 {
+            self.fs
+                .sync_dir(&self.packs_dir)
+                .map_err(|error| StoreError::io("sync directory", &self.packs_dir, error))?;
+        }
+        self.next_pack.store(highest + 1, Ordering::SeqCst);
 
         let txn = self.db.begin_write()?;
         {
             let mut tables = Tables::open(&txn)?;
-            tables.garbage.retain(|_, _| false)?;
-            let mut chunk_disk_bytes = 0;
-            for entry in tables.chunks.iter()? {
-                let (_, value) = entry?;
-                chunk_disk_bytes += disk_bytes(value.value().1);
-            }
             tables
-                .meta
-                .insert(META_CHUNK_DISK_BYTES, chunk_disk_bytes)?;
+                .garbage
+                .retain(|(pack, _), _| listed.contains(&pack))?;
+            let mut pack_disk_bytes = 0;
+            for entry in tables.packs.iter()? {
+                pack_disk_bytes += disk_bytes(entry?.1.value());
+            }
+            tables.meta.insert(META_PACK_DISK_BYTES, pack_disk_bytes)?;
         }
         txn.commit()?;
         if orphans > 0 {
-            info!(orphans, "recovery deleted orphan chunk files");
+            info!(orphans, "recovery deleted orphan pack files");
         }
         Ok(())
     }
 
-    pub(crate) fn indexed_chunk_ids(&self) -> Result<HashSet<ChunkId>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(CHUNKS)?;
-        let mut ids = HashSet::new();
-        for entry in table.iter()? {
-            ids.insert(ChunkId(entry?.0.value()));
-        }
-        Ok(ids)
+    /// A number no pack has had.
+    pub(crate) fn next_pack_number(&self) -> u64 {
+        self.next_pack.fetch_add(1, Ordering::SeqCst)
     }
 
-    /// Deletes the files of chunks that lost their last reference. Waits for running puts.
-    pub fn collect_garbage(&self) -> Result<u64, StoreError> {
-        let _exclusive = self
-            .collection_lock
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.collect_garbage_locked()
-    }
-
-    pub(crate) fn collect_garbage_locked(&self) -> Result<u64, StoreError> {
-        let garbage: Vec<([u8; 32], u64)> = {
-            let txn = self.db.begin_read()?;
-            let table = txn.open_table(GARBAGE)?;
-            let mut rows = Vec::new();
-            for entry in table.iter()? {
-                let (key, value) = entry?;
-                rows.push((key.value(), value.value()));
-            }
-            rows
-        };
-        if garbage.is_empty() {
-            return Ok(0);
-        }
-        // Files go before their rows: a removal lost in a crash leaves an orphan file,
-        // which recovery deletes. Each file gone is subtracted from the usage at once.
-        let mut removed = Vec::with_capacity(garbage.len());
-        let mut freed_bytes = 0;
-        let mut failure = None;
-        for (id, stored) in &garbage {
-            let path = chunk::chunk_path(&self.chunks_dir, &ChunkId(*id));
-            match self.fs.remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => {
-                    failure = Some(StoreError::io("remove", &path, error));
-                    break;
-                }
-            }
-            *self.lock_deleted_uncommitted() += disk_bytes(*stored);
-            removed.push(*id);
-            freed_bytes += disk_bytes(*stored);
-        }
-        // What was removed is committed even when a removal failed: the rest stays
-        // garbage, counted, for the next collection.
-        let committed = self.forget_garbage(&removed, freed_bytes);
-        if committed.is_err() {
-            // The rows stay; the next collection finds their files gone and counts them
-            // then. Until it does, the usage over-counts, never under-counts.
-            *self.lock_deleted_uncommitted() = 0;
-        }
-        committed?;
-        if let Some(error) = failure {
-            return Err(error);
-        }
-        debug!(chunks = removed.len(), freed_bytes, "garbage collected");
-        Ok(freed_bytes)
-    }
-
-    /// Drops the garbage rows of removed chunk files and their bytes from the counter.
-    fn forget_garbage(&self, removed: &[[u8; 32]], freed_bytes: u64) -> Result<(), StoreError> {
-        if removed.is_empty() {
-            return Ok(());
-        }
-        let txn = self.db.begin_write()?;
-        {
-            let mut tables = Tables::open(&txn)?;
-            for id in removed {
-                tables.garbage.remove(*id)?;
-            }
-            meta_add(
-                &mut tables.meta,
-                META_CHUNK_DISK_BYTES,
-                -(freed_bytes as i128),
-            )?;
-        }
-        let mut deleted_uncommitted = self.lock_deleted_uncommitted();
-        txn.commit()?;
-        *deleted_uncommitted = 0;
-        Ok(())
-    }
-
-    fn lock_deleted_uncommitted(&self) -> MutexGuard<'_, u64> {
+    pub(crate) fn lock_deleted_uncommitted(&self) -> MutexGuard<'_, u64> {
         self.deleted_uncommitted
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -520,14 +464,10 @@ impl Store {
             .collection_lock
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut new_chunks: Vec<NewChunk> = Vec::new();
-        let result = self.put_blob_locked(source, &mut new_chunks);
+        let mut writer = PackWriter::new(self);
+        let result = self.put_blob_locked(source, &mut writer);
         if result.is_err() {
-            for new_chunk in &new_chunks {
-                // Best effort: what stays is a temporary file or an orphan, both removed
-                // at the next open.
-                let _ = self.fs.remove_file(&new_chunk.tmp_path);
-            }
+            writer.discard();
         }
         result
     }
@@ -537,18 +477,55 @@ impl Store {
         self.put_blob(&mut &bytes[..])
     }
 
+    /// Two stages run at once: this thread reads, cuts (FastCDC is sequential) and hashes
+    /// the whole blob, while a worker hashes and compresses the cut chunks (spread over the
+    /// cores) and appends the new ones to a pack. Buffers go back and forth, so at most
+    /// four of [`chunk::READ_BUFFER_BYTES`] exist (see [`PUT_QUEUE_BATCHES`]).
     fn put_blob_locked(
         &self,
         source: &mut impl Read,
-        new_chunks: &mut Vec<NewChunk>,
+        writer: &mut PackWriter<'_>,
     ) -> Result<BlobId, StoreError> {
+        let (to_worker, batches) = std::sync::mpsc::sync_channel::<Batch>(PUT_QUEUE_BATCHES);
+        let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (cut, stored) = std::thread::scope(|scope| {
+            let worker = scope.spawn(|| {
+                let result = self.store_batches(batches, &give_back, writer);
+                drop(give_back);
+                result
+            });
+            let cut = self.cut_blob(source, &to_worker, &returned);
+            drop(to_worker);
+            let stored = worker.join().expect("the chunk worker panicked");
+            (cut, stored)
+        });
+        // A worker failure makes the cutter fail to send: report the worker's error.
+        let manifest = stored?;
+        let (blob, total_bytes) = cut?;
+        debug_assert_eq!(
+            manifest.iter().map(|(_, len)| *len as u64).sum::<u64>(),
+            total_bytes
+        );
+        writer.make_durable()?;
+        self.commit_blob(blob, total_bytes, manifest, writer)?;
+        debug!(%blob, total_bytes, new_chunks = writer.chunks.len(), "blob stored");
+        Ok(blob)
+    }
+
+    /// Reads `source` into buffers, cuts each into chunks and sends them on; returns the
+    /// blob's id and length.
+    fn cut_blob(
+        &self,
+        source: &mut impl Read,
+        to_worker: &std::sync::mpsc::SyncSender<Batch>,
+        returned: &std::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Result<(BlobId, u64), StoreError> {
         let mut buffer = vec![0u8; chunk::READ_BUFFER_BYTES];
         let mut filled = 0usize;
         let mut eof = false;
         let mut total_bytes = 0u64;
         let mut blob_hasher = blake3::Hasher::new();
-        let mut manifest: Vec<(ChunkId, u32)> = Vec::new();
-        let mut seen: HashSet<ChunkId> = HashSet::new();
+        let worker_gone = || StoreError::Index("the chunk worker stopped".to_string());
         loop {
             while !eof && filled < buffer.len() {
                 match source.read(&mut buffer[filled..]) {
@@ -571,8 +548,6 @@ impl Store {
             if filled == 0 {
                 break;
             }
-            let txn = self.db.begin_read()?;
-            let chunks_table = txn.open_table(CHUNKS)?;
             let mut cuts: Vec<(usize, usize)> = Vec::new();
             for cut in fastcdc::v2020::FastCDC::new(
                 &buffer[..filled],
@@ -588,10 +563,45 @@ impl Store {
                 cuts.push((cut.offset, end));
             }
             let consumed = cuts.last().map_or(0, |&(_, end)| end);
+            assert!(
+                consumed > 0 || (eof && filled == 0),
+                "a full buffer always holds a whole chunk"
+            );
             blob_hasher.update(&buffer[..consumed]);
-            // Hashing and compressing chunks is most of the work: spread it over the cores,
-            // in order, then decide sequentially which chunks are new.
-            let ids = parallel_map(&cuts, |&(start, end)| ChunkId::of(&buffer[start..end]));
+            // The next buffer: one the worker is done with, else a new one (at most four
+            // are ever made: the full channel holds the cutter back).
+            let mut next = returned
+                .try_recv()
+                .unwrap_or_else(|_| vec![0u8; chunk::READ_BUFFER_BYTES]);
+            next[..filled - consumed].copy_from_slice(&buffer[consumed..filled]);
+            let data = std::mem::replace(&mut buffer, next);
+            filled -= consumed;
+            to_worker
+                .send(Batch { data, cuts })
+                .map_err(|_| worker_gone())?;
+            if eof && filled == 0 {
+                break;
+            }
+        }
+        Ok((BlobId(*blob_hasher.finalize().as_bytes()), total_bytes))
+    }
+
+    /// Hashes and compresses the chunks of each batch, appends the new ones to the pack,
+    /// and gives the buffer back; returns the blob's manifest.
+    fn store_batches(
+        &self,
+        batches: std::sync::mpsc::Receiver<Batch>,
+        give_back: &std::sync::mpsc::Sender<Vec<u8>>,
+        writer: &mut PackWriter<'_>,
+    ) -> Result<Vec<(ChunkId, u32)>, StoreError> {
+        let mut manifest: Vec<(ChunkId, u32)> = Vec::new();
+        let mut seen: HashSet<ChunkId> = HashSet::new();
+        for Batch { data, cuts } in batches {
+            let txn = self.db.begin_read()?;
+            let chunks_table = txn.open_table(CHUNKS)?;
+            // Hashing and compressing chunks is most of the work: spread it over the
+            // cores, in order, then decide sequentially which chunks are new.
+            let ids = parallel_map(&cuts, |&(start, end)| ChunkId::of(&data[start..end]));
             let mut wanted: Vec<(ChunkId, usize, usize)> = Vec::new();
             for (&(start, end), id) in cuts.iter().zip(ids) {
                 manifest.push((id, (end - start) as u32));
@@ -599,91 +609,17 @@ impl Store {
                     wanted.push((id, start, end));
                 }
             }
-            for written in parallel_map(&wanted, |&(id, start, end)| {
-                self.write_tmp_chunk(id, &buffer[start..end])
-            }) {
-                new_chunks.push(written?);
+            let compressed = parallel_map(&wanted, |&(id, start, end)| {
+                chunk::compress(&data[start..end]).map(|stored| (id, stored, end - start))
+            });
+            for result in compressed {
+                let (id, stored, raw_bytes) = result?;
+                writer.append(id, &stored, raw_bytes as u64)?;
             }
-            assert!(
-                consumed > 0 || (eof && filled == 0),
-                "a full buffer always holds a whole chunk"
-            );
-            buffer.copy_within(consumed..filled, 0);
-            filled -= consumed;
-            if eof && filled == 0 {
-                break;
-            }
+            // The cutter may have finished already; then the buffer is simply dropped.
+            let _ = give_back.send(data);
         }
-        let blob = BlobId(*blob_hasher.finalize().as_bytes());
-        debug_assert_eq!(
-            manifest.iter().map(|(_, len)| *len as u64).sum::<u64>(),
-            total_bytes
-        );
-        self.make_chunks_durable(new_chunks)?;
-        self.commit_blob(blob, total_bytes, manifest, new_chunks)?;
-        debug!(%blob, total_bytes, new_chunks = new_chunks.len(), "blob stored");
-        Ok(blob)
-    }
-
-    fn write_tmp_chunk(&self, id: ChunkId, raw: &[u8]) -> Result<NewChunk, StoreError> {
-        let stored = chunk::compress(raw)?;
-        let number = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp_path = tmp_chunk_path(&self.tmp_dir, number);
-        self.fs
-            .write_file(&tmp_path, &stored)
-            .map_err(|error| StoreError::io("write", &tmp_path, error))?;
-        Ok(NewChunk {
-            id,
-            tmp_path,
-            stored_bytes: stored.len() as u64,
-            raw_bytes: raw.len() as u64,
-        })
-    }
-
-    /// A chunk's content is durable before it gets its name, and its name before the
-    /// index commit that references it. Few chunks are synced one by one; many are synced
-    /// with one `syncfs` before and one after the renames, instead of one journal commit
-    /// per file.
-    fn make_chunks_durable(&self, new_chunks: &[NewChunk]) -> Result<(), StoreError> {
-        if new_chunks.is_empty() {
-            return Ok(());
-        }
-        let sync_each = new_chunks.len() <= SYNC_EACH_FILE_CHUNKS_MAX;
-        if sync_each {
-            for new_chunk in new_chunks {
-                self.fs
-                    .sync_file(&new_chunk.tmp_path)
-                    .map_err(|error| StoreError::io("sync", &new_chunk.tmp_path, error))?;
-            }
-        } else {
-            self.fs
-                .sync_filesystem(&self.data_dir)
-                .map_err(|error| StoreError::io("sync file system", &self.data_dir, error))?;
-        }
-        let mut fan_outs = BTreeSet::new();
-        for new_chunk in new_chunks {
-            let path = chunk::chunk_path(&self.chunks_dir, &new_chunk.id);
-            self.fs
-                .rename(&new_chunk.tmp_path, &path)
-                .map_err(|error| StoreError::io("rename", &new_chunk.tmp_path, error))?;
-            fan_outs.insert(
-                path.parent()
-                    .expect("chunk paths have a parent")
-                    .to_path_buf(),
-            );
-        }
-        if sync_each {
-            for dir in fan_outs {
-                self.fs
-                    .sync_dir(&dir)
-                    .map_err(|error| StoreError::io("sync directory", &dir, error))?;
-            }
-        } else {
-            self.fs
-                .sync_filesystem(&self.data_dir)
-                .map_err(|error| StoreError::io("sync file system", &self.data_dir, error))?;
-        }
-        Ok(())
+        Ok(manifest)
     }
 
     fn commit_blob(
@@ -691,44 +627,57 @@ impl Store {
         blob: BlobId,
         len_bytes: u64,
         manifest: Vec<(ChunkId, u32)>,
-        new_chunks: &[NewChunk],
+        writer: &PackWriter<'_>,
     ) -> Result<(), StoreError> {
         let written: HashMap<ChunkId, &NewChunk> =
-            new_chunks.iter().map(|new| (new.id, new)).collect();
+            writer.chunks.iter().map(|new| (new.id, new)).collect();
         let txn = self.db.begin_write()?;
         {
             let mut tables = Tables::open(&txn)?;
+            pack::commit_packs(&mut tables, &writer.packs)?;
             if let Some(mut row) = tables.blob(&blob)? {
+                // Stored meanwhile by another put: what this one wrote is garbage.
                 row.pending += 1;
                 tables.blobs.insert(blob.0, encode(&row)?.as_slice())?;
+                for new in &writer.chunks {
+                    tables
+                        .garbage
+                        .insert((new.pack, new.offset), (new.id.0, new.stored_bytes))?;
+                }
             } else {
-                let mut added_disk_bytes: i128 = 0;
+                let mut placed: HashSet<ChunkId> = HashSet::new();
                 for (id, raw_len) in &manifest {
-                    let existing = tables.chunks.get(id.0)?.map(|value| value.value());
-                    if let Some((refs, stored, raw)) = existing {
-                        tables.chunks.insert(id.0, (refs + 1, stored, raw))?;
-                        continue;
-                    }
-                    let garbage_bytes = tables.garbage.remove(id.0)?.map(|value| value.value());
-                    if let Some(new) = written.get(id) {
-                        tables
-                            .chunks
-                            .insert(id.0, (1, new.stored_bytes, new.raw_bytes))?;
-                        added_disk_bytes += disk_bytes(new.stored_bytes) as i128;
-                        if let Some(old_bytes) = garbage_bytes {
-                            added_disk_bytes -= disk_bytes(old_bytes) as i128;
+                    if let Some(new) = written.get(id)
+                        && !placed.contains(id)
+                    {
+                        placed.insert(*id);
+                        if pack::place_chunk(&mut tables, new, 1)? {
+                            continue;
                         }
-                    } else if let Some(stored) = garbage_bytes {
-                        // Released since our look-up, but its file is still there: the
-                        // collection lock we hold keeps it from being deleted.
-                        tables.chunks.insert(id.0, (1, stored, *raw_len as u64))?;
+                    }
+                    if let Some(mut row) = tables.chunk(id)? {
+                        row.refs += 1;
+                        tables.put_chunk(id, &row)?;
+                    } else if let Some((pack, offset, stored_bytes)) = tables.find_garbage(id)? {
+                        // Released since our look-up, but its pack is still there: the
+                        // collection lock we hold keeps it from being rewritten.
+                        tables.garbage.remove((pack, offset))?;
+                        tables.put_chunk(
+                            id,
+                            &ChunkRow {
+                                refs: 1,
+                                stored_bytes,
+                                raw_bytes: *raw_len as u64,
+                                pack,
+                                offset,
+                            },
+                        )?;
                     } else {
                         return Err(StoreError::Index(format!(
                             "chunk {id} vanished from the index during a put"
                         )));
                     }
                 }
-                meta_add(&mut tables.meta, META_CHUNK_DISK_BYTES, added_disk_bytes)?;
                 let row = BlobRow {
                     len_bytes,
                     refs: 0,
@@ -786,18 +735,48 @@ impl Store {
     }
 
     fn read_chunk(&self, blob: &BlobId, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
-        let path = chunk::chunk_path(&self.chunks_dir, id);
-        let stored = match self.fs.read_file(&path) {
-            Ok(stored) => stored,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::MissingChunk {
-                    blob: *blob,
-                    chunk: *id,
-                });
+        let missing = StoreError::MissingChunk {
+            blob: *blob,
+            chunk: *id,
+        };
+        let Some(row) = self.chunk_row(id)? else {
+            return Err(missing);
+        };
+        let stored = match self.read_stored(id, &row) {
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(missing);
             }
-            Err(error) => return Err(StoreError::io("read", &path, error)),
+            other => other?,
         };
         chunk::decompress_verified(id, &stored)
+    }
+
+    /// A chunk's index row, if the chunk is stored.
+    pub(crate) fn chunk_row(&self, id: &ChunkId) -> Result<Option<ChunkRow>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CHUNKS)?;
+        Ok(table
+            .get(id.0)?
+            .map(|value| ChunkRow::from_value(value.value())))
+    }
+
+    /// A chunk's compressed bytes as its pack holds them (not verified). A pack shorter
+    /// than the row says is a corrupt chunk.
+    pub(crate) fn read_stored(&self, id: &ChunkId, row: &ChunkRow) -> Result<Vec<u8>, StoreError> {
+        let path = pack::pack_path(&self.packs_dir, row.pack);
+        match self
+            .fs
+            .read_at(&path, row.offset, row.stored_bytes as usize)
+        {
+            Ok(stored) => Ok(stored),
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(StoreError::CorruptChunk {
+                    chunk: *id,
+                    detail: format!("pack {} is shorter than the index says", path.display()),
+                })
+            }
+            Err(error) => Err(StoreError::io("read", &path, error)),
+        }
     }
 
     /// A blob's manifest, if the blob is stored.
@@ -843,14 +822,8 @@ impl Store {
 
     /// A chunk's compressed bytes (one zstd frame), verified, for moving it to a peer.
     pub fn chunk_bytes(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
-        if !self.has_chunk(id)? {
-            return Err(StoreError::UnknownChunk(*id));
-        }
-        let path = chunk::chunk_path(&self.chunks_dir, id);
-        let stored = self
-            .fs
-            .read_file(&path)
-            .map_err(|error| StoreError::io("read", &path, error))?;
+        let row = self.chunk_row(id)?.ok_or(StoreError::UnknownChunk(*id))?;
+        let stored = self.read_stored(id, &row)?;
         chunk::decompress_verified(id, &stored)?;
         Ok(stored)
     }
@@ -873,36 +846,21 @@ impl Store {
         if self.has_chunk(id)? {
             return Ok(());
         }
-        let number = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let new_chunk = NewChunk {
-            id: *id,
-            tmp_path: tmp_chunk_path(&self.tmp_dir, number),
-            stored_bytes: stored.len() as u64,
-            raw_bytes: raw.len() as u64,
-        };
+        let mut writer = PackWriter::new(self);
         let result = (|| {
-            self.fs
-                .write_file(&new_chunk.tmp_path, stored)
-                .map_err(|error| StoreError::io("write", &new_chunk.tmp_path, error))?;
-            self.make_chunks_durable(std::slice::from_ref(&new_chunk))?;
+            let new = writer.append(*id, stored, raw.len() as u64)?;
+            writer.make_durable()?;
             let txn = self.db.begin_write()?;
             {
                 let mut tables = Tables::open(&txn)?;
-                if tables.chunks.get(id.0)?.is_none() {
-                    let old = tables.garbage.remove(id.0)?.map(|value| value.value());
-                    tables
-                        .chunks
-                        .insert(id.0, (0, new_chunk.stored_bytes, new_chunk.raw_bytes))?;
-                    let delta = disk_bytes(new_chunk.stored_bytes) as i128
-                        - old.map(disk_bytes).unwrap_or(0) as i128;
-                    meta_add(&mut tables.meta, META_CHUNK_DISK_BYTES, delta)?;
-                }
+                pack::commit_packs(&mut tables, &writer.packs)?;
+                pack::place_chunk(&mut tables, &new, 0)?;
             }
             txn.commit()?;
             Ok(())
         })();
         if result.is_err() {
-            let _ = self.fs.remove_file(&new_chunk.tmp_path);
+            writer.discard();
         }
         result
     }
@@ -970,11 +928,11 @@ impl Store {
                     .insert(manifest.blob.0, encode(&row)?.as_slice())?;
             } else {
                 for (id, _) in &manifest.chunks {
-                    let Some((refs, stored, raw)) = tables.chunks.get(id.0)?.map(|v| v.value())
-                    else {
+                    let Some(mut row) = tables.chunk(id)? else {
                         return Err(StoreError::UnknownChunk(*id));
                     };
-                    tables.chunks.insert(id.0, (refs + 1, stored, raw))?;
+                    row.refs += 1;
+                    tables.put_chunk(id, &row)?;
                 }
                 let row = BlobRow {
                     len_bytes: manifest.len_bytes,
@@ -1333,7 +1291,7 @@ impl Store {
         }
     }
 
-    /// Bytes used in the data directory: chunk files (in whole blocks, garbage included
+    /// Bytes used in the data directory: pack files (in whole blocks, garbage included
     /// until its file is deleted), the index file, temporary files and everything else.
     pub fn used_bytes(&self) -> Result<u64, StoreError> {
         let chunk_bytes = {
@@ -1341,27 +1299,24 @@ impl Store {
             let deleted_uncommitted = self.lock_deleted_uncommitted();
             let txn = self.db.begin_read()?;
             let meta = txn.open_table(META)?;
-            meta_get(&meta, META_CHUNK_DISK_BYTES)?.saturating_sub(*deleted_uncommitted)
+            meta_get(&meta, META_PACK_DISK_BYTES)?.saturating_sub(*deleted_uncommitted)
         };
         let index_bytes = self
             .fs
             .file_len(&self.index_path)
             .map_err(|error| StoreError::io("stat", &self.index_path, error))?;
         let mut tmp_bytes = 0;
-        for dir in tmp_dirs(&self.tmp_dir) {
-            for name in self
+        for name in self
+            .fs
+            .list_dir(&self.tmp_dir)
+            .map_err(|error| StoreError::io("list", &self.tmp_dir, error))?
+        {
+            // A temporary file may be renamed away between the listing and the stat.
+            tmp_bytes += self
                 .fs
-                .list_dir(&dir)
-                .map_err(|error| StoreError::io("list", &dir, error))?
-            {
-                // A temporary file may be renamed away between the listing and the stat
-                // (and the fan-out directories themselves have no length here).
-                tmp_bytes += self
-                    .fs
-                    .file_len(&dir.join(name))
-                    .map(disk_bytes)
-                    .unwrap_or(0);
-            }
+                .file_len(&self.tmp_dir.join(name))
+                .map(disk_bytes)
+                .unwrap_or(0);
         }
         Ok(chunk_bytes + disk_bytes(index_bytes) + tmp_bytes + self.other_bytes())
     }
@@ -1384,7 +1339,7 @@ impl Store {
                     return total;
                 }
                 let path = entry.path();
-                if path == self.chunks_dir || path == self.tmp_dir || path == self.index_path {
+                if path == self.packs_dir || path == self.tmp_dir || path == self.index_path {
                     continue;
                 }
                 let Ok(metadata) = entry.metadata() else {
@@ -1540,26 +1495,15 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], map: impl Fn(&T) -> R + Sync) -> 
     })
 }
 
+/// Batches queued between a put's cutter and its worker. A put then holds at most four
+/// read buffers: one being filled, one being sent, one queued, one being stored.
+const PUT_QUEUE_BATCHES: usize = 1;
+
+/// A buffer of a blob and the chunks cut in it, from the cutter to the worker.
+struct Batch {
+    data: Vec<u8>,
+    cuts: Vec<(usize, usize)>,
+}
+
 /// Threads that hash and compress the chunks of one buffer at most.
 const PARALLEL_WORKERS_MAX: usize = 8;
-
-/// Temporary chunk files are spread over this many directories under `tmp/`: the workers
-/// of one put create files at once, and every create holds its directory's lock.
-const TMP_FAN_OUT: u64 = 16;
-
-fn tmp_fan_out_names() -> impl Iterator<Item = String> {
-    (0..TMP_FAN_OUT).map(|n| format!("{n:x}"))
-}
-
-/// `tmp/` itself (files of the older flat layout) and its fan-out directories.
-fn tmp_dirs(tmp_dir: &Path) -> Vec<PathBuf> {
-    std::iter::once(tmp_dir.to_path_buf())
-        .chain(tmp_fan_out_names().map(|name| tmp_dir.join(name)))
-        .collect()
-}
-
-fn tmp_chunk_path(tmp_dir: &Path, number: u64) -> PathBuf {
-    tmp_dir
-        .join(format!("{:x}", number % TMP_FAN_OUT))
-        .join(format!("{number}.chunk"))
-}

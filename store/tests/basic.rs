@@ -389,10 +389,13 @@ fn check_finds_and_repairs_corrupt_and_missing_chunks_and_orphans() {
     assert!(store.check(false).unwrap().is_clean());
 
     let manifest = store.manifest(&core).unwrap().unwrap();
-    let hex = manifest.chunks[1].0.to_hex();
-    let path = dir.join("chunks").join(&hex[..2]).join(&hex[2..]);
-    fs.corrupt(&path, 20, b"rot").unwrap();
-    fs.write_file(&dir.join("chunks/ab").join("c".repeat(62)), b"orphan")
+    // The core's pack: the first pack file, its second chunk lies after the first's frame.
+    let packs = fs.list_dir(&dir.join("packs")).unwrap();
+    let core_pack = dir.join("packs").join(&packs[0]);
+    let first_chunk = store.chunk_bytes(&manifest.chunks[0].0).unwrap();
+    fs.corrupt(&core_pack, first_chunk.len() + 20, b"rot")
+        .unwrap();
+    fs.write_file(&dir.join("packs").join("00000000000000ff.pack"), b"orphan")
         .unwrap();
 
     assert!(matches!(
@@ -510,4 +513,43 @@ fn the_usage_the_quota_sees_is_what_the_disk_holds_after_eviction() {
         "counted {} but {on_disk} on disk",
         status.used_bytes
     );
+}
+
+/// A pack whose chunks are partly still referenced is rewritten without the rest: the
+/// live chunks move to a new pack, the old pack goes, and the space follows.
+#[test]
+fn a_pack_holding_garbage_is_rewritten_with_only_its_live_chunks() {
+    let dir = std::path::Path::new("/spool");
+    let (store, fs) = small_store(dir, 64 << 20);
+    let packs = |fs: &FaultyFs| fs.list_dir(&dir.join("packs")).unwrap();
+    let shared = noise(7, 600_000);
+    let first = [noise(8, 900_000), shared.clone()].concat();
+    let second = [noise(9, 300_000), shared.clone()].concat();
+    let first_id = store.put_blob_bytes(&first).unwrap();
+    let second_id = store.put_blob_bytes(&second).unwrap();
+    assert_eq!(packs(&fs).len(), 2, "one pack per put");
+    let used_before = store.status().unwrap().used_bytes;
+
+    // The first blob goes: its own chunks are garbage, the shared ones are still held.
+    store.release_blob(&first_id).unwrap();
+    store.collect_garbage().unwrap();
+    let after = packs(&fs);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        !after.contains(&"0000000000000001.pack".to_string()),
+        "the first pack was rewritten: {after:?}"
+    );
+    assert_eq!(store.read_blob_bytes(&second_id).unwrap(), second);
+    let used_after = store.status().unwrap().used_bytes;
+    assert!(
+        used_before - used_after >= 800_000,
+        "the first blob's own chunks freed their space: {used_before} -> {used_after}"
+    );
+    assert!(store.check(false).unwrap().is_clean());
+
+    // The second goes too: nothing is left in any pack, so every pack file goes.
+    store.release_blob(&second_id).unwrap();
+    store.collect_garbage().unwrap();
+    assert!(packs(&fs).is_empty(), "{:?}", packs(&fs));
+    assert!(store.check(false).unwrap().is_clean());
 }

@@ -153,7 +153,8 @@ fn run_seed(seed: u64, faults: bool) -> FaultCounts {
     let mut rng = Rng(seed);
     // Some disks are smaller than the quota, so ENOSPC and the free-space limit bite.
     let capacity_bytes = match rng.below(10) {
-        0..=2 => 5 << 20,
+        0..=1 => 2 << 20,
+        2 => 3 << 20,
         3..=4 => 12 << 20,
         _ => 256 << 20,
     };
