@@ -1,25 +1,29 @@
-//! Blob storage: chunks through `object_store` (a local directory by default, an
-//! S3-compatible bucket when configured), named `chunks/ab/cdef…` by the blake3 of their
-//! uncompressed bytes, each kept as the one zstd frame the node sent (as the node's store
-//! keeps it, so `zstd -d` reads one).
+//! Blob storage: chunks in local pack files ([`crate::packs`], the default) or objects
+//! of an S3-compatible bucket through `object_store` (named `chunks/ab/cdef…`), keyed by
+//! the blake3 of their uncompressed bytes, each kept as the one zstd frame the node sent
+//! (as the node's store keeps it, so `zstd -d` reads one).
 //!
-//! Invariants: `verify_chunk` runs before `put`, so a stored object always decompresses
-//! (within [`crashmesh_store::CHUNK_BYTES_MAX`]) to bytes hashing to its name; ids reach
-//! a path only after `is_hex_id`. A chunk is never deleted (the vendor keeps evidence).
+//! Invariants: `verify_chunk` runs before anything is stored, so a stored chunk always
+//! decompresses (within [`crashmesh_store::CHUNK_BYTES_MAX`]) to bytes hashing to its id;
+//! ids reach a path only after `is_hex_id`. A chunk is never deleted (the vendor keeps
+//! evidence). An S3 PUT is durable when answered; local chunks are made durable by the
+//! committer before the reports naming them are recorded ([`Blobs::stage`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::web::Bytes;
+use actix_web::web::{self, Bytes};
 use crashmesh_protocol::report::is_hex_id;
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::config::{EndpointConfig, StorageKind};
+use crate::db::Db;
 use crate::error::EndpointError;
+use crate::packs::{Packs, Staged};
 
-/// Existence checks in flight at once for one manifest.
+/// Existence checks in flight at once for one manifest (S3).
 pub const HEADS_IN_FLIGHT_MAX: usize = 32;
 /// S3: one connection attempt.
 const S3_CONNECT_SECS_MAX: Duration = Duration::from_secs(5);
@@ -28,35 +32,34 @@ const S3_REQUEST_SECS_MAX: Duration = Duration::from_secs(30);
 
 /// Where chunks live.
 #[derive(Clone)]
-pub struct Blobs {
-    store: Arc<dyn ObjectStore>,
-    /// The local directory, when storage is local and `fsync` is on: chunk files are
-    /// written without a sync each, and [`sync_dir`] flushes them all at once before the
-    /// transaction that records a report commits.
-    sync_dir: Option<std::path::PathBuf>,
-    /// Chunks stored so far by this process: the committer syncs only when it grew since
-    /// its last sync (a batch of metadata-only reports has nothing to flush).
-    chunks_written: Arc<std::sync::atomic::AtomicU64>,
-}
-
-/// Makes everything written under `dir` durable with one `syncfs` (file contents and
-/// renames of the whole file system), the way the node's store pays for many chunk files.
-pub fn sync_dir(dir: &std::path::Path) -> Result<(), EndpointError> {
-    let file = std::fs::File::open(dir).map_err(|error| EndpointError::io("open", dir, error))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: syncfs only reads the descriptor, which `file` keeps open.
-    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
-        return Err(EndpointError::io(
-            "syncfs",
-            dir,
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+pub enum Blobs {
+    /// Pack files under a local directory.
+    Local(Arc<Packs>),
+    /// An object store (S3-compatible).
+    Objects(Arc<dyn ObjectStore>),
 }
 
 /// Checks a compressed chunk against its id; returns the uncompressed bytes.
 pub fn verify_chunk(id: &str, compressed: &[u8]) -> Result<Vec<u8>, EndpointError> {
+    let mut raw = Vec::new();
+    decompress_and_check(id, compressed, &mut raw)?;
+    Ok(raw)
+}
+
+/// [`verify_chunk`] into a buffer the thread keeps: what a chunk's upload pays, without
+/// an allocation of the largest chunk per chunk. Returns the uncompressed length.
+pub fn check_chunk(id: &str, compressed: &[u8]) -> Result<usize, EndpointError> {
+    thread_local! {
+        static RAW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    RAW.with(|raw| decompress_and_check(id, compressed, &mut raw.borrow_mut()))
+}
+
+fn decompress_and_check(
+    id: &str,
+    compressed: &[u8],
+    raw: &mut Vec<u8>,
+) -> Result<usize, EndpointError> {
     if !is_hex_id(id) {
         return Err(EndpointError::BadRequest(format!(
             "chunk id {id:?} is not 64 lower-case hex digits"
@@ -67,32 +70,34 @@ pub fn verify_chunk(id: &str, compressed: &[u8]) -> Result<Vec<u8>, EndpointErro
         static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
             const { std::cell::RefCell::new(None) };
     }
-    let raw = DECOMPRESSOR
+    raw.clear();
+    raw.reserve(crashmesh_store::CHUNK_BYTES_MAX as usize);
+    DECOMPRESSOR
         .with(|cell| {
             let mut cell = cell.borrow_mut();
             if cell.is_none() {
                 *cell = Some(zstd::bulk::Decompressor::new()?);
             }
             let decompressor = cell.as_mut().expect("made above");
-            decompressor.decompress(compressed, crashmesh_store::CHUNK_BYTES_MAX as usize)
+            decompressor.decompress_to_buffer(compressed, raw)
         })
         .map_err(|error| EndpointError::BadChunk {
             id: id.to_string(),
             detail: format!("not a zstd frame of at most 512 KiB: {error}"),
         })?;
-    if raw.is_empty() {
+    if raw.is_empty() || raw.len() > crashmesh_store::CHUNK_BYTES_MAX as usize {
         return Err(EndpointError::BadChunk {
             id: id.to_string(),
-            detail: "empty".into(),
+            detail: format!("{} bytes uncompressed", raw.len()),
         });
     }
-    if blake3::hash(&raw).to_hex().as_str() != id {
+    if blake3::hash(raw).to_hex().as_str() != id {
         return Err(EndpointError::BadChunk {
             id: id.to_string(),
             detail: "content does not hash to its id".into(),
         });
     }
-    Ok(raw)
+    Ok(raw.len())
 }
 
 fn chunk_path(id: &str) -> Result<ObjectPath, EndpointError> {
@@ -107,22 +112,20 @@ fn chunk_path(id: &str) -> Result<ObjectPath, EndpointError> {
 }
 
 impl Blobs {
-    /// Opens the configured storage.
-    pub fn open(config: &EndpointConfig) -> Result<Blobs, EndpointError> {
-        let mut sync = None;
-        let store: Arc<dyn ObjectStore> = match config.storage.kind {
+    /// Opens the configured storage; local packs are located through `db`.
+    pub fn open(config: &EndpointConfig, db: Arc<Db>) -> Result<Blobs, EndpointError> {
+        match config.storage.kind {
             StorageKind::Local => {
                 let dir = config
                     .storage
                     .dir
                     .clone()
                     .unwrap_or_else(|| config.data_dir.join("blobs"));
-                std::fs::create_dir_all(&dir)
-                    .map_err(|error| EndpointError::io("create", &dir, error))?;
-                if config.storage.fsync {
-                    sync = Some(dir.clone());
-                }
-                Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&dir)?)
+                Ok(Blobs::Local(Arc::new(Packs::open(
+                    &dir,
+                    db,
+                    config.storage.fsync,
+                )?)))
             }
             StorageKind::S3 => {
                 let s3 = config
@@ -159,41 +162,51 @@ impl Blobs {
                             .with_connect_timeout(S3_CONNECT_SECS_MAX)
                             .with_timeout(S3_REQUEST_SECS_MAX),
                     );
-                Arc::new(builder.build()?)
+                Ok(Blobs::Objects(Arc::new(builder.build()?)))
             }
-        };
-        Ok(Blobs {
-            store,
-            sync_dir: sync,
-            chunks_written: Arc::default(),
-        })
+        }
     }
 
-    /// The count of chunks stored so far (see [`Blobs::put`]).
-    pub fn chunks_written(&self) -> Arc<std::sync::atomic::AtomicU64> {
-        self.chunks_written.clone()
-    }
-
-    /// The directory the committer syncs before recording reports, if any.
-    pub fn sync_dir(&self) -> Option<&std::path::Path> {
-        self.sync_dir.as_deref()
+    /// Makes the local chunks stored so far durable, for the committer to index in the
+    /// transaction that records reports (see [`Packs::stage`]); `None` for S3, whose
+    /// chunks are durable when stored.
+    pub fn stage(&self) -> Result<Option<Staged>, EndpointError> {
+        match self {
+            Blobs::Local(packs) => packs.stage().map(Some),
+            Blobs::Objects(_) => Ok(None),
+        }
     }
 
     /// True when the chunk is stored.
     pub async fn has(&self, id: &str) -> Result<bool, EndpointError> {
-        match self.store.head(&chunk_path(id)?).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(error) => Err(error.into()),
-        }
+        Ok(self.missing(&[id]).await?.is_empty())
     }
 
     /// The ids among `ids` not stored, in order.
     pub async fn missing(&self, ids: &[&str]) -> Result<Vec<String>, EndpointError> {
+        for id in ids {
+            if !is_hex_id(id) {
+                return Err(EndpointError::BadRequest(format!("bad chunk id {id:?}")));
+            }
+        }
+        let store = match self {
+            Blobs::Local(packs) => {
+                let present = packs.present(ids)?;
+                return Ok(ids
+                    .iter()
+                    .zip(present)
+                    .filter(|(_, present)| !present)
+                    .map(|(id, _)| id.to_string())
+                    .collect());
+            }
+            Blobs::Objects(store) => store,
+        };
         let checks = futures_util::stream::iter(ids.iter().map(|id| async move {
-            self.has(id)
-                .await
-                .map(|present| (!present).then(|| id.to_string()))
+            match store.head(&chunk_path(id)?).await {
+                Ok(_) => Ok(None),
+                Err(object_store::Error::NotFound { .. }) => Ok(Some(id.to_string())),
+                Err(error) => Err(EndpointError::from(error)),
+            }
         }))
         .buffered(HEADS_IN_FLIGHT_MAX)
         .collect::<Vec<_>>()
@@ -207,22 +220,54 @@ impl Blobs {
         Ok(missing)
     }
 
-    /// Stores a verified chunk (see [`verify_chunk`]).
-    pub async fn put(&self, id: &str, compressed: Bytes) -> Result<(), EndpointError> {
-        self.store.put(&chunk_path(id)?, compressed.into()).await?;
-        self.chunks_written
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Ok(())
+    /// Verifies a chunk against its id ([`verify_chunk`]) and stores it, both off the
+    /// async threads; returns its uncompressed length.
+    pub async fn put_verified(&self, id: &str, compressed: Bytes) -> Result<usize, EndpointError> {
+        let id = id.to_string();
+        match self {
+            Blobs::Local(packs) => {
+                let packs = packs.clone();
+                web::block(move || {
+                    let raw_len = check_chunk(&id, &compressed)?;
+                    packs.append(&id, &compressed)?;
+                    Ok(raw_len)
+                })
+                .await
+                .map_err(|error| EndpointError::Database(format!("chunk writer: {error}")))?
+            }
+            Blobs::Objects(store) => {
+                let path = chunk_path(&id)?;
+                let body = compressed.clone();
+                let raw_len = web::block(move || check_chunk(&id, &body))
+                    .await
+                    .map_err(|error| EndpointError::Database(format!("verifier: {error}")))??;
+                store.put(&path, compressed.into()).await?;
+                Ok(raw_len)
+            }
+        }
     }
 
     /// A chunk's stored (compressed) bytes.
     pub async fn get(&self, id: &str) -> Result<Bytes, EndpointError> {
-        match self.store.get(&chunk_path(id)?).await {
-            Ok(result) => Ok(result.bytes().await?),
-            Err(object_store::Error::NotFound { .. }) => {
-                Err(EndpointError::NotFound(format!("chunk {id}")))
+        let not_found = || EndpointError::NotFound(format!("chunk {id}"));
+        match self {
+            Blobs::Local(packs) => {
+                if !is_hex_id(id) {
+                    return Err(EndpointError::BadRequest(format!("bad chunk id {id:?}")));
+                }
+                let packs = packs.clone();
+                let owned = id.to_string();
+                web::block(move || packs.read(&owned))
+                    .await
+                    .map_err(|error| EndpointError::Database(format!("chunk reader: {error}")))??
+                    .map(Bytes::from)
+                    .ok_or_else(not_found)
             }
-            Err(error) => Err(error.into()),
+            Blobs::Objects(store) => match store.get(&chunk_path(id)?).await {
+                Ok(result) => Ok(result.bytes().await?),
+                Err(object_store::Error::NotFound { .. }) => Err(not_found()),
+                Err(error) => Err(error.into()),
+            },
         }
     }
 

@@ -126,8 +126,8 @@ pub struct StorageConfig {
     pub kind: StorageKind,
     /// Local storage's directory; default `DATA_DIR/blobs`.
     pub dir: Option<PathBuf>,
-    /// Local storage: make chunk files durable (one `syncfs` per commit batch) before the
-    /// reports naming them are recorded (default true).
+    /// Local storage: make chunks durable (one `fdatasync` per pack file written, per
+    /// commit batch) before the reports naming them are recorded (default true).
     pub fsync: bool,
     /// S3-compatible storage, with `kind = "s3"`.
     pub s3: Option<S3Config>,

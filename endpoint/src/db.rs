@@ -275,6 +275,7 @@ impl Db {
             txn.open_table(CORE_REQUESTS)?;
             txn.open_table(BUGS)?;
             txn.open_table(COMMENTS)?;
+            txn.open_table(crate::packs::CHUNKS)?;
         }
         txn.commit()?;
         Ok(Db { db })

@@ -40,8 +40,8 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), EndpointError> 
 
 /// Writes everything under `out`.
 pub fn export(config: &EndpointConfig, out: &Path) -> Result<ExportSummary, EndpointError> {
-    let db = Db::open(&config.data_dir)?;
-    let blobs = Blobs::open(config)?;
+    let db = std::sync::Arc::new(Db::open(&config.data_dir)?);
+    let blobs = Blobs::open(config, db.clone())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

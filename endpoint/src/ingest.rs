@@ -36,14 +36,10 @@ pub const BATCH_JOBS_MAX: usize = 512;
 
 /// What the committer needs besides the database.
 pub struct IngestContext {
-    /// Synced (one `syncfs`) before a batch that records reports commits, so a recorded
-    /// report never names a chunk a power cut could lose.
-    pub sync_dir: Option<std::path::PathBuf>,
-    /// [`crate::blobs::Blobs::chunks_written`]: the sync is skipped when no chunk was
-    /// stored since the last one.
-    pub chunks_written: Arc<std::sync::atomic::AtomicU64>,
-    /// The value of `chunks_written` the last sync covered (`u64::MAX`: none yet).
-    pub chunks_synced: std::sync::atomic::AtomicU64,
+    /// Chunk storage: before a batch that records reports commits, the chunks stored so
+    /// far are made durable and indexed in the same transaction, so a recorded report
+    /// never names a chunk a power cut could lose.
+    pub blobs: crate::blobs::Blobs,
     pub rules: Vec<Rule>,
     pub public_url: String,
     pub webhooks: Webhooks,
@@ -180,17 +176,12 @@ fn run_batch(
     results: &mut Vec<Result<UploadReply, EndpointError>>,
     events: &mut Vec<Event>,
 ) -> Result<(), EndpointError> {
-    if let Some(dir) = &context.sync_dir
-        && jobs.iter().any(|job| matches!(job, Job::Complete { .. }))
-    {
-        use std::sync::atomic::Ordering;
-        // Every chunk whose PUT was answered before these completions arrived is counted.
-        let written = context.chunks_written.load(Ordering::Acquire);
-        if context.chunks_synced.load(Ordering::Acquire) != written {
-            crate::blobs::sync_dir(dir)?;
-            context.chunks_synced.store(written, Ordering::Release);
-        }
-    }
+    // Every chunk whose PUT was answered before these completions arrived is staged.
+    let staged = if jobs.iter().any(|job| matches!(job, Job::Complete { .. })) {
+        context.blobs.stage()?
+    } else {
+        None
+    };
     let txn = db.db.begin_write()?;
     {
         let mut tables = Tables::open(&txn)?;
@@ -221,8 +212,14 @@ fn run_batch(
             results.push(result);
         }
         tables.flush()?;
+        if let Some(staged) = &staged {
+            crate::packs::Packs::record(&txn, staged)?;
+        }
     }
     txn.commit()?;
+    if let (crate::blobs::Blobs::Local(packs), Some(staged)) = (&context.blobs, staged) {
+        packs.committed(staged);
+    }
     Ok(())
 }
 

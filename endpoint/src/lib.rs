@@ -8,7 +8,8 @@
 //! ```text
 //! DATA_DIR/endpoint.redb     metadata: tokens, cluster terms, reports, problems, incidents, bugs
 //! DATA_DIR/admin.token       the admin token (dashboard and API writes), 0600
-//! DATA_DIR/blobs/chunks/ab/cdef…   chunks as received: one zstd frame each (local storage)
+//! DATA_DIR/blobs/packs/NNNNNNNN.pack   chunks as received, one zstd frame each, appended
+//!                            (local storage; `chunks_v1` in endpoint.redb locates them)
 //! ```
 //!
 //! # Invariants
@@ -37,6 +38,7 @@ pub mod error;
 pub mod export;
 pub mod ingest;
 pub mod metrics;
+pub mod packs;
 pub mod pending;
 pub mod ratelimit;
 pub mod rules;

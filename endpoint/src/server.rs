@@ -28,7 +28,7 @@ use crashmesh_protocol::report::{IncidentUpdate, ReportManifest, UploadReply, is
 use serde::Deserialize;
 
 use crate::auth::{self, Auth};
-use crate::blobs::{self, Blobs};
+use crate::blobs::Blobs;
 use crate::config::EndpointConfig;
 use crate::db::Db;
 use crate::error::EndpointError;
@@ -152,13 +152,11 @@ pub fn start(config: EndpointConfig, mode: ServerMode) -> Result<RunningServer, 
             let admin_token = auth::admin_token(&config.data_dir)?;
             let metrics = Arc::new(Metrics::default());
             let webhooks = Webhooks::start(&config.webhooks, metrics.clone());
-            let blobs = Blobs::open(&config)?;
+            let blobs = Blobs::open(&config, db.clone())?;
             let committer = Committer::start(
                 db.clone(),
                 IngestContext {
-                    sync_dir: blobs.sync_dir().map(std::path::Path::to_path_buf),
-                    chunks_written: blobs.chunks_written(),
-                    chunks_synced: std::sync::atomic::AtomicU64::new(u64::MAX),
+                    blobs: blobs.clone(),
                     rules: config.rules.clone(),
                     public_url: public_url.clone(),
                     webhooks,
@@ -588,16 +586,11 @@ async fn put_chunk(
             "no pending report of cluster {cluster:?} names chunk {id}"
         )));
     }
-    let verify_id = id.clone();
-    let verify_body = body.clone();
-    let raw_len =
-        web::block(move || blobs::verify_chunk(&verify_id, &verify_body).map(|raw| raw.len()))
-            .await
-            .map_err(|error| EndpointError::Database(format!("verifier: {error}")))??;
-    state.blobs.put(&id, body.clone()).await?;
+    let compressed_len = body.len();
+    let raw_len = state.blobs.put_verified(&id, body).await?;
     state.pending.arrived(&cluster, &id);
     Metrics::add(&state.metrics.chunks_stored, 1);
-    Metrics::add(&state.metrics.chunk_bytes_received, body.len() as u64);
+    Metrics::add(&state.metrics.chunk_bytes_received, compressed_len as u64);
     Metrics::add(&state.metrics.payload_bytes_stored, raw_len as u64);
     Ok(HttpResponse::NoContent().finish())
 }

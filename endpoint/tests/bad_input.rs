@@ -11,7 +11,7 @@ const T0: u64 = 1_790_000_000_000;
 
 fn assert_nothing_stored(harness: &Harness) {
     assert!(harness.problems("?interesting=all").is_empty());
-    assert_eq!(harness.chunk_files(), 0, "no chunk file was kept");
+    assert_eq!(harness.chunks_stored(), 0, "no chunk was kept");
     assert_eq!(harness.anonymous().get("/healthz").unwrap().status, 200);
 }
 

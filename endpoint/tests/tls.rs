@@ -76,7 +76,7 @@ fn reports_go_up_over_https_to_a_client_that_trusts_the_ca_and_no_one_else() {
     let listed = client.get("/api/v1/problems").unwrap();
     assert_eq!(listed.status, 200);
     assert_eq!(listed.json()["problems"].as_array().unwrap().len(), 1);
-    let stored_chunks = harness.chunk_files();
+    let stored_chunks = harness.chunks_stored();
     assert!(stored_chunks > 0);
 
     // Another CA's client does not get past the handshake; nothing more is stored.
@@ -104,7 +104,7 @@ fn reports_go_up_over_https_to_a_client_that_trusts_the_ca_and_no_one_else() {
         plain.is_err() || plain.as_ref().unwrap().status >= 400,
         "{plain:?}"
     );
-    assert_eq!(harness.chunk_files(), stored_chunks);
+    assert_eq!(harness.chunks_stored(), stored_chunks);
     // A CA file without a certificate is a clear error, not a client trusting nothing.
     assert!(Client::with_ca(&harness.url, &token, b"not a certificate").is_err());
 

@@ -71,9 +71,13 @@ impl Harness {
         answer.json()["problems"].as_array().unwrap().clone()
     }
 
-    /// Files under the local blob directory.
-    pub fn chunk_files(&self) -> usize {
-        walk(&self.dir.path().join("endpoint/blobs"))
+    /// Chunk records in the local pack files (a refused chunk leaves none).
+    pub fn chunks_stored(&self) -> usize {
+        let state = self.server.as_ref().unwrap().state.as_ref().unwrap();
+        match &state.blobs {
+            crashmesh_endpoint::blobs::Blobs::Local(packs) => packs.records().unwrap().len(),
+            crashmesh_endpoint::blobs::Blobs::Objects(_) => panic!("local storage only"),
+        }
     }
 }
 
@@ -83,22 +87,6 @@ impl Drop for Harness {
             server.stop();
         }
     }
-}
-
-fn walk(dir: &std::path::Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| {
-            if entry.file_type().unwrap().is_dir() {
-                walk(&entry.path())
-            } else {
-                1
-            }
-        })
-        .sum()
 }
 
 pub fn hex_id(text: &str) -> String {
