@@ -251,6 +251,14 @@ fn routes(
                     Ok(response)
                 }
             })
+            // Chunks first: the most frequent request, matched before the patterns above
+            // it would be tried.
+            .service(
+                web::resource("/api/v1/chunks/{id}")
+                    .app_data(web::PayloadConfig::new(limits.chunk_body_bytes_max))
+                    .route(web::put().to(put_chunk))
+                    .route(web::get().to(get_chunk)),
+            )
             .service(
                 web::resource("/api/v1/reports")
                     .app_data(web::PayloadConfig::new(limits.manifest_bytes_max))
@@ -262,12 +270,6 @@ fn routes(
                     .route(web::post().to(complete_report)),
             )
             .service(web::resource("/api/v1/reports/{id}").route(web::get().to(get_report)))
-            .service(
-                web::resource("/api/v1/chunks/{id}")
-                    .app_data(web::PayloadConfig::new(limits.chunk_body_bytes_max))
-                    .route(web::put().to(put_chunk))
-                    .route(web::get().to(get_chunk)),
-            )
             .service(
                 web::resource("/api/v1/incidents")
                     .app_data(web::PayloadConfig::new(limits.update_bytes_max))

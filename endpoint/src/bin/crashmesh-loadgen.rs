@@ -173,7 +173,7 @@ fn upload(
         Some(reply) if answer.status == 200 || answer.status == 202 => reply,
         _ => return Err(refused("manifest", answer.status, &answer.body)),
     };
-    if answer.status == 200 && !(null && !chunks.is_empty()) {
+    if answer.status == 200 && (!null || chunks.is_empty()) {
         return Ok(());
     }
     let wanted: Vec<&ChunkData> = if null {
