@@ -123,6 +123,7 @@ impl Committer {
 }
 
 fn commit_loop(db: &Db, context: &IngestContext, receiver: Receiver<Job>) {
+    let mut cache = RowCache::default();
     while let Ok(first) = receiver.recv() {
         let mut jobs = vec![first];
         while jobs.len() < BATCH_JOBS_MAX {
@@ -133,7 +134,7 @@ fn commit_loop(db: &Db, context: &IngestContext, receiver: Receiver<Job>) {
         }
         let mut results = Vec::with_capacity(jobs.len());
         let mut events = Vec::new();
-        let outcome = run_batch(db, context, &jobs, &mut results, &mut events);
+        let outcome = run_batch(db, context, &mut cache, &jobs, &mut results, &mut events);
         Metrics::add(&context.metrics.commit_batches, 1);
         match outcome {
             Ok(()) => {
@@ -169,9 +170,21 @@ fn is_fatal(error: &EndpointError) -> bool {
     )
 }
 
+/// Problem rows as the last commit left them, kept by the committer between batches: only
+/// the committer writes problem rows, so a hot problem's row is decoded once, not once per
+/// batch. Emptied when a batch fails (its rows may hold what was not committed).
+#[derive(Default)]
+struct RowCache {
+    problems: HashMap<String, ProblemRow>,
+}
+
+/// Problem rows the committer keeps between batches.
+pub const PROBLEM_ROWS_CACHED_MAX: usize = 4096;
+
 fn run_batch(
     db: &Db,
     context: &IngestContext,
+    cache: &mut RowCache,
     jobs: &[Job],
     results: &mut Vec<Result<UploadReply, EndpointError>>,
     events: &mut Vec<Event>,
@@ -182,9 +195,38 @@ fn run_batch(
     } else {
         None
     };
+    let result = run_batch_rows(db, context, cache, staged.as_ref(), jobs, results, events);
+    let rows = match result {
+        Ok(rows) => rows,
+        Err(error) => {
+            cache.problems.clear();
+            return Err(error);
+        }
+    };
+    if let (crate::blobs::Blobs::Local(packs), Some(staged)) = (&context.blobs, staged) {
+        packs.committed(staged);
+    }
+    if cache.problems.len() + rows.len() > PROBLEM_ROWS_CACHED_MAX {
+        cache.problems.clear();
+    }
+    cache.problems.extend(rows);
+    Ok(())
+}
+
+/// The batch's transaction; returns the problem rows it committed.
+fn run_batch_rows(
+    db: &Db,
+    context: &IngestContext,
+    cache: &mut RowCache,
+    staged: Option<&crate::packs::Staged>,
+    jobs: &[Job],
+    results: &mut Vec<Result<UploadReply, EndpointError>>,
+    events: &mut Vec<Event>,
+) -> Result<HashMap<String, ProblemRow>, EndpointError> {
     let txn = db.db.begin_write()?;
+    let rows;
     {
-        let mut tables = Tables::open(&txn)?;
+        let mut tables = Tables::open(&txn, &mut cache.problems)?;
         let now = now_ms();
         for job in jobs {
             let mut job_events = Vec::new();
@@ -211,16 +253,13 @@ fn run_batch(
             events.extend(job_events);
             results.push(result);
         }
-        tables.flush()?;
-        if let Some(staged) = &staged {
+        rows = tables.flush()?;
+        if let Some(staged) = staged {
             crate::packs::Packs::record(&txn, staged)?;
         }
     }
     txn.commit()?;
-    if let (crate::blobs::Blobs::Local(packs), Some(staged)) = (&context.blobs, staged) {
-        packs.committed(staged);
-    }
-    Ok(())
+    Ok(rows)
 }
 
 struct Tables<'txn> {
@@ -236,10 +275,16 @@ struct Tables<'txn> {
     /// row (and its bug) is decoded and encoded once per batch, not once per report.
     problem_rows: HashMap<String, ProblemRow>,
     bug_rows: HashMap<u64, BugRow>,
+    /// Rows committed by earlier batches ([`RowCache`]); a row taken from here is put in
+    /// `problem_rows`.
+    committed_rows: &'txn mut HashMap<String, ProblemRow>,
 }
 
 impl<'txn> Tables<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, EndpointError> {
+    fn open(
+        txn: &'txn WriteTransaction,
+        committed_rows: &'txn mut HashMap<String, ProblemRow>,
+    ) -> Result<Tables<'txn>, EndpointError> {
         Ok(Tables {
             meta: txn.open_table(META)?,
             terms: txn.open_table(TERMS)?,
@@ -251,24 +296,28 @@ impl<'txn> Tables<'txn> {
             comments: txn.open_table(COMMENTS)?,
             problem_rows: HashMap::new(),
             bug_rows: HashMap::new(),
+            committed_rows,
         })
     }
 
-    /// Writes the rows this batch changed.
-    fn flush(&mut self) -> Result<(), EndpointError> {
-        for (id, row) in std::mem::take(&mut self.problem_rows) {
-            self.problems
-                .insert(id.as_str(), encode(&row)?.as_slice())?;
+    /// Writes the rows this batch changed; returns its problem rows.
+    fn flush(&mut self) -> Result<HashMap<String, ProblemRow>, EndpointError> {
+        let rows = std::mem::take(&mut self.problem_rows);
+        for (id, row) in &rows {
+            self.problems.insert(id.as_str(), encode(row)?.as_slice())?;
         }
         for (_, bug) in std::mem::take(&mut self.bug_rows) {
             save_bug(&mut self.bugs, &mut self.comments, bug)?;
         }
-        Ok(())
+        Ok(rows)
     }
 
     /// A problem's row, taken out of the batch's cache (put it back with `put_problem`).
     fn take_problem(&mut self, id: &str) -> Result<Option<ProblemRow>, EndpointError> {
         if let Some(row) = self.problem_rows.remove(id) {
+            return Ok(Some(row));
+        }
+        if let Some(row) = self.committed_rows.remove(id) {
             return Ok(Some(row));
         }
         self.problem(id)
@@ -327,7 +376,11 @@ impl<'txn> Tables<'txn> {
     }
 
     fn problem(&self, id: &str) -> Result<Option<ProblemRow>, EndpointError> {
-        if let Some(row) = self.problem_rows.get(id) {
+        if let Some(row) = self
+            .problem_rows
+            .get(id)
+            .or_else(|| self.committed_rows.get(id))
+        {
             return Ok(Some(row.clone()));
         }
         self.problems
@@ -640,14 +693,10 @@ fn complete(
         tables.put_bug(bug);
     }
     tables.put_problem(row);
-    let report = ReportRow {
-        manifest: manifest.clone(),
-        problem_id: problem_id.clone(),
-        received_ms: now,
-    };
+    let report = ReportRow::encode_parts(manifest, &problem_id, now)?;
     tables
         .reports
-        .insert(manifest.report_id.as_str(), encode(&report)?.as_slice())?;
+        .insert(manifest.report_id.as_str(), report.as_slice())?;
     Metrics::add(&context.metrics.reports_completed, 1);
     Ok(reply)
 }
