@@ -65,6 +65,8 @@ pub const STREAM_FRAME_TOO_LARGE: u32 = 1;
 pub const STREAM_MALFORMED: u32 = 2;
 /// Stream reset code: the responder failed while streaming.
 pub const STREAM_RESPONDER_FAILED: u32 = 3;
+/// Bytes `stream_from` reads and hands to quinn at a time.
+const STREAM_WRITE_BYTES: usize = 1024 * 1024;
 
 /// The limits of one transport; [`TransportLimits::default`] documents each default.
 #[derive(Clone, Debug)]
@@ -659,10 +661,12 @@ impl IncomingRequest {
         mut self,
         reader: &mut R,
     ) -> Result<u64, TransportError> {
-        // Large reads amortize the per-write cost; quinn splits them into packets.
-        let mut buffer = vec![0u8; 1024 * 1024];
+        // Large reads amortize the per-write cost; quinn splits them into packets. Each
+        // read lands in a buffer of its own that is handed to quinn as it is (a copy less
+        // than `write_all`, which copies into a buffer quinn allocates anyway).
         let mut sent_bytes: u64 = 0;
         loop {
+            let mut buffer = bytes::BytesMut::zeroed(STREAM_WRITE_BYTES);
             let read = match reader.read(&mut buffer).await {
                 Ok(0) => break,
                 Ok(read) => read,
@@ -671,7 +675,8 @@ impl IncomingRequest {
                     return Err(error.into());
                 }
             };
-            self.send.write_all(&buffer[..read]).await?;
+            buffer.truncate(read);
+            self.send.write_chunk(buffer.freeze()).await?;
             sent_bytes += read as u64;
         }
         self.send.finish()?;
