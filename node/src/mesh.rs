@@ -10,7 +10,9 @@
 //!   election tolerate loss). The task keeps one QUIC connection to the member's configured
 //!   address, expecting its certificate name, reconnects on demand with backoff
 //!   ([`RECONNECT_BACKOFF_MIN_MS`]..[`RECONNECT_BACKOFF_MAX_MS`]), and drops what queued
-//!   while the peer was unreachable (stale heartbeats help nobody).
+//!   while the peer was unreachable (stale heartbeats help nobody). A send stuck for
+//!   [`SEND_STALL_MS`] drops the connection for a new one: after a partition heals, the
+//!   old connection would otherwise wait out QUIC's backed-off probes or its idle timeout.
 //! - **Inbound**: the accept loop admits only configured members (the transport already
 //!   refused every certificate not of our CA); a reader task per connection hands
 //!   `(peer name from the certificate, bytes)` to the actor, with back-pressure (it awaits
@@ -87,6 +89,14 @@ pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
 pub const RECONNECT_BACKOFF_MAX_MS: u64 = 2_000;
 /// How long a connect to a member may take (handshake and admission).
 pub const MESH_CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// A send that has not gone out after this long means the connection is stuck (after a
+/// partition, QUIC's probe timeouts have backed off and the peer gives no stream credit
+/// until they fire, up to the idle timeout): the link drops it and reconnects.
+pub const SEND_STALL_MS: u64 = 3_000;
+/// A mesh connection that receives nothing for this long is closed.
+pub const MESH_IDLE_TIMEOUT_MS: u64 = 5_000;
+/// Each side of a mesh connection pings this often, so only a cut path goes idle.
+pub const MESH_KEEP_ALIVE_MS: u64 = 1_000;
 /// A connection younger than this is not reset when the peer connects to us again.
 pub const FRESH_CONNECTION_MS: u64 = 2_000;
 /// The same kind of refusal or failure is logged at most this often (with a count).
@@ -285,6 +295,13 @@ struct Inbound {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct PeerConnected {
+    peer: NodeId,
+}
+
+/// Our link connected to a member (first time or after a failure).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct LinkUp {
     peer: NodeId,
 }
 
@@ -513,10 +530,17 @@ fn pending_announcements(store: &Store, settings: &MeshSettings) -> Result<Vec<A
 /// The transport's defaults, but a short connect timeout: a member that is down (or not
 /// started yet) must not hold its link for long — QUIC gets no "port unreachable", so a
 /// connect to a dead peer only ends at the timeout, and the handshake's retransmission
-/// (about 1 s after the first try) still fits when the peer was merely starting.
+/// (about 1 s after the first try) still fits when the peer was merely starting. And a
+/// short idle timeout with frequent keep-alives: a connection across a partition dies
+/// within [`MESH_IDLE_TIMEOUT_MS`], so when the partition heals the link connects afresh
+/// at once instead of waiting for QUIC's backed-off probes on a connection whose
+/// congestion window collapsed (measured: up to 60 s before the minority's incidents
+/// reached the aggregator).
 fn mesh_transport_limits() -> crate::transport::TransportLimits {
     crate::transport::TransportLimits {
         connect_timeout: Duration::from_millis(MESH_CONNECT_TIMEOUT_MS),
+        idle_timeout: Duration::from_millis(MESH_IDLE_TIMEOUT_MS),
+        keep_alive_interval: Duration::from_millis(MESH_KEEP_ALIVE_MS),
         ..Default::default()
     }
 }
@@ -604,10 +628,21 @@ impl Handler<Inbound> for MeshActor {
 impl Handler<PeerConnected> for MeshActor {
     type Result = ();
 
-    fn handle(&mut self, message: PeerConnected, _context: &mut Self::Context) {
+    fn handle(&mut self, message: PeerConnected, context: &mut Self::Context) {
         if let Some(link) = self.links.get(&message.peer) {
             let _ = link.try_send(LinkCommand::PeerReconnected);
         }
+        self.node.peer_reachable(self.clock.now_ms(), &message.peer);
+        self.pump(context);
+    }
+}
+
+impl Handler<LinkUp> for MeshActor {
+    type Result = ();
+
+    fn handle(&mut self, message: LinkUp, context: &mut Self::Context) {
+        self.node.peer_reachable(self.clock.now_ms(), &message.peer);
+        self.pump(context);
     }
 }
 
@@ -700,6 +735,7 @@ impl MeshActor {
                 to.clone(),
                 address,
                 receiver,
+                context.address().recipient(),
                 context.address().recipient(),
             ));
             sender
@@ -839,6 +875,7 @@ impl MeshActor {
             aggregator: status.aggregator.map(|node| node.as_str().to_string()),
             role: match status.role {
                 Role::Follower => "follower",
+                Role::PreCandidate => "pre-candidate",
                 Role::Candidate => "candidate",
                 Role::Aggregator => "aggregator",
             }
@@ -1036,9 +1073,12 @@ struct Worker {
 fn run_worker(mut worker: Worker, jobs: std::sync::mpsc::Receiver<WorkerJob>) {
     while let Ok(job) = jobs.recv() {
         let described = format!("{job:?}");
+        let started = std::time::Instant::now();
+        tracing::debug!(job = %described, "mesh job started");
         if let Err(error) = worker.run(job) {
             tracing::warn!(job = %described, error = %format!("{error:#}"), "mesh job failed");
         }
+        tracing::debug!(job = %described, elapsed_ms = started.elapsed().as_millis() as u64, "mesh job done");
     }
 }
 
@@ -1371,6 +1411,7 @@ async fn peer_link(
     address: SocketAddr,
     mut queue: mpsc::Receiver<LinkCommand>,
     inbound: Recipient<Inbound>,
+    link_up: Recipient<LinkUp>,
 ) {
     let mut connection: Option<(Connection, Instant)> = None;
     let mut backoff_ms = RECONNECT_BACKOFF_MIN_MS;
@@ -1394,6 +1435,7 @@ async fn peer_link(
                 Ok(connected) => {
                     tracing::info!(%peer, %address, "connected to member");
                     backoff_ms = RECONNECT_BACKOFF_MIN_MS;
+                    link_up.do_send(LinkUp { peer: peer.clone() });
                     tokio::spawn(read_connection(
                         peer.clone(),
                         connected.clone(),
@@ -1416,12 +1458,18 @@ async fn peer_link(
             }
         }
         let (open, _) = connection.as_ref().expect("connected above");
-        if let Err(error) = open.send_message(&bytes).await {
-            if error.is_connection_lost() {
+        let stall = Duration::from_millis(SEND_STALL_MS);
+        match tokio::time::timeout(stall, open.send_message(&bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) if error.is_connection_lost() => {
                 tracing::debug!(%peer, %error, "connection to member lost");
                 connection = None;
-            } else {
-                tracing::debug!(%peer, %error, "a datagram to a member failed");
+            }
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "a datagram to a member failed"),
+            Err(_) => {
+                tracing::info!(%peer, stalled_ms = SEND_STALL_MS, "a send to a member stalled; reconnecting");
+                open.close("send stalled");
+                connection = None;
             }
         }
     }

@@ -273,6 +273,12 @@ impl Node {
         Ok(result?)
     }
 
+    /// The shell has a connection to `peer` again: announcements waiting for it go now.
+    pub fn peer_reachable(&mut self, now_ms: u64, peer: &NodeId) {
+        self.consolidation.peer_reachable(now_ms, peer);
+        self.collect(now_ms);
+    }
+
     /// The shell's answer to `ChunksOffered`: the chunks its store lacks.
     pub fn chunks_missing(&mut self, now_ms: u64, report_id: &ReportId, missing: Vec<ChunkId>) {
         self.consolidation
@@ -320,6 +326,8 @@ impl Node {
             Message::Membership { packet } => self.membership.handle_packet(now_ms, packet)?,
             Message::RequestVote { .. }
             | Message::Vote { .. }
+            | Message::PreVote { .. }
+            | Message::PreVoteReply { .. }
             | Message::Heartbeat { .. }
             | Message::HeartbeatAck { .. } => self.election.handle_message(now_ms, from, message),
             _ => self.consolidation.handle_message(now_ms, from, message),

@@ -660,6 +660,34 @@ impl Consolidation {
         self.drive(now_ms);
     }
 
+    /// The shell connected to `peer` (or `peer` to it). When `peer` is the aggregator this
+    /// node announces to, what it has not acknowledged is sent now rather than at the next
+    /// retry, which may be seconds away after a partition or the aggregator's restart.
+    pub fn peer_reachable(&mut self, now_ms: u64, peer: &NodeId) {
+        let target = self.announce_target();
+        if target
+            .as_ref()
+            .is_none_or(|(aggregator, _)| aggregator != peer)
+        {
+            return;
+        }
+        let mut nudged = false;
+        for record in self.records.values_mut() {
+            if record.acknowledged_by == target
+                || record.next_send_ms == u64::MAX
+                || record.next_send_ms <= now_ms
+            {
+                continue;
+            }
+            record.next_send_ms = now_ms;
+            record.retry_ms = self.config.announce_retry_initial_ms;
+            nudged = true;
+        }
+        if nudged {
+            self.drive(now_ms);
+        }
+    }
+
     /// Aggregator: the shell's answer to [`ConsolidationOutput::ChunksOffered`].
     pub fn chunks_missing(&mut self, now_ms: u64, report_id: &ReportId, missing: Vec<ChunkId>) {
         let fetch_retry_ms = self.config.fetch_retry_ms;
@@ -1103,30 +1131,28 @@ impl Consolidation {
             if problem.pending.is_empty() && problem.upload.is_none() {
                 continue;
             }
-            if problem.logs_requested_at_ms.is_none() && !problem.at_endpoint {
-                if let Some(first) = problem
+            if problem.logs_requested_at_ms.is_none()
+                && !problem.at_endpoint
+                && let Some(first) = problem
                     .pending
                     .values()
                     .min_by_key(|incident| incident.time_ms)
-                {
-                    problem.logs_requested_at_ms = Some(now_ms);
-                    for peer in &config.log_peers {
-                        problem.logs.insert(peer.clone(), PeerLogs::Waiting);
-                        self.outputs.push_back(ConsolidationOutput::Send {
-                            to: peer.clone(),
-                            message: Message::LogRequest {
-                                term: state.term,
-                                signature: signature.clone(),
-                                kind: problem.kind,
-                                window_start_ms: first
-                                    .time_ms
-                                    .saturating_sub(config.log_window_before_ms),
-                                window_end_ms: first
-                                    .time_ms
-                                    .saturating_add(config.log_window_after_ms),
-                            },
-                        });
-                    }
+            {
+                problem.logs_requested_at_ms = Some(now_ms);
+                for peer in &config.log_peers {
+                    problem.logs.insert(peer.clone(), PeerLogs::Waiting);
+                    self.outputs.push_back(ConsolidationOutput::Send {
+                        to: peer.clone(),
+                        message: Message::LogRequest {
+                            term: state.term,
+                            signature: signature.clone(),
+                            kind: problem.kind,
+                            window_start_ms: first
+                                .time_ms
+                                .saturating_sub(config.log_window_before_ms),
+                            window_end_ms: first.time_ms.saturating_add(config.log_window_after_ms),
+                        },
+                    });
                 }
             }
             drive_log_fetches(

@@ -12,6 +12,13 @@
 //!   live ones), so a minority partition elects nobody and two winners in one term would
 //!   need a voter that voted twice: at most one aggregator per term.
 //! - Nodes configured with `may_be_aggregator = false` vote but never stand.
+//! - Pre-vote (Raft thesis §9.6): when its election timeout passes, a node first asks
+//!   every member whether it would vote for it in the next term (`PreVote`), changing
+//!   nothing on either side; only with a majority of yes does it raise its term and stand.
+//!   A node that cannot win (cut off in a minority) therefore keeps its term, and when
+//!   it comes back it follows the aggregator instead of forcing it out with a higher
+//!   term. A `PreVoteReply` carrying a higher term is adopted, so a node that fell
+//!   behind catches up.
 //! - The aggregator holds its role by heartbeats; it steps down when it sees a higher
 //!   term, and when no majority has acknowledged a heartbeat sent within `lease_ms`.
 //!   Followers refuse to vote while they heard the aggregator within
@@ -23,7 +30,8 @@
 //!
 //! Default timings ([`ElectionConfig::default_timings`]): heartbeat every 500 ms, election
 //! timeout drawn from 1500..3000 ms, lease 1500 ms. A killed aggregator is replaced after
-//! at most 3 s of silence plus one round trip, plus another 1.5–3 s per split vote: a new
+//! at most 3 s of silence plus two round trips (pre-vote, vote), plus another 1.5–3 s
+//! per split vote: a new
 //! aggregator is usually in place within 5 s, well inside the 10 s goal for uploading.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -112,6 +120,8 @@ pub enum ElectionOutput {
 pub enum Role {
     /// Follows an aggregator, or waits for one.
     Follower,
+    /// Asks whether it would get votes, before standing (pre-vote).
+    PreCandidate,
     /// Asks for votes.
     Candidate,
     /// Is the aggregator of the current term.
@@ -131,6 +141,8 @@ pub struct Election {
     heard_aggregator_ms: Option<u64>,
     election_deadline_ms: u64,
     votes: BTreeSet<NodeId>,
+    /// Who would vote for this node in the next term (pre-candidates).
+    pre_votes: BTreeSet<NodeId>,
     election_started_ms: u64,
     /// Per member, the latest own `sent_ms` it acknowledged in this term (aggregator).
     acknowledged_sent_ms: BTreeMap<NodeId, u64>,
@@ -178,6 +190,7 @@ impl Election {
             heard_aggregator_ms: None,
             election_deadline_ms: 0,
             votes: BTreeSet::new(),
+            pre_votes: BTreeSet::new(),
             election_started_ms: 0,
             acknowledged_sent_ms: BTreeMap::new(),
             lease_until_ms: 0,
@@ -233,7 +246,7 @@ impl Election {
     pub fn next_deadline_ms(&self) -> u64 {
         match self.role {
             Role::Aggregator => self.next_heartbeat_ms.min(self.lease_until_ms),
-            Role::Follower | Role::Candidate => self.election_deadline_ms,
+            Role::Follower | Role::PreCandidate | Role::Candidate => self.election_deadline_ms,
         }
     }
 
@@ -249,7 +262,7 @@ impl Election {
                     self.send_heartbeats(now_ms);
                 }
             }
-            Role::Follower | Role::Candidate => {
+            Role::Follower | Role::PreCandidate | Role::Candidate => {
                 if now_ms < self.election_deadline_ms {
                     return;
                 }
@@ -258,7 +271,7 @@ impl Election {
                     self.emit_aggregator_changed();
                 }
                 if self.config.may_be_aggregator {
-                    self.start_election(now_ms);
+                    self.start_pre_vote(now_ms);
                 } else {
                     self.role = Role::Follower;
                     self.reset_election_deadline(now_ms);
@@ -280,6 +293,17 @@ impl Election {
                 self.handle_request_vote(now_ms, from, *term);
             }
             Message::Vote { term, granted } => self.handle_vote(now_ms, from, *term, *granted),
+            Message::PreVote { term, candidate } => {
+                if candidate != from {
+                    return;
+                }
+                self.handle_pre_vote(now_ms, from, *term);
+            }
+            Message::PreVoteReply {
+                for_term,
+                term,
+                granted,
+            } => self.handle_pre_vote_reply(now_ms, from, *for_term, *term, *granted),
             Message::Heartbeat {
                 term,
                 aggregator,
@@ -339,6 +363,7 @@ impl Election {
         self.aggregator = None;
         self.heard_aggregator_ms = None;
         self.votes.clear();
+        self.pre_votes.clear();
         self.acknowledged_sent_ms.clear();
         if had_aggregator || was_leading {
             self.emit_aggregator_changed();
@@ -353,6 +378,7 @@ impl Election {
         self.role = Role::Follower;
         self.aggregator = aggregator;
         self.votes.clear();
+        self.pre_votes.clear();
         self.acknowledged_sent_ms.clear();
         self.reset_election_deadline(now_ms);
         if changed {
@@ -360,8 +386,88 @@ impl Election {
         }
     }
 
+    /// Asks every member whether it would vote for this node in the next term, without
+    /// raising the term: only with a majority of yes does the node stand.
+    fn start_pre_vote(&mut self, now_ms: u64) {
+        debug_assert!(self.config.may_be_aggregator);
+        self.role = Role::PreCandidate;
+        self.aggregator = None;
+        self.heard_aggregator_ms = None;
+        self.votes.clear();
+        self.pre_votes = BTreeSet::from([self.self_id.clone()]);
+        self.reset_election_deadline(now_ms);
+        if self.pre_votes.len() >= self.majority() {
+            self.start_election(now_ms);
+            return;
+        }
+        let request = Message::PreVote {
+            term: self.persisted.term + 1,
+            candidate: self.self_id.clone(),
+        };
+        for member in self.config.members.clone() {
+            if member != self.self_id {
+                self.send(member, request.clone());
+            }
+        }
+    }
+
+    /// Whether this node would grant `candidate` its vote in `term` now: not while it
+    /// hears the aggregator or leads with a live lease (Raft's guard against disruptive
+    /// servers), and not for a term it has passed or already given to someone else.
+    fn would_vote(&self, now_ms: u64, candidate: &NodeId, term: Term) -> bool {
+        let aggregator_heard = self
+            .heard_aggregator_ms
+            .is_some_and(|heard_ms| now_ms < heard_ms + self.config.election_timeout_min_ms);
+        let leading = self.role == Role::Aggregator && now_ms < self.lease_until_ms;
+        if aggregator_heard || leading {
+            return false;
+        }
+        term > self.persisted.term
+            || (term == self.persisted.term
+                && self
+                    .persisted
+                    .voted_for
+                    .as_ref()
+                    .is_none_or(|voted_for| voted_for == candidate))
+    }
+
+    fn handle_pre_vote(&mut self, now_ms: u64, candidate: &NodeId, term: Term) {
+        let granted = self.would_vote(now_ms, candidate, term);
+        self.send(
+            candidate.clone(),
+            Message::PreVoteReply {
+                for_term: term,
+                term: self.persisted.term,
+                granted,
+            },
+        );
+    }
+
+    fn handle_pre_vote_reply(
+        &mut self,
+        now_ms: u64,
+        voter: &NodeId,
+        for_term: Term,
+        term: Term,
+        granted: bool,
+    ) {
+        if term > self.persisted.term {
+            // Behind the cluster: catch up, and ask again for the term after.
+            self.adopt_term(now_ms, term);
+            return;
+        }
+        if self.role != Role::PreCandidate || for_term != self.persisted.term + 1 || !granted {
+            return;
+        }
+        self.pre_votes.insert(voter.clone());
+        if self.pre_votes.len() >= self.majority() {
+            self.start_election(now_ms);
+        }
+    }
+
     fn start_election(&mut self, now_ms: u64) {
         debug_assert!(self.config.may_be_aggregator);
+        self.pre_votes.clear();
         self.persisted = PersistedVote {
             term: self.persisted.term + 1,
             voted_for: Some(self.self_id.clone()),
@@ -480,6 +586,7 @@ impl Election {
         }
         self.role = Role::Follower;
         self.votes.clear();
+        self.pre_votes.clear();
         self.heard_aggregator_ms = Some(now_ms);
         self.reset_election_deadline(now_ms);
         if self.aggregator.as_ref() != Some(aggregator) {

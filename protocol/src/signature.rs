@@ -211,10 +211,10 @@ pub fn normalize_native_function(name: &str) -> String {
     loop {
         let before = name.len();
         for prefix in ["__GI_", "__GL_", "__libc_", "__"] {
-            if let Some(rest) = name.strip_prefix(prefix) {
-                if !rest.is_empty() {
-                    name = rest.to_string();
-                }
+            if let Some(rest) = name.strip_prefix(prefix)
+                && !rest.is_empty()
+            {
+                name = rest.to_string();
             }
         }
         if name.len() == before {

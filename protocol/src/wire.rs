@@ -295,6 +295,24 @@ pub enum Message {
         /// The endpoint's answer.
         feedback: Feedback,
     },
+    /// Would the receiver vote for the sender in `term`? Asked before standing, changes
+    /// nothing on either side (Raft's pre-vote), so a node that cannot win (a minority
+    /// partition) does not raise its term and disrupt the majority when it comes back.
+    PreVote {
+        /// The term the sender would stand in (its own plus one).
+        term: Term,
+        /// The would-be candidate (the sender).
+        candidate: NodeId,
+    },
+    /// The answer to `PreVote`.
+    PreVoteReply {
+        /// The `term` of the `PreVote` answered.
+        for_term: Term,
+        /// The answerer's own term.
+        term: Term,
+        /// True when the answerer would vote for the sender.
+        granted: bool,
+    },
 }
 
 /// What the endpoint knows about a problem, as every node of the cluster keeps it.
@@ -513,7 +531,7 @@ impl Envelope {
                     ));
                 }
             }
-            Message::RequestVote { candidate, .. } => {
+            Message::RequestVote { candidate, .. } | Message::PreVote { candidate, .. } => {
                 check_node(candidate, "candidate")?;
                 if candidate != &self.from {
                     return Err(invalid("candidate", "is not the sender"));
@@ -525,7 +543,7 @@ impl Envelope {
                     return Err(invalid("aggregator", "is not the sender"));
                 }
             }
-            Message::Vote { .. } | Message::HeartbeatAck { .. } => {}
+            Message::Vote { .. } | Message::HeartbeatAck { .. } | Message::PreVoteReply { .. } => {}
             Message::Announce { announcement, .. } => announcement.validate()?,
             Message::AnnounceAck { report_id, .. }
             | Message::FetchReport { report_id, .. }

@@ -268,3 +268,53 @@ fn a_full_node_queue_refuses_with_a_typed_error_and_retries_back_off() {
     node.announce(now_ms, announcement("n1", "r3", "v1:s"))
         .unwrap();
 }
+
+/// Announcements lost while the aggregator was unreachable back off; when the shell
+/// connects to the aggregator again they go at once, and reaching another node changes
+/// nothing.
+#[test]
+fn an_aggregator_reachable_again_gets_the_waiting_announcements_at_once() {
+    let mut node = Consolidation::new(
+        NodeId::new("n1"),
+        ConsolidationConfig::new(ClusterId::new("c")),
+    );
+    node.set_role(
+        0,
+        ConsolidationRole::Follower {
+            term: 3,
+            aggregator: Some(NodeId::new("agg")),
+        },
+    );
+    node.announce(0, announcement("n1", "r1", "v1:s")).unwrap();
+    let announced = |outputs: Vec<ConsolidationOutput>| {
+        outputs
+            .iter()
+            .filter(|output| {
+                matches!(output, ConsolidationOutput::Send { to, message: Message::Announce { .. } } if to.as_str() == "agg")
+            })
+            .count()
+    };
+    assert_eq!(announced(outputs(&mut node)), 1);
+    // Lost, again and again: the retries back off to seconds apart.
+    let mut now_ms = 0;
+    for _ in 0..5 {
+        now_ms = node.next_deadline_ms().unwrap();
+        node.handle_timeout(now_ms);
+        assert_eq!(announced(outputs(&mut node)), 1);
+    }
+    let waiting_until_ms = node.next_deadline_ms().unwrap();
+    assert!(
+        waiting_until_ms >= now_ms + 4_000,
+        "{waiting_until_ms} {now_ms}"
+    );
+
+    node.peer_reachable(now_ms + 10, &NodeId::new("n2"));
+    assert_eq!(
+        announced(outputs(&mut node)),
+        0,
+        "another node changes nothing"
+    );
+    node.peer_reachable(now_ms + 10, &NodeId::new("agg"));
+    assert_eq!(announced(outputs(&mut node)), 1, "sent at once");
+    assert!(node.next_deadline_ms().unwrap() < now_ms + 10 + 1_000);
+}
