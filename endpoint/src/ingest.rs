@@ -49,7 +49,8 @@ pub struct IngestContext {
 enum Job {
     Complete {
         manifest: Arc<ReportManifest>,
-        analysis: Box<Problem>,
+        /// `None`: the manifest's problem as sent.
+        analysis: Option<Box<Problem>>,
         answer: oneshot::Sender<Result<UploadReply, EndpointError>>,
     },
     Update {
@@ -95,16 +96,17 @@ impl Committer {
         }
     }
 
-    /// Records a report whose chunks are all stored.
+    /// Records a report whose chunks are all stored; `analysis` replaces the manifest's
+    /// problem when given (re-symbolized).
     pub async fn complete(
         &self,
         manifest: Arc<ReportManifest>,
-        analysis: Problem,
+        analysis: Option<Problem>,
     ) -> Result<UploadReply, EndpointError> {
         let (answer, receiver) = oneshot::channel();
         self.submit(Job::Complete {
             manifest,
-            analysis: Box::new(analysis),
+            analysis: analysis.map(Box::new),
             answer,
         })?;
         receiver
@@ -237,7 +239,7 @@ fn run_batch_rows(
                     &mut tables,
                     context,
                     manifest,
-                    analysis,
+                    analysis.as_deref().unwrap_or(&manifest.problem),
                     now,
                     &mut job_events,
                 ),

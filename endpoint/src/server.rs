@@ -428,21 +428,24 @@ impl AppState {
         })
     }
 
-    /// The analysis to keep: the manifest's problem, re-symbolized where possible.
-    async fn analysis(&self, manifest: &ReportManifest) -> Result<Problem, EndpointError> {
-        let mut problem = manifest.problem.clone();
-        if let Some(symbolizer) = &self.symbolizer
-            && symbolize::wants_symbols(&problem)
-        {
-            let symbolizer = symbolizer.clone();
-            problem = web::block(move || {
-                symbolizer.problem(&mut problem);
-                problem
-            })
-            .await
-            .map_err(|error| EndpointError::Database(format!("symbolizer: {error}")))?;
+    /// The analysis to keep when it is not the manifest's problem as sent: that problem
+    /// re-symbolized, where symbols are configured and it wants them.
+    async fn analysis(&self, manifest: &ReportManifest) -> Result<Option<Problem>, EndpointError> {
+        let Some(symbolizer) = &self.symbolizer else {
+            return Ok(None);
+        };
+        if !symbolize::wants_symbols(&manifest.problem) {
+            return Ok(None);
         }
-        Ok(problem)
+        let mut problem = manifest.problem.clone();
+        let symbolizer = symbolizer.clone();
+        problem = web::block(move || {
+            symbolizer.problem(&mut problem);
+            problem
+        })
+        .await
+        .map_err(|error| EndpointError::Database(format!("symbolizer: {error}")))?;
+        Ok(Some(problem))
     }
 
     /// Records a report whose chunks are all stored.
