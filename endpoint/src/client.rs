@@ -5,6 +5,10 @@
 
 use std::time::Duration;
 
+/// How long opening a connection to the endpoint may take before the call fails (and the
+/// caller retries on a fresh one).
+pub const CONNECT_TIMEOUT_SECS: u64 = 5;
+
 use crashmesh_protocol::report::{BlobManifest, IncidentUpdate, ReportManifest, UploadReply};
 
 /// A chunk ready to send: its id and its zstd frame.
@@ -117,6 +121,9 @@ impl Client {
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
+            // A connect not done by then is lost; failing it lets the consolidation retry
+            // on a fresh one rather than hold the upload worker for the whole timeout.
+            .timeout_connect(Some(Duration::from_secs(CONNECT_TIMEOUT_SECS)))
             .max_idle_connections_per_host(64);
         if let Some(tls) = tls {
             config = config.tls_config(tls);

@@ -52,8 +52,18 @@ impl Net {
             subnet: format!("10.213.{}", tag % 250),
         };
         net.cleanup();
-        for side in ["a", "b"] {
+        for (index, side) in ["a", "b"].into_iter().enumerate() {
             ip(&["link", "add", &net.bridge(side), "type", "bridge"]);
+            // A bridge without an address of its own takes the lowest of its ports', so
+            // moving links between bridges would change the endpoint's MAC under the
+            // nodes' ARP caches (their SYNs then go nowhere until the entries expire).
+            let mac = format!(
+                "02:6d:{:02x}:{:02x}:{:02x}:{index:02x}",
+                (tag >> 16) & 0xff,
+                (tag >> 8) & 0xff,
+                tag & 0xff
+            );
+            ip(&["link", "set", &net.bridge(side), "address", &mac]);
             ip(&["link", "set", &net.bridge(side), "up"]);
         }
         ip(&[
