@@ -28,18 +28,22 @@ const REGRESSIONS: &[Regression] = &[
         why: "an aggregator's full report still streaming when a new term's upload lands",
     },
     Regression {
-        seed: 17,
+        seed: 12,
         nodes: 5,
         sabotage: Sabotage::NoFencing,
         expect: Some(Invariant::StaleTermAccepted),
-        why: "a stale upload after a failover",
+        // Seed 17 found this first; since elections pre-vote it no longer fails over at
+        // the moment that mattered, and seed 12 does.
+        why: "a stale upload after the aggregator changed (term 9 after term 10)",
     },
     Regression {
-        seed: 0,
+        seed: 4,
         nodes: 5,
         sabotage: Sabotage::NoDedup,
         expect: Some(Invariant::DuplicateIncident),
-        why: "an incident update retried after the endpoint lost its reply",
+        // Seed 0 found this first; since elections pre-vote it breaks DuplicateProblem
+        // first, and seed 4 breaks this one.
+        why: "the same incident reaches the endpoint twice",
     },
     Regression {
         seed: 5,
