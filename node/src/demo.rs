@@ -285,6 +285,11 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
             r#"# Written by `crashmesh demo`.
 [node]
 name = "{name}"
+# A demo in a temporary directory keeps its evidence whatever the disk's free space:
+# with the default 15 % reserve a fuller disk would evict every core at once.
+[store]
+max_bytes = "1 GiB"
+keep_free_percent = 0
 [detect.kmsg]
 enabled = false
 [detect.kdump]

@@ -442,6 +442,9 @@ pub fn run(config: &RealConfig) -> Result<RealOutcome> {
             r#"# Written by crashmesh-simulator real.
 [node]
 name = "{name}"
+# What is kept must not depend on this machine's free space.
+[store]
+keep_free_percent = 0
 [detect.kmsg]
 enabled = false
 [detect.kdump]

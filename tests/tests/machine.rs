@@ -600,7 +600,7 @@ fn big_crashes_against_a_small_quota_with_the_daemon_killed_lose_no_incident() {
     let _kernel = KernelCoreSettings::save();
     let quota_bytes: u64 = 40 << 20;
     let node = NodeDir::new(
-        "[node]\nname = \"quota\"\n[store]\nmax_bytes = \"40 MiB\"\n[capture]\nrepeat_window_secs = 0\n[detect.kmsg]\nenabled = false\n[gather]\nenabled = false\n",
+        "[node]\nname = \"quota\"\n[store]\nmax_bytes = \"40 MiB\"\nkeep_free_percent = 0\n[capture]\nrepeat_window_secs = 0\n[detect.kmsg]\nenabled = false\n[gather]\nenabled = false\n",
     );
     let scratch = tempfile::tempdir().unwrap();
     let hoarder = compile_c(scratch.path(), "hoarder", HOARDER_C, &["-O2", "-g"])
