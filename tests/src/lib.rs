@@ -68,10 +68,11 @@ pub struct NodeDir {
 impl NodeDir {
     /// A data dir whose config is `config_toml`. The directory lives under /var/tmp
     /// rather than a tmpfs so that free-space guards see a real disk.
-    /// A node with `config_toml`. Unless the config has a `[store]` section of its own,
-    /// the node keeps no free-space reserve (`keep_free_percent = 0`): what a suite sees
-    /// must not depend on how full this machine's disk is (with the default 15 % reserve,
-    /// a disk under 15 % free evicts every core at once).
+    /// A directory with `config_toml`. A node's config (one with a `[node]` table) without
+    /// a `[store]` table of its own gets `keep_free_percent = 0`: what a suite sees must
+    /// not depend on how full this machine's disk is (with the default 15 % reserve, a
+    /// disk under 15 % free evicts every core at once). Endpoint and CA directories are
+    /// written as given.
     pub fn new(config_toml: &str) -> NodeDir {
         let root = tempfile::Builder::new()
             .prefix("cm-")
@@ -79,7 +80,8 @@ impl NodeDir {
             .expect("tempdir");
         let data_dir = root.path().join("d");
         let config = root.path().join("c.toml");
-        let config_toml = if config_toml.lines().any(|line| line.trim() == "[store]") {
+        let has_table = |name: &str| config_toml.lines().any(|line| line.trim() == name);
+        let config_toml = if !has_table("[node]") || has_table("[store]") {
             config_toml.to_string()
         } else {
             format!("{config_toml}\n[store]\nkeep_free_percent = 0\n")

@@ -50,6 +50,8 @@ fn node_with_watched_dirs() -> (NodeDir, Watched) {
         r#"
 [node]
 name = "detectors"
+[store]
+keep_free_percent = 0
 [detect.kmsg]
 enabled = false
 [detect.kdump]
