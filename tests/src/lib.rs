@@ -440,3 +440,57 @@ pub fn now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+/// A mesh node's config for the suites: every detector that would read this machine off,
+/// no log gathering, and `[cluster]` with the cluster CA's files and the node's issued
+/// certificate and key (as `cluster issue --json` printed them).
+pub struct MeshNodeConfig<'a> {
+    /// The node's name (its certificate's).
+    pub name: &'a str,
+    /// `host:port` its QUIC endpoint binds.
+    pub listen: String,
+    /// Every member as `(name, host:port)`, this node included.
+    pub members: Vec<(String, String)>,
+    /// The data dir of `cluster init`, whose `cluster/` holds `ca.pem` and `cluster.json`.
+    pub ca_data_dir: &'a Path,
+    /// `cluster issue NAME --json` of this node.
+    pub issued: &'a serde_json::Value,
+    /// More `[cluster]` keys, one per line (`log_wait_secs = 3`).
+    pub cluster_extra: &'a str,
+    /// Where it uploads: `(endpoint URL, token)`.
+    pub upload: Option<(String, String)>,
+}
+
+impl MeshNodeConfig<'_> {
+    /// The config file's text.
+    pub fn to_toml(&self) -> String {
+        let cluster_dir = self.ca_data_dir.join("cluster");
+        let members: Vec<String> = self
+            .members
+            .iter()
+            .map(|(name, address)| format!("{{ name = \"{name}\", address = \"{address}\" }}"))
+            .collect();
+        let mut text = format!(
+            "[node]\nname = \"{name}\"\n[detect.kmsg]\nenabled = false\n[detect.kdump]\nenabled = false\n\
+             [detect.pstore]\nenabled = false\n[detect.hs_err]\nenabled = false\n\
+             [detect.vm_guest]\nenabled = false\n[gather]\nenabled = false\n\
+             [cluster]\nenabled = true\nlisten = \"{listen}\"\nmembers = [{members}]\n\
+             ca_cert = \"{ca_cert}\"\ncluster_file = \"{cluster_file}\"\n\
+             node_cert = \"{cert}\"\nnode_key = \"{key}\"\n{extra}",
+            name = self.name,
+            listen = self.listen,
+            members = members.join(", "),
+            ca_cert = cluster_dir.join("ca.pem").display(),
+            cluster_file = cluster_dir.join("cluster.json").display(),
+            cert = self.issued["cert"].as_str().expect("issued cert path"),
+            key = self.issued["key"].as_str().expect("issued key path"),
+            extra = self.cluster_extra,
+        );
+        if let Some((endpoint, token)) = &self.upload {
+            text.push_str(&format!(
+                "[upload]\nendpoint = \"{endpoint}\"\ntoken = \"{token}\"\n"
+            ));
+        }
+        text
+    }
+}

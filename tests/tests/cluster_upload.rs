@@ -238,25 +238,28 @@ fn kill_9_of_the_aggregator_mid_upload_still_gives_one_problem_and_every_inciden
     ca.json(&["cluster", "init", "--cluster-id", "fault-test"]);
     let ports = free_udp_ports(3);
     let names: Vec<String> = (1..=3).map(|index| format!("node-{index}")).collect();
-    let members: Vec<String> = names
+    let members: Vec<(String, String)> = names
         .iter()
         .zip(&ports)
-        .map(|(name, port)| format!("{{ name = \"{name}\", address = \"127.0.0.1:{port}\" }}"))
+        .map(|(name, port)| (name.clone(), format!("127.0.0.1:{port}")))
         .collect();
-    let cluster_dir = ca.data_dir.join("cluster");
     let nodes: Vec<NodeDir> = names
         .iter()
         .zip(&ports)
         .map(|(name, port)| {
             let issued = ca.json(&["cluster", "issue", name]);
-            NodeDir::new(&format!(
-                "[node]\nname = \"{name}\"\n[detect.kmsg]\nenabled = false\n[detect.kdump]\nenabled = false\n[detect.pstore]\nenabled = false\n[detect.hs_err]\nenabled = false\n[detect.vm_guest]\nenabled = false\n[gather]\nenabled = false\n[cluster]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nmembers = [{members}]\nca_cert = \"{ca}\"\ncluster_file = \"{cluster_file}\"\nnode_cert = \"{cert}\"\nnode_key = \"{key}\"\n[upload]\nendpoint = \"http://127.0.0.1:{endpoint_port}\"\ntoken = \"{token}\"\n",
-                members = members.join(", "),
-                ca = cluster_dir.join("ca.pem").display(),
-                cluster_file = cluster_dir.join("cluster.json").display(),
-                cert = issued["cert"].as_str().unwrap(),
-                key = issued["key"].as_str().unwrap(),
-            ))
+            NodeDir::new(
+                &MeshNodeConfig {
+                    name,
+                    listen: format!("127.0.0.1:{port}"),
+                    members: members.clone(),
+                    ca_data_dir: &ca.data_dir,
+                    issued: &issued,
+                    cluster_extra: "",
+                    upload: Some((format!("http://127.0.0.1:{endpoint_port}"), token.clone())),
+                }
+                .to_toml(),
+            )
         })
         .collect();
     let mut daemons: Vec<Option<Daemon>> =

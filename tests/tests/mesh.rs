@@ -29,62 +29,24 @@ impl Ca {
         dir.json(&["cluster", "init", "--cluster-id", CLUSTER_ID]);
         Ca { dir }
     }
-
-    /// Issues `name`'s certificate; returns (cert, key).
-    fn issue(&self, name: &str) -> (String, String) {
-        let issued = self.dir.json(&["cluster", "issue", name]);
-        (
-            issued["cert"].as_str().unwrap().to_string(),
-            issued["key"].as_str().unwrap().to_string(),
-        )
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.dir
-            .data_dir
-            .join("cluster")
-            .join(name)
-            .to_str()
-            .unwrap()
-            .to_string()
-    }
 }
 
 /// One node's config: every detector off (they would read this machine), the mesh on.
 fn node_config(ca: &Ca, name: &str, port: u16, members: &[(String, u16)]) -> String {
-    let (cert, key) = ca.issue(name);
-    let members: Vec<String> = members
-        .iter()
-        .map(|(member, port)| format!("{{ name = \"{member}\", address = \"127.0.0.1:{port}\" }}"))
-        .collect();
-    format!(
-        r#"[node]
-name = "{name}"
-[detect.kmsg]
-enabled = false
-[detect.kdump]
-enabled = false
-[detect.pstore]
-enabled = false
-[detect.hs_err]
-enabled = false
-[detect.vm_guest]
-enabled = false
-[gather]
-enabled = false
-[cluster]
-enabled = true
-listen = "127.0.0.1:{port}"
-members = [{members}]
-ca_cert = "{ca_cert}"
-cluster_file = "{cluster_file}"
-node_cert = "{cert}"
-node_key = "{key}"
-"#,
-        members = members.join(", "),
-        ca_cert = ca.file("ca.pem"),
-        cluster_file = ca.file("cluster.json"),
-    )
+    let issued = ca.dir.json(&["cluster", "issue", name]);
+    MeshNodeConfig {
+        name,
+        listen: format!("127.0.0.1:{port}"),
+        members: members
+            .iter()
+            .map(|(member, port)| (member.clone(), format!("127.0.0.1:{port}")))
+            .collect(),
+        ca_data_dir: &ca.dir.data_dir,
+        issued: &issued,
+        cluster_extra: "",
+        upload: None,
+    }
+    .to_toml()
 }
 
 struct MeshNode {

@@ -274,61 +274,27 @@ fn a_minority_partition_elects_nobody_its_problems_wait_and_everything_converges
     };
 
     // Five nodes, each in its namespace.
-    let members: Vec<String> = (1..=NODES)
-        .map(|node| {
-            format!(
-                "{{ name = \"node-{node}\", address = \"{}:{MESH_PORT}\" }}",
-                net.address(node)
-            )
-        })
-        .collect();
-    let cluster_file = |name: &str| {
-        ca.data_dir
-            .join("cluster")
-            .join(name)
-            .to_str()
-            .unwrap()
-            .to_string()
-    };
     let mut nodes: Vec<PartitionNode> = (1..=NODES)
         .map(|index| {
             let name = format!("node-{index}");
             let issued = ca.json(&["cluster", "issue", &name]);
-            let config = format!(
-                r#"[node]
-name = "{name}"
-[detect.kmsg]
-enabled = false
-[detect.kdump]
-enabled = false
-[detect.pstore]
-enabled = false
-[detect.hs_err]
-enabled = false
-[detect.vm_guest]
-enabled = false
-[gather]
-enabled = false
-[cluster]
-enabled = true
-listen = "{address}:{MESH_PORT}"
-members = [{members}]
-ca_cert = "{ca_cert}"
-cluster_file = "{cluster}"
-node_cert = "{cert}"
-node_key = "{key}"
-log_wait_secs = 3
-[upload]
-endpoint = "http://{endpoint_address}"
-token = "{token}"
-"#,
-                address = net.address(index),
-                members = members.join(", "),
-                ca_cert = cluster_file("ca.pem"),
-                cluster = cluster_file("cluster.json"),
-                cert = issued["cert"].as_str().unwrap(),
-                key = issued["key"].as_str().unwrap(),
-            );
+            let config = MeshNodeConfig {
+                name: &name,
+                listen: format!("{}:{MESH_PORT}", net.address(index)),
+                members: (1..=NODES)
+                    .map(|member| {
+                        (
+                            format!("node-{member}"),
+                            format!("{}:{MESH_PORT}", net.address(member)),
+                        )
+                    })
+                    .collect(),
+                ca_data_dir: &ca.data_dir,
+                issued: &issued,
+                cluster_extra: "log_wait_secs = 3\n",
+                upload: Some((format!("http://{endpoint_address}"), token.clone())),
+            }
+            .to_toml();
             let dir = NodeDir::new(&config);
             let mut command = Command::new("ip");
             command
