@@ -415,20 +415,26 @@ impl Election {
     /// hears the aggregator or leads with a live lease (Raft's guard against disruptive
     /// servers), and not for a term it has passed or already given to someone else.
     fn would_vote(&self, now_ms: u64, candidate: &NodeId, term: Term) -> bool {
+        !self.aggregator_alive(now_ms)
+            && (term > self.persisted.term
+                || (term == self.persisted.term && self.vote_free_for(candidate)))
+    }
+
+    /// The aggregator is heard, or this node is the aggregator with a live lease.
+    fn aggregator_alive(&self, now_ms: u64) -> bool {
         let aggregator_heard = self
             .heard_aggregator_ms
             .is_some_and(|heard_ms| now_ms < heard_ms + self.config.election_timeout_min_ms);
         let leading = self.role == Role::Aggregator && now_ms < self.lease_until_ms;
-        if aggregator_heard || leading {
-            return false;
-        }
-        term > self.persisted.term
-            || (term == self.persisted.term
-                && self
-                    .persisted
-                    .voted_for
-                    .as_ref()
-                    .is_none_or(|voted_for| voted_for == candidate))
+        aggregator_heard || leading
+    }
+
+    /// This term's vote is not given yet, or given to `candidate`.
+    fn vote_free_for(&self, candidate: &NodeId) -> bool {
+        self.persisted
+            .voted_for
+            .as_ref()
+            .is_none_or(|voted_for| voted_for == candidate)
     }
 
     fn handle_pre_vote(&mut self, now_ms: u64, candidate: &NodeId, term: Term) {
@@ -522,21 +528,13 @@ impl Election {
         // Raft's guard against disruptive servers: while the aggregator is heard (or
         // this node is the aggregator with a live lease), requests are ignored without
         // even adopting their term.
-        let aggregator_heard = self
-            .heard_aggregator_ms
-            .is_some_and(|heard_ms| now_ms < heard_ms + self.config.election_timeout_min_ms);
-        let leading = self.role == Role::Aggregator && now_ms < self.lease_until_ms;
-        if term > self.persisted.term && (aggregator_heard || leading) {
+        if term > self.persisted.term && self.aggregator_alive(now_ms) {
             return;
         }
         if term > self.persisted.term {
             self.adopt_term(now_ms, term);
         }
-        let granted = term == self.persisted.term
-            && match &self.persisted.voted_for {
-                None => true,
-                Some(voted_for) => voted_for == candidate,
-            };
+        let granted = term == self.persisted.term && self.vote_free_for(candidate);
         if granted && self.persisted.voted_for.is_none() {
             self.persisted.voted_for = Some(candidate.clone());
             self.persist();
