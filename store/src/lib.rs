@@ -35,6 +35,8 @@
 //!   pack, which happens only after the transaction that dropped its last reference
 //!   committed, and never while a put is running that may reuse it. A rewrite writes and
 //!   syncs the new pack, commits the chunks' new places, and only then deletes the old.
+//!   Readers take no lock: a read that finds its chunk's pack gone looks the chunk up
+//!   again and reads it at its new place.
 //! - **Metadata is never evicted.** An incident's row (report id, time, node, process,
 //!   labels, which evidence it had and what became of it) and its problem's count survive
 //!   every eviction. Only blobs are evicted.
@@ -99,8 +101,8 @@ pub use ids::{BlobId, ChunkId};
 pub use index::FORMAT_VERSION;
 pub use pack::PACK_BYTES_MAX;
 pub use store::{
-    INCIDENT_ITEMS_MAX, NAME_BYTES_MAX, PROBLEM_BYTES_MAX, PROBLEM_ID_PREFIX_MIN, Store,
-    problem_id_for,
+    CHUNK_MOVES_FOLLOWED_MAX, INCIDENT_ITEMS_MAX, NAME_BYTES_MAX, PROBLEM_BYTES_MAX,
+    PROBLEM_ID_PREFIX_MIN, Store, problem_id_for,
 };
 pub use types::{
     CheckReport, EvictionReport, Evidence, EvidenceState, IncidentDetail, Manifest, NewIncident,

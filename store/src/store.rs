@@ -28,6 +28,10 @@ pub const PROBLEM_BYTES_MAX: usize = 16 << 20;
 /// The shortest id prefix `problem` resolves.
 pub const PROBLEM_ID_PREFIX_MIN: usize = 4;
 
+/// How many times one chunk read follows the chunk to a new pack (each move is a whole
+/// collection, so more than a few in one read means something else is wrong).
+pub const CHUNK_MOVES_FOLLOWED_MAX: usize = 4;
+
 /// The largest value [`Store::put_setting`] keeps.
 pub const SETTING_BYTES_MAX: usize = 64 * 1024;
 /// Small settings of other parts of the node (key → bytes), see [`Store::put_setting`].
@@ -739,16 +743,46 @@ impl Store {
             blob: *blob,
             chunk: *id,
         };
-        let Some(row) = self.chunk_row(id)? else {
-            return Err(missing);
-        };
-        let stored = match self.read_stored(id, &row) {
+        let stored = match self.stored_chunk(id) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Err(missing),
             Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Err(missing);
             }
-            other => other?,
+            Err(error) => return Err(error),
         };
         chunk::decompress_verified(id, &stored)
+    }
+
+    /// A chunk's compressed bytes (not verified), `None` when the index lacks it. Readers
+    /// hold no lock, so a collection may move a live chunk to a new pack and delete the
+    /// old one between the look-up and the read: a pack gone from under the read is
+    /// followed to the chunk's new place ([`CHUNK_MOVES_FOLLOWED_MAX`] times).
+    fn stored_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(mut row) = self.chunk_row(id)? else {
+            return Ok(None);
+        };
+        let mut moves = 0;
+        loop {
+            match self.read_stored(id, &row) {
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound
+                        && moves < CHUNK_MOVES_FOLLOWED_MAX =>
+                {
+                    match self.chunk_row(id)? {
+                        Some(now) if now != row => {
+                            row = now;
+                            moves += 1;
+                        }
+                        _ => {
+                            let path = pack::pack_path(&self.packs_dir, row.pack);
+                            return Err(StoreError::io("read", &path, source));
+                        }
+                    }
+                }
+                other => return other.map(Some),
+            }
+        }
     }
 
     /// A chunk's index row, if the chunk is stored.
@@ -822,8 +856,9 @@ impl Store {
 
     /// A chunk's compressed bytes (one zstd frame), verified, for moving it to a peer.
     pub fn chunk_bytes(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
-        let row = self.chunk_row(id)?.ok_or(StoreError::UnknownChunk(*id))?;
-        let stored = self.read_stored(id, &row)?;
+        let stored = self
+            .stored_chunk(id)?
+            .ok_or(StoreError::UnknownChunk(*id))?;
         chunk::decompress_verified(id, &stored)?;
         Ok(stored)
     }

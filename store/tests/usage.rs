@@ -100,7 +100,12 @@ struct PausingFs {
     paused: Mutex<Option<(SyncSender<()>, Receiver<()>)>>,
     /// Disk bytes of the pack file removed last.
     last_removed_bytes: AtomicU64,
+    /// Pause before the next read of this pack file (its name).
+    read_pause: Mutex<Option<ReadPause>>,
 }
+
+/// A pack file's name, then (paused, resume) channels.
+type ReadPause = (String, SyncSender<()>, Receiver<()>);
 
 impl PausingFs {
     fn new() -> Arc<PausingFs> {
@@ -109,7 +114,16 @@ impl PausingFs {
             pause_after: AtomicUsize::new(0),
             paused: Mutex::new(None),
             last_removed_bytes: AtomicU64::new(0),
+            read_pause: Mutex::new(None),
         })
+    }
+
+    /// Arms a pause before the next read of pack file `name`; gives back (paused, resume).
+    fn pause_before_reading(&self, name: &str) -> (Receiver<()>, SyncSender<()>) {
+        let (paused_tx, paused_rx) = sync_channel(1);
+        let (resume_tx, resume_rx) = sync_channel(1);
+        *self.read_pause.lock().unwrap() = Some((name.to_string(), paused_tx, resume_rx));
+        (paused_rx, resume_tx)
     }
 
     /// Arms a pause after `count` more pack-file removals; gives back (paused, resume).
@@ -134,6 +148,17 @@ impl Fs for PausingFs {
         RealFs.append_file(path, data)
     }
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let armed = {
+            let mut pause = self.read_pause.lock().unwrap();
+            let hit = pause.as_ref().is_some_and(|(name, _, _)| {
+                path.file_name().is_some_and(|file| file == name.as_str())
+            });
+            if hit { pause.take() } else { None }
+        };
+        if let Some((_, paused, resume)) = armed {
+            paused.send(()).unwrap();
+            resume.recv().unwrap();
+        }
         RealFs.read_at(path, offset, len)
     }
     fn sync_file(&self, path: &Path) -> io::Result<()> {
@@ -476,4 +501,41 @@ fn concurrent_quota_passes_evict_no_more_than_one_would() {
         store.status().unwrap().used_bytes,
         dir.path(),
     );
+}
+
+/// A reader holds no lock, so a collection may rewrite the pack a live chunk lies in (and
+/// delete it) between the reader's look-up and its read: the read follows the chunk to
+/// its new pack instead of reporting it missing.
+#[test]
+fn a_read_follows_a_chunk_moved_by_a_collection_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = PausingFs::new();
+    let store = Arc::new(Store::open_with_fs(fs.clone(), dir.path(), config(1 << 30)).unwrap());
+    let shared = noise(7, 2 << 20);
+    let first = store
+        .put_blob_bytes(&[noise(8, 2 << 20), shared.clone()].concat())
+        .unwrap();
+    let second_bytes = [noise(9, 1 << 20), shared].concat();
+    let second = store.put_blob_bytes(&second_bytes).unwrap();
+    // The first blob goes while a put runs, so nothing is collected yet: the first pack
+    // holds garbage and the second blob's shared chunks.
+    let (started, go_on, put) = held_put(&store, noise(10, 1 << 20));
+    started.recv().unwrap();
+    store.release_blob(&first).unwrap();
+    go_on.send(()).unwrap();
+    put.join().unwrap();
+
+    let (paused, resume) = fs.pause_before_reading("0000000000000001.pack");
+    let reader = {
+        let store = store.clone();
+        std::thread::spawn(move || store.read_blob_bytes(&second))
+    };
+    paused.recv().unwrap();
+    store.collect_garbage().unwrap();
+    assert!(
+        !dir.path().join("packs/0000000000000001.pack").exists(),
+        "the collection rewrote the first pack"
+    );
+    resume.send(()).unwrap();
+    assert_eq!(reader.join().unwrap().unwrap(), second_bytes);
 }
