@@ -196,11 +196,22 @@ fn write_all_at(file: &File, parts: &[&[u8]], offset: u64) -> std::io::Result<()
 /// works while chunks arrive, and neither the request nor the committer's sync pays for
 /// submitting the writes. A round covers the span of each pack's new appends (nearly
 /// contiguous; pages already clean are skipped).
+///
+/// A round also waits for the previous round's spans to be written and drops their pages
+/// from the page cache ([`drop_written`]): chunks are written once and read rarely, and
+/// recycling a few MiB of pages instead of taking fresh ones for every chunk made large
+/// reports 2x faster on a virtual machine, where a fresh page costs a fault in the host
+/// (buffered writes of new files ran at 350-450 MB/s there, with the drop at 2.3-3.3 GB/s);
+/// it also keeps the blobs from pushing the database's pages out of the cache.
 fn writeback_loop(writeback: Arc<Writeback>) {
+    let mut written: Vec<(Arc<File>, u64, u64)> = Vec::new();
     loop {
         let spans = {
             let mut state = writeback.state.lock().unwrap();
             while state.spans.is_empty() {
+                if !written.is_empty() {
+                    break;
+                }
                 if state.stop {
                     return;
                 }
@@ -210,9 +221,13 @@ fn writeback_loop(writeback: Arc<Writeback>) {
             state.idle = false;
             std::mem::take(&mut state.spans)
         };
-        for (file, start, end) in spans {
-            start_writeback(&file, start, end - start);
+        for (file, start, end) in &spans {
+            start_writeback(file, *start, end - start);
         }
+        for (file, start, end) in written.drain(..) {
+            drop_written(&file, start, end);
+        }
+        written = spans;
         std::thread::sleep(WRITEBACK_PAUSE);
     }
 }
@@ -229,6 +244,37 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
             offset as libc::off64_t,
             len as libc::off64_t,
             libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+/// Waits until a range is written (`sync_file_range`; not a durability point, which stays
+/// the committer's `fdatasync`) and drops its pages from the page cache, but for the page
+/// holding `end`, which the next append to the pack fills on (dropping it would make that
+/// append read it back from the disk).
+fn drop_written(file: &File, start: u64, end: u64) {
+    use std::os::fd::AsRawFd;
+    let page_bytes = crashmesh_store::DISK_BLOCK_BYTES;
+    let end = end - end % page_bytes;
+    if end <= start {
+        return;
+    }
+    // SAFETY: plain syscalls on a descriptor `file` keeps open. A failure only leaves the
+    // pages cached (the kernel reclaims them later).
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            start as libc::off64_t,
+            (end - start) as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        );
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            start as libc::off_t,
+            (end - start) as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
         );
     }
 }
@@ -582,6 +628,64 @@ mod tests {
         assert_eq!(ids, [a.as_str(), b.as_str(), c.as_str(), c.as_str()]);
         assert_eq!(records[0].1.pack, 1);
         assert_eq!(records[3].1.pack, 2);
+    }
+
+    /// Pages of `path` in the page cache (`mincore` over a mapping of the file).
+    fn resident_pages(path: &Path) -> (usize, usize) {
+        use std::os::fd::AsRawFd;
+        let file = File::open(path).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        let page = 4096;
+        let pages = len.div_ceil(page);
+        let mut residency = vec![0u8; pages];
+        // SAFETY: a read-only shared mapping of an open file, unmapped before return;
+        // `residency` has one byte per page of it.
+        unsafe {
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            assert_eq!(libc::mincore(map, len, residency.as_mut_ptr()), 0);
+            libc::munmap(map, len);
+        }
+        (residency.iter().filter(|byte| *byte & 1 == 1).count(), pages)
+    }
+
+    #[test]
+    fn written_chunks_leave_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(dir.path()).unwrap());
+        let blobs = dir.path().join("blobs");
+        let packs = Packs::open(&blobs, db.clone(), true).unwrap();
+        // 16 MiB of incompressible chunks (zstd keeps them as raw blocks).
+        let mut ids = Vec::new();
+        for index in 0..128u32 {
+            let mut raw = vec![0u8; 128 * 1024];
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&index.to_le_bytes());
+            hasher.finalize_xof().fill(&mut raw);
+            let id = blake3::hash(&raw).to_hex().to_string();
+            packs.append(&id, &zstd::bulk::compress(&raw, 1).unwrap()).unwrap();
+            ids.push(id);
+        }
+        commit(&packs, &db);
+        let pack = blobs.join("packs").join(pack_name(1));
+        // The writeback thread drops a round's pages one round later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (mut resident, pages) = resident_pages(&pack);
+        while resident > pages / 8 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            resident = resident_pages(&pack).0;
+        }
+        assert!(resident <= pages / 8, "{resident} of {pages} pages still cached");
+        // And they read back from the disk.
+        let raw = zstd::bulk::decompress(&packs.read(&ids[7]).unwrap().unwrap(), 1 << 20).unwrap();
+        assert_eq!(blake3::hash(&raw).to_hex().to_string(), ids[7]);
     }
 
     #[test]
