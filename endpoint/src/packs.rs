@@ -653,7 +653,10 @@ mod tests {
             assert_eq!(libc::mincore(map, len, residency.as_mut_ptr()), 0);
             libc::munmap(map, len);
         }
-        (residency.iter().filter(|byte| *byte & 1 == 1).count(), pages)
+        (
+            residency.iter().filter(|byte| *byte & 1 == 1).count(),
+            pages,
+        )
     }
 
     #[test]
@@ -670,7 +673,9 @@ mod tests {
             hasher.update(&index.to_le_bytes());
             hasher.finalize_xof().fill(&mut raw);
             let id = blake3::hash(&raw).to_hex().to_string();
-            packs.append(&id, &zstd::bulk::compress(&raw, 1).unwrap()).unwrap();
+            packs
+                .append(&id, &zstd::bulk::compress(&raw, 1).unwrap())
+                .unwrap();
             ids.push(id);
         }
         commit(&packs, &db);
@@ -682,7 +687,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             resident = resident_pages(&pack).0;
         }
-        assert!(resident <= pages / 8, "{resident} of {pages} pages still cached");
+        assert!(
+            resident <= pages / 8,
+            "{resident} of {pages} pages still cached"
+        );
         // And they read back from the disk.
         let raw = zstd::bulk::decompress(&packs.read(&ids[7]).unwrap().unwrap(), 1 << 20).unwrap();
         assert_eq!(blake3::hash(&raw).to_hex().to_string(), ids[7]);

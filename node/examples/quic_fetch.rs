@@ -1,28 +1,39 @@
 //! `bench/run`'s `quic_fetch` row: log fetch throughput over the mesh transport (QUIC,
 //! mutual TLS with certificates from the real `cluster init`/`cluster issue` code, on
-//! loopback) against the same bytes over plain TCP on loopback (tokio `TcpStream`), in the
-//! same process and the same run.
+//! loopback, the mesh's transport limits) against the same bytes over plain TCP on loopback
+//! (tokio `TcpStream`), in the same process and the same run.
 //!
 //!     quic_fetch WORK_DIR SIZE_MIB [RUNS]
 //!
+//! `ours` is the path a log takes between two nodes: the log cut into chunks of the store's
+//! average size, each an encoded `ChunkData` message (`wire::encode`) sent with
+//! `Connection::send_message` one after another (as a mesh link sends), received with
+//! `accept_message`, decoded (`wire::decode`) and checked against its blake3 id (as the
+//! aggregator does before storing it). The store's reads and writes on either side are not
+//! in it. `stream_fetch` is the transport's other primitive (`fetch`/`stream_from`: one
+//! request, the raw bytes until the end of the stream), for comparison.
+//!
 //! Prints one JSON line: `bench, ours, baseline, baseline_name, unit (MiB/s), ratio, goal`,
-//! plus `bytes` and `runs`. Connection setup is outside the timings on both sides: what is
-//! measured is one fetch of SIZE_MIB (request, then the bytes until the end of the stream).
-//! The transport runs with its default limits, as a node does. `QUIC_FETCH_STATS=1` prints
-//! both ends' quinn connection statistics to stderr (path MTU, losses, congestion window).
+//! plus `stream_fetch`, `stream_fetch_ratio`, `chunk_bytes`, `bytes` and `runs`. Connection
+//! setup is outside the timings on both sides; each figure is the fastest of RUNS.
+//! `QUIC_FETCH_STATS=1` prints both ends' quinn connection statistics of the stream fetch
+//! to stderr (path MTU, losses, congestion window).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crashmesh::certs::{self, ClusterPaths};
-use crashmesh::transport::{MeshTransport, NodeIdentity};
+use crashmesh::transport::{Connection, MeshTransport, NodeIdentity};
+use crashmesh_protocol::wire::{self, ChunkId, ClusterId, Envelope, Message, NodeId, ReportId};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// The copy buffer of the TCP baseline, the same size `stream_from` uses.
 const BUFFER_BYTES: usize = 1024 * 1024;
 
 fn main() {
+    // As the node binary does.
+    crashmesh::malloc::tune();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args: Vec<String> = std::env::args().collect();
     let work = PathBuf::from(
@@ -63,10 +74,17 @@ fn log_bytes(size_bytes: usize) -> Vec<u8> {
 
 async fn measure(work: PathBuf, size_mib: usize, runs: usize) -> String {
     let log = std::sync::Arc::new(log_bytes(size_mib * 1024 * 1024));
-    let quic = best_of(quic_fetch_seconds(&work, log.clone(), runs)).await;
+    let messages = best_of(quic_message_seconds(&work, log.clone(), runs)).await;
+    // `QUIC_FETCH_ONLY_MESSAGES=1` skips the stream fetch (to profile the message path).
+    let stream = if std::env::var_os("QUIC_FETCH_ONLY_MESSAGES").is_some() {
+        messages
+    } else {
+        best_of(quic_fetch_seconds(&work, log.clone(), runs)).await
+    };
     let tcp = best_of(tcp_fetch_seconds(log.clone(), runs)).await;
     let mib = log.len() as f64 / (1024.0 * 1024.0);
-    let ours = mib / quic.as_secs_f64();
+    let ours = mib / messages.as_secs_f64();
+    let stream = mib / stream.as_secs_f64();
     let baseline = mib / tcp.as_secs_f64();
     serde_json::json!({
         "bench": "quic_fetch",
@@ -76,6 +94,9 @@ async fn measure(work: PathBuf, size_mib: usize, runs: usize) -> String {
         "unit": "MiB/s",
         "ratio": (ours / baseline * 1000.0).round() / 1000.0,
         "goal": ">= 0.5",
+        "stream_fetch": round1(stream),
+        "stream_fetch_ratio": (stream / baseline * 1000.0).round() / 1000.0,
+        "chunk_bytes": CHUNK_BYTES,
         "bytes": log.len(),
         "runs": runs,
     })
@@ -91,12 +112,16 @@ async fn best_of(timings: impl std::future::Future<Output = Vec<Duration>>) -> D
     timings.await.into_iter().min().expect("at least one run")
 }
 
-/// `runs` fetches of the whole log over one mutual-TLS connection, each on a new stream.
-async fn quic_fetch_seconds(
+/// Two transports of one cluster (fresh certificates) and a connection between them: the
+/// serving side's end, the fetching side's end, and the transports (kept open).
+async fn connected_pair(
     work: &std::path::Path,
-    log: std::sync::Arc<Vec<u8>>,
-    runs: usize,
-) -> Vec<Duration> {
+) -> (
+    Connection,
+    Connection,
+    [MeshTransport; 2],
+    tempfile::TempDir,
+) {
     let cluster_dir = tempfile::tempdir_in(work).expect("temp dir");
     let paths = ClusterPaths::of_data_dir(cluster_dir.path());
     certs::init_cluster(&paths, Some("bench")).expect("cluster init");
@@ -106,35 +131,103 @@ async fn quic_fetch_seconds(
     let identity =
         |node: &str| NodeIdentity::load(&paths, &paths.nodes_dir(), node).expect("identity");
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let server = MeshTransport::bind(loopback, identity("node-1"))
+    let limits = crashmesh::mesh::mesh_transport_limits();
+    let server = MeshTransport::bind_with_limits(loopback, identity("node-1"), limits.clone())
         .await
         .expect("bind");
-    let client = MeshTransport::bind(loopback, identity("node-2"))
+    let client = MeshTransport::bind_with_limits(loopback, identity("node-2"), limits)
         .await
         .expect("bind");
     let server_addr = server.local_addr().expect("addr");
+    let (accepted, connected) =
+        tokio::join!(server.accept(), client.connect(server_addr, "node-1"));
+    let (_, serving) = accepted.expect("a peer");
+    let fetching = connected.expect("connect");
+    (serving, fetching, [server, client], cluster_dir)
+}
+
+/// The bytes of one `ChunkData` message: what the store's chunks of a log are sent as.
+const CHUNK_BYTES: usize = crashmesh_store::CHUNK_BYTES_AVG as usize;
+
+/// `runs` transfers of the whole log as `ChunkData` messages over one connection.
+async fn quic_message_seconds(
+    work: &std::path::Path,
+    log: std::sync::Arc<Vec<u8>>,
+    runs: usize,
+) -> Vec<Duration> {
+    let (serving, fetching, _transports, _dir) = connected_pair(work).await;
+    // The ids come from the store's index on a real sender: computed outside the timings.
+    let ids: Vec<ChunkId> = log.chunks(CHUNK_BYTES).map(ChunkId::of).collect();
+    let report_id = ReportId("bench-log-bundle".into());
+    let mut timings = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        let send = async {
+            for (piece, id) in log.chunks(CHUNK_BYTES).zip(&ids) {
+                let envelope = Envelope {
+                    cluster_id: ClusterId("bench".into()),
+                    from: NodeId("node-1".into()),
+                    message: Message::ChunkData {
+                        report_id: report_id.clone(),
+                        chunk_id: *id,
+                        bytes: piece.to_vec(),
+                    },
+                };
+                let bytes = wire::encode(&envelope).expect("encode");
+                serving.send_message(bytes).await.expect("send");
+            }
+        };
+        let receive = async {
+            let mut received = 0usize;
+            for _ in 0..ids.len() {
+                let bytes = fetching.accept_message().await.expect("a message");
+                let envelope = wire::decode(&bytes, wire::MESSAGE_BYTES_MAX).expect("decode");
+                let Message::ChunkData {
+                    chunk_id, bytes, ..
+                } = envelope.message
+                else {
+                    panic!("not a chunk");
+                };
+                assert_eq!(
+                    ChunkId::of(&bytes),
+                    chunk_id,
+                    "a chunk's bytes match its id"
+                );
+                received += bytes.len();
+            }
+            received
+        };
+        let ((), received) = tokio::join!(send, receive);
+        timings.push(started.elapsed());
+        assert_eq!(received, log.len());
+    }
+    fetching.close("done");
+    timings
+}
+
+/// `runs` fetches of the whole log over one mutual-TLS connection, each on a new stream.
+async fn quic_fetch_seconds(
+    work: &std::path::Path,
+    log: std::sync::Arc<Vec<u8>>,
+    runs: usize,
+) -> Vec<Duration> {
+    let (serving, fetching, _transports, _dir) = connected_pair(work).await;
     let expected = log.len() as u64;
-    let serving = tokio::spawn(async move {
-        let (_, connection) = server.accept().await.expect("a peer");
+    let server = tokio::spawn(async move {
         for _ in 0..runs {
-            let request = connection.accept_request().await.expect("a request");
+            let request = serving.accept_request().await.expect("a request");
             assert_eq!(request.request, b"fetch log");
             request.stream_from(&mut &log[..]).await.expect("streamed");
         }
         if std::env::var_os("QUIC_FETCH_STATS").is_some() {
-            eprintln!("server side: {:#?}", connection.quinn().stats());
+            eprintln!("server side: {:#?}", serving.quinn().stats());
         }
-        server
     });
-    let connection = client
-        .connect(server_addr, "node-1")
-        .await
-        .expect("connect");
     let mut timings = Vec::with_capacity(runs);
     for _ in 0..runs {
         let mut sink = tokio::io::sink();
         let started = Instant::now();
-        let received = connection
+        let received = fetching
             .fetch(b"fetch log", &mut sink, u64::MAX)
             .await
             .expect("fetch");
@@ -142,11 +235,10 @@ async fn quic_fetch_seconds(
         assert_eq!(received, expected);
     }
     if std::env::var_os("QUIC_FETCH_STATS").is_some() {
-        eprintln!("{:#?}", connection.quinn().stats());
+        eprintln!("{:#?}", fetching.quinn().stats());
     }
-    let server = serving.await.expect("server task");
-    connection.close("done");
-    drop(server);
+    server.await.expect("server task");
+    fetching.close("done");
     timings
 }
 

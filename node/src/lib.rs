@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod install;
 pub mod jvm;
 pub mod kmsg;
+pub mod malloc;
 pub mod mesh;
 pub mod package;
 pub mod procsnap;

@@ -8,6 +8,7 @@ use crashmesh::cli::{Cli, Command, ConfigCommand, HookCommand, NodeCommand};
 use crashmesh::commands::{self, Context};
 
 fn main() -> ExitCode {
+    crashmesh::malloc::tune();
     // The only TLS provider (DESIGN.md): installed before anything builds a rustls config.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();

@@ -536,7 +536,7 @@ fn pending_announcements(store: &Store, settings: &MeshSettings) -> Result<Vec<A
 /// at once instead of waiting for QUIC's backed-off probes on a connection whose
 /// congestion window collapsed (measured: up to 60 s before the minority's incidents
 /// reached the aggregator).
-fn mesh_transport_limits() -> crate::transport::TransportLimits {
+pub fn mesh_transport_limits() -> crate::transport::TransportLimits {
     crate::transport::TransportLimits {
         connect_timeout: Duration::from_millis(MESH_CONNECT_TIMEOUT_MS),
         idle_timeout: Duration::from_millis(MESH_IDLE_TIMEOUT_MS),
@@ -1459,7 +1459,7 @@ async fn peer_link(
         }
         let (open, _) = connection.as_ref().expect("connected above");
         let stall = Duration::from_millis(SEND_STALL_MS);
-        match tokio::time::timeout(stall, open.send_message(&bytes)).await {
+        match tokio::time::timeout(stall, open.send_message(bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) if error.is_connection_lost() => {
                 tracing::debug!(%peer, %error, "connection to member lost");

@@ -309,3 +309,36 @@ fn random_garbage_is_refused_without_panic() {
         }
     }
 }
+
+/// `ChunkData`'s and `Membership`'s bytes are coded as byte strings (`serde_bytes`); a
+/// node of an older build coded them as serde's `Vec<u8>`. In postcard both are a length
+/// and the raw bytes, so the two builds read each other's messages.
+#[test]
+fn byte_fields_keep_the_layout_of_a_plain_vec() {
+    #[derive(serde::Serialize)]
+    struct PlainChunkData {
+        report_id: ReportId,
+        chunk_id: ChunkId,
+        bytes: Vec<u8>,
+    }
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let plain = PlainChunkData {
+        report_id: ReportId::new("r-1"),
+        chunk_id: ChunkId::of(&bytes),
+        bytes: bytes.clone(),
+    };
+    let encoded = encode(&envelope(Message::ChunkData {
+        report_id: plain.report_id.clone(),
+        chunk_id: plain.chunk_id,
+        bytes,
+    }))
+    .unwrap();
+    assert!(encoded.ends_with(&postcard::to_allocvec(&plain).unwrap()));
+
+    let packet: Vec<u8> = (0..200u8).collect();
+    let encoded = encode(&envelope(Message::Membership {
+        packet: packet.clone(),
+    }))
+    .unwrap();
+    assert!(encoded.ends_with(&postcard::to_allocvec(&(packet,)).unwrap()));
+}
