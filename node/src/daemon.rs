@@ -102,6 +102,7 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
     let gather_config = context.config.gather.clone();
     let writer_idle_limit = writer_idle_limit(context);
     let proc_file_bytes_max = context.config.capture.proc_file_bytes_max.0;
+    let ignore_paths = context.config.capture.ignore_paths.clone();
     let system = actix::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -138,7 +139,13 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
         }
         .start();
         if kmsg_config.enabled {
-            let actor = crate::kmsg::KmsgActor::new(&data_dir, kmsg_config.trust_user_records).start();
+            let actor = crate::kmsg::KmsgActor::new(
+                &data_dir,
+                kmsg_config.trust_user_records,
+                Some(store.clone()),
+                ignore_paths,
+            )
+            .start();
             match crate::kmsg::start_reader(PathBuf::from(KMSG_PATH), actor) {
                 Ok(_) => tracing::info!(
                     trust_user_records = kmsg_config.trust_user_records,

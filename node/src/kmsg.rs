@@ -143,10 +143,21 @@ pub struct KmsgActor {
     pending_since: Option<u64>,
     saved: Option<u64>,
     garbage_records: u64,
+    /// `segfault at` lines waiting for their cores (see [`crate::hints`]).
+    hints: crate::hints::Hints,
+    /// Where the hints look for cores already indexed.
+    store: Option<std::sync::Arc<crashmesh_store::Store>>,
+    /// `[capture] ignore_paths`, which ignore hints too (by process name).
+    ignore_paths: Vec<String>,
 }
 
 impl KmsgActor {
-    pub fn new(data_dir: &Path, trust_user_records: bool) -> KmsgActor {
+    pub fn new(
+        data_dir: &Path,
+        trust_user_records: bool,
+        store: Option<std::sync::Arc<crashmesh_store::Store>>,
+        ignore_paths: Vec<String>,
+    ) -> KmsgActor {
         let boot_id = boot_id();
         let skip_through = load_cursor(data_dir, &boot_id).map(|cursor| cursor.sequence);
         KmsgActor {
@@ -159,17 +170,24 @@ impl KmsgActor {
             pending_since: None,
             saved: skip_through,
             garbage_records: 0,
+            hints: crate::hints::Hints::default(),
+            store,
+            ignore_paths,
         }
     }
 
-    fn spool(&self, problems: Vec<crashmesh_protocol::Problem>, now_ms: u64) {
-        // A user-space `segfault at` line is the kernel's echo of a crash whose core the
-        // hook captures; on its own it is not a problem.
-        // FIXME: attach it to the matching core's incident instead of dropping it.
-        let problems = problems
+    fn spool(&mut self, problems: Vec<crashmesh_protocol::Problem>, now_ms: u64) {
+        // A user-space `segfault at` line waits for the core it echoes (crate::hints).
+        let (hints, problems): (Vec<_>, Vec<_>) = problems
             .into_iter()
-            .filter(|problem| problem.kind != crashmesh_protocol::ProblemKind::SegfaultHint);
-        for (index, problem) in problems.enumerate() {
+            .partition(|problem| problem.kind == crashmesh_protocol::ProblemKind::SegfaultHint);
+        let hold_sequence = self.pending_since.or(self.last_pushed).unwrap_or(0);
+        for hint in hints {
+            if let Some(decide_now) = self.hints.hold(hint, hold_sequence, now_ms) {
+                self.decide_hint(decide_now, now_ms);
+            }
+        }
+        for (index, problem) in problems.into_iter().enumerate() {
             if let Err(error) = spool_kernel_problem(
                 &self.data_dir,
                 &self.boot_id,
@@ -181,6 +199,41 @@ impl KmsgActor {
             ) {
                 tracing::error!(%error, "cannot spool a kernel problem");
             }
+        }
+    }
+
+    /// Decides the hints whose wait is over.
+    fn decide_due_hints(&mut self, now_ms: u64) {
+        for hint in self.hints.due(now_ms) {
+            self.decide_hint(hint, now_ms);
+        }
+    }
+
+    /// Drops a hint whose crash the hook captured; spools it as a problem otherwise.
+    fn decide_hint(&self, hint: crate::hints::PendingHint, now_ms: u64) {
+        if hint.pid != 0
+            && crate::hints::core_seen(&self.data_dir, self.store.as_deref(), &hint, now_ms)
+        {
+            tracing::debug!(comm = %hint.comm, pid = hint.pid, "the kernel's fault line matches a captured crash");
+            return;
+        }
+        if let Some(pattern) = crate::hints::ignored_by(&hint.comm, &self.ignore_paths) {
+            tracing::debug!(comm = %hint.comm, %pattern, "a fault line of an ignored executable");
+            return;
+        }
+        tracing::info!(comm = %hint.comm, pid = hint.pid, "a process faulted and no core came; reporting the kernel's line");
+        // Named by its text alone (it has the pid and addresses): deciding it again after
+        // a restart spools it once.
+        if let Err(error) = spool_kernel_problem(
+            &self.data_dir,
+            &self.boot_id,
+            None,
+            0,
+            hint.problem,
+            None,
+            now_ms,
+        ) {
+            tracing::error!(%error, "cannot spool a kernel fault line");
         }
     }
 
@@ -211,6 +264,11 @@ impl KmsgActor {
             (true, _, Some(last)) => Some(last),
             (false, Some(first), _) => first.checked_sub(1),
             _ => None,
+        };
+        // Not past a hint still waiting for its core.
+        let safe = match (safe, self.hints.oldest_hold()) {
+            (Some(safe), Some(hold)) => hold.checked_sub(1).map(|before| safe.min(before)),
+            (safe, _) => safe,
         };
         if let Some(safe) = safe {
             if self.saved.is_none_or(|saved| safe > saved) {
@@ -284,6 +342,7 @@ impl actix::Actor for KmsgActor {
                 let now_ms = crate::commands::now_ms();
                 let problems = actor.assembler.poll(now_ms);
                 actor.spool(problems, now_ms);
+                actor.decide_due_hints(now_ms);
                 actor.settle(now_ms);
             },
         );

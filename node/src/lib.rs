@@ -15,6 +15,7 @@ pub mod endpoint_cmd;
 pub mod events;
 pub mod gather;
 pub mod harvest;
+pub mod hints;
 pub mod hook;
 pub mod ingest;
 pub mod install;

@@ -317,6 +317,89 @@ fn a_crash_loop_counts_without_new_cores_and_the_live_daemon_sees_it() {
     );
 }
 
+/// The daemon reads the whole kernel ring buffer first: waits until it has caught up
+/// (its cursor is saved).
+fn wait_for_kernel_log_caught_up(node: &NodeDir) {
+    assert!(
+        wait_until(Duration::from_secs(20), || node
+            .data_dir
+            .join("kmsg-cursor.json")
+            .exists()),
+        "the daemon did not catch up with the kernel log: {}",
+        node.daemon_log()
+    );
+}
+
+/// A program that makes itself non-dumpable, then faults: the kernel logs the fault and
+/// dumps no core (core_pattern is not run for it).
+const NO_CORE_C: &str = r#"
+#include <sys/prctl.h>
+int main(void) { prctl(PR_SET_DUMPABLE, 0); *(volatile int *)0 = 1; return 0; }
+"#;
+
+/// The problems of kind `segfault_hint` whose reason names `comm`.
+fn hint_problems_of(node: &NodeDir, comm: &str) -> Vec<Value> {
+    problems(node)
+        .into_iter()
+        .filter(|problem| {
+            problem["kind"] == "segfault_hint"
+                && problem["reason"]
+                    .as_str()
+                    .is_some_and(|reason| reason.contains(&format!("{comm}[")))
+        })
+        .collect()
+}
+
+#[test]
+fn a_crash_without_a_core_is_reported_from_the_kernels_line_and_one_with_a_core_once() {
+    let _kernel = KernelCoreSettings::save();
+    let node = NodeDir::new("[node]\nname = \"hints\"\n[capture]\nrepeat_window_secs = 0\n");
+    let scratch = tempfile::tempdir().unwrap();
+    // Names of at most 15 bytes (the kernel's comm), unique to this run.
+    let no_core_name = format!("nocore{}", std::process::id() % 100_000);
+    let with_core_name = format!("withcore{}", std::process::id() % 100_000);
+    let no_core = compile_c(scratch.path(), &no_core_name, NO_CORE_C, &["-O1"]);
+    let with_core = compile_c(scratch.path(), &with_core_name, CRASHY_C, &["-O2", "-g"]);
+    node.run(&["install"]);
+    let _daemon = node.start_daemon();
+    wait_for_kernel_log_caught_up(&node);
+    assert_eq!(crash(&mut Command::new(&no_core)), libc::SIGSEGV);
+    assert_eq!(crash(&mut Command::new(&with_core)), libc::SIGSEGV);
+    // The hint waits 15 s for a core that never comes, then is reported.
+    let reported = wait_until(Duration::from_secs(45), || {
+        !hint_problems_of(&node, &no_core_name).is_empty()
+    });
+    // Both hints were due together; give the other one's decision time to show.
+    std::thread::sleep(Duration::from_secs(2));
+    node.run(&["uninstall"]);
+    assert!(
+        reported,
+        "the core-less crash was not reported: {:#?}\n{}",
+        problems(&node),
+        node.daemon_log()
+    );
+    let hints = hint_problems_of(&node, &no_core_name);
+    assert_eq!(hints.len(), 1, "{hints:#?}");
+    let detail = node.json(&["problems", "show", hints[0]["id"].as_str().unwrap()]);
+    let frames = detail["problem"]["frames"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        frames.first().and_then(|frame| frame["module"].as_str()),
+        Some(no_core_name.as_str()),
+        "the faulting frame is in the program: {detail:#}"
+    );
+    // The crash with a core is its core's problem, not also a hint.
+    let listed = problems(&node);
+    let with_core_problem = problem_of(&listed, &with_core);
+    assert_eq!(with_core_problem["count"], 1, "{with_core_problem:#}");
+    assert!(
+        hint_problems_of(&node, &with_core_name).is_empty(),
+        "the kernel's line of a captured crash was reported on its own: {listed:#?}"
+    );
+}
+
 /// Write one record per line into /dev/kmsg, as a misbehaving kernel would print them.
 fn write_kmsg(lines: &[String]) {
     use std::io::Write;
@@ -336,15 +419,7 @@ fn an_oops_written_into_dev_kmsg_is_listed_within_two_seconds() {
     let _unlimited = DevKmsgUnlimited::new();
     let node = NodeDir::new("[node]\nname = \"kmsg\"\n[detect.kmsg]\ntrust_user_records = true\n");
     let _daemon = node.start_daemon();
-    // The daemon reads the whole ring buffer first; wait until it has caught up.
-    assert!(
-        wait_until(Duration::from_secs(20), || node
-            .data_dir
-            .join("kmsg-cursor.json")
-            .exists()),
-        "{}",
-        node.daemon_log()
-    );
+    wait_for_kernel_log_caught_up(&node);
     let marker = format!("crashmesh_e2e_{}", std::process::id());
     let oops: Vec<String> = [
         "BUG: kernel NULL pointer dereference, address: 0000000000000008",
