@@ -338,13 +338,7 @@ impl actix::Actor for KmsgActor {
         use actix::AsyncContext;
         context.run_interval(
             std::time::Duration::from_millis(POLL_INTERVAL_MS),
-            |actor, _| {
-                let now_ms = crate::commands::now_ms();
-                let problems = actor.assembler.poll(now_ms);
-                actor.spool(problems, now_ms);
-                actor.decide_due_hints(now_ms);
-                actor.settle(now_ms);
-            },
+            |actor, _| actor.tick(crate::commands::now_ms()),
         );
     }
 }
@@ -353,7 +347,22 @@ impl actix::Handler<RawRecords> for KmsgActor {
     type Result = ();
 
     fn handle(&mut self, batch: RawRecords, _: &mut Self::Context) {
-        let now_ms = crate::commands::now_ms();
+        self.receive(batch, crate::commands::now_ms());
+    }
+}
+
+impl KmsgActor {
+    /// Every `POLL_INTERVAL_MS`: closes problems that went quiet, decides hints whose wait
+    /// is over, moves the cursor.
+    fn tick(&mut self, now_ms: u64) {
+        let problems = self.assembler.poll(now_ms);
+        self.spool(problems, now_ms);
+        self.decide_due_hints(now_ms);
+        self.settle(now_ms);
+    }
+
+    /// A batch of records from the reader.
+    fn receive(&mut self, batch: RawRecords, now_ms: u64) {
         if batch.overruns > 0 {
             tracing::warn!(
                 overruns = batch.overruns,
@@ -428,4 +437,84 @@ pub fn start_reader(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(lines: &[(u64, &str)]) -> RawRecords {
+        RawRecords {
+            records: lines
+                .iter()
+                .map(|(sequence, text)| {
+                    format!("6,{sequence},{},-;{text}", sequence * 1000).into_bytes()
+                })
+                .collect(),
+            overruns: 0,
+        }
+    }
+
+    fn spooled_hints(data_dir: &Path) -> Vec<String> {
+        let spool = crate::spool::Spool::new(data_dir);
+        std::fs::read_dir(spool.new_dir())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|entry| {
+                        std::fs::read_to_string(entry.path().join("meta.json"))
+                            .is_ok_and(|meta| meta.contains("segfault_hint"))
+                    })
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_waiting_hint_holds_the_cursor_and_is_decided_once_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = boot_id();
+        let lines = [
+            (1, "usb 1-1: new high-speed USB device"),
+            (
+                2,
+                "crasher[4242]: segfault at 0 ip 0000559f1a2b3c4d sp 00007ffc1234abcd error 6 in crasher[559f1a2b3000+2000]",
+            ),
+            (3, "EXT4-fs (vda): mounted filesystem"),
+        ];
+        let now = 1_790_000_000_000;
+        let mut actor = KmsgActor::new(dir.path(), false, None, Vec::new());
+        actor.receive(records(&lines), now);
+        actor.tick(now + 1_500);
+        assert_eq!(actor.hints.len(), 1, "the hint waits for its core");
+        let cursor = load_cursor(dir.path(), &boot).map(|cursor| cursor.sequence);
+        assert!(
+            cursor.is_none_or(|sequence| sequence < 2),
+            "cursor {cursor:?} passed the waiting hint"
+        );
+        assert!(spooled_hints(dir.path()).is_empty());
+
+        // The daemon stops before the hint is decided; the next one reads it again.
+        drop(actor);
+        let mut actor = KmsgActor::new(dir.path(), false, None, Vec::new());
+        actor.receive(records(&lines), now + 2_000);
+        actor.tick(now + 3_500);
+        assert_eq!(actor.hints.len(), 1);
+        actor.tick(now + 3_500 + crate::hints::HINT_CORE_WAIT_MS);
+        assert!(actor.hints.is_empty());
+        let spooled = spooled_hints(dir.path());
+        assert_eq!(spooled.len(), 1, "no core came: the hint is a problem");
+        assert_eq!(
+            load_cursor(dir.path(), &boot).map(|cursor| cursor.sequence),
+            Some(3)
+        );
+
+        // Deciding it again (a replay) spools nothing new.
+        let mut actor = KmsgActor::new(dir.path(), false, None, Vec::new());
+        actor.skip_through = None;
+        actor.receive(records(&lines), now + 40_000);
+        actor.tick(now + 41_500 + crate::hints::HINT_CORE_WAIT_MS);
+        assert_eq!(spooled_hints(dir.path()), spooled);
+    }
 }
