@@ -270,16 +270,16 @@ impl KmsgActor {
             (Some(safe), Some(hold)) => hold.checked_sub(1).map(|before| safe.min(before)),
             (safe, _) => safe,
         };
-        if let Some(safe) = safe {
-            if self.saved.is_none_or(|saved| safe > saved) {
-                let cursor = KmsgCursor {
-                    boot_id: self.boot_id.clone(),
-                    sequence: safe,
-                };
-                match save_cursor(&self.data_dir, &cursor) {
-                    Ok(()) => self.saved = Some(safe),
-                    Err(error) => tracing::warn!(%error, "cannot save the kernel log cursor"),
-                }
+        if let Some(safe) = safe
+            && self.saved.is_none_or(|saved| safe > saved)
+        {
+            let cursor = KmsgCursor {
+                boot_id: self.boot_id.clone(),
+                sequence: safe,
+            };
+            match save_cursor(&self.data_dir, &cursor) {
+                Ok(()) => self.saved = Some(safe),
+                Err(error) => tracing::warn!(%error, "cannot save the kernel log cursor"),
             }
         }
     }
