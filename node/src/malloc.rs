@@ -5,15 +5,16 @@
 //! returns freed memory at the top of a heap to the kernel at once; with buffers this
 //! size nearly every one then costs page faults and zeroing, and on a virtual machine a
 //! fault into the host as well. Measured with `bench/run --only quic_fetch` on the 2-core
-//! VM: a log's transfer as chunk messages ran at 1.1-1.8 GiB/s with the defaults and
-//! 1.9 GiB/s with these settings. The cost is memory kept after a peak: at most
+//! VM (before the transfer's other fixes): a log's transfer as chunk messages ran at
+//! 1.1-1.8 GiB/s with the defaults and 1.9 GiB/s with these settings; a trim threshold of
+//! 64 MiB measured the same as 16. The cost is memory kept after a peak: at most
 //! [`TRIM_THRESHOLD_BYTES`] per heap stays mapped for reuse.
 
-/// Allocations at least this large are mapped on their own (a core's 4 MiB read buffers
-/// are not; a 64 MiB redb cache is).
-pub const MMAP_THRESHOLD_BYTES: i32 = 4 << 20;
+/// Allocations at least this large are mapped on their own; smaller ones, such as the
+/// store's 4 MiB read buffers, come from the heap and are reused.
+pub const MMAP_THRESHOLD_BYTES: i32 = 8 << 20;
 /// Free memory at a heap's top beyond this is returned to the kernel.
-pub const TRIM_THRESHOLD_BYTES: i32 = 64 << 20;
+pub const TRIM_THRESHOLD_BYTES: i32 = 16 << 20;
 
 /// Applies the settings; call first thing in `main`, before other threads start.
 pub fn tune() {
