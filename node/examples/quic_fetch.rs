@@ -173,7 +173,8 @@ async fn quic_message_seconds(
 ) -> Vec<Duration> {
     let (serving, fetching, _transports, _dir) = connected_pair(work).await;
     // The ids come from the store's index on a real sender: computed outside the timings.
-    let ids: Vec<ChunkId> = log.chunks(chunk_bytes()).map(ChunkId::of).collect();
+    let chunk_bytes = chunk_bytes();
+    let ids: Vec<ChunkId> = log.chunks(chunk_bytes).map(ChunkId::of).collect();
     let report_id = ReportId("bench-log-bundle".into());
     let mut timings = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -185,7 +186,7 @@ async fn quic_message_seconds(
         let encoder = {
             let (log, ids, report_id) = (log.clone(), ids.clone(), report_id.clone());
             tokio::spawn(async move {
-                for (piece, id) in log.chunks(chunk_bytes()).zip(&ids) {
+                for (piece, id) in log.chunks(chunk_bytes).zip(&ids) {
                     let envelope = Envelope {
                         cluster_id: ClusterId("bench".into()),
                         from: NodeId("node-1".into()),

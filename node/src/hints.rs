@@ -203,7 +203,7 @@ fn comm_matches(comm: &str, executable: &str) -> bool {
         .take_while(|end| *end <= COMM_BYTES_MAX)
         .last()
         .unwrap_or(0);
-    comm == &name[..cut] || comm == name
+    comm == &name[..cut]
 }
 
 #[cfg(test)]

@@ -211,14 +211,15 @@ impl KmsgActor {
 
     /// Drops a hint whose crash the hook captured; spools it as a problem otherwise.
     fn decide_hint(&self, hint: crate::hints::PendingHint, now_ms: u64) {
+        // The patterns first: they need no look into the spool or the store.
+        if let Some(pattern) = crate::hints::ignored_by(&hint.comm, &self.ignore_paths) {
+            tracing::debug!(comm = %hint.comm, %pattern, "a fault line of an ignored executable");
+            return;
+        }
         if hint.pid != 0
             && crate::hints::core_seen(&self.data_dir, self.store.as_deref(), &hint, now_ms)
         {
             tracing::debug!(comm = %hint.comm, pid = hint.pid, "the kernel's fault line matches a captured crash");
-            return;
-        }
-        if let Some(pattern) = crate::hints::ignored_by(&hint.comm, &self.ignore_paths) {
-            tracing::debug!(comm = %hint.comm, %pattern, "a fault line of an ignored executable");
             return;
         }
         tracing::info!(comm = %hint.comm, pid = hint.pid, "a process faulted and no core came; reporting the kernel's line");
