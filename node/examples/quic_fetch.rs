@@ -6,14 +6,15 @@
 //!     quic_fetch WORK_DIR SIZE_MIB [RUNS]
 //!
 //! `ours` is the path a log takes between two nodes: the log cut into chunks of the store's
-//! average size, each an encoded `ChunkData` message (`wire::encode`, on one task, as the
-//! mesh actor encodes) sent with `Connection::send_message` one after another (on another,
-//! as a member's link task sends), received with `accept_message` (as `read_connection`
-//! does) and handed through a queue of the actor mailbox's size to a task that decodes it
-//! (`wire::decode`) and checks it against its blake3 id (as the aggregator's actor does
-//! before storing it). The store's reads and writes on either side are not
-//! in it. `stream_fetch` is the transport's other primitive (`fetch`/`stream_from`: one
-//! request, the raw bytes until the end of the stream), for comparison.
+//! average size, each encoded as a `ChunkData` message (`wire::encode_parts`, on one task,
+//! as the mesh actor encodes) sent with `Connection::send_message_parts` one after another
+//! (on another, as a member's link task sends), received with `accept_message` (as
+//! `read_connection` does) and handed through a queue of the actor mailbox's size to a
+//! task that decodes it (`wire::decode_shared`) and checks it against its blake3 id (as the
+//! aggregator's actor does before storing it). The store's reads and writes on either side
+//! are not in it: the sender starts from the chunks in memory, as the TCP baseline starts
+//! from its bytes. `stream_fetch` is the transport's other primitive (`fetch`/`stream_from`:
+//! one request, the raw bytes until the end of the stream), for comparison.
 //!
 //! Prints one JSON line: `bench, ours, baseline, baseline_name, unit (MiB/s), ratio, goal`,
 //! plus `stream_fetch`, `stream_fetch_ratio`, `chunk_bytes`, `bytes` and `runs`. Connection
@@ -175,6 +176,15 @@ async fn quic_message_seconds(
     // The ids come from the store's index on a real sender: computed outside the timings.
     let chunk_bytes = chunk_bytes();
     let ids: Vec<ChunkId> = log.chunks(chunk_bytes).map(ChunkId::of).collect();
+    // The chunks as the sender has them in memory, as the TCP baseline has its bytes (the
+    // store's reads are not timed on either side).
+    let whole = bytes::Bytes::from(log.to_vec());
+    let chunks: std::sync::Arc<Vec<bytes::Bytes>> = std::sync::Arc::new(
+        (0..whole.len())
+            .step_by(chunk_bytes)
+            .map(|start| whole.slice(start..whole.len().min(start + chunk_bytes)))
+            .collect(),
+    );
     let report_id = ReportId("bench-log-bundle".into());
     let mut timings = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -182,39 +192,43 @@ async fn quic_message_seconds(
         // As a node sends: one task encodes the chunks (the actor), another sends what it
         // queued (the member's link task).
         let (queued, mut to_send) =
-            tokio::sync::mpsc::channel::<Vec<u8>>(crashmesh::mesh::PEER_SEND_QUEUE_LEN_MAX);
+            tokio::sync::mpsc::channel::<wire::Encoded>(crashmesh::mesh::PEER_SEND_QUEUE_LEN_MAX);
         let encoder = {
-            let (log, ids, report_id) = (log.clone(), ids.clone(), report_id.clone());
+            let (chunks, ids, report_id) = (chunks.clone(), ids.clone(), report_id.clone());
             tokio::spawn(async move {
-                for (piece, id) in log.chunks(chunk_bytes).zip(&ids) {
+                for (piece, id) in chunks.iter().zip(&ids) {
                     let envelope = Envelope {
                         cluster_id: ClusterId("bench".into()),
                         from: NodeId("node-1".into()),
                         message: Message::ChunkData {
                             report_id: report_id.clone(),
                             chunk_id: *id,
-                            bytes: piece.to_vec(),
+                            bytes: piece.clone(),
                         },
                     };
-                    let bytes = wire::encode(&envelope).expect("encode");
+                    let bytes = wire::encode_parts(&envelope).expect("encode");
                     queued.send(bytes).await.expect("the link runs");
                 }
             })
         };
         let send = async {
             while let Some(bytes) = to_send.recv().await {
-                serving.send_message(bytes).await.expect("send");
+                serving
+                    .send_message_parts(bytes.into_parts())
+                    .await
+                    .expect("send");
             }
             encoder.await.expect("encoder");
         };
         // As a node receives: one task takes messages off the connection and hands them
         // on (the mesh's `read_connection`), another decodes and checks them (the actor).
-        let (handed, mut taken) = tokio::sync::mpsc::channel::<Vec<u8>>(INBOUND_QUEUE_LEN);
+        let (handed, mut taken) = tokio::sync::mpsc::channel::<bytes::Bytes>(INBOUND_QUEUE_LEN);
         let count = ids.len();
         let checker = tokio::spawn(async move {
             let mut received = 0usize;
             while let Some(bytes) = taken.recv().await {
-                let envelope = wire::decode(&bytes, wire::MESSAGE_BYTES_MAX).expect("decode");
+                let envelope =
+                    wire::decode_shared(&bytes, wire::MESSAGE_BYTES_MAX).expect("decode");
                 let Message::ChunkData {
                     chunk_id, bytes, ..
                 } = envelope.message

@@ -68,8 +68,8 @@ use crashmesh_protocol::consolidation::{
 use crashmesh_protocol::election::{PersistedVote, Role};
 use crashmesh_protocol::membership::{MemberState, MembershipOutput};
 use crashmesh_protocol::wire::{
-    Announcement, CHUNK_IDS_PER_MESSAGE_MAX, ChunkId as WireChunkId, ClusterId, Feedback, Message,
-    NodeId, ReportId,
+    Announcement, CHUNK_IDS_PER_MESSAGE_MAX, ChunkId as WireChunkId, ClusterId, Encoded, Feedback,
+    Message, NodeId, ReportId,
 };
 use crashmesh_store::Store;
 use serde::{Deserialize, Serialize};
@@ -288,7 +288,7 @@ pub type SharedMeshView = Arc<Mutex<Option<MeshView>>>;
 #[rtype(result = "()")]
 struct Inbound {
     peer: NodeId,
-    bytes: Vec<u8>,
+    bytes: bytes::Bytes,
 }
 
 /// A member opened a connection to us (it may have restarted).
@@ -312,7 +312,7 @@ pub struct Announce(pub Announcement);
 
 /// What a peer link does next.
 enum LinkCommand {
-    Send(Vec<u8>),
+    Send(Encoded),
     /// The peer connected to us afresh: drop our connection unless it is fresh.
     PeerReconnected,
 }
@@ -723,7 +723,7 @@ impl MeshActor {
         ));
     }
 
-    fn transmit(&mut self, to: NodeId, bytes: Vec<u8>, context: &mut actix::Context<Self>) {
+    fn transmit(&mut self, to: NodeId, bytes: Encoded, context: &mut actix::Context<Self>) {
         let Some(&address) = self.addresses.get(&to) else {
             tracing::warn!(peer = %to, "a datagram for a node that is not a configured member dropped");
             return;
@@ -961,7 +961,7 @@ enum WorkerJob {
     StoreChunk {
         report_id: ReportId,
         chunk_id: WireChunkId,
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
     },
     UploadReport(UploadReport),
     UploadIncidents(UploadIncidents),
@@ -1130,7 +1130,7 @@ impl Worker {
                         Ok(bytes) => messages.push(Message::ChunkData {
                             report_id: report_id.clone(),
                             chunk_id,
-                            bytes,
+                            bytes: bytes.into(),
                         }),
                         Err(error) => {
                             tracing::warn!(report = %report_id, %error, "a wanted chunk cannot be read");
@@ -1459,7 +1459,7 @@ async fn peer_link(
         }
         let (open, _) = connection.as_ref().expect("connected above");
         let stall = Duration::from_millis(SEND_STALL_MS);
-        match tokio::time::timeout(stall, open.send_message(bytes)).await {
+        match tokio::time::timeout(stall, open.send_message_parts(bytes.into_parts())).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) if error.is_connection_lost() => {
                 tracing::debug!(%peer, %error, "connection to member lost");

@@ -540,22 +540,35 @@ impl Connection {
     /// Sends one framed message on a new uni stream. The bytes are handed to quinn as they
     /// are (a `Vec` converts without a copy): a message of evidence is up to 1 MiB.
     pub async fn send_message(&self, bytes: impl Into<bytes::Bytes>) -> Result<(), TransportError> {
-        let bytes = bytes.into();
-        check_frame_length(bytes.len(), self.limits.message_bytes_max)?;
+        self.send_message_parts([bytes.into()]).await
+    }
+
+    /// Sends one framed message made of these parts, in order, on a new uni stream; the
+    /// peer receives them as one message. Each part is handed to quinn as it is, so a
+    /// chunk of evidence goes out without being copied into its message's encoding.
+    pub async fn send_message_parts<const N: usize>(
+        &self,
+        parts: [bytes::Bytes; N],
+    ) -> Result<(), TransportError> {
+        let length: usize = parts.iter().map(bytes::Bytes::len).sum();
+        check_frame_length(length, self.limits.message_bytes_max)?;
         let mut send = self.inner.open_uni().await?;
-        let length = u32::try_from(bytes.len()).expect("checked against message_bytes_max");
-        send.write_all_chunks(&mut [bytes::Bytes::copy_from_slice(&length.to_be_bytes()), bytes])
-            .await?;
+        let length = u32::try_from(length).expect("checked against message_bytes_max");
+        send.write_all(&length.to_be_bytes()).await?;
+        let mut parts = parts;
+        send.write_all_chunks(&mut parts).await?;
         send.finish()?;
         Ok(())
     }
 
-    /// The next message a peer sent with [`Connection::send_message`]. An oversized or
-    /// malformed one fails with an error and the connection carries on; check
-    /// [`TransportError::is_connection_lost`] to know when to stop.
-    pub async fn accept_message(&self) -> Result<Vec<u8>, TransportError> {
+    /// The next message a peer sent with [`Connection::send_message`], in one buffer. An
+    /// oversized or malformed one fails with an error and the connection carries on;
+    /// check [`TransportError::is_connection_lost`] to know when to stop.
+    pub async fn accept_message(&self) -> Result<bytes::Bytes, TransportError> {
         let mut recv = self.inner.accept_uni().await?;
-        self.read_whole_frame(&mut recv).await
+        self.read_whole_frame(&mut recv)
+            .await
+            .map(bytes::Bytes::from)
     }
 
     /// Sends a request on a new bi stream and waits for the framed response.
@@ -744,8 +757,18 @@ pub async fn read_frame(
             limit_bytes: message_bytes_max as u64,
         });
     }
-    let mut bytes = vec![0u8; length];
-    recv.read_exact(&mut bytes).await?;
+    // Copied out of quinn's received packets as they come, into memory not cleared first.
+    let mut bytes = Vec::with_capacity(length);
+    while bytes.len() < length {
+        match recv.read_chunk(length - bytes.len(), true).await? {
+            Some(chunk) => bytes.extend_from_slice(&chunk.bytes),
+            None => {
+                return Err(TransportError::ReadExact(
+                    quinn::ReadExactError::FinishedEarly(bytes.len()),
+                ));
+            }
+        }
+    }
     Ok(bytes)
 }
 
@@ -1129,15 +1152,41 @@ mod tests {
         at_2.send_message(&b"hello from node-2"[..]).await.unwrap();
         assert_eq!(
             within(at_1.accept_message()).await.unwrap(),
-            b"hello from node-2"
+            &b"hello from node-2"[..]
         );
         at_1.send_message(&b"hello back"[..]).await.unwrap();
-        assert_eq!(within(at_2.accept_message()).await.unwrap(), b"hello back");
+        assert_eq!(
+            within(at_2.accept_message()).await.unwrap(),
+            &b"hello back"[..]
+        );
         ping(&at_2, &at_1).await;
         ping(&at_1, &at_2).await;
         // An empty message is a message too.
         at_2.send_message(&b""[..]).await.unwrap();
-        assert_eq!(within(at_1.accept_message()).await.unwrap(), b"");
+        assert_eq!(within(at_1.accept_message()).await.unwrap(), &b""[..]);
+        // A message sent in parts (a chunk beside its encoding, empty parts skipped)
+        // arrives as one, larger than a packet.
+        let chunk: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let parts = [
+            bytes::Bytes::from_static(b"head:"),
+            bytes::Bytes::from(chunk.clone()),
+            bytes::Bytes::new(),
+            bytes::Bytes::from_static(b":tail"),
+        ];
+        at_2.send_message_parts(parts).await.unwrap();
+        let mut whole = b"head:".to_vec();
+        whole.extend_from_slice(&chunk);
+        whole.extend_from_slice(b":tail");
+        assert_eq!(within(at_1.accept_message()).await.unwrap(), whole);
+        // Their sum is checked against the limit as one message's length.
+        let over = [
+            bytes::Bytes::from(vec![0; TransportLimits::default().message_bytes_max]),
+            bytes::Bytes::from_static(b"!"),
+        ];
+        assert!(matches!(
+            at_2.send_message_parts(over).await,
+            Err(TransportError::FrameTooLarge { .. })
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1299,7 +1348,10 @@ mod tests {
 
         // The connection carries on, and so does the endpoint for others.
         at_2.send_message(&b"still here"[..]).await.unwrap();
-        assert_eq!(within(at_1.accept_message()).await.unwrap(), b"still here");
+        assert_eq!(
+            within(at_1.accept_message()).await.unwrap(),
+            &b"still here"[..]
+        );
         ping(&at_2, &at_1).await;
         let (at_3, peer, at_1_from_3) = connected(&node_3, &node_1, "node-1").await;
         assert_eq!(peer.as_str(), "node-3");

@@ -24,8 +24,8 @@ use crate::membership::{
     MemberStatus, Membership, MembershipConfig, MembershipError, MembershipOutput,
 };
 use crate::wire::{
-    Announcement, ChunkId, ClusterId, DecodeError, EncodeError, Envelope, Feedback,
-    MESSAGE_BYTES_MAX, Message, NodeId, ReportId, Term, decode, encode,
+    Announcement, ChunkId, ClusterId, DecodeError, EncodeError, Encoded, Envelope, Feedback,
+    MESSAGE_BYTES_MAX, Message, NodeId, ReportId, Term, decode_shared, encode_parts,
 };
 
 /// Self-addressed messages handled in one call at most (a node fetching its own report
@@ -80,8 +80,8 @@ pub enum NodeOutput {
     Transmit {
         /// The member.
         to: NodeId,
-        /// An encoded [`Envelope`].
-        bytes: Vec<u8>,
+        /// An encoded [`Envelope`], in parts (a chunk's bytes are not copied into it).
+        bytes: Encoded,
     },
     /// The known aggregator changed.
     AggregatorChanged {
@@ -233,14 +233,15 @@ impl Node {
         deadline_ms
     }
 
-    /// Bytes from `peer` (as the transport authenticated it).
+    /// Bytes from `peer` (as the transport authenticated it). A chunk's bytes are kept
+    /// in them, not copied ([`crate::wire::decode_shared`]).
     pub fn handle_datagram(
         &mut self,
         now_ms: u64,
         peer: &NodeId,
-        bytes: &[u8],
+        bytes: &bytes::Bytes,
     ) -> Result<(), NodeError> {
-        let envelope = decode(bytes, self.config.message_bytes_max)?;
+        let envelope = decode_shared(bytes, self.config.message_bytes_max)?;
         if envelope.cluster_id != self.config.cluster_id {
             return Err(NodeError::WrongCluster(envelope.cluster_id));
         }
@@ -316,7 +317,7 @@ impl Node {
             from: self.config.node.clone(),
             message,
         };
-        let bytes = encode(&envelope)?;
+        let bytes = encode_parts(&envelope)?;
         self.outputs.push_back(NodeOutput::Transmit { to, bytes });
         Ok(())
     }

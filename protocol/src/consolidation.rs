@@ -223,8 +223,8 @@ pub enum ConsolidationOutput {
         report_id: ReportId,
         /// The chunk's id.
         chunk_id: ChunkId,
-        /// Its bytes.
-        bytes: Vec<u8>,
+        /// Its bytes (shared with the message they came in).
+        bytes: bytes::Bytes,
     },
     /// Node side: send `to` the report's chunk list (`ReportChunks` pages) or
     /// `ReportUnavailable`.
@@ -1045,7 +1045,7 @@ impl Consolidation {
         from: &NodeId,
         report_id: &ReportId,
         chunk_id: ChunkId,
-        bytes: &[u8],
+        bytes: &bytes::Bytes,
     ) {
         let Some(state) = &mut self.aggregator else {
             return;
@@ -1062,7 +1062,7 @@ impl Consolidation {
                         self.outputs.push_back(ConsolidationOutput::StoreChunk {
                             report_id: report_id.clone(),
                             chunk_id,
-                            bytes: bytes.to_vec(),
+                            bytes: bytes.clone(),
                         });
                     }
                 }

@@ -331,7 +331,7 @@ impl Sim {
                         .iter()
                         .position(|node| node.id == to)
                         .expect("a member");
-                    self.transmit(index, to, bytes);
+                    self.transmit(index, to, bytes.to_vec());
                 }
                 NodeOutput::AggregatorChanged { .. } | NodeOutput::Membership(_) => {}
                 NodeOutput::Consolidation(output) => self.carry_out(index, output),
@@ -404,7 +404,7 @@ impl Sim {
                         Message::ChunkData {
                             report_id: report_id.clone(),
                             chunk_id,
-                            bytes,
+                            bytes: bytes.into(),
                         },
                     );
                 }
@@ -588,7 +588,7 @@ impl Sim {
                 Event::Deliver { from, to, bytes } => {
                     let from_id = self.nodes[from].id.clone();
                     if let Some(node) = self.nodes[to].node.as_mut() {
-                        node.handle_datagram(now_ms, &from_id, &bytes)
+                        node.handle_datagram(now_ms, &from_id, &bytes.into())
                             .expect("peer bytes are valid");
                         self.drain(to);
                     }
@@ -1151,23 +1151,23 @@ fn hostile_datagrams_are_refused_and_the_node_carries_on() {
     };
     use crashmesh_protocol::cluster::NodeError;
     assert!(matches!(
-        node.handle_datagram(now_ms, &peer, &[]),
+        node.handle_datagram(now_ms, &peer, &bytes::Bytes::new()),
         Err(NodeError::Decode(_))
     ));
     assert!(matches!(
-        node.handle_datagram(now_ms, &peer, &[9, 9, 9]),
+        node.handle_datagram(now_ms, &peer, &bytes::Bytes::from([9, 9, 9].to_vec())),
         Err(NodeError::Decode(_))
     ));
     assert!(matches!(
-        node.handle_datagram(now_ms, &peer, &vec![1; 2 << 20]),
+        node.handle_datagram(now_ms, &peer, &bytes::Bytes::from(vec![1; 2 << 20])),
         Err(NodeError::Decode(_))
     ));
     assert!(matches!(
-        node.handle_datagram(now_ms, &peer, &envelope("other-cluster", "node-1")),
+        node.handle_datagram(now_ms, &peer, &envelope("other-cluster", "node-1").into()),
         Err(NodeError::WrongCluster(_))
     ));
     assert!(matches!(
-        node.handle_datagram(now_ms, &peer, &envelope("sim-cluster", "node-2")),
+        node.handle_datagram(now_ms, &peer, &envelope("sim-cluster", "node-2").into()),
         Err(NodeError::SenderMismatch { .. })
     ));
     let garbage_swim = crashmesh_protocol::wire::encode(&crashmesh_protocol::wire::Envelope {
@@ -1179,7 +1179,7 @@ fn hostile_datagrams_are_refused_and_the_node_carries_on() {
     })
     .unwrap();
     assert!(matches!(
-        node.handle_datagram(now_ms, &peer, &garbage_swim),
+        node.handle_datagram(now_ms, &peer, &garbage_swim.into()),
         Err(NodeError::Membership(_))
     ));
     let term = node.election().term();

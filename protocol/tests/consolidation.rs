@@ -112,7 +112,7 @@ fn a_chunk_that_does_not_hash_to_its_id_is_refused_and_the_fetch_completes_with_
     let forged = Message::ChunkData {
         report_id: ReportId::new("r1"),
         chunk_id,
-        bytes: b"forged".to_vec(),
+        bytes: b"forged".as_slice().into(),
     };
     aggregator.handle_message(1_030, &NodeId::new("n1"), &forged);
     assert!(outputs(&mut aggregator).is_empty());
@@ -120,7 +120,7 @@ fn a_chunk_that_does_not_hash_to_its_id_is_refused_and_the_fetch_completes_with_
     let real = Message::ChunkData {
         report_id: ReportId::new("r1"),
         chunk_id,
-        bytes: good.clone(),
+        bytes: good.clone().into(),
     };
     aggregator.handle_message(1_040, &NodeId::new("n1"), &real);
     let stored = outputs(&mut aggregator);

@@ -4,7 +4,8 @@ use crashmesh_protocol::ProblemKind;
 use crashmesh_protocol::wire::{
     Announcement, CHUNK_BYTES_MAX, CHUNK_IDS_PER_MESSAGE_MAX, ChunkId, ClusterId, DecodeError,
     EncodeError, Envelope, FEEDBACK_TEXT_BYTES_MAX, Feedback, LABELS_LEN_MAX, Label,
-    MESSAGE_BYTES_MAX, Message, NodeId, ReportId, UploadState, WIRE_VERSION, decode, encode,
+    MESSAGE_BYTES_MAX, Message, NodeId, ReportId, UploadState, WIRE_VERSION, decode, decode_shared,
+    encode, encode_parts,
 };
 
 fn announcement() -> Announcement {
@@ -77,7 +78,7 @@ fn every_message() -> Vec<Message> {
         Message::ChunkData {
             report_id: report_id.clone(),
             chunk_id: chunk,
-            bytes: b"chunk".to_vec(),
+            bytes: b"chunk".as_slice().into(),
         },
         Message::LogRequest {
             term: 7,
@@ -163,16 +164,13 @@ fn every_truncation_and_byte_flip_is_refused_or_valid_never_a_panic() {
     for message in every_message() {
         let bytes = encode(&envelope(message)).unwrap();
         for cut in 0..bytes.len() {
-            assert!(
-                decode(&bytes[..cut], MESSAGE_BYTES_MAX).is_err(),
-                "cut at {cut}"
-            );
+            assert!(decode_both(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         for position in 0..bytes.len() {
             for flip in [0x01u8, 0x80, 0xff] {
                 let mut mutated = bytes.clone();
                 mutated[position] ^= flip;
-                if let Ok(decoded) = decode(&mutated, MESSAGE_BYTES_MAX) {
+                if let Ok(decoded) = decode_both(&mutated) {
                     decoded.validate().expect("whatever decodes is valid");
                 }
             }
@@ -221,7 +219,7 @@ fn fields_over_their_limits_are_refused_both_ways() {
         Message::ChunkData {
             report_id: ReportId::new("r"),
             chunk_id: ChunkId([0; 32]),
-            bytes: vec![0; CHUNK_BYTES_MAX + 1],
+            bytes: vec![0; CHUNK_BYTES_MAX + 1].into(),
         },
         Message::Membership { packet: vec![] },
         Message::ReportChunks {
@@ -304,8 +302,47 @@ fn random_garbage_is_refused_without_panic() {
         if !bytes.is_empty() {
             bytes[0] = WIRE_VERSION;
         }
-        if let Ok(decoded) = decode(&bytes, MESSAGE_BYTES_MAX) {
+        if let Ok(decoded) = decode_both(&bytes) {
             decoded.validate().expect("whatever decodes is valid");
+        }
+    }
+}
+
+/// `decode`, after checking that `decode_shared` gives the same answer.
+fn decode_both(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    let decoded = decode(bytes, MESSAGE_BYTES_MAX);
+    let frame = bytes::Bytes::copy_from_slice(bytes);
+    assert_eq!(decode_shared(&frame, MESSAGE_BYTES_MAX), decoded);
+    decoded
+}
+
+/// The one difference of the shared paths: a chunk's bytes are neither copied into the
+/// encoding nor out of the received frame. Fails when `CHUNK_DATA_VARIANT` no longer
+/// names `ChunkData`'s place in `Message` (the chunk would be copied).
+#[test]
+fn a_chunk_decoded_shared_stays_in_its_frame() {
+    for message in every_message() {
+        let envelope = envelope(message);
+        let parts = encode_parts(&envelope).unwrap();
+        assert_eq!(parts.to_vec(), encode(&envelope).unwrap(), "{envelope:?}");
+        let frame = bytes::Bytes::from(parts.to_vec());
+        let decoded = decode_shared(&frame, MESSAGE_BYTES_MAX).unwrap();
+        assert_eq!(decoded, envelope);
+        let [_, payload, _] = parts.into_parts();
+        match (&envelope.message, &decoded.message) {
+            (Message::ChunkData { bytes: sent, .. }, Message::ChunkData { bytes: read, .. }) => {
+                assert_eq!(
+                    payload.as_ptr(),
+                    sent.as_ptr(),
+                    "the chunk is not copied to send"
+                );
+                let inside = frame.as_ptr_range();
+                assert!(
+                    inside.contains(&read.as_ptr()) && read.len() == sent.len(),
+                    "the chunk is read in place"
+                );
+            }
+            _ => assert!(payload.is_empty(), "only a chunk travels apart"),
         }
     }
 }
@@ -330,7 +367,7 @@ fn byte_fields_keep_the_layout_of_a_plain_vec() {
     let encoded = encode(&envelope(Message::ChunkData {
         report_id: plain.report_id.clone(),
         chunk_id: plain.chunk_id,
-        bytes,
+        bytes: bytes.into(),
     }))
     .unwrap();
     assert!(encoded.ends_with(&postcard::to_allocvec(&plain).unwrap()));

@@ -430,7 +430,7 @@ impl Sim {
                 let now_local = self.local_ms(to);
                 let from_id = self.nodes[from].id.clone();
                 let node = self.nodes[to].node.as_mut().expect("checked above");
-                if let Err(error) = node.handle_datagram(now_local, &from_id, &bytes) {
+                if let Err(error) = node.handle_datagram(now_local, &from_id, &bytes.into()) {
                     tracing::debug!(%error, "datagram refused");
                 }
                 self.drain(to);

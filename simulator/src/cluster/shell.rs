@@ -30,7 +30,7 @@ impl Sim {
                         .iter()
                         .position(|member| *member == to)
                         .expect("a configured member");
-                    self.transmit(index, to, bytes);
+                    self.transmit(index, to, bytes.to_vec());
                 }
                 NodeOutput::Membership(MembershipOutput::MemberDown(down)) => {
                     if let Some(since_ms) = self.down_since.remove(&down) {
@@ -173,7 +173,7 @@ impl Sim {
                         let message = Message::ChunkData {
                             report_id: report_id.clone(),
                             chunk_id,
-                            bytes,
+                            bytes: bytes.into(),
                         };
                         self.send(index, &to, message);
                     }
