@@ -64,6 +64,10 @@ pub enum EndpointError {
         path: String,
         source: std::io::Error,
     },
+    /// The metadata database is open in a running `crashmesh endpoint run` (a CLI write
+    /// goes to its HTTP API instead).
+    #[error("{path} is in use by a running `crashmesh endpoint run`")]
+    InUse { path: String },
     /// A stored row that does not decode (500).
     #[error("corrupt stored {what}: {detail}")]
     Corrupt { what: String, detail: String },
@@ -96,6 +100,7 @@ impl EndpointError {
             EndpointError::StaleTerm { .. } | EndpointError::Conflict(_) => StatusCode::CONFLICT,
             EndpointError::NotFound(_) => StatusCode::NOT_FOUND,
             EndpointError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            EndpointError::InUse { .. } => StatusCode::SERVICE_UNAVAILABLE,
             EndpointError::Config(_)
             | EndpointError::Database(_)
             | EndpointError::Io { .. }
@@ -121,6 +126,7 @@ impl EndpointError {
             EndpointError::Database(_) => "database",
             EndpointError::Storage(_) => "storage",
             EndpointError::Io { .. } => "io",
+            EndpointError::InUse { .. } => "in_use",
             EndpointError::Corrupt { .. } => "corrupt",
         }
     }

@@ -40,7 +40,9 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), EndpointError> 
 
 /// Writes everything under `out`.
 pub fn export(config: &EndpointConfig, out: &Path) -> Result<ExportSummary, EndpointError> {
-    let db = std::sync::Arc::new(Db::open(&config.data_dir)?);
+    // Read beside a running server, if one runs (it keeps writing: the export is of the
+    // state it saw when it listed the reports).
+    let db = std::sync::Arc::new(Db::open_for_reading(&config.data_dir)?);
     let blobs = Blobs::open(config, db.clone())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -11,8 +11,8 @@
 //! - webhook events are sent only after the commit that made them true.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use crashmesh_protocol::Problem;
 use crashmesh_protocol::report::{Incident, IncidentUpdate, ReportManifest, UploadReply};
@@ -59,10 +59,18 @@ enum Job {
     },
 }
 
+/// What the committer thread receives.
+enum Command {
+    Run(Job),
+    /// Finish what came before and end the thread ([`Committer::stop`]).
+    Stop,
+}
+
 /// The handle requests use to reach the committer thread.
 #[derive(Clone)]
 pub struct Committer {
-    sender: SyncSender<Job>,
+    sender: SyncSender<Command>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -77,15 +85,29 @@ impl Committer {
     /// Starts the committer thread.
     pub fn start(db: Arc<Db>, context: IngestContext) -> Committer {
         let (sender, receiver) = sync_channel(QUEUE_LEN_MAX);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("committer".into())
             .spawn(move || commit_loop(&db, &context, receiver))
             .expect("spawn the committer thread");
-        Committer { sender }
+        Committer {
+            sender,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        }
+    }
+
+    /// Lets the jobs queued so far finish, then ends the thread, which lets go of the
+    /// database (a server stopped in a process that opens the database next).
+    pub fn stop(&self) {
+        let Some(thread) = self.thread.lock().unwrap().take() else {
+            return;
+        };
+        if self.sender.send(Command::Stop).is_ok() {
+            let _ = thread.join();
+        }
     }
 
     fn submit(&self, job: Job) -> Result<(), EndpointError> {
-        match self.sender.try_send(job) {
+        match self.sender.try_send(Command::Run(job)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 Err(EndpointError::TooMany("the ingest queue is full".into()))
@@ -124,13 +146,18 @@ impl Committer {
     }
 }
 
-fn commit_loop(db: &Db, context: &IngestContext, receiver: Receiver<Job>) {
+fn commit_loop(db: &Db, context: &IngestContext, receiver: Receiver<Command>) {
     let mut cache = RowCache::default();
-    while let Ok(first) = receiver.recv() {
+    while let Ok(Command::Run(first)) = receiver.recv() {
         let mut jobs = vec![first];
+        let mut stop = false;
         while jobs.len() < BATCH_JOBS_MAX {
             match receiver.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(Command::Run(job)) => jobs.push(job),
+                Ok(Command::Stop) => {
+                    stop = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -153,6 +180,9 @@ fn commit_loop(db: &Db, context: &IngestContext, receiver: Receiver<Job>) {
                     answer(job, Err(EndpointError::Database(error.to_string())));
                 }
             }
+        }
+        if stop {
+            return;
         }
     }
 }
@@ -225,7 +255,7 @@ fn run_batch_rows(
     results: &mut Vec<Result<UploadReply, EndpointError>>,
     events: &mut Vec<Event>,
 ) -> Result<HashMap<String, ProblemRow>, EndpointError> {
-    let txn = db.db.begin_write()?;
+    let txn = db.begin_write()?;
     let rows;
     {
         let mut tables = Tables::open(&txn, &mut cache.problems)?;

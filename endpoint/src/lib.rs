@@ -8,6 +8,7 @@
 //! ```text
 //! DATA_DIR/endpoint.redb     metadata: tokens, cluster terms, reports, problems, incidents, bugs
 //! DATA_DIR/admin.token       the admin token (dashboard and API writes), 0600
+//! DATA_DIR/endpoint.sock     while the server runs: the CLI's writes go through it, 0600
 //! DATA_DIR/blobs/packs/NNNNNNNN.pack   chunks as received, one zstd frame each, appended
 //!                            (local storage; `chunks_v1` in endpoint.redb locates them)
 //! ```
@@ -37,6 +38,7 @@ pub mod db;
 pub mod error;
 pub mod export;
 pub mod ingest;
+pub mod local;
 pub mod metrics;
 pub mod packs;
 pub mod pending;

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::db::Db;
 use crate::error::EndpointError;
@@ -542,7 +542,7 @@ impl Packs {
 
     /// For each id, whether the chunk is stored.
     pub fn present(&self, ids: &[&str]) -> Result<Vec<bool>, EndpointError> {
-        let txn = self.db.db.begin_read()?;
+        let txn = self.db.begin_read()?;
         let table = txn.open_table(CHUNKS)?;
         ids.iter()
             .map(|id| {
@@ -555,7 +555,7 @@ impl Packs {
     /// A chunk's stored frame, `None` when it is not stored.
     pub fn read(&self, id: &str) -> Result<Option<Vec<u8>>, EndpointError> {
         let location = {
-            let txn = self.db.db.begin_read()?;
+            let txn = self.db.begin_read()?;
             self.locate_in(&txn.open_table(CHUNKS)?, id)?
         };
         let Some(location) = location else {
@@ -588,7 +588,7 @@ mod tests {
 
     fn commit(packs: &Packs, db: &Db) {
         let staged = packs.stage().unwrap();
-        let txn = db.db.begin_write().unwrap();
+        let txn = db.begin_write().unwrap();
         Packs::record(&txn, &staged).unwrap();
         txn.commit().unwrap();
         packs.committed(staged);

@@ -75,12 +75,15 @@ pub struct RunningServer {
     pub admin_token: String,
     /// The state, for tests and the CLI.
     pub state: Option<web::Data<AppState>>,
+    /// The CLI's way in while the server has the database (`DATA_DIR/endpoint.sock`).
+    admin_socket: Option<crate::local::AdminSocket>,
     handle: ServerHandle,
     thread: std::thread::JoinHandle<std::io::Result<()>>,
 }
 
 impl RunningServer {
-    /// Stops accepting, finishes requests in flight, and waits for the thread.
+    /// Stops accepting, finishes requests in flight, and waits for the threads: once it
+    /// returns, the database is free for another open.
     pub fn stop(self) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -88,13 +91,25 @@ impl RunningServer {
             .expect("a tokio runtime");
         runtime.block_on(self.handle.stop(true));
         let _ = self.thread.join();
+        // Everything that holds the database lets go of it before this returns.
+        if let Some(state) = self.state {
+            state.committer.stop();
+        }
+        if let Some(socket) = self.admin_socket {
+            socket.stop();
+        }
     }
 
     /// Waits until the server stops (a signal).
     pub fn wait(self) -> std::io::Result<()> {
-        self.thread
+        let served = self
+            .thread
             .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the server thread panicked")))
+            .unwrap_or_else(|_| Err(std::io::Error::other("the server thread panicked")));
+        if let Some(socket) = self.admin_socket {
+            socket.stop();
+        }
+        served
     }
 }
 
@@ -146,9 +161,14 @@ pub fn start(config: EndpointConfig, mode: ServerMode) -> Result<RunningServer, 
         config.workers
     };
     let limits = config.limits.clone();
+    let mut admin_socket = None;
     let (state, admin_token) = match mode {
         ServerMode::Real => {
             let db = Arc::new(Db::open(&config.data_dir)?);
+            admin_socket = Some(crate::local::AdminSocket::start(
+                &config.data_dir,
+                db.clone(),
+            )?);
             let admin_token = auth::admin_token(&config.data_dir)?;
             let metrics = Arc::new(Metrics::default());
             let webhooks = Webhooks::start(&config.webhooks, metrics.clone());
@@ -226,6 +246,7 @@ pub fn start(config: EndpointConfig, mode: ServerMode) -> Result<RunningServer, 
         url,
         admin_token,
         state,
+        admin_socket,
         handle,
         thread,
     })

@@ -513,7 +513,7 @@ fn export_writes_reports_as_json_and_attachments_as_plain_files() {
         &log,
     );
     client.upload(&manifest, &chunks).unwrap();
-    // The export runs beside the live server (the database is multi-process).
+    // The export runs beside the live server (it opens the database for reading).
     let out = harness.dir.path().join("export");
     let config = crashmesh_endpoint::EndpointConfig {
         data_dir: harness.dir.path().join("endpoint"),

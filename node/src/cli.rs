@@ -195,8 +195,8 @@ pub enum EndpointCommand {
     #[command(subcommand)]
     Bug(EndpointBugCommand),
     /// Ask clusters for a core of a problem (customer mode, `cores = "on_request"`), or
-    /// stop asking with `--off`. Opens the database itself: the endpoint must be stopped
-    /// (while it runs: `POST /api/v1/problems/{id}/core-request` or the problem's page).
+    /// stop asking with `--off`. While the endpoint runs, it makes the change (through
+    /// `DATA_DIR/endpoint.sock`).
     CoreRequest {
         problem: String,
         #[arg(long)]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use crashmesh_endpoint::db::Db;
+use crashmesh_endpoint::local::AdminRequest;
 use crashmesh_endpoint::{EndpointConfig, ServerMode};
 
 use crate::cli::{EndpointBugCommand, EndpointCommand, EndpointTokenCommand, GlobalArgs};
@@ -25,6 +26,17 @@ fn load_config(global: &GlobalArgs) -> Result<EndpointConfig> {
         config.data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.clone());
     }
     Ok(config)
+}
+
+/// A change to the endpoint's database: made here, or by the server running on it (see
+/// `crashmesh_endpoint::local`).
+fn admin_change(config: &EndpointConfig, request: AdminRequest) -> Result<serde_json::Value> {
+    let (answer, through_server) = crashmesh_endpoint::local::run(&config.data_dir, &request)
+        .context("changing the endpoint database")?;
+    if through_server {
+        tracing::debug!("the running endpoint made the change");
+    }
+    Ok(answer)
 }
 
 fn print_json(value: &serde_json::Value) {
@@ -59,12 +71,16 @@ fn run_command(global: &GlobalArgs, what: &EndpointCommand) -> Result<ExitCode> 
             server.wait().context("serving")?;
         }
         EndpointCommand::Token(EndpointTokenCommand::Create { cluster }) => {
-            let db = Db::open(&config.data_dir).context("opening the endpoint database")?;
-            let token = crashmesh_endpoint::auth::create_cluster_token(&db, cluster)?;
+            let token = admin_change(
+                &config,
+                AdminRequest::CreateToken {
+                    cluster: cluster.clone(),
+                },
+            )?;
             if global.json {
-                print_json(&serde_json::json!({ "cluster": cluster, "token": token }));
+                print_json(&token);
             } else {
-                println!("{token}");
+                println!("{}", token["token"].as_str().unwrap_or_default());
                 eprintln!(
                     "(the token for cluster {cluster}; only its hash is kept, so note it now)"
                 );
@@ -87,42 +103,50 @@ fn run_command(global: &GlobalArgs, what: &EndpointCommand) -> Result<ExitCode> 
             }
         }
         EndpointCommand::CoreRequest { problem, off } => {
-            let db = Db::open(&config.data_dir).context("opening the endpoint database")?;
-            db.set_core_request(problem, !off, crashmesh_endpoint::ingest::now_ms())?;
-            let requested = db.core_requested(problem)?.is_some();
+            let answer = admin_change(
+                &config,
+                AdminRequest::SetCoreRequest {
+                    problem: problem.clone(),
+                    requested: !off,
+                },
+            )?;
             if global.json {
-                print_json(&serde_json::json!({
-                    "problem_id": problem,
-                    "core_requested": requested,
-                }));
-            } else if requested {
+                print_json(&answer);
+            } else if answer["core_requested"] == true {
                 println!("problem {problem}: a core is requested");
             } else {
                 println!("problem {problem}: no core requested");
             }
         }
         EndpointCommand::Bug(command) => {
-            let db = Db::open(&config.data_dir).context("opening the endpoint database")?;
+            let read =
+                || Db::open_for_reading(&config.data_dir).context("opening the endpoint database");
             match command {
                 EndpointBugCommand::Set {
                     id,
                     status,
                     workaround,
                 } => {
-                    let bug = db.set_bug(
-                        *id,
-                        status.as_deref(),
-                        workaround.as_deref(),
-                        crashmesh_endpoint::ingest::now_ms(),
+                    let bug = admin_change(
+                        &config,
+                        AdminRequest::SetBug {
+                            id: *id,
+                            status: status.clone(),
+                            workaround: workaround.clone(),
+                        },
                     )?;
                     if global.json {
-                        print_json(&serde_json::to_value(&bug)?);
+                        print_json(&bug);
                     } else {
-                        println!("bug {}: {}", bug.id, bug.status);
+                        println!(
+                            "bug {}: {}",
+                            bug["id"],
+                            bug["status"].as_str().unwrap_or_default()
+                        );
                     }
                 }
                 EndpointBugCommand::Show { id } => {
-                    let view = db
+                    let view = read()?
                         .bug_view(*id, crashmesh_endpoint::db::COMMENTS_PER_BUG_MAX)?
                         .with_context(|| format!("no bug {id}"))?;
                     let bug = &view.bug;
@@ -149,7 +173,7 @@ fn run_command(global: &GlobalArgs, what: &EndpointCommand) -> Result<ExitCode> 
                     }
                 }
                 EndpointBugCommand::List => {
-                    let bugs = db.bugs()?;
+                    let bugs = read()?.bugs()?;
                     if global.json {
                         print_json(&serde_json::json!({ "bugs": bugs }));
                     } else {
