@@ -367,6 +367,11 @@ impl Db {
         })
     }
 
+    /// True for the writer's handle.
+    pub fn is_writer(&self) -> bool {
+        matches!(self.handle, Handle::Writer(_))
+    }
+
     /// A read transaction (on either handle).
     pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, EndpointError> {
         Ok(match &self.handle {
