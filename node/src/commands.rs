@@ -488,7 +488,7 @@ pub fn problems(context: &Context, what: &ProblemsCommand) -> Result<ExitCode> {
             else {
                 bail!("unexpected answer to problems list");
             };
-            problems.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
+            problems.sort_by_key(|problem| std::cmp::Reverse(problem.last_seen));
             if context.json {
                 return print_json(&serde_json::json!({ "problems": problems }))
                     .map(|_| ExitCode::SUCCESS);

@@ -12,7 +12,7 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("default-config.toml");
 /// The default data directory when neither `--data-dir` nor `[node] data_dir` is given.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/crashmesh";
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub node: NodeConfig,
@@ -26,24 +26,6 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub upload: UploadConfig,
     pub privacy: crate::customer::PrivacyConfig,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            node: NodeConfig::default(),
-            store: StoreConfig::default(),
-            capture: CaptureConfig::default(),
-            analysis: AnalysisConfig::default(),
-            detect: DetectConfig::default(),
-            python: PythonConfig::default(),
-            gather: crate::gather::GatherConfig::default(),
-            events: Vec::new(),
-            cluster: ClusterConfig::default(),
-            upload: UploadConfig::default(),
-            privacy: crate::customer::PrivacyConfig::default(),
-        }
-    }
 }
 
 /// `[node]`: who this node is and where it keeps its data.
@@ -449,7 +431,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 /// `1048576` → `"1 MiB"`: exact binary units when they fit, bytes otherwise.
 pub fn format_bytes(bytes: u64) -> String {
     for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{} {unit}", bytes / size);
         }
     }

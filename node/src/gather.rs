@@ -66,7 +66,7 @@ impl Default for GatherConfig {
 }
 
 /// One rule: for problems of these kinds and this executable, these sources.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatherRule {
     /// Problem kinds (`core`, `kernel_oops`, `python`, …); empty means every kind.
@@ -79,18 +79,6 @@ pub struct GatherRule {
     pub journal: bool,
     /// Commands whose output is kept as it is.
     pub commands: Vec<CommandSource>,
-}
-
-impl Default for GatherRule {
-    fn default() -> GatherRule {
-        GatherRule {
-            kinds: Vec::new(),
-            executable: None,
-            files: Vec::new(),
-            journal: false,
-            commands: Vec::new(),
-        }
-    }
 }
 
 /// A command run for a report.
@@ -211,12 +199,11 @@ fn is_important(text: &str) -> bool {
 pub fn line_time_ms(line: &str, year: i32, boot_ms: Option<u64>) -> Option<u64> {
     let line = line.trim_start();
     // dmesg: "[  123.456789] …"
-    if let Some(rest) = line.strip_prefix('[') {
-        if let Some((seconds, _)) = rest.split_once(']') {
-            if let (Ok(seconds), Some(boot_ms)) = (seconds.trim().parse::<f64>(), boot_ms) {
-                return Some(boot_ms + (seconds * 1000.0) as u64);
-            }
-        }
+    if let Some(rest) = line.strip_prefix('[')
+        && let Some((seconds, _)) = rest.split_once(']')
+        && let (Ok(seconds), Some(boot_ms)) = (seconds.trim().parse::<f64>(), boot_ms)
+    {
+        return Some(boot_ms + (seconds * 1000.0) as u64);
     }
     let first = line.split_whitespace().next()?;
     // RFC 3339 in one word: 2026-11-26T15:40:46.123+01:00 / …Z

@@ -164,10 +164,11 @@ fn repeat_of(
         let (time, id) = text.trim().split_once(' ')?;
         Some((time.parse::<u64>().ok()?, id.to_string()))
     });
-    if let Some((last_ms, last_id)) = last {
-        if now_ms >= last_ms && now_ms - last_ms < window_secs * 1000 {
-            return Some(last_id);
-        }
+    if let Some((last_ms, last_id)) = last
+        && now_ms >= last_ms
+        && now_ms - last_ms < window_secs * 1000
+    {
+        return Some(last_id);
     }
     let temporary = path.with_extension(format!("{}.tmp", std::process::id()));
     let written = std::fs::write(&temporary, format!("{now_ms} {entry_id}"))

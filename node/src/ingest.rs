@@ -358,16 +358,16 @@ impl Ingester {
         }
         if let Some(original) = &meta.repeat_of {
             let incident = self.store.incident(&self.report_id(original))?;
-            if let Some(incident) = incident {
-                if let Some(detail) = self.store.problem(&incident.problem_id)? {
-                    return Ok(detail.problem);
-                }
+            if let Some(incident) = incident
+                && let Some(detail) = self.store.problem(&incident.problem_id)?
+            {
+                return Ok(detail.problem);
             }
         }
-        if meta.repeat {
-            if let Some(previous) = self.latest_problem_of(meta)? {
-                return Ok(previous);
-            }
+        if meta.repeat
+            && let Some(previous) = self.latest_problem_of(meta)?
+        {
+            return Ok(previous);
         }
         Ok(coreless_problem(meta))
     }
