@@ -80,6 +80,21 @@ impl ReportRow {
         problem_id: &str,
         received_ms: u64,
     ) -> Result<Vec<u8>, EndpointError> {
+        ReportRow::with_encoded_parts(
+            manifest,
+            problem_id,
+            received_ms,
+            |bytes| Ok(bytes.to_vec()),
+        )
+    }
+
+    /// [`ReportRow::encode_parts`], the bytes lent to `use_bytes` (see [`encode_with`]).
+    pub(crate) fn with_encoded_parts<R>(
+        manifest: &ReportManifest,
+        problem_id: &str,
+        received_ms: u64,
+        use_bytes: impl FnOnce(&[u8]) -> Result<R, EndpointError>,
+    ) -> Result<R, EndpointError> {
         /// `ReportRow`'s fields by reference: postcard writes the same bytes.
         #[derive(Serialize)]
         struct Parts<'a> {
@@ -87,11 +102,12 @@ impl ReportRow {
             problem_id: &'a str,
             received_ms: u64,
         }
-        encode(&Parts {
+        let parts = Parts {
             manifest,
             problem_id,
             received_ms,
-        })
+        };
+        encode_with(&parts, use_bytes)
     }
 }
 
@@ -219,6 +235,52 @@ pub(crate) fn encode(value: &impl Serialize) -> Result<Vec<u8>, EndpointError> {
     })
 }
 
+/// Encodes `value` into this thread's scratch buffer and hands the bytes to `use_bytes`
+/// (a table insert): the committer writes every touched row each batch, and
+/// `postcard::to_allocvec` grew a fresh vector for each, copying it at every doubling
+/// (measured: two thirds of the committer's memory copying, 6% of its time).
+pub(crate) fn encode_with<R>(
+    value: &impl Serialize,
+    use_bytes: impl FnOnce(&[u8]) -> Result<R, EndpointError>,
+) -> Result<R, EndpointError> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        scratch.clear();
+        let bytes =
+            postcard::serialize_with_flavor(value, ExtendVec(&mut scratch)).map_err(|error| {
+                EndpointError::Corrupt {
+                    what: "row (encode)".into(),
+                    detail: error.to_string(),
+                }
+            })?;
+        use_bytes(bytes)
+    })
+}
+
+/// A postcard output appending to a borrowed vector, a slice at a time.
+struct ExtendVec<'a>(&'a mut Vec<u8>);
+
+impl<'a> postcard::ser_flavors::Flavor for ExtendVec<'a> {
+    type Output = &'a [u8];
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<&'a [u8]> {
+        Ok(self.0.as_slice())
+    }
+}
+
 pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, EndpointError> {
     postcard::from_bytes(bytes).map_err(|error| EndpointError::Corrupt {
         what: what.into(),
@@ -235,13 +297,15 @@ pub(crate) fn save_bug(
 ) -> Result<(), EndpointError> {
     for comment in std::mem::take(&mut bug.unsaved_comments) {
         let number = bug.comments_total;
-        comments.insert((bug.id, number), encode(&comment)?.as_slice())?;
+        encode_with(&comment, |bytes| {
+            Ok(comments.insert((bug.id, number), bytes)?)
+        })?;
         bug.comments_total += 1;
         if number >= COMMENTS_PER_BUG_MAX as u64 {
             comments.remove((bug.id, number - COMMENTS_PER_BUG_MAX as u64))?;
         }
     }
-    bugs.insert(bug.id, encode(&bug)?.as_slice())?;
+    encode_with(&bug, |bytes| Ok(bugs.insert(bug.id, bytes)?))?;
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use crate::db::{
     ANALYSES, BUGS, BugRow, COMMENTS, Db, HOURS_PER_PROBLEM_MAX, INCIDENTS, IncidentRow, META,
     META_NEXT_BUG, PROBLEMS, ProblemRow, RECENT_INCIDENTS_MAX, REPORTS, REPORTS_PER_PROBLEM_MAX,
-    ReportRow, TERMS, decode, encode, insert_bounded, save_bug,
+    ReportRow, TERMS, decode, encode, encode_with, insert_bounded, save_bug,
 };
 use crate::error::EndpointError;
 use crate::metrics::Metrics;
@@ -336,7 +336,7 @@ impl<'txn> Tables<'txn> {
     fn flush(&mut self) -> Result<HashMap<String, ProblemRow>, EndpointError> {
         let rows = std::mem::take(&mut self.problem_rows);
         for (id, row) in &rows {
-            self.problems.insert(id.as_str(), encode(row)?.as_slice())?;
+            encode_with(row, |bytes| Ok(self.problems.insert(id.as_str(), bytes)?))?;
         }
         for (_, bug) in std::mem::take(&mut self.bug_rows) {
             save_bug(&mut self.bugs, &mut self.comments, bug)?;
@@ -725,10 +725,9 @@ fn complete(
         tables.put_bug(bug);
     }
     tables.put_problem(row);
-    let report = ReportRow::encode_parts(manifest, &problem_id, now)?;
-    tables
-        .reports
-        .insert(manifest.report_id.as_str(), report.as_slice())?;
+    ReportRow::with_encoded_parts(manifest, &problem_id, now, |bytes| {
+        Ok(tables.reports.insert(manifest.report_id.as_str(), bytes)?)
+    })?;
     Metrics::add(&context.metrics.reports_completed, 1);
     Ok(reply)
 }
