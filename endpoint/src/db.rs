@@ -249,36 +249,16 @@ pub(crate) fn encode_with<R>(
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         scratch.clear();
-        let bytes =
-            postcard::serialize_with_flavor(value, ExtendVec(&mut scratch)).map_err(|error| {
-                EndpointError::Corrupt {
-                    what: "row (encode)".into(),
-                    detail: error.to_string(),
-                }
-            })?;
+        let bytes = postcard::serialize_with_flavor(
+            value,
+            crashmesh_protocol::wire::ExtendVec(&mut scratch),
+        )
+        .map_err(|error| EndpointError::Corrupt {
+            what: "row (encode)".into(),
+            detail: error.to_string(),
+        })?;
         use_bytes(bytes)
     })
-}
-
-/// A postcard output appending to a borrowed vector, a slice at a time.
-struct ExtendVec<'a>(&'a mut Vec<u8>);
-
-impl<'a> postcard::ser_flavors::Flavor for ExtendVec<'a> {
-    type Output = &'a [u8];
-
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<&'a [u8]> {
-        Ok(self.0.as_slice())
-    }
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, EndpointError> {

@@ -430,7 +430,9 @@ pub fn encode(envelope: &Envelope) -> Result<Vec<u8>, EncodeError> {
     let mut bytes =
         Vec::with_capacity(1 + ENVELOPE_OVERHEAD_BYTES + envelope.message.payload_len());
     bytes.push(WIRE_VERSION);
-    postcard::serialize_with_flavor(envelope, AppendVec(bytes)).map_err(EncodeError::Postcard)
+    postcard::serialize_with_flavor(envelope, ExtendVec(&mut bytes))
+        .map_err(EncodeError::Postcard)?;
+    Ok(bytes)
 }
 
 /// [`Envelope::validate`], its refusal as an encoding error.
@@ -444,13 +446,13 @@ fn validate_for_encoding(envelope: &Envelope) -> Result<(), EncodeError> {
     })
 }
 
-/// A postcard output that appends to a `Vec` already holding the version byte, a slice at
-/// a time (`postcard::to_extend` appends byte by byte: a chunk's encoding took 4% of a log
-/// transfer's CPU that way).
-struct AppendVec(Vec<u8>);
+/// A postcard output that appends to a borrowed `Vec`, a slice at a time
+/// (`postcard::to_extend` appends byte by byte: a chunk's encoding took 4% of a log
+/// transfer's CPU that way). The endpoint's row encoder uses it too, on a reused buffer.
+pub struct ExtendVec<'a>(pub &'a mut Vec<u8>);
 
-impl postcard::ser_flavors::Flavor for AppendVec {
-    type Output = Vec<u8>;
+impl<'a> postcard::ser_flavors::Flavor for ExtendVec<'a> {
+    type Output = &'a [u8];
 
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         self.0.extend_from_slice(data);
@@ -462,8 +464,8 @@ impl postcard::ser_flavors::Flavor for AppendVec {
         Ok(())
     }
 
-    fn finalize(self) -> postcard::Result<Vec<u8>> {
-        Ok(self.0)
+    fn finalize(self) -> postcard::Result<&'a [u8]> {
+        Ok(self.0.as_slice())
     }
 }
 
@@ -550,7 +552,7 @@ pub fn encode_parts(envelope: &Envelope) -> Result<Encoded, EncodeError> {
     }
 }
 
-/// A postcard output that writes like [`AppendVec`] but skips the one slice that is the
+/// A postcard output that writes like [`ExtendVec`] but skips the one slice that is the
 /// payload (postcard hands a byte string's bytes over as the slice serde was given, after
 /// its length), remembering where it belongs.
 struct SkipPayload<'a> {
