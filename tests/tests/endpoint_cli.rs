@@ -79,12 +79,12 @@ fn the_cli_writes_through_a_running_endpoint_and_reads_beside_it() {
     assert!(stderr.contains("bug 7"), "{stderr}");
 
     // Reads open the database beside the writer.
-    assert_eq!(cli(&data_dir, &["bug", "list"])["bugs"], Value::Array(vec![]));
-    let out = dir.path().join("export");
-    let exported = cli(
-        &data_dir,
-        &["export", "--out", out.to_str().unwrap()],
+    assert_eq!(
+        cli(&data_dir, &["bug", "list"])["bugs"],
+        Value::Array(vec![])
     );
+    let out = dir.path().join("export");
+    let exported = cli(&data_dir, &["export", "--out", out.to_str().unwrap()]);
     assert_eq!(exported["reports"], 0, "{exported}");
 
     // Stopped, the server leaves no socket, and the CLI writes on its own.
