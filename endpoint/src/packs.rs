@@ -72,6 +72,8 @@ struct Writer {
     end: u64,
     /// The file's blocks reserved up to here ([`PREALLOCATE_BYTES`] at a time).
     allocated: u64,
+    /// False once the file system refused a reservation: the pack's appends stop asking.
+    reserving: bool,
 }
 
 impl Writer {
@@ -79,10 +81,10 @@ impl Writer {
     /// system allocated once, rather than one reservation per 4 KiB page (measured: ext4's
     /// delayed allocation was a third of a payload upload's write cost; 960–990 MB/s
     /// without, 1,140–1,170 with). A file system that cannot reserve just allocates as
-    /// the appends come.
+    /// the appends come, and is not asked again for this pack.
     fn reserve(&mut self) {
         use std::os::fd::AsRawFd;
-        if self.end <= self.allocated {
+        if !self.reserving || self.end <= self.allocated {
             return;
         }
         let len = PREALLOCATE_BYTES.max(self.end - self.allocated);
@@ -99,7 +101,7 @@ impl Writer {
             self.allocated += len;
         } else {
             tracing::debug!(error = %std::io::Error::last_os_error(), pack = self.pack, "cannot reserve pack blocks");
-            self.allocated = self.end;
+            self.reserving = false;
         }
     }
 }
@@ -433,6 +435,7 @@ impl Packs {
             file: Arc::new(file),
             end: 0,
             allocated: 0,
+            reserving: true,
         })
     }
 

@@ -176,9 +176,7 @@ async fn quic_message_seconds(
     runs: usize,
 ) -> Vec<Duration> {
     let (serving, fetching, _transports, _dir) = connected_pair(work).await;
-    // The ids come from the store's index on a real sender: computed outside the timings.
     let chunk_bytes = chunk_bytes();
-    let ids: Vec<ChunkId> = log.chunks(chunk_bytes).map(ChunkId::of).collect();
     // The chunks as the sender has them in memory, as the TCP baseline has its bytes (the
     // store's reads are not timed on either side).
     let whole = bytes::Bytes::from(log.to_vec());
@@ -188,6 +186,8 @@ async fn quic_message_seconds(
             .map(|start| whole.slice(start..whole.len().min(start + chunk_bytes)))
             .collect(),
     );
+    // The ids come from the store's index on a real sender: computed outside the timings.
+    let ids: Vec<ChunkId> = chunks.iter().map(|chunk| ChunkId::of(chunk)).collect();
     let report_id = ReportId("bench-log-bundle".into());
     let mut timings = Vec::with_capacity(runs);
     for _ in 0..runs {

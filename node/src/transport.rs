@@ -548,14 +548,13 @@ impl Connection {
     /// chunk of evidence goes out without being copied into its message's encoding.
     pub async fn send_message_parts<const N: usize>(
         &self,
-        parts: [bytes::Bytes; N],
+        mut parts: [bytes::Bytes; N],
     ) -> Result<(), TransportError> {
         let length: usize = parts.iter().map(bytes::Bytes::len).sum();
         check_frame_length(length, self.limits.message_bytes_max)?;
         let mut send = self.inner.open_uni().await?;
         let length = u32::try_from(length).expect("checked against message_bytes_max");
         send.write_all(&length.to_be_bytes()).await?;
-        let mut parts = parts;
         send.write_all_chunks(&mut parts).await?;
         send.finish()?;
         Ok(())

@@ -505,15 +505,6 @@ impl Encoded {
     }
 }
 
-impl From<Vec<u8>> for Encoded {
-    fn from(bytes: Vec<u8>) -> Encoded {
-        Encoded {
-            head: bytes.into(),
-            ..Encoded::default()
-        }
-    }
-}
-
 /// Encodes an envelope as [`encode`] does, but leaves a `ChunkData`'s bytes where they
 /// are: the parts are the same bytes as `encode`'s, without copying the chunk (measured:
 /// that copy, into memory fresh to the process, was 11% of a log transfer's CPU).
