@@ -23,6 +23,8 @@
 //!
 //! [storage]
 //! kind = "local"                               # or "s3"
+//! fsync = true
+//! checkpoint_ms = 1000                         # metadata checkpoints; the journal between
 //! # s3: bucket, endpoint, region, access_key_id, secret_access_key, allow_http,
 //! # retry_secs_max = 10
 //!
@@ -129,6 +131,10 @@ pub struct StorageConfig {
     /// Local storage: make chunks durable (one `fdatasync` per pack file written, per
     /// commit batch) before the reports naming them are recorded (default true).
     pub fsync: bool,
+    /// How often the metadata database is checkpointed (ms): between checkpoints a
+    /// recorded report is durable in the ingest journal (`DATA_DIR/ingest.journal`),
+    /// replayed when the database is next opened after a crash (default 1000).
+    pub checkpoint_ms: u64,
     /// S3-compatible storage, with `kind = "s3"`.
     pub s3: Option<S3Config>,
 }
@@ -139,6 +145,7 @@ impl Default for StorageConfig {
             kind: StorageKind::Local,
             dir: None,
             fsync: true,
+            checkpoint_ms: 1000,
             s3: None,
         }
     }

@@ -9,12 +9,17 @@
 //! Attachment names were checked to be safe relative paths when the report came in;
 //! they are checked again here before they become paths. Each file is streamed chunk by
 //! chunk and its blake3 checked against the manifest's blob id.
+//!
+//! Only one process may open the database (see [`crate::db`]): with no server running
+//! [`export`] opens it; while `crashmesh endpoint run` has it, the CLI asks the server
+//! (see [`crate::local`]), which runs [`export_from`] on its own database and storage.
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use crashmesh_protocol::report::{NAME_BYTES_MAX, is_safe_relative_path};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::blobs::{Blobs, verify_chunk};
 use crate::config::EndpointConfig;
@@ -22,7 +27,7 @@ use crate::db::Db;
 use crate::error::EndpointError;
 
 /// What an export wrote.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportSummary {
     pub reports: u64,
     pub attachments: u64,
@@ -38,12 +43,23 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), EndpointError> 
     std::fs::write(path, text).map_err(|error| EndpointError::io("write", path, error))
 }
 
-/// Writes everything under `out`.
+/// Writes everything under `out`, opening the database and the blob storage: only with no
+/// server running (else [`EndpointError::InUse`]).
 pub fn export(config: &EndpointConfig, out: &Path) -> Result<ExportSummary, EndpointError> {
-    // Read beside a running server, if one runs (it keeps writing: the export is of the
-    // state it saw when it listed the reports).
-    let db = std::sync::Arc::new(Db::open_for_reading(&config.data_dir)?);
+    let db = Arc::new(Db::open(&config.data_dir)?);
     let blobs = Blobs::open(config, db.clone())?;
+    export_from(&db, &blobs, &config.public_url(None), out)
+}
+
+/// Writes everything under `out` from an open database and its blob storage; bug links
+/// start with `public_url`. Whoever has the database may keep writing meanwhile: the
+/// export is of the reports it saw when it listed them.
+pub fn export_from(
+    db: &Db,
+    blobs: &Blobs,
+    public_url: &str,
+    out: &Path,
+) -> Result<ExportSummary, EndpointError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -56,7 +72,7 @@ pub fn export(config: &EndpointConfig, out: &Path) -> Result<ExportSummary, Endp
         .iter()
         .map(|(row, bug)| {
             serde_json::json!({
-                "summary": crate::dashboard::ProblemJson::new(row, bug.as_ref(), &config.public_url(None)),
+                "summary": crate::dashboard::ProblemJson::new(row, bug.as_ref(), public_url),
                 "bug": bug.as_ref().and_then(|bug| {
                     db.bug_view(bug.id, crate::db::COMMENTS_PER_BUG_MAX).ok().flatten()
                 }),

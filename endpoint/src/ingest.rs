@@ -3,16 +3,24 @@
 //!
 //! One committer thread owns every write of ingest. Requests queue jobs to it (bounded,
 //! [`QUEUE_LEN_MAX`]); it takes up to [`BATCH_JOBS_MAX`] at a time, runs them in one
-//! transaction and commits once (group commit), then answers each. Invariants:
+//! transaction, commits it without a sync and appends the batch to the ingest journal
+//! ([`crate::journal`]). A syncer thread syncs the journal, once for every batch written
+//! meanwhile, and then answers their jobs (group commit), while the committer records the
+//! next batch. Every `checkpoint_ms` the committer makes the database durable and empties
+//! the journal. Invariants:
 //! - each job checks everything that can refuse it (term, report, signature) before it
 //!   writes anything, so a refused job leaves nothing behind in the shared transaction;
 //! - a storage error aborts the whole batch and every job in it is answered with it
-//!   (the callers retry; nothing of the batch was committed);
-//! - webhook events are sent only after the commit that made them true.
+//!   (the callers retry; nothing of the batch was committed or journaled);
+//! - a job is answered only once its batch is in the synced journal or a durable commit;
+//! - a batch's effect depends only on the database and its journal entry (no clock, no
+//!   rules read while it runs), so a replay after a crash writes what the first run did;
+//! - webhook events are sent only after the batch is durable, and never on a replay.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crashmesh_protocol::Problem;
 use crashmesh_protocol::report::{Incident, IncidentUpdate, ReportManifest, UploadReply};
@@ -21,10 +29,11 @@ use tokio::sync::oneshot;
 
 use crate::db::{
     ANALYSES, BUGS, BugRow, COMMENTS, Db, HOURS_PER_PROBLEM_MAX, INCIDENTS, IncidentRow, META,
-    META_NEXT_BUG, PROBLEMS, ProblemRow, RECENT_INCIDENTS_MAX, REPORTS, REPORTS_PER_PROBLEM_MAX,
-    ReportRow, TERMS, decode, encode, encode_with, insert_bounded, save_bug,
+    META_JOURNAL_SEQ, META_NEXT_BUG, PROBLEMS, ProblemRow, REPORTS, REPORTS_PER_PROBLEM_MAX,
+    ReportRow, TERMS, decode, encode, insert_bounded, save_bug,
 };
 use crate::error::EndpointError;
+use crate::journal::{Entry, EntryRef, JOURNAL_BYTES_MAX, Journal, Work};
 use crate::metrics::Metrics;
 use crate::rules::Rule;
 use crate::webhook::{Event, Webhooks};
@@ -44,25 +53,25 @@ pub struct IngestContext {
     pub public_url: String,
     pub webhooks: Webhooks,
     pub metrics: Arc<Metrics>,
+    /// How often the database is made durable (the journal holds the batches between).
+    pub checkpoint_interval: Duration,
 }
 
-enum Job {
-    Complete {
-        manifest: Arc<ReportManifest>,
-        /// `None`: the manifest's problem as sent.
-        analysis: Option<Box<Problem>>,
-        answer: oneshot::Sender<Result<UploadReply, EndpointError>>,
-    },
-    Update {
-        update: IncidentUpdate,
-        answer: oneshot::Sender<Result<UploadReply, EndpointError>>,
-    },
+/// What recording a job needs besides the tables: where bug links point, the counters.
+struct Recorder<'a> {
+    public_url: &'a str,
+    metrics: &'a Metrics,
+}
+
+struct Job {
+    work: Work,
+    answer: oneshot::Sender<Result<UploadReply, EndpointError>>,
 }
 
 /// What the committer thread receives.
 enum Command {
     Run(Job),
-    /// Finish what came before and end the thread ([`Committer::stop`]).
+    /// Finish what came before, checkpoint and end the thread ([`Committer::stop`]).
     Stop,
 }
 
@@ -71,6 +80,8 @@ enum Command {
 pub struct Committer {
     sender: SyncSender<Command>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Decided when a report comes in, so its journal entry carries the decision.
+    rules: Arc<[Rule]>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -82,21 +93,57 @@ pub fn now_ms() -> u64 {
 }
 
 impl Committer {
-    /// Starts the committer thread.
-    pub fn start(db: Arc<Db>, context: IngestContext) -> Committer {
+    /// Starts the committer thread on the database's journal.
+    pub fn start(db: Arc<Db>, context: IngestContext) -> Result<Committer, EndpointError> {
+        let journal = db.take_journal().ok_or_else(|| {
+            EndpointError::Database("the ingest journal has a committer already".into())
+        })?;
+        let last_seq = db.journal_seq()?;
+        let rules: Arc<[Rule]> = context.rules.clone().into();
+        let (journaled, journaled_receiver) = sync_channel(JOURNALED_BATCHES_MAX);
+        let syncer = {
+            let journal = journal.syncer()?;
+            let db = db.clone();
+            let webhooks = context.webhooks.clone();
+            std::thread::Builder::new()
+                .name("journal-sync".into())
+                .spawn(move || sync_loop(&journal, &db, &webhooks, journaled_receiver))
+                .map_err(|error| {
+                    EndpointError::io("spawn", std::path::Path::new("journal-sync"), error)
+                })?
+        };
         let (sender, receiver) = sync_channel(QUEUE_LEN_MAX);
         let thread = std::thread::Builder::new()
             .name("committer".into())
-            .spawn(move || commit_loop(&db, &context, receiver))
-            .expect("spawn the committer thread");
-        Committer {
+            .spawn(move || {
+                let mut committer = CommitLoop {
+                    db: &db,
+                    context: &context,
+                    journal,
+                    journaled: Some(journaled),
+                    next_seq: last_seq + 1,
+                    cache: RowCache::default(),
+                    unsynced: false,
+                    last_checkpoint: Instant::now(),
+                };
+                committer.run(receiver);
+                // Every batch journaled is answered before the last checkpoint.
+                committer.journaled = None;
+                let _ = syncer.join();
+                committer.finish();
+            })
+            .map_err(|error| {
+                EndpointError::io("spawn", std::path::Path::new("committer"), error)
+            })?;
+        Ok(Committer {
             sender,
             thread: Arc::new(Mutex::new(Some(thread))),
-        }
+            rules,
+        })
     }
 
-    /// Lets the jobs queued so far finish, then ends the thread, which lets go of the
-    /// database (a server stopped in a process that opens the database next).
+    /// Lets the jobs queued so far finish, checkpoints, then ends the thread, which lets
+    /// go of the database (a server stopped in a process that opens the database next).
     pub fn stop(&self) {
         let Some(thread) = self.thread.lock().unwrap().take() else {
             return;
@@ -106,16 +153,20 @@ impl Committer {
         }
     }
 
-    fn submit(&self, job: Job) -> Result<(), EndpointError> {
-        match self.sender.try_send(Command::Run(job)) {
-            Ok(()) => Ok(()),
+    async fn submit(&self, work: Work) -> Result<UploadReply, EndpointError> {
+        let (answer, receiver) = oneshot::channel();
+        match self.sender.try_send(Command::Run(Job { work, answer })) {
+            Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                Err(EndpointError::TooMany("the ingest queue is full".into()))
+                return Err(EndpointError::TooMany("the ingest queue is full".into()));
             }
             Err(TrySendError::Disconnected(_)) => {
-                Err(EndpointError::Database("the committer stopped".into()))
+                return Err(EndpointError::Database("the committer stopped".into()));
             }
         }
+        receiver
+            .await
+            .map_err(|_| EndpointError::Database("the committer stopped".into()))?
     }
 
     /// Records a report whose chunks are all stored; `analysis` replaces the manifest's
@@ -125,81 +176,274 @@ impl Committer {
         manifest: Arc<ReportManifest>,
         analysis: Option<Problem>,
     ) -> Result<UploadReply, EndpointError> {
-        let (answer, receiver) = oneshot::channel();
-        self.submit(Job::Complete {
+        let uninteresting =
+            crate::rules::first_match(&self.rules, analysis.as_ref().unwrap_or(&manifest.problem));
+        self.submit(Work::Complete {
             manifest,
             analysis: analysis.map(Box::new),
-            answer,
-        })?;
-        receiver
-            .await
-            .map_err(|_| EndpointError::Database("the committer stopped".into()))?
+            uninteresting,
+        })
+        .await
     }
 
     /// Records an incident update.
     pub async fn update(&self, update: IncidentUpdate) -> Result<UploadReply, EndpointError> {
-        let (answer, receiver) = oneshot::channel();
-        self.submit(Job::Update { update, answer })?;
-        receiver
-            .await
-            .map_err(|_| EndpointError::Database("the committer stopped".into()))?
+        self.submit(Work::Update(update)).await
     }
 }
 
-fn commit_loop(db: &Db, context: &IngestContext, receiver: Receiver<Command>) {
-    let mut cache = RowCache::default();
-    while let Ok(Command::Run(first)) = receiver.recv() {
-        let mut jobs = vec![first];
-        let mut stop = false;
-        while jobs.len() < BATCH_JOBS_MAX {
-            match receiver.try_recv() {
-                Ok(Command::Run(job)) => jobs.push(job),
-                Ok(Command::Stop) => {
-                    stop = true;
-                    break;
+/// The committer thread's state.
+struct CommitLoop<'a> {
+    db: &'a Db,
+    context: &'a IngestContext,
+    journal: Journal,
+    /// To the syncer thread: batches written to the journal, with their answers.
+    journaled: Option<SyncSender<Journaled>>,
+    next_seq: u64,
+    cache: RowCache,
+    /// A batch was committed since the last durable commit.
+    unsynced: bool,
+    last_checkpoint: Instant,
+}
+
+impl CommitLoop<'_> {
+    fn run(&mut self, receiver: Receiver<Command>) {
+        loop {
+            let first = match receiver.recv_timeout(self.context.checkpoint_interval) {
+                Ok(Command::Run(job)) => job,
+                Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.checkpoint_if_due();
+                    continue;
                 }
-                Err(_) => break,
+            };
+            let mut jobs = vec![first];
+            let mut stop = false;
+            while jobs.len() < BATCH_JOBS_MAX {
+                match receiver.try_recv() {
+                    Ok(Command::Run(job)) => jobs.push(job),
+                    Ok(Command::Stop) => {
+                        stop = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
+            self.batch(jobs);
+            if stop {
+                break;
+            }
+            self.checkpoint_if_due();
         }
+    }
+
+    /// The checkpoint at a stop.
+    fn finish(&mut self) {
+        let emptied = self.checkpoint().and_then(|()| self.journal.clear());
+        if let Err(error) = emptied {
+            tracing::error!(%error, "the last checkpoint failed; the journal keeps the batches");
+        }
+    }
+
+    fn batch(&mut self, jobs: Vec<Job>) {
+        let context = self.context;
+        let works: Vec<&Work> = jobs.iter().map(|job| &job.work).collect();
+        let now = now_ms();
+        let seq = self.next_seq;
         let mut results = Vec::with_capacity(jobs.len());
         let mut events = Vec::new();
-        let outcome = run_batch(db, context, &mut cache, &jobs, &mut results, &mut events);
-        Metrics::add(&context.metrics.commit_batches, 1);
+        let recorder = Recorder {
+            public_url: &context.public_url,
+            metrics: &context.metrics,
+        };
+        let outcome = self.run_batch(seq, now, &works, &recorder, &mut results, &mut events);
+        Metrics::add(&recorder.metrics.commit_batches, 1);
+        let outcome = outcome.and_then(|staged| {
+            self.next_seq += 1;
+            self.unsynced = true;
+            let chunks = staged
+                .as_ref()
+                .map_or(&[][..], |staged| staged.locations.as_slice());
+            let journaled = self.journal.write(&EntryRef {
+                seq,
+                now_ms: now,
+                works: &works,
+                chunks,
+            });
+            if let Err(error) = journaled {
+                // The batch is committed, not yet durable: a durable commit makes it so.
+                tracing::error!(%error, "the ingest journal failed; checkpointing instead");
+                self.checkpoint()?;
+            }
+            if let (crate::blobs::Blobs::Local(packs), Some(staged)) = (&context.blobs, staged) {
+                packs.committed(staged);
+            }
+            Ok(())
+        });
+        drop(works);
         match outcome {
             Ok(()) => {
-                for (job, result) in jobs.into_iter().zip(results) {
-                    answer(job, result);
-                }
-                for event in events {
-                    context.webhooks.send(event);
+                let batch = Journaled {
+                    answers: jobs
+                        .into_iter()
+                        .zip(results)
+                        .map(|(job, result)| (job.answer, result))
+                        .collect(),
+                    events,
+                };
+                // The syncer answers once the journal's sync covers the batch.
+                if let Some(journaled) = &self.journaled
+                    && let Err(error) = journaled.send(batch)
+                {
+                    // The syncer is gone (it cannot be while the committer runs).
+                    let batch = error.0;
+                    let _ = self.checkpoint();
+                    batch.answer(Ok(()), &context.webhooks);
                 }
             }
             Err(error) => {
                 tracing::error!(%error, jobs = jobs.len(), "ingest transaction failed");
                 for job in jobs {
-                    answer(job, Err(EndpointError::Database(error.to_string())));
+                    let _ = job
+                        .answer
+                        .send(Err(EndpointError::Database(error.to_string())));
                 }
             }
         }
-        if stop {
-            return;
+    }
+
+    /// The batch's transaction, committed without a sync; gives the chunk locations it
+    /// indexed.
+    fn run_batch(
+        &mut self,
+        seq: u64,
+        now: u64,
+        works: &[&Work],
+        recorder: &Recorder,
+        results: &mut Vec<Result<UploadReply, EndpointError>>,
+        events: &mut Vec<Event>,
+    ) -> Result<Option<crate::packs::Staged>, EndpointError> {
+        // Every chunk whose PUT was answered before these completions arrived is staged.
+        let staged = if works
+            .iter()
+            .any(|work| matches!(work, Work::Complete { .. }))
+        {
+            self.context.blobs.stage()?
+        } else {
+            None
+        };
+        let chunks = staged
+            .as_ref()
+            .map_or(&[][..], |staged| staged.locations.as_slice());
+        let rows = record_batch(
+            self.db,
+            &mut self.cache.problems,
+            BatchInput {
+                seq,
+                now,
+                works,
+                chunks,
+            },
+            recorder,
+            results,
+            events,
+        );
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) => {
+                self.cache.problems.clear();
+                return Err(error);
+            }
+        };
+        if self.cache.problems.len() + rows.len() > PROBLEM_ROWS_CACHED_MAX {
+            self.cache.problems.clear();
+        }
+        self.cache.problems.extend(rows);
+        Ok(staged)
+    }
+
+    fn checkpoint_if_due(&mut self) {
+        let due = self.last_checkpoint.elapsed() >= self.context.checkpoint_interval
+            || self.journal.len_bytes() >= JOURNAL_BYTES_MAX;
+        if self.unsynced
+            && due
+            && let Err(error) = self.checkpoint()
+        {
+            tracing::error!(%error, "checkpoint failed; the journal keeps the batches");
+        }
+    }
+
+    /// Makes every batch committed so far durable in the database, then empties the
+    /// journal.
+    fn checkpoint(&mut self) -> Result<(), EndpointError> {
+        self.db.checkpoint()?;
+        self.unsynced = false;
+        self.last_checkpoint = Instant::now();
+        self.journal.rewind();
+        Ok(())
+    }
+}
+
+/// Batches written to the journal and waiting for their sync, at most; the committer
+/// waits for room.
+pub const JOURNALED_BATCHES_MAX: usize = 64;
+
+/// A batch committed and written to the journal: its answers and events, given once a
+/// sync of the journal covers it.
+struct Journaled {
+    answers: Vec<(
+        oneshot::Sender<Result<UploadReply, EndpointError>>,
+        Result<UploadReply, EndpointError>,
+    )>,
+    events: Vec<Event>,
+}
+
+impl Journaled {
+    /// Answers the batch's jobs: with their results once `durable`, else with its error.
+    fn answer(self, durable: Result<(), &EndpointError>, webhooks: &Webhooks) {
+        match durable {
+            Ok(()) => {
+                for (answer, result) in self.answers {
+                    let _ = answer.send(result);
+                }
+                for event in self.events {
+                    webhooks.send(event);
+                }
+            }
+            Err(error) => {
+                for (answer, _) in self.answers {
+                    let _ = answer.send(Err(EndpointError::Database(error.to_string())));
+                }
+            }
         }
     }
 }
 
-fn answer(job: Job, result: Result<UploadReply, EndpointError>) {
-    let answer = match job {
-        Job::Complete { answer, .. } | Job::Update { answer, .. } => answer,
-    };
-    let _ = answer.send(result);
-}
-
-/// True for errors that mean the transaction itself is broken.
-fn is_fatal(error: &EndpointError) -> bool {
-    matches!(
-        error,
-        EndpointError::Database(_) | EndpointError::Corrupt { .. } | EndpointError::Io { .. }
-    )
+/// The syncer thread: one `fdatasync` of the journal for every batch written before it
+/// began, then their answers. It runs beside the committer, which meanwhile records the
+/// next batch. Should the sync fail, a durable commit of the database stands in for it.
+fn sync_loop(
+    journal: &crate::journal::JournalSync,
+    db: &Db,
+    webhooks: &Webhooks,
+    receiver: Receiver<Journaled>,
+) {
+    while let Ok(first) = receiver.recv() {
+        let mut batches = vec![first];
+        while let Ok(batch) = receiver.try_recv() {
+            batches.push(batch);
+        }
+        let durable = journal.sync().or_else(|error| {
+            tracing::error!(%error, "the ingest journal's sync failed; checkpointing instead");
+            db.checkpoint()
+        });
+        if let Err(error) = &durable {
+            tracing::error!(%error, "a batch could not be made durable; its jobs fail");
+        }
+        for batch in batches {
+            batch.answer(durable.as_ref().map(|_| ()), webhooks);
+        }
+    }
 }
 
 /// Problem rows as the last commit left them, kept by the committer between batches: only
@@ -213,68 +457,55 @@ struct RowCache {
 /// Problem rows the committer keeps between batches.
 pub const PROBLEM_ROWS_CACHED_MAX: usize = 4096;
 
-fn run_batch(
-    db: &Db,
-    context: &IngestContext,
-    cache: &mut RowCache,
-    jobs: &[Job],
-    results: &mut Vec<Result<UploadReply, EndpointError>>,
-    events: &mut Vec<Event>,
-) -> Result<(), EndpointError> {
-    // Every chunk whose PUT was answered before these completions arrived is staged.
-    let staged = if jobs.iter().any(|job| matches!(job, Job::Complete { .. })) {
-        context.blobs.stage()?
-    } else {
-        None
-    };
-    let result = run_batch_rows(db, context, cache, staged.as_ref(), jobs, results, events);
-    let rows = match result {
-        Ok(rows) => rows,
-        Err(error) => {
-            cache.problems.clear();
-            return Err(error);
-        }
-    };
-    if let (crate::blobs::Blobs::Local(packs), Some(staged)) = (&context.blobs, staged) {
-        packs.committed(staged);
-    }
-    if cache.problems.len() + rows.len() > PROBLEM_ROWS_CACHED_MAX {
-        cache.problems.clear();
-    }
-    cache.problems.extend(rows);
-    Ok(())
+/// True for errors that mean the transaction itself is broken.
+fn is_fatal(error: &EndpointError) -> bool {
+    matches!(
+        error,
+        EndpointError::Database(_) | EndpointError::Corrupt { .. } | EndpointError::Io { .. }
+    )
 }
 
-/// The batch's transaction; returns the problem rows it committed.
-fn run_batch_rows(
+/// A batch: its number, its clock, its jobs and the chunk locations it indexes.
+struct BatchInput<'a> {
+    seq: u64,
+    now: u64,
+    works: &'a [&'a Work],
+    chunks: &'a [(String, crate::packs::Location)],
+}
+
+/// Runs a batch in one transaction committed without a sync (the journal or the next
+/// checkpoint makes it durable); returns the problem rows it committed.
+fn record_batch(
     db: &Db,
-    context: &IngestContext,
-    cache: &mut RowCache,
-    staged: Option<&crate::packs::Staged>,
-    jobs: &[Job],
+    committed_rows: &mut HashMap<String, ProblemRow>,
+    batch: BatchInput,
+    recorder: &Recorder,
     results: &mut Vec<Result<UploadReply, EndpointError>>,
     events: &mut Vec<Event>,
 ) -> Result<HashMap<String, ProblemRow>, EndpointError> {
-    let txn = db.begin_write()?;
+    let txn = db.begin_batch()?;
     let rows;
     {
-        let mut tables = Tables::open(&txn, &mut cache.problems)?;
-        let now = now_ms();
-        for job in jobs {
+        let mut tables = Tables::open(&txn, committed_rows)?;
+        let now = batch.now;
+        for work in batch.works {
             let mut job_events = Vec::new();
-            let result = match job {
-                Job::Complete {
-                    manifest, analysis, ..
+            let result = match work {
+                Work::Complete {
+                    manifest,
+                    analysis,
+                    uninteresting,
                 } => complete(
                     &mut tables,
-                    context,
+                    recorder,
                     manifest,
                     analysis.as_deref().unwrap_or(&manifest.problem),
+                    uninteresting.clone(),
                     now,
                     &mut job_events,
                 ),
-                Job::Update { update, .. } => {
-                    update_incidents(&mut tables, context, update, now, &mut job_events)
+                Work::Update(update) => {
+                    update_incidents(&mut tables, recorder, update, now, &mut job_events)
                 }
             };
             if let Err(error) = &result
@@ -286,12 +517,43 @@ fn run_batch_rows(
             results.push(result);
         }
         rows = tables.flush()?;
-        if let Some(staged) = staged {
-            crate::packs::Packs::record(&txn, staged)?;
-        }
+        tables.meta.insert(META_JOURNAL_SEQ, batch.seq)?;
+        crate::packs::Packs::record(&txn, batch.chunks)?;
     }
     txn.commit()?;
     Ok(rows)
+}
+
+/// Runs the journal's batches the database does not have yet (after a crash), makes the
+/// database durable and gives how many it ran. Their answers and events are dropped: they
+/// were given when the batches first ran.
+pub(crate) fn replay(db: &Db, entries: &[Entry]) -> Result<usize, EndpointError> {
+    let last_seq = db.journal_seq()?;
+    let metrics = Metrics::default();
+    let recorder = Recorder {
+        public_url: "",
+        metrics: &metrics,
+    };
+    let mut replayed = 0;
+    for entry in entries.iter().filter(|entry| entry.seq > last_seq) {
+        let works: Vec<&Work> = entry.works.iter().collect();
+        record_batch(
+            db,
+            &mut HashMap::new(),
+            BatchInput {
+                seq: entry.seq,
+                now: entry.now_ms,
+                works: &works,
+                chunks: &entry.chunks,
+            },
+            &recorder,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        )?;
+        replayed += 1;
+    }
+    db.checkpoint()?;
+    Ok(replayed)
 }
 
 struct Tables<'txn> {
@@ -334,9 +596,9 @@ impl<'txn> Tables<'txn> {
 
     /// Writes the rows this batch changed; returns its problem rows.
     fn flush(&mut self) -> Result<HashMap<String, ProblemRow>, EndpointError> {
-        let rows = std::mem::take(&mut self.problem_rows);
-        for (id, row) in &rows {
-            encode_with(row, |bytes| Ok(self.problems.insert(id.as_str(), bytes)?))?;
+        let mut rows = std::mem::take(&mut self.problem_rows);
+        for (id, row) in &mut rows {
+            row.encode_with(|bytes| Ok(self.problems.insert(id.as_str(), bytes)?))?;
         }
         for (_, bug) in std::mem::take(&mut self.bug_rows) {
             save_bug(&mut self.bugs, &mut self.comments, bug)?;
@@ -443,16 +705,11 @@ impl<'txn> Tables<'txn> {
     }
 }
 
-fn reply(
-    context: &IngestContext,
-    problem_id: &str,
-    known: bool,
-    bug: Option<&BugRow>,
-) -> UploadReply {
+fn reply(recorder: &Recorder, problem_id: &str, known: bool, bug: Option<&BugRow>) -> UploadReply {
     UploadReply {
         problem_id: problem_id.to_string(),
         known,
-        bug: bug.map(|bug| bug.to_ref(&context.public_url)),
+        bug: bug.map(|bug| bug.to_ref(recorder.public_url)),
         workaround: bug.and_then(|bug| bug.workaround.clone()),
         missing_chunks: Vec::new(),
     }
@@ -515,10 +772,7 @@ fn add_incidents(
             version,
             labels: incident.labels.clone(),
         };
-        row.recent.push_back(incident_row.clone());
-        while row.recent.len() > RECENT_INCIDENTS_MAX {
-            row.recent.pop_front();
-        }
+        row.push_recent(incident_row.clone())?;
         added.push(incident_row);
     }
     Ok(added)
@@ -566,7 +820,7 @@ fn describe_incidents(added: &[IncidentRow]) -> String {
 }
 
 fn event(
-    context: &IngestContext,
+    recorder: &Recorder,
     kind: &'static str,
     bug: &BugRow,
     row: &ProblemRow,
@@ -576,7 +830,7 @@ fn event(
     Event {
         event: kind,
         bug_id: bug.id,
-        bug_url: bug.to_ref(&context.public_url).url,
+        bug_url: bug.to_ref(recorder.public_url).url,
         status: bug.status.clone(),
         problem_id: row.id.clone(),
         signature: row.signature.clone(),
@@ -591,7 +845,7 @@ fn event(
 /// regression when the bug was closed and an incident runs a newer version than the
 /// newest seen when it was closed.
 fn comment_on_bug(
-    context: &IngestContext,
+    recorder: &Recorder,
     bug: &mut BugRow,
     row: &ProblemRow,
     added: &[IncidentRow],
@@ -600,7 +854,7 @@ fn comment_on_bug(
 ) {
     let text = describe_incidents(added);
     bug.comment(now, "endpoint", text.clone());
-    events.push(event(context, "comment", bug, row, text, now));
+    events.push(event(recorder, "comment", bug, row, text, now));
     if !bug.is_closed() {
         return;
     }
@@ -622,16 +876,17 @@ fn comment_on_bug(
         bug.regression = true;
         bug.closed_version_max = None;
         bug.comment(now, "endpoint", text.clone());
-        Metrics::add(&context.metrics.bugs_reopened, 1);
-        events.push(event(context, "regression", bug, row, text, now));
+        Metrics::add(&recorder.metrics.bugs_reopened, 1);
+        events.push(event(recorder, "regression", bug, row, text, now));
     }
 }
 
 fn complete(
     tables: &mut Tables,
-    context: &IngestContext,
+    recorder: &Recorder,
     manifest: &ReportManifest,
     analysis: &Problem,
+    uninteresting: Option<String>,
     now: u64,
     events: &mut Vec<Event>,
 ) -> Result<UploadReply, EndpointError> {
@@ -642,14 +897,13 @@ fn complete(
         tables.raise_term(cluster, manifest.term)?;
         let row = tables.problem(&stored.problem_id)?;
         let bug = tables.bug(row.as_ref().and_then(|row| row.bug))?;
-        Metrics::add(&context.metrics.reports_repeated, 1);
-        return Ok(reply(context, &stored.problem_id, true, bug.as_ref()));
+        Metrics::add(&recorder.metrics.reports_repeated, 1);
+        return Ok(reply(recorder, &stored.problem_id, true, bug.as_ref()));
     }
     tables.raise_term(cluster, manifest.term)?;
     let problem_id = crashmesh_store::problem_id_for(&manifest.signature, &manifest.report_id);
     let existing = tables.take_problem(&problem_id)?;
     let known = existing.is_some();
-    let uninteresting = crate::rules::first_match(&context.rules, analysis);
     let mut row = existing.unwrap_or_else(|| ProblemRow {
         id: problem_id.clone(),
         signature: manifest.signature.clone(),
@@ -670,6 +924,7 @@ fn complete(
         reports: Vec::new(),
         hourly: Default::default(),
         recent: Default::default(),
+        recent_encoded: Default::default(),
     });
     row.interesting = uninteresting.is_none();
     row.uninteresting_rule = uninteresting;
@@ -683,13 +938,13 @@ fn complete(
         &manifest.incidents,
         Some(analysis),
     )?;
-    Metrics::add(&context.metrics.incidents_recorded, added.len() as u64);
+    Metrics::add(&recorder.metrics.incidents_recorded, added.len() as u64);
     let mut bug = tables.take_bug(row.bug)?;
     if !known {
         tables
             .analyses
             .insert(problem_id.as_str(), encode(analysis)?.as_slice())?;
-        Metrics::add(&context.metrics.problems_new, 1);
+        Metrics::add(&recorder.metrics.problems_new, 1);
     }
     match &mut bug {
         None if row.interesting => {
@@ -710,17 +965,17 @@ fn complete(
             };
             new_bug.comment(now, "endpoint", text.clone());
             row.bug = Some(id);
-            Metrics::add(&context.metrics.bugs_opened, 1);
-            events.push(event(context, "new_bug", &new_bug, &row, text, now));
+            Metrics::add(&recorder.metrics.bugs_opened, 1);
+            events.push(event(recorder, "new_bug", &new_bug, &row, text, now));
             bug = Some(new_bug);
         }
         None => {}
         Some(bug) if !added.is_empty() => {
-            comment_on_bug(context, bug, &row, &added, now, events);
+            comment_on_bug(recorder, bug, &row, &added, now, events);
         }
         Some(_) => {}
     }
-    let reply = reply(context, &problem_id, known, bug.as_ref());
+    let reply = reply(recorder, &problem_id, known, bug.as_ref());
     if let Some(bug) = bug {
         tables.put_bug(bug);
     }
@@ -728,13 +983,13 @@ fn complete(
     ReportRow::with_encoded_parts(manifest, &problem_id, now, |bytes| {
         Ok(tables.reports.insert(manifest.report_id.as_str(), bytes)?)
     })?;
-    Metrics::add(&context.metrics.reports_completed, 1);
+    Metrics::add(&recorder.metrics.reports_completed, 1);
     Ok(reply)
 }
 
 fn update_incidents(
     tables: &mut Tables,
-    context: &IngestContext,
+    recorder: &Recorder,
     update: &IncidentUpdate,
     now: u64,
     events: &mut Vec<Event>,
@@ -772,14 +1027,14 @@ fn update_incidents(
         &update.incidents,
         analysis.as_ref(),
     )?;
-    Metrics::add(&context.metrics.incidents_recorded, added.len() as u64);
+    Metrics::add(&recorder.metrics.incidents_recorded, added.len() as u64);
     let mut bug = tables.take_bug(row.bug)?;
     if let Some(bug) = &mut bug
         && !added.is_empty()
     {
-        comment_on_bug(context, bug, &row, &added, now, events);
+        comment_on_bug(recorder, bug, &row, &added, now, events);
     }
-    let reply = reply(context, &row.id, true, bug.as_ref());
+    let reply = reply(recorder, &row.id, true, bug.as_ref());
     if let Some(bug) = bug {
         tables.put_bug(bug);
     }

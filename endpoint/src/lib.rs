@@ -8,7 +8,9 @@
 //! ```text
 //! DATA_DIR/endpoint.redb     metadata: tokens, cluster terms, reports, problems, incidents, bugs
 //! DATA_DIR/admin.token       the admin token (dashboard and API writes), 0600
-//! DATA_DIR/endpoint.sock     while the server runs: the CLI's writes go through it, 0600
+//! DATA_DIR/ingest.journal    the ingest batches since the last checkpoint of endpoint.redb
+//!                            (what makes an answered report durable; see `journal`)
+//! DATA_DIR/endpoint.sock     while the server runs: the CLI's requests go through it, 0600
 //! DATA_DIR/blobs/packs/NNNNNNNN.pack   chunks as received, one zstd frame each, appended
 //!                            (local storage; `chunks_v1` in endpoint.redb locates them)
 //! ```
@@ -17,6 +19,9 @@
 //! - **Nothing half stored.** A report is visible (in reports, problems, incidents, bugs)
 //!   only after the one redb transaction that records all of it commits, and only once
 //!   every chunk it names is in blob storage. A refused request changes nothing.
+//! - **Nothing answered is lost.** An upload is answered only once its batch is in the
+//!   synced ingest journal (or a durable commit); opening the database after a crash
+//!   replays what the last durable commit lacks.
 //! - **Chunks are verified before they are kept**: a chunk is stored under its id only
 //!   after its bytes decompressed (within the chunk limit) and hashed to that id.
 //! - **Idempotent by id.** A report id is recorded once; an incident is recorded once per
@@ -38,6 +43,7 @@ pub mod db;
 pub mod error;
 pub mod export;
 pub mod ingest;
+pub mod journal;
 pub mod local;
 pub mod metrics;
 pub mod packs;

@@ -1,34 +1,49 @@
-//! The CLI's writes (`token create`, `bug set`, `core-request`), whether or not a server
-//! runs on the data dir.
+//! The CLI's requests, reads (`bug show`, `bug list`, `export`) and changes (`token
+//! create`, `bug set`, `core-request`), whether or not a server runs on the data dir.
 //!
-//! Only one process writes the metadata database (see [`crate::db`]). With no server
-//! running, the CLI opens it and makes the change itself. While `crashmesh endpoint run`
-//! has it, the CLI hands the same request to the server over `DATA_DIR/endpoint.sock`, a
-//! Unix socket only its owner may use (as `DATA_DIR/admin.token` is the owner's only),
-//! and the server makes the change with the same code.
+//! Only one process may open the metadata database (see [`crate::db`]), not even to read.
+//! With no server running, the CLI opens it and answers the request itself. While
+//! `crashmesh endpoint run` has it, the CLI hands the same request to the server over
+//! `DATA_DIR/endpoint.sock`, a Unix socket only its owner may use (as
+//! `DATA_DIR/admin.token` is the owner's only), and the server answers it with the same
+//! code, on its own database and blob storage.
 //!
 //! Invariants: one request per connection, one JSON line each way, the request at most
 //! [`ADMIN_REQUEST_BYTES_MAX`]; a malformed request gets an error answer and the server
-//! carries on; every change goes through [`execute`], whoever asked.
+//! carries on; every request goes through [`execute`], whoever asked.
+//!
+//! An export can take long. The server runs it on a thread of its own, at most
+//! [`EXPORTS_IN_FLIGHT_MAX`] at once (another is refused), so the socket keeps answering
+//! the other requests meanwhile; the CLI waits for its answer up to
+//! [`EXPORT_ANSWER_TIMEOUT`]. The server writes the files, as its own user, under the
+//! directory named, which must be absolute (the CLI's working directory is not the
+//! server's).
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::blobs::Blobs;
+use crate::config::EndpointConfig;
 use crate::db::Db;
 use crate::error::EndpointError;
 
 /// The largest request line the server reads.
 pub const ADMIN_REQUEST_BYTES_MAX: u64 = 64 * 1024;
-/// How long one connection may take to send its request or read its answer.
+/// How long one connection may take to send its request or read its answer (an export's
+/// answer excepted), and the server to write one.
 const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the CLI waits for a running server's export to finish.
+pub const EXPORT_ANSWER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Exports a server runs at once for the CLI.
+pub const EXPORTS_IN_FLIGHT_MAX: usize = 1;
 
-/// A change the CLI asks for.
+/// A request of the CLI: a read or a change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum AdminRequest {
@@ -42,9 +57,15 @@ pub enum AdminRequest {
         status: Option<String>,
         workaround: Option<String>,
     },
+    /// A bug with its latest comments (`bug show`).
+    ShowBug { id: u64 },
+    /// Every bug, newest first (`bug list`).
+    ListBugs,
+    /// Every report and attachment written under `out`, an absolute path (`export`).
+    Export { out: PathBuf },
 }
 
-/// The answer on the socket: the change's JSON, or why it failed.
+/// The answer on the socket: the request's JSON, or why it failed.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum AdminAnswer {
@@ -52,13 +73,34 @@ enum AdminAnswer {
     Failed { error: String, code: String },
 }
 
+/// What [`execute`] answers with.
+#[derive(Clone)]
+pub struct AdminContext {
+    /// The metadata database, held as its writer.
+    pub db: Arc<Db>,
+    /// The blob storage on `db`, for exports; `None` where it is not open (the CLI
+    /// without a server opens it only for an export).
+    pub blobs: Option<Blobs>,
+    /// The base URL of bug links.
+    pub public_url: String,
+}
+
 /// The socket of the server running on `data_dir`.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("endpoint.sock")
 }
 
-/// Makes the change on `db` and returns what the CLI prints with `--json`.
-pub fn execute(db: &Db, request: &AdminRequest) -> Result<serde_json::Value, EndpointError> {
+fn to_json(value: &impl Serialize) -> Result<serde_json::Value, EndpointError> {
+    serde_json::to_value(value).map_err(|error| EndpointError::Database(error.to_string()))
+}
+
+/// Answers the request (making the change, for a change) and returns what the CLI prints
+/// with `--json`.
+pub fn execute(
+    context: &AdminContext,
+    request: &AdminRequest,
+) -> Result<serde_json::Value, EndpointError> {
+    let db = &context.db;
     let now_ms = crate::ingest::now_ms();
     match request {
         AdminRequest::CreateToken { cluster } => {
@@ -74,23 +116,57 @@ pub fn execute(db: &Db, request: &AdminRequest) -> Result<serde_json::Value, End
             id,
             status,
             workaround,
-        } => {
-            let bug = db.set_bug(*id, status.as_deref(), workaround.as_deref(), now_ms)?;
-            serde_json::to_value(bug).map_err(|error| EndpointError::Database(error.to_string()))
+        } => to_json(&db.set_bug(*id, status.as_deref(), workaround.as_deref(), now_ms)?),
+        AdminRequest::ShowBug { id } => {
+            let view = db
+                .bug_view(*id, crate::db::COMMENTS_PER_BUG_MAX)?
+                .ok_or_else(|| EndpointError::NotFound(format!("no bug {id}")))?;
+            to_json(&view)
+        }
+        AdminRequest::ListBugs => Ok(serde_json::json!({ "bugs": db.bugs()? })),
+        AdminRequest::Export { out } => {
+            if !out.is_absolute() {
+                return Err(EndpointError::BadRequest(format!(
+                    "the export directory {} is not an absolute path",
+                    out.display()
+                )));
+            }
+            let blobs = context.blobs.as_ref().ok_or_else(|| {
+                EndpointError::Config("an export needs the blob storage, which is not open".into())
+            })?;
+            to_json(&crate::export::export_from(
+                db,
+                blobs,
+                &context.public_url,
+                out,
+            )?)
         }
     }
 }
 
-/// Makes the change: on the database when no server has it, else through the server's
-/// socket. The second element tells which (true: the running server made it).
+/// Answers the request: on the database when no server has it, else through the server's
+/// socket. The second element tells which (true: the running server answered).
 pub fn run(
-    data_dir: &Path,
+    config: &EndpointConfig,
     request: &AdminRequest,
 ) -> Result<(serde_json::Value, bool), EndpointError> {
-    match Db::open(data_dir) {
-        Ok(db) => Ok((execute(&db, request)?, false)),
+    match Db::open(&config.data_dir) {
+        Ok(db) => {
+            let db = Arc::new(db);
+            // Only an export reads chunks; the other requests leave the storage alone.
+            let blobs = match request {
+                AdminRequest::Export { .. } => Some(Blobs::open(config, db.clone())?),
+                _ => None,
+            };
+            let context = AdminContext {
+                db,
+                blobs,
+                public_url: config.public_url(None),
+            };
+            Ok((execute(&context, request)?, false))
+        }
         Err(EndpointError::InUse { path }) => {
-            let socket = socket_path(data_dir);
+            let socket = socket_path(&config.data_dir);
             let answer = ask(&socket, request).map_err(|error| {
                 EndpointError::Config(format!(
                     "{path} is in use by a running server, and its socket {} does not \
@@ -107,18 +183,45 @@ pub fn run(
     }
 }
 
+/// An error as the socket carries it: the kinds [`remote_error`] rebuilds go as their
+/// detail, the others as their whole message.
+fn failed(error: &EndpointError) -> AdminAnswer {
+    let text = match error {
+        EndpointError::BadRequest(detail)
+        | EndpointError::NotFound(detail)
+        | EndpointError::TooMany(detail)
+        | EndpointError::Conflict(detail)
+        | EndpointError::Config(detail)
+        | EndpointError::Storage(detail)
+        | EndpointError::Database(detail) => detail.clone(),
+        other => other.to_string(),
+    };
+    AdminAnswer::Failed {
+        error: text,
+        code: error.code().into(),
+    }
+}
+
 /// A server's refusal as the error it was (so the CLI says the same either way).
 fn remote_error(error: String, code: &str) -> EndpointError {
     match code {
         "bad_request" => EndpointError::BadRequest(error),
         "not_found" => EndpointError::NotFound(error),
+        "too_many_requests" => EndpointError::TooMany(error),
+        "conflict" => EndpointError::Conflict(error),
+        "config" => EndpointError::Config(error),
+        "storage" => EndpointError::Storage(error),
         _ => EndpointError::Database(error),
     }
 }
 
 fn ask(socket: &Path, request: &AdminRequest) -> std::io::Result<AdminAnswer> {
     let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    let answer_timeout = match request {
+        AdminRequest::Export { .. } => EXPORT_ANSWER_TIMEOUT,
+        _ => ADMIN_IO_TIMEOUT,
+    };
+    stream.set_read_timeout(Some(answer_timeout))?;
     stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
@@ -136,9 +239,16 @@ pub struct AdminSocket {
 }
 
 impl AdminSocket {
-    /// Listens on `DATA_DIR/endpoint.sock` (owner only) and answers with `db`. The caller
-    /// holds `db` as its writer, so a socket file there is a dead server's: replaced.
-    pub fn start(data_dir: &Path, db: Arc<Db>) -> Result<AdminSocket, EndpointError> {
+    /// Listens on `DATA_DIR/endpoint.sock` (owner only) and answers with `db` and `blobs`
+    /// (the server's own: a second [`Blobs`] would open the packs as a second writer);
+    /// bug links start with `public_url`. The caller holds `db` as its writer, so a
+    /// socket file there is a dead server's: replaced.
+    pub fn start(
+        data_dir: &Path,
+        db: Arc<Db>,
+        blobs: Blobs,
+        public_url: String,
+    ) -> Result<AdminSocket, EndpointError> {
         use std::os::unix::fs::PermissionsExt as _;
         let path = socket_path(data_dir);
         match std::fs::remove_file(&path) {
@@ -150,12 +260,17 @@ impl AdminSocket {
             UnixListener::bind(&path).map_err(|error| EndpointError::io("bind", &path, error))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|error| EndpointError::io("restrict", &path, error))?;
+        let context = AdminContext {
+            db,
+            blobs: Some(blobs),
+            public_url,
+        };
         let stopping = Arc::new(AtomicBool::new(false));
         let thread = {
             let stopping = stopping.clone();
             std::thread::Builder::new()
                 .name("admin-socket".into())
-                .spawn(move || serve(listener, &db, &stopping))
+                .spawn(move || serve(listener, &context, &stopping))
                 .map_err(|error| EndpointError::io("spawn", Path::new("admin socket"), error))?
         };
         Ok(AdminSocket {
@@ -165,7 +280,8 @@ impl AdminSocket {
         })
     }
 
-    /// Stops answering, removes the socket and lets go of the database.
+    /// Stops answering, waits for an export in progress, removes the socket and lets go
+    /// of the database and the blob storage.
     pub fn stop(mut self) {
         self.shut_down();
     }
@@ -188,58 +304,148 @@ impl Drop for AdminSocket {
     }
 }
 
-fn serve(listener: UnixListener, db: &Db, stopping: &AtomicBool) {
+/// The exports running for the CLI, each on its own thread.
+#[derive(Default)]
+struct Exports {
+    /// Exports not yet done; an export counts itself out before it answers, so that the
+    /// CLI may start the next one as soon as it has the answer.
+    running: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Exports {
+    /// Runs the export on its own thread and answers on `stream`; refuses it when
+    /// [`EXPORTS_IN_FLIGHT_MAX`] run.
+    fn start(
+        &mut self,
+        stream: UnixStream,
+        context: &AdminContext,
+        request: AdminRequest,
+    ) -> std::io::Result<()> {
+        for thread in self.threads.extract_if(.., |thread| thread.is_finished()) {
+            let _ = thread.join();
+        }
+        if self.running.load(Ordering::SeqCst) >= EXPORTS_IN_FLIGHT_MAX {
+            return reply(
+                &stream,
+                &failed(&EndpointError::TooMany(format!(
+                    "{EXPORTS_IN_FLIGHT_MAX} export(s) already running; try again when done"
+                ))),
+            );
+        }
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let running = self.running.clone();
+        let context = context.clone();
+        let spawned = std::thread::Builder::new()
+            .name("admin-export".into())
+            .spawn(move || {
+                let answer = answer_request(&context, &request);
+                running.fetch_sub(1, Ordering::SeqCst);
+                if let Err(error) = reply(&stream, &answer) {
+                    tracing::warn!(%error, "cannot answer the CLI's export");
+                }
+            });
+        match spawned {
+            Ok(thread) => {
+                self.threads.push(thread);
+                Ok(())
+            }
+            Err(error) => {
+                self.running.fetch_sub(1, Ordering::SeqCst);
+                Err(error)
+            }
+        }
+    }
+
+    /// Waits for the exports running.
+    fn wait(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(listener: UnixListener, context: &AdminContext, stopping: &AtomicBool) {
+    let mut exports = Exports::default();
     for stream in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
-            return;
+            break;
         }
         match stream {
             Ok(stream) => {
-                if let Err(error) = answer(stream, db) {
+                if let Err(error) = answer(stream, context, &mut exports) {
                     tracing::warn!(%error, "an admin socket connection failed");
                 }
             }
             Err(error) => tracing::warn!(%error, "the admin socket cannot accept"),
         }
     }
+    exports.wait();
 }
 
-fn answer(stream: UnixStream, db: &Db) -> std::io::Result<()> {
+fn answer(
+    stream: UnixStream,
+    context: &AdminContext,
+    exports: &mut Exports,
+) -> std::io::Result<()> {
+    // The write timeout bounds each write, not the connection: an answer written after a
+    // long export has it all.
     stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
     stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
     let mut line = Vec::new();
     BufReader::new((&stream).take(ADMIN_REQUEST_BYTES_MAX)).read_until(b'\n', &mut line)?;
-    let answer = match serde_json::from_slice::<AdminRequest>(&line) {
-        Err(error) => AdminAnswer::Failed {
-            error: format!("not an admin request: {error}"),
-            code: "bad_request".into(),
-        },
-        Ok(request) => match execute(db, &request) {
-            Ok(value) => {
-                tracing::info!(?request, "admin change made for the CLI");
-                AdminAnswer::Done(value)
-            }
-            Err(error) => AdminAnswer::Failed {
-                code: error.code().into(),
-                error: error.to_string(),
-            },
-        },
+    let request = match serde_json::from_slice::<AdminRequest>(&line) {
+        Ok(request) => request,
+        Err(error) => {
+            return reply(
+                &stream,
+                &AdminAnswer::Failed {
+                    error: format!("not an admin request: {error}"),
+                    code: "bad_request".into(),
+                },
+            );
+        }
     };
-    let mut out = serde_json::to_vec(&answer)?;
+    match request {
+        AdminRequest::Export { .. } => exports.start(stream, context, request),
+        _ => reply(&stream, &answer_request(context, &request)),
+    }
+}
+
+fn answer_request(context: &AdminContext, request: &AdminRequest) -> AdminAnswer {
+    match execute(context, request) {
+        Ok(value) => {
+            tracing::info!(?request, "answered the CLI");
+            AdminAnswer::Done(value)
+        }
+        Err(error) => failed(&error),
+    }
+}
+
+fn reply(mut stream: &UnixStream, answer: &AdminAnswer) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(answer)?;
     out.push(b'\n');
-    (&stream).write_all(&out)
+    stream.write_all(&out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn config(data_dir: &Path) -> EndpointConfig {
+        EndpointConfig {
+            data_dir: data_dir.to_path_buf(),
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn a_write_goes_to_the_database_or_through_the_running_servers_socket() {
+    fn a_request_goes_to_the_database_or_through_the_running_servers_socket() {
         let dir = tempfile::tempdir().unwrap();
-        // No server: the CLI writes itself.
+        let config = config(dir.path());
+        // No server: the CLI writes and reads itself.
         let (created, through_server) = run(
-            dir.path(),
+            &config,
             &AdminRequest::CreateToken {
                 cluster: "c1".into(),
             },
@@ -247,16 +453,27 @@ mod tests {
         .unwrap();
         assert!(!through_server);
         let first = created["token"].as_str().unwrap().to_string();
+        assert_eq!(
+            run(&config, &AdminRequest::ListBugs).unwrap(),
+            (serde_json::json!({ "bugs": [] }), false)
+        );
 
-        // A server holds the database: the same request goes through its socket.
+        // A server holds the database: the same requests go through its socket.
         let db = Arc::new(Db::open(dir.path()).unwrap());
         assert!(matches!(
             Db::open(dir.path()),
             Err(EndpointError::InUse { .. })
         ));
-        let socket = AdminSocket::start(dir.path(), db.clone()).unwrap();
-        let (created, through_server) = run(
+        let blobs = Blobs::open(&config, db.clone()).unwrap();
+        let socket = AdminSocket::start(
             dir.path(),
+            db.clone(),
+            blobs.clone(),
+            config.public_url(None),
+        )
+        .unwrap();
+        let (created, through_server) = run(
+            &config,
             &AdminRequest::CreateToken {
                 cluster: "c2".into(),
             },
@@ -274,7 +491,7 @@ mod tests {
         }
         // A refusal comes back as the same error.
         let refused = run(
-            dir.path(),
+            &config,
             &AdminRequest::SetBug {
                 id: 99,
                 status: Some("closed".into()),
@@ -285,14 +502,36 @@ mod tests {
             matches!(refused, Err(EndpointError::NotFound(_))),
             "{refused:?}"
         );
-        // A reader works beside the writer and sees its commits.
-        let reader = Db::open_for_reading(dir.path()).unwrap();
+        // Reads go through the socket too (nothing else may open the database), and see
+        // what the server has.
         assert_eq!(
-            reader
-                .cluster_of_token(&crate::auth::token_hash(second))
-                .unwrap()
-                .as_deref(),
-            Some("c2")
+            run(&config, &AdminRequest::ListBugs).unwrap(),
+            (serde_json::json!({ "bugs": [] }), true)
+        );
+        let missing = run(&config, &AdminRequest::ShowBug { id: 7 });
+        match missing {
+            Err(EndpointError::NotFound(detail)) => assert_eq!(detail, "no bug 7"),
+            other => panic!("{other:?}"),
+        }
+        // An export too, written by the server with its own blob storage.
+        let out = dir.path().join("export");
+        let (summary, through_server) =
+            run(&config, &AdminRequest::Export { out: out.clone() }).unwrap();
+        assert!(through_server);
+        assert_eq!(
+            serde_json::from_value::<crate::export::ExportSummary>(summary).unwrap(),
+            crate::export::ExportSummary::default()
+        );
+        assert!(out.join("problems.json").is_file());
+        let relative = run(
+            &config,
+            &AdminRequest::Export {
+                out: "export".into(),
+            },
+        );
+        assert!(
+            matches!(relative, Err(EndpointError::BadRequest(_))),
+            "{relative:?}"
         );
         // Garbage on the socket gets an error, and the server carries on.
         let mut stream = UnixStream::connect(socket_path(dir.path())).unwrap();
@@ -304,7 +543,7 @@ mod tests {
         assert!(reply.contains("not an admin request"), "{reply}");
         assert!(
             run(
-                dir.path(),
+                &config,
                 &AdminRequest::CreateToken {
                     cluster: "c3".into()
                 }
@@ -315,18 +554,138 @@ mod tests {
 
         // Stopped, the socket is gone and the database free again.
         socket.stop();
-        drop(reader);
+        drop(blobs);
         drop(db);
         assert!(!socket_path(dir.path()).exists());
         assert!(
             !run(
-                dir.path(),
+                &config,
                 &AdminRequest::CreateToken {
                     cluster: "c4".into()
                 }
             )
             .unwrap()
             .1
+        );
+        let out = dir.path().join("export-alone");
+        let (summary, through_server) =
+            run(&config, &AdminRequest::Export { out: out.clone() }).unwrap();
+        assert!(!through_server);
+        assert_eq!(summary["reports"], 0, "{summary}");
+        assert!(out.join("problems.json").is_file());
+    }
+
+    #[test]
+    fn a_long_export_holds_up_neither_the_socket_nor_the_next_export() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let db = Arc::new(Db::open(dir.path()).unwrap());
+        let blobs = Blobs::open(&config, db.clone()).unwrap();
+        let socket = AdminSocket::start(
+            dir.path(),
+            db.clone(),
+            blobs.clone(),
+            config.public_url(None),
+        )
+        .unwrap();
+        // The export's first file is a FIFO: it waits for a reader there.
+        let out = dir.path().join("export");
+        std::fs::create_dir(&out).unwrap();
+        let fifo = out.join("problems.json");
+        let fifo_name = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo_name.as_ptr(), 0o600) }, 0);
+        // Should the test fail, the export is let go (else stopping the socket would wait
+        // for it forever): a reader that comes and goes fails its write.
+        struct LetGo(PathBuf);
+        impl Drop for LetGo {
+            fn drop(&mut self) {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let _ = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&self.0);
+            }
+        }
+        let _let_go = LetGo(fifo.clone());
+        let held = {
+            let config = config.clone();
+            let out = out.clone();
+            std::thread::spawn(move || run(&config, &AdminRequest::Export { out }))
+        };
+        // It has begun once it made its reports directory.
+        let begun = (0..2000).any(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            out.join("reports").is_dir()
+        });
+        assert!(begun, "{:?}", held.is_finished().then(|| held.join()));
+        let second = run(
+            &config,
+            &AdminRequest::Export {
+                out: dir.path().join("second"),
+            },
+        );
+        assert!(
+            matches!(second, Err(EndpointError::TooMany(_))),
+            "{second:?}"
+        );
+        // The socket answers beside the export.
+        assert_eq!(
+            run(&config, &AdminRequest::ListBugs).unwrap(),
+            (serde_json::json!({ "bugs": [] }), true)
+        );
+        // Let go of the export: it finishes and answers, and the next may start.
+        let problems = std::fs::read_to_string(&fifo).unwrap();
+        assert!(problems.contains("\"problems\""), "{problems}");
+        let (summary, through_server) = held.join().unwrap().unwrap();
+        assert!(through_server);
+        assert_eq!(summary["problems"], 0, "{summary}");
+        assert!(
+            run(
+                &config,
+                &AdminRequest::Export {
+                    out: dir.path().join("third"),
+                },
+            )
+            .unwrap()
+            .1
+        );
+        socket.stop();
+    }
+
+    #[test]
+    fn a_refusal_through_the_socket_reads_as_it_would_without_a_server() {
+        let errors = [
+            EndpointError::BadRequest("status \"x\"".into()),
+            EndpointError::NotFound("no bug 7".into()),
+            EndpointError::TooMany("1 export(s) already running".into()),
+            EndpointError::Conflict("c".into()),
+            EndpointError::Config("[storage.s3] missing".into()),
+            EndpointError::Storage("s3 down".into()),
+            EndpointError::Database("d".into()),
+        ];
+        for error in errors {
+            let AdminAnswer::Failed { error: text, code } = failed(&error) else {
+                unreachable!()
+            };
+            let rebuilt = remote_error(text, &code);
+            assert_eq!(rebuilt.code(), error.code());
+            assert_eq!(rebuilt.to_string(), error.to_string());
+        }
+        // Other kinds keep their whole message.
+        let io = EndpointError::io(
+            "create",
+            Path::new("/out"),
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        let AdminAnswer::Failed { error: text, code } = failed(&io) else {
+            unreachable!()
+        };
+        assert!(
+            remote_error(text, &code)
+                .to_string()
+                .contains("create /out"),
+            "{io}"
         );
     }
 }

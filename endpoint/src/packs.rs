@@ -58,7 +58,7 @@ const RECORD_MAGIC: &[u8; 4] = b"CMPK";
 const RECORD_HEADER_BYTES: u64 = 4 + 4 + 32;
 
 /// Where a chunk's frame is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Location {
     pub pack: u64,
     pub offset: u64,
@@ -189,7 +189,7 @@ impl Drop for Packs {
 
 /// Chunk locations made durable, to be written in the committing transaction.
 pub struct Staged {
-    locations: Vec<(String, Location)>,
+    pub(crate) locations: Vec<(String, Location)>,
 }
 
 /// The lane the next thread to append takes.
@@ -382,15 +382,14 @@ impl Packs {
             None
         };
         let numbers = pack_numbers(&packs)?;
-        if db.is_writer() {
-            // A process that stopped without closing its packs left their reservations.
-            for &pack in numbers.iter().rev().take(LANES) {
-                let path = packs.join(pack_name(pack));
-                if let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path)
-                    && let Ok(metadata) = file.metadata()
-                {
-                    release_beyond(&file, metadata.len());
-                }
+        // A process that stopped without closing its packs left their reservations (the
+        // database's one process opens the packs).
+        for &pack in numbers.iter().rev().take(LANES) {
+            let path = packs.join(pack_name(pack));
+            if let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path)
+                && let Ok(metadata) = file.metadata()
+            {
+                release_beyond(&file, metadata.len());
             }
         }
         Ok(Packs {
@@ -515,12 +514,15 @@ impl Packs {
     }
 
     /// Writes staged locations in the transaction that records the reports naming them.
-    pub fn record(txn: &WriteTransaction, staged: &Staged) -> Result<(), EndpointError> {
-        if staged.locations.is_empty() {
+    pub fn record(
+        txn: &WriteTransaction,
+        locations: &[(String, Location)],
+    ) -> Result<(), EndpointError> {
+        if locations.is_empty() {
             return Ok(());
         }
         let mut table = txn.open_table(CHUNKS)?;
-        for (id, location) in &staged.locations {
+        for (id, location) in locations {
             table.insert(id.as_str(), (location.pack, location.offset, location.len))?;
         }
         Ok(())
@@ -661,7 +663,7 @@ mod tests {
     fn commit(packs: &Packs, db: &Db) {
         let staged = packs.stage().unwrap();
         let txn = db.begin_write().unwrap();
-        Packs::record(&txn, &staged).unwrap();
+        Packs::record(&txn, &staged.locations).unwrap();
         txn.commit().unwrap();
         packs.committed(staged);
     }

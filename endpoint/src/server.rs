@@ -106,6 +106,9 @@ impl RunningServer {
             .thread
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("the server thread panicked")));
+        if let Some(state) = self.state {
+            state.committer.stop();
+        }
         if let Some(socket) = self.admin_socket {
             socket.stop();
         }
@@ -165,14 +168,16 @@ pub fn start(config: EndpointConfig, mode: ServerMode) -> Result<RunningServer, 
     let (state, admin_token) = match mode {
         ServerMode::Real => {
             let db = Arc::new(Db::open(&config.data_dir)?);
+            let blobs = Blobs::open(&config, db.clone())?;
             admin_socket = Some(crate::local::AdminSocket::start(
                 &config.data_dir,
                 db.clone(),
+                blobs.clone(),
+                public_url.clone(),
             )?);
             let admin_token = auth::admin_token(&config.data_dir)?;
             let metrics = Arc::new(Metrics::default());
             let webhooks = Webhooks::start(&config.webhooks, metrics.clone());
-            let blobs = Blobs::open(&config, db.clone())?;
             let committer = Committer::start(
                 db.clone(),
                 IngestContext {
@@ -181,8 +186,9 @@ pub fn start(config: EndpointConfig, mode: ServerMode) -> Result<RunningServer, 
                     public_url: public_url.clone(),
                     webhooks,
                     metrics: metrics.clone(),
+                    checkpoint_interval: Duration::from_millis(config.storage.checkpoint_ms),
                 },
-            );
+            )?;
             let state = AppState {
                 blobs,
                 auth: Auth::new(db.clone(), &admin_token),

@@ -513,13 +513,20 @@ fn export_writes_reports_as_json_and_attachments_as_plain_files() {
         &log,
     );
     client.upload(&manifest, &chunks).unwrap();
-    // The export runs beside the live server (it opens the database for reading).
+    // The export runs while the server runs: through its socket, as the CLI does.
     let out = harness.dir.path().join("export");
     let config = crashmesh_endpoint::EndpointConfig {
         data_dir: harness.dir.path().join("endpoint"),
         ..Default::default()
     };
-    let summary = crashmesh_endpoint::export::export(&config, &out).unwrap();
+    let (summary, through_server) = crashmesh_endpoint::local::run(
+        &config,
+        &crashmesh_endpoint::local::AdminRequest::Export { out: out.clone() },
+    )
+    .unwrap();
+    assert!(through_server);
+    let summary: crashmesh_endpoint::export::ExportSummary =
+        serde_json::from_value(summary).unwrap();
     assert_eq!(
         (summary.reports, summary.attachments, summary.problems),
         (1, 1, 1)

@@ -186,7 +186,8 @@ pub enum EndpointCommand {
     /// Cluster tokens.
     #[command(subcommand)]
     Token(EndpointTokenCommand),
-    /// Write every stored report as JSON and its attachments as plain files.
+    /// Write every stored report as JSON and its attachments as plain files (while the
+    /// server runs, it writes them, as its own user, through `DATA_DIR/endpoint.sock`).
     Export {
         #[arg(long)]
         out: PathBuf,

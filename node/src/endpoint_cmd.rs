@@ -5,9 +5,11 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use crashmesh_endpoint::db::Db;
+use crashmesh_endpoint::db::{BugRow, Comment};
+use crashmesh_endpoint::export::ExportSummary;
 use crashmesh_endpoint::local::AdminRequest;
 use crashmesh_endpoint::{EndpointConfig, ServerMode};
+use serde::Deserialize;
 
 use crate::cli::{EndpointBugCommand, EndpointCommand, EndpointTokenCommand, GlobalArgs};
 
@@ -28,15 +30,48 @@ fn load_config(global: &GlobalArgs) -> Result<EndpointConfig> {
     Ok(config)
 }
 
-/// A change to the endpoint's database: made here, or by the server running on it (see
-/// `crashmesh_endpoint::local`).
-fn admin_change(config: &EndpointConfig, request: AdminRequest) -> Result<serde_json::Value> {
-    let (answer, through_server) = crashmesh_endpoint::local::run(&config.data_dir, &request)
-        .context("changing the endpoint database")?;
+/// A read or a change of the endpoint's data: answered here, or by the server running on
+/// it (see `crashmesh_endpoint::local`). `what` says what was asked, for errors.
+fn admin_request(
+    config: &EndpointConfig,
+    request: AdminRequest,
+    what: &str,
+) -> Result<serde_json::Value> {
+    let (answer, through_server) =
+        crashmesh_endpoint::local::run(config, &request).context(what.to_string())?;
     if through_server {
-        tracing::debug!("the running endpoint made the change");
+        tracing::debug!(?request, "the running endpoint answered");
     }
     Ok(answer)
+}
+
+/// A change to the endpoint's database.
+fn admin_change(config: &EndpointConfig, request: AdminRequest) -> Result<serde_json::Value> {
+    admin_request(config, request, "changing the endpoint database")
+}
+
+/// A read of the endpoint's database.
+fn admin_read(config: &EndpointConfig, request: AdminRequest) -> Result<serde_json::Value> {
+    admin_request(config, request, "reading the endpoint database")
+}
+
+/// `bug show`'s answer: `BugView`'s JSON.
+#[derive(Deserialize)]
+struct ShownBug {
+    #[serde(flatten)]
+    bug: BugRow,
+    comments: Vec<Comment>,
+}
+
+/// `bug list`'s answer.
+#[derive(Deserialize)]
+struct ListedBugs {
+    bugs: Vec<BugRow>,
+}
+
+/// An answer as the type it was made from.
+fn typed<T: serde::de::DeserializeOwned>(answer: &serde_json::Value) -> Result<T> {
+    T::deserialize(answer).context("an unexpected answer from the endpoint")
 }
 
 fn print_json(value: &serde_json::Value) {
@@ -87,11 +122,18 @@ fn run_command(global: &GlobalArgs, what: &EndpointCommand) -> Result<ExitCode> 
             }
         }
         EndpointCommand::Export { out } => {
-            let summary = crashmesh_endpoint::export::export(&config, out)
-                .with_context(|| format!("exporting to {}", out.display()))?;
+            // A running server writes the files: its working directory is not ours.
+            let absolute_out = std::path::absolute(out)
+                .with_context(|| format!("the export directory {}", out.display()))?;
+            let answer = admin_request(
+                &config,
+                AdminRequest::Export { out: absolute_out },
+                &format!("exporting to {}", out.display()),
+            )?;
             if global.json {
-                print_json(&serde_json::to_value(&summary)?);
+                print_json(&answer);
             } else {
+                let summary: ExportSummary = typed(&answer)?;
                 println!(
                     "exported {} report(s), {} attachment(s), {} bytes, {} problem(s) to {}",
                     summary.reports,
@@ -118,78 +160,74 @@ fn run_command(global: &GlobalArgs, what: &EndpointCommand) -> Result<ExitCode> 
                 println!("problem {problem}: no core requested");
             }
         }
-        EndpointCommand::Bug(command) => {
-            let read =
-                || Db::open_for_reading(&config.data_dir).context("opening the endpoint database");
-            match command {
-                EndpointBugCommand::Set {
-                    id,
-                    status,
-                    workaround,
-                } => {
-                    let bug = admin_change(
-                        &config,
-                        AdminRequest::SetBug {
-                            id: *id,
-                            status: status.clone(),
-                            workaround: workaround.clone(),
-                        },
-                    )?;
-                    if global.json {
-                        print_json(&bug);
-                    } else {
-                        println!(
-                            "bug {}: {}",
-                            bug["id"],
-                            bug["status"].as_str().unwrap_or_default()
-                        );
-                    }
+        EndpointCommand::Bug(command) => match command {
+            EndpointBugCommand::Set {
+                id,
+                status,
+                workaround,
+            } => {
+                let bug = admin_change(
+                    &config,
+                    AdminRequest::SetBug {
+                        id: *id,
+                        status: status.clone(),
+                        workaround: workaround.clone(),
+                    },
+                )?;
+                if global.json {
+                    print_json(&bug);
+                } else {
+                    println!(
+                        "bug {}: {}",
+                        bug["id"],
+                        bug["status"].as_str().unwrap_or_default()
+                    );
                 }
-                EndpointBugCommand::Show { id } => {
-                    let view = read()?
-                        .bug_view(*id, crashmesh_endpoint::db::COMMENTS_PER_BUG_MAX)?
-                        .with_context(|| format!("no bug {id}"))?;
+            }
+            EndpointBugCommand::Show { id } => {
+                let answer = admin_read(&config, AdminRequest::ShowBug { id: *id })?;
+                if global.json {
+                    print_json(&answer);
+                } else {
+                    let view: ShownBug = typed(&answer)?;
                     let bug = &view.bug;
-                    if global.json {
-                        print_json(&serde_json::to_value(&view)?);
-                    } else {
-                        println!("bug {} [{}] {}", bug.id, bug.status, bug.title);
-                        println!("  problem: {}", bug.problem_id);
-                        if bug.regression {
-                            println!("  regression");
-                        }
-                        println!(
-                            "  workaround: {}",
-                            bug.workaround.as_deref().unwrap_or("none")
-                        );
-                        for comment in &view.comments {
-                            println!(
-                                "  {} {}: {}",
-                                crashmesh_endpoint::dashboard::format_time_ms(comment.time_ms),
-                                comment.author,
-                                comment.text
-                            );
-                        }
+                    println!("bug {} [{}] {}", bug.id, bug.status, bug.title);
+                    println!("  problem: {}", bug.problem_id);
+                    if bug.regression {
+                        println!("  regression");
                     }
-                }
-                EndpointBugCommand::List => {
-                    let bugs = read()?.bugs()?;
-                    if global.json {
-                        print_json(&serde_json::json!({ "bugs": bugs }));
-                    } else {
-                        for bug in &bugs {
-                            println!(
-                                "{:>6}  {:<9} {}{}",
-                                bug.id,
-                                bug.status,
-                                bug.title,
-                                if bug.regression { "  (regression)" } else { "" }
-                            );
-                        }
+                    println!(
+                        "  workaround: {}",
+                        bug.workaround.as_deref().unwrap_or("none")
+                    );
+                    for comment in &view.comments {
+                        println!(
+                            "  {} {}: {}",
+                            crashmesh_endpoint::dashboard::format_time_ms(comment.time_ms),
+                            comment.author,
+                            comment.text
+                        );
                     }
                 }
             }
-        }
+            EndpointBugCommand::List => {
+                let answer = admin_read(&config, AdminRequest::ListBugs)?;
+                if global.json {
+                    print_json(&answer);
+                } else {
+                    let listed: ListedBugs = typed(&answer)?;
+                    for bug in &listed.bugs {
+                        println!(
+                            "{:>6}  {:<9} {}{}",
+                            bug.id,
+                            bug.status,
+                            bug.title,
+                            if bug.regression { "  (regression)" } else { "" }
+                        );
+                    }
+                }
+            }
+        },
     }
     Ok(ExitCode::SUCCESS)
 }

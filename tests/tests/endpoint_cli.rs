@@ -1,17 +1,38 @@
 //! The endpoint's CLI beside a running `crashmesh endpoint run` (real processes): the
-//! server holds the database as its one writer, so the CLI's writes go through the
-//! server's socket and its reads open the database beside it; with the server stopped,
-//! the CLI opens the database itself.
+//! server holds the database as its only user (no other process may open it, not even to
+//! read), so every CLI request, reads (`bug list`, `bug show`, `export`) as well as
+//! changes (`token create`, `bug set`), goes through the server's socket and the server
+//! answers it; with the server stopped, the CLI opens the database itself.
 
 use std::io::BufRead as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
+use crashmesh_endpoint::client::{ChunkData, chunk_blob};
 use crashmesh_tests::crashmesh_binary;
-use serde_json::Value;
+use serde_json::{Value, json};
 
+/// `crashmesh endpoint ARGS` on `data_dir`, in the working directory `cwd`.
+fn run_cli(cwd: &Path, data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(crashmesh_binary())
+        .current_dir(cwd)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("endpoint")
+        .args(args)
+        .output()
+        .expect("run crashmesh endpoint")
+}
+
+/// `crashmesh --json endpoint ARGS`, expected to succeed: its JSON.
 fn cli(data_dir: &Path, args: &[&str]) -> Value {
+    cli_in(Path::new("."), data_dir, args)
+}
+
+/// `crashmesh --json endpoint ARGS` in the working directory `cwd`.
+fn cli_in(cwd: &Path, data_dir: &Path, args: &[&str]) -> Value {
     let output = Command::new(crashmesh_binary())
+        .current_dir(cwd)
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--json")
@@ -21,6 +42,59 @@ fn cli(data_dir: &Path, args: &[&str]) -> Value {
         .expect("run crashmesh endpoint");
     assert!(output.status.success(), "{args:?}: {output:?}");
     serde_json::from_slice(&output.stdout).unwrap_or_else(|error| panic!("{args:?}: {error}"))
+}
+
+/// `crashmesh endpoint ARGS` (human output), expected to succeed: its stdout.
+fn cli_text(data_dir: &Path, args: &[&str]) -> String {
+    let output = run_cli(Path::new("."), data_dir, args);
+    assert!(output.status.success(), "{args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A report of a new problem with one attachment, as an aggregator of cluster `c1`
+/// uploads it.
+fn report_manifest(attachment: &[u8]) -> (Value, Vec<ChunkData>) {
+    let (blob, chunks) = chunk_blob(attachment);
+    let signature = "v1:core:endpoint_cli";
+    let manifest = json!({
+        "format_version": 1,
+        "report_id": format!("{:064x}", 1),
+        "cluster_id": "c1",
+        "term": 1,
+        "customer_id": null,
+        "problem": {
+            "kind": "core",
+            "reason": "SIGSEGV in endpoint_cli",
+            "signature": signature,
+            "frames": [],
+            "signal": 11,
+            "executable": "/usr/bin/endpoint-cli",
+            "package": null,
+            "threads": null,
+            "modules": null,
+            "taint_flags": null,
+            "version": null,
+            "hardware": null,
+            "process": null,
+            "exception_type": null,
+            "message": null,
+            "text": null,
+            "analysis_error": null,
+        },
+        "signature": signature,
+        "kind": "core",
+        "incidents": [{
+            "node": "node-1",
+            "time_ms": 1_790_000_000_000u64,
+            "report_id": "node-1:crash-1",
+            "version": "1.0",
+            "labels": {},
+        }],
+        "attachments": [{ "name": "node-1/journal.log", "blob": blob }],
+        "scrub": null,
+        "created_ms": 1_790_000_000_000u64,
+    });
+    (manifest, chunks)
 }
 
 /// Kills the server when the test ends, whatever happens.
@@ -34,7 +108,7 @@ impl Drop for Server {
 }
 
 #[test]
-fn the_cli_writes_through_a_running_endpoint_and_reads_beside_it() {
+fn the_cli_writes_and_reads_through_a_running_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("endpoint");
     let mut server = Server(
@@ -68,29 +142,86 @@ fn the_cli_writes_through_a_running_endpoint_and_reads_beside_it() {
     assert_eq!(unknown.status, 401);
 
     // A refusal reads the same as without a server.
-    let output = Command::new(crashmesh_binary())
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .args(["endpoint", "bug", "set", "7", "--status", "closed"])
-        .output()
-        .unwrap();
+    let output = run_cli(
+        Path::new("."),
+        &data_dir,
+        &["bug", "set", "7", "--status", "closed"],
+    );
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("bug 7"), "{stderr}");
 
-    // Reads open the database beside the writer.
+    // Reads go through the socket too, and see what the server has.
     assert_eq!(
         cli(&data_dir, &["bug", "list"])["bugs"],
         Value::Array(vec![])
     );
-    let out = dir.path().join("export");
-    let exported = cli(&data_dir, &["export", "--out", out.to_str().unwrap()]);
-    assert_eq!(exported["reports"], 0, "{exported}");
+    let attachment = b"a journal line\n".repeat(20_000);
+    let (manifest, chunks) = report_manifest(&attachment);
+    let reply = client
+        .upload(&serde_json::from_value(manifest.clone()).unwrap(), &chunks)
+        .unwrap();
+    let bug_id = reply.bug.expect("a new problem's bug").id;
+    let bug = bug_id.to_string();
+    let bugs = cli(&data_dir, &["bug", "list"]);
+    assert_eq!(bugs["bugs"].as_array().unwrap().len(), 1, "{bugs}");
+    assert_eq!(bugs["bugs"][0]["id"], bug_id, "{bugs}");
+    let changed = cli(
+        &data_dir,
+        &["bug", "set", &bug, "--workaround", "restart it"],
+    );
+    assert_eq!(changed["workaround"], "restart it", "{changed}");
+    let shown = cli(&data_dir, &["bug", "show", &bug]);
+    assert_eq!(shown["id"], bug_id, "{shown}");
+    assert_eq!(shown["problem_id"], reply.problem_id.as_str(), "{shown}");
+    assert!(
+        shown["comments"].as_array().unwrap().len() >= 2,
+        "the new bug's comment and the change's: {shown}"
+    );
+    let human = cli_text(&data_dir, &["bug", "show", &bug]);
+    assert!(
+        human.starts_with(&format!("bug {bug_id} [")) && human.contains("workaround: restart it"),
+        "{human}"
+    );
+    let human = cli_text(&data_dir, &["bug", "list"]);
+    assert!(human.trim_start().starts_with(&bug), "{human}");
+    let output = run_cli(Path::new("."), &data_dir, &["bug", "show", "999"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no bug 999"), "{stderr}");
 
-    // Stopped, the server leaves no socket, and the CLI writes on its own.
+    // The server writes the export, under the directory the CLI named relative to its
+    // own working directory.
+    let exported = cli_in(dir.path(), &data_dir, &["export", "--out", "export"]);
+    assert_eq!(
+        [
+            &exported["reports"],
+            &exported["attachments"],
+            &exported["problems"]
+        ],
+        [&json!(1), &json!(1), &json!(1)],
+        "{exported}"
+    );
+    let report_dir = dir
+        .path()
+        .join("export/reports")
+        .join(manifest["report_id"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read(report_dir.join("attachments/node-1/journal.log")).unwrap(),
+        attachment
+    );
+
+    // Stopped, the server leaves no socket, and the CLI writes and reads on its own.
     unsafe { libc::kill(server.0.id() as i32, libc::SIGINT) };
     assert!(server.0.wait().unwrap().success());
     assert!(!data_dir.join("endpoint.sock").exists());
     let made = cli(&data_dir, &["token", "create", "c2"]);
     assert!(made["token"].as_str().unwrap().starts_with("cmt_"));
+    assert_eq!(cli(&data_dir, &["bug", "show", &bug]), shown);
+    let out = dir.path().join("export-alone");
+    let exported = cli(&data_dir, &["export", "--out", out.to_str().unwrap()]);
+    assert_eq!(
+        exported,
+        json!({"reports": 1, "attachments": 1, "bytes": attachment.len(), "problems": 1})
+    );
 }
