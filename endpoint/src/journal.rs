@@ -222,34 +222,35 @@ impl JournalSync {
 
 /// The whole entries, the bytes they take, and the file's length.
 fn read_entries(file: &File, path: &Path) -> Result<(Vec<Entry>, u64, u64), EndpointError> {
-    let file_bytes = file
-        .metadata()
-        .map_err(|error| EndpointError::io("stat", path, error))?
-        .len();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut &*file, &mut bytes)
+        .map_err(|error| EndpointError::io("read", path, error))?;
+    let (entries, read_bytes) = parse_entries(&bytes);
+    Ok((entries, read_bytes as u64, bytes.len() as u64))
+}
+
+/// The whole entries at the start of `bytes` and the bytes they take: reading stops at the
+/// first frame that is cut short, has no magic, or whose payload does not match its
+/// checksum or does not decode.
+pub fn parse_entries(bytes: &[u8]) -> (Vec<Entry>, usize) {
     let mut entries = Vec::new();
-    let mut offset = 0u64;
-    let mut header = [0u8; ENTRY_HEADER_BYTES];
-    while offset + ENTRY_HEADER_BYTES as u64 <= file_bytes {
-        file.read_exact_at(&mut header, offset)
-            .map_err(|error| EndpointError::io("read", path, error))?;
-        let payload_bytes = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as u64;
-        let end = offset + ENTRY_HEADER_BYTES as u64 + payload_bytes;
-        if &header[..4] != ENTRY_MAGIC || end > file_bytes {
+    let mut offset = 0;
+    while let Some(header) = bytes.get(offset..offset + ENTRY_HEADER_BYTES) {
+        let payload_bytes = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+        let start = offset + ENTRY_HEADER_BYTES;
+        let Some(payload) = bytes.get(start..start + payload_bytes) else {
+            break;
+        };
+        if &header[..4] != ENTRY_MAGIC || blake3::hash(payload).as_bytes()[..8] != header[8..16] {
             break;
         }
-        let mut payload = vec![0u8; payload_bytes as usize];
-        file.read_exact_at(&mut payload, offset + ENTRY_HEADER_BYTES as u64)
-            .map_err(|error| EndpointError::io("read", path, error))?;
-        if blake3::hash(&payload).as_bytes()[..8] != header[8..16] {
-            break;
-        }
-        match postcard::from_bytes::<Entry>(&payload) {
+        match postcard::from_bytes::<Entry>(payload) {
             Ok(entry) => entries.push(entry),
             Err(_) => break,
         }
-        offset = end;
+        offset = start + payload_bytes;
     }
-    Ok((entries, offset, file_bytes))
+    (entries, offset)
 }
 
 #[cfg(test)]
@@ -363,5 +364,77 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
         let (journal, _) = Journal::open(dir.path()).unwrap();
         assert_eq!(journal.len_bytes(), 0);
+    }
+
+    /// A small deterministic generator (xorshift64*).
+    struct Random(u64);
+
+    impl Random {
+        fn below(&mut self, bound: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound as u64) as usize
+        }
+    }
+
+    #[test]
+    fn a_damaged_journal_gives_a_prefix_of_its_entries_and_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(dir.path()).unwrap();
+        let location = Location {
+            pack: 1,
+            offset: 0,
+            len: 9,
+        };
+        for seq in 1..=6 {
+            let work = update(&format!("r{seq}"));
+            journal
+                .append(&EntryRef {
+                    seq,
+                    now_ms: seq * 7,
+                    works: &[&work, &work],
+                    chunks: &[(format!("c{seq}"), location)],
+                })
+                .unwrap();
+        }
+        let whole = journal.len_bytes() as usize;
+        let bytes = std::fs::read(dir.path().join(JOURNAL_FILE)).unwrap()[..whole].to_vec();
+        let (entries, read) = parse_entries(&bytes);
+        assert_eq!((entries.len(), read), (6, whole));
+        let mut random = Random(0x9E37_79B9_7F4A_7C15);
+        for round in 0..3000 {
+            let mut damaged = bytes.clone();
+            match round % 3 {
+                // Cut anywhere.
+                0 => damaged.truncate(random.below(whole)),
+                // Flip bits anywhere.
+                1 => {
+                    for _ in 0..1 + random.below(4) {
+                        let at = random.below(whole);
+                        damaged[at] ^= 1 << random.below(8);
+                    }
+                }
+                // Overwrite a stretch with garbage.
+                _ => {
+                    let at = random.below(whole);
+                    let len = random.below(64).min(whole - at);
+                    for byte in &mut damaged[at..at + len] {
+                        *byte = random.below(256) as u8;
+                    }
+                }
+            }
+            let (entries, read) = parse_entries(&damaged);
+            assert!(read <= damaged.len());
+            // What comes back is entries 1, 2, … as written, up to the damage.
+            for (index, entry) in entries.iter().enumerate() {
+                assert_eq!(entry.seq, index as u64 + 1, "round {round}");
+                assert_eq!(entry.now_ms, entry.seq * 7);
+                assert_eq!(entry.chunks, [(format!("c{}", entry.seq), location)]);
+            }
+            if damaged == bytes {
+                assert_eq!(entries.len(), 6);
+            }
+        }
     }
 }
