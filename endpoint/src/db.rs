@@ -808,7 +808,7 @@ mod tests {
             node: format!("node-{index}"),
             time_ms: 1_790_000_000_000 + index as u64,
             report_id: format!("node-{index}:e{index}"),
-            version: (index % 2 == 0).then(|| format!("1.{index}")),
+            version: index.is_multiple_of(2).then(|| format!("1.{index}")),
             labels: BTreeMap::from([("run".to_string(), format!("t{index}"))]),
         }
     }

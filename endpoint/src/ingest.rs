@@ -63,9 +63,12 @@ struct Recorder<'a> {
     metrics: &'a Metrics,
 }
 
+/// Where a job's answer goes.
+type Answer = oneshot::Sender<Result<UploadReply, EndpointError>>;
+
 struct Job {
     work: Work,
-    answer: oneshot::Sender<Result<UploadReply, EndpointError>>,
+    answer: Answer,
 }
 
 /// What the committer thread receives.
@@ -391,10 +394,7 @@ pub const JOURNALED_BATCHES_MAX: usize = 64;
 /// A batch committed and written to the journal: its answers and events, given once a
 /// sync of the journal covers it.
 struct Journaled {
-    answers: Vec<(
-        oneshot::Sender<Result<UploadReply, EndpointError>>,
-        Result<UploadReply, EndpointError>,
-    )>,
+    answers: Vec<(Answer, Result<UploadReply, EndpointError>)>,
     events: Vec<Event>,
 }
 
