@@ -133,7 +133,7 @@ pub struct StorageConfig {
     pub fsync: bool,
     /// How often the metadata database is checkpointed (ms): between checkpoints a
     /// recorded report is durable in the ingest journal (`DATA_DIR/ingest.journal`),
-    /// replayed when the database is next opened after a crash (default 1000).
+    /// replayed when the database is next opened after a crash (default 1000; at least 1).
     pub checkpoint_ms: u64,
     /// S3-compatible storage, with `kind = "s3"`.
     pub s3: Option<S3Config>,

@@ -186,7 +186,8 @@ pub fn start(config: EndpointConfig, mode: ServerMode) -> Result<RunningServer, 
                     public_url: public_url.clone(),
                     webhooks,
                     metrics: metrics.clone(),
-                    checkpoint_interval: Duration::from_millis(config.storage.checkpoint_ms),
+                    // At least 1 ms: the committer waits this long for a job when idle.
+                    checkpoint_interval: Duration::from_millis(config.storage.checkpoint_ms.max(1)),
                 },
             )?;
             let state = AppState {
