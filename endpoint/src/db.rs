@@ -233,20 +233,14 @@ impl ProblemRow {
             hourly: &self.hourly,
             recent_len: self.recent.len(),
         };
-        let encoded = &self.recent_encoded;
-        encode_with(&head, |head_bytes| {
-            thread_local! {
-                static ROW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.clear();
+            encode_into(&mut scratch, &head)?;
+            for incident in &self.recent_encoded {
+                scratch.extend_from_slice(incident);
             }
-            ROW.with(|row| {
-                let mut row = row.borrow_mut();
-                row.clear();
-                row.extend_from_slice(head_bytes);
-                for incident in encoded {
-                    row.extend_from_slice(incident);
-                }
-                use_bytes(&row)
-            })
+            use_bytes(&scratch)
         })
     }
 }
@@ -340,22 +334,28 @@ pub(crate) fn encode_with<R>(
     value: &impl Serialize,
     use_bytes: impl FnOnce(&[u8]) -> Result<R, EndpointError>,
 ) -> Result<R, EndpointError> {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         scratch.clear();
-        let bytes = postcard::serialize_with_flavor(
-            value,
-            crashmesh_protocol::wire::ExtendVec(&mut scratch),
-        )
-        .map_err(|error| EndpointError::Corrupt {
+        encode_into(&mut scratch, value)?;
+        use_bytes(&scratch)
+    })
+}
+
+thread_local! {
+    /// This thread's buffer for encoding rows ([`encode_with`]).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Appends `value`'s encoding to `buffer`.
+fn encode_into(buffer: &mut Vec<u8>, value: &impl Serialize) -> Result<(), EndpointError> {
+    postcard::serialize_with_flavor(value, crashmesh_protocol::wire::ExtendVec(buffer)).map_err(
+        |error| EndpointError::Corrupt {
             what: "row (encode)".into(),
             detail: error.to_string(),
-        })?;
-        use_bytes(bytes)
-    })
+        },
+    )?;
+    Ok(())
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, EndpointError> {

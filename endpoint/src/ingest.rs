@@ -123,17 +123,14 @@ impl Committer {
                     db: &db,
                     context: &context,
                     journal,
-                    journaled: Some(journaled),
+                    journaled,
                     next_seq: last_seq + 1,
                     cache: RowCache::default(),
                     unsynced: false,
                     last_checkpoint: Instant::now(),
                 };
                 committer.run(receiver);
-                // Every batch journaled is answered before the last checkpoint.
-                committer.journaled = None;
-                let _ = syncer.join();
-                committer.finish();
+                committer.finish(syncer);
             })
             .map_err(|error| {
                 EndpointError::io("spawn", std::path::Path::new("committer"), error)
@@ -201,7 +198,7 @@ struct CommitLoop<'a> {
     context: &'a IngestContext,
     journal: Journal,
     /// To the syncer thread: batches written to the journal, with their answers.
-    journaled: Option<SyncSender<Journaled>>,
+    journaled: SyncSender<Journaled>,
     next_seq: u64,
     cache: RowCache,
     /// A batch was committed since the last durable commit.
@@ -240,9 +237,18 @@ impl CommitLoop<'_> {
         }
     }
 
-    /// The checkpoint at a stop.
-    fn finish(&mut self) {
-        let emptied = self.checkpoint().and_then(|()| self.journal.clear());
+    /// The stop: every batch journaled is answered (the syncer ends once its channel
+    /// closes), then the last checkpoint empties the journal.
+    fn finish(self, syncer: std::thread::JoinHandle<()>) {
+        let CommitLoop {
+            db,
+            mut journal,
+            journaled,
+            ..
+        } = self;
+        drop(journaled);
+        let _ = syncer.join();
+        let emptied = db.checkpoint().and_then(|()| journal.clear());
         if let Err(error) = emptied {
             tracing::error!(%error, "the last checkpoint failed; the journal keeps the batches");
         }
@@ -264,14 +270,11 @@ impl CommitLoop<'_> {
         let outcome = outcome.and_then(|staged| {
             self.next_seq += 1;
             self.unsynced = true;
-            let chunks = staged
-                .as_ref()
-                .map_or(&[][..], |staged| staged.locations.as_slice());
             let journaled = self.journal.write(&EntryRef {
                 seq,
                 now_ms: now,
                 works: &works,
-                chunks,
+                chunks: staged_locations(staged.as_ref()),
             });
             if let Err(error) = journaled {
                 // The batch is committed, not yet durable: a durable commit makes it so.
@@ -294,14 +297,13 @@ impl CommitLoop<'_> {
                         .collect(),
                     events,
                 };
-                // The syncer answers once the journal's sync covers the batch.
-                if let Some(journaled) = &self.journaled
-                    && let Err(error) = journaled.send(batch)
-                {
-                    // The syncer is gone (it cannot be while the committer runs).
-                    let batch = error.0;
-                    let _ = self.checkpoint();
-                    batch.answer(Ok(()), &context.webhooks);
+                // The syncer answers once the journal's sync covers the batch; should it be
+                // gone (a panic), a durable commit stands in for the sync.
+                if let Err(error) = self.journaled.send(batch) {
+                    let durable = self.checkpoint();
+                    error
+                        .0
+                        .answer(durable.as_ref().map(|_| ()), &context.webhooks);
                 }
             }
             Err(error) => {
@@ -335,9 +337,6 @@ impl CommitLoop<'_> {
         } else {
             None
         };
-        let chunks = staged
-            .as_ref()
-            .map_or(&[][..], |staged| staged.locations.as_slice());
         let rows = record_batch(
             self.db,
             &mut self.cache.problems,
@@ -345,7 +344,7 @@ impl CommitLoop<'_> {
                 seq,
                 now,
                 works,
-                chunks,
+                chunks: staged_locations(staged.as_ref()),
             },
             recorder,
             results,
@@ -456,6 +455,11 @@ struct RowCache {
 
 /// Problem rows the committer keeps between batches.
 pub const PROBLEM_ROWS_CACHED_MAX: usize = 4096;
+
+/// The chunk locations a batch indexes: those staged for it, if any.
+fn staged_locations(staged: Option<&crate::packs::Staged>) -> &[(String, crate::packs::Location)] {
+    staged.map_or(&[], |staged| staged.locations.as_slice())
+}
 
 /// True for errors that mean the transaction itself is broken.
 fn is_fatal(error: &EndpointError) -> bool {

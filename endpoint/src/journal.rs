@@ -129,14 +129,6 @@ impl Journal {
         ))
     }
 
-    /// Appends an entry and syncs it: when this returns, the batch survives a crash.
-    pub fn append(&mut self, entry: &EntryRef) -> Result<(), EndpointError> {
-        self.write(entry)?;
-        self.file
-            .sync_data()
-            .map_err(|error| EndpointError::io("sync", &self.path, error))
-    }
-
     /// A handle that syncs the journal from another thread (a sync covers every entry
     /// written before it began).
     pub fn syncer(&self) -> Result<JournalSync, EndpointError> {
@@ -280,7 +272,7 @@ mod tests {
         for seq in 1..=3 {
             let work = update(&format!("r{seq}"));
             journal
-                .append(&EntryRef {
+                .write(&EntryRef {
                     seq,
                     now_ms: 1000 + seq,
                     works: &[&work],
@@ -316,7 +308,7 @@ mod tests {
         assert_eq!(seqs(&entries), [1, 2]);
         let work = update("r4");
         journal
-            .append(&EntryRef {
+            .write(&EntryRef {
                 seq: 4,
                 now_ms: 0,
                 works: &[&work],
@@ -331,7 +323,7 @@ mod tests {
         journal.rewind();
         let work = update("r9");
         journal
-            .append(&EntryRef {
+            .write(&EntryRef {
                 seq: 9,
                 // As long an encoding as entry 1's, which it overwrites exactly.
                 now_ms: 1009,
@@ -390,7 +382,7 @@ mod tests {
         for seq in 1..=6 {
             let work = update(&format!("r{seq}"));
             journal
-                .append(&EntryRef {
+                .write(&EntryRef {
                     seq,
                     now_ms: seq * 7,
                     works: &[&work, &work],

@@ -494,3 +494,54 @@ impl MeshNodeConfig<'_> {
         text
     }
 }
+
+/// A consolidated report's manifest as the endpoint receives it (JSON, every field written
+/// out: the protocol's JSON skips none): a core problem of `signature` from cluster
+/// `cluster` (term 1), with `frames`, `incidents` and `attachments` as given.
+pub struct CoreManifest<'a> {
+    pub report_id: &'a str,
+    pub cluster: &'a str,
+    pub signature: &'a str,
+    pub reason: &'a str,
+    pub executable: &'a str,
+    pub frames: Value,
+    pub incidents: Value,
+    pub attachments: Value,
+}
+
+impl CoreManifest<'_> {
+    pub fn json(self) -> Value {
+        serde_json::json!({
+            "format_version": 1,
+            "report_id": self.report_id,
+            "cluster_id": self.cluster,
+            "term": 1,
+            "customer_id": null,
+            "problem": {
+                "kind": "core",
+                "reason": self.reason,
+                "signature": self.signature,
+                "frames": self.frames,
+                "signal": 11,
+                "executable": self.executable,
+                "package": null,
+                "threads": null,
+                "modules": null,
+                "taint_flags": null,
+                "version": null,
+                "hardware": null,
+                "process": null,
+                "exception_type": null,
+                "message": null,
+                "text": null,
+                "analysis_error": null,
+            },
+            "signature": self.signature,
+            "kind": "core",
+            "incidents": self.incidents,
+            "attachments": self.attachments,
+            "scrub": null,
+            "created_ms": 1_790_000_000_000u64,
+        })
+    }
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use crashmesh_endpoint::client::{ChunkData, chunk_blob};
-use crashmesh_tests::crashmesh_binary;
+use crashmesh_tests::{CoreManifest, crashmesh_binary};
 use serde_json::{Value, json};
 
 /// `crashmesh endpoint ARGS` on `data_dir`, in the working directory `cwd`.
@@ -55,45 +55,23 @@ fn cli_text(data_dir: &Path, args: &[&str]) -> String {
 /// uploads it.
 fn report_manifest(attachment: &[u8]) -> (Value, Vec<ChunkData>) {
     let (blob, chunks) = chunk_blob(attachment);
-    let signature = "v1:core:endpoint_cli";
-    let manifest = json!({
-        "format_version": 1,
-        "report_id": format!("{:064x}", 1),
-        "cluster_id": "c1",
-        "term": 1,
-        "customer_id": null,
-        "problem": {
-            "kind": "core",
-            "reason": "SIGSEGV in endpoint_cli",
-            "signature": signature,
-            "frames": [],
-            "signal": 11,
-            "executable": "/usr/bin/endpoint-cli",
-            "package": null,
-            "threads": null,
-            "modules": null,
-            "taint_flags": null,
-            "version": null,
-            "hardware": null,
-            "process": null,
-            "exception_type": null,
-            "message": null,
-            "text": null,
-            "analysis_error": null,
-        },
-        "signature": signature,
-        "kind": "core",
-        "incidents": [{
+    let manifest = CoreManifest {
+        report_id: &format!("{:064x}", 1),
+        cluster: "c1",
+        signature: "v1:core:endpoint_cli",
+        reason: "SIGSEGV in endpoint_cli",
+        executable: "/usr/bin/endpoint-cli",
+        frames: json!([]),
+        incidents: json!([{
             "node": "node-1",
             "time_ms": 1_790_000_000_000u64,
             "report_id": "node-1:crash-1",
             "version": "1.0",
             "labels": {},
-        }],
-        "attachments": [{ "name": "node-1/journal.log", "blob": blob }],
-        "scrub": null,
-        "created_ms": 1_790_000_000_000u64,
-    });
+        }]),
+        attachments: json!([{ "name": "node-1/journal.log", "blob": blob }]),
+    }
+    .json();
     (manifest, chunks)
 }
 

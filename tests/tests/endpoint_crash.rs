@@ -26,7 +26,7 @@ use std::process::{Child, ChildStdout, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crashmesh_endpoint::client::{ChunkData, Client, chunk_blob};
-use crashmesh_tests::NodeDir;
+use crashmesh_tests::{CoreManifest, NodeDir};
 use serde_json::{Value, json};
 
 /// No checkpoint while the test runs: the journal is the only durability between start
@@ -191,52 +191,30 @@ fn manifest(
     incidents: Vec<Value>,
     attachments: Vec<Value>,
 ) -> Value {
-    let signature = signature(problem);
-    json!({
-        "format_version": 1,
-        "report_id": report_id,
-        "cluster_id": CLUSTER,
-        "term": 1,
-        "customer_id": null,
-        "problem": {
-            "kind": "core",
-            "reason": format!("SIGSEGV in crash_test_{problem}"),
-            "signature": signature,
-            "frames": [{
-                "address": "0x5555000010a0",
-                "function": format!("crash_test_{problem}"),
-                "module": "/usr/bin/crash-test",
-                "offset": 32,
-                "length": null,
-                "build_id": null,
-                "file": null,
-                "line": null,
-                "code": null,
-                "reliable": true,
-                "found_by": "cfi",
-                "stack": null,
-            }],
-            "signal": 11,
-            "executable": "/usr/bin/crash-test",
-            "package": null,
-            "threads": null,
-            "modules": null,
-            "taint_flags": null,
-            "version": null,
-            "hardware": null,
-            "process": null,
-            "exception_type": null,
-            "message": null,
-            "text": null,
-            "analysis_error": null,
-        },
-        "signature": signature,
-        "kind": "core",
-        "incidents": incidents,
-        "attachments": attachments,
-        "scrub": null,
-        "created_ms": 1_790_000_000_000u64,
-    })
+    CoreManifest {
+        report_id,
+        cluster: CLUSTER,
+        signature: &signature(problem),
+        reason: &format!("SIGSEGV in crash_test_{problem}"),
+        executable: "/usr/bin/crash-test",
+        frames: json!([{
+            "address": "0x5555000010a0",
+            "function": format!("crash_test_{problem}"),
+            "module": "/usr/bin/crash-test",
+            "offset": 32,
+            "length": null,
+            "build_id": null,
+            "file": null,
+            "line": null,
+            "code": null,
+            "reliable": true,
+            "found_by": "cfi",
+            "stack": null,
+        }]),
+        incidents: Value::Array(incidents),
+        attachments: Value::Array(attachments),
+    }
+    .json()
 }
 
 /// Attachments as (name, bytes).
