@@ -18,6 +18,7 @@ use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+use crate::chunk_buffer::ChunkBuffer;
 use crate::config::{EndpointConfig, StorageKind};
 use crate::db::Db;
 use crate::error::EndpointError;
@@ -224,20 +225,30 @@ impl Blobs {
     }
 
     /// Verifies a chunk against its id ([`verify_chunk`]) and stores it; returns its
-    /// uncompressed length. The chunk is verified (and a local one appended) on the calling
-    /// thread: for a chunk of at most [`crashmesh_store::CHUNK_BYTES_MAX`] that is a
-    /// decompression, a hash and a copy into the page cache, cheaper than handing it to
-    /// another thread (the handoff cost 15% of the payload throughput), like the
-    /// manifest's JSON parse.
-    pub async fn put_verified(&self, id: &str, compressed: Bytes) -> Result<usize, EndpointError> {
-        let raw_len = check_chunk(id, &compressed)?;
+    /// uncompressed length. The chunk is verified on the calling thread: for a chunk of at
+    /// most [`crashmesh_store::CHUNK_BYTES_MAX`] that is a decompression and a hash,
+    /// cheaper than handing it to another thread (the handoff cost 15% of the payload
+    /// throughput), like the manifest's JSON parse. A local chunk is then written by a
+    /// pack lane ([`Packs::append`]) while the request is answered.
+    pub async fn put_verified(&self, id: &str, chunk: ChunkBuffer) -> Result<usize, EndpointError> {
+        let raw_len = check_chunk(id, chunk.frame())?;
         match self {
-            Blobs::Local(packs) => packs.append(id, &compressed)?,
+            Blobs::Local(packs) => packs.append(id, chunk).await?,
             Blobs::Objects(store) => {
-                store.put(&chunk_path(id)?, compressed.into()).await?;
+                let bytes = Bytes::copy_from_slice(chunk.frame());
+                store.put(&chunk_path(id)?, bytes.into()).await?;
             }
         }
         Ok(raw_len)
+    }
+
+    /// Chunks received and not yet written to their pack (none for S3, whose writes are
+    /// done when the PUT is answered).
+    pub fn chunks_writing(&self) -> usize {
+        match self {
+            Blobs::Local(packs) => packs.writing_len(),
+            Blobs::Objects(_) => 0,
+        }
     }
 
     /// A chunk's stored (compressed) bytes.

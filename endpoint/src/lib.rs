@@ -36,6 +36,7 @@
 
 pub mod auth;
 pub mod blobs;
+pub mod chunk_buffer;
 pub mod client;
 pub mod config;
 pub mod dashboard;

@@ -7,21 +7,35 @@
 //!
 //! ```text
 //! BLOBS/packs/00000001.pack   records: "CMPK", length (u32 LE), chunk id (32 bytes), the zstd frame
+//!                             (zeros after a record, up to the next 4 KiB, in a pack written direct)
 //! BLOBS/chunks/ab/cdef…       chunks of older data dirs (one file each), still read
 //! ```
 //! The `chunks_v1` table of `endpoint.redb` maps a chunk id to (pack, offset of the frame,
 //! length).
 //!
+//! Writing: `LANES` threads (lanes) each append to a pack of their own, taking chunks from
+//! a bounded queue a batch at a time, one `pwritev` per batch. A pack is opened `O_DIRECT`
+//! where the file system takes it, its records block-aligned and written from the buffer
+//! the request body was read into ([`ChunkBuffer`]): the page cache never holds them, so
+//! no copy into it, no writeback and no eviction (measured on the 2-core VM: 0.13–0.18 ms
+//! of CPU per MB written, against 0.52–0.70 through the page cache). Elsewhere the lanes
+//! write through the page cache and a writeback thread pushes the pages out early.
+//!
 //! Invariants:
 //! - a chunk is indexed only after its bytes are durable: the committer calls
-//!   [`Packs::stage`] (one `fdatasync` per pack written since the last one), then writes the
+//!   [`Packs::stage`] (which waits for the lanes to write every chunk appended before it,
+//!   then runs one `fdatasync` per pack written since the last one), then writes the
 //!   locations in the transaction that records the reports naming them, so a recorded
 //!   report never names a chunk a power cut could lose;
-//! - a chunk whose PUT was answered is findable at once: until that commit its location is
-//!   held in memory (a process that stops before it leaves bytes nothing names, and the
-//!   uploader, whose report was not acknowledged, sends them again);
-//! - a pack is only appended to, by this process, at offsets reserved under a lock; a new
-//!   pack's name is made durable (directory `fsync`) before anything is written to it;
+//! - a chunk whose PUT was answered is findable at once: from memory until its lane has
+//!   written it, then by its location in memory until that commit (a process that stops
+//!   before it leaves bytes nothing names, and the uploader, whose report was not
+//!   acknowledged, sends them again);
+//! - a chunk whose PUT was answered is never dropped: a lane tries a failed write again in
+//!   a new pack until it succeeds or the packs close (meanwhile [`Packs::stage`] refuses, after
+//!   `STAGE_WAIT_MAX`, so no report naming it is recorded);
+//! - a pack is appended to by one lane of this process only, at its end; a new pack's
+//!   name is made durable (directory `fsync`) before anything is written to it;
 //! - a pack's blocks are reserved [`PREALLOCATE_BYTES`] ahead of its appends (`fallocate`,
 //!   the file's size unchanged) and what was not written is given back when the pack is
 //!   closed, or, after a crash, when the writer opens the packs again.
@@ -30,11 +44,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
+use crate::chunk_buffer::ChunkBuffer;
 use crate::db::Db;
 use crate::error::EndpointError;
 
@@ -48,14 +64,26 @@ pub const PACK_BYTES_MAX: u64 = 1 << 30;
 const WRITEBACK_PAUSE: Duration = Duration::from_millis(1);
 /// How far ahead of its appends a pack's blocks are reserved.
 pub const PREALLOCATE_BYTES: u64 = 64 << 20;
-/// Packs appended to at once: a thread keeps to its lane, so two request threads do not
-/// queue on one file's inode lock.
+/// Packs appended to at once, each by a thread of its own (a lane).
 const LANES: usize = 4;
+/// Appends waiting for a lane; a full queue holds the request back. With the appends
+/// being written, this bounds the chunk buffers held: `LANES` x (this + a batch).
+const LANE_QUEUE_CHUNKS_MAX: usize = 16;
+/// Appends a lane writes in one `pwritev`.
+const LANE_BATCH_CHUNKS_MAX: usize = 16;
+/// A lane's pause before it tries a failed write again, doubling up to the max.
+const LANE_RETRY_PAUSE_MIN: Duration = Duration::from_millis(100);
+const LANE_RETRY_PAUSE_MAX: Duration = Duration::from_secs(5);
+/// How long [`Packs::stage`] waits for the chunks being written before it refuses.
+const STAGE_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Pack files kept open for reading.
 const READERS_OPEN_MAX: usize = 64;
 /// The record header: magic, length, chunk id.
 const RECORD_MAGIC: &[u8; 4] = b"CMPK";
-const RECORD_HEADER_BYTES: u64 = 4 + 4 + 32;
+const RECORD_HEADER_BYTES: u64 = crate::chunk_buffer::RECORD_HEADER_BYTES as u64;
+/// Where records of a pack written past the page cache start, and the multiple of their
+/// written length (zeros pad a record up to it): the file system's block.
+const DIRECT_ALIGN_BYTES: u64 = crate::chunk_buffer::BUFFER_ALIGN_BYTES as u64;
 
 /// Where a chunk's frame is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -74,13 +102,16 @@ struct Writer {
     allocated: u64,
     /// False once the file system refused a reservation: the pack's appends stop asking.
     reserving: bool,
+    /// Opened with `O_DIRECT`: its records start on [`DIRECT_ALIGN_BYTES`] boundaries and
+    /// are written from an aligned buffer, past the page cache.
+    direct: bool,
 }
 
 impl Writer {
     /// Reserves the pack's blocks ahead of `end`, so that appends land in blocks the file
     /// system allocated once, rather than one reservation per 4 KiB page (measured: ext4's
-    /// delayed allocation was a third of a payload upload's write cost; 960–990 MB/s
-    /// without, 1,140–1,170 with). A file system that cannot reserve just allocates as
+    /// delayed allocation was a third of a payload upload's write cost through the page
+    /// cache; 960–990 MB/s without, 1,140–1,170 with). A file system that cannot reserve just allocates as
     /// the appends come, and is not asked again for this pack.
     fn reserve(&mut self) {
         use std::os::fd::AsRawFd;
@@ -126,21 +157,68 @@ fn release_beyond(file: &File, end: u64) {
 
 /// Chunks in pack files under one directory.
 pub struct Packs {
-    dir: PathBuf,
+    shared: Arc<Shared>,
     db: Arc<Db>,
-    fsync: bool,
     /// `chunks/` of an older data dir exists: look there too.
     legacy: bool,
-    /// The packs being appended to, one per lane; `None` until a lane's first append
-    /// (which starts a new pack).
-    lanes: Vec<Mutex<Option<Writer>>>,
+    /// The appending threads, one pack each.
+    lanes: Vec<Lane>,
+    /// The lane the next append goes to (round robin).
+    next_lane: AtomicUsize,
+    readers: Mutex<HashMap<u64, Arc<File>>>,
+}
+
+/// What the lanes share with the readers.
+struct Shared {
+    dir: PathBuf,
+    fsync: bool,
     /// The highest pack number in use.
     last_pack: Mutex<u64>,
-    readers: Mutex<HashMap<u64, Arc<File>>>,
+    /// New packs are opened `O_DIRECT` (until the file system refuses a direct write).
+    direct: AtomicBool,
     /// Chunks appended and not yet indexed (see [`Packs::stage`]).
-    unindexed: Mutex<HashMap<String, Location>>,
-    /// Ranges just appended, for the writeback thread (with `fsync`).
+    unindexed: Mutex<HashMap<String, Unindexed>>,
+    /// Notified when a lane has written chunks.
+    written: Condvar,
+    /// The packs are closing: a lane stops trying a failed write again.
+    stopping: AtomicBool,
+    /// How long [`Packs::stage`] waits for the chunks being written ([`STAGE_WAIT_MAX`]).
+    stage_wait: Duration,
+    /// Ranges just appended through the page cache, for the writeback thread (with
+    /// `fsync`).
     writeback: Option<Arc<Writeback>>,
+}
+
+impl Shared {
+    fn pack_path(&self, pack: u64) -> PathBuf {
+        self.dir.join("packs").join(pack_name(pack))
+    }
+}
+
+/// A thread appending to a pack of its own, and the queue of appends it takes from.
+struct Lane {
+    appends: Option<tokio::sync::mpsc::Sender<Append>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One chunk for a lane to append.
+struct Append {
+    id: String,
+    chunk: Arc<ChunkBuffer>,
+}
+
+/// Where a stored chunk's frame is read from.
+enum Stored {
+    Memory(Arc<ChunkBuffer>),
+    Pack(Location),
+}
+
+/// A chunk appended and not yet indexed.
+enum Unindexed {
+    /// Queued for its lane or being written: read from memory.
+    Writing(Arc<ChunkBuffer>),
+    /// In its pack (durable at the next [`Packs::stage`]).
+    Written(Location),
 }
 
 /// The spans appended since the writeback thread's last round, one per pack file.
@@ -179,8 +257,18 @@ impl Writeback {
 }
 
 impl Drop for Packs {
+    /// Lets the lanes finish the appends queued, close their packs and stop.
     fn drop(&mut self) {
-        if let Some(writeback) = &self.writeback {
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        for lane in &mut self.lanes {
+            lane.appends.take();
+        }
+        for lane in &mut self.lanes {
+            if let Some(thread) = lane.thread.take() {
+                let _ = thread.join();
+            }
+        }
+        if let Some(writeback) = &self.shared.writeback {
             writeback.state.lock().unwrap().stop = true;
             writeback.wake.notify_one();
         }
@@ -191,9 +279,6 @@ impl Drop for Packs {
 pub struct Staged {
     pub(crate) locations: Vec<(String, Location)>,
 }
-
-/// The lane the next thread to append takes.
-static NEXT_LANE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn pack_name(pack: u64) -> String {
     format!("{pack:08}.pack")
@@ -208,45 +293,29 @@ fn raw_id(id: &str) -> Result<[u8; 32], EndpointError> {
     Ok(raw)
 }
 
-/// Writes `parts` one after another at `offset`, in one `pwritev` when it takes them all.
-fn write_all_at(file: &File, parts: &[&[u8]], offset: u64) -> std::io::Result<()> {
+/// Turns on `O_DIRECT` for a new pack; false when the file system does not take it.
+fn set_direct(file: &File) -> bool {
     use std::os::fd::AsRawFd;
-    let total: usize = parts.iter().map(|part| part.len()).sum();
-    let vectors: Vec<libc::iovec> = parts
-        .iter()
-        .map(|part| libc::iovec {
-            iov_base: part.as_ptr() as *mut libc::c_void,
-            iov_len: part.len(),
-        })
-        .collect();
-    // SAFETY: the vectors point into `parts`, alive and unchanged for the call.
-    let written = unsafe {
-        libc::pwritev(
-            file.as_raw_fd(),
-            vectors.as_ptr(),
-            vectors.len() as libc::c_int,
-            offset as libc::off_t,
-        )
+    // SAFETY: plain fcntl calls on a descriptor `file` keeps open.
+    unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        flags >= 0 && libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_DIRECT) == 0
+    }
+}
+
+/// Turns `O_DIRECT` off again.
+fn clear_direct(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain fcntl calls on a descriptor `file` keeps open.
+    let cleared = unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        flags >= 0 && libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_DIRECT) == 0
     };
-    if written < 0 {
-        return Err(std::io::Error::last_os_error());
+    if cleared {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
-    let mut done = written as usize;
-    if done == total {
-        return Ok(());
-    }
-    // A short write: the rest, part by part.
-    let mut position = offset + done as u64;
-    for part in parts {
-        if done >= part.len() {
-            done -= part.len();
-            continue;
-        }
-        file.write_all_at(&part[done..], position)?;
-        position += (part.len() - done) as u64;
-        done = 0;
-    }
-    Ok(())
 }
 
 /// Starts writing appended ranges out as they come, on a thread of its own: the disk
@@ -360,10 +429,228 @@ fn sync_directory(dir: &Path) -> Result<(), EndpointError> {
         .map_err(|error| EndpointError::io("sync", dir, error))
 }
 
+/// Writes `parts` one after another at `offset`, in one `pwritev` when it takes them all.
+fn write_all_at(file: &File, parts: &[&[u8]], offset: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let total: usize = parts.iter().map(|part| part.len()).sum();
+    let vectors: Vec<libc::iovec> = parts
+        .iter()
+        .map(|part| libc::iovec {
+            iov_base: part.as_ptr() as *mut libc::c_void,
+            iov_len: part.len(),
+        })
+        .collect();
+    // SAFETY: the vectors point into `parts`, alive and unchanged for the call.
+    let written = unsafe {
+        libc::pwritev(
+            file.as_raw_fd(),
+            vectors.as_ptr(),
+            vectors.len() as libc::c_int,
+            offset as libc::off_t,
+        )
+    };
+    if written < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut done = written as usize;
+    if done == total {
+        return Ok(());
+    }
+    // A short write: the rest, part by part.
+    let mut position = offset + done as u64;
+    for part in parts {
+        if done >= part.len() {
+            done -= part.len();
+            continue;
+        }
+        file.write_all_at(&part[done..], position)?;
+        position += (part.len() - done) as u64;
+        done = 0;
+    }
+    Ok(())
+}
+
+/// A lane's thread: takes the appends queued (up to [`LANE_BATCH_CHUNKS_MAX`] at a time)
+/// and writes them to its pack in one `pwritev`. A write that fails is tried again in a
+/// new pack after a pause (doubling up to [`LANE_RETRY_PAUSE_MAX`]), until it succeeds or
+/// the packs close: a chunk whose PUT was answered is never dropped, and meanwhile
+/// [`Packs::stage`] waits and then refuses, so no report naming it is recorded.
+fn lane_loop(shared: Arc<Shared>, mut appends: tokio::sync::mpsc::Receiver<Append>) {
+    let mut writer: Option<Writer> = None;
+    let mut batch = Vec::with_capacity(LANE_BATCH_CHUNKS_MAX);
+    let mut pause = LANE_RETRY_PAUSE_MIN;
+    while let Some(first) = appends.blocking_recv() {
+        batch.push(first);
+        while batch.len() < LANE_BATCH_CHUNKS_MAX {
+            match appends.try_recv() {
+                Ok(append) => batch.push(append),
+                Err(_) => break,
+            }
+        }
+        while let Err(error) = append_batch(&shared, &mut writer, &mut batch) {
+            tracing::warn!(%error, chunks = batch.len(), retry_in = ?pause, "cannot append chunks to a pack; trying again in a new pack");
+            writer = None;
+            if shared.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(LANE_RETRY_PAUSE_MAX);
+        }
+        pause = LANE_RETRY_PAUSE_MIN;
+    }
+}
+
+/// Writes the appends of `batch` one after another at the end of the lane's pack (a new
+/// pack when it is full), each run bound for one pack at once, and makes each findable
+/// in the pack as its run is written (`batch` keeps those not written yet).
+fn append_batch(
+    shared: &Shared,
+    writer: &mut Option<Writer>,
+    batch: &mut Vec<Append>,
+) -> Result<(), EndpointError> {
+    while !batch.is_empty() {
+        if writer.is_none() {
+            *writer = Some(new_writer(shared)?);
+        }
+        let current = writer.as_mut().expect("made above");
+        let start = current.end;
+        let mut end = start;
+        let mut locations = Vec::with_capacity(batch.len());
+        for append in batch.iter() {
+            let record_len = append.chunk.record().len() as u64;
+            if end + record_len > PACK_BYTES_MAX {
+                break;
+            }
+            locations.push(Location {
+                pack: current.pack,
+                offset: end + RECORD_HEADER_BYTES,
+                len: (record_len - RECORD_HEADER_BYTES) as u32,
+            });
+            end += if current.direct {
+                record_len.next_multiple_of(DIRECT_ALIGN_BYTES)
+            } else {
+                record_len
+            };
+        }
+        if locations.is_empty() {
+            // Full: the next run starts a new pack.
+            *writer = None;
+            continue;
+        }
+        current.end = end;
+        current.reserve();
+        let records: Vec<&[u8]> = batch[..locations.len()]
+            .iter()
+            .map(|append| {
+                if current.direct {
+                    append.chunk.padded_record()
+                } else {
+                    append.chunk.record()
+                }
+            })
+            .collect();
+        let written = if current.direct {
+            write_direct(shared, &current.file, &records, start)
+        } else {
+            write_all_at(&current.file, &records, start)
+        };
+        written
+            .map_err(|error| EndpointError::io("write", &shared.pack_path(current.pack), error))?;
+        if !current.direct
+            && let Some(writeback) = &shared.writeback
+        {
+            writeback.add(current.file.clone(), start, end);
+        }
+        {
+            let mut unindexed = shared.unindexed.lock().unwrap();
+            for (append, location) in batch.drain(..locations.len()).zip(locations) {
+                unindexed.insert(append.id, Unindexed::Written(location));
+            }
+        }
+        shared.written.notify_all();
+    }
+    Ok(())
+}
+
+/// Writes the record header in front of a chunk's frame, and zeros after it to the block.
+fn seal_record(id: &str, chunk: &mut ChunkBuffer) -> Result<(), EndpointError> {
+    let frame_bytes = chunk.frame().len();
+    let len = u32::try_from(frame_bytes).map_err(|_| EndpointError::TooLarge {
+        what: "chunk bytes",
+        value: frame_bytes as u64,
+        limit: u32::MAX as u64,
+    })?;
+    let mut header = [0u8; RECORD_HEADER_BYTES as usize];
+    header[..4].copy_from_slice(RECORD_MAGIC);
+    header[4..8].copy_from_slice(&len.to_le_bytes());
+    header[8..].copy_from_slice(&raw_id(id)?);
+    chunk.seal(&header);
+    Ok(())
+}
+
+/// Writes padded records past the page cache. A file system that refuses the write
+/// (`EINVAL`: it took `O_DIRECT` at the open, not this alignment) gets it, and the rest
+/// of the pack, through the page cache, and later packs are not opened direct.
+fn write_direct(
+    shared: &Shared,
+    file: &File,
+    records: &[&[u8]],
+    start: u64,
+) -> std::io::Result<()> {
+    match write_all_at(file, records, start) {
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::debug!(%error, "the file system refuses direct writes; packs go through the page cache");
+            shared.direct.store(false, Ordering::Relaxed);
+            clear_direct(file)?;
+            write_all_at(file, records, start)
+        }
+        other => other,
+    }
+}
+
+/// Starts a new pack after the highest present, its name durable.
+fn new_writer(shared: &Shared) -> Result<Writer, EndpointError> {
+    let packs = shared.dir.join("packs");
+    let mut last_pack = shared.last_pack.lock().unwrap();
+    let pack = *last_pack + 1;
+    let path = shared.pack_path(pack);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|error| EndpointError::io("create", &path, error))?;
+    if shared.fsync {
+        sync_directory(&packs)?;
+    }
+    *last_pack = pack;
+    let direct = shared.direct.load(Ordering::Relaxed) && set_direct(&file);
+    Ok(Writer {
+        pack,
+        file: Arc::new(file),
+        end: 0,
+        allocated: 0,
+        reserving: true,
+        direct,
+    })
+}
+
 impl Packs {
     /// Opens the pack directory under `dir` (made if absent; nothing is written until the
-    /// first chunk).
+    /// first chunk) and starts its lanes.
     pub fn open(dir: &Path, db: Arc<Db>, fsync: bool) -> Result<Packs, EndpointError> {
+        Packs::open_with(dir, db, fsync, true, STAGE_WAIT_MAX)
+    }
+
+    /// [`Packs::open`]; `direct` false writes through the page cache from the start (what
+    /// a file system that refuses `O_DIRECT` gets).
+    fn open_with(
+        dir: &Path,
+        db: Arc<Db>,
+        fsync: bool,
+        direct: bool,
+        stage_wait: Duration,
+    ) -> Result<Packs, EndpointError> {
         let packs = dir.join("packs");
         std::fs::create_dir_all(&packs)
             .map_err(|error| EndpointError::io("create", &packs, error))?;
@@ -392,112 +679,128 @@ impl Packs {
                 release_beyond(&file, metadata.len());
             }
         }
-        Ok(Packs {
-            writeback,
-            legacy: dir.join("chunks").is_dir(),
+        let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
-            db,
             fsync,
-            lanes: (0..LANES).map(|_| Mutex::new(None)).collect(),
             last_pack: Mutex::new(numbers.last().copied().unwrap_or(0)),
-            readers: Mutex::new(HashMap::new()),
+            direct: AtomicBool::new(direct),
             unindexed: Mutex::new(HashMap::new()),
+            written: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            stage_wait,
+            writeback,
+        });
+        let mut lanes = Vec::with_capacity(LANES);
+        for lane in 0..LANES {
+            let (sender, receiver) = tokio::sync::mpsc::channel(LANE_QUEUE_CHUNKS_MAX);
+            let lane_shared = shared.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("pack-lane-{lane}"))
+                .spawn(move || lane_loop(lane_shared, receiver))
+                .map_err(|error| EndpointError::io("spawn", Path::new("pack-lane"), error))?;
+            lanes.push(Lane {
+                appends: Some(sender),
+                thread: Some(thread),
+            });
+        }
+        Ok(Packs {
+            shared,
+            db,
+            legacy: dir.join("chunks").is_dir(),
+            lanes,
+            next_lane: AtomicUsize::new(0),
+            readers: Mutex::new(HashMap::new()),
         })
     }
 
     fn pack_path(&self, pack: u64) -> PathBuf {
-        self.dir.join("packs").join(pack_name(pack))
+        self.shared.pack_path(pack)
     }
 
     fn legacy_path(&self, id: &str) -> PathBuf {
-        self.dir.join("chunks").join(&id[..2]).join(&id[2..])
+        self.shared.dir.join("chunks").join(&id[..2]).join(&id[2..])
     }
 
-    /// Starts a new pack after the highest present, its name durable.
-    fn new_writer(&self) -> Result<Writer, EndpointError> {
-        let packs = self.dir.join("packs");
-        let mut last_pack = self.last_pack.lock().unwrap();
-        let pack = *last_pack + 1;
-        let path = self.pack_path(pack);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|error| EndpointError::io("create", &path, error))?;
-        if self.fsync {
-            sync_directory(&packs)?;
-        }
-        *last_pack = pack;
-        Ok(Writer {
-            pack,
-            file: Arc::new(file),
-            end: 0,
-            allocated: 0,
-            reserving: true,
-        })
-    }
-
-    /// Appends a verified chunk's frame; it is findable when this returns and durable at
-    /// the next [`Packs::stage`].
-    pub fn append(&self, id: &str, compressed: &[u8]) -> Result<(), EndpointError> {
-        let len = u32::try_from(compressed.len()).map_err(|_| EndpointError::TooLarge {
-            what: "chunk bytes",
-            value: compressed.len() as u64,
-            limit: u32::MAX as u64,
-        })?;
-        let mut header = [0u8; RECORD_HEADER_BYTES as usize];
-        header[..4].copy_from_slice(RECORD_MAGIC);
-        header[4..8].copy_from_slice(&len.to_le_bytes());
-        header[8..].copy_from_slice(&raw_id(id)?);
-        let record_len = RECORD_HEADER_BYTES + compressed.len() as u64;
-        // Reserve the range under the lock; write it outside, beside other writers.
-        let (pack, file, start) = {
-            thread_local! {
-                static LANE: usize = NEXT_LANE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % LANES;
+    /// Appends a verified chunk's frame: it is findable (from memory) when this returns,
+    /// in its pack once its lane has written it (the request does not wait for the
+    /// disk), and durable at the next [`Packs::stage`]. The record is written from
+    /// `chunk` itself: its header goes in front of the frame, and a pack opened `O_DIRECT`
+    /// takes the buffer as it is. A chunk appended or indexed already is not written
+    /// again. Waits only while the lane's queue is full.
+    pub async fn append(&self, id: &str, mut chunk: ChunkBuffer) -> Result<(), EndpointError> {
+        seal_record(id, &mut chunk)?;
+        let chunk = Arc::new(chunk);
+        {
+            let mut unindexed = self.shared.unindexed.lock().unwrap();
+            if unindexed.contains_key(id) {
+                return Ok(());
             }
-            let mut writer = self.lanes[LANE.with(|lane| *lane)].lock().unwrap();
-            let full = writer
-                .as_ref()
-                .is_none_or(|writer| writer.end + record_len > PACK_BYTES_MAX);
-            if full {
-                *writer = Some(self.new_writer()?);
-            }
-            let writer = writer.as_mut().expect("made above");
-            let start = writer.end;
-            writer.end += record_len;
-            writer.reserve();
-            (writer.pack, writer.file.clone(), start)
-        };
-        write_all_at(&file, &[&header, compressed], start)
-            .map_err(|error| EndpointError::io("write", &self.pack_path(pack), error))?;
-        if let Some(writeback) = &self.writeback {
-            writeback.add(file, start, start + record_len);
+            unindexed.insert(id.to_string(), Unindexed::Writing(chunk.clone()));
         }
-        let location = Location {
-            pack,
-            offset: start + RECORD_HEADER_BYTES,
-            len,
+        let lane = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        let queued = match &self.lanes[lane].appends {
+            Some(appends) => appends
+                .send(Append {
+                    id: id.to_string(),
+                    chunk,
+                })
+                .await
+                .is_ok(),
+            None => false,
         };
-        self.unindexed
-            .lock()
-            .unwrap()
-            .insert(id.to_string(), location);
+        if !queued {
+            self.shared.unindexed.lock().unwrap().remove(id);
+            return Err(EndpointError::Storage("the pack lanes have stopped".into()));
+        }
         Ok(())
+    }
+
+    /// [`Packs::append`] from a thread outside the async runtime.
+    #[cfg(test)]
+    pub fn append_blocking(&self, id: &str, chunk: ChunkBuffer) -> Result<(), EndpointError> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(self.append(id, chunk))
     }
 
     /// Makes every chunk appended so far durable (one `fdatasync` per pack involved) and
     /// returns their locations for [`Packs::record`]. They stay findable in memory until
     /// [`Packs::committed`].
     pub fn stage(&self) -> Result<Staged, EndpointError> {
-        let locations: Vec<(String, Location)> = self
-            .unindexed
-            .lock()
-            .unwrap()
+        let mut unindexed = self.shared.unindexed.lock().unwrap();
+        // Every chunk being written now was answered before this stage began: wait for
+        // the lanes to write them.
+        let mut writing: Vec<String> = unindexed
             .iter()
-            .map(|(id, location)| (id.clone(), *location))
+            .filter(|(_, chunk)| matches!(chunk, Unindexed::Writing(_)))
+            .map(|(id, _)| id.clone())
             .collect();
-        if self.fsync {
+        let deadline = std::time::Instant::now() + self.shared.stage_wait;
+        loop {
+            writing.retain(|id| matches!(unindexed.get(id), Some(Unindexed::Writing(_))));
+            if writing.is_empty() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(EndpointError::Storage(format!(
+                    "{} chunks are still not written to their packs after {:?}",
+                    writing.len(),
+                    self.shared.stage_wait
+                )));
+            }
+            unindexed = self.shared.written.wait_timeout(unindexed, left).unwrap().0;
+        }
+        let locations: Vec<(String, Location)> = unindexed
+            .iter()
+            .filter_map(|(id, chunk)| match chunk {
+                Unindexed::Written(location) => Some((id.clone(), *location)),
+                Unindexed::Writing(_) => None,
+            })
+            .collect();
+        drop(unindexed);
+        if self.shared.fsync {
             let mut packs: Vec<u64> = locations
                 .iter()
                 .map(|(_, location)| location.pack)
@@ -530,9 +833,10 @@ impl Packs {
 
     /// Forgets the in-memory locations the committed transaction indexed.
     pub fn committed(&self, staged: Staged) {
-        let mut unindexed = self.unindexed.lock().unwrap();
+        let mut unindexed = self.shared.unindexed.lock().unwrap();
         for (id, location) in staged.locations {
-            if unindexed.get(&id) == Some(&location) {
+            if matches!(unindexed.get(&id), Some(Unindexed::Written(written)) if *written == location)
+            {
                 unindexed.remove(&id);
             }
         }
@@ -542,7 +846,7 @@ impl Packs {
     /// unwritten one of each pack (a stop during an append): what a check or a rebuild of
     /// the index reads.
     pub fn records(&self) -> Result<Vec<(String, Location)>, EndpointError> {
-        let packs = pack_numbers(&self.dir.join("packs"))?;
+        let packs = pack_numbers(&self.shared.dir.join("packs"))?;
         let mut records = Vec::new();
         for pack in packs {
             let path = self.pack_path(pack);
@@ -560,6 +864,13 @@ impl Packs {
                 let len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
                 let frame = offset + RECORD_HEADER_BYTES;
                 if &header[..4] != RECORD_MAGIC || frame + len as u64 > end {
+                    // Past a record written past the page cache, zeros up to a boundary.
+                    let aligned = offset.next_multiple_of(DIRECT_ALIGN_BYTES);
+                    let padding = ((aligned - offset) as usize).min(header.len());
+                    if aligned != offset && header[..padding].iter().all(|byte| *byte == 0) {
+                        offset = aligned;
+                        continue;
+                    }
                     break;
                 }
                 let id: String = header[8..]
@@ -582,7 +893,18 @@ impl Packs {
 
     /// Chunks appended and not yet indexed.
     pub fn unindexed_len(&self) -> usize {
-        self.unindexed.lock().unwrap().len()
+        self.shared.unindexed.lock().unwrap().len()
+    }
+
+    /// Chunks appended and not yet written to their pack.
+    pub fn writing_len(&self) -> usize {
+        self.shared
+            .unindexed
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|chunk| matches!(chunk, Unindexed::Writing(_)))
+            .count()
     }
 
     fn reader(&self, pack: u64) -> Result<Arc<File>, EndpointError> {
@@ -604,13 +926,15 @@ impl Packs {
         &self,
         table: &impl ReadableTable<&'static str, (u64, u64, u32)>,
         id: &str,
-    ) -> Result<Option<Location>, EndpointError> {
-        if let Some(location) = self.unindexed.lock().unwrap().get(id) {
-            return Ok(Some(*location));
+    ) -> Result<Option<Stored>, EndpointError> {
+        match self.shared.unindexed.lock().unwrap().get(id) {
+            Some(Unindexed::Writing(chunk)) => return Ok(Some(Stored::Memory(chunk.clone()))),
+            Some(Unindexed::Written(location)) => return Ok(Some(Stored::Pack(*location))),
+            None => {}
         }
         Ok(table.get(id)?.map(|value| {
             let (pack, offset, len) = value.value();
-            Location { pack, offset, len }
+            Stored::Pack(Location { pack, offset, len })
         }))
     }
 
@@ -632,16 +956,18 @@ impl Packs {
             let txn = self.db.begin_read()?;
             self.locate_in(&txn.open_table(CHUNKS)?, id)?
         };
-        let Some(location) = location else {
-            if !self.legacy {
-                return Ok(None);
+        let location = match location {
+            Some(Stored::Pack(location)) => location,
+            Some(Stored::Memory(chunk)) => return Ok(Some(chunk.frame().to_vec())),
+            None if !self.legacy => return Ok(None),
+            None => {
+                let path = self.legacy_path(id);
+                return match std::fs::read(&path) {
+                    Ok(bytes) => Ok(Some(bytes)),
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(error) => Err(EndpointError::io("read", &path, error)),
+                };
             }
-            let path = self.legacy_path(id);
-            return match std::fs::read(&path) {
-                Ok(bytes) => Ok(Some(bytes)),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(error) => Err(EndpointError::io("read", &path, error)),
-            };
         };
         let mut bytes = vec![0u8; location.len as usize];
         self.reader(location.pack)?
@@ -668,17 +994,30 @@ mod tests {
         packs.committed(staged);
     }
 
+    /// Both ways of writing a pack: past the page cache, and through it.
+    const MODES: [bool; 2] = [true, false];
+
     #[test]
     fn an_appended_chunk_is_found_at_once_indexed_at_the_commit_and_after_a_reopen() {
+        for direct in MODES {
+            appended_chunks_are_found_indexed_and_kept(direct);
+        }
+    }
+
+    fn appended_chunks_are_found_indexed_and_kept(direct: bool) {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(dir.path()).unwrap());
         let blobs = dir.path().join("blobs");
-        let packs = Packs::open(&blobs, db.clone(), true).unwrap();
+        let packs = Packs::open_with(&blobs, db.clone(), true, direct, STAGE_WAIT_MAX).unwrap();
         let (a, a_bytes) = chunk("first chunk");
         let (b, b_bytes) = chunk("second chunk");
         assert_eq!(packs.present(&[&a, &b]).unwrap(), [false, false]);
-        packs.append(&a, &a_bytes).unwrap();
-        packs.append(&b, &b_bytes).unwrap();
+        packs
+            .append_blocking(&a, ChunkBuffer::from_frame(&a_bytes))
+            .unwrap();
+        packs
+            .append_blocking(&b, ChunkBuffer::from_frame(&b_bytes))
+            .unwrap();
         assert_eq!(packs.present(&[&a, &b]).unwrap(), [true, true]);
         assert_eq!(packs.unindexed_len(), 2);
         assert_eq!(packs.read(&a).unwrap().unwrap(), a_bytes);
@@ -689,19 +1028,125 @@ mod tests {
         // A chunk appended but never committed is gone after a restart (its report was not
         // acknowledged: the uploader sends it again); committed ones stay.
         let (c, c_bytes) = chunk("third chunk");
-        packs.append(&c, &c_bytes).unwrap();
+        packs
+            .append_blocking(&c, ChunkBuffer::from_frame(&c_bytes))
+            .unwrap();
         drop(packs);
-        let packs = Packs::open(&blobs, db.clone(), true).unwrap();
+        let packs = Packs::open_with(&blobs, db.clone(), true, direct, STAGE_WAIT_MAX).unwrap();
         assert_eq!(packs.present(&[&a, &b, &c]).unwrap(), [true, true, false]);
         assert_eq!(packs.read(&a).unwrap().unwrap(), a_bytes);
         assert_eq!(packs.read(&c).unwrap(), None);
-        // A new process appends to a new pack; the records read back in order.
-        packs.append(&c, &c_bytes).unwrap();
+        // A new process appends to a new pack; the records read back in pack order (the
+        // lanes take turns: a and b went to packs 1 and 2, in either order, c to pack 3).
+        packs
+            .append_blocking(&c, ChunkBuffer::from_frame(&c_bytes))
+            .unwrap();
+        packs.stage().unwrap();
         let records = packs.records().unwrap();
-        let ids: Vec<&str> = records.iter().map(|(id, _)| id.as_str()).collect();
-        assert_eq!(ids, [a.as_str(), b.as_str(), c.as_str(), c.as_str()]);
-        assert_eq!(records[0].1.pack, 1);
-        assert_eq!(records[3].1.pack, 2);
+        let mut ids: Vec<&str> = records.iter().map(|(id, _)| id.as_str()).collect();
+        ids[..2].sort_unstable();
+        let mut expected = [a.as_str(), b.as_str(), c.as_str(), c.as_str()];
+        expected[..2].sort_unstable();
+        assert_eq!(ids, expected);
+        let packs_of: Vec<u64> = records.iter().map(|(_, location)| location.pack).collect();
+        assert_eq!(packs_of, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_failed_write_is_tried_again_and_the_stage_waits_for_it_or_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(dir.path()).unwrap());
+        let blobs = dir.path().join("blobs");
+        let packs =
+            Packs::open_with(&blobs, db.clone(), true, true, Duration::from_millis(300)).unwrap();
+        // Without its directory a lane cannot start a pack: the append is answered, the
+        // chunk read from memory, and a stage refuses for as long as it is not written.
+        std::fs::remove_dir(blobs.join("packs")).unwrap();
+        let (a, a_bytes) = chunk("written late");
+        packs
+            .append_blocking(&a, ChunkBuffer::from_frame(&a_bytes))
+            .unwrap();
+        assert_eq!(packs.present(&[&a]).unwrap(), [true]);
+        assert_eq!(packs.read(&a).unwrap().unwrap(), a_bytes);
+        let refused = packs.stage().err().expect("a chunk is still being written");
+        assert!(
+            refused
+                .to_string()
+                .contains("1 chunks are still not written"),
+            "{refused}"
+        );
+        // Once the directory is back, the lane's next try writes it and a stage takes it.
+        std::fs::create_dir(blobs.join("packs")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let staged = loop {
+            match packs.stage() {
+                Ok(staged) => break staged,
+                Err(_) if std::time::Instant::now() < deadline => continue,
+                Err(error) => panic!("{error}"),
+            }
+        };
+        assert_eq!(staged.locations.len(), 1);
+        assert_eq!(staged.locations[0].0, a);
+        let txn = db.begin_write().unwrap();
+        Packs::record(&txn, &staged.locations).unwrap();
+        txn.commit().unwrap();
+        packs.committed(staged);
+        drop(packs);
+        let packs = Packs::open(&blobs, db.clone(), true).unwrap();
+        assert_eq!(packs.read(&a).unwrap().unwrap(), a_bytes);
+    }
+
+    #[test]
+    fn direct_records_start_on_block_boundaries_and_the_scan_steps_over_their_padding() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(dir.path()).unwrap());
+        let blobs = dir.path().join("blobs");
+        let packs = Packs::open_with(&blobs, db.clone(), true, true, STAGE_WAIT_MAX).unwrap();
+        // One lane's turn in four: 12 chunks put 3 in each pack, of lengths that leave
+        // every amount of padding from none to most of a block.
+        let mut appended = Vec::new();
+        for index in 0..12usize {
+            let len = [4096 - 40, 1, 5000, 8192 - 40 - 17][index % 4] + index;
+            let mut raw = vec![0u8; len];
+            blake3::Hasher::new()
+                .update(&index.to_le_bytes())
+                .finalize_xof()
+                .fill(&mut raw);
+            let id = blake3::hash(&raw).to_hex().to_string();
+            let frame = zstd::bulk::compress(&raw, 1).unwrap();
+            packs
+                .append_blocking(&id, ChunkBuffer::from_frame(&frame))
+                .unwrap();
+            appended.push((id, frame));
+        }
+        commit(&packs, &db);
+        for pack in 1..=4 {
+            let path = blobs.join("packs").join(pack_name(pack));
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len() % DIRECT_ALIGN_BYTES,
+                0
+            );
+            assert_eq!(
+                resident_pages(&path).0,
+                0,
+                "pack {pack} bypassed the page cache"
+            );
+        }
+        let records = packs.records().unwrap();
+        assert_eq!(records.len(), 12);
+        for (id, location) in &records {
+            assert_eq!(
+                (location.offset - RECORD_HEADER_BYTES) % DIRECT_ALIGN_BYTES,
+                0
+            );
+            let frame = &appended
+                .iter()
+                .find(|(appended, _)| appended == id)
+                .unwrap()
+                .1;
+            assert_eq!(location.len as usize, frame.len());
+            assert_eq!(&packs.read(id).unwrap().unwrap(), frame);
+        }
     }
 
     /// Pages of `path` in the page cache (`mincore` over a mapping of the file).
@@ -735,10 +1180,16 @@ mod tests {
 
     #[test]
     fn written_chunks_leave_the_page_cache() {
+        for direct in MODES {
+            chunks_leave_the_page_cache(direct);
+        }
+    }
+
+    fn chunks_leave_the_page_cache(direct: bool) {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(dir.path()).unwrap());
         let blobs = dir.path().join("blobs");
-        let packs = Packs::open(&blobs, db.clone(), true).unwrap();
+        let packs = Packs::open_with(&blobs, db.clone(), true, direct, STAGE_WAIT_MAX).unwrap();
         // 16 MiB of incompressible chunks (zstd keeps them as raw blocks).
         let mut ids = Vec::new();
         for index in 0..128u32 {
@@ -747,8 +1198,9 @@ mod tests {
             hasher.update(&index.to_le_bytes());
             hasher.finalize_xof().fill(&mut raw);
             let id = blake3::hash(&raw).to_hex().to_string();
+            let frame = zstd::bulk::compress(&raw, 1).unwrap();
             packs
-                .append(&id, &zstd::bulk::compress(&raw, 1).unwrap())
+                .append_blocking(&id, ChunkBuffer::from_frame(&frame))
                 .unwrap();
             ids.push(id);
         }
@@ -784,9 +1236,12 @@ mod tests {
         let pack = blobs.join("packs").join(pack_name(1));
         let packs = Packs::open(&blobs, db.clone(), true).unwrap();
         let (id, bytes) = chunk("a small chunk");
-        packs.append(&id, &bytes).unwrap();
+        packs
+            .append_blocking(&id, ChunkBuffer::from_frame(&bytes))
+            .unwrap();
+        packs.stage().unwrap();
         let size = std::fs::metadata(&pack).unwrap().len();
-        assert!(size < 4096, "{size}");
+        assert!(size <= 4096, "{size}");
         assert!(
             allocated_bytes(&pack) >= PREALLOCATE_BYTES,
             "reserved ahead: {} bytes",
@@ -828,6 +1283,12 @@ mod tests {
 
     #[test]
     fn a_torn_record_at_a_pack_end_stops_the_scan_and_older_chunk_files_are_read() {
+        for direct in MODES {
+            a_torn_record_stops_the_scan(direct);
+        }
+    }
+
+    fn a_torn_record_stops_the_scan(direct: bool) {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(dir.path()).unwrap());
         let blobs = dir.path().join("blobs");
@@ -835,12 +1296,14 @@ mod tests {
         let legacy = blobs.join("chunks").join(&old[..2]);
         std::fs::create_dir_all(&legacy).unwrap();
         std::fs::write(legacy.join(&old[2..]), &old_bytes).unwrap();
-        let packs = Packs::open(&blobs, db.clone(), false).unwrap();
+        let packs = Packs::open_with(&blobs, db.clone(), false, direct, STAGE_WAIT_MAX).unwrap();
         assert_eq!(packs.present(&[&old]).unwrap(), [true]);
         assert_eq!(packs.read(&old).unwrap().unwrap(), old_bytes);
 
         let (a, a_bytes) = chunk("kept");
-        packs.append(&a, &a_bytes).unwrap();
+        packs
+            .append_blocking(&a, ChunkBuffer::from_frame(&a_bytes))
+            .unwrap();
         commit(&packs, &db);
         // A stop in the middle of an append: half a header at the end.
         let pack = blobs.join("packs").join(pack_name(1));

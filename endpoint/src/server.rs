@@ -25,10 +25,12 @@ use actix_web::http::StatusCode;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use crashmesh_protocol::Problem;
 use crashmesh_protocol::report::{IncidentUpdate, ReportManifest, UploadReply, is_hex_id};
+use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::auth::{self, Auth};
 use crate::blobs::Blobs;
+use crate::chunk_buffer::ChunkBuffer;
 use crate::config::EndpointConfig;
 use crate::db::Db;
 use crate::error::EndpointError;
@@ -283,7 +285,6 @@ fn routes(
             // it would be tried.
             .service(
                 web::resource("/api/v1/chunks/{id}")
-                    .app_data(web::PayloadConfig::new(limits.chunk_body_bytes_max))
                     .route(web::put().to(put_chunk))
                     .route(web::get().to(get_chunk)),
             )
@@ -602,7 +603,7 @@ async fn put_chunk(
     state: web::Data<AppState>,
     request: HttpRequest,
     path: web::Path<String>,
-    body: web::Bytes,
+    mut payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
     let cluster = state.cluster(&request, false)?;
     let id = path.into_inner();
@@ -610,6 +611,19 @@ async fn put_chunk(
         return Err(EndpointError::BadRequest(format!(
             "chunk id {id:?} is not 64 lower-case hex digits"
         )));
+    }
+    let chunk_bytes_max = state.config.limits.chunk_body_bytes_max;
+    let too_large = |value: u64| EndpointError::TooLarge {
+        what: "chunk body bytes",
+        value,
+        limit: chunk_bytes_max as u64,
+    };
+    let announced = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if let Some(announced) = announced.filter(|len| *len > chunk_bytes_max as u64) {
+        return Err(too_large(announced));
     }
     if !state.pending.wants(&cluster, &id) {
         if state.blobs.has(&id).await? {
@@ -619,8 +633,17 @@ async fn put_chunk(
             "no pending report of cluster {cluster:?} names chunk {id}"
         )));
     }
-    let compressed_len = body.len();
-    let raw_len = state.blobs.put_verified(&id, body).await?;
+    // The body goes straight into the buffer its pack record is written from.
+    let mut chunk = ChunkBuffer::with_limit(announced.map_or(chunk_bytes_max, |len| len as usize));
+    while let Some(piece) = payload.next().await {
+        let piece = piece
+            .map_err(|error| EndpointError::BadRequest(format!("reading chunk {id}: {error}")))?;
+        chunk
+            .extend(&piece)
+            .map_err(|_| too_large((chunk.frame().len() + piece.len()) as u64))?;
+    }
+    let compressed_len = chunk.frame().len();
+    let raw_len = state.blobs.put_verified(&id, chunk).await?;
     state.pending.arrived(&cluster, &id);
     Metrics::add(&state.metrics.chunks_stored, 1);
     Metrics::add(&state.metrics.chunk_bytes_received, compressed_len as u64);
@@ -672,11 +695,18 @@ async fn post_token(
 }
 
 async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
-    let body = state.metrics.render(&[(
-        "pending_reports",
-        "Reports waiting for their chunks",
-        state.pending.len() as u64,
-    )]);
+    let body = state.metrics.render(&[
+        (
+            "pending_reports",
+            "Reports waiting for their chunks",
+            state.pending.len() as u64,
+        ),
+        (
+            "chunks_writing",
+            "Chunks received and not yet written to their pack",
+            state.blobs.chunks_writing() as u64,
+        ),
+    ]);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(body)
