@@ -19,7 +19,7 @@ pub(crate) const RECORD_HEADER_BYTES: usize = 4 + 4 + 32;
 /// block, which `O_DIRECT` writes must keep to.
 pub(crate) const BUFFER_ALIGN_BYTES: usize = crashmesh_store::DISK_BLOCK_BYTES as usize;
 /// Freed buffers kept for the next chunks.
-const IDLE_BUFFERS_MAX: usize = 32;
+const IDLE_BUFFERS_MAX: usize = 64;
 
 /// One aligned allocation.
 struct Aligned {
