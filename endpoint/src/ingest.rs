@@ -309,9 +309,13 @@ impl CommitLoop<'_> {
             Err(error) => {
                 tracing::error!(%error, jobs = jobs.len(), "ingest transaction failed");
                 for job in jobs {
-                    let _ = job
-                        .answer
-                        .send(Err(EndpointError::Database(error.to_string())));
+                    // Blob storage not ready (chunks still being written) stays a 503,
+                    // for the uploader to try again.
+                    let answer = match &error {
+                        EndpointError::Storage(detail) => EndpointError::Storage(detail.clone()),
+                        other => EndpointError::Database(other.to_string()),
+                    };
+                    let _ = job.answer.send(Err(answer));
                 }
             }
         }

@@ -576,3 +576,65 @@ fn metrics_count_what_happened() {
         chunks.len()
     )));
 }
+
+#[test]
+fn chunks_answered_while_no_pack_can_be_written_are_kept_and_their_report_waits_for_them() {
+    let harness = Harness::start();
+    let client = harness.client("c1");
+    // No pack is open yet: without their directory the lanes cannot start one.
+    let packs = harness
+        .dir
+        .path()
+        .join("endpoint")
+        .join("blobs")
+        .join("packs");
+    std::fs::remove_dir(&packs).unwrap();
+    let (manifest, chunks) = report(
+        "c1",
+        1,
+        "r1",
+        problem("v1:core:w", "w"),
+        vec![incident("node-1", "e1", T0, None)],
+        &log_bytes("w", 600_000),
+    );
+    let expected = chunks.clone();
+    let uploading = std::thread::spawn(move || client.upload(&manifest, &chunks));
+    std::thread::sleep(Duration::from_millis(1500));
+    // The chunks were answered and wait in memory; the completion waits for their writes.
+    assert!(
+        !uploading.is_finished(),
+        "the report was recorded before its chunks were written"
+    );
+    let metrics = harness.anonymous().get("/metrics").unwrap();
+    let writing = format!("crashmesh_endpoint_chunks_writing {}", expected.len());
+    assert!(
+        metrics.body.contains(&writing),
+        "{writing} in\n{}",
+        metrics.body
+    );
+    assert_eq!(
+        chunk_bytes(&harness, &expected[0].id),
+        expected[0].compressed,
+        "a chunk being written is read from memory"
+    );
+    // Once the directory is back, a lane's next try writes them and the report is recorded.
+    std::fs::create_dir(&packs).unwrap();
+    let reply = uploading.join().unwrap().unwrap();
+    assert!(!reply.known);
+    assert_eq!(harness.chunks_stored(), expected.len());
+    for chunk in &expected {
+        assert_eq!(chunk_bytes(&harness, &chunk.id), chunk.compressed);
+    }
+    assert_eq!(harness.problems("").len(), 1);
+}
+
+/// A stored chunk's bytes, through the admin API.
+fn chunk_bytes(harness: &Harness, id: &str) -> Vec<u8> {
+    ureq::get(format!("{}/api/v1/chunks/{id}", harness.url))
+        .header("Authorization", format!("Bearer {}", harness.admin))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_vec()
+        .unwrap()
+}
