@@ -518,7 +518,8 @@ fn append_batch(
         let mut locations = Vec::with_capacity(batch.len());
         for append in batch.iter() {
             let record_len = append.chunk.record().len() as u64;
-            if end + record_len > PACK_BYTES_MAX {
+            // A pack holds at least one record, however long.
+            if end > 0 && end + record_len > PACK_BYTES_MAX {
                 break;
             }
             locations.push(Location {
@@ -533,7 +534,7 @@ fn append_batch(
             };
         }
         if locations.is_empty() {
-            // Full: the next run starts a new pack.
+            // Full (past its first record): the next run starts a new pack.
             *writer = None;
             continue;
         }
