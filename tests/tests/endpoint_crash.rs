@@ -17,6 +17,10 @@
 //!   server starts and everything answered is there, also over two crashes.
 //! - With a 20 ms interval, the kill finds some batches durable in the database and the
 //!   rest only in the journal: replay brings back the latter and doubles nothing.
+//! - Killed while four threads upload reports with attachments (chunks answered before
+//!   their pack lane writes them), every report answered comes back with its attachment
+//!   byte for byte, one not answered comes back whole or not at all, and uploaded again
+//!   every report is there exactly once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -779,6 +783,144 @@ fn reports_answered_across_checkpoints_survive_sigkill_exactly_once() {
     let client = Client::new(&server.url, &token);
     check_recorded(&client, &ledger, "after checkpoints, SIGKILL and restart");
     check_repeats_change_nothing(&client, &ledger, "after checkpoints, SIGKILL and restart");
+    server.kill();
+}
+
+#[test]
+fn a_sigkill_in_the_middle_of_uploads_loses_no_answered_report_and_doubles_none() {
+    // A chunk's PUT is answered before its pack lane has written it; a report is answered
+    // only once its chunks are written and synced. Killed while four threads upload
+    // reports of 400 kB each, the endpoint must bring back every report it answered, its
+    // attachment byte for byte; one it did not answer comes back whole or not at all; and
+    // once every report is uploaded again, each is there exactly once.
+    const TEST: u64 = 4;
+    const PROBLEMS: usize = 3;
+    const COUNT: u64 = 120;
+    const ANSWERED_BEFORE_KILL: usize = 12;
+    let dir = NodeDir::new(CONFIG_TOML);
+    let server = Server::start(&dir);
+    let token = token(&dir);
+    let client = Client::new(&server.url, &token);
+    let reports = reports(TEST, 0, COUNT, PROBLEMS, 1, 400 * 1024);
+    let answered = std::sync::Mutex::new(Vec::<(usize, String)>::new());
+    let killed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for thread in 0..UPLOAD_THREADS {
+            let (client, reports, answered, killed) =
+                (client.clone(), &reports, &answered, &killed);
+            scope.spawn(move || {
+                for index in (thread..reports.len()).step_by(UPLOAD_THREADS) {
+                    let report = &reports[index];
+                    let manifest =
+                        serde_json::from_value(report.manifest.clone()).expect("a manifest");
+                    match client.upload(&manifest, &report.chunks) {
+                        Ok(reply) => answered.lock().unwrap().push((index, reply.problem_id)),
+                        Err(_) if killed.load(std::sync::atomic::Ordering::SeqCst) => return,
+                        Err(error) => {
+                            panic!("upload of report {} before the kill: {error}", report.id)
+                        }
+                    }
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(SERVER_WAIT_SECS_MAX);
+        while answered.lock().unwrap().len() < ANSWERED_BEFORE_KILL {
+            assert!(
+                Instant::now() < deadline,
+                "no {ANSWERED_BEFORE_KILL} reports answered in time"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        killed.store(true, std::sync::atomic::Ordering::SeqCst);
+        server.kill();
+    });
+    let answered = answered.into_inner().unwrap();
+    assert!(
+        answered.len() < reports.len(),
+        "every report was answered before the kill: nothing was in flight"
+    );
+
+    let server = Server::start(&dir);
+    let client = Client::new(&server.url, &token);
+    let answered_ids: BTreeSet<usize> = answered.iter().map(|(index, _)| *index).collect();
+    let check_whole = |report: &Report, answer: &crashmesh_endpoint::client::Answer| {
+        for (name, bytes) in &report.attachments {
+            let path = format!("/reports/{}/attachments/{name}", report.id);
+            let attachment = client
+                .get(&path)
+                .unwrap_or_else(|error| panic!("GET {path}: {error}"));
+            assert!(
+                attachment.status == 200 && attachment.body.as_bytes() == bytes.as_slice(),
+                "report {} is recorded ({}) but its attachment {name} reads back {} {} bytes, \
+                 not the {} uploaded",
+                report.id,
+                answer.status,
+                attachment.status,
+                attachment.body.len(),
+                bytes.len()
+            );
+        }
+    };
+    for (index, problem_id) in &answered {
+        let report = &reports[*index];
+        let answer = client
+            .get(&format!("/api/v1/reports/{}", report.id))
+            .expect("GET the report");
+        assert_eq!(
+            answer.status, 200,
+            "report {} was answered before the kill and is lost: {}",
+            report.id, answer.body
+        );
+        assert_eq!(
+            answer.json()["problem_id"].as_str(),
+            Some(problem_id.as_str())
+        );
+        check_whole(report, &answer);
+    }
+    for (index, report) in reports.iter().enumerate() {
+        if answered_ids.contains(&index) {
+            continue;
+        }
+        let answer = client
+            .get(&format!("/api/v1/reports/{}", report.id))
+            .expect("GET the report");
+        match answer.status {
+            404 => {}
+            200 => check_whole(report, &answer),
+            status => panic!(
+                "report {}: GET answered {status}: {}",
+                report.id, answer.body
+            ),
+        }
+    }
+    // Every report again, then each problem counts each of its reports' incidents once.
+    for report in &reports {
+        upload(&client, report);
+    }
+    let listed = get_json(&client, "/api/v1/problems?interesting=all&limit=1000");
+    let counts: BTreeMap<String, u64> = listed["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .map(|problem| {
+            (
+                problem["signature"]
+                    .as_str()
+                    .expect("signature")
+                    .to_string(),
+                problem["count"].as_u64().expect("count"),
+            )
+        })
+        .collect();
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for report in &reports {
+        let signature = report.manifest["signature"].as_str().expect("signature");
+        *expected.entry(signature.to_string()).or_default() += 1;
+    }
+    assert_eq!(
+        counts, expected,
+        "after the kill and the uploads again, a report is lost or doubled"
+    );
     server.kill();
 }
 
