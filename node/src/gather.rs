@@ -238,8 +238,7 @@ pub fn line_time_ms(line: &str, year: i32, boot_ms: Option<u64>) -> Option<u64> 
 fn records_in_window(
     source: usize,
     text: &str,
-    from_ms: u64,
-    to_ms: u64,
+    window: Window,
     year: i32,
     boot_ms: Option<u64>,
     notes: &mut Vec<String>,
@@ -287,7 +286,7 @@ fn records_in_window(
         .filter(|record| {
             record
                 .time_ms
-                .is_some_and(|time| time >= from_ms && time <= to_ms)
+                .is_some_and(|time| time >= window.from_ms && time <= window.to_ms)
         })
         .collect();
     if kept.len() < total {
@@ -535,8 +534,7 @@ pub fn gather_window(
                 records.extend(records_in_window(
                     source,
                     &text,
-                    from_ms,
-                    to_ms,
+                    window,
                     year,
                     boot_ms,
                     &mut gathered.notes,
@@ -666,16 +664,12 @@ mod tests {
             ));
         }
         let mut notes = Vec::new();
-        let kept = records_in_window(
-            0,
-            &text,
-            PROBLEM_MS - 600_000,
-            PROBLEM_MS + 60_000,
-            2026,
-            None,
-            &mut notes,
-            "log",
-        );
+        let window = Window {
+            from_ms: PROBLEM_MS - 600_000,
+            to_ms: PROBLEM_MS + 60_000,
+            problem_ms: PROBLEM_MS,
+        };
+        let kept = records_in_window(0, &text, window, 2026, None, &mut notes, "log");
         let texts: Vec<&str> = kept.iter().map(|r| r.text.as_str()).collect();
         assert_eq!(texts.len(), 2, "{texts:?}");
         assert!(texts[0].contains("event at -5 min\n  continued -5"));

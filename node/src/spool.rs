@@ -22,6 +22,10 @@ pub const SPOOL_FORMAT_VERSION: u32 = 1;
 /// The largest `meta.json` a reader accepts.
 pub const META_BYTES_MAX: u64 = 1024 * 1024;
 
+/// An entry [`Spool::list`] found: complete, or the directory of one whose meta cannot
+/// be read, with why.
+pub type Listed = Result<Entry, (PathBuf, SpoolError)>;
+
 /// Paths of the spool inside a data dir.
 #[derive(Clone, Debug)]
 pub struct Spool {
@@ -156,7 +160,7 @@ impl Spool {
 
     /// Complete entries, oldest id first. Entries whose meta cannot be read are returned
     /// as errors so the caller can set them aside rather than loop on them.
-    pub fn list(&self) -> Result<Vec<Result<Entry, (PathBuf, SpoolError)>>, SpoolError> {
+    pub fn list(&self) -> Result<Vec<Listed>, SpoolError> {
         let new_dir = self.new_dir();
         let mut names: Vec<_> = match fs::read_dir(&new_dir) {
             Ok(entries) => entries
