@@ -12,13 +12,16 @@
 //!                            (what makes an answered report durable; see `journal`)
 //! DATA_DIR/endpoint.sock     while the server runs: the CLI's requests go through it, 0600
 //! DATA_DIR/blobs/packs/NNNNNNNN.pack   chunks as received, one zstd frame each, appended
+//!                            by the pack lane, O_DIRECT where the file system takes it
 //!                            (local storage; `chunks_v1` in endpoint.redb locates them)
 //! ```
 //!
 //! # Invariants
 //! - **Nothing half stored.** A report is visible (in reports, problems, incidents, bugs)
 //!   only after the one redb transaction that records all of it commits, and only once
-//!   every chunk it names is in blob storage. A refused request changes nothing.
+//!   every chunk it names is in blob storage (written and synced: a chunk's PUT is
+//!   answered before the pack lane writes it, and the commit waits for the lane). A
+//!   refused request changes nothing.
 //! - **Nothing answered is lost.** An upload is answered only once its batch is in the
 //!   synced ingest journal (or a durable commit); opening the database after a crash
 //!   replays what the last durable commit lacks.
