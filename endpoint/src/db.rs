@@ -153,7 +153,7 @@ pub struct ProblemRow {
     pub reports: Vec<String>,
     /// Incidents per hour (hours since the epoch), for the chart.
     pub hourly: BTreeMap<u64, u64>,
-    /// The latest incidents, newest last (added with [`ProblemRow::push_recent`]).
+    /// The latest incidents, newest last (added with `ProblemRow::push_recent`).
     pub recent: VecDeque<IncidentRow>,
     /// `recent`'s encodings, kept in step by [`ProblemRow::push_recent`] (rebuilt when
     /// not): the committer encodes a hot problem's row every batch, and encoding its
@@ -271,7 +271,7 @@ pub struct BugRow {
     pub closed_version_max: Option<String>,
     /// Comments ever made (the newest [`COMMENTS_PER_BUG_MAX`] are kept).
     pub comments_total: u64,
-    /// Comments made since the row was read, saved by [`save_bug`].
+    /// Comments made since the row was read, saved by `save_bug`.
     #[serde(skip)]
     pub unsaved_comments: Vec<Comment>,
 }
@@ -300,7 +300,7 @@ impl BugRow {
         }
     }
 
-    /// Adds a comment (saved with the row by [`save_bug`]).
+    /// Adds a comment (saved with the row by `save_bug`).
     pub fn comment(&mut self, time_ms: u64, author: &str, text: String) {
         self.unsaved_comments.push(Comment {
             time_ms,
