@@ -110,6 +110,9 @@ struct Writer {
     /// Opened with `O_DIRECT`: its records start on [`DIRECT_ALIGN_BYTES`] boundaries and
     /// are written from an aligned buffer, past the page cache.
     direct: bool,
+    /// Where a pack written through the page cache hands its appended ranges (with
+    /// `fsync`).
+    writeback: Option<Arc<Writeback>>,
 }
 
 impl Writer {
@@ -182,21 +185,40 @@ struct Shared {
     /// New packs are opened `O_DIRECT` (until the file system refuses a direct write).
     direct: AtomicBool,
     /// Chunks appended and not yet indexed (see [`Packs::stage`]).
-    unindexed: Mutex<HashMap<String, Unindexed>>,
+    unindexed: Mutex<HashMap<String, Stored>>,
     /// Notified when a lane has written chunks.
     written: Condvar,
     /// The packs are closing: a lane stops trying a failed write again.
     stopping: AtomicBool,
     /// How long [`Packs::stage`] waits for the chunks being written ([`STAGE_WAIT_MAX`]).
     stage_wait: Duration,
-    /// Ranges just appended through the page cache, for the writeback thread (with
-    /// `fsync`).
-    writeback: Option<Arc<Writeback>>,
+    /// The writeback thread, started for the first pack written through the page cache
+    /// (with `fsync`).
+    writeback: Mutex<Option<Arc<Writeback>>>,
 }
 
 impl Shared {
     fn pack_path(&self, pack: u64) -> PathBuf {
         self.dir.join("packs").join(pack_name(pack))
+    }
+
+    /// The writeback thread, started if it is not yet.
+    fn writeback(&self) -> Result<Arc<Writeback>, EndpointError> {
+        let mut writeback = self.writeback.lock().unwrap();
+        if let Some(running) = writeback.as_ref() {
+            return Ok(running.clone());
+        }
+        let started = Arc::new(Writeback {
+            state: Mutex::new(WritebackState::default()),
+            wake: Condvar::new(),
+        });
+        let thread_writeback = started.clone();
+        std::thread::Builder::new()
+            .name("pack-writeback".into())
+            .spawn(move || writeback_loop(thread_writeback))
+            .map_err(|error| EndpointError::io("spawn", Path::new("pack-writeback"), error))?;
+        *writeback = Some(started.clone());
+        Ok(started)
     }
 }
 
@@ -212,18 +234,13 @@ struct Append {
     chunk: Arc<ChunkBuffer>,
 }
 
-/// Where a stored chunk's frame is read from.
+/// Where a stored chunk's frame is read from. A chunk appended and not yet indexed is
+/// held in memory while it is queued for its lane or being written, then in its pack
+/// (durable at the next [`Packs::stage`]).
+#[derive(Clone)]
 enum Stored {
     Memory(Arc<ChunkBuffer>),
     Pack(Location),
-}
-
-/// A chunk appended and not yet indexed.
-enum Unindexed {
-    /// Queued for its lane or being written: read from memory.
-    Writing(Arc<ChunkBuffer>),
-    /// In its pack (durable at the next [`Packs::stage`]).
-    Written(Location),
 }
 
 /// The spans appended since the writeback thread's last round, one per pack file.
@@ -273,7 +290,7 @@ impl Drop for Packs {
                 let _ = thread.join();
             }
         }
-        if let Some(writeback) = &self.shared.writeback {
+        if let Some(writeback) = self.shared.writeback.lock().unwrap().as_ref() {
             writeback.state.lock().unwrap().stop = true;
             writeback.wake.notify_one();
         }
@@ -298,25 +315,21 @@ fn raw_id(id: &str) -> Result<[u8; 32], EndpointError> {
     Ok(raw)
 }
 
-/// Turns on `O_DIRECT` for a new pack; false when the file system does not take it.
-fn set_direct(file: &File) -> bool {
+/// Turns `O_DIRECT` on or off for a pack's descriptor (on fails where the file system
+/// does not take it).
+fn set_direct(file: &File, on: bool) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: plain fcntl calls on a descriptor `file` keeps open.
-    unsafe {
+    let set = unsafe {
         let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-        flags >= 0 && libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_DIRECT) == 0
-    }
-}
-
-/// Turns `O_DIRECT` off again.
-fn clear_direct(file: &File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain fcntl calls on a descriptor `file` keeps open.
-    let cleared = unsafe {
-        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-        flags >= 0 && libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_DIRECT) == 0
+        let wanted = if on {
+            flags | libc::O_DIRECT
+        } else {
+            flags & !libc::O_DIRECT
+        };
+        flags >= 0 && libc::fcntl(file.as_raw_fd(), libc::F_SETFL, wanted) == 0
     };
-    if cleared {
+    if set {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
@@ -562,15 +575,13 @@ fn append_batch(
         };
         written
             .map_err(|error| EndpointError::io("write", &shared.pack_path(current.pack), error))?;
-        if !current.direct
-            && let Some(writeback) = &shared.writeback
-        {
+        if let Some(writeback) = &current.writeback {
             writeback.add(current.file.clone(), start, end);
         }
         {
             let mut unindexed = shared.unindexed.lock().unwrap();
             for (append, location) in batch.drain(..locations.len()).zip(locations) {
-                unindexed.insert(append.id, Unindexed::Written(location));
+                unindexed.insert(append.id, Stored::Pack(location));
             }
         }
         shared.written.notify_all();
@@ -607,7 +618,7 @@ fn write_direct(
         Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
             tracing::debug!(%error, "the file system refuses direct writes; packs go through the page cache");
             shared.direct.store(false, Ordering::Relaxed);
-            clear_direct(file)?;
+            set_direct(file, false)?;
             write_all_at(file, records, start)
         }
         other => other,
@@ -630,7 +641,12 @@ fn new_writer(shared: &Shared) -> Result<Writer, EndpointError> {
         sync_directory(&packs)?;
     }
     *last_pack = pack;
-    let direct = shared.direct.load(Ordering::Relaxed) && set_direct(&file);
+    let direct = shared.direct.load(Ordering::Relaxed) && set_direct(&file, true).is_ok();
+    let writeback = if shared.fsync && !direct {
+        Some(shared.writeback()?)
+    } else {
+        None
+    };
     Ok(Writer {
         pack,
         file: Arc::new(file),
@@ -638,6 +654,7 @@ fn new_writer(shared: &Shared) -> Result<Writer, EndpointError> {
         allocated: 0,
         reserving: true,
         direct,
+        writeback,
     })
 }
 
@@ -660,20 +677,6 @@ impl Packs {
         let packs = dir.join("packs");
         std::fs::create_dir_all(&packs)
             .map_err(|error| EndpointError::io("create", &packs, error))?;
-        let writeback = if fsync {
-            let writeback = Arc::new(Writeback {
-                state: Mutex::new(WritebackState::default()),
-                wake: Condvar::new(),
-            });
-            let thread_writeback = writeback.clone();
-            std::thread::Builder::new()
-                .name("pack-writeback".into())
-                .spawn(move || writeback_loop(thread_writeback))
-                .map_err(|error| EndpointError::io("spawn", Path::new("pack-writeback"), error))?;
-            Some(writeback)
-        } else {
-            None
-        };
         let numbers = pack_numbers(&packs)?;
         // A process that stopped without closing its packs left their reservations (the
         // database's one process opens the packs; earlier versions kept four open).
@@ -694,7 +697,7 @@ impl Packs {
             written: Condvar::new(),
             stopping: AtomicBool::new(false),
             stage_wait,
-            writeback,
+            writeback: Mutex::new(None),
         });
         let mut lanes = Vec::with_capacity(LANES);
         for lane in 0..LANES {
@@ -741,7 +744,7 @@ impl Packs {
             if unindexed.contains_key(id) {
                 return Ok(());
             }
-            unindexed.insert(id.to_string(), Unindexed::Writing(chunk.clone()));
+            unindexed.insert(id.to_string(), Stored::Memory(chunk.clone()));
         }
         let lane = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
         let queued = match &self.lanes[lane].appends {
@@ -779,12 +782,12 @@ impl Packs {
         // the lanes to write them.
         let mut writing: Vec<String> = unindexed
             .iter()
-            .filter(|(_, chunk)| matches!(chunk, Unindexed::Writing(_)))
+            .filter(|(_, chunk)| matches!(chunk, Stored::Memory(_)))
             .map(|(id, _)| id.clone())
             .collect();
         let deadline = std::time::Instant::now() + self.shared.stage_wait;
         loop {
-            writing.retain(|id| matches!(unindexed.get(id), Some(Unindexed::Writing(_))));
+            writing.retain(|id| matches!(unindexed.get(id), Some(Stored::Memory(_))));
             if writing.is_empty() {
                 break;
             }
@@ -801,8 +804,8 @@ impl Packs {
         let locations: Vec<(String, Location)> = unindexed
             .iter()
             .filter_map(|(id, chunk)| match chunk {
-                Unindexed::Written(location) => Some((id.clone(), *location)),
-                Unindexed::Writing(_) => None,
+                Stored::Pack(location) => Some((id.clone(), *location)),
+                Stored::Memory(_) => None,
             })
             .collect();
         drop(unindexed);
@@ -841,8 +844,7 @@ impl Packs {
     pub fn committed(&self, staged: Staged) {
         let mut unindexed = self.shared.unindexed.lock().unwrap();
         for (id, location) in staged.locations {
-            if matches!(unindexed.get(&id), Some(Unindexed::Written(written)) if *written == location)
-            {
+            if matches!(unindexed.get(&id), Some(Stored::Pack(written)) if *written == location) {
                 unindexed.remove(&id);
             }
         }
@@ -909,7 +911,7 @@ impl Packs {
             .lock()
             .unwrap()
             .values()
-            .filter(|chunk| matches!(chunk, Unindexed::Writing(_)))
+            .filter(|chunk| matches!(chunk, Stored::Memory(_)))
             .count()
     }
 
@@ -933,10 +935,8 @@ impl Packs {
         table: &impl ReadableTable<&'static str, (u64, u64, u32)>,
         id: &str,
     ) -> Result<Option<Stored>, EndpointError> {
-        match self.shared.unindexed.lock().unwrap().get(id) {
-            Some(Unindexed::Writing(chunk)) => return Ok(Some(Stored::Memory(chunk.clone()))),
-            Some(Unindexed::Written(location)) => return Ok(Some(Stored::Pack(*location))),
-            None => {}
+        if let Some(stored) = self.shared.unindexed.lock().unwrap().get(id) {
+            return Ok(Some(stored.clone()));
         }
         Ok(table.get(id)?.map(|value| {
             let (pack, offset, len) = value.value();
