@@ -49,7 +49,6 @@ pub struct IngestContext {
     /// far are made durable and indexed in the same transaction, so a recorded report
     /// never names a chunk a power cut could lose.
     pub blobs: crate::blobs::Blobs,
-    pub rules: Vec<Rule>,
     pub public_url: String,
     pub webhooks: Webhooks,
     pub metrics: Arc<Metrics>,
@@ -96,13 +95,17 @@ pub fn now_ms() -> u64 {
 }
 
 impl Committer {
-    /// Starts the committer thread on the database's journal.
-    pub fn start(db: Arc<Db>, context: IngestContext) -> Result<Committer, EndpointError> {
+    /// Starts the committer thread on the database's journal. `rules` mark reports
+    /// uninteresting; they are applied as reports come in ([`Committer::complete`]).
+    pub fn start(
+        db: Arc<Db>,
+        rules: Arc<[Rule]>,
+        context: IngestContext,
+    ) -> Result<Committer, EndpointError> {
         let journal = db.take_journal().ok_or_else(|| {
             EndpointError::Database("the ingest journal has a committer already".into())
         })?;
         let last_seq = db.journal_seq()?;
-        let rules: Arc<[Rule]> = context.rules.clone().into();
         let (journaled, journaled_receiver) = sync_channel(JOURNALED_BATCHES_MAX);
         let syncer = {
             let journal = journal.syncer()?;

@@ -182,9 +182,9 @@ pub fn start(config: EndpointConfig, mode: ServerMode) -> Result<RunningServer, 
             let webhooks = Webhooks::start(&config.webhooks, metrics.clone());
             let committer = Committer::start(
                 db.clone(),
+                config.rules.clone().into(),
                 IngestContext {
                     blobs: blobs.clone(),
-                    rules: config.rules.clone(),
                     public_url: public_url.clone(),
                     webhooks,
                     metrics: metrics.clone(),
