@@ -439,6 +439,12 @@ mod tests {
         }
     }
 
+    /// The socket a server holding `db` would start.
+    fn start_socket(config: &EndpointConfig, db: &Arc<Db>) -> AdminSocket {
+        let blobs = Blobs::open(config, db.clone()).unwrap();
+        AdminSocket::start(&config.data_dir, db.clone(), blobs, config.public_url(None)).unwrap()
+    }
+
     #[test]
     fn a_request_goes_to_the_database_or_through_the_running_servers_socket() {
         let dir = tempfile::tempdir().unwrap();
@@ -464,14 +470,7 @@ mod tests {
             Db::open(dir.path()),
             Err(EndpointError::InUse { .. })
         ));
-        let blobs = Blobs::open(&config, db.clone()).unwrap();
-        let socket = AdminSocket::start(
-            dir.path(),
-            db.clone(),
-            blobs.clone(),
-            config.public_url(None),
-        )
-        .unwrap();
+        let socket = start_socket(&config, &db);
         let (created, through_server) = run(
             &config,
             &AdminRequest::CreateToken {
@@ -554,7 +553,6 @@ mod tests {
 
         // Stopped, the socket is gone and the database free again.
         socket.stop();
-        drop(blobs);
         drop(db);
         assert!(!socket_path(dir.path()).exists());
         assert!(
@@ -581,14 +579,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         let db = Arc::new(Db::open(dir.path()).unwrap());
-        let blobs = Blobs::open(&config, db.clone()).unwrap();
-        let socket = AdminSocket::start(
-            dir.path(),
-            db.clone(),
-            blobs.clone(),
-            config.public_url(None),
-        )
-        .unwrap();
+        let socket = start_socket(&config, &db);
         // The export's first file is a FIFO: it waits for a reader there.
         let out = dir.path().join("export");
         std::fs::create_dir(&out).unwrap();
