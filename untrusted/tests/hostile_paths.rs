@@ -1,0 +1,207 @@
+//! What an attacker plants where root will read: symlinks (last component and earlier
+//! ones), FIFOs, devices, hard links, files of the wrong owner, escapes from a container
+//! root. Each is refused with its own error, and nothing blocks.
+
+use std::os::unix::fs::{MetadataExt, symlink};
+use std::path::Path;
+
+use crashmesh_untrusted::{
+    Directory, EntryKind, OpenError, Owner, Resolve, Rules, create_private, open_file, read_file,
+};
+
+fn mkfifo(path: &Path) {
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o666) }, 0);
+}
+
+#[test]
+fn a_symlink_in_any_component_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, b"root's secret").unwrap();
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    std::fs::write(dir.path().join("real/log"), b"a log").unwrap();
+    symlink(&secret, dir.path().join("real/link")).unwrap();
+    symlink(dir.path().join("real"), dir.path().join("linked-dir")).unwrap();
+
+    let (bytes, _) = read_file(
+        &dir.path().join("real/log"),
+        Resolve::NoSymlinks,
+        Rules::REGULAR,
+        1024,
+    )
+    .unwrap();
+    assert_eq!(bytes, b"a log");
+    for planted in ["real/link", "linked-dir/log"] {
+        let error = open_file(
+            &dir.path().join(planted),
+            Resolve::NoSymlinks,
+            Rules::REGULAR,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, OpenError::Symlink { .. }),
+            "{planted}: {error}"
+        );
+    }
+    // Root's own configuration may name a path through links.
+    let (bytes, _) = read_file(
+        &dir.path().join("real/link"),
+        Resolve::FollowSymlinks,
+        Rules::REGULAR,
+        1024,
+    )
+    .unwrap();
+    assert_eq!(bytes, b"root's secret");
+}
+
+#[test]
+fn a_fifo_or_a_device_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("hs_err_pid1.log");
+    mkfifo(&fifo);
+    // A plain open for reading would wait here for a writer that never comes.
+    let error = open_file(&fifo, Resolve::NoSymlinks, Rules::REGULAR).unwrap_err();
+    assert!(
+        matches!(error, OpenError::NotRegular { kind: "a FIFO", .. }),
+        "{error}"
+    );
+    let error = open_file(Path::new("/dev/null"), Resolve::NoSymlinks, Rules::REGULAR).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            OpenError::NotRegular {
+                kind: "a character device",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let error = open_file(dir.path(), Resolve::NoSymlinks, Rules::REGULAR).unwrap_err();
+    assert!(matches!(error, OpenError::NotRegular { .. }), "{error}");
+}
+
+#[test]
+fn owner_and_link_count_come_from_the_opened_descriptor() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vmcore-dmesg.txt");
+    std::fs::write(&file, b"log").unwrap();
+    let me = std::fs::metadata(&file).unwrap().uid();
+    let opened = open_file(&file, Resolve::NoSymlinks, Rules::ANY_SINGLE_LINK).unwrap();
+    assert_eq!(opened.uid(), me);
+
+    std::fs::hard_link(&file, dir.path().join("second-name")).unwrap();
+    let error = open_file(&file, Resolve::NoSymlinks, Rules::ANY_SINGLE_LINK).unwrap_err();
+    assert!(
+        matches!(error, OpenError::Links { links: 2, .. }),
+        "{error}"
+    );
+
+    let someone_else = me.wrapping_add(4242);
+    let rules = Rules {
+        owner: Owner::RootOr(someone_else),
+        single_link: false,
+    };
+    let result = open_file(&file, Resolve::NoSymlinks, rules);
+    if me == 0 {
+        assert!(result.is_ok());
+        std::os::unix::fs::chown(&file, Some(someone_else.wrapping_add(1)), None).unwrap();
+        let error = open_file(&file, Resolve::NoSymlinks, rules).unwrap_err();
+        assert!(matches!(error, OpenError::Owner { .. }), "{error}");
+        let error = open_file(&file, Resolve::NoSymlinks, Rules::ROOT_SINGLE_LINK).unwrap_err();
+        assert!(matches!(error, OpenError::Owner { .. }), "{error}");
+    } else {
+        assert!(matches!(result.unwrap_err(), OpenError::Owner { .. }));
+    }
+}
+
+#[test]
+fn inside_a_container_root_links_resolve_inside_it() {
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("host-secret"), b"host").unwrap();
+    let root = host.path().join("container");
+    std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+    std::fs::write(root.join("usr/lib/libc.so.6"), b"container libc").unwrap();
+    // A merged-/usr layout: /lib -> usr/lib, which must keep working.
+    symlink("usr/lib", root.join("lib")).unwrap();
+    // An escape attempt: absolute and relative links pointing out of the root.
+    symlink(
+        host.path().join("host-secret"),
+        root.join("usr/lib/absolute"),
+    )
+    .unwrap();
+    symlink("../../../host-secret", root.join("usr/lib/relative")).unwrap();
+
+    let in_root = Resolve::InRoot(&root);
+    let (bytes, _) = read_file(Path::new("/lib/libc.so.6"), in_root, Rules::REGULAR, 1024).unwrap();
+    assert_eq!(bytes, b"container libc");
+    for escape in ["/usr/lib/absolute", "/usr/lib/relative", "/../host-secret"] {
+        match read_file(Path::new(escape), in_root, Rules::REGULAR, 1024) {
+            Ok((bytes, _)) => panic!("{escape} read {:?} from outside the root", bytes),
+            Err(error) => assert!(error.is_not_found(), "{escape}: {error}"),
+        }
+    }
+}
+
+#[test]
+fn a_directory_reaches_its_children_by_descriptor_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("vmcore-dmesg.txt"), b"not from kdump").unwrap();
+    std::fs::create_dir(dir.path().join("127.0.0.1-2026-12-04")).unwrap();
+    std::fs::write(
+        dir.path().join("127.0.0.1-2026-12-04/vmcore-dmesg.txt"),
+        b"kdump",
+    )
+    .unwrap();
+    symlink(outside.path(), dir.path().join("planted-crash")).unwrap();
+    mkfifo(&dir.path().join("fifo"));
+
+    let crashes = Directory::open(dir.path()).unwrap();
+    let entries = crashes.entries().unwrap();
+    assert_eq!(
+        entries,
+        [
+            ("127.0.0.1-2026-12-04".to_string(), EntryKind::Directory),
+            ("fifo".to_string(), EntryKind::Other),
+            ("planted-crash".to_string(), EntryKind::Other),
+        ]
+    );
+    let crash = crashes.open_dir(Path::new("127.0.0.1-2026-12-04")).unwrap();
+    let mut log = crash
+        .open_file(Path::new("vmcore-dmesg.txt"), Rules::REGULAR)
+        .unwrap();
+    assert_eq!(log.read_capped(100).unwrap(), b"kdump");
+    let error = crashes.open_dir(Path::new("planted-crash")).unwrap_err();
+    assert!(matches!(error, OpenError::Symlink { .. }), "{error}");
+    let error = crashes
+        .open_file(Path::new("planted-crash/vmcore-dmesg.txt"), Rules::REGULAR)
+        .unwrap_err();
+    assert!(matches!(error, OpenError::Symlink { .. }), "{error}");
+    let error = crashes
+        .open_file(Path::new("../escape"), Rules::REGULAR)
+        .unwrap_err();
+    assert!(matches!(error, OpenError::Io { .. }), "{error}");
+}
+
+#[test]
+fn private_output_is_new_owner_only_and_never_written_through_a_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("core");
+    create_private(&out).unwrap();
+    assert_eq!(std::fs::metadata(&out).unwrap().mode() & 0o777, 0o600);
+    let error = create_private(&out).unwrap_err();
+    assert!(matches!(error, OpenError::Io { .. }), "{error}");
+
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    let planted = dir.path().join("planted");
+    symlink(&victim, &planted).unwrap();
+    let error = create_private(&planted).unwrap_err();
+    assert!(
+        matches!(error, OpenError::Symlink { .. } | OpenError::Io { .. }),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+}
