@@ -553,9 +553,9 @@ pub fn analyze_core_bytes(
             ModuleInfo {
                 path: descriptor.path.clone(),
                 resolved_path: file
-                    .resolved_path
+                    .resolved
                     .as_ref()
-                    .map(|path| path.display().to_string()),
+                    .map(|candidate| candidate.shown().display().to_string()),
                 start: descriptor.start,
                 end: descriptor.end,
                 load_bias: descriptor.load_bias,

@@ -209,7 +209,7 @@ impl ModuleBytes<'_> {
 /// A module's object as found on disk (or in the core, for the vdso).
 pub struct ModuleFile<'data> {
     /// The file that was opened, if one was.
-    pub resolved_path: Option<PathBuf>,
+    pub resolved: Option<Candidate>,
     /// Its bytes.
     pub bytes: Option<ModuleBytes<'data>>,
     /// The build-id the file itself carries.
@@ -236,9 +236,42 @@ impl<'data> ModuleFile<'data> {
     }
 }
 
+/// A place to look for a file a core names, and how far its path is trusted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// The container root the path resolves in (as if it were `/`), if any.
+    pub root: Option<PathBuf>,
+    /// The path: inside `root` when there is one, else on the host.
+    pub path: PathBuf,
+    /// The path comes from root's configuration (a host debug directory), so symlinks
+    /// in it are followed. Paths the crashed process chose are resolved without any.
+    pub trusted: bool,
+}
+
+impl Candidate {
+    /// Where it is, for people: the host path (the root joined with the path).
+    pub fn shown(&self) -> PathBuf {
+        match &self.root {
+            Some(root) => root.join(self.path.strip_prefix("/").unwrap_or(&self.path)),
+            None => self.path.clone(),
+        }
+    }
+
+    /// Another file in the same place, trusted the same way (a debuglink beside its
+    /// binary).
+    pub fn sibling(&self, path: PathBuf) -> Candidate {
+        Candidate {
+            root: self.root.clone(),
+            path,
+            trusted: self.trusted,
+        }
+    }
+}
+
 /// The candidates for a path recorded in the core: under the container root first, then
-/// on the host.
-pub fn candidate_paths(root: Option<&Path>, recorded: &str) -> Vec<PathBuf> {
+/// on the host. `trusted` says the path is root's own (a debug directory), not the
+/// crashed process's.
+pub fn candidate_paths(root: Option<&Path>, recorded: &str, trusted: bool) -> Vec<Candidate> {
     let mut recorded_paths = vec![recorded];
     if let Some(live) = recorded.strip_suffix(" (deleted)") {
         recorded_paths.push(live);
@@ -246,30 +279,44 @@ pub fn candidate_paths(root: Option<&Path>, recorded: &str) -> Vec<PathBuf> {
     let mut candidates = Vec::new();
     for path in recorded_paths {
         if let Some(root) = root {
-            candidates.push(root.join(path.trim_start_matches('/')));
+            candidates.push(Candidate {
+                root: Some(root.to_path_buf()),
+                path: PathBuf::from(path),
+                trusted: false,
+            });
         }
-        candidates.push(PathBuf::from(path));
+        candidates.push(Candidate {
+            root: None,
+            path: PathBuf::from(path),
+            trusted,
+        });
     }
     candidates
 }
 
-/// Map a regular file of at most `bytes_max` bytes.
-pub fn map_regular_file(path: &Path, bytes_max: u64) -> Result<memmap2::Mmap, String> {
-    let metadata = std::fs::metadata(path).map_err(|error| error.to_string())?;
-    if !metadata.is_file() {
-        return Err("not a regular file".to_string());
-    }
-    if metadata.len() > bytes_max {
+/// Map a regular file of at most `bytes_max` bytes. The file is opened as one the
+/// crashed process may have replaced (`crashmesh_untrusted`): no symlink followed in a
+/// path it chose, symlinks inside a container root kept inside it, never a FIFO or a
+/// device.
+pub fn map_regular_file(candidate: &Candidate, bytes_max: u64) -> Result<memmap2::Mmap, String> {
+    use crashmesh_untrusted::{Resolve, Rules};
+    let resolve = match (&candidate.root, candidate.trusted) {
+        (Some(root), _) => Resolve::InRoot(root),
+        (None, true) => Resolve::FollowSymlinks,
+        (None, false) => Resolve::NoSymlinks,
+    };
+    let opened = crashmesh_untrusted::open_file(&candidate.path, resolve, Rules::REGULAR)
+        .map_err(|error| error.to_string())?;
+    if opened.metadata.len() > bytes_max {
         return Err(format!(
             "{} bytes, more than the limit of {bytes_max}",
-            metadata.len()
+            opened.metadata.len()
         ));
     }
-    let file = std::fs::File::open(path).map_err(|error| error.to_string())?;
     // SAFETY: the map is read-only and private to this analysis. If another process
     // truncates the file while it is mapped, reads past the new end fault; that is the
     // accepted cost of not copying libraries (as every debugger does).
-    unsafe { memmap2::Mmap::map(&file) }.map_err(|error| error.to_string())
+    unsafe { memmap2::Mmap::map(&opened.file) }.map_err(|error| error.to_string())
 }
 
 /// Open the file behind a module and decide whether it is the build that ran.
@@ -282,7 +329,7 @@ pub fn open_module_file<'data>(
     page_bytes: u64,
 ) -> ModuleFile<'data> {
     let mut file = ModuleFile {
-        resolved_path: None,
+        resolved: None,
         bytes: None,
         build_id_on_disk: None,
         usable: false,
@@ -304,14 +351,14 @@ pub fn open_module_file<'data>(
         ModuleKind::File => {}
     }
     let mut errors = Vec::new();
-    for candidate in candidate_paths(root, &module.path) {
+    for candidate in candidate_paths(root, &module.path, false) {
         match map_regular_file(&candidate, file_bytes_max) {
             Ok(map) => {
-                file.resolved_path = Some(candidate);
+                file.resolved = Some(candidate);
                 file.bytes = Some(ModuleBytes::Mapped(map));
                 break;
             }
-            Err(error) => errors.push(format!("{}: {error}", candidate.display())),
+            Err(error) => errors.push(format!("{}: {error}", candidate.shown().display())),
         }
     }
     let Some(bytes) = file.bytes.as_ref().map(ModuleBytes::bytes) else {

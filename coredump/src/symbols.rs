@@ -27,7 +27,7 @@ use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
 use crate::dwarf::DwarfIndex;
 use crate::elf_header;
-use crate::modules::{ModuleFile, candidate_paths, map_regular_file};
+use crate::modules::{Candidate, ModuleFile, candidate_paths, map_regular_file};
 
 /// The DWARF sections the lookup reads.
 const DWARF_SECTIONS: &[gimli::SectionId] = &[
@@ -88,12 +88,12 @@ fn debug_file_matches(bytes: &[u8], build_id: Option<&[u8]>) -> bool {
 /// Find the separate debug file of a module.
 fn find_debug_file(
     elf: &ElfFile64<'_>,
-    resolved_path: Option<&Path>,
+    resolved: Option<&Candidate>,
     recorded_path: &str,
     build_id: Option<&[u8]>,
     search: &DebugSearch<'_>,
 ) -> Option<(PathBuf, memmap2::Mmap)> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
+    let mut candidates: Vec<Candidate> = Vec::new();
     if let Some(build_id) = build_id.filter(|id| id.len() >= 2) {
         let hex = elf_header::hex(build_id);
         for debug_dir in search.debug_dirs {
@@ -103,15 +103,18 @@ fn find_debug_file(
                 &hex[..2],
                 &hex[2..]
             );
-            candidates.extend(candidate_paths(search.root, &relative));
+            // The host's debug directories are root's: their build-id links are followed.
+            candidates.extend(candidate_paths(search.root, &relative, true));
         }
     }
     if let Ok(Some((link, _crc))) = elf.gnu_debuglink() {
         let link = String::from_utf8_lossy(link).into_owned();
         if !link.is_empty() && !link.contains('/') {
-            if let Some(directory) = resolved_path.and_then(Path::parent) {
-                candidates.push(directory.join(&link));
-                candidates.push(directory.join(".debug").join(&link));
+            if let Some(resolved) = resolved
+                && let Some(directory) = resolved.path.parent()
+            {
+                candidates.push(resolved.sibling(directory.join(&link)));
+                candidates.push(resolved.sibling(directory.join(".debug").join(&link)));
             }
             let recorded_directory = Path::new(recorded_path)
                 .parent()
@@ -123,20 +126,21 @@ fn find_debug_file(
                     debug_dir.display(),
                     recorded_directory.trim_start_matches('/')
                 );
-                candidates.extend(candidate_paths(search.root, &relative));
+                candidates.extend(candidate_paths(search.root, &relative, true));
             }
         }
     }
     for candidate in candidates {
         // The object itself can be its own debuglink target; skip it.
-        if Some(candidate.as_path()) == resolved_path {
+        if Some(&candidate) == resolved {
             continue;
         }
         if let Ok(map) = map_regular_file(&candidate, search.file_bytes_max)
             && debug_file_matches(&map, build_id)
         {
-            tracing::debug!(debug_file = %candidate.display(), "found a separate debug file");
-            return Some((candidate, map));
+            let shown = candidate.shown();
+            tracing::debug!(debug_file = %shown.display(), "found a separate debug file");
+            return Some((shown, map));
         }
     }
     None
@@ -159,7 +163,7 @@ impl DebugStore {
         if !main_has_dwarf || !main_has_symtab {
             store.debug_file = find_debug_file(
                 &elf,
-                module_file.resolved_path.as_deref(),
+                module_file.resolved.as_ref(),
                 recorded_path,
                 build_id,
                 search,

@@ -38,6 +38,10 @@ pub enum AnalyzeError {
     Core(String),
     #[error("analysis process: {0}")]
     Child(String),
+    #[error(
+        "the core decompresses to more than {bytes_max} bytes, all the store's quota and free-space floor leave; not analysed"
+    )]
+    ScratchFull { bytes_max: u64 },
 }
 
 /// A plain core file to analyse: the file itself, or a decompressed temporary copy of a
@@ -47,8 +51,19 @@ pub struct PlainCore {
     _temporary: Option<tempfile::TempPath>,
 }
 
-/// Give back a path to the plain core, decompressing `.zst` cores into `scratch_dir`.
-pub fn plain_core(path: &Path, scratch_dir: &Path) -> Result<PlainCore, AnalyzeError> {
+/// Where a compressed core is decompressed, and how large it may grow there.
+#[derive(Clone, Debug)]
+pub struct Scratch {
+    pub dir: PathBuf,
+    /// The daemon's scratch is inside its data dir, so a core decompressed there counts
+    /// against the store's quota; this is what the quota and the free-space floor leave.
+    pub bytes_max: u64,
+}
+
+/// Give back a path to the plain core, decompressing `.zst` cores into the scratch
+/// directory, refusing one that would grow beyond its `bytes_max`.
+pub fn plain_core(path: &Path, scratch: &Scratch) -> Result<PlainCore, AnalyzeError> {
+    let scratch_dir = &scratch.dir;
     let io_error = |source| AnalyzeError::Io {
         path: path.to_path_buf(),
         source,
@@ -68,10 +83,19 @@ pub fn plain_core(path: &Path, scratch_dir: &Path) -> Result<PlainCore, AnalyzeE
         .prefix("core-")
         .tempfile_in(scratch_dir)
         .map_err(io_error)?;
-    let mut decoder = zstd::stream::read::Decoder::new(compressed).map_err(io_error)?;
+    let decoder = zstd::stream::read::Decoder::new(compressed).map_err(io_error)?;
     // A truncated stream still gives the bytes before the cut: keep them.
-    if let Err(error) = io::copy(&mut decoder, temporary.as_file_mut()) {
-        tracing::warn!(path = %path.display(), %error, "compressed core is damaged; analysing what decompressed");
+    let mut limited = decoder.take(scratch.bytes_max.saturating_add(1));
+    match io::copy(&mut limited, temporary.as_file_mut()) {
+        Ok(written) if written > scratch.bytes_max => {
+            return Err(AnalyzeError::ScratchFull {
+                bytes_max: scratch.bytes_max,
+            });
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "compressed core is damaged; analysing what decompressed");
+        }
     }
     let temporary_path = temporary.into_temp_path();
     Ok(PlainCore {
@@ -86,9 +110,9 @@ pub fn analyze_core_here(
     path: &Path,
     context: &CoreContext,
     config: &AnalysisConfig,
-    scratch_dir: &Path,
+    scratch: &Scratch,
 ) -> Problem {
-    let analysis = plain_core(path, scratch_dir)
+    let analysis = plain_core(path, scratch)
         .map_err(|error| error.to_string())
         .and_then(|plain| {
             let options = crashmesh_coredump::AnalyzeOptions {
@@ -145,12 +169,19 @@ pub fn analyze_core_isolated(
     context: &CoreContext,
     config_file: Option<&Path>,
     config: &AnalysisConfig,
+    scratch: &Scratch,
 ) -> Result<Problem, AnalyzeError> {
     let mut command = Command::new(binary);
     if let Some(config_file) = config_file {
         command.arg("--config").arg(config_file);
     }
-    command.args(["analyze", "core", "--json"]).arg(core);
+    command
+        .args(["analyze", "core", "--json"])
+        .arg(core)
+        .arg("--scratch-dir")
+        .arg(&scratch.dir)
+        .arg("--scratch-bytes-max")
+        .arg(scratch.bytes_max.to_string());
     if let Some(root) = &context.root {
         command.arg("--root").arg(root);
     }

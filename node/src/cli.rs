@@ -115,6 +115,14 @@ pub enum AnalyzeCommand {
         /// Where the crashed process's binaries are (a container's root).
         #[arg(long)]
         root: Option<PathBuf>,
+        /// Where a compressed core is decompressed (default: the system's temporary
+        /// directory; the daemon passes its data dir's `scratch/`).
+        #[arg(long)]
+        scratch_dir: Option<PathBuf>,
+        /// The most bytes a compressed core may decompress to (the daemon passes what its
+        /// quota and free-space floor leave); a larger core is not analysed.
+        #[arg(long)]
+        scratch_bytes_max: Option<u64>,
     },
     /// A kernel log (dmesg, syslog, journal): every oops, panic, warning, MCE, hung task…
     Oops { file: PathBuf },

@@ -14,7 +14,7 @@ use crate::config::{Config, DEFAULT_CONFIG_TOML};
 use crate::control::{self, Request, Response};
 use crate::hook;
 use crate::install::{self, Change, KernelFiles};
-use crate::table::{Table, format_time_ms};
+use crate::table::{Table, format_time_ms, safe};
 
 /// What every command needs: the configuration and where the data lives.
 pub struct Context {
@@ -200,7 +200,8 @@ fn install_python_hook(context: &Context) -> Result<Vec<Change>> {
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default();
     let mut changes = Vec::new();
-    for (site, result) in crate::pyhook::install(&interpreters, &context.data_dir) {
+    let socket = crate::pyhook::socket_path(&context.data_dir, &context.config.python.socket);
+    for (site, result) in crate::pyhook::install(&interpreters, &context.data_dir, &socket) {
         let setting = format!("python hook in {}", site.display());
         match result {
             Ok(()) => {
@@ -254,11 +255,19 @@ fn uninstall_python_hook(context: &Context) -> Result<Vec<Change>> {
 /// `crashmesh analyze core|oops|python|hs-err FILE`.
 pub fn analyze(context: &Context, what: &AnalyzeCommand) -> Result<ExitCode> {
     let problems = match what {
-        AnalyzeCommand::Core { file, root } => {
+        AnalyzeCommand::Core {
+            file,
+            root,
+            scratch_dir,
+            scratch_bytes_max,
+        } => {
             if !file.exists() {
                 bail!("{}: no such file", file.display());
             }
-            let scratch = std::env::temp_dir();
+            let scratch = analyze::Scratch {
+                dir: scratch_dir.clone().unwrap_or_else(std::env::temp_dir),
+                bytes_max: scratch_bytes_max.unwrap_or(u64::MAX),
+            };
             let core_context = CoreContext { root: root.clone() };
             vec![analyze::analyze_core_here(
                 file,
@@ -298,38 +307,40 @@ fn read_text(path: &Path) -> Result<String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// A problem for people: reason, signature and the frames as a backtrace.
+/// A problem for people: reason, signature and the frames as a backtrace. Every field a
+/// crash or a log chose passes [`safe`] (no terminal control reaches the terminal).
 pub fn describe_problem(problem: &crashmesh_protocol::Problem) -> String {
-    let mut text = format!("{}: {}\n", problem.kind, problem.reason);
-    text.push_str(&format!("  signature: {}\n", problem.signature));
+    let mut text = format!("{}: {}\n", problem.kind, safe(&problem.reason));
+    text.push_str(&format!("  signature: {}\n", safe(&problem.signature)));
     if let Some(executable) = &problem.executable {
-        text.push_str(&format!("  executable: {executable}\n"));
+        text.push_str(&format!("  executable: {}\n", safe(executable)));
     }
     if let Some(exception) = &problem.exception_type {
         text.push_str(&format!(
-            "  exception: {exception}: {}\n",
-            problem.message.as_deref().unwrap_or("")
+            "  exception: {}: {}\n",
+            safe(exception),
+            safe(problem.message.as_deref().unwrap_or(""))
         ));
     }
     if let Some(version) = &problem.version {
-        text.push_str(&format!("  version: {version}\n"));
+        text.push_str(&format!("  version: {}\n", safe(version)));
     }
     if let Some(flags) = problem
         .taint_flags
         .as_ref()
         .filter(|flags| !flags.is_empty())
     {
-        text.push_str(&format!("  tainted: {}\n", flags.join("")));
+        text.push_str(&format!("  tainted: {}\n", safe(&flags.join(""))));
     }
     if let Some(error) = &problem.analysis_error {
-        text.push_str(&format!("  analysis error: {error}\n"));
+        text.push_str(&format!("  analysis error: {}\n", safe(error)));
     }
     for (index, frame) in problem.frames.iter().enumerate() {
         let address = frame
             .address
             .map(|a| format!("{a:#018x}"))
             .unwrap_or_else(|| "?".repeat(18));
-        let function = frame.function.as_deref().unwrap_or("??");
+        let function = safe(frame.function.as_deref().unwrap_or("??"));
         let mut line = format!(
             "  #{index:<3} {address} {}{function}",
             if frame.reliable { "" } else { "? " }
@@ -338,10 +349,10 @@ pub fn describe_problem(problem: &crashmesh_protocol::Problem) -> String {
             line.push_str(&format!("+{offset:#x}"));
         }
         if let Some(module) = &frame.module {
-            line.push_str(&format!(" ({module})"));
+            line.push_str(&format!(" ({})", safe(module)));
         }
         if let (Some(file), Some(number)) = (&frame.file, frame.line) {
-            line.push_str(&format!(" at {file}:{number}"));
+            line.push_str(&format!(" at {}:{number}", safe(file)));
         }
         text.push_str(&line);
         text.push('\n');
@@ -431,8 +442,8 @@ pub fn privacy(context: &Context, what: &crate::cli::PrivacyCommand) -> Result<E
         "customer: {}",
         manifest.customer_id.as_deref().unwrap_or("-")
     );
-    println!("reason: {}", manifest.problem.reason);
-    println!("signature: {}", manifest.signature);
+    println!("reason: {}", safe(&manifest.problem.reason));
+    println!("signature: {}", safe(&manifest.signature));
     for incident in &manifest.incidents {
         println!("incident: {} on {}", incident.report_id, incident.node);
     }
@@ -448,11 +459,16 @@ pub fn privacy(context: &Context, what: &crate::cli::PrivacyCommand) -> Result<E
     for attachment in &manifest.attachments {
         println!(
             "attachment: {} ({} bytes)",
-            attachment.name, attachment.blob.len_bytes
+            safe(&attachment.name),
+            attachment.blob.len_bytes
         );
     }
     for (name, text) in &preview.texts {
-        println!("--- {name}\n{text}");
+        // The attachment's lines as they are, each one's control characters escaped.
+        println!("--- {}", safe(name));
+        for line in text.lines() {
+            println!("{}", safe(line));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -561,17 +577,20 @@ pub fn problems(context: &Context, what: &ProblemsCommand) -> Result<ExitCode> {
             if let Some(reply) = &endpoint_reply {
                 println!(
                     "  endpoint: problem {} ({}){}{}",
-                    reply.problem_id,
+                    safe(&reply.problem_id),
                     if reply.known { "known before" } else { "new" },
                     reply
                         .bug
                         .as_ref()
-                        .map(|bug| format!("  bug {} [{}] {}", bug.id, bug.status, bug.url))
+                        .map(
+                            |bug| safe(&format!("  bug {} [{}] {}", bug.id, bug.status, bug.url))
+                                .into_owned()
+                        )
                         .unwrap_or_default(),
                     reply
                         .workaround
                         .as_ref()
-                        .map(|workaround| format!("  workaround: {workaround}"))
+                        .map(|workaround| format!("  workaround: {}", safe(workaround)))
                         .unwrap_or_default()
                 );
             }

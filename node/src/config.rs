@@ -291,6 +291,9 @@ pub struct PythonConfig {
     pub enabled: bool,
     /// Interpreters to hook; empty means every `python3` on PATH.
     pub interpreters: Vec<PathBuf>,
+    /// The socket every user's hook reports to; empty means `python.sock` in the data
+    /// dir's public sibling, `<data dir>-public/` (the data dir itself is root's alone).
+    pub socket: PathBuf,
 }
 
 impl Default for PythonConfig {
@@ -298,6 +301,7 @@ impl Default for PythonConfig {
         PythonConfig {
             enabled: true,
             interpreters: Vec::new(),
+            socket: PathBuf::new(),
         }
     }
 }

@@ -19,6 +19,10 @@ pub const REQUEST_BYTES_MAX: u64 = 1024 * 1024;
 pub const RESPONSE_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// How long the CLI waits for the daemon's answer.
 pub const RESPONSE_TIMEOUT_SECS: u64 = 60;
+/// How long a client may take to send its whole request.
+pub const REQUEST_DEADLINE_MS: u64 = 5_000;
+/// Requests served at once; more connections wait to be accepted.
+pub const CONNECTIONS_MAX: usize = 16;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -97,9 +101,10 @@ fn export_core(
     let Some(core) = core else {
         return Ok(Response::Error(format!("problem {id} has no kept core")));
     };
-    let mut file = match std::fs::File::create(out) {
+    // A new file, owner only, never written through a link planted at the path.
+    let mut file = match crashmesh_untrusted::create_private(out) {
         Ok(file) => file,
-        Err(error) => return Ok(Response::Error(format!("{}: {error}", out.display()))),
+        Err(error) => return Ok(Response::Error(error.to_string())),
     };
     store.read_blob(&core.blob, &mut file)?;
     Ok(Response::Exported {
@@ -137,7 +142,11 @@ pub async fn serve(
     mesh: crate::mesh::SharedMeshView,
 ) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -149,10 +158,16 @@ pub async fn serve(
         let store = store.clone();
         let mesh = mesh.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let (reader, mut writer) = stream.into_split();
             let mut line = Vec::new();
             let mut reader = tokio::io::BufReader::new(reader.take(REQUEST_BYTES_MAX));
-            if reader.read_until(b'\n', &mut line).await.is_err() {
+            let read = tokio::time::timeout(
+                Duration::from_millis(REQUEST_DEADLINE_MS),
+                reader.read_until(b'\n', &mut line),
+            )
+            .await;
+            if !matches!(read, Ok(Ok(_))) {
                 return;
             }
             let response = match serde_json::from_slice::<Request>(&line) {

@@ -26,6 +26,8 @@ def _message(exc_type, exc, tb):
     return {
         "format_version": 1,
         "time_ms": int(time.time() * 1000),
+        # The daemon takes who sent this from the kernel; pid and uid are for the spool
+        # entry written when the daemon is down (by root only).
         "pid": os.getpid(),
         "uid": os.getuid(),
         "executable": sys.executable,
@@ -50,9 +52,14 @@ def _send(message):
 
 
 def _write_spool(message):
-    """The daemon is down: leave a complete spool entry, as the core hook does."""
+    """The daemon is down: leave a complete spool entry, as the core hook does. Only
+    root can: the spool is root's alone, and the daemon believes what the kernel says of
+    a sender, never a file another user could have written."""
     import json
     import os
+
+    if os.geteuid() != 0:
+        return
 
     entry_id = "%013d-%d-py%s" % (message["time_ms"], message["pid"], os.urandom(4).hex())
     temporary = os.path.join(_SPOOL, "tmp", entry_id)

@@ -47,8 +47,17 @@ pub fn open_store(context: &Context) -> Result<Store> {
 
 /// Run the daemon until SIGINT/SIGTERM, or with `once` until the spool is empty.
 pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
-    std::fs::create_dir_all(&context.data_dir)
-        .with_context(|| format!("creating {}", context.data_dir.display()))?;
+    let tightened = crashmesh_store::make_private(&context.data_dir)
+        .with_context(|| format!("making {} private", context.data_dir.display()))?;
+    if tightened.changed > 0 {
+        tracing::warn!(
+            changed = tightened.changed,
+            "the data dir held files others could read; they are now the owner's alone"
+        );
+    }
+    for link in &tightened.symlinks {
+        tracing::warn!(link = %link.display(), "a symlink in the data dir (not followed)");
+    }
     let spool = Spool::new(&context.data_dir);
     spool.create_dirs()?;
     let abandoned = spool.clean_tmp(writer_idle_limit(context))?;
@@ -103,6 +112,8 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
     let writer_idle_limit = writer_idle_limit(context);
     let proc_file_bytes_max = context.config.capture.proc_file_bytes_max.0;
     let ignore_paths = context.config.capture.ignore_paths.clone();
+    let python_socket_config = context.config.python.socket.clone();
+    let python_socket_path = crate::pyhook::socket_path(&data_dir, &python_socket_config);
     let system = actix::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -122,17 +133,19 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
                 crate::mesh::forward_announcements(receiver, mesh);
             }
         }
-        let python_socket = crate::pyhook::socket_path(&data_dir);
-        let _ = std::fs::remove_file(&python_socket);
-        let python_listener = tokio::net::UnixListener::bind(&python_socket)
-            .with_context(|| format!("binding {}", python_socket.display()))?;
-        // Any user's Python reports here; what it sends is size-capped and parsed strictly.
-        allow_everyone(&python_socket);
-        tokio::spawn(serve_python(
-            python_listener,
-            data_dir.clone(),
-            proc_file_bytes_max,
-        ));
+        let python_socket = crate::pyhook::socket_path(&data_dir, &python_socket_config);
+        match listen_python(&python_socket) {
+            Ok(listener) => {
+                tokio::spawn(serve_python(
+                    listener,
+                    data_dir.clone(),
+                    proc_file_bytes_max,
+                ));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the Python socket is off; exceptions of root's processes still reach the spool")
+            }
+        }
         IngestActor {
             ingester,
             busy: false,
@@ -178,7 +191,7 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
         wait_for_shutdown().await;
         tracing::info!("shutting down");
         let _ = std::fs::remove_file(&socket);
-        let _ = std::fs::remove_file(crate::pyhook::socket_path(&data_dir));
+        let _ = std::fs::remove_file(&python_socket_path);
         Ok(())
     });
     result?;
@@ -190,20 +203,36 @@ fn restrict_to_owner(path: &std::path::Path) {
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
 }
 
-fn allow_everyone(path: &std::path::Path) {
+/// Binds the Python socket in its public directory (see [`crate::pyhook::prepare_socket_dir`]):
+/// any user may connect; who they are comes from the kernel.
+fn listen_python(socket: &std::path::Path) -> Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666));
+    if let Some(dir) = socket.parent() {
+        crate::pyhook::prepare_socket_dir(dir).map_err(anyhow::Error::msg)?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+        .with_context(|| format!("opening {} to every user", socket.display()))?;
+    Ok(listener)
 }
 
-/// Take reports from the Python hook: each connection is handled on the blocking pool
-/// (a /proc snapshot and an fsynced spool entry), then answered.
+/// Take reports from the Python hook. Each connection's sender is known from
+/// `SO_PEERCRED`; it has [`crate::pyhook::READ_DEADLINE_MS`] for its whole report (at
+/// most [`crate::pyhook::MESSAGE_BYTES_MAX`]), read without a thread, and holds one of
+/// its user's [`crate::pyhook::CONNECTIONS_PER_UID_MAX`] slots until answered; the
+/// snapshot and the spool entry are written on the blocking pool.
 async fn serve_python(
     listener: tokio::net::UnixListener,
     data_dir: std::path::PathBuf,
     proc_file_bytes_max: u64,
 ) {
+    use crate::pyhook::{self, ConnectionSlots, PeerCredentials};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let slots = ConnectionSlots::new(pyhook::CONNECTIONS_MAX, pyhook::CONNECTIONS_PER_UID_MAX);
     loop {
-        let stream = match listener.accept().await {
+        let mut stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
                 tracing::warn!(%error, "python socket accept failed");
@@ -211,18 +240,75 @@ async fn serve_python(
                 continue;
             }
         };
-        let data_dir = data_dir.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut stream = match stream.into_std() {
-                Ok(stream) => stream,
-                Err(error) => return tracing::warn!(%error, "python socket"),
-            };
-            let _ = stream.set_nonblocking(false);
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            match crate::pyhook::handle_connection(&mut stream, &data_dir, proc_file_bytes_max) {
-                Ok(entry) => tracing::info!(%entry, "python exception spooled"),
-                Err(error) => tracing::warn!(%error, "python report refused"),
+        let peer = match stream.peer_cred() {
+            Ok(credentials) => match credentials.pid() {
+                Some(pid) if pid > 0 => PeerCredentials {
+                    pid: pid as u32,
+                    uid: credentials.uid(),
+                    gid: credentials.gid(),
+                },
+                _ => continue,
+            },
+            Err(error) => {
+                tracing::warn!(%error, "python socket: no peer credentials");
+                continue;
             }
+        };
+        let Some(slot) = slots.take(peer.uid) else {
+            tracing::warn!(
+                uid = peer.uid,
+                pid = peer.pid,
+                "python socket: too many connections of this user; refused"
+            );
+            continue;
+        };
+        let data_dir = data_dir.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut message = Vec::new();
+            let read = tokio::time::timeout(
+                Duration::from_millis(pyhook::READ_DEADLINE_MS),
+                tokio::io::BufReader::new((&mut stream).take(pyhook::MESSAGE_BYTES_MAX))
+                    .read_until(b'\n', &mut message),
+            )
+            .await;
+            match read {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    return tracing::warn!(uid = peer.uid, pid = peer.pid, %error, "python report not read");
+                }
+                Err(_) => {
+                    return tracing::warn!(
+                        uid = peer.uid,
+                        pid = peer.pid,
+                        "python report not complete within {} ms; dropped",
+                        pyhook::READ_DEADLINE_MS
+                    );
+                }
+            }
+            let spooled = tokio::task::spawn_blocking(move || {
+                pyhook::spool_report(&message, peer, now_ms(), &data_dir, proc_file_bytes_max)
+            })
+            .await;
+            let answer = match spooled {
+                Ok(Ok(entry)) => {
+                    tracing::info!(%entry, uid = peer.uid, pid = peer.pid, "python exception spooled");
+                    "ok\n".to_string()
+                }
+                Ok(Err(refused)) => {
+                    tracing::warn!(uid = peer.uid, pid = peer.pid, %refused, "python report refused");
+                    format!("refused: {refused}\n")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "python report panicked");
+                    "refused: internal error\n".to_string()
+                }
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_millis(pyhook::READ_DEADLINE_MS),
+                stream.write_all(answer.as_bytes()),
+            )
+            .await;
         });
     }
 }

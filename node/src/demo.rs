@@ -747,7 +747,7 @@ fn python_exception(python: &Path, app: &Path, data_dir: &Path, customer: bool) 
     let module = crate::pyhook::HOOK_MODULE
         .replace(
             "@SOCKET@",
-            &crate::pyhook::socket_path(data_dir).to_string_lossy(),
+            &crate::pyhook::socket_path(data_dir, Path::new("")).to_string_lossy(),
         )
         .replace(
             "@SPOOL@",

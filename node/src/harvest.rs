@@ -189,6 +189,20 @@ pub enum HarvestError {
     },
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
+    /// A file that is not what kdump or pstore write: a symlink, a FIFO, a hard link, a
+    /// file of another owner (planted in a directory others can write).
+    #[error(transparent)]
+    Refused(#[from] crashmesh_untrusted::OpenError),
+}
+
+/// Opens a file below a configured kdump or pstore directory the way a file others may
+/// have planted is opened: through the directory's descriptor, no symlink below it, and
+/// only a regular file owned by root with one link (kdump and the kernel write as root;
+/// `/var/crash` is world-writable on some distributions).
+fn open_crash_file(base: &Path, path: &Path) -> Result<crashmesh_untrusted::Opened, HarvestError> {
+    let relative = path.strip_prefix(base).unwrap_or(path);
+    Ok(crashmesh_untrusted::Directory::open(base)?
+        .open_file(relative, crashmesh_untrusted::Rules::ROOT_SINGLE_LINK)?)
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> HarvestError + '_ {
@@ -201,6 +215,8 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> HarvestError + '_ {
 /// One kdump crash directory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KdumpCrash {
+    /// The configured kdump directory it was found in.
+    pub base: PathBuf,
     pub dir: PathBuf,
     /// `vmcore-dmesg.txt` (RHEL, Fedora, SUSE) or `dmesg.<stamp>` (Debian, Ubuntu).
     pub dmesg: Option<PathBuf>,
@@ -209,23 +225,29 @@ pub struct KdumpCrash {
     pub key: String,
 }
 
-/// Crash directories under each kdump directory, oldest name first.
+/// Crash directories under each kdump directory, oldest name first. Only real
+/// directories count (a symlink planted in `/var/crash` is not one).
 pub fn find_kdump_crashes(dirs: &[PathBuf]) -> Vec<KdumpCrash> {
+    use crashmesh_untrusted::{Directory, EntryKind};
     let mut crashes = Vec::new();
     for dir in dirs {
-        let mut subdirs: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(entries) => entries
-                .filter_map(|entry| entry.ok())
-                .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
-                .map(|entry| entry.path())
-                .collect(),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+        let listed = Directory::open(dir).and_then(|directory| {
+            let names = directory.entries()?;
+            Ok((directory, names))
+        });
+        let (directory, entries) = match listed {
+            Ok(listed) => listed,
+            Err(error) if error.is_not_found() => continue,
             Err(error) => {
-                tracing::warn!(dir = %dir.display(), %error, "cannot list a kdump directory");
+                tracing::warn!(%error, "cannot list a kdump directory");
                 continue;
             }
         };
-        subdirs.sort();
+        let mut subdirs: Vec<String> = entries
+            .into_iter()
+            .filter(|(_, kind)| *kind == EntryKind::Directory)
+            .map(|(name, _)| name)
+            .collect();
         if subdirs.len() > KDUMP_CRASHES_MAX {
             tracing::warn!(dir = %dir.display(), count = subdirs.len(), "too many kdump crashes; the newest are harvested");
             subdirs.drain(..subdirs.len() - KDUMP_CRASHES_MAX);
@@ -233,20 +255,29 @@ pub fn find_kdump_crashes(dirs: &[PathBuf]) -> Vec<KdumpCrash> {
         crashes.extend(
             subdirs
                 .into_iter()
-                .filter_map(|subdir| kdump_crash(&subdir)),
+                .filter_map(|name| kdump_crash(&directory, &name)),
         );
     }
     crashes
 }
 
-fn kdump_crash(dir: &Path) -> Option<KdumpCrash> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
+fn kdump_crash(base: &crashmesh_untrusted::Directory, name: &str) -> Option<KdumpCrash> {
+    use crashmesh_untrusted::EntryKind;
+    let crash = match base.open_dir(Path::new(name)) {
+        Ok(crash) => crash,
+        Err(error) => {
+            tracing::warn!(%error, "a kdump crash directory is not opened");
+            return None;
+        }
+    };
+    let names: Vec<String> = crash
+        .entries()
         .ok()?
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_file()))
-        .filter_map(|entry| entry.file_name().into_string().ok())
+        .into_iter()
+        .filter(|(_, kind)| *kind == EntryKind::File)
+        .map(|(name, _)| name)
         .collect();
-    names.sort();
+    let dir = crash.path().to_path_buf();
     let find = |exact: &[&str], prefix: &str| {
         exact
             .iter()
@@ -258,7 +289,13 @@ fn kdump_crash(dir: &Path) -> Option<KdumpCrash> {
     let dmesg = find(&["vmcore-dmesg.txt"], "dmesg.");
     let vmcore = find(&["vmcore", "vmcore.flat", "vmcore-incomplete"], "dump.");
     let identity = dmesg.as_ref().or(vmcore.as_ref())?;
-    let metadata = std::fs::metadata(identity).ok()?;
+    let metadata = match open_crash_file(base.path(), identity) {
+        Ok(opened) => opened.metadata,
+        Err(error) => {
+            tracing::warn!(%error, "a kdump crash is not harvested");
+            return None;
+        }
+    };
     let key = format!(
         "kdump:{}:{}:{}",
         identity.display(),
@@ -266,17 +303,18 @@ fn kdump_crash(dir: &Path) -> Option<KdumpCrash> {
         watch::modified_ms(&metadata)
     );
     Some(KdumpCrash {
-        dir: dir.to_path_buf(),
+        base: base.path().to_path_buf(),
+        dir,
         dmesg,
         vmcore,
         key,
     })
 }
 
-/// The last `bytes_max` bytes of a file, as text (lossy), and its modification time.
-fn read_tail(path: &Path, bytes_max: u64) -> Result<(String, u64), HarvestError> {
-    let mut file = std::fs::File::open(path).map_err(io_error(path))?;
-    let metadata = file.metadata().map_err(io_error(path))?;
+/// The last `bytes_max` bytes of a crash's file, as text (lossy), its modification time
+/// and its length.
+fn read_tail(base: &Path, path: &Path, bytes_max: u64) -> Result<(String, u64, u64), HarvestError> {
+    let crashmesh_untrusted::Opened { mut file, metadata } = open_crash_file(base, path)?;
     let start = metadata.len().saturating_sub(bytes_max);
     file.seek(SeekFrom::Start(start)).map_err(io_error(path))?;
     let mut bytes = Vec::new();
@@ -290,7 +328,7 @@ fn read_tail(path: &Path, bytes_max: u64) -> Result<(String, u64), HarvestError>
             text.drain(..=newline);
         }
     }
-    Ok((text, watch::modified_ms(&metadata)))
+    Ok((text, watch::modified_ms(&metadata), metadata.len()))
 }
 
 fn spool_kdump_crash(
@@ -301,8 +339,8 @@ fn spool_kdump_crash(
     let mut notes = vec![format!("harvested from kdump: {}", crash.dir.display())];
     let (text, time_ms) = match &crash.dmesg {
         Some(path) => {
-            let (text, modified_ms) = read_tail(path, config.dmesg_bytes_max.0)?;
-            let length = std::fs::metadata(path).map_or(0, |m| m.len());
+            let (text, modified_ms, length) =
+                read_tail(&crash.base, path, config.dmesg_bytes_max.0)?;
             if length > config.dmesg_bytes_max.0 {
                 notes.push(format!(
                     "{}: only its last {} of {length} bytes were read",
@@ -315,7 +353,7 @@ fn spool_kdump_crash(
         None => (None, 0),
     };
     let vmcore = match &crash.vmcore {
-        Some(path) => Some(vmcore_info(path, config)?),
+        Some(path) => Some(vmcore_info(&crash.base, path, config)?),
         None => None,
     };
     let time_ms = match (&vmcore, time_ms) {
@@ -372,6 +410,7 @@ fn spool_kdump_crash(
         attachments.push((
             "vmcore".to_string(),
             Attachment::File {
+                file: open_crash_file(&crash.base, &vmcore.path)?.file,
                 path: &vmcore.path,
                 bytes_max: vmcore.bytes,
             },
@@ -386,6 +425,7 @@ fn spool_kdump_crash(
             comm: problem.process.clone(),
             problem,
             pid: None,
+            uid: Some(0),
             attachments,
             notes,
         },
@@ -394,9 +434,12 @@ fn spool_kdump_crash(
 }
 
 /// Size, time and (when small enough) the blake3 hash of a vmcore, read streaming.
-pub fn vmcore_info(path: &Path, config: &KdumpConfig) -> Result<VmcoreInfo, HarvestError> {
-    let file = std::fs::File::open(path).map_err(io_error(path))?;
-    let metadata = file.metadata().map_err(io_error(path))?;
+pub fn vmcore_info(
+    base: &Path,
+    path: &Path,
+    config: &KdumpConfig,
+) -> Result<VmcoreInfo, HarvestError> {
+    let crashmesh_untrusted::Opened { file, metadata } = open_crash_file(base, path)?;
     let bytes = metadata.len();
     let blake3 = if bytes <= config.vmcore_hash_bytes_max.0 {
         let mut hasher = blake3::Hasher::new();
@@ -502,6 +545,8 @@ fn linux_version(log: &str) -> Option<String> {
 /// One pstore record file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PstoreRecord {
+    /// The configured pstore directory it was found in.
+    pub base: PathBuf,
     pub path: PathBuf,
     /// `ramoops`, `efi`, … (from `dmesg-<backend>-<id>`).
     pub backend: String,
@@ -564,8 +609,8 @@ fn parse_pstore_header(line: &str) -> Option<(String, u32, u32)> {
     Some((reason.to_string(), count.parse().ok()?, part.parse().ok()?))
 }
 
-/// Read one `dmesg-<backend>-<id>` record.
-pub fn read_pstore_record(path: &Path) -> Result<PstoreRecord, HarvestError> {
+/// Read one `dmesg-<backend>-<id>` record below the pstore directory `base`.
+pub fn read_pstore_record(base: &Path, path: &Path) -> Result<PstoreRecord, HarvestError> {
     let name = path
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
@@ -575,8 +620,7 @@ pub fn read_pstore_record(path: &Path) -> Result<PstoreRecord, HarvestError> {
         .and_then(|rest| rest.split('-').next())
         .unwrap_or("unknown")
         .to_string();
-    let file = std::fs::File::open(path).map_err(io_error(path))?;
-    let metadata = file.metadata().map_err(io_error(path))?;
+    let crashmesh_untrusted::Opened { file, metadata } = open_crash_file(base, path)?;
     let mut bytes = Vec::new();
     file.take(PSTORE_RECORD_BYTES_MAX)
         .read_to_end(&mut bytes)
@@ -588,6 +632,7 @@ pub fn read_pstore_record(path: &Path) -> Result<PstoreRecord, HarvestError> {
         None => ("Unknown".to_string(), 0, 1, text.clone()),
     };
     Ok(PstoreRecord {
+        base: base.to_path_buf(),
         path: path.to_path_buf(),
         backend,
         reason,
@@ -598,38 +643,36 @@ pub fn read_pstore_record(path: &Path) -> Result<PstoreRecord, HarvestError> {
     })
 }
 
-/// The dmesg record files directly in `dirs` and one level below.
-fn pstore_record_paths(dirs: &[PathBuf]) -> Vec<PathBuf> {
+/// The dmesg record files directly in `dirs` and one level below (systemd-pstore's
+/// per-boot directories), each with the configured directory it is in. Only real
+/// directories and regular files count.
+fn pstore_record_paths(dirs: &[PathBuf]) -> Vec<(PathBuf, PathBuf)> {
+    use crashmesh_untrusted::{Directory, EntryKind};
     let mut paths = Vec::new();
-    let look = |dir: &Path, paths: &mut Vec<PathBuf>, subdirs: Option<&mut Vec<PathBuf>>| {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        let mut subdirs = subdirs;
-        for entry in entries.filter_map(|entry| entry.ok()) {
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if kind.is_dir() {
-                if let Some(subdirs) = subdirs.as_deref_mut() {
-                    subdirs.push(entry.path());
-                }
-            } else if kind.is_file() && name.starts_with("dmesg-") {
+    let look = |directory: &Directory, base: &Path, paths: &mut Vec<(PathBuf, PathBuf)>| {
+        let mut subdirs = Vec::new();
+        for (name, kind) in directory.entries().unwrap_or_default() {
+            if kind == EntryKind::Directory {
+                subdirs.push(name);
+            } else if kind == EntryKind::File && name.starts_with("dmesg-") {
                 if name.ends_with(".enc.z") {
                     // The kernel could not decompress it; there is no text to read.
-                    tracing::debug!(record = %entry.path().display(), "compressed pstore record skipped");
+                    tracing::debug!(record = %directory.path().join(&name).display(), "compressed pstore record skipped");
                     continue;
                 }
-                paths.push(entry.path());
+                paths.push((base.to_path_buf(), directory.path().join(name)));
             }
         }
+        subdirs
     };
     for dir in dirs {
-        let mut subdirs = Vec::new();
-        look(dir, &mut paths, Some(&mut subdirs));
-        for subdir in subdirs {
-            look(&subdir, &mut paths, None);
+        let Ok(directory) = Directory::open(dir) else {
+            continue;
+        };
+        for subdir in look(&directory, dir, &mut paths) {
+            if let Ok(below) = directory.open_dir(Path::new(&subdir)) {
+                look(&below, dir, &mut paths);
+            }
         }
     }
     paths.sort();
@@ -643,8 +686,8 @@ fn pstore_record_paths(dirs: &[PathBuf]) -> Vec<PathBuf> {
 /// (two boots' `Panic#1`), parts put in log order.
 pub fn find_pstore_dumps(dirs: &[PathBuf]) -> Vec<PstoreDump> {
     let mut groups: BTreeMap<(PathBuf, String, String, u32), Vec<PstoreRecord>> = BTreeMap::new();
-    for path in pstore_record_paths(dirs) {
-        match read_pstore_record(&path) {
+    for (base, path) in pstore_record_paths(dirs) {
+        match read_pstore_record(&base, &path) {
             Ok(record) => {
                 let parent = path.parent().unwrap_or(Path::new("")).to_path_buf();
                 groups
@@ -718,6 +761,7 @@ fn spool_pstore_dump(data_dir: &Path, dump: &PstoreDump, key: &str) -> Result<bo
         attachments.push((
             format!("pstore/{name}"),
             Attachment::File {
+                file: open_crash_file(&part.base, &part.path)?.file,
                 path: &part.path,
                 bytes_max: PSTORE_RECORD_BYTES_MAX,
             },
@@ -739,6 +783,7 @@ fn spool_pstore_dump(data_dir: &Path, dump: &PstoreDump, key: &str) -> Result<bo
             comm: problem.process.clone(),
             problem,
             pid: None,
+            uid: Some(0),
             attachments,
             notes,
         },

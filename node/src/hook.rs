@@ -194,10 +194,13 @@ pub fn run(
             "the crashed process is a crashmesh hook".into(),
         ));
     }
-    let proc_dir = PathBuf::from(format!("/proc/{}", args.pid));
-    let executable = std::fs::read_link(proc_dir.join("exe"))
+    // Opened once: while the kernel holds the process this is its /proc, and no later
+    // process of the same pid can be read through it.
+    let proc_dir = procsnap::ProcDir::open(args.pid);
+    let executable = proc_dir
+        .as_ref()
         .ok()
-        .map(|p| p.to_string_lossy().into_owned());
+        .and_then(|proc_dir| proc_dir.read_link("exe"));
     if let Some(pattern) = executable
         .as_deref()
         .and_then(|exe| is_ignored(exe, &config.capture.ignore_paths))
@@ -242,13 +245,22 @@ pub fn run(
     };
 
     // The snapshot first: it is small and only possible while the process is held.
-    let snapshot = procsnap::snapshot(args.pid, &writer, config.capture.proc_file_bytes_max.0)?;
-    meta.proc_files = snapshot.files;
-    meta.notes.extend(snapshot.notes);
-    if let Ok(cgroup) = std::fs::read_to_string(proc_dir.join("cgroup")) {
-        meta.container_id = procsnap::container_id_from_cgroup(&cgroup);
+    match &proc_dir {
+        Ok(proc_dir) => {
+            let snapshot =
+                procsnap::snapshot(proc_dir, &writer, config.capture.proc_file_bytes_max.0)?;
+            meta.proc_files = snapshot.files;
+            meta.notes.extend(snapshot.notes);
+            if let Ok(cgroup) = proc_dir.read_capped("cgroup", 1024 * 1024) {
+                meta.container_id =
+                    procsnap::container_id_from_cgroup(&String::from_utf8_lossy(&cgroup));
+            }
+            meta.root = snapshot.links.root.filter(|root| root != "/");
+        }
+        Err(error) => meta
+            .notes
+            .push(format!("/proc/{}: {error}; no snapshot", args.pid)),
     }
-    meta.root = snapshot.links.root.filter(|root| root != "/");
 
     let free = free_bytes(data_dir);
     if repeat_of.is_some() {

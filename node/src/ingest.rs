@@ -294,6 +294,27 @@ impl Ingester {
         Ok(kept.is_none_or(|kept| kept < self.config.store.max_cores_per_signature))
     }
 
+    /// Where the analysis child decompresses a core: the data dir's `scratch/`, so the
+    /// copy counts against the quota, at most what the quota and the hook's free-space
+    /// floor (`capture.min_free_bytes`) leave.
+    fn scratch(&self) -> analyze::Scratch {
+        let bytes_max = match self.store.status() {
+            Ok(status) => status.allowed_bytes.saturating_sub(status.used_bytes).min(
+                status
+                    .fs_free_bytes
+                    .saturating_sub(self.config.capture.min_free_bytes.0),
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "cannot measure the store; cores are not decompressed");
+                0
+            }
+        };
+        analyze::Scratch {
+            dir: self.data_dir.join("scratch"),
+            bytes_max,
+        }
+    }
+
     fn put_file(&self, path: &Path) -> Result<crashmesh_store::BlobId, IngestError> {
         let file = std::fs::File::open(path).map_err(|source| IngestError::Io {
             path: path.to_path_buf(),
@@ -335,6 +356,7 @@ impl Ingester {
                 &context,
                 self.config_file.as_deref(),
                 &self.config.analysis,
+                &self.scratch(),
             )
             .unwrap_or_else(|error| {
                 tracing::warn!(entry = %meta.id, %error, "core analysis failed; recording the incident without frames");

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -239,16 +239,16 @@ impl HsErrWatcher {
             path: path.to_path_buf(),
             source,
         };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(io_error)?;
-        let metadata = file.metadata().map_err(io_error)?;
-        if !metadata.is_file() || metadata.nlink() != 1 {
-            tracing::warn!(file = %path.display(), "not a plain hs_err file (a link?); ignored");
-            return Ok(None);
-        }
+        let crashmesh_untrusted::Opened { file, metadata } = match open_hs_err(path) {
+            Ok(opened) => opened,
+            Err(error) if error.is_not_found() => {
+                return Err(io_error(std::io::ErrorKind::NotFound.into()));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "not a plain hs_err file; ignored");
+                return Ok(None);
+            }
+        };
         let bytes_max = self.config.file_bytes_max.0;
         let mut bytes = Vec::new();
         file.take(bytes_max)
@@ -289,6 +289,8 @@ impl HsErrWatcher {
                 source: "hs_err",
                 time_ms: modified_ms,
                 pid: pid_of(path),
+                // The JVM writes its report as the user it runs as.
+                uid: Some(metadata.uid()),
                 comm: Some("java".to_string()),
                 problem,
                 attachments: vec![(name, Attachment::Bytes(&bytes))],
@@ -367,17 +369,19 @@ pub fn pid_of(path: &Path) -> Option<u32> {
         .ok()
 }
 
+/// Opens an hs_err file as one a user wrote: never a symlink, a FIFO or a hard link to
+/// someone else's file; its owner comes with it.
+fn open_hs_err(path: &Path) -> Result<crashmesh_untrusted::Opened, crashmesh_untrusted::OpenError> {
+    watch::open_found_file(path, crashmesh_untrusted::Rules::ANY_SINGLE_LINK)
+}
+
 /// Does the file end with HotSpot's closing `END.` line?
 fn ends_with_end_marker(path: &Path) -> bool {
     use std::io::{Seek, SeekFrom};
-    let Ok(mut file) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    else {
+    let Ok(crashmesh_untrusted::Opened { mut file, metadata }) = open_hs_err(path) else {
         return false;
     };
-    let length = file.metadata().map_or(0, |metadata| metadata.len());
+    let length = metadata.len();
     if file
         .seek(SeekFrom::Start(length.saturating_sub(16)))
         .is_err()

@@ -8,6 +8,11 @@ use crashmesh::cli::{Cli, Command, ConfigCommand, HookCommand, NodeCommand};
 use crashmesh::commands::{self, Context};
 
 fn main() -> ExitCode {
+    // Evidence belongs to root: whatever this process creates is its owner's alone unless
+    // the code says otherwise (the Python hook's files, the Python socket); see
+    // docs/security.md.
+    // SAFETY: umask only sets this process's file creation mask.
+    unsafe { libc::umask(0o077) };
     crashmesh::malloc::tune();
     // The only TLS provider (DESIGN.md): installed before anything builds a rustls config.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

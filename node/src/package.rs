@@ -46,13 +46,19 @@ const EXECUTABLE_BYTES_MAX: u64 = 1 << 30;
 /// `name version` from the executable's `.note.package` note, if it has one.
 pub fn package_note(executable: &Path) -> Option<String> {
     use object::{Object, ObjectSection};
-    let file = std::fs::File::open(executable).ok()?;
-    if file.metadata().ok()?.len() > EXECUTABLE_BYTES_MAX {
+    // The path is the crashed process's: a symlink or a FIFO may stand there now.
+    let opened = crashmesh_untrusted::open_file(
+        executable,
+        crashmesh_untrusted::Resolve::NoSymlinks,
+        crashmesh_untrusted::Rules::REGULAR,
+    )
+    .ok()?;
+    if opened.metadata.len() > EXECUTABLE_BYTES_MAX {
         return None;
     }
     // SAFETY: the map is read-only and dropped before returning; a binary changed under
     // us gives garbage at worst, which the parsing below bounds.
-    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let map = unsafe { memmap2::Mmap::map(&opened.file) }.ok()?;
     let elf = object::File::parse(&*map).ok()?;
     let data = elf.section_by_name(".note.package")?.data().ok()?;
     let descriptor = note_descriptor(data, b"FDO", NT_FDO_PACKAGING_METADATA)?;

@@ -4,7 +4,7 @@
 //! Every file is read with a byte cap; a file that cannot be read is noted, never fatal.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -48,10 +48,116 @@ pub struct Snapshot {
     pub notes: Vec<String>,
 }
 
-fn read_link(path: &Path) -> Option<String> {
-    std::fs::read_link(path)
-        .ok()
-        .map(|target| target.to_string_lossy().into_owned())
+/// `/proc/<pid>` opened once: everything below is read through this descriptor, which
+/// stays bound to the process it was opened for. When the pid is reused by another
+/// process, reads through it fail (`ESRCH`) instead of describing the newcomer.
+pub struct ProcDir {
+    fd: std::os::fd::OwnedFd,
+    pid: u32,
+}
+
+/// A process's user and group ids, from its `status` (real, effective).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcIds {
+    pub uid: u32,
+    pub euid: u32,
+    pub gid: u32,
+    pub egid: u32,
+}
+
+impl ProcDir {
+    /// Opens `/proc/<pid>`.
+    pub fn open(pid: u32) -> io::Result<ProcDir> {
+        Self::open_path(&Path::new("/proc").join(pid.to_string()), pid)
+    }
+
+    fn open_path(path: &Path, pid: u32) -> io::Result<ProcDir> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)?;
+        Ok(ProcDir { fd, pid })
+    }
+
+    /// The pid it was opened for.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// At most `bytes_max` bytes of a file below the directory.
+    pub fn read_capped(&self, name: &str, bytes_max: u64) -> io::Result<Vec<u8>> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)?;
+        let mut bytes = Vec::new();
+        std::fs::File::from(fd)
+            .take(bytes_max)
+            .read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Where a link below the directory points (`exe`, `cwd`, `fd/3`).
+    pub fn read_link(&self, name: &str) -> Option<String> {
+        rustix::fs::readlinkat(&self.fd, name, Vec::new())
+            .ok()
+            .map(|target| target.to_string_lossy().into_owned())
+    }
+
+    /// The names in a directory below it (`ns`, `fd`).
+    fn list(&self, name: &str) -> Vec<String> {
+        use rustix::fs::{Mode, OFlags};
+        let Ok(fd) = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        ) else {
+            return Vec::new();
+        };
+        let Ok(mut dir) = rustix::fs::Dir::new(fd) else {
+            return Vec::new();
+        };
+        let mut names = Vec::new();
+        while let Some(Ok(entry)) = dir.read() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// The process's ids, from its `status`.
+    pub fn ids(&self) -> io::Result<ProcIds> {
+        let status = self.read_capped("status", 64 * 1024)?;
+        parse_ids(&String::from_utf8_lossy(&status))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Uid/Gid lines in status"))
+    }
+}
+
+/// Real and effective ids from a `/proc/<pid>/status` text.
+fn parse_ids(status: &str) -> Option<ProcIds> {
+    let field = |name: &str| -> Option<(u32, u32)> {
+        let line = status.lines().find(|line| line.starts_with(name))?;
+        let mut numbers = line[name.len()..].split_whitespace();
+        Some((numbers.next()?.parse().ok()?, numbers.next()?.parse().ok()?))
+    };
+    let (uid, euid) = field("Uid:")?;
+    let (gid, egid) = field("Gid:")?;
+    Some(ProcIds {
+        uid,
+        euid,
+        gid,
+        egid,
+    })
 }
 
 /// Read at most `bytes_max` bytes of `path`.
@@ -63,51 +169,44 @@ pub fn read_capped(path: &Path, bytes_max: u64) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The links of `/proc/<pid>`.
-pub fn read_links(proc_dir: &Path) -> ProcLinks {
+/// The links of a process's `/proc` directory.
+pub fn read_links(proc_dir: &ProcDir) -> ProcLinks {
     let mut links = ProcLinks {
-        exe: read_link(&proc_dir.join("exe")),
-        cwd: read_link(&proc_dir.join("cwd")),
-        root: read_link(&proc_dir.join("root")),
+        exe: proc_dir.read_link("exe"),
+        cwd: proc_dir.read_link("cwd"),
+        root: proc_dir.read_link("root"),
         ..ProcLinks::default()
     };
-    if let Ok(entries) = std::fs::read_dir(proc_dir.join("ns")) {
-        for entry in entries.filter_map(|entry| entry.ok()) {
-            if let Some(target) = read_link(&entry.path()) {
-                links
-                    .namespaces
-                    .insert(entry.file_name().to_string_lossy().into_owned(), target);
-            }
+    for name in proc_dir.list("ns") {
+        if let Some(target) = proc_dir.read_link(&format!("ns/{name}")) {
+            links.namespaces.insert(name, target);
         }
     }
-    if let Ok(entries) = std::fs::read_dir(proc_dir.join("fd")) {
-        for entry in entries.filter_map(|entry| entry.ok()) {
-            if links.fds.len() >= FDS_MAX {
-                links.fds_truncated = true;
-                break;
-            }
-            let Ok(fd) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            if let Some(target) = read_link(&entry.path()) {
-                links.fds.insert(fd, target);
-            }
+    for name in proc_dir.list("fd") {
+        if links.fds.len() >= FDS_MAX {
+            links.fds_truncated = true;
+            break;
+        }
+        let Ok(fd) = name.parse::<u32>() else {
+            continue;
+        };
+        if let Some(target) = proc_dir.read_link(&format!("fd/{name}")) {
+            links.fds.insert(fd, target);
         }
     }
     links
 }
 
-/// Copy `/proc/<pid>` into `proc/` of the entry being written.
+/// Copy a process's `/proc` directory into `proc/` of the entry being written.
 pub fn snapshot(
-    pid: u32,
+    proc_dir: &ProcDir,
     writer: &EntryWriter,
     file_bytes_max: u64,
 ) -> Result<Snapshot, SpoolError> {
-    let proc_dir = Path::new("/proc").join(pid.to_string());
     let mut files = Vec::new();
     let mut notes = Vec::new();
     for name in PROC_FILES {
-        match read_capped(&proc_dir.join(name), file_bytes_max) {
+        match proc_dir.read_capped(name, file_bytes_max) {
             Ok(bytes) => {
                 if bytes.len() as u64 == file_bytes_max {
                     notes.push(format!("proc/{name} cut at {file_bytes_max} bytes"));
@@ -119,7 +218,7 @@ pub fn snapshot(
             Err(error) => notes.push(format!("proc/{name}: {error}")),
         }
     }
-    let links = read_links(&proc_dir);
+    let links = read_links(proc_dir);
     let json = serde_json::to_vec_pretty(&links).expect("links serialize");
     writer.write_file("proc/links.json", &json)?;
     files.push("proc/links.json".to_string());
@@ -151,6 +250,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ids_come_from_the_status_lines() {
+        let status = "Name:\tpython3\nUid:\t1000\t1001\t1000\t1000\nGid:\t100\t101\t100\t100\n";
+        assert_eq!(
+            parse_ids(status),
+            Some(ProcIds {
+                uid: 1000,
+                euid: 1001,
+                gid: 100,
+                egid: 101
+            })
+        );
+        assert_eq!(parse_ids("Name: x\n"), None);
+        let own = ProcDir::open(std::process::id()).unwrap().ids().unwrap();
+        // SAFETY: plain getters.
+        assert_eq!(own.euid, unsafe { libc::geteuid() });
+    }
+
+    #[test]
     fn container_ids_are_found_in_common_cgroup_layouts() {
         let id = "4f1c2a9e0b7d6c5a4f1c2a9e0b7d6c5a4f1c2a9e0b7d6c5a4f1c2a9e0b7d6c5a";
         for cgroup in [
@@ -173,7 +290,7 @@ mod tests {
 
     #[test]
     fn own_process_snapshot_has_links_and_files() {
-        let links = read_links(Path::new("/proc/self"));
+        let links = read_links(&ProcDir::open(std::process::id()).unwrap());
         assert!(links.exe.is_some());
         assert!(links.namespaces.contains_key("pid"));
         assert!(

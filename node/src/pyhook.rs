@@ -4,7 +4,6 @@
 //! snapshots `/proc/<pid>` while the process still lives and writes a spool entry. When
 //! the daemon is down the module writes the spool entry itself.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,12 +21,61 @@ pub const PTH_FILE: &str = "crashmesh-hook.pth";
 /// The largest message the daemon reads from the Python hook.
 pub const MESSAGE_BYTES_MAX: u64 = 2 * 1024 * 1024;
 
-/// The socket the hook talks to.
-pub fn socket_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("python.sock")
+/// The largest number of reports being read or spooled at once, all users together.
+pub const CONNECTIONS_MAX: usize = 64;
+/// The largest number of one user's reports being read or spooled at once: one user
+/// cannot take the daemon's threads from the others.
+pub const CONNECTIONS_PER_UID_MAX: usize = 4;
+/// How long one connection may take to send its whole report, however it trickles.
+pub const READ_DEADLINE_MS: u64 = 5_000;
+
+/// The socket the hook talks to: the configured one, or `python.sock` in the data dir's
+/// public sibling (see [`public_dir`]).
+pub fn socket_path(data_dir: &Path, configured: &Path) -> PathBuf {
+    if configured.as_os_str().is_empty() {
+        public_dir(data_dir).join("python.sock")
+    } else {
+        configured.to_path_buf()
+    }
 }
 
-/// What the Python hook sends.
+/// `<data dir>-public`: the one directory of the node that other users may enter (to
+/// reach the Python socket); the data dir itself is root's alone.
+pub fn public_dir(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.as_os_str().to_owned();
+    name.push("-public");
+    PathBuf::from(name)
+}
+
+/// Makes the socket's directory: created `0755` when missing; an existing one must be a
+/// directory (not a symlink) owned by this process's user that nobody else can write,
+/// else the socket is not put there (a directory another user controls could swap the
+/// socket for their own and read every user's tracebacks).
+pub fn prepare_socket_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if let Err(error) = std::fs::DirBuilder::new().mode(0o755).create(dir)
+        && error.kind() != std::io::ErrorKind::AlreadyExists
+    {
+        return Err(format!("{}: {error}", dir.display()));
+    }
+    let metadata =
+        std::fs::symlink_metadata(dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+    // SAFETY: a plain getter.
+    let own_uid = unsafe { libc::geteuid() };
+    if !metadata.file_type().is_dir() || metadata.uid() != own_uid {
+        return Err(format!(
+            "{} is not a directory owned by uid {own_uid}; the Python socket is not put there",
+            dir.display()
+        ));
+    }
+    // Others may enter it and connect, not create or remove anything in it.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|error| format!("{}: {error}", dir.display()))
+}
+
+/// What the Python hook sends. Only the exception is taken from it: the pid must be the
+/// sender's own, and the user, the time, the executable and the process's files come
+/// from the kernel (see [`spool_report`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PythonReport {
     pub format_version: u32,
@@ -73,9 +121,13 @@ pub fn site_packages(interpreter: &Path) -> Option<PathBuf> {
 
 /// Write the module and the `.pth` file into each interpreter's site-packages; gives back
 /// the files written (remembered for uninstall).
-pub fn install(interpreters: &[PathBuf], data_dir: &Path) -> Vec<(PathBuf, Result<(), String>)> {
+pub fn install(
+    interpreters: &[PathBuf],
+    data_dir: &Path,
+    socket: &Path,
+) -> Vec<(PathBuf, Result<(), String>)> {
     let module = HOOK_MODULE
-        .replace("@SOCKET@", &socket_path(data_dir).to_string_lossy())
+        .replace("@SOCKET@", &socket.to_string_lossy())
         .replace("@SPOOL@", &Spool::new(data_dir).root.to_string_lossy());
     let mut done: Vec<(PathBuf, Result<(), String>)> = Vec::new();
     for interpreter in interpreters {
@@ -89,13 +141,26 @@ pub fn install(interpreters: &[PathBuf], data_dir: &Path) -> Vec<(PathBuf, Resul
         if done.iter().any(|(path, _)| path == &site) {
             continue;
         }
-        let result = std::fs::create_dir_all(&site)
-            .and_then(|_| std::fs::write(site.join(MODULE_FILE), &module))
-            .and_then(|_| std::fs::write(site.join(PTH_FILE), "import crashmesh_hook\n"))
+        // Every user's interpreter imports these: readable by all (the process's umask
+        // makes files owner-only otherwise).
+        let result = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&site)
+            .and_then(|_| write_readable(&site.join(MODULE_FILE), module.as_bytes()))
+            .and_then(|_| write_readable(&site.join(PTH_FILE), b"import crashmesh_hook\n"))
             .map_err(|error| error.to_string());
         done.push((site, result));
     }
     done
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+fn write_readable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
 }
 
 /// Remove the module and `.pth` file from each site-packages directory.
@@ -116,59 +181,209 @@ pub fn uninstall(site_dirs: &[PathBuf]) -> Vec<PathBuf> {
     removed
 }
 
-/// Handle one connection from the Python hook: read the report, snapshot the process,
-/// write a spool entry, answer `ok`.
-pub fn handle_connection(
-    stream: &mut std::os::unix::net::UnixStream,
-    data_dir: &Path,
-    proc_file_bytes_max: u64,
-) -> Result<String, String> {
-    let mut line = Vec::new();
-    BufReader::new((&mut *stream).take(MESSAGE_BYTES_MAX))
-        .read_until(b'\n', &mut line)
-        .map_err(|error| format!("reading the report: {error}"))?;
-    let report: PythonReport =
-        serde_json::from_slice(&line).map_err(|error| format!("malformed report: {error}"))?;
-    let entry =
-        write_entry(&report, data_dir, proc_file_bytes_max).map_err(|error| error.to_string())?;
-    let _ = stream.write_all(b"ok\n");
-    Ok(entry)
+/// The connections being served, counted per user: a connection is taken only while
+/// its user has fewer than `per_uid_max` and everyone fewer than `total_max`.
+#[derive(Clone)]
+pub struct ConnectionSlots {
+    inner: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+    total_max: usize,
+    per_uid_max: usize,
 }
 
-fn write_entry(
-    report: &PythonReport,
+/// One connection's place in [`ConnectionSlots`], given back when dropped.
+pub struct ConnectionSlot {
+    slots: ConnectionSlots,
+    uid: u32,
+}
+
+impl ConnectionSlots {
+    pub fn new(total_max: usize, per_uid_max: usize) -> ConnectionSlots {
+        ConnectionSlots {
+            inner: Default::default(),
+            total_max,
+            per_uid_max,
+        }
+    }
+
+    /// A slot for a connection of `uid`, or `None` when that user or everyone is at the
+    /// limit.
+    pub fn take(&self, uid: u32) -> Option<ConnectionSlot> {
+        let mut counts = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let total: usize = counts.values().sum();
+        let own = counts.get(&uid).copied().unwrap_or(0);
+        if total >= self.total_max || own >= self.per_uid_max {
+            return None;
+        }
+        counts.insert(uid, own + 1);
+        Some(ConnectionSlot {
+            slots: self.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .slots
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = counts.get_mut(&self.uid) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Who is on the other end of `python.sock`, as the kernel says (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCredentials {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Why a report from the socket was not spooled.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportRefused {
+    #[error("malformed report: {0}")]
+    Malformed(String),
+    #[error("the report names pid {named}, but the connection is from pid {peer} (uid {uid})")]
+    OtherProcess { named: u32, peer: u32, uid: u32 },
+    #[error("pid {pid} cannot be read: {error}")]
+    Gone { pid: u32, error: std::io::Error },
+    #[error("pid {pid} runs as uid {found}, not as the connecting uid {peer_uid}")]
+    CredentialsDiffer { pid: u32, found: u32, peer_uid: u32 },
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+}
+
+/// Spool one report that arrived on `python.sock`. Nothing in the message is believed
+/// about who sent it: the process is the connecting one (`peer`), a report naming
+/// another pid is refused unless the peer is root, the /proc snapshot is taken through a
+/// descriptor whose process must run as the peer's uid, and the time is `now_ms`, the
+/// daemon's clock (it also chooses the window of logs gathered). The sender is waiting
+/// for the answer, so its /proc is still there.
+pub fn spool_report(
+    message: &[u8],
+    peer: PeerCredentials,
+    now_ms: u64,
     data_dir: &Path,
     proc_file_bytes_max: u64,
-) -> Result<String, spool::SpoolError> {
-    let spool = Spool::new(data_dir);
-    let id = spool::new_entry_id(report.time_ms, report.pid);
-    let writer = spool.begin(&id)?;
-    let mut meta = EntryMeta {
-        format_version: SPOOL_FORMAT_VERSION,
-        id: id.clone(),
-        source: "python".into(),
-        time_ms: report.time_ms,
-        pid: Some(report.pid),
-        uid: report.uid,
-        executable: report.executable.clone(),
-        comm: report
-            .executable
-            .as_deref()
-            .map(|exe| exe.rsplit('/').next().unwrap_or(exe).to_string()),
-        ..EntryMeta::default()
+) -> Result<String, ReportRefused> {
+    let report: PythonReport = serde_json::from_slice(message)
+        .map_err(|error| ReportRefused::Malformed(error.to_string()))?;
+    if report.format_version != 1 {
+        return Err(ReportRefused::Malformed(format!(
+            "unknown format version {}",
+            report.format_version
+        )));
+    }
+    let pid = if peer.uid == 0 { report.pid } else { peer.pid };
+    if report.pid != pid {
+        return Err(ReportRefused::OtherProcess {
+            named: report.pid,
+            peer: peer.pid,
+            uid: peer.uid,
+        });
+    }
+    let gone = |error| ReportRefused::Gone { pid, error };
+    let proc_dir = procsnap::ProcDir::open(pid).map_err(gone)?;
+    let ids = proc_dir.ids().map_err(gone)?;
+    if peer.uid != 0 && ids.euid != peer.uid {
+        // The pid was reused by another user's process since the connection was made.
+        return Err(ReportRefused::CredentialsDiffer {
+            pid,
+            found: ids.euid,
+            peer_uid: peer.uid,
+        });
+    }
+    let (uid, gid) = if pid == peer.pid {
+        (peer.uid, peer.gid)
+    } else {
+        (ids.euid, ids.egid)
     };
+
+    let spool = Spool::new(data_dir);
+    let id = spool::new_entry_id(now_ms, pid);
+    let writer = spool.begin(&id)?;
     writer.write_file("traceback.txt", report.traceback.as_bytes())?;
     writer.write_file(
         "python/argv.json",
         &serde_json::to_vec(&report.argv).expect("argv serializes"),
     )?;
-    meta.proc_files = vec!["traceback.txt".into(), "python/argv.json".into()];
-    // The process is waiting for our answer, so its /proc is still there.
-    let snapshot = procsnap::snapshot(report.pid, &writer, proc_file_bytes_max)?;
+    let snapshot = procsnap::snapshot(&proc_dir, &writer, proc_file_bytes_max)?;
+    // Checked again after the snapshot: the descriptor cannot change process, but the
+    // process may have changed its credentials (setuid) while it was read.
+    match proc_dir.ids() {
+        Ok(after) if peer.uid == 0 || after.euid == peer.uid => {}
+        Ok(after) => {
+            return Err(ReportRefused::CredentialsDiffer {
+                pid,
+                found: after.euid,
+                peer_uid: peer.uid,
+            });
+        }
+        Err(error) => return Err(gone(error)),
+    }
+    let executable = snapshot.links.exe.clone();
+    let comm = proc_dir
+        .read_capped("comm", 64)
+        .ok()
+        .map(|comm| String::from_utf8_lossy(&comm).trim_end().to_string());
+    let mut meta = EntryMeta {
+        format_version: SPOOL_FORMAT_VERSION,
+        id: id.clone(),
+        source: "python".into(),
+        time_ms: now_ms,
+        pid: Some(pid),
+        uid: Some(uid),
+        gid: Some(gid),
+        executable,
+        comm,
+        proc_files: vec!["traceback.txt".into(), "python/argv.json".into()],
+        ..EntryMeta::default()
+    };
     meta.proc_files.extend(snapshot.files);
     meta.notes.extend(snapshot.notes);
     writer.commit(&meta)?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_user_cannot_take_every_connection() {
+        let slots = ConnectionSlots::new(3, 2);
+        let first = slots.take(1000).unwrap();
+        let _second = slots.take(1000).unwrap();
+        assert!(slots.take(1000).is_none(), "a third of one user's");
+        let root = slots.take(0).unwrap();
+        assert!(slots.take(0).is_none(), "everyone's limit");
+        drop(first);
+        assert!(slots.take(1000).is_some());
+        drop(root);
+    }
+
+    #[test]
+    fn the_public_dir_sits_beside_the_data_dir() {
+        assert_eq!(
+            socket_path(Path::new("/var/lib/crashmesh"), Path::new("")),
+            Path::new("/var/lib/crashmesh-public/python.sock")
+        );
+        assert_eq!(
+            socket_path(Path::new("/d"), Path::new("/run/crashmesh/py.sock")),
+            Path::new("/run/crashmesh/py.sock")
+        );
+    }
 }
 
 /// The problem of a Python spool entry, parsed from its traceback.

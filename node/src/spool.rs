@@ -138,10 +138,12 @@ impl Spool {
         self.root.join("repeat")
     }
 
-    /// Create the spool's directories.
+    /// Create the spool's directories (owner only, like everything in the data dir).
     pub fn create_dirs(&self) -> Result<(), SpoolError> {
         for dir in [self.tmp_dir(), self.new_dir(), self.repeat_dir()] {
-            fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+            private_dir_builder(true)
+                .create(&dir)
+                .map_err(io_error(&dir))?;
         }
         Ok(())
     }
@@ -150,7 +152,9 @@ impl Spool {
     pub fn begin(&self, id: &str) -> Result<EntryWriter, SpoolError> {
         self.create_dirs()?;
         let dir = self.tmp_dir().join(id);
-        fs::create_dir(&dir).map_err(io_error(&dir))?;
+        private_dir_builder(false)
+            .create(&dir)
+            .map_err(io_error(&dir))?;
         Ok(EntryWriter {
             dir,
             final_dir: self.new_dir().join(id),
@@ -263,13 +267,22 @@ impl EntryWriter {
         &self.dir
     }
 
-    /// Create a file in the entry (parent directories included).
+    /// Create a file in the entry (parent directories included), owner only.
     pub fn create(&self, relative: &str) -> Result<File, SpoolError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.dir.join(relative);
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(io_error(parent))?;
+            private_dir_builder(true)
+                .create(parent)
+                .map_err(io_error(parent))?;
         }
-        File::create(&path).map_err(io_error(&path))
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crashmesh_store::PRIVATE_FILE_MODE)
+            .open(&path)
+            .map_err(io_error(&path))
     }
 
     /// Write a whole small file into the entry.
@@ -288,6 +301,17 @@ impl EntryWriter {
         sync_dir(&self.new_dir)?;
         Ok(self.final_dir)
     }
+}
+
+/// A builder of directories only their owner may enter (the spool holds cores and
+/// environments).
+fn private_dir_builder(recursive: bool) -> fs::DirBuilder {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut builder = fs::DirBuilder::new();
+    builder
+        .recursive(recursive)
+        .mode(crashmesh_store::PRIVATE_DIR_MODE);
+    builder
 }
 
 /// fsync every file and directory below `dir`, then `dir` itself.

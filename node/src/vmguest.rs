@@ -101,6 +101,9 @@ pub enum VmGuestError {
     },
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
+    /// Not a plain log file (a symlink, a FIFO, a hard link).
+    #[error(transparent)]
+    Refused(Box<crashmesh_untrusted::OpenError>),
 }
 
 /// The domain a log belongs to: its file name without `.log`.
@@ -128,7 +131,8 @@ impl VmGuestWatcher {
         let mut logs: Vec<(PathBuf, std::fs::Metadata)> = watch::expand_globs(&self.config.globs)
             .into_iter()
             .filter_map(|path| {
-                let metadata = std::fs::metadata(&path).ok()?;
+                // A log that is a symlink is not followed (see `read_range`).
+                let metadata = std::fs::symlink_metadata(&path).ok()?;
                 metadata.is_file().then_some((path, metadata))
             })
             .collect();
@@ -344,6 +348,7 @@ impl VmGuestWatcher {
                     source: "vm_guest",
                     time_ms,
                     pid: None,
+                    uid: None,
                     comm: Some(domain.to_string()),
                     problem: problem.clone(),
                     attachments: vec![(
@@ -427,7 +432,9 @@ fn read_range(path: &Path, offset: u64, bytes_max: u64) -> Result<Vec<u8>, VmGue
         path: path.to_path_buf(),
         source,
     };
-    let mut file = std::fs::File::open(path).map_err(io_error)?;
+    let mut file = watch::open_found_file(path, crashmesh_untrusted::Rules::ANY_SINGLE_LINK)
+        .map_err(|error| VmGuestError::Refused(Box::new(error)))?
+        .file;
     file.seek(SeekFrom::Start(offset)).map_err(io_error)?;
     let mut bytes = Vec::new();
     file.take(bytes_max)

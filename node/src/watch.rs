@@ -86,8 +86,14 @@ pub fn save_state<T: Serialize>(path: &Path, state: &T) -> Result<(), StateError
 pub enum Attachment<'a> {
     /// Bytes already in memory.
     Bytes(&'a [u8]),
-    /// The first `bytes_max` bytes of a file, copied.
-    File { path: &'a Path, bytes_max: u64 },
+    /// The first `bytes_max` bytes of a file already opened (see `crashmesh_untrusted`:
+    /// never by a path a user could swap between a check and the copy); `path` names it
+    /// in notes.
+    File {
+        file: std::fs::File,
+        path: &'a Path,
+        bytes_max: u64,
+    },
 }
 
 /// A problem a file detector found, with what to keep beside it.
@@ -100,6 +106,9 @@ pub struct FoundProblem<'a> {
     pub time_ms: u64,
     pub problem: Problem,
     pub pid: Option<u32>,
+    /// The user the problem belongs to, from the kernel (the owner of the file it was
+    /// found in, by `fstat`), when there is one.
+    pub uid: Option<u32>,
     pub comm: Option<String>,
     /// Files of the entry, by name inside it (listed in `proc_files`, so they are kept).
     pub attachments: Vec<(String, Attachment<'a>)>,
@@ -124,12 +133,15 @@ pub fn spool_found(data_dir: &Path, found: FoundProblem<'_>) -> Result<bool, Spo
     for (name, attachment) in &found.attachments {
         match attachment {
             Attachment::Bytes(bytes) => writer.write_file(name, bytes)?,
-            Attachment::File { path, bytes_max } => {
+            Attachment::File {
+                file,
+                path,
+                bytes_max,
+            } => {
                 let mut target = writer.create(name)?;
-                let copied = File::open(path).and_then(|source| {
-                    let length = source.metadata()?.len();
-                    let copied = io::copy(&mut source.take(*bytes_max), &mut target)?;
-                    Ok((length, copied))
+                let copied = file.metadata().and_then(|metadata| {
+                    let copied = io::copy(&mut file.take(*bytes_max), &mut target)?;
+                    Ok((metadata.len(), copied))
                 });
                 match copied {
                     Ok((length, copied)) if length > copied => {
@@ -151,6 +163,7 @@ pub fn spool_found(data_dir: &Path, found: FoundProblem<'_>) -> Result<bool, Spo
         source: found.source.to_string(),
         time_ms: found.time_ms,
         pid: found.pid,
+        uid: found.uid,
         comm: found.comm,
         proc_files,
         notes,
@@ -159,6 +172,18 @@ pub fn spool_found(data_dir: &Path, found: FoundProblem<'_>) -> Result<bool, Spo
     };
     writer.commit(&meta)?;
     Ok(true)
+}
+
+/// Opens a file a detector found in a directory the configuration names, as a file a
+/// user may have planted: through the directory's descriptor (the configured path is
+/// root's choice and may hold links), the file itself never a symlink, a FIFO or a device,
+/// judged by `rules` on its descriptor.
+pub fn open_found_file(
+    path: &Path,
+    rules: crashmesh_untrusted::Rules,
+) -> Result<crashmesh_untrusted::Opened, crashmesh_untrusted::OpenError> {
+    let directory = crashmesh_untrusted::Directory::open(path.parent().unwrap_or(Path::new(".")))?;
+    directory.open_file(path.file_name().map(Path::new).unwrap_or(path), rules)
 }
 
 /// A stable entry id: `prefix-` and 24 hex digits of the blake3 hash of `parts`.
@@ -307,12 +332,14 @@ mod tests {
             time_ms: 5,
             problem: Problem::new(crashmesh_protocol::ProblemKind::KernelPanic, "panic"),
             pid: None,
+            uid: None,
             comm: None,
             attachments: vec![
                 ("a.txt".to_string(), Attachment::Bytes(b"abc")),
                 (
                     "dir/b.txt".to_string(),
                     Attachment::File {
+                        file: File::open(&source).unwrap(),
                         path: &source,
                         bytes_max: 4,
                     },

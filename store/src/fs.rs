@@ -10,6 +10,12 @@ use std::io;
 use std::ops::Bound;
 use std::path::Path;
 
+/// The mode of every directory the store creates: its evidence (cores, environments,
+/// logs) is its owner's alone (see [`crate::permissions`]).
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// The mode of every file the store creates.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
 /// Total and free bytes of the file system that holds a path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FsSpace {
@@ -63,18 +69,32 @@ pub struct RealFs;
 
 impl Fs for RealFs {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(path)
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR_MODE)
+            .create(path)
     }
 
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        std::fs::write(path, data)
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(PRIVATE_FILE_MODE)
+            .open(path)?
+            .write_all(data)
     }
 
     fn append_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .append(true)
             .create(true)
+            .mode(PRIVATE_FILE_MODE)
             .open(path)?
             .write_all(data)
     }
@@ -147,11 +167,13 @@ impl Fs for RealFs {
     }
 
     fn open_database(&self, path: &Path) -> io::Result<Box<dyn redb::StorageBackend>> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(PRIVATE_FILE_MODE)
             .open(path)?;
         // FileBackend takes an advisory lock, so two stores never share one index.
         let backend = redb::backends::FileBackend::new(file).map_err(io::Error::other)?;

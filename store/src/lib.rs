@@ -86,6 +86,7 @@ mod fs;
 mod ids;
 mod index;
 mod pack;
+pub mod permissions;
 mod quota;
 mod store;
 mod types;
@@ -96,10 +97,11 @@ pub use chunk::{
 };
 pub use error::StoreError;
 pub use faulty_fs::{FaultConfig, FaultCounts, FaultyFs};
-pub use fs::{Fs, FsSpace, RealFs};
+pub use fs::{Fs, FsSpace, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, RealFs};
 pub use ids::{BlobId, ChunkId};
 pub use index::FORMAT_VERSION;
 pub use pack::PACK_BYTES_MAX;
+pub use permissions::{Tightened, make_private};
 pub use store::{
     CHUNK_MOVES_FOLLOWED_MAX, INCIDENT_ITEMS_MAX, NAME_BYTES_MAX, PROBLEM_BYTES_MAX,
     PROBLEM_ID_PREFIX_MIN, Store, problem_id_for,

@@ -350,9 +350,10 @@ fn open_directory_fd<Fd: AsFd>(
     path: &Path,
     resolve: ResolveFlags,
 ) -> io::Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     if resolve.is_empty() {
-        // Root's configuration named it: its own components may be links, not its last.
+        // Root's configuration named it (`/var/crash` may well be a link to a larger
+        // disk): followed like any path root gives.
         return rustix::fs::openat(&start, path, flags, Mode::empty()).map_err(errno);
     }
     let located = locate(&start, path, resolve)?;
@@ -402,8 +403,8 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// Opens a directory root's configuration names (its last component must not be a
-    /// symlink; the ones before it may).
+    /// Opens a directory root's configuration names (symlinks in its path are followed:
+    /// root chose it; what is below it is reached without following any).
     pub fn open(path: &Path) -> Result<Directory, OpenError> {
         let fd = open_directory_fd(rustix::fs::CWD, path, ResolveFlags::empty())
             .map_err(|error| OpenError::io(path, error))?;
