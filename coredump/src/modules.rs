@@ -390,3 +390,47 @@ pub fn open_module_file<'data>(
     }
     file
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_a_core_names_are_opened_without_following_the_process_s_links() {
+        let host = tempfile::tempdir().unwrap();
+        let secret = host.path().join("secret.so");
+        std::fs::write(&secret, b"\x7fELF host file").unwrap();
+        let root = host.path().join("container");
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        std::fs::write(root.join("usr/lib/libreal.so"), b"\x7fELF container file").unwrap();
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+        std::os::unix::fs::symlink(&secret, root.join("usr/lib/libescape.so")).unwrap();
+        std::os::unix::fs::symlink(&secret, host.path().join("planted.so")).unwrap();
+
+        let in_root = |path: &str| Candidate {
+            root: Some(root.clone()),
+            path: PathBuf::from(path),
+            trusted: false,
+        };
+        // A container's own links resolve inside it; one pointing out finds nothing.
+        assert_eq!(
+            &map_regular_file(&in_root("/lib/libreal.so"), 1 << 20).unwrap()[..],
+            b"\x7fELF container file"
+        );
+        assert!(map_regular_file(&in_root("/usr/lib/libescape.so"), 1 << 20).is_err());
+        // On the host, a link where the process's file was is refused, unless the path is
+        // root's own (a debug directory).
+        let planted = |trusted| Candidate {
+            root: None,
+            path: host.path().join("planted.so"),
+            trusted,
+        };
+        let error = map_regular_file(&planted(false), 1 << 20).unwrap_err();
+        assert!(error.contains("symbolic link"), "{error}");
+        assert!(map_regular_file(&planted(true), 1 << 20).is_ok());
+        assert_eq!(
+            in_root("/lib/libreal.so").shown(),
+            root.join("lib/libreal.so")
+        );
+    }
+}

@@ -278,3 +278,36 @@ pub fn analyze_text(kind: TextKind, text: &str) -> Vec<Problem> {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_core_decompresses_only_within_its_scratch_allowance() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = dir.path().join("core.zst");
+        let plain = vec![0x5au8; 4 << 20];
+        std::fs::write(&core, zstd::encode_all(&plain[..], 1).unwrap()).unwrap();
+        let scratch_dir = dir.path().join("scratch");
+        let tight = Scratch {
+            dir: scratch_dir.clone(),
+            bytes_max: 1 << 20,
+        };
+        match plain_core(&core, &tight) {
+            Err(AnalyzeError::ScratchFull { bytes_max }) => assert_eq!(bytes_max, 1 << 20),
+            Err(error) => panic!("{error}"),
+            Ok(_) => panic!("a 4 MiB core decompressed into a 1 MiB allowance"),
+        }
+        assert_eq!(std::fs::read_dir(&scratch_dir).unwrap().count(), 0);
+        let roomy = Scratch {
+            dir: scratch_dir.clone(),
+            bytes_max: 4 << 20,
+        };
+        let decompressed = plain_core(&core, &roomy).unwrap();
+        assert!(decompressed.path.starts_with(&scratch_dir));
+        assert_eq!(std::fs::read(&decompressed.path).unwrap(), plain);
+        drop(decompressed);
+        assert_eq!(std::fs::read_dir(&scratch_dir).unwrap().count(), 0);
+    }
+}

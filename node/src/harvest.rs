@@ -910,6 +910,72 @@ mod tests {
         assert_eq!(state.harvested.len(), 2);
     }
 
+    /// `/var/crash` is world-writable (3777) on Ubuntu: what a local user can plant there
+    /// must not make root read another file into the store, nor block the harvest.
+    #[test]
+    fn what_a_user_plants_in_the_kdump_directory_is_not_harvested() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("shadow");
+        std::fs::write(&secret, "root:$6$secret-hash:19000:0:99999:7:::\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let crash_root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(crash_root.path(), std::fs::Permissions::from_mode(0o3777))
+            .unwrap();
+        let plant = |name: &str| {
+            let dir = crash_root.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            dir.join("vmcore-dmesg.txt")
+        };
+        // A link to a root-only file, in place of the log.
+        symlink(&secret, plant("1-symlink")).unwrap();
+        // A hard link to it (possible where protected_hardlinks is off).
+        std::fs::hard_link(&secret, plant("2-hardlink")).unwrap();
+        // A FIFO nobody writes: a plain open would wait forever.
+        let fifo = plant("3-fifo");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o666) }, 0);
+        // A whole crash directory that is a link to one elsewhere.
+        let elsewhere = outside.path().join("crash");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::hard_link(&secret, elsewhere.join("vmcore-dmesg.txt")).unwrap();
+        symlink(&elsewhere, crash_root.path().join("4-linked-dir")).unwrap();
+        // A log a user wrote themselves: a made-up panic is not root's kdump.
+        let forged = plant("5-users-own");
+        std::fs::write(&forged, crashed_boot_log()).unwrap();
+        std::os::unix::fs::chown(&forged, Some(4242), Some(4242)).unwrap();
+        // And one real crash, so the harvest is seen to run.
+        std::fs::write(plant("6-real"), crashed_boot_log()).unwrap();
+
+        let data = tempfile::tempdir().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let (data_dir, config) = (data.path().to_path_buf(), kdump_config(crash_root.path()));
+        std::thread::spawn(move || {
+            sender
+                .send(harvest(&data_dir, &config, &no_pstore(), 1_000))
+                .unwrap()
+        });
+        let summary = receiver
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the harvest blocked");
+        assert_eq!(summary.spooled, 1, "{summary:?}");
+        let listed = entries(data.path());
+        assert_eq!(listed.len(), 1);
+        assert!(
+            listed[0].meta.notes[0].ends_with("6-real"),
+            "{:?}",
+            listed[0].meta.notes
+        );
+        let mut stored = String::new();
+        for entry in &listed {
+            for file in &entry.meta.proc_files {
+                stored.push_str(&std::fs::read_to_string(entry.dir.join(file)).unwrap());
+            }
+        }
+        assert!(!stored.contains("secret-hash"));
+    }
+
     #[test]
     fn a_big_vmcore_is_not_hashed_and_a_small_one_is_attached_only_when_allowed() {
         let crash_root = tempfile::tempdir().unwrap();

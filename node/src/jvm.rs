@@ -554,6 +554,11 @@ END.
         std::os::unix::fs::symlink(&secret, watched.path().join("hs_err_pid3.log")).unwrap();
         std::fs::hard_link(&secret, watched.path().join("hs_err_pid4.log")).unwrap();
         append(&watched.path().join("other.log"), HS_ERR_HEAD);
+        // A FIFO nobody writes, where a report would be: never opened, never waited on.
+        let fifo = watched.path().join("hs_err_pid5.log");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o666) }, 0);
 
         let mut watcher = HsErrWatcher::new(data.path(), config(watched.path()));
         let now = crate::commands::now_ms();
@@ -568,6 +573,11 @@ END.
         let listed = entries(data.path());
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].meta.pid, Some(std::process::id()));
+        // The user is the file's owner, from the kernel.
+        assert_eq!(
+            listed[0].meta.uid,
+            Some(std::fs::metadata(&quiet).unwrap().uid())
+        );
         let state: SeenState = watch::load_state(&data.path().join(STATE_FILE)).unwrap();
         assert_eq!(state.files.len(), 4);
         assert_eq!(state.files.iter().filter(|file| file.reported).count(), 1);

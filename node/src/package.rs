@@ -153,6 +153,21 @@ mod tests {
     }
 
     #[test]
+    fn a_fifo_where_the_executable_was_is_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("deleted-server");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o666) }, 0);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || sender.send(owner(&fifo)).unwrap());
+        let found = receiver
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the package lookup waited on the FIFO");
+        assert_eq!(found, None);
+    }
+
+    #[test]
     fn the_package_of_a_system_binary_is_found() {
         // On Debian /bin/sh belongs to dash (or bash); anything without a package manager
         // or without that file has nothing to say, which is a valid answer too.

@@ -545,3 +545,82 @@ impl CoreManifest<'_> {
         })
     }
 }
+
+/// An unprivileged local user for attacker probes, made with `useradd` the first time (a
+/// system account without a home or a login shell), and commands run as it with
+/// `setpriv` (its uid and gid, no supplementary groups, no capabilities).
+pub struct Probe {
+    pub name: &'static str,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Probe {
+    /// The probe user; made once per machine (parallel tests may race to make it, which
+    /// `useradd` answers with "exists").
+    pub fn user() -> &'static Probe {
+        static PROBE: OnceLock<Probe> = OnceLock::new();
+        PROBE.get_or_init(|| {
+            const NAME: &str = "crashmesh-probe";
+            let id = |flag: &str| -> Option<u32> {
+                let output = Command::new("id").args([flag, NAME]).output().ok()?;
+                String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+            };
+            if id("-u").is_none() {
+                let output = Command::new("useradd")
+                    .args([
+                        "--system",
+                        "--no-create-home",
+                        "--shell",
+                        "/usr/sbin/nologin",
+                    ])
+                    .arg(NAME)
+                    .output()
+                    .expect("useradd (package passwd) is needed for the attacker probes");
+                // 9: the user exists (another test made it meanwhile).
+                assert!(
+                    output.status.success() || output.status.code() == Some(9),
+                    "useradd {NAME}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            Probe {
+                name: NAME,
+                uid: id("-u").expect("probe uid"),
+                gid: id("-g").expect("probe gid"),
+            }
+        })
+    }
+
+    /// `program` run as the probe user.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("setpriv");
+        command
+            .arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .arg("--clear-groups")
+            .arg("--inh-caps=-all")
+            .arg("--")
+            .arg(program)
+            .env("HOME", "/")
+            .current_dir("/");
+        command
+    }
+}
+
+impl NodeDir {
+    /// Lets other users walk into the node's temporary root (its own mode is 0700), as
+    /// they can walk into `/var/lib` on a real machine; the data dir keeps its own mode.
+    pub fn let_others_walk_in(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.root.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod the node's root");
+    }
+
+    /// The socket every user's Python hook reports to (`<data dir>-public/python.sock`).
+    pub fn python_socket(&self) -> PathBuf {
+        let mut name = self.data_dir.as_os_str().to_owned();
+        name.push("-public");
+        PathBuf::from(name).join("python.sock")
+    }
+}

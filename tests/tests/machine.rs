@@ -562,10 +562,7 @@ fn an_uncaught_python_exception_becomes_a_problem_and_uninstall_removes_the_hook
     // With the daemon up, the hook talks to it.
     let _daemon = node.start_daemon();
     assert!(
-        wait_until(Duration::from_secs(20), || node
-            .data_dir
-            .join("python.sock")
-            .exists()),
+        wait_until(Duration::from_secs(20), || node.python_socket().exists()),
         "{}",
         node.daemon_log()
     );
