@@ -351,17 +351,19 @@ fn looks_binary(bytes: &[u8]) -> bool {
     !sample.is_empty() && odd * 10 > sample.len()
 }
 
-/// Read the end of a log file, at most [`FILE_TAIL_BYTES_MAX`].
+/// Read the end of a log file, at most [`FILE_TAIL_BYTES_MAX`]. Log directories are
+/// often the application's to write, so the file is opened as one its user may have
+/// swapped: never through a symlink, never a FIFO or a hard link to another file.
 fn read_tail(path: &Path, notes: &mut Vec<String>) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(error) => {
-            notes.push(format!("{}: skipped: {error}", path.display()));
-            return None;
-        }
-    };
-    let length = file.metadata().map(|meta| meta.len()).unwrap_or(0);
+    let (mut file, length) =
+        match crate::watch::open_found_file(path, crashmesh_untrusted::Rules::ANY_SINGLE_LINK) {
+            Ok(opened) => (opened.file, opened.metadata.len()),
+            Err(error) => {
+                notes.push(format!("skipped: {error}"));
+                return None;
+            }
+        };
     if length > FILE_TAIL_BYTES_MAX {
         notes.push(format!(
             "{}: {length} bytes; read the last {FILE_TAIL_BYTES_MAX}",
@@ -522,7 +524,8 @@ pub fn gather_window(
                 ));
             }
             for path in paths.into_iter().take(FILES_PER_GLOB_MAX) {
-                if seen_files.contains(&path) || !path.is_file() {
+                let is_directory = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+                if seen_files.contains(&path) || is_directory {
                     continue;
                 }
                 seen_files.push(path.clone());
@@ -728,6 +731,19 @@ mod tests {
             [0u8, 1, 2, 3, 0, 0, 0, 9].repeat(100),
         )
         .unwrap();
+        // What the application's user can plant in its log directory: a link to a file
+        // only root reads, and a FIFO nobody writes.
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            secret.path(),
+            format!("{} root secret\n", iso(PROBLEM_MS - 500)),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(secret.path(), dir.path().join("planted.log")).unwrap();
+        let fifo = dir.path().join("fifo.log");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o666) }, 0);
         let config = GatherConfig {
             rules: vec![
                 GatherRule {
@@ -768,6 +784,22 @@ mod tests {
             "{names:?}"
         );
         assert!(names.contains(&"cmd/echo"), "{names:?}");
+        assert!(
+            !names
+                .iter()
+                .any(|name| name.contains("planted") || name.contains("fifo")),
+            "{names:?}"
+        );
+        for note in [
+            "planted.log: a symbolic link",
+            "fifo.log: not a regular file",
+        ] {
+            assert!(
+                gathered.notes.iter().any(|n| n.contains(note)),
+                "{note}: {:?}",
+                gathered.notes
+            );
+        }
         let (_, csd) = gathered
             .attachments
             .iter()
