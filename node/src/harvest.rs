@@ -799,7 +799,7 @@ mod tests {
 
     const CORPUS: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/corpus/kernel/abrt-examples"
+        "/../parsers/tests/corpus/kernel/abrt-examples"
     );
 
     fn corpus(name: &str) -> String {

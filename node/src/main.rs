@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     // SAFETY: umask only sets this process's file creation mask.
     unsafe { libc::umask(0o077) };
     crashmesh::malloc::tune();
-    // The only TLS provider (DESIGN.md): installed before anything builds a rustls config.
+    // The only TLS provider (aws-lc-rs; ARCHITECTURE.md): installed before anything builds a rustls config.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     // The hook runs with the kernel's stderr (nowhere); it logs into the data dir itself.

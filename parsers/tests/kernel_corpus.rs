@@ -1,4 +1,4 @@
-//! Data-driven tests over ABRT's kernel oops examples (`../shared/corpus/kernel/abrt-examples`).
+//! Data-driven tests over ABRT's kernel oops examples (`tests/corpus/kernel/abrt-examples`, see its README for provenance).
 //!
 //! One helper, [`check`], parses `NAME.test` (or `NAME.test.template` with its host-name
 //! placeholders filled in) and compares the problems with ABRT's `NAME.right`: the number
@@ -18,7 +18,7 @@ const FULL_HOSTNAME: &str = "crashmesh-test-host.example.com";
 fn corpus_dir() -> PathBuf {
     Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/corpus/kernel/abrt-examples"
+        "/tests/corpus/kernel/abrt-examples"
     ))
     .to_path_buf()
 }

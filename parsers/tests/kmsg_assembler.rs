@@ -8,7 +8,7 @@ use crashmesh_protocol::model::ProblemKind;
 fn corpus(file: &str) -> String {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/corpus/kernel/abrt-examples/"
+        "/tests/corpus/kernel/abrt-examples/"
     )
     .to_string()
         + file;

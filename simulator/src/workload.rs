@@ -1,5 +1,5 @@
 //! The problems the simulated cluster meets: independent arrivals at the reference rate
-//! (25,000 reports a day cluster-wide, the deployment DESIGN.md is modelled on), compressed
+//! (25,000 reports a day cluster-wide, the reference deployment crashmesh is sized for), compressed
 //! in simulated time so that a short run sees many, and bursts of one bug on many nodes (a
 //! storage bug crashing the same daemon everywhere).
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crashmesh_tests::*;
 use serde_json::Value;
 
-const CORPUS: &str = "../shared/corpus/kernel/abrt-examples";
+const CORPUS: &str = "parsers/tests/corpus/kernel/abrt-examples";
 
 fn corpus(name: &str) -> PathBuf {
     workspace_root().join(CORPUS).join(name)
