@@ -356,6 +356,14 @@ pub fn spool_report(
     Ok(id)
 }
 
+/// The problem of a Python spool entry, parsed from its traceback.
+pub fn problem_of_entry(dir: &Path, meta: &EntryMeta) -> Option<crashmesh_protocol::Problem> {
+    let text = std::fs::read_to_string(dir.join("traceback.txt")).ok()?;
+    let mut problem = crashmesh_parsers::python::parse_python_tracebacks(&text).pop()?;
+    problem.executable = meta.executable.clone();
+    Some(problem)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,12 +392,4 @@ mod tests {
             Path::new("/run/crashmesh/py.sock")
         );
     }
-}
-
-/// The problem of a Python spool entry, parsed from its traceback.
-pub fn problem_of_entry(dir: &Path, meta: &EntryMeta) -> Option<crashmesh_protocol::Problem> {
-    let text = std::fs::read_to_string(dir.join("traceback.txt")).ok()?;
-    let mut problem = crashmesh_parsers::python::parse_python_tracebacks(&text).pop()?;
-    problem.executable = meta.executable.clone();
-    Some(problem)
 }
