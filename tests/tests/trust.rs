@@ -38,33 +38,41 @@ connection.sendall(json.dumps(message).encode() + b"\n")
 print(connection.recv(4096).decode().strip())
 "#;
 
-/// Opens `count` connections, sends each one byte and nothing more, then prints how many
-/// the daemon had closed when `wait_secs` passed (argv: socket, count, wait_secs).
+/// Opens `count` connections and sends each one byte every half second, never a whole
+/// report, for `trickle_secs`; prints `open` once they are open and, at the end, how many
+/// the daemon closed meanwhile (argv: socket, count, trickle_secs).
 const TRICKLING_CLIENT: &str = r#"
 import socket, sys, time
-path, count, wait_secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+path, count, trickle_secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 connections = []
 for _ in range(count):
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     connection.connect(path)
-    connection.sendall(b"{")
+    connection.setblocking(False)
     connections.append(connection)
 print("open", flush=True)
 closed = set()
-deadline = time.time() + wait_secs
-while time.time() < deadline and len(closed) < count:
+deadline = time.time() + trickle_secs
+while time.time() < deadline:
     for index, connection in enumerate(connections):
         if index in closed:
             continue
-        connection.setblocking(False)
         try:
             if connection.recv(64) == b"":
                 closed.add(index)
+                continue
         except BlockingIOError:
             pass
         except OSError:
             closed.add(index)
-    time.sleep(0.1)
+            continue
+        try:
+            connection.send(b" ")
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed.add(index)
+    time.sleep(0.5)
 print("closed", len(closed), flush=True)
 "#;
 
@@ -232,11 +240,13 @@ fn probe_cat(path: &Path) -> std::process::Output {
 fn a_user_trickling_bytes_holds_neither_the_daemon_nor_the_cli() {
     let (node, _daemon) = started_node(CONFIG);
     let socket = node.python_socket().to_string_lossy().into_owned();
+    // More connections than the daemon's blocking threads (512), each fed a byte at a
+    // time so that no per-read timeout ever fires.
     let mut trickler = Probe::user()
         .command(SYSTEM_PYTHON)
         .arg("-c")
         .arg(TRICKLING_CLIENT)
-        .args([&socket, "24", "60"])
+        .args([&socket, "600", "30"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -245,8 +255,8 @@ fn a_user_trickling_bytes_holds_neither_the_daemon_nor_the_cli() {
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     assert_eq!(line.trim(), "open");
 
-    // While the probe holds its connections: root's report is answered and stored, and
-    // the CLI gets its answers.
+    // While the probe trickles: root's report is answered and stored, and the CLI gets
+    // its answer, both before the probe is done.
     let output = Command::new(SYSTEM_PYTHON)
         .arg("-c")
         .arg(FORGING_CLIENT)
@@ -259,15 +269,19 @@ fn a_user_trickling_bytes_holds_neither_the_daemon_nor_the_cli() {
         "{}",
         node.daemon_log()
     );
-    let status = node.json(&["status"]);
-    assert!(status.is_object());
-    assert!(wait_until(Duration::from_secs(30), || !problems(&node).is_empty()));
+    assert!(node.json(&["status"]).is_object());
+    assert!(
+        trickler.try_wait().unwrap().is_none(),
+        "the daemon answered only once the probe stopped trickling"
+    );
+    assert!(wait_until(Duration::from_secs(30), || !problems(&node)
+        .is_empty()));
 
-    // Every one of the probe's connections was closed: those beyond its share at once,
-    // the rest at their deadline.
+    // Every one of the probe's connections was closed while it trickled: those beyond its
+    // share at once, the rest at their deadline.
     line.clear();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "closed 24", "{}", node.daemon_log());
+    assert_eq!(line.trim(), "closed 600", "{}", node.daemon_log());
     trickler.wait().unwrap();
 }
 
