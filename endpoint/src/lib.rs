@@ -46,6 +46,7 @@ pub mod dashboard;
 pub mod db;
 pub mod error;
 pub mod export;
+pub mod files;
 pub mod ingest;
 pub mod journal;
 pub mod local;
