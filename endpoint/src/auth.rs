@@ -140,7 +140,9 @@ fn secret_file(
 }
 
 fn token_file(path: &Path, prefix: &str) -> Result<String, EndpointError> {
-    let bytes = secret_file(path, || Ok(format!("{}\n", new_token_with(prefix)?).into_bytes()))?;
+    let bytes = secret_file(path, || {
+        Ok(format!("{}\n", new_token_with(prefix)?).into_bytes())
+    })?;
     String::from_utf8(bytes)
         .map(|text| text.trim().to_string())
         .map_err(|_| EndpointError::Config(format!("{} is not text", path.display())))

@@ -481,7 +481,14 @@ pub async fn api_set_bug(
     payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
     state.auth.admin(bearer_of(&request))?;
-    let body = read_body(&state, &request, payload, "bug change bytes", SMALL_BODY_BYTES_MAX).await?;
+    let body = read_body(
+        &state,
+        &request,
+        payload,
+        "bug change bytes",
+        SMALL_BODY_BYTES_MAX,
+    )
+    .await?;
     let change: BugChange = serde_json::from_slice(&body)
         .map_err(|error| EndpointError::BadRequest(format!("bug change: {error}")))?;
     let bug = set_bug(&state, *path, change).await?;
@@ -627,7 +634,11 @@ fn signin_html(next: &str, message: Option<&str>) -> String {
          cluster's and allows changes.</p>",
     );
     if let Some(message) = message {
-        let _ = write!(body, "<p class=\"error\" id=\"signin-error\">{}</p>", escape(message));
+        let _ = write!(
+            body,
+            "<p class=\"error\" id=\"signin-error\">{}</p>",
+            escape(message)
+        );
     }
     let _ = write!(
         body,
@@ -641,7 +652,11 @@ fn signin_html(next: &str, message: Option<&str>) -> String {
 }
 
 /// The sign-in page, answered with `status` (401 where a page needed a session).
-fn signin_response(status: actix_web::http::StatusCode, next: &str, message: Option<&str>) -> HttpResponse {
+fn signin_response(
+    status: actix_web::http::StatusCode,
+    next: &str,
+    message: Option<&str>,
+) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .body(signin_html(next, message))
@@ -649,12 +664,11 @@ fn signin_response(status: actix_web::http::StatusCode, next: &str, message: Opt
 
 /// `GET /signin`.
 pub async fn signin_page(request: HttpRequest) -> HttpResponse {
-    let next = web::Query::<std::collections::HashMap<String, String>>::from_query(
-        request.query_string(),
-    )
-    .ok()
-    .and_then(|query| query.get("next").cloned())
-    .unwrap_or_default();
+    let next =
+        web::Query::<std::collections::HashMap<String, String>>::from_query(request.query_string())
+            .ok()
+            .and_then(|query| query.get("next").cloned())
+            .unwrap_or_default();
     signin_response(actix_web::http::StatusCode::OK, &next, None)
 }
 
@@ -676,7 +690,10 @@ pub async fn signin(
 ) -> Result<HttpResponse, EndpointError> {
     same_origin(&request)?;
     let form: SignInForm = read_form(&state, &request, payload).await?;
-    match state.auth.new_session(form.token.trim(), crate::server::now_secs()) {
+    match state
+        .auth
+        .new_session(form.token.trim(), crate::server::now_secs())
+    {
         Ok(session) => Ok(HttpResponse::SeeOther()
             .insert_header(("Location", local_path(&form.next)))
             .insert_header((
@@ -1114,7 +1131,11 @@ pub async fn problem_page(
         list(row.versions.iter().cloned()),
         list(row.labels.iter().cloned()),
     );
-    body.push_str(&privacy_section(&row.id, &privacy_of(&state, &row)?, &viewer));
+    body.push_str(&privacy_section(
+        &row.id,
+        &privacy_of(&state, &row)?,
+        &viewer,
+    ));
     // The bug and its form.
     body.push_str("<section id=\"bug\"><h2>bug</h2>");
     match &bug {

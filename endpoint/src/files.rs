@@ -21,15 +21,14 @@ pub const FILE_MODE: u32 = 0o600;
 pub const DIR_MODE: u32 = 0o700;
 
 fn c_name(path: &Path) -> Result<CString, EndpointError> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        EndpointError::BadRequest(format!("{} has a NUL byte", path.display()))
-    })
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| EndpointError::BadRequest(format!("{} has a NUL byte", path.display())))
 }
 
 /// The error for a failed create: an existing path (or a link) is [`EndpointError::Exists`].
 fn create_error(what: &'static str, path: &Path, error: std::io::Error) -> EndpointError {
     match error.raw_os_error() {
-        Some(libc::EEXIST) | Some(libc::ELOOP) => EndpointError::Exists {
+        Some(libc::EEXIST) | Some(libc::ELOOP) | Some(libc::ENOTDIR) => EndpointError::Exists {
             path: path.display().to_string(),
         },
         _ => EndpointError::io(what, path, error),
@@ -86,7 +85,10 @@ impl PrivateDir {
     /// Opens `path` as the root (made 0700 when absent; its parents as `create_dir_all`
     /// makes them), refusing a link in its place.
     pub fn open_root(path: &Path) -> Result<PrivateDir, EndpointError> {
-        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
             std::fs::create_dir_all(parent)
                 .map_err(|error| EndpointError::io("create", parent, error))?;
         }
@@ -220,7 +222,10 @@ mod tests {
             Err(EndpointError::Exists { .. })
         ));
         assert_eq!(read_no_follow(&victim, 16).unwrap().unwrap(), b"keep");
-        assert_eq!(read_no_follow(&dir.path().join("absent"), 16).unwrap(), None);
+        assert_eq!(
+            read_no_follow(&dir.path().join("absent"), 16).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -230,16 +235,25 @@ mod tests {
         std::fs::create_dir(&elsewhere).unwrap();
         let root = PrivateDir::open_root(&dir.path().join("out")).unwrap();
         std::os::unix::fs::symlink(&elsewhere, root.path().join("reports")).unwrap();
-        assert!(matches!(root.dir("reports"), Err(EndpointError::Exists { .. })));
+        assert!(matches!(
+            root.dir("reports"),
+            Err(EndpointError::Exists { .. })
+        ));
         let sub = root.dir("sub").unwrap();
         assert_eq!(
             std::fs::metadata(sub.path()).unwrap().permissions().mode() & 0o777,
             0o700
         );
         drop(sub.create_file("a").unwrap());
-        assert!(matches!(sub.create_file("a"), Err(EndpointError::Exists { .. })));
+        assert!(matches!(
+            sub.create_file("a"),
+            Err(EndpointError::Exists { .. })
+        ));
         std::os::unix::fs::symlink(elsewhere.join("f"), sub.path().join("b")).unwrap();
-        assert!(matches!(sub.create_file("b"), Err(EndpointError::Exists { .. })));
+        assert!(matches!(
+            sub.create_file("b"),
+            Err(EndpointError::Exists { .. })
+        ));
         assert!(!elsewhere.join("f").exists());
         assert!(sub.create_file("../x").is_err());
         // The root itself may not be a link either.

@@ -29,9 +29,9 @@ use tokio::sync::oneshot;
 
 use crate::db::{
     ANALYSES, BUGS, BugRow, CLUSTER_ANALYSES, CLUSTER_CHUNKS, CLUSTER_PROBLEMS, COMMENTS, Db,
-    HOURS_PER_PROBLEM_MAX, INCIDENTS, IncidentRow, META, META_JOURNAL_SEQ, META_NEXT_BUG,
-    PROBLEMS, ProblemRow, REPORTS, REPORTS_PER_PROBLEM_MAX, ReportRow, TERMS, decode, encode,
-    insert_bounded, save_bug,
+    HOURS_PER_PROBLEM_MAX, INCIDENTS, IncidentRow, META, META_JOURNAL_SEQ, META_NEXT_BUG, PROBLEMS,
+    ProblemRow, REPORTS, REPORTS_PER_PROBLEM_MAX, ReportRow, TERMS, decode, encode, insert_bounded,
+    save_bug,
 };
 use crate::error::EndpointError;
 use crate::journal::{Entry, EntryRef, JOURNAL_BYTES_MAX, Journal, Work};

@@ -194,6 +194,7 @@ fn failed(error: &EndpointError) -> AdminAnswer {
         | EndpointError::Config(detail)
         | EndpointError::Storage(detail)
         | EndpointError::Database(detail) => detail.clone(),
+        EndpointError::Exists { path } => path.clone(),
         other => other.to_string(),
     };
     AdminAnswer::Failed {
@@ -211,6 +212,7 @@ fn remote_error(error: String, code: &str) -> EndpointError {
         "conflict" => EndpointError::Conflict(error),
         "config" => EndpointError::Config(error),
         "storage" => EndpointError::Storage(error),
+        "exists" => EndpointError::Exists { path: error },
         _ => EndpointError::Database(error),
     }
 }
@@ -707,6 +709,9 @@ mod tests {
             EndpointError::Config("[storage.s3] missing".into()),
             EndpointError::Storage("s3 down".into()),
             EndpointError::Database("d".into()),
+            EndpointError::Exists {
+                path: "/out/problems.json".into(),
+            },
         ];
         for error in errors {
             let AdminAnswer::Failed { error: text, code } = failed(&error) else {

@@ -331,13 +331,27 @@ mod tests {
     fn manifest_bytes_are_bounded_per_cluster_and_over_all() {
         let pending = Pending::new(limits());
         let now = Instant::now();
-        pending.insert(manifest("a", 1), 500, Vec::new(), now).unwrap();
-        assert!(pending.insert(manifest("a", 2), 200, Vec::new(), now).is_err());
-        pending.insert(manifest("b", 1), 450, Vec::new(), now).unwrap();
-        assert!(pending.insert(manifest("c", 1), 100, Vec::new(), now).is_err());
+        pending
+            .insert(manifest("a", 1), 500, Vec::new(), now)
+            .unwrap();
+        assert!(
+            pending
+                .insert(manifest("a", 2), 200, Vec::new(), now)
+                .is_err()
+        );
+        pending
+            .insert(manifest("b", 1), 450, Vec::new(), now)
+            .unwrap();
+        assert!(
+            pending
+                .insert(manifest("c", 1), 100, Vec::new(), now)
+                .is_err()
+        );
         assert_eq!(pending.manifest_bytes(), 950);
         // Replacing a report gives its bytes back first.
-        pending.insert(manifest("a", 1), 10, Vec::new(), now).unwrap();
+        pending
+            .insert(manifest("a", 1), 10, Vec::new(), now)
+            .unwrap();
         assert_eq!(pending.manifest_bytes(), 460);
     }
 
@@ -346,15 +360,27 @@ mod tests {
         let pending = Pending::new(limits());
         let start = Instant::now();
         let wanted = |byte: &str| vec![byte.repeat(32)];
-        pending.insert(manifest("a", 1), 10, wanted("01"), start).unwrap();
         pending
-            .insert(manifest("a", 2), 10, [wanted("02"), wanted("03")].concat(), start)
+            .insert(manifest("a", 1), 10, wanted("01"), start)
+            .unwrap();
+        pending
+            .insert(
+                manifest("a", 2),
+                10,
+                [wanted("02"), wanted("03")].concat(),
+                start,
+            )
             .unwrap();
         // Report 2 makes progress; report 1 does not.
         pending.arrived("a", &"02".repeat(32), start + Duration::from_secs(50));
         let later = start + Duration::from_secs(90);
-        pending.insert(manifest("a", 3), 10, wanted("04"), later).unwrap();
-        assert!(pending.get("a", &"01".repeat(32)).is_none(), "idle: forgotten");
+        pending
+            .insert(manifest("a", 3), 10, wanted("04"), later)
+            .unwrap();
+        assert!(
+            pending.get("a", &"01".repeat(32)).is_none(),
+            "idle: forgotten"
+        );
         assert_eq!(
             pending.get("a", &"02".repeat(32)).unwrap().1,
             vec!["03".repeat(32)]

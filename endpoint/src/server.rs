@@ -332,7 +332,14 @@ fn routes(
                             .response()
                             .error()
                             .and_then(|error| error.as_error::<EndpointError>())
-                            .map_or(if status.is_client_error() { "other_client" } else { "other_server" }, EndpointError::code);
+                            .map_or(
+                                if status.is_client_error() {
+                                    "other_client"
+                                } else {
+                                    "other_server"
+                                },
+                                EndpointError::code,
+                            );
                         metrics.refused(code);
                     }
                     security_headers(response.headers_mut());
@@ -542,7 +549,10 @@ impl AppState {
     /// Who the request speaks for, and how it said so: its bearer token, else the
     /// dashboard's session cookie (a bearer header that does not verify is refused, not
     /// passed over for the cookie).
-    pub(crate) fn caller(&self, request: &HttpRequest) -> Result<(Viewer, Credential), EndpointError> {
+    pub(crate) fn caller(
+        &self,
+        request: &HttpRequest,
+    ) -> Result<(Viewer, Credential), EndpointError> {
         if request.headers().contains_key("authorization") {
             return Ok((self.auth.viewer(bearer(request))?, Credential::Bearer));
         }
@@ -555,7 +565,9 @@ impl AppState {
     pub(crate) fn admin_form(&self, request: &HttpRequest) -> Result<(), EndpointError> {
         let (viewer, credential) = self.caller(request)?;
         if !viewer.is_admin() {
-            return Err(EndpointError::Forbidden("this needs the admin token".into()));
+            return Err(EndpointError::Forbidden(
+                "this needs the admin token".into(),
+            ));
         }
         if credential == Credential::Session {
             same_origin(request)?;
@@ -767,9 +779,12 @@ async fn post_report(
         return Ok(HttpResponse::Ok().json(reply));
     }
     let problem_id = crashmesh_store::problem_id_for(&manifest.signature, &manifest.report_id);
-    state
-        .pending
-        .insert(manifest.clone(), body.len(), missing.clone(), Instant::now())?;
+    state.pending.insert(
+        manifest.clone(),
+        body.len(),
+        missing.clone(),
+        Instant::now(),
+    )?;
     let reply = state.current_reply(&problem_id, missing)?;
     Ok(HttpResponse::Accepted().json(reply))
 }
