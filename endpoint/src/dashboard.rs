@@ -730,22 +730,18 @@ pub async fn stylesheet() -> HttpResponse {
         .body(STYLE)
 }
 
-/// Who a dashboard page is for; without a session (or token), the sign-in page (401).
-fn page_viewer(state: &AppState, request: &HttpRequest) -> Result<Viewer, HttpResponse> {
-    match state.caller(request) {
-        Ok((viewer, _)) => Ok(viewer),
-        Err(_) => {
-            let next = match request.query_string() {
-                "" => request.path().to_string(),
-                query => format!("{}?{query}", request.path()),
-            };
-            Err(signin_response(
-                actix_web::http::StatusCode::UNAUTHORIZED,
-                &next,
-                None,
-            ))
-        }
-    }
+/// Who a dashboard page is for; `None` without a session (or token).
+fn page_viewer(state: &AppState, request: &HttpRequest) -> Option<Viewer> {
+    state.caller(request).ok().map(|(viewer, _)| viewer)
+}
+
+/// The sign-in page (401) for a page asked without a session; it comes back there after.
+fn signin_instead(request: &HttpRequest) -> HttpResponse {
+    let next = match request.query_string() {
+        "" => request.path().to_string(),
+        query => format!("{}?{query}", request.path()),
+    };
+    signin_response(actix_web::http::StatusCode::UNAUTHORIZED, &next, None)
 }
 
 // ---------------------------------------------------------------- HTML
@@ -875,9 +871,8 @@ pub async fn index(
     request: HttpRequest,
     filter: web::Query<Filter>,
 ) -> Result<HttpResponse, EndpointError> {
-    let viewer = match page_viewer(&state, &request) {
-        Ok(viewer) => viewer,
-        Err(signin) => return Ok(signin),
+    let Some(viewer) = page_viewer(&state, &request) else {
+        return Ok(signin_instead(&request));
     };
     let problems = select(&state, &viewer, &filter)?;
     let mut body = String::new();
@@ -1073,9 +1068,8 @@ pub async fn problem_page(
     request: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, EndpointError> {
-    let viewer = match page_viewer(&state, &request) {
-        Ok(viewer) => viewer,
-        Err(signin) => return Ok(signin),
+    let Some(viewer) = page_viewer(&state, &request) else {
+        return Ok(signin_instead(&request));
     };
     let (row, bug, analysis) = load_problem(&state, &viewer, &path)?;
     let mut body = String::new();
