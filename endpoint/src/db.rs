@@ -446,6 +446,22 @@ pub(crate) fn insert_bounded(set: &mut BTreeSet<String>, value: &str) -> bool {
     true
 }
 
+/// A cluster's own row of a problem with the fields the problem shares across clusters
+/// (its bug, its interest) from the problem's row in `problems`.
+fn with_shared_fields(
+    problems: &impl ReadableTable<&'static str, &'static [u8]>,
+    own: ProblemRow,
+) -> Result<ProblemRow, EndpointError> {
+    let global = problems
+        .get(own.id.as_str())?
+        .map(|value| decode::<ProblemRow>(&format!("problem {}", own.id), value.value()))
+        .transpose()?;
+    Ok(match global {
+        Some(global) => own.with_shared_fields_of(&global),
+        None => own,
+    })
+}
+
 /// The metadata database, opened by its one process: the server, or a CLI command while
 /// no server runs.
 pub struct Db {
@@ -635,15 +651,7 @@ impl Db {
         else {
             return Ok(None);
         };
-        let problems = txn.open_table(PROBLEMS)?;
-        let global = problems
-            .get(id)?
-            .map(|value| decode::<ProblemRow>(&format!("problem {id}"), value.value()))
-            .transpose()?;
-        Ok(Some(match global {
-            Some(global) => own.with_shared_fields_of(&global),
-            None => own,
-        }))
+        Ok(Some(with_shared_fields(&txn.open_table(PROBLEMS)?, own)?))
     }
 
     /// A problem's analysis as `viewer` sees it: the admin the first report's, a cluster
@@ -683,14 +691,8 @@ impl Db {
             if key_cluster != cluster {
                 break;
             }
-            let mut row: ProblemRow = decode(&format!("problem {id} of {cluster}"), value.value())?;
-            if let Some(global) = problems
-                .get(id)?
-                .map(|value| decode::<ProblemRow>(&format!("problem {id}"), value.value()))
-                .transpose()?
-            {
-                row = row.with_shared_fields_of(&global);
-            }
+            let own: ProblemRow = decode(&format!("problem {id} of {cluster}"), value.value())?;
+            let row = with_shared_fields(&problems, own)?;
             let bug = match row.bug {
                 Some(bug) => bugs
                     .get(bug)?

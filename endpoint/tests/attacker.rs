@@ -45,6 +45,22 @@ fn upload(client: &Client, (manifest, chunks): &(ReportManifest, Vec<ChunkData>)
     client.upload(manifest, chunks).unwrap().problem_id
 }
 
+/// A small report of `cluster`: one incident, one attachment of `seed`'s bytes, `problem`.
+fn small(
+    cluster: &str,
+    seed: &str,
+    problem: crashmesh_protocol::Problem,
+) -> (ReportManifest, Vec<ChunkData>) {
+    report(
+        cluster,
+        1,
+        seed,
+        problem,
+        vec![incident(&format!("{cluster}-node"), seed, T0, None)],
+        seed.as_bytes(),
+    )
+}
+
 /// `acme` and `globex` each report a problem of their own and one they share, with a
 /// `proc/environ` attachment holding a secret; `globex` sends an incident update.
 fn two_clusters(harness: &Harness) -> World {
@@ -334,9 +350,7 @@ fn another_clusters_manifest_for_a_stored_report_id_is_refused_before_the_commit
     let mut claim = mine.clone();
     claim.cluster_id = "globex".into();
     claim.incidents[0].node = "globex-fake-node".into();
-    let answer = globex
-        .post("/api/v1/reports", &serde_json::to_vec(&claim).unwrap())
-        .unwrap();
+    let answer = post_manifest(&globex, &claim);
     assert_eq!(answer.status, 409, "{}", answer.body);
     assert_eq!(answer.json()["code"], "foreign_report");
     // The early check answered: the committer saw nothing.
@@ -425,9 +439,7 @@ fn a_report_id_claimed_first_by_another_cluster_is_refused_visibly_not_dropped()
     claim.incidents[0].node = "globex-node".into();
     globex.upload(&claim, &[]).unwrap();
     // acme's real report is refused and counted, not answered "already stored".
-    let answer = acme
-        .post("/api/v1/reports", &serde_json::to_vec(&real).unwrap())
-        .unwrap();
+    let answer = post_manifest(&acme, &real);
     assert_eq!(answer.status, 409, "{}", answer.body);
     assert_eq!(answer.json()["code"], "foreign_report");
     assert!(acme.upload(&real, &real_chunks).is_err());
@@ -455,9 +467,7 @@ fn two_clusters_completing_one_report_id_at_once_store_it_once() {
         .collect();
     // Both pending (neither stored yet, so no early check refuses either), chunks sent.
     for (client, (manifest, chunks)) in clients.iter().zip(&manifests) {
-        let answer = client
-            .post("/api/v1/reports", &serde_json::to_vec(manifest).unwrap())
-            .unwrap();
+        let answer = post_manifest(client, manifest);
         assert_eq!(answer.status, 202, "{}", answer.body);
         for chunk in chunks {
             let put = client
@@ -548,9 +558,7 @@ fn a_term_far_ahead_is_refused_and_does_not_lock_the_cluster_out() {
         )
     };
     let (locking, _) = made("lock", u64::MAX);
-    let answer = acme
-        .post("/api/v1/reports", &serde_json::to_vec(&locking).unwrap())
-        .unwrap();
+    let answer = post_manifest(&acme, &locking);
     assert_eq!(answer.status, 409, "{}", answer.body);
     assert_eq!(answer.json()["code"], "term_too_far");
     // Past the server's check, the committer refuses it too.
@@ -617,9 +625,7 @@ fn chunk_presence_is_no_oracle_across_clusters() {
         "globex-node",
         &[("etc/app.conf", secret)],
     );
-    let answer = globex
-        .post("/api/v1/reports", &serde_json::to_vec(&guess).unwrap())
-        .unwrap();
+    let answer = post_manifest(&globex, &guess);
     assert_eq!(answer.status, 202, "{}", answer.body);
     assert_eq!(answer.reply().unwrap().missing_chunks, vec![stored.clone()]);
     let complete = globex
@@ -739,14 +745,7 @@ fn a_slow_body_is_cut_at_its_deadline_and_the_server_keeps_serving() {
         harness.metric("crashmesh_endpoint_refused_total{reason=\"body_timeout\"}"),
         2
     );
-    let (manifest, chunks) = report(
-        "acme",
-        1,
-        "r1",
-        problem("v1:core:f", "f"),
-        vec![incident("acme-node", "e1", T0, None)],
-        b"l\n",
-    );
+    let (manifest, chunks) = small("acme", "r1", problem("v1:core:f", "f"));
     acme.upload(&manifest, &chunks).unwrap();
 }
 
@@ -760,18 +759,8 @@ fn one_cluster_filling_its_pending_quota_gets_429_while_another_still_uploads() 
     let acme = harness.client("acme");
     let globex = harness.client("globex");
     let pending = |client: &Client, cluster: &str, seed: &str| {
-        let (manifest, chunks) = report(
-            cluster,
-            1,
-            seed,
-            problem("v1:core:f", "f"),
-            vec![incident("n", seed, T0, None)],
-            seed.as_bytes(),
-        );
-        let answer = client
-            .post("/api/v1/reports", &serde_json::to_vec(&manifest).unwrap())
-            .unwrap();
-        (answer, manifest, chunks)
+        let (manifest, chunks) = small(cluster, seed, problem("v1:core:f", "f"));
+        (post_manifest(client, &manifest), manifest, chunks)
     };
     for seed in ["a1", "a2", "a3"] {
         assert_eq!(pending(&acme, "acme", seed).0.status, 202);
@@ -796,18 +785,7 @@ fn pending_manifests_hold_a_bounded_number_of_bytes() {
     let big = |client: &Client, cluster: &str, seed: &str| {
         let mut made = problem("v1:core:f", "f");
         made.text = Some(String::from_utf8(log_bytes(seed, 250_000)).unwrap());
-        let (manifest, _) = report(
-            cluster,
-            1,
-            seed,
-            made,
-            vec![incident("acme-node", "e1", T0, None)],
-            seed.as_bytes(),
-        );
-        client
-            .post("/api/v1/reports", &serde_json::to_vec(&manifest).unwrap())
-            .unwrap()
-            .status
+        post_manifest(client, &small(cluster, seed, made).0).status
     };
     assert_eq!(big(&acme, "acme", "a1"), 202);
     assert_eq!(big(&acme, "acme", "a2"), 202);
@@ -829,19 +807,8 @@ fn a_pending_report_that_stopped_making_progress_gives_its_place_back() {
         config.limits.pending_report_idle_secs_max = 1;
     });
     let acme = harness.client("acme");
-    let post = |seed: &str| {
-        let (manifest, _) = report(
-            "acme",
-            1,
-            seed,
-            problem("v1:core:f", "f"),
-            vec![incident("acme-node", "e1", T0, None)],
-            seed.as_bytes(),
-        );
-        acme.post("/api/v1/reports", &serde_json::to_vec(&manifest).unwrap())
-            .unwrap()
-            .status
-    };
+    let post =
+        |seed: &str| post_manifest(&acme, &small("acme", seed, problem("v1:core:f", "f")).0).status;
     assert_eq!(post("stalled"), 202);
     assert_eq!(post("next"), 429);
     // Once the first has been idle past its limit, the next one takes its place.

@@ -224,12 +224,6 @@ fn chunk_objects(chunks: &[ChunkData]) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-fn post_manifest(client: &Client, manifest: &ReportManifest) -> Answer {
-    client
-        .post("/api/v1/reports", &serde_json::to_vec(manifest).unwrap())
-        .unwrap()
-}
-
 #[test]
 fn chunks_land_in_the_bucket_once_and_read_back() {
     let Some(binary) = moto_server_binary() else {

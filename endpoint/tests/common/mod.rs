@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crashmesh_endpoint::client::{ChunkData, Client, chunk_blob};
+use crashmesh_endpoint::client::{Answer, ChunkData, Client, chunk_blob};
 use crashmesh_endpoint::{EndpointConfig, RunningServer, ServerMode};
 use crashmesh_protocol::report::{Attachment, Incident, REPORT_FORMAT_VERSION, ReportManifest};
 use crashmesh_protocol::{Frame, Problem, ProblemKind};
@@ -209,17 +209,16 @@ pub fn incident(node: &str, entry: &str, time_ms: u64, version: Option<&str>) ->
     }
 }
 
-/// A report of `problem` from `cluster` with one log attachment.
-pub fn report(
+/// A manifest of `cluster` (its id from `report_seed`) with these incidents and attachments.
+pub fn manifest(
     cluster: &str,
     term: u64,
     report_seed: &str,
     problem: Problem,
     incidents: Vec<Incident>,
-    log: &[u8],
-) -> (ReportManifest, Vec<ChunkData>) {
-    let (blob, chunks) = chunk_blob(log);
-    let manifest = ReportManifest {
+    attachments: Vec<Attachment>,
+) -> ReportManifest {
+    ReportManifest {
         format_version: REPORT_FORMAT_VERSION,
         report_id: hex_id(report_seed),
         cluster_id: cluster.into(),
@@ -229,14 +228,73 @@ pub fn report(
         kind: problem.kind,
         problem,
         incidents,
-        attachments: vec![Attachment {
-            name: "node-1/journal.log".into(),
-            blob,
-        }],
+        attachments,
         scrub: None,
         created_ms: 1_790_000_000_000,
-    };
+    }
+}
+
+/// A report of `problem` from `cluster` with one log attachment.
+pub fn report(
+    cluster: &str,
+    term: u64,
+    report_seed: &str,
+    problem: Problem,
+    incidents: Vec<Incident>,
+    log: &[u8],
+) -> (ReportManifest, Vec<ChunkData>) {
+    report_of(
+        cluster,
+        term,
+        report_seed,
+        problem,
+        incidents,
+        &[("node-1/journal.log", log)],
+    )
+}
+
+/// A report of `cluster` with the attachments given (name, bytes), one incident on `node`.
+pub fn report_with(
+    cluster: &str,
+    term: u64,
+    report_seed: &str,
+    problem: Problem,
+    node: &str,
+    attachments: &[(&str, &[u8])],
+) -> (ReportManifest, Vec<ChunkData>) {
+    let incidents = vec![incident(node, report_seed, 1_790_000_000_000, Some("1.0"))];
+    report_of(cluster, term, report_seed, problem, incidents, attachments)
+}
+
+fn report_of(
+    cluster: &str,
+    term: u64,
+    report_seed: &str,
+    problem: Problem,
+    incidents: Vec<Incident>,
+    attachments: &[(&str, &[u8])],
+) -> (ReportManifest, Vec<ChunkData>) {
+    let mut chunks = Vec::new();
+    let attachments = attachments
+        .iter()
+        .map(|(name, bytes)| {
+            let (blob, blob_chunks) = chunk_blob(bytes);
+            chunks.extend(blob_chunks);
+            Attachment {
+                name: name.to_string(),
+                blob,
+            }
+        })
+        .collect();
+    let manifest = manifest(cluster, term, report_seed, problem, incidents, attachments);
     (manifest, chunks)
+}
+
+/// Posts a manifest (the first step of an upload) and gives the answer.
+pub fn post_manifest(client: &Client, manifest: &ReportManifest) -> Answer {
+    client
+        .post("/api/v1/reports", &serde_json::to_vec(manifest).unwrap())
+        .unwrap()
 }
 
 /// An HTTP answer read off a raw connection.
@@ -302,42 +360,4 @@ pub fn raw_http(address: &str, request: &str) -> RawAnswer {
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     stream.write_all(request.as_bytes()).unwrap();
     read_answer(&mut stream)
-}
-
-/// A report of `cluster` with the attachments given (name, bytes), one incident on `node`.
-pub fn report_with(
-    cluster: &str,
-    term: u64,
-    report_seed: &str,
-    problem: Problem,
-    node: &str,
-    attachments: &[(&str, &[u8])],
-) -> (ReportManifest, Vec<ChunkData>) {
-    let mut chunks = Vec::new();
-    let attachments = attachments
-        .iter()
-        .map(|(name, bytes)| {
-            let (blob, blob_chunks) = chunk_blob(bytes);
-            chunks.extend(blob_chunks);
-            Attachment {
-                name: name.to_string(),
-                blob,
-            }
-        })
-        .collect();
-    let manifest = ReportManifest {
-        format_version: REPORT_FORMAT_VERSION,
-        report_id: hex_id(report_seed),
-        cluster_id: cluster.into(),
-        term,
-        customer_id: None,
-        signature: problem.signature.clone(),
-        kind: problem.kind,
-        problem,
-        incidents: vec![incident(node, report_seed, 1_790_000_000_000, Some("1.0"))],
-        attachments,
-        scrub: None,
-        created_ms: 1_790_000_000_000,
-    };
-    (manifest, chunks)
 }
