@@ -25,6 +25,8 @@
 //! pending_report_secs_max = 3600
 //! pending_report_idle_secs_max = 600
 //! body_read_secs_max = 60
+//! cluster_body_bytes_in_flight_max = 67108864
+//! body_bytes_in_flight_max = 536870912
 //!
 //! [storage]
 //! kind = "local"                               # or "s3"
@@ -120,6 +122,11 @@ pub struct Limits {
     /// How long a request's body may take to arrive, from its headers (408 and the
     /// connection closed after).
     pub body_read_secs_max: u64,
+    /// Body bytes one cluster's requests may be sending at once (by `Content-Length`, else
+    /// the route's limit), reserved before a body is read (429 above).
+    pub cluster_body_bytes_in_flight_max: usize,
+    /// Body bytes all requests may be sending at once (429 above).
+    pub body_bytes_in_flight_max: usize,
 }
 
 impl Default for Limits {
@@ -138,6 +145,8 @@ impl Default for Limits {
             pending_report_secs_max: 3600,
             pending_report_idle_secs_max: 600,
             body_read_secs_max: 60,
+            cluster_body_bytes_in_flight_max: 64 << 20,
+            body_bytes_in_flight_max: 512 << 20,
         }
     }
 }

@@ -303,7 +303,15 @@ pub async fn api_core_request(
     payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
     state.auth.admin(bearer_of(&request))?;
-    let body = read_body(&state, &request, payload, "core request bytes", 4096).await?;
+    let (body, _held) = read_body(
+        &state,
+        &request,
+        payload,
+        "core request bytes",
+        4096,
+        crate::server::NO_CLUSTER,
+    )
+    .await?;
     let change: CoreRequestChange = serde_json::from_slice(&body)
         .map_err(|error| EndpointError::BadRequest(format!("core request: {error}")))?;
     let (row, _, _) = load_problem(&state, &Viewer::Admin, &path)?;
@@ -481,12 +489,13 @@ pub async fn api_set_bug(
     payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
     state.auth.admin(bearer_of(&request))?;
-    let body = read_body(
+    let (body, _held) = read_body(
         &state,
         &request,
         payload,
         "bug change bytes",
         SMALL_BODY_BYTES_MAX,
+        crate::server::NO_CLUSTER,
     )
     .await?;
     let change: BugChange = serde_json::from_slice(&body)
@@ -502,7 +511,15 @@ async fn read_form<T: serde::de::DeserializeOwned>(
     request: &HttpRequest,
     payload: web::Payload,
 ) -> Result<T, EndpointError> {
-    let body = read_body(state, request, payload, "form bytes", SMALL_BODY_BYTES_MAX).await?;
+    let (body, _held) = read_body(
+        state,
+        request,
+        payload,
+        "form bytes",
+        SMALL_BODY_BYTES_MAX,
+        crate::server::NO_CLUSTER,
+    )
+    .await?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| EndpointError::BadRequest("the form is not UTF-8".into()))?;
     web::Query::<T>::from_query(text)

@@ -58,6 +58,7 @@ pub mod db;
 pub mod error;
 pub mod export;
 pub mod files;
+pub mod inflight;
 pub mod ingest;
 pub mod journal;
 pub mod local;

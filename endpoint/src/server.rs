@@ -45,6 +45,7 @@ use crate::chunk_buffer::ChunkBuffer;
 use crate::config::EndpointConfig;
 use crate::db::Db;
 use crate::error::EndpointError;
+use crate::inflight::{BodyBudget, Reservation};
 use crate::ingest::{Committer, IngestContext};
 use crate::metrics::Metrics;
 use crate::pending::{Pending, PendingLimits};
@@ -69,6 +70,8 @@ pub struct AppState {
     pub blobs: Blobs,
     pub auth: Auth,
     pub pending: Pending,
+    /// Body bytes being read, per cluster and over all.
+    pub bodies: BodyBudget,
     pub rate: RateLimiter,
     pub committer: Committer,
     pub metrics: Arc<Metrics>,
@@ -221,6 +224,10 @@ pub fn start(config: EndpointConfig, mode: ServerMode) -> Result<RunningServer, 
                     age_max: Duration::from_secs(limits.pending_report_secs_max),
                     idle_max: Duration::from_secs(limits.pending_report_idle_secs_max),
                 }),
+                bodies: BodyBudget::new(
+                    limits.cluster_body_bytes_in_flight_max,
+                    limits.body_bytes_in_flight_max,
+                ),
                 rate: RateLimiter::new(
                     limits.cluster_reports_per_sec_max,
                     limits.cluster_reports_burst_max,
@@ -476,17 +483,23 @@ pub(crate) fn now_secs() -> u64 {
     crate::ingest::now_ms() / 1000
 }
 
+/// Who a body's bytes are counted against in [`BodyBudget`]: a cluster, or (the admin's
+/// requests and the sign-in form) nobody's in particular.
+pub(crate) const NO_CLUSTER: &str = "";
+
 /// Reads a request's body, at most `bytes_max` (413 above, refused from `Content-Length`
-/// before reading when it says so), within the body deadline (408). Handlers call it only
-/// after they checked the request's token: nothing of a body is read for a request that
-/// would be refused for its token.
-pub(crate) async fn read_body(
-    state: &AppState,
+/// before reading when it says so), within the body deadline (408), its bytes reserved
+/// against `owner`'s share of [`BodyBudget`] while the reservation given back is held (429
+/// when they do not fit). Handlers call it only after they checked the request's token:
+/// nothing of a body is read for a request that would be refused for its token.
+pub(crate) async fn read_body<'a>(
+    state: &'a AppState,
     request: &HttpRequest,
     mut payload: web::Payload,
     what: &'static str,
     bytes_max: usize,
-) -> Result<web::Bytes, EndpointError> {
+    owner: &str,
+) -> Result<(web::Bytes, Reservation<'a>), EndpointError> {
     let too_large = |value: u64| EndpointError::TooLarge {
         what,
         value,
@@ -496,6 +509,9 @@ pub(crate) async fn read_body(
     if let Some(announced) = announced.filter(|len| *len > bytes_max as u64) {
         return Err(too_large(announced));
     }
+    let reservation = state
+        .bodies
+        .reserve(owner, announced.map_or(bytes_max, |len| len as usize))?;
     let mut body =
         web::BytesMut::with_capacity(announced.map_or(0, |len| len as usize).min(bytes_max));
     with_body_deadline(state, async {
@@ -510,7 +526,7 @@ pub(crate) async fn read_body(
         Ok(())
     })
     .await??;
-    Ok(body.freeze())
+    Ok((body.freeze(), reservation))
 }
 
 /// Runs a body's reading within [`crate::config::Limits::body_read_secs_max`]: a client
@@ -749,12 +765,13 @@ async fn post_report(
     payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
     let cluster = state.cluster(&request, true)?;
-    let body = read_body(
+    let (body, _held) = read_body(
         &state,
         &request,
         payload,
         "manifest bytes",
         state.config.limits.manifest_bytes_max,
+        &cluster,
     )
     .await?;
     let manifest: ReportManifest = parse_json("the manifest", &body)?;
@@ -891,8 +908,10 @@ async fn put_chunk(
             "no pending report of cluster {cluster:?} names chunk {id}"
         )));
     }
+    let body_bytes = announced.map_or(chunk_bytes_max, |len| len as usize);
+    let _held = state.bodies.reserve(&cluster, body_bytes)?;
     // The body goes straight into the buffer its pack record is written from.
-    let mut chunk = ChunkBuffer::with_limit(announced.map_or(chunk_bytes_max, |len| len as usize));
+    let mut chunk = ChunkBuffer::with_limit(body_bytes);
     with_body_deadline(&state, async {
         while let Some(piece) = payload.next().await {
             let piece = piece.map_err(|error| {
@@ -938,12 +957,13 @@ async fn post_incidents(
     payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
     let cluster = state.cluster(&request, true)?;
-    let body = read_body(
+    let (body, _held) = read_body(
         &state,
         &request,
         payload,
         "incident update bytes",
         state.config.limits.update_bytes_max,
+        &cluster,
     )
     .await?;
     let update: IncidentUpdate = parse_json("the incident update", &body)?;
@@ -970,7 +990,15 @@ async fn post_token(
     payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
     state.auth.admin(bearer(&request))?;
-    let body = read_body(&state, &request, payload, "token request bytes", 4096).await?;
+    let (body, _held) = read_body(
+        &state,
+        &request,
+        payload,
+        "token request bytes",
+        4096,
+        NO_CLUSTER,
+    )
+    .await?;
     let wanted: TokenRequest = parse_json("the token request", &body)?;
     let token = auth::create_cluster_token(&state.db, &wanted.cluster)?;
     Ok(HttpResponse::build(StatusCode::CREATED)
@@ -994,6 +1022,11 @@ async fn metrics_text(
             "pending_manifest_bytes",
             "Manifest bytes held by the reports waiting for their chunks",
             state.pending.manifest_bytes() as u64,
+        ),
+        (
+            "body_bytes_receiving",
+            "Body bytes reserved by the requests whose bodies are being read",
+            state.bodies.reserved_bytes() as u64,
         ),
         (
             "chunks_writing",

@@ -750,6 +750,55 @@ fn a_slow_body_is_cut_at_its_deadline_and_the_server_keeps_serving() {
 }
 
 #[test]
+fn half_sent_bodies_of_one_cluster_hold_a_bounded_number_of_bytes() {
+    let harness = Harness::start_with(|config| {
+        config.limits.cluster_body_bytes_in_flight_max = 3 << 20;
+        config.limits.body_read_secs_max = 600;
+    });
+    let acme = harness.client("acme");
+    let globex = harness.client("globex");
+    let half_sent = |client: &Client| {
+        let mut stream = std::net::TcpStream::connect(harness.address()).unwrap();
+        write!(
+            stream,
+            "POST /api/v1/reports HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Length: {}\r\n\r\n{{\"format",
+            client.token(),
+            1 << 20
+        )
+        .unwrap();
+        stream
+    };
+    // Three of 1 MiB are being read; the fourth is refused from its headers alone.
+    let held: Vec<_> = (0..3).map(|_| half_sent(&acme)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while harness.metric("crashmesh_endpoint_body_bytes_receiving") < 3 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the three bodies were never being read"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut refused = half_sent(&acme);
+    let answer = read_answer(&mut refused);
+    assert_eq!(answer.status, 429, "{answer:?}");
+    // Another cluster is not held up.
+    let (manifest, chunks) = small("globex", "g1", problem("v1:core:f", "f"));
+    globex.upload(&manifest, &chunks).unwrap();
+    // Once they are gone, acme sends again.
+    drop(held);
+    let (manifest, chunks) = small("acme", "a1", problem("v1:core:f", "f"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(error) = acme.upload(&manifest, &chunks) {
+        assert!(
+            Instant::now() < deadline,
+            "acme's budget never came back: {error}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
 fn one_cluster_filling_its_pending_quota_gets_429_while_another_still_uploads() {
     let harness = Harness::start_with(|config| {
         config.limits.cluster_pending_reports_max = 3;

@@ -242,7 +242,10 @@ mod tests {
         // untouched; so is an existing file.
         let victim = dir.path().join("victim");
         std::fs::write(&victim, "keep").unwrap();
-        for (name, target) in [("link", victim.clone()), ("dangling", dir.path().join("new"))] {
+        for (name, target) in [
+            ("link", victim.clone()),
+            ("dangling", dir.path().join("new")),
+        ] {
             let link = dir.path().join(name);
             std::os::unix::fs::symlink(&target, &link).unwrap();
             match export(&link) {

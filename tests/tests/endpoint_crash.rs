@@ -687,7 +687,12 @@ fn answered_reports_survive_sigkill_exactly_once() {
     let server = Server::start(&dir);
     let client = Client::new(&server.url, &token);
     check_recorded(&admin(&dir, &server), &ledger, "after SIGKILL and restart");
-    check_repeats_change_nothing(&client, &admin(&dir, &server), &ledger, "after SIGKILL and restart");
+    check_repeats_change_nothing(
+        &client,
+        &admin(&dir, &server),
+        &ledger,
+        "after SIGKILL and restart",
+    );
     check_next_bug_is_new(&client, &mut ledger, TEST, PROBLEMS);
 
     let status = server.interrupt();
@@ -705,7 +710,11 @@ fn answered_reports_survive_sigkill_exactly_once() {
     // What the checkpoint made durable is all there, with nothing left to replay.
     let server = Server::start(&dir);
     let client = Client::new(&server.url, &token);
-    check_recorded(&admin(&dir, &server), &ledger, "after a clean stop and restart");
+    check_recorded(
+        &admin(&dir, &server),
+        &ledger,
+        "after a clean stop and restart",
+    );
     server.kill();
 }
 
@@ -736,7 +745,11 @@ fn a_torn_append_at_the_journal_end_is_ignored() {
     append(&dir, &garbage);
     let server = Server::start(&dir);
     let client = Client::new(&server.url, &token);
-    check_recorded(&admin(&dir, &server), &ledger, "after random bytes at the journal's end");
+    check_recorded(
+        &admin(&dir, &server),
+        &ledger,
+        "after random bytes at the journal's end",
+    );
 
     // More answered after that start, then a torn entry: the header of an entry whose
     // payload never made it to the disk.
@@ -752,8 +765,17 @@ fn a_torn_append_at_the_journal_end_is_ignored() {
     append(&dir, &torn);
     let server = Server::start(&dir);
     let client = Client::new(&server.url, &token);
-    check_recorded(&admin(&dir, &server), &ledger, "after a torn entry at the journal's end");
-    check_repeats_change_nothing(&client, &admin(&dir, &server), &ledger, "after a torn entry at the journal's end");
+    check_recorded(
+        &admin(&dir, &server),
+        &ledger,
+        "after a torn entry at the journal's end",
+    );
+    check_repeats_change_nothing(
+        &client,
+        &admin(&dir, &server),
+        &ledger,
+        "after a torn entry at the journal's end",
+    );
     let status = server.interrupt();
     assert!(
         status.success(),
@@ -788,8 +810,17 @@ fn reports_answered_across_checkpoints_survive_sigkill_exactly_once() {
     server.kill();
     let server = Server::start(&dir);
     let client = Client::new(&server.url, &token);
-    check_recorded(&admin(&dir, &server), &ledger, "after checkpoints, SIGKILL and restart");
-    check_repeats_change_nothing(&client, &admin(&dir, &server), &ledger, "after checkpoints, SIGKILL and restart");
+    check_recorded(
+        &admin(&dir, &server),
+        &ledger,
+        "after checkpoints, SIGKILL and restart",
+    );
+    check_repeats_change_nothing(
+        &client,
+        &admin(&dir, &server),
+        &ledger,
+        "after checkpoints, SIGKILL and restart",
+    );
     server.kill();
 }
 
