@@ -258,7 +258,7 @@ pub fn start(config: EndpointConfig, mode: ServerMode) -> Result<RunningServer, 
                     let app = App::new();
                     match &factory_state {
                         Some(state) => {
-                            app.configure(|config| routes(config, state.clone(), &limits))
+                            app.configure(|config| routes(config, state.clone()))
                         }
                         None => app.configure(|config| null_routes(config, &limits)),
                     }
@@ -319,11 +319,9 @@ fn security_headers(headers: &mut actix_web::http::header::HeaderMap) {
     }
 }
 
-fn routes(
-    config: &mut web::ServiceConfig,
-    state: web::Data<AppState>,
-    _limits: &crate::config::Limits,
-) {
+/// The endpoint's routes. Every handler that takes a body reads it itself, after its
+/// token check ([`read_body`]): no route has a body extractor.
+fn routes(config: &mut web::ServiceConfig, state: web::Data<AppState>) {
     let metrics = state.metrics.clone();
     config.app_data(state).service(
         web::scope("")
