@@ -257,9 +257,7 @@ pub fn start(config: EndpointConfig, mode: ServerMode) -> Result<RunningServer, 
                 let server = HttpServer::new(move || {
                     let app = App::new();
                     match &factory_state {
-                        Some(state) => {
-                            app.configure(|config| routes(config, state.clone()))
-                        }
+                        Some(state) => app.configure(|config| routes(config, state.clone())),
                         None => app.configure(|config| null_routes(config, &limits)),
                     }
                 })

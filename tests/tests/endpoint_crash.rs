@@ -709,7 +709,6 @@ fn answered_reports_survive_sigkill_exactly_once() {
 
     // What the checkpoint made durable is all there, with nothing left to replay.
     let server = Server::start(&dir);
-    let client = Client::new(&server.url, &token);
     check_recorded(
         &admin(&dir, &server),
         &ledger,
