@@ -136,6 +136,11 @@ impl Client {
         }
     }
 
+    /// The token the client sends.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     fn finish(
         result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Answer, ClientError> {

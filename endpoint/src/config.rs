@@ -19,7 +19,14 @@
 //! cluster_reports_per_sec_max = 5000
 //! cluster_reports_burst_max = 10000
 //! pending_reports_max = 4096
+//! cluster_pending_reports_max = 256
+//! pending_manifest_bytes_max = 268435456
+//! cluster_pending_manifest_bytes_max = 67108864
 //! pending_report_secs_max = 3600
+//! pending_report_idle_secs_max = 600
+//! body_read_secs_max = 60
+//! cluster_body_bytes_in_flight_max = 67108864
+//! body_bytes_in_flight_max = 536870912
 //!
 //! [storage]
 //! kind = "local"                               # or "s3"
@@ -101,8 +108,25 @@ pub struct Limits {
     pub cluster_reports_burst_max: u32,
     /// Reports waiting for their chunks, over all clusters (429 above).
     pub pending_reports_max: usize,
+    /// Reports of one cluster waiting for their chunks (429 above, for that cluster only).
+    pub cluster_pending_reports_max: usize,
+    /// Manifest bytes held by the reports waiting for their chunks, over all clusters.
+    pub pending_manifest_bytes_max: usize,
+    /// Manifest bytes held by one cluster's reports waiting for their chunks.
+    pub cluster_pending_manifest_bytes_max: usize,
     /// How long a report may wait for its chunks before it is forgotten.
     pub pending_report_secs_max: u64,
+    /// How long a waiting report may go without a chunk of it arriving before it is
+    /// forgotten (when room is needed).
+    pub pending_report_idle_secs_max: u64,
+    /// How long a request's body may take to arrive, from its headers (408 and the
+    /// connection closed after).
+    pub body_read_secs_max: u64,
+    /// Body bytes one cluster's requests may be sending at once (by `Content-Length`, else
+    /// the route's limit), reserved before a body is read (429 above).
+    pub cluster_body_bytes_in_flight_max: usize,
+    /// Body bytes all requests may be sending at once (429 above).
+    pub body_bytes_in_flight_max: usize,
 }
 
 impl Default for Limits {
@@ -115,7 +139,14 @@ impl Default for Limits {
             cluster_reports_per_sec_max: 5000,
             cluster_reports_burst_max: 10_000,
             pending_reports_max: 4096,
+            cluster_pending_reports_max: 256,
+            pending_manifest_bytes_max: 256 << 20,
+            cluster_pending_manifest_bytes_max: 64 << 20,
             pending_report_secs_max: 3600,
+            pending_report_idle_secs_max: 600,
+            body_read_secs_max: 60,
+            cluster_body_bytes_in_flight_max: 64 << 20,
+            body_bytes_in_flight_max: 512 << 20,
         }
     }
 }

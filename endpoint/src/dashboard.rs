@@ -4,7 +4,14 @@
 //!
 //! Invariants: every value shown is HTML-escaped; uninteresting problems are hidden unless
 //! asked for (`interesting=all` or `false`); lists are bounded (`limit`, at most
-//! [`PROBLEMS_SHOWN_MAX`]); writes need the admin token.
+//! [`PROBLEMS_SHOWN_MAX`]); every read needs a token and shows that token's view
+//! ([`Viewer`]: a cluster sees its own reports, incidents, nodes and counts of a problem,
+//! and the problem's bug, never another cluster's names, counts or ids); writes need the
+//! admin token, and a form relying on the session cookie must come from the dashboard's
+//! own pages ([`crate::server::same_origin`]). The pages have no script and no inline
+//! style (the Content-Security-Policy allows neither); the browser signs in on
+//! `/signin`, which sets the session cookie (`HttpOnly`, `SameSite=Strict`, `Secure`
+//! over TLS; see [`crate::auth`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -13,9 +20,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crashmesh_protocol::{Frame, Problem};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Viewer;
 use crate::db::{BUG_STATUSES, BugRow, ProblemRow};
 use crate::error::EndpointError;
-use crate::server::{AppState, admin_of, bearer_of};
+use crate::server::{AppState, SMALL_BODY_BYTES_MAX, bearer_of, read_body, same_origin};
 
 /// Problems one list shows at most.
 pub const PROBLEMS_SHOWN_MAX: usize = 1000;
@@ -153,14 +161,15 @@ impl Filter {
     }
 }
 
-/// The problems a filter selects, sorted and bounded.
+/// The problems `viewer` sees that a filter selects, sorted and bounded.
 pub fn select(
     state: &AppState,
+    viewer: &Viewer,
     filter: &Filter,
 ) -> Result<Vec<(ProblemRow, Option<BugRow>)>, EndpointError> {
     let mut problems: Vec<_> = state
         .db
-        .problems()?
+        .problems_view(viewer)?
         .into_iter()
         .filter(|(row, bug)| filter.matches(row, bug.as_ref()))
         .collect();
@@ -185,20 +194,25 @@ pub fn select(
     Ok(problems)
 }
 
-/// `GET /api/v1/problems`.
+/// `GET /api/v1/problems`: the problems the token sees.
 pub async fn api_problems(
     state: web::Data<AppState>,
+    request: HttpRequest,
     filter: web::Query<Filter>,
 ) -> Result<HttpResponse, EndpointError> {
-    let problems: Vec<ProblemJson> = select(&state, &filter)?
+    let (viewer, _) = state.caller(&request)?;
+    let problems: Vec<ProblemJson> = select(&state, &viewer, &filter)?
         .iter()
         .map(|(row, bug)| ProblemJson::new(row, bug.as_ref(), &state.public_url))
         .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "problems": problems })))
 }
 
+/// A problem as `viewer` sees it, its bug and analysis; a problem the viewer has no
+/// report in is not found (as one that does not exist).
 fn load_problem(
     state: &AppState,
+    viewer: &Viewer,
     id: &str,
 ) -> Result<(ProblemRow, Option<BugRow>, Option<Problem>), EndpointError> {
     if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -208,13 +222,13 @@ fn load_problem(
     }
     let row = state
         .db
-        .problem(id)?
+        .problem_view(viewer, id)?
         .ok_or_else(|| EndpointError::NotFound(format!("problem {id}")))?;
     let bug = match row.bug {
         Some(bug) => state.db.bug(bug)?,
         None => None,
     };
-    let analysis = state.db.analysis(id)?;
+    let analysis = state.db.analysis_view(viewer, id)?;
     Ok((row, bug, analysis))
 }
 
@@ -286,12 +300,21 @@ pub async fn api_core_request(
     state: web::Data<AppState>,
     request: HttpRequest,
     path: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
-    admin_of(&state, bearer_of(&request))?;
+    state.auth.admin(bearer_of(&request))?;
+    let (body, _held) = read_body(
+        &state,
+        &request,
+        payload,
+        "core request bytes",
+        4096,
+        crate::server::NO_CLUSTER,
+    )
+    .await?;
     let change: CoreRequestChange = serde_json::from_slice(&body)
         .map_err(|error| EndpointError::BadRequest(format!("core request: {error}")))?;
-    let (row, _, _) = load_problem(&state, &path)?;
+    let (row, _, _) = load_problem(&state, &Viewer::Admin, &path)?;
     let db = state.db.clone();
     let id = row.id.clone();
     web::block(move || db.set_core_request(&id, change.requested, crate::ingest::now_ms()))
@@ -308,9 +331,11 @@ pub async fn api_core_request(
 /// `core_requested`.
 pub async fn api_problem(
     state: web::Data<AppState>,
+    request: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, EndpointError> {
-    let (row, bug, analysis) = load_problem(&state, &path)?;
+    let (viewer, _) = state.caller(&request)?;
+    let (row, bug, analysis) = load_problem(&state, &viewer, &path)?;
     let attachments: Vec<_> = attachments_of(&state, &row)?
         .into_iter()
         .map(|(report, name, len_bytes)| {
@@ -329,7 +354,7 @@ pub async fn api_problem(
         "attachments": attachments,
         "hourly": row.hourly,
         "bug_detail": match &bug {
-            Some(bug) => state.db.bug_view(bug.id, crate::db::COMMENTS_PER_BUG_MAX)?,
+            Some(bug) => state.db.bug_view_for(&viewer, bug.id, crate::db::COMMENTS_PER_BUG_MAX)?,
             None => None,
         },
     });
@@ -340,8 +365,9 @@ pub async fn api_problem(
 }
 
 /// The problem page's privacy section: customers, whether a core is asked, and per
-/// report what scrubbing removed and pseudonymized (counts per rule).
-fn privacy_section(problem_id: &str, view: &PrivacyView) -> String {
+/// report what scrubbing removed and pseudonymized (counts per rule); for the admin, the
+/// form that asks for a core.
+fn privacy_section(problem_id: &str, view: &PrivacyView, viewer: &Viewer) -> String {
     let mut html = String::from("<section id=\"privacy\"><h2>privacy</h2>");
     let _ = write!(
         html,
@@ -393,12 +419,15 @@ fn privacy_section(problem_id: &str, view: &PrivacyView) -> String {
         );
     }
     html.push_str("</table>");
+    if !viewer.is_admin() {
+        html.push_str("</section>");
+        return html;
+    }
     // Clusters in customer mode with `cores = "on_request"` answer this.
     let _ = write!(
         html,
         "<form method=\"post\" action=\"/problems/{}/core-request\"><input type=\"hidden\" \
-         name=\"requested\" value=\"{}\"><label>admin token <input type=\"password\" \
-         name=\"admin_token\" size=\"20\"></label> <button type=\"submit\">{}</button></form>",
+         name=\"requested\" value=\"{}\"> <button type=\"submit\" id=\"core-request\">{}</button></form>",
         escape(problem_id),
         if view.core_requested { "no" } else { "yes" },
         if view.core_requested {
@@ -411,14 +440,17 @@ fn privacy_section(problem_id: &str, view: &PrivacyView) -> String {
     html
 }
 
-/// `GET /api/v1/bugs/{id}`.
+/// `GET /api/v1/bugs/{id}`: the admin any bug; a cluster a bug of a problem it has a report
+/// in, as [`crate::db::Db::bug_view_for`] shows it.
 pub async fn api_bug(
     state: web::Data<AppState>,
+    request: HttpRequest,
     path: web::Path<u64>,
 ) -> Result<HttpResponse, EndpointError> {
+    let (viewer, _) = state.caller(&request)?;
     let bug = state
         .db
-        .bug_view(*path, crate::db::COMMENTS_PER_BUG_MAX)?
+        .bug_view_for(&viewer, *path, crate::db::COMMENTS_PER_BUG_MAX)?
         .ok_or_else(|| EndpointError::NotFound(format!("bug {path}")))?;
     Ok(HttpResponse::Ok().json(bug))
 }
@@ -454,9 +486,18 @@ pub async fn api_set_bug(
     state: web::Data<AppState>,
     request: HttpRequest,
     path: web::Path<u64>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
-    admin_of(&state, bearer_of(&request))?;
+    state.auth.admin(bearer_of(&request))?;
+    let (body, _held) = read_body(
+        &state,
+        &request,
+        payload,
+        "bug change bytes",
+        SMALL_BODY_BYTES_MAX,
+        crate::server::NO_CLUSTER,
+    )
+    .await?;
     let change: BugChange = serde_json::from_slice(&body)
         .map_err(|error| EndpointError::BadRequest(format!("bug change: {error}")))?;
     let bug = set_bug(&state, *path, change).await?;
@@ -464,26 +505,49 @@ pub async fn api_set_bug(
     Ok(HttpResponse::Ok().json(view))
 }
 
+/// A form's fields, read after the caller was checked, within the body deadline.
+async fn read_form<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    request: &HttpRequest,
+    payload: web::Payload,
+) -> Result<T, EndpointError> {
+    let (body, _held) = read_body(
+        state,
+        request,
+        payload,
+        "form bytes",
+        SMALL_BODY_BYTES_MAX,
+        crate::server::NO_CLUSTER,
+    )
+    .await?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| EndpointError::BadRequest("the form is not UTF-8".into()))?;
+    web::Query::<T>::from_query(text)
+        .map(web::Query::into_inner)
+        .map_err(|error| EndpointError::BadRequest(format!("the form: {error}")))
+}
+
 /// The dashboard's bug form.
 #[derive(Debug, Deserialize)]
 pub struct BugForm {
     pub status: Option<String>,
     pub workaround: Option<String>,
-    pub admin_token: String,
 }
 
-/// `POST /problems/{id}/bug` (form, with the admin token) → back to the problem page.
+/// `POST /problems/{id}/bug` (the admin: its bearer token, or its session from the
+/// dashboard's own page) → back to the problem page.
 pub async fn form_set_bug(
     state: web::Data<AppState>,
+    request: HttpRequest,
     path: web::Path<String>,
-    form: web::Form<BugForm>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
-    admin_of(&state, Some(form.admin_token.trim()))?;
-    let (row, _, _) = load_problem(&state, &path)?;
+    state.admin_form(&request)?;
+    let form: BugForm = read_form(&state, &request, payload).await?;
+    let (row, _, _) = load_problem(&state, &Viewer::Admin, &path)?;
     let bug = row
         .bug
         .ok_or_else(|| EndpointError::NotFound(format!("a bug for problem {}", row.id)))?;
-    let form = form.into_inner();
     set_bug(
         &state,
         bug,
@@ -503,17 +567,18 @@ pub async fn form_set_bug(
 pub struct CoreRequestForm {
     /// `yes` asks for a core, anything else stops asking.
     pub requested: String,
-    pub admin_token: String,
 }
 
-/// `POST /problems/{id}/core-request` (form, with the admin token) → back to the page.
+/// `POST /problems/{id}/core-request` (the admin, as for the bug form) → back to the page.
 pub async fn form_core_request(
     state: web::Data<AppState>,
+    request: HttpRequest,
     path: web::Path<String>,
-    form: web::Form<CoreRequestForm>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
-    admin_of(&state, Some(form.admin_token.trim()))?;
-    let (row, _, _) = load_problem(&state, &path)?;
+    state.admin_form(&request)?;
+    let form: CoreRequestForm = read_form(&state, &request, payload).await?;
+    let (row, _, _) = load_problem(&state, &Viewer::Admin, &path)?;
     let db = state.db.clone();
     let id = row.id.clone();
     let requested = form.requested == "yes";
@@ -525,19 +590,19 @@ pub async fn form_core_request(
         .finish())
 }
 
-/// `GET /reports/{report}/attachments/{name}`: an attachment, decompressed and verified.
+/// `GET /reports/{report}/attachments/{name}`: an attachment of a report the token sees,
+/// decompressed and verified.
 pub async fn attachment(
     state: web::Data<AppState>,
+    request: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, EndpointError> {
+    let (viewer, _) = state.caller(&request)?;
     let (report_id, name) = path.into_inner();
     if !crashmesh_protocol::report::is_hex_id(&report_id) {
         return Err(EndpointError::BadRequest("bad report id".into()));
     }
-    let report = state
-        .db
-        .report(&report_id)?
-        .ok_or_else(|| EndpointError::NotFound(format!("report {report_id}")))?;
+    let report = crate::server::report_for(&state, &viewer, &report_id)?;
     let attachment = report
         .manifest
         .attachments
@@ -554,6 +619,146 @@ pub async fn attachment(
         "application/octet-stream"
     };
     Ok(HttpResponse::Ok().content_type(content_type).body(bytes))
+}
+
+// ---------------------------------------------------------------- sign-in
+
+/// The sign-in form's fields.
+#[derive(Debug, Deserialize)]
+pub struct SignInForm {
+    pub token: String,
+    /// The dashboard page to go back to.
+    #[serde(default)]
+    pub next: String,
+}
+
+/// `next` when it is a path of this server (`/…`, not `//host`), else `/`: signing in never
+/// sends the browser elsewhere.
+fn local_path(next: &str) -> &str {
+    let safe = next.starts_with('/')
+        && !next.starts_with("//")
+        && next.len() <= 512
+        && next
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_-.?=&%#".contains(&b));
+    if safe { next } else { "/" }
+}
+
+fn signin_html(next: &str, message: Option<&str>) -> String {
+    let mut body = String::from(
+        "<h1>sign in</h1><p>Paste a token: a cluster's token shows that cluster's problems \
+         only; the admin token (the endpoint's <code>DATA_DIR/admin.token</code>) shows every \
+         cluster's and allows changes.</p>",
+    );
+    if let Some(message) = message {
+        let _ = write!(
+            body,
+            "<p class=\"error\" id=\"signin-error\">{}</p>",
+            escape(message)
+        );
+    }
+    let _ = write!(
+        body,
+        "<form method=\"post\" action=\"/signin\" id=\"signin-form\"><input type=\"hidden\" \
+         name=\"next\" value=\"{}\"><label>token <input type=\"password\" name=\"token\" \
+         id=\"token\" size=\"72\" autocomplete=\"off\"></label> <button type=\"submit\" \
+         id=\"signin\">sign in</button></form>",
+        escape(local_path(next))
+    );
+    page_html("sign in", &body, None)
+}
+
+/// The sign-in page, answered with `status` (401 where a page needed a session).
+fn signin_response(
+    status: actix_web::http::StatusCode,
+    next: &str,
+    message: Option<&str>,
+) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(signin_html(next, message))
+}
+
+/// `GET /signin`.
+pub async fn signin_page(request: HttpRequest) -> HttpResponse {
+    let next =
+        web::Query::<std::collections::HashMap<String, String>>::from_query(request.query_string())
+            .ok()
+            .and_then(|query| query.get("next").cloned())
+            .unwrap_or_default();
+    signin_response(actix_web::http::StatusCode::OK, &next, None)
+}
+
+/// The session cookie's header: `value` for `max_age_secs` (0 ends it).
+fn session_cookie_header(state: &AppState, value: &str, max_age_secs: u64) -> String {
+    format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{}",
+        crate::auth::SESSION_COOKIE,
+        if state.secure_cookies { "; Secure" } else { "" }
+    )
+}
+
+/// `POST /signin`: a token pasted in the form becomes a session cookie (see
+/// [`crate::auth`]); from the dashboard's own page only.
+pub async fn signin(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, EndpointError> {
+    same_origin(&request)?;
+    let form: SignInForm = read_form(&state, &request, payload).await?;
+    match state
+        .auth
+        .new_session(form.token.trim(), crate::server::now_secs())
+    {
+        Ok(session) => Ok(HttpResponse::SeeOther()
+            .insert_header(("Location", local_path(&form.next)))
+            .insert_header((
+                "Set-Cookie",
+                session_cookie_header(&state, &session, crate::auth::SESSION_SECS_MAX),
+            ))
+            .finish()),
+        Err(EndpointError::Unauthorized) => Ok(signin_response(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            &form.next,
+            Some("unknown token"),
+        )),
+        Err(error) => Err(error),
+    }
+}
+
+/// `POST /signout`: ends the browser's session (the cookie is cleared).
+pub async fn signout(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, EndpointError> {
+    same_origin(&request)?;
+    Ok(HttpResponse::SeeOther()
+        .insert_header(("Location", "/signin"))
+        .insert_header(("Set-Cookie", session_cookie_header(&state, "", 0)))
+        .finish())
+}
+
+/// `GET /static/dashboard.css`: the pages' only style (no inline style: see the
+/// Content-Security-Policy).
+pub async fn stylesheet() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .body(STYLE)
+}
+
+/// Who a dashboard page is for; `None` without a session (or token).
+fn page_viewer(state: &AppState, request: &HttpRequest) -> Option<Viewer> {
+    state.caller(request).ok().map(|(viewer, _)| viewer)
+}
+
+/// The sign-in page (401) for a page asked without a session; it comes back there after.
+fn signin_instead(request: &HttpRequest) -> HttpResponse {
+    let next = match request.query_string() {
+        "" => request.path().to_string(),
+        query => format!("{}?{query}", request.path()),
+    };
+    signin_response(actix_web::http::StatusCode::UNAUTHORIZED, &next, None)
 }
 
 // ---------------------------------------------------------------- HTML
@@ -609,18 +814,35 @@ th{background:#eef0f4}code,pre{font:12px/1.35 ui-monospace,monospace}pre{backgro
 .badge{display:inline-block;padding:0 6px;border-radius:8px;background:#dde3ee;font-size:12px}\
 .open{background:#fde2e1}.fixed,.closed{background:#dff3e3}.regression{background:#ffd166}\
 form.filters{margin-bottom:12px}form.filters label{margin-right:10px}section{margin:18px 0}\
-h2{font-size:16px;margin:0 0 6px}.muted{color:#6b7280}.bar{fill:#3b6fd8}";
+h2{font-size:16px;margin:0 0 6px}.muted{color:#6b7280}.bar{fill:#3b6fd8}\
+.row{display:flex;gap:40px}.error{color:#b42318}\
+header form{display:inline;float:right}header .who{float:right;margin-right:10px}";
 
-fn page(title: &str, body: &str) -> HttpResponse {
-    let html = format!(
+/// A whole page: the header (who is signed in, and the sign-out button) and `body`.
+fn page_html(title: &str, body: &str, viewer: Option<&Viewer>) -> String {
+    let who = match viewer {
+        None => String::new(),
+        Some(viewer) => format!(
+            "<form method=\"post\" action=\"/signout\"><button type=\"submit\" id=\"signout\">\
+             sign out</button></form><span class=\"who\" id=\"viewer\">{}</span>",
+            match viewer {
+                Viewer::Admin => "admin".to_string(),
+                Viewer::Cluster(cluster) => format!("cluster {}", escape(cluster)),
+            }
+        ),
+    };
+    format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} — crashmesh</title>\
-         <style>{STYLE}</style></head><body><header><a href=\"/\">crashmesh endpoint</a></header>\
-         <main>{body}</main></body></html>",
+         <link rel=\"stylesheet\" href=\"/static/dashboard.css\"></head><body><header>\
+         <a href=\"/\">crashmesh endpoint</a>{who}</header><main>{body}</main></body></html>",
         escape(title)
-    );
+    )
+}
+
+fn page(title: &str, body: &str, viewer: &Viewer) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
-        .body(html)
+        .body(page_html(title, body, Some(viewer)))
 }
 
 fn bug_badge(bug: Option<&BugRow>) -> String {
@@ -660,12 +882,16 @@ fn select_box(name: &str, current: Option<&str>, options: &[(&str, &str)]) -> St
     out
 }
 
-/// `GET /`: the problems, filters, sorted by last seen or count.
+/// `GET /`: the problems the session sees, filters, sorted by last seen or count.
 pub async fn index(
     state: web::Data<AppState>,
+    request: HttpRequest,
     filter: web::Query<Filter>,
 ) -> Result<HttpResponse, EndpointError> {
-    let problems = select(&state, &filter)?;
+    let Some(viewer) = page_viewer(&state, &request) else {
+        return Ok(signin_instead(&request));
+    };
+    let problems = select(&state, &viewer, &filter)?;
     let mut body = String::new();
     let kinds: Vec<(&str, &str)> = std::iter::once(("", "any kind"))
         .chain(KINDS.iter().map(|kind| (*kind, *kind)))
@@ -738,7 +964,7 @@ pub async fn index(
         );
     }
     body.push_str("</tbody></table>");
-    Ok(page("problems", &body))
+    Ok(page("problems", &body, &viewer))
 }
 
 const KINDS: &[&str] = &[
@@ -853,12 +1079,16 @@ fn list(items: impl Iterator<Item = String>) -> String {
     }
 }
 
-/// `GET /problems/{id}`: the problem's page.
+/// `GET /problems/{id}`: the problem's page, as the session sees it.
 pub async fn problem_page(
     state: web::Data<AppState>,
+    request: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, EndpointError> {
-    let (row, bug, analysis) = load_problem(&state, &path)?;
+    let Some(viewer) = page_viewer(&state, &request) else {
+        return Ok(signin_instead(&request));
+    };
+    let (row, bug, analysis) = load_problem(&state, &viewer, &path)?;
     let mut body = String::new();
     let _ = write!(
         body,
@@ -904,7 +1134,7 @@ pub async fn problem_page(
     body.push_str("</section>");
     let _ = write!(
         body,
-        "<section style=\"display:flex;gap:40px\"><div><h2>nodes</h2><div id=\"nodes\">{}</div></div>\
+        "<section class=\"row\"><div><h2>nodes</h2><div id=\"nodes\">{}</div></div>\
          <div><h2>clusters</h2><div id=\"clusters\">{}</div></div><div><h2>versions</h2>{}</div>\
          <div><h2>labels</h2>{}</div></section>",
         list(row.nodes.iter().cloned()),
@@ -912,7 +1142,11 @@ pub async fn problem_page(
         list(row.versions.iter().cloned()),
         list(row.labels.iter().cloned()),
     );
-    body.push_str(&privacy_section(&row.id, &privacy_of(&state, &row)?));
+    body.push_str(&privacy_section(
+        &row.id,
+        &privacy_of(&state, &row)?,
+        &viewer,
+    ));
     // The bug and its form.
     body.push_str("<section id=\"bug\"><h2>bug</h2>");
     match &bug {
@@ -930,23 +1164,25 @@ pub async fn problem_page(
                 },
                 escape(bug.workaround.as_deref().unwrap_or("none yet")),
             );
-            let statuses: Vec<(&str, &str)> = BUG_STATUSES
-                .iter()
-                .map(|status| (*status, *status))
-                .collect();
-            let _ = write!(
-                body,
-                "<form method=\"post\" action=\"/problems/{}/bug\"><label>status {}</label> \
-                 <label>workaround <input name=\"workaround\" size=\"50\" value=\"{}\"></label> \
-                 <label>admin token <input type=\"password\" name=\"admin_token\" size=\"20\"></label> \
-                 <button type=\"submit\">save</button></form><h2>comments</h2><table id=\"comments\">",
-                escape(&row.id),
-                select_box("status", Some(&bug.status), &statuses),
-                escape(bug.workaround.as_deref().unwrap_or("")),
-            );
+            if viewer.is_admin() {
+                let statuses: Vec<(&str, &str)> = BUG_STATUSES
+                    .iter()
+                    .map(|status| (*status, *status))
+                    .collect();
+                let _ = write!(
+                    body,
+                    "<form method=\"post\" action=\"/problems/{}/bug\" id=\"bug-form\"><label>status {}</label> \
+                     <label>workaround <input name=\"workaround\" size=\"50\" value=\"{}\"></label> \
+                     <button type=\"submit\">save</button></form>",
+                    escape(&row.id),
+                    select_box("status", Some(&bug.status), &statuses),
+                    escape(bug.workaround.as_deref().unwrap_or("")),
+                );
+            }
+            body.push_str("<h2>comments</h2><table id=\"comments\">");
             let comments = state
                 .db
-                .bug_view(bug.id, 100)?
+                .bug_view_for(&viewer, bug.id, 100)?
                 .map(|view| view.comments)
                 .unwrap_or_default();
             for comment in comments.iter().rev() {
@@ -1029,7 +1265,7 @@ pub async fn problem_page(
         }
     }
     body.push_str("</section>");
-    Ok(page(&row.reason, &body))
+    Ok(page(&row.reason, &body, &viewer))
 }
 
 #[cfg(test)]

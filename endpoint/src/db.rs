@@ -21,6 +21,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Viewer;
 use crate::error::EndpointError;
 
 /// The metadata format this build reads and writes.
@@ -55,6 +56,19 @@ pub(crate) const INCIDENTS: TableDefinition<(&str, &str), &str> =
 pub(crate) const BUGS: TableDefinition<u64, &[u8]> = TableDefinition::new("bugs_v1");
 /// (bug number, comment number) → [`Comment`]: appended, so a hot bug's row stays small.
 pub(crate) const COMMENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("comments_v1");
+/// (cluster, problem id) → [`ProblemRow`] of that cluster's reports and incidents alone:
+/// what a cluster's token sees of a problem (its bug and interest come from the problem's
+/// row, see [`Db::problem_view`]).
+pub(crate) const CLUSTER_PROBLEMS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("cluster_problems_v1");
+/// (cluster, problem id) → the analysis ([`Problem`]) of the cluster's first report of it.
+pub(crate) const CLUSTER_ANALYSES: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("cluster_analyses_v1");
+/// (cluster, chunk id): the chunks a stored report of the cluster names. A chunk counts as
+/// present for a cluster only when listed here (or uploaded by it for a pending report), so
+/// whether another cluster stored a chunk is never told.
+pub(crate) const CLUSTER_CHUNKS: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("cluster_chunks_v1");
 /// Problems a person asked a core for: problem id → when (ms). Clusters in customer mode
 /// with `cores = "on_request"` send the withheld core of such a problem.
 pub(crate) const CORE_REQUESTS: TableDefinition<&str, u64> =
@@ -164,6 +178,15 @@ pub struct ProblemRow {
 }
 
 impl ProblemRow {
+    /// This row (a cluster's own) with what the problem shares across clusters taken from
+    /// `global`, the problem's whole row: its bug and whether it is interesting.
+    pub fn with_shared_fields_of(mut self, global: &ProblemRow) -> ProblemRow {
+        self.bug = global.bug;
+        self.interesting = global.interesting;
+        self.uninteresting_rule = global.uninteresting_rule.clone();
+        self
+    }
+
     /// Adds an incident to `recent`, dropping the oldest past [`RECENT_INCIDENTS_MAX`].
     pub(crate) fn push_recent(&mut self, incident: IncidentRow) -> Result<(), EndpointError> {
         if self.recent_encoded.len() == self.recent.len() {
@@ -244,6 +267,9 @@ impl ProblemRow {
         })
     }
 }
+
+/// The author of the comments people make (through the admin token).
+pub const ADMIN_AUTHOR: &str = "admin";
 
 /// A comment on a bug.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -420,6 +446,22 @@ pub(crate) fn insert_bounded(set: &mut BTreeSet<String>, value: &str) -> bool {
     true
 }
 
+/// A cluster's own row of a problem with the fields the problem shares across clusters
+/// (its bug, its interest) from the problem's row in `problems`.
+fn with_shared_fields(
+    problems: &impl ReadableTable<&'static str, &'static [u8]>,
+    own: ProblemRow,
+) -> Result<ProblemRow, EndpointError> {
+    let global = problems
+        .get(own.id.as_str())?
+        .map(|value| decode::<ProblemRow>(&format!("problem {}", own.id), value.value()))
+        .transpose()?;
+    Ok(match global {
+        Some(global) => own.with_shared_fields_of(&global),
+        None => own,
+    })
+}
+
 /// The metadata database, opened by its one process: the server, or a CLI command while
 /// no server runs.
 pub struct Db {
@@ -466,6 +508,9 @@ impl Db {
             txn.open_table(ANALYSES)?;
             txn.open_table(INCIDENTS)?;
             txn.open_table(CORE_REQUESTS)?;
+            txn.open_table(CLUSTER_PROBLEMS)?;
+            txn.open_table(CLUSTER_ANALYSES)?;
+            txn.open_table(CLUSTER_CHUNKS)?;
             txn.open_table(BUGS)?;
             txn.open_table(COMMENTS)?;
             txn.open_table(crate::packs::CHUNKS)?;
@@ -586,6 +631,93 @@ impl Db {
             .transpose()
     }
 
+    /// A problem as `viewer` sees it: the admin its whole row; a cluster the row of its own
+    /// reports and incidents, with the problem's bug and interest (`None` when the cluster
+    /// has no report in it, whoever else has).
+    pub fn problem_view(
+        &self,
+        viewer: &Viewer,
+        id: &str,
+    ) -> Result<Option<ProblemRow>, EndpointError> {
+        let Some(cluster) = viewer.cluster() else {
+            return self.problem(id);
+        };
+        let txn = self.begin_read()?;
+        let own = txn.open_table(CLUSTER_PROBLEMS)?;
+        let Some(own) = own
+            .get((cluster, id))?
+            .map(|value| decode::<ProblemRow>(&format!("problem {id} of {cluster}"), value.value()))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(with_shared_fields(&txn.open_table(PROBLEMS)?, own)?))
+    }
+
+    /// A problem's analysis as `viewer` sees it: the admin the first report's, a cluster
+    /// its own first report's.
+    pub fn analysis_view(
+        &self,
+        viewer: &Viewer,
+        id: &str,
+    ) -> Result<Option<Problem>, EndpointError> {
+        let Some(cluster) = viewer.cluster() else {
+            return self.analysis(id);
+        };
+        let txn = self.begin_read()?;
+        let table = txn.open_table(CLUSTER_ANALYSES)?;
+        table
+            .get((cluster, id))?
+            .map(|value| decode(&format!("analysis {id} of {cluster}"), value.value()))
+            .transpose()
+    }
+
+    /// Every problem `viewer` sees ([`Db::problem_view`]), with its bug.
+    pub fn problems_view(
+        &self,
+        viewer: &Viewer,
+    ) -> Result<Vec<(ProblemRow, Option<BugRow>)>, EndpointError> {
+        let Some(cluster) = viewer.cluster() else {
+            return self.problems();
+        };
+        let txn = self.begin_read()?;
+        let own = txn.open_table(CLUSTER_PROBLEMS)?;
+        let problems = txn.open_table(PROBLEMS)?;
+        let bugs = txn.open_table(BUGS)?;
+        let mut out = Vec::new();
+        for entry in own.range((cluster, "")..)? {
+            let (key, value) = entry?;
+            let (key_cluster, id) = key.value();
+            if key_cluster != cluster {
+                break;
+            }
+            let own: ProblemRow = decode(&format!("problem {id} of {cluster}"), value.value())?;
+            let row = with_shared_fields(&problems, own)?;
+            let bug = match row.bug {
+                Some(bug) => bugs
+                    .get(bug)?
+                    .map(|value| decode::<BugRow>(&format!("bug {bug}"), value.value()))
+                    .transpose()?,
+                None => None,
+            };
+            out.push((row, bug));
+        }
+        Ok(out)
+    }
+
+    /// For each chunk id, whether a stored report of `cluster` names it.
+    pub fn cluster_has_chunks(
+        &self,
+        cluster: &str,
+        ids: &[&str],
+    ) -> Result<Vec<bool>, EndpointError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(CLUSTER_CHUNKS)?;
+        ids.iter()
+            .map(|id| Ok(table.get((cluster, *id))?.is_some()))
+            .collect()
+    }
+
     /// Asks (or stops asking) clusters for a core of a problem.
     pub fn set_core_request(
         &self,
@@ -659,6 +791,20 @@ impl Db {
 
     /// A bug with its latest `limit` comments.
     pub fn bug_view(&self, id: u64, limit: usize) -> Result<Option<BugView>, EndpointError> {
+        self.bug_view_for(&Viewer::Admin, id, limit)
+    }
+
+    /// A bug as `viewer` sees it, with its latest `limit` comments. A cluster sees a bug
+    /// only when it has a report in the bug's problem, and then only what is shared: its
+    /// status, workaround and the admin's comments, titled with the cluster's own reason;
+    /// not the endpoint's comments, which describe every cluster's incidents, nor the
+    /// versions seen when it was closed.
+    pub fn bug_view_for(
+        &self,
+        viewer: &Viewer,
+        id: u64,
+        limit: usize,
+    ) -> Result<Option<BugView>, EndpointError> {
         let txn = self.begin_read()?;
         let bugs = txn.open_table(BUGS)?;
         let Some(bug) = bugs
@@ -668,11 +814,30 @@ impl Db {
         else {
             return Ok(None);
         };
+        let mut bug = bug;
+        if let Some(cluster) = viewer.cluster() {
+            let own = txn.open_table(CLUSTER_PROBLEMS)?;
+            let Some(own) = own
+                .get((cluster, bug.problem_id.as_str()))?
+                .map(|value| decode::<ProblemRow>("problem", value.value()))
+                .transpose()?
+            else {
+                return Ok(None);
+            };
+            bug.title = own.reason;
+            bug.closed_version_max = None;
+        }
         let table = txn.open_table(COMMENTS)?;
         let mut comments = Vec::new();
-        for entry in table.range((id, 0)..=(id, u64::MAX))?.rev().take(limit) {
+        for entry in table.range((id, 0)..=(id, u64::MAX))?.rev() {
+            if comments.len() >= limit {
+                break;
+            }
             let (_, value) = entry?;
-            comments.push(decode::<Comment>("comment", value.value())?);
+            let comment = decode::<Comment>("comment", value.value())?;
+            if viewer.is_admin() || comment.author == ADMIN_AUTHOR {
+                comments.push(comment);
+            }
         }
         comments.reverse();
         Ok(Some(BugView { bug, comments }))
@@ -750,7 +915,7 @@ impl Db {
                 }
             }
             if !changes.is_empty() {
-                bug.comment(now_ms, "admin", changes.join("; "));
+                bug.comment(now_ms, ADMIN_AUTHOR, changes.join("; "));
                 let mut comments = txn.open_table(COMMENTS)?;
                 save_bug(&mut bugs, &mut comments, bug.clone())?;
                 bug.comments_total += bug.unsaved_comments.len() as u64;

@@ -44,6 +44,33 @@ pub enum EndpointError {
     /// A request that contradicts what is stored (409).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A report id another cluster stored first: a manifest or incident update for it from
+    /// any other cluster is refused (409).
+    #[error("report {report_id} belongs to another cluster")]
+    ForeignReport { report_id: String },
+    /// A term further ahead of the cluster's last accepted term than
+    /// [`crate::ingest::TERM_STEP_MAX`] (409): a term cannot be raised without bound.
+    #[error(
+        "term {term} for cluster {cluster:?} is more than {step_max} ahead of its last \
+         accepted term {highest}"
+    )]
+    TermTooFar {
+        cluster: String,
+        term: u64,
+        highest: u64,
+        step_max: u64,
+    },
+    /// A request body not received within its deadline (408; the connection is closed).
+    #[error("the request body did not arrive within {secs} s")]
+    BodyTimeout { secs: u64 },
+    /// A known token without the right to this request, or a form posted from another
+    /// site (403).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A file the endpoint would create exists already, or is a symbolic link (409): it
+    /// writes new files only, never through a link.
+    #[error("{path} exists (or is a link); the endpoint writes new files only")]
+    Exists { path: String },
     /// Nothing by that id (404).
     #[error("not found: {0}")]
     NotFound(String),
@@ -97,7 +124,13 @@ impl EndpointError {
             EndpointError::InvalidReport(_) => StatusCode::BAD_REQUEST,
             EndpointError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             EndpointError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
-            EndpointError::StaleTerm { .. } | EndpointError::Conflict(_) => StatusCode::CONFLICT,
+            EndpointError::StaleTerm { .. }
+            | EndpointError::Conflict(_)
+            | EndpointError::ForeignReport { .. }
+            | EndpointError::TermTooFar { .. }
+            | EndpointError::Exists { .. } => StatusCode::CONFLICT,
+            EndpointError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            EndpointError::Forbidden(_) => StatusCode::FORBIDDEN,
             EndpointError::NotFound(_) => StatusCode::NOT_FOUND,
             EndpointError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             EndpointError::InUse { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -121,6 +154,11 @@ impl EndpointError {
             EndpointError::TooMany(_) => "too_many_requests",
             EndpointError::StaleTerm { .. } => "stale_term",
             EndpointError::Conflict(_) => "conflict",
+            EndpointError::ForeignReport { .. } => "foreign_report",
+            EndpointError::TermTooFar { .. } => "term_too_far",
+            EndpointError::BodyTimeout { .. } => "body_timeout",
+            EndpointError::Forbidden(_) => "forbidden",
+            EndpointError::Exists { .. } => "exists",
             EndpointError::NotFound(_) => "not_found",
             EndpointError::Config(_) => "config",
             EndpointError::Database(_) => "database",
@@ -170,6 +208,10 @@ impl actix_web::ResponseError for EndpointError {
             }
             EndpointError::Storage(_) => {
                 response.insert_header(("Retry-After", "10"));
+            }
+            // The rest of a body that did not arrive in time is not waited for.
+            EndpointError::BodyTimeout { .. } => {
+                response.force_close();
             }
             _ => {}
         }

@@ -28,9 +28,10 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use tokio::sync::oneshot;
 
 use crate::db::{
-    ANALYSES, BUGS, BugRow, COMMENTS, Db, HOURS_PER_PROBLEM_MAX, INCIDENTS, IncidentRow, META,
-    META_JOURNAL_SEQ, META_NEXT_BUG, PROBLEMS, ProblemRow, REPORTS, REPORTS_PER_PROBLEM_MAX,
-    ReportRow, TERMS, decode, encode, insert_bounded, save_bug,
+    ANALYSES, BUGS, BugRow, CLUSTER_ANALYSES, CLUSTER_CHUNKS, CLUSTER_PROBLEMS, COMMENTS, Db,
+    HOURS_PER_PROBLEM_MAX, INCIDENTS, IncidentRow, META, META_JOURNAL_SEQ, META_NEXT_BUG, PROBLEMS,
+    ProblemRow, REPORTS, REPORTS_PER_PROBLEM_MAX, ReportRow, TERMS, decode, encode, insert_bounded,
+    save_bug,
 };
 use crate::error::EndpointError;
 use crate::journal::{Entry, EntryRef, JOURNAL_BYTES_MAX, Journal, Work};
@@ -42,6 +43,11 @@ use crate::webhook::{Event, Webhooks};
 pub const QUEUE_LEN_MAX: usize = 4096;
 /// Jobs in one transaction.
 pub const BATCH_JOBS_MAX: usize = 512;
+/// How far ahead of a cluster's last accepted term a new term may be (terms, a count of
+/// elections). A term further ahead is refused ([`EndpointError::TermTooFar`]): one
+/// manifest with term 2^64−1 would otherwise fence its cluster out for good, while a
+/// million elections between two uploads is far beyond any real cluster's churn.
+pub const TERM_STEP_MAX: u64 = 1_000_000;
 
 /// What the committer needs besides the database.
 pub struct IngestContext {
@@ -457,7 +463,16 @@ fn sync_loop(
 /// batch. Emptied when a batch fails (its rows may hold what was not committed).
 #[derive(Default)]
 struct RowCache {
-    problems: HashMap<String, ProblemRow>,
+    problems: HashMap<RowKey, ProblemRow>,
+}
+
+/// Which problem row: `("", id)` the problem's own (every cluster's incidents),
+/// `(cluster, id)` a cluster's alone (cluster names are never empty).
+type RowKey = (String, String);
+
+/// The key of a problem's whole row.
+fn problem_key(id: &str) -> RowKey {
+    (String::new(), id.to_string())
 }
 
 /// Problem rows the committer keeps between batches.
@@ -488,12 +503,12 @@ struct BatchInput<'a> {
 /// checkpoint makes it durable); returns the problem rows it committed.
 fn record_batch(
     db: &Db,
-    committed_rows: &mut HashMap<String, ProblemRow>,
+    committed_rows: &mut HashMap<RowKey, ProblemRow>,
     batch: BatchInput,
     recorder: &Recorder,
     results: &mut Vec<Result<UploadReply, EndpointError>>,
     events: &mut Vec<Event>,
-) -> Result<HashMap<String, ProblemRow>, EndpointError> {
+) -> Result<HashMap<RowKey, ProblemRow>, EndpointError> {
     let txn = db.begin_batch()?;
     let rows;
     {
@@ -550,7 +565,7 @@ pub(crate) fn replay(db: &Db, entries: &[Entry]) -> Result<usize, EndpointError>
         let works: Vec<&Work> = entry.works.iter().collect();
         record_batch(
             db,
-            &mut HashMap::new(),
+            &mut RowCache::default().problems,
             BatchInput {
                 seq: entry.seq,
                 now: entry.now_ms,
@@ -576,19 +591,22 @@ struct Tables<'txn> {
     incidents: Table<'txn, (&'static str, &'static str), &'static str>,
     bugs: Table<'txn, u64, &'static [u8]>,
     comments: Table<'txn, (u64, u64), &'static [u8]>,
+    cluster_problems: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    cluster_analyses: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    cluster_chunks: Table<'txn, (&'static str, &'static str), ()>,
     /// Rows read or changed in this batch, written back once at its end: a hot problem's
     /// row (and its bug) is decoded and encoded once per batch, not once per report.
-    problem_rows: HashMap<String, ProblemRow>,
+    problem_rows: HashMap<RowKey, ProblemRow>,
     bug_rows: HashMap<u64, BugRow>,
     /// Rows committed by earlier batches ([`RowCache`]); a row taken from here is put in
     /// `problem_rows`.
-    committed_rows: &'txn mut HashMap<String, ProblemRow>,
+    committed_rows: &'txn mut HashMap<RowKey, ProblemRow>,
 }
 
 impl<'txn> Tables<'txn> {
     fn open(
         txn: &'txn WriteTransaction,
-        committed_rows: &'txn mut HashMap<String, ProblemRow>,
+        committed_rows: &'txn mut HashMap<RowKey, ProblemRow>,
     ) -> Result<Tables<'txn>, EndpointError> {
         Ok(Tables {
             meta: txn.open_table(META)?,
@@ -599,6 +617,9 @@ impl<'txn> Tables<'txn> {
             incidents: txn.open_table(INCIDENTS)?,
             bugs: txn.open_table(BUGS)?,
             comments: txn.open_table(COMMENTS)?,
+            cluster_problems: txn.open_table(CLUSTER_PROBLEMS)?,
+            cluster_analyses: txn.open_table(CLUSTER_ANALYSES)?,
+            cluster_chunks: txn.open_table(CLUSTER_CHUNKS)?,
             problem_rows: HashMap::new(),
             bug_rows: HashMap::new(),
             committed_rows,
@@ -606,10 +627,18 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Writes the rows this batch changed; returns its problem rows.
-    fn flush(&mut self) -> Result<HashMap<String, ProblemRow>, EndpointError> {
+    fn flush(&mut self) -> Result<HashMap<RowKey, ProblemRow>, EndpointError> {
         let mut rows = std::mem::take(&mut self.problem_rows);
-        for (id, row) in &mut rows {
-            row.encode_with(|bytes| Ok(self.problems.insert(id.as_str(), bytes)?))?;
+        for ((cluster, id), row) in &mut rows {
+            if cluster.is_empty() {
+                row.encode_with(|bytes| Ok(self.problems.insert(id.as_str(), bytes)?))?;
+            } else {
+                row.encode_with(|bytes| {
+                    Ok(self
+                        .cluster_problems
+                        .insert((cluster.as_str(), id.as_str()), bytes)?)
+                })?;
+            }
         }
         for (_, bug) in std::mem::take(&mut self.bug_rows) {
             save_bug(&mut self.bugs, &mut self.comments, bug)?;
@@ -619,13 +648,34 @@ impl<'txn> Tables<'txn> {
 
     /// A problem's row, taken out of the batch's cache (put it back with `put_problem`).
     fn take_problem(&mut self, id: &str) -> Result<Option<ProblemRow>, EndpointError> {
-        if let Some(row) = self.problem_rows.remove(id) {
+        self.take_row(problem_key(id))
+    }
+
+    /// A cluster's own row of a problem, taken out of the batch's cache (put it back with
+    /// `put_cluster_problem`).
+    fn take_cluster_problem(
+        &mut self,
+        cluster: &str,
+        id: &str,
+    ) -> Result<Option<ProblemRow>, EndpointError> {
+        self.take_row((cluster.to_string(), id.to_string()))
+    }
+
+    fn take_row(&mut self, key: RowKey) -> Result<Option<ProblemRow>, EndpointError> {
+        if let Some(row) = self.problem_rows.remove(&key) {
             return Ok(Some(row));
         }
-        if let Some(row) = self.committed_rows.remove(id) {
+        if let Some(row) = self.committed_rows.remove(&key) {
             return Ok(Some(row));
         }
-        self.problem(id)
+        let (cluster, id) = &key;
+        if cluster.is_empty() {
+            return self.problem(id);
+        }
+        self.cluster_problems
+            .get((cluster.as_str(), id.as_str()))?
+            .map(|value| decode(&format!("problem {id} of {cluster}"), value.value()))
+            .transpose()
     }
 
     /// A bug, taken out of the batch's cache (put it back with `put_bug`).
@@ -637,28 +687,27 @@ impl<'txn> Tables<'txn> {
     }
 
     fn put_problem(&mut self, row: ProblemRow) {
-        self.problem_rows.insert(row.id.clone(), row);
+        self.problem_rows.insert(problem_key(&row.id), row);
+    }
+
+    fn put_cluster_problem(&mut self, cluster: &str, row: ProblemRow) {
+        self.problem_rows
+            .insert((cluster.to_string(), row.id.clone()), row);
     }
 
     fn put_bug(&mut self, bug: BugRow) {
         self.bug_rows.insert(bug.id, bug);
     }
 
-    /// Fencing: refuses a term below the cluster's highest; returns whether it is higher.
+    /// Fencing: refuses a term below the cluster's highest, or more than
+    /// [`TERM_STEP_MAX`] above it.
     fn check_term(&self, cluster: &str, term: u64) -> Result<(), EndpointError> {
         let highest = self
             .terms
             .get(cluster)?
             .map(|value| value.value())
             .unwrap_or(0);
-        if term < highest {
-            return Err(EndpointError::StaleTerm {
-                cluster: cluster.to_string(),
-                term,
-                highest,
-            });
-        }
-        Ok(())
+        check_term_step(cluster, term, highest)
     }
 
     fn raise_term(&mut self, cluster: &str, term: u64) -> Result<(), EndpointError> {
@@ -681,10 +730,11 @@ impl<'txn> Tables<'txn> {
     }
 
     fn problem(&self, id: &str) -> Result<Option<ProblemRow>, EndpointError> {
+        let key = problem_key(id);
         if let Some(row) = self
             .problem_rows
-            .get(id)
-            .or_else(|| self.committed_rows.get(id))
+            .get(&key)
+            .or_else(|| self.committed_rows.get(&key))
         {
             return Ok(Some(row.clone()));
         }
@@ -716,6 +766,38 @@ impl<'txn> Tables<'txn> {
     }
 }
 
+/// Refuses `term` for a cluster whose highest admitted term is `highest`: below it (stale),
+/// or more than [`TERM_STEP_MAX`] above it. The server's early check and the committer's
+/// check in the transaction both use this.
+pub(crate) fn check_term_step(cluster: &str, term: u64, highest: u64) -> Result<(), EndpointError> {
+    if term < highest {
+        return Err(EndpointError::StaleTerm {
+            cluster: cluster.to_string(),
+            term,
+            highest,
+        });
+    }
+    if term - highest > TERM_STEP_MAX {
+        return Err(EndpointError::TermTooFar {
+            cluster: cluster.to_string(),
+            term,
+            highest,
+            step_max: TERM_STEP_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a stored report of another cluster ([`EndpointError::ForeignReport`]).
+pub(crate) fn check_owner(report: &ReportRow, cluster: &str) -> Result<(), EndpointError> {
+    if report.manifest.cluster_id != cluster {
+        return Err(EndpointError::ForeignReport {
+            report_id: report.manifest.report_id.clone(),
+        });
+    }
+    Ok(())
+}
+
 fn reply(recorder: &Recorder, problem_id: &str, known: bool, bug: Option<&BugRow>) -> UploadReply {
     UploadReply {
         problem_id: problem_id.to_string(),
@@ -740,14 +822,16 @@ fn incident_version(incident: &Incident, problem: Option<&Problem>) -> Option<St
     problem.version.clone()
 }
 
-/// Adds the incidents not yet recorded; returns the new ones.
+/// Adds the incidents not yet recorded to the problem's row and to the cluster's own;
+/// returns the new ones.
 fn add_incidents(
     tables: &mut Tables,
-    row: &mut ProblemRow,
+    rows: [&mut ProblemRow; 2],
     cluster: &str,
     incidents: &[Incident],
     analysis: Option<&Problem>,
 ) -> Result<Vec<IncidentRow>, EndpointError> {
+    let [row, own] = rows;
     let mut added = Vec::new();
     for incident in incidents {
         let key = (cluster, incident.report_id.as_str());
@@ -755,38 +839,87 @@ fn add_incidents(
             continue;
         }
         tables.incidents.insert(key, row.id.as_str())?;
-        let version = incident_version(incident, analysis);
-        row.count += 1;
-        insert_bounded(&mut row.nodes, &incident.node);
-        insert_bounded(&mut row.clusters, cluster);
-        if let Some(version) = &version {
-            insert_bounded(&mut row.versions, version);
-        }
-        for (key, value) in &incident.labels {
-            insert_bounded(&mut row.labels, &format!("{key}={value}"));
-        }
-        if row.count == 1 {
-            row.first_seen = incident.time_ms;
-            row.last_seen = incident.time_ms;
-        }
-        row.first_seen = row.first_seen.min(incident.time_ms);
-        row.last_seen = row.last_seen.max(incident.time_ms);
-        *row.hourly.entry(incident.time_ms / 3_600_000).or_insert(0) += 1;
-        while row.hourly.len() > HOURS_PER_PROBLEM_MAX {
-            row.hourly.pop_first();
-        }
         let incident_row = IncidentRow {
             cluster: cluster.to_string(),
             node: incident.node.clone(),
             time_ms: incident.time_ms,
             report_id: incident.report_id.clone(),
-            version,
+            version: incident_version(incident, analysis),
             labels: incident.labels.clone(),
         };
-        row.push_recent(incident_row.clone())?;
+        count_incident(row, &incident_row)?;
+        count_incident(own, &incident_row)?;
         added.push(incident_row);
     }
     Ok(added)
+}
+
+/// Counts an incident on a problem's row: its count, names, times, chart and latest.
+fn count_incident(row: &mut ProblemRow, incident: &IncidentRow) -> Result<(), EndpointError> {
+    row.count += 1;
+    insert_bounded(&mut row.nodes, &incident.node);
+    insert_bounded(&mut row.clusters, &incident.cluster);
+    if let Some(version) = &incident.version {
+        insert_bounded(&mut row.versions, version);
+    }
+    for (key, value) in &incident.labels {
+        insert_bounded(&mut row.labels, &format!("{key}={value}"));
+    }
+    if row.count == 1 {
+        row.first_seen = incident.time_ms;
+        row.last_seen = incident.time_ms;
+    }
+    row.first_seen = row.first_seen.min(incident.time_ms);
+    row.last_seen = row.last_seen.max(incident.time_ms);
+    *row.hourly.entry(incident.time_ms / 3_600_000).or_insert(0) += 1;
+    while row.hourly.len() > HOURS_PER_PROBLEM_MAX {
+        row.hourly.pop_first();
+    }
+    row.push_recent(incident.clone())
+}
+
+/// A problem's row before its first incident, named after `analysis`.
+fn new_problem_row(id: &str, manifest: &ReportManifest, analysis: &Problem) -> ProblemRow {
+    ProblemRow {
+        id: id.to_string(),
+        signature: manifest.signature.clone(),
+        kind: manifest.kind,
+        reason: analysis.reason.clone(),
+        crash_function: analysis.crash_function().map(str::to_string),
+        executable: analysis.executable.clone(),
+        count: 0,
+        nodes: BTreeSet::new(),
+        clusters: BTreeSet::new(),
+        versions: BTreeSet::new(),
+        labels: BTreeSet::new(),
+        first_seen: 0,
+        last_seen: 0,
+        interesting: true,
+        uninteresting_rule: None,
+        bug: None,
+        reports: Vec::new(),
+        hourly: Default::default(),
+        recent: Default::default(),
+        recent_encoded: Default::default(),
+    }
+}
+
+/// The cluster's own row of a problem, made (with its analysis recorded) on the cluster's
+/// first report of it.
+fn take_own_row(
+    tables: &mut Tables,
+    cluster: &str,
+    problem_id: &str,
+    manifest: &ReportManifest,
+    analysis: &Problem,
+) -> Result<ProblemRow, EndpointError> {
+    if let Some(own) = tables.take_cluster_problem(cluster, problem_id)? {
+        return Ok(own);
+    }
+    tables
+        .cluster_analyses
+        .insert((cluster, problem_id), encode(analysis)?.as_slice())?;
+    Ok(new_problem_row(problem_id, manifest, analysis))
 }
 
 fn describe_incidents(added: &[IncidentRow]) -> String {
@@ -904,6 +1037,9 @@ fn complete(
     let cluster = manifest.cluster_id.as_str();
     tables.check_term(cluster, manifest.term)?;
     if let Some(stored) = tables.report(&manifest.report_id)? {
+        // Another cluster's id is refused here too, whatever the server checked before:
+        // the id belongs to the cluster that stored it first.
+        check_owner(&stored, cluster)?;
         // A retry or a second aggregator: same answer, nothing more stored.
         tables.raise_term(cluster, manifest.term)?;
         let row = tables.problem(&stored.problem_id)?;
@@ -915,36 +1051,18 @@ fn complete(
     let problem_id = crashmesh_store::problem_id_for(&manifest.signature, &manifest.report_id);
     let existing = tables.take_problem(&problem_id)?;
     let known = existing.is_some();
-    let mut row = existing.unwrap_or_else(|| ProblemRow {
-        id: problem_id.clone(),
-        signature: manifest.signature.clone(),
-        kind: manifest.kind,
-        reason: analysis.reason.clone(),
-        crash_function: analysis.crash_function().map(str::to_string),
-        executable: analysis.executable.clone(),
-        count: 0,
-        nodes: BTreeSet::new(),
-        clusters: BTreeSet::new(),
-        versions: BTreeSet::new(),
-        labels: BTreeSet::new(),
-        first_seen: 0,
-        last_seen: 0,
-        interesting: true,
-        uninteresting_rule: None,
-        bug: None,
-        reports: Vec::new(),
-        hourly: Default::default(),
-        recent: Default::default(),
-        recent_encoded: Default::default(),
-    });
-    row.interesting = uninteresting.is_none();
-    row.uninteresting_rule = uninteresting;
-    if row.reports.len() < REPORTS_PER_PROBLEM_MAX {
-        row.reports.push(manifest.report_id.clone());
+    let mut row = existing.unwrap_or_else(|| new_problem_row(&problem_id, manifest, analysis));
+    let mut own = take_own_row(tables, cluster, &problem_id, manifest, analysis)?;
+    for row in [&mut row, &mut own] {
+        row.interesting = uninteresting.is_none();
+        row.uninteresting_rule = uninteresting.clone();
+        if row.reports.len() < REPORTS_PER_PROBLEM_MAX {
+            row.reports.push(manifest.report_id.clone());
+        }
     }
     let added = add_incidents(
         tables,
-        &mut row,
+        [&mut row, &mut own],
         cluster,
         &manifest.incidents,
         Some(analysis),
@@ -991,6 +1109,11 @@ fn complete(
         tables.put_bug(bug);
     }
     tables.put_problem(row);
+    tables.put_cluster_problem(cluster, own);
+    // The chunks the cluster may name again without sending them.
+    for chunk in manifest.chunk_ids() {
+        tables.cluster_chunks.insert((cluster, chunk), ())?;
+    }
     ReportRow::with_encoded_parts(manifest, &problem_id, now, |bytes| {
         Ok(tables.reports.insert(manifest.report_id.as_str(), bytes)?)
     })?;
@@ -1013,6 +1136,7 @@ fn update_incidents(
             update.report_id
         )));
     };
+    check_owner(&report, cluster)?;
     if report.manifest.signature != update.signature {
         return Err(EndpointError::Conflict(format!(
             "report {} has another signature",
@@ -1026,17 +1150,16 @@ fn update_incidents(
         });
     };
     tables.raise_term(cluster, update.term)?;
-    let analysis: Option<Problem> = tables
-        .analyses
-        .get(row.id.as_str())?
-        .map(|value| decode("analysis", value.value()))
-        .transpose()?;
+    // The report's own analysis gives an incident without a version its package's: the
+    // cluster's, never another's.
+    let analysis = &report.manifest.problem;
+    let mut own = take_own_row(tables, cluster, &row.id, &report.manifest, analysis)?;
     let added = add_incidents(
         tables,
-        &mut row,
+        [&mut row, &mut own],
         cluster,
         &update.incidents,
-        analysis.as_ref(),
+        Some(analysis),
     )?;
     Metrics::add(&recorder.metrics.incidents_recorded, added.len() as u64);
     let mut bug = tables.take_bug(row.bug)?;
@@ -1050,5 +1173,6 @@ fn update_incidents(
         tables.put_bug(bug);
     }
     tables.put_problem(row);
+    tables.put_cluster_problem(cluster, own);
     Ok(reply)
 }

@@ -7,7 +7,9 @@
 //! # Layout
 //! ```text
 //! DATA_DIR/endpoint.redb     metadata: tokens, cluster terms, reports, problems, incidents, bugs
-//! DATA_DIR/admin.token       the admin token (dashboard and API writes), 0600
+//! DATA_DIR/admin.token       the admin token (every read, and the writes), 0600
+//! DATA_DIR/metrics.token     the metrics token (`/metrics` only), 0600
+//! DATA_DIR/session.key       signs the dashboard's session cookies, 0600
 //! DATA_DIR/ingest.journal    the ingest batches since the last checkpoint of endpoint.redb
 //!                            (what makes an answered report durable; see `journal`)
 //! DATA_DIR/endpoint.sock     while the server runs: the CLI's requests go through it, 0600
@@ -31,11 +33,20 @@
 //!   (cluster, incident report id). A retry, or a second aggregator with the same report,
 //!   gets the same answer and changes nothing more.
 //! - **Fencing.** Per cluster the highest term seen is kept with the data it admitted; a
-//!   request with a lower term is refused (409) inside the transaction that would write it.
+//!   request with a lower term, or one more than [`ingest::TERM_STEP_MAX`] higher, is
+//!   refused (409) inside the transaction that would write it.
+//! - **A cluster sees only itself.** Every read needs a token ([`auth`]); a cluster's token
+//!   reads its own reports, attachments and its own rows of the problems it shares with
+//!   others, and the bugs of those problems; a report id belongs to the cluster that
+//!   stored it first (another's manifest or update for it is refused, in the transaction
+//!   too); a chunk counts as present for a cluster only when one of its reports names it.
+//! - **The token before the body.** A request's token is checked from its headers before
+//!   any of its body is read, and a body has a deadline.
 //! - **Ingest never waits on the outside**: webhooks go through a bounded queue to their
 //!   own thread; a full queue drops the event and logs it.
-//! - Every input is bounded: body bytes, chunks per report, incidents, pending uploads, and
-//!   a per-cluster rate (413 and 429).
+//! - Every input is bounded: body bytes and time, chunks per report, incidents, pending
+//!   uploads (per cluster and over all, in number and manifest bytes), and a per-cluster
+//!   rate (413, 408 and 429).
 
 pub mod auth;
 pub mod blobs;
@@ -46,6 +57,8 @@ pub mod dashboard;
 pub mod db;
 pub mod error;
 pub mod export;
+pub mod files;
+pub mod inflight;
 pub mod ingest;
 pub mod journal;
 pub mod local;

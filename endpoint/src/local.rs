@@ -194,6 +194,7 @@ fn failed(error: &EndpointError) -> AdminAnswer {
         | EndpointError::Config(detail)
         | EndpointError::Storage(detail)
         | EndpointError::Database(detail) => detail.clone(),
+        EndpointError::Exists { path } => path.clone(),
         other => other.to_string(),
     };
     AdminAnswer::Failed {
@@ -211,6 +212,7 @@ fn remote_error(error: String, code: &str) -> EndpointError {
         "conflict" => EndpointError::Conflict(error),
         "config" => EndpointError::Config(error),
         "storage" => EndpointError::Storage(error),
+        "exists" => EndpointError::Exists { path: error },
         _ => EndpointError::Database(error),
     }
 }
@@ -579,35 +581,76 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         let db = Arc::new(Db::open(dir.path()).unwrap());
-        let socket = start_socket(&config, &db);
-        // The export's first file is a FIFO: it waits for a reader there.
-        let out = dir.path().join("export");
-        std::fs::create_dir(&out).unwrap();
-        let fifo = out.join("problems.json");
+        // A report whose one chunk is in the legacy layout (a file per chunk), as a FIFO:
+        // the export waits there until the test writes the chunk into it.
+        let raw = b"a log line of the held report\n".repeat(8);
+        let chunk_id = blake3::hash(&raw).to_hex().to_string();
+        let compressed = zstd::bulk::compress(&raw, 3).unwrap();
+        let chunk_dir = dir.path().join("blobs/chunks").join(&chunk_id[..2]);
+        std::fs::create_dir_all(&chunk_dir).unwrap();
+        let fifo = chunk_dir.join(&chunk_id[2..]);
         let fifo_name = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(fifo_name.as_ptr(), 0o600) }, 0);
+        let report_id = "ab".repeat(32);
+        let problem = crashmesh_protocol::Problem::new(
+            crashmesh_protocol::ProblemKind::Core,
+            "SIGSEGV in held",
+        );
+        let manifest = crashmesh_protocol::report::ReportManifest {
+            format_version: crashmesh_protocol::report::REPORT_FORMAT_VERSION,
+            report_id: report_id.clone(),
+            cluster_id: "c1".into(),
+            term: 1,
+            customer_id: None,
+            signature: "v1:core:held".into(),
+            kind: problem.kind,
+            problem,
+            incidents: Vec::new(),
+            attachments: vec![crashmesh_protocol::report::Attachment {
+                name: "node-1/journal.log".into(),
+                blob: crashmesh_protocol::report::BlobManifest {
+                    blob_id: chunk_id.clone(),
+                    len_bytes: raw.len() as u64,
+                    chunks: vec![(chunk_id.clone(), raw.len() as u32)],
+                },
+            }],
+            scrub: None,
+            created_ms: 0,
+        };
+        {
+            let txn = db.begin_write().unwrap();
+            let row = crate::db::ReportRow::encode_parts(&manifest, "0123456789abcdef", 1).unwrap();
+            txn.open_table(crate::db::REPORTS)
+                .unwrap()
+                .insert(report_id.as_str(), row.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let socket = start_socket(&config, &db);
         // Should the test fail, the export is let go (else stopping the socket would wait
-        // for it forever): a reader that comes and goes fails its write.
+        // for it forever): a writer that comes and goes gives its read an end.
         struct LetGo(PathBuf);
         impl Drop for LetGo {
             fn drop(&mut self) {
                 use std::os::unix::fs::OpenOptionsExt as _;
                 let _ = std::fs::OpenOptions::new()
-                    .read(true)
+                    .write(true)
                     .custom_flags(libc::O_NONBLOCK)
                     .open(&self.0);
             }
         }
         let _let_go = LetGo(fifo.clone());
+        let out = dir.path().join("export");
         let held = {
             let config = config.clone();
             let out = out.clone();
             std::thread::spawn(move || run(&config, &AdminRequest::Export { out }))
         };
-        // It has begun once it made its reports directory.
+        // It has reached the chunk once it wrote the report's JSON.
+        let report_json = out.join("reports").join(&report_id).join("report.json");
         let begun = (0..2000).any(|_| {
             std::thread::sleep(Duration::from_millis(5));
-            out.join("reports").is_dir()
+            report_json.is_file()
         });
         assert!(begun, "{:?}", held.is_finished().then(|| held.join()));
         let second = run(
@@ -625,12 +668,24 @@ mod tests {
             run(&config, &AdminRequest::ListBugs).unwrap(),
             (serde_json::json!({ "bugs": [] }), true)
         );
-        // Let go of the export: it finishes and answers, and the next may start.
-        let problems = std::fs::read_to_string(&fifo).unwrap();
-        assert!(problems.contains("\"problems\""), "{problems}");
+        // Let go of the export: the chunk arrives, it finishes and answers, and the next
+        // may start.
+        std::fs::write(&fifo, &compressed).unwrap();
         let (summary, through_server) = held.join().unwrap().unwrap();
         assert!(through_server);
-        assert_eq!(summary["problems"], 0, "{summary}");
+        assert_eq!(summary["attachments"], 1, "{summary}");
+        assert_eq!(
+            std::fs::read(
+                out.join("reports")
+                    .join(&report_id)
+                    .join("attachments/node-1/journal.log")
+            )
+            .unwrap(),
+            raw
+        );
+        // The chunk as a plain file from now on.
+        std::fs::remove_file(&fifo).unwrap();
+        std::fs::write(&fifo, &compressed).unwrap();
         assert!(
             run(
                 &config,
@@ -654,6 +709,9 @@ mod tests {
             EndpointError::Config("[storage.s3] missing".into()),
             EndpointError::Storage("s3 down".into()),
             EndpointError::Database("d".into()),
+            EndpointError::Exists {
+                path: "/out/problems.json".into(),
+            },
         ];
         for error in errors {
             let AdminAnswer::Failed { error: text, code } = failed(&error) else {

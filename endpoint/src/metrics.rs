@@ -1,6 +1,8 @@
 //! Counters for `/metrics` (Prometheus text format).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Every counter the endpoint keeps; all only go up.
@@ -20,12 +22,30 @@ pub struct Metrics {
     pub webhooks_failed: AtomicU64,
     pub webhooks_dropped: AtomicU64,
     pub commit_batches: AtomicU64,
+    /// Refused requests by reason (the error's `code`: `unauthorized`, `foreign_report`,
+    /// `term_too_far`, `body_timeout`, `too_many_requests`, …): a fixed set of names.
+    refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
     /// Adds `value` to a counter.
     pub fn add(counter: &AtomicU64, value: u64) {
         counter.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// Counts a refusal for `reason`.
+    pub fn refused(&self, reason: &'static str) {
+        *self.refused.lock().unwrap().entry(reason).or_insert(0) += 1;
+    }
+
+    /// Refusals counted for `reason`.
+    pub fn refused_count(&self, reason: &str) -> u64 {
+        self.refused
+            .lock()
+            .unwrap()
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The Prometheus text, with gauges the caller measured.
@@ -106,6 +126,17 @@ impl Metrics {
                 out,
                 "crashmesh_endpoint_{name} {}",
                 counter.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP crashmesh_endpoint_refused_total Requests refused, by reason"
+        );
+        let _ = writeln!(out, "# TYPE crashmesh_endpoint_refused_total counter");
+        for (reason, count) in self.refused.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "crashmesh_endpoint_refused_total{{reason=\"{reason}\"}} {count}"
             );
         }
         for (name, help, value) in gauges {

@@ -73,7 +73,7 @@ fn a_report_uploads_once_and_a_retry_changes_nothing() {
     assert_eq!(problems[0]["kind"], "core");
     assert_eq!(problems[0]["bug"]["status"], "open");
     let bug = harness
-        .anonymous()
+        .admin()
         .get(&format!("/api/v1/bugs/{}", bug.id))
         .unwrap()
         .json();
@@ -81,7 +81,7 @@ fn a_report_uploads_once_and_a_retry_changes_nothing() {
 
     // The stored report and its attachment come back as sent.
     let stored = harness
-        .anonymous()
+        .admin()
         .get(&format!("/api/v1/reports/{}", manifest.report_id))
         .unwrap();
     assert_eq!(
@@ -89,7 +89,7 @@ fn a_report_uploads_once_and_a_retry_changes_nothing() {
         manifest.report_id.as_str()
     );
     let attachment = harness
-        .anonymous()
+        .admin()
         .get(&format!(
             "/reports/{}/attachments/node-1/journal.log",
             manifest.report_id
@@ -100,7 +100,7 @@ fn a_report_uploads_once_and_a_retry_changes_nothing() {
 }
 
 #[test]
-fn a_known_problem_adds_incidents_and_comments_and_chunks_are_not_sent_twice() {
+fn a_known_problem_adds_incidents_and_comments_and_a_cluster_sends_its_chunks_once() {
     let harness = Harness::start();
     let client = harness.client("c1");
     let other = harness.client("c2");
@@ -115,9 +115,10 @@ fn a_known_problem_adds_incidents_and_comments_and_chunks_are_not_sent_twice() {
     );
     let reply = client.upload(&first, &chunks).unwrap();
     let bug_id = reply.bug.unwrap().id;
+    let stored = harness.chunks_stored();
 
-    // Another cluster hits the same bug with the same log bytes: nothing is missing, so
-    // the manifest alone records the report.
+    // Another cluster hits the same bug with the same log bytes: it is not told that c1
+    // has them, so it sends them (verified, kept once on disk) …
     let (second, _) = report(
         "c2",
         1,
@@ -132,10 +133,30 @@ fn a_known_problem_adds_incidents_and_comments_and_chunks_are_not_sent_twice() {
     let answer = other
         .post("/api/v1/reports", &serde_json::to_vec(&second).unwrap())
         .unwrap();
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    let reply = answer.reply().unwrap();
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(
+        answer.reply().unwrap().missing_chunks.len(),
+        chunks.len(),
+        "every chunk, though c1 stored them"
+    );
+    let reply = other.upload(&second, &chunks).unwrap();
     assert!(reply.known);
     assert_eq!(reply.bug.as_ref().unwrap().id, bug_id);
+    assert_eq!(harness.chunks_stored(), stored, "the bytes are kept once");
+    // … once: a report of c2 naming them again sends none.
+    let (third, _) = report(
+        "c2",
+        1,
+        "r3",
+        problem("v1:core:leaf", "leaf"),
+        // (An incident recorded already: it counts once.)
+        vec![incident("node-7", "e1", T0 + 3_600_000, Some("1.0"))],
+        &log,
+    );
+    let answer = other
+        .post("/api/v1/reports", &serde_json::to_vec(&third).unwrap())
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
 
     // Incident updates: new ones count, repeats do not.
     let update = IncidentUpdate {
@@ -157,7 +178,7 @@ fn a_known_problem_adds_incidents_and_comments_and_chunks_are_not_sent_twice() {
         serde_json::json!(["node-1", "node-2", "node-7", "node-8"])
     );
     let bug = harness
-        .anonymous()
+        .admin()
         .get(&format!("/api/v1/bugs/{bug_id}"))
         .unwrap()
         .json();
@@ -228,7 +249,7 @@ fn workarounds_reach_the_cluster_and_a_fixed_bug_seen_in_a_newer_version_reopens
     let problems = harness.problems("");
     assert_eq!(problems[0]["bug"]["regression"], true);
     let bug = harness
-        .anonymous()
+        .admin()
         .get(&format!("/api/v1/bugs/{}", bug.id))
         .unwrap()
         .json();
@@ -350,7 +371,7 @@ fn rules_hide_uninteresting_problems_and_filters_select() {
     assert_eq!(harness.problems("?status=open").len(), 1);
     assert_eq!(harness.problems("?status=none&interesting=all").len(), 1);
     let one = harness
-        .anonymous()
+        .admin()
         .get(&format!(
             "/api/v1/problems/{}",
             hidden[0]["id"].as_str().unwrap()
@@ -438,7 +459,7 @@ fn webhooks_get_new_bug_and_comment_events_and_a_dead_one_never_blocks_ingest() 
     assert_eq!(events[0]["signature"], "v1:core:hook");
     assert_eq!(events[1]["event"], "comment");
     assert!(events[1]["text"].as_str().unwrap().contains("node-2"));
-    let metrics = harness.anonymous().get("/metrics").unwrap().body;
+    let metrics = harness.admin().get("/metrics").unwrap().body;
     assert!(
         metrics.contains("crashmesh_endpoint_webhooks_failed_total 2"),
         "{metrics}"
@@ -490,7 +511,7 @@ fn frames_without_names_are_named_from_the_symbol_directory() {
     );
     let reply = client.upload(&manifest, &chunks).unwrap();
     let detail = harness
-        .anonymous()
+        .admin()
         .get(&format!("/api/v1/problems/{}", reply.problem_id))
         .unwrap()
         .json();
@@ -558,7 +579,7 @@ fn metrics_count_what_happened() {
     );
     client.upload(&manifest, &chunks).unwrap();
     let _ = harness.anonymous().post("/api/v1/reports", b"{}");
-    let metrics = harness.anonymous().get("/metrics").unwrap();
+    let metrics = harness.admin().get("/metrics").unwrap();
     assert_eq!(metrics.status, 200);
     for line in [
         "crashmesh_endpoint_reports_completed_total 1",
@@ -605,7 +626,7 @@ fn chunks_answered_while_no_pack_can_be_written_are_kept_and_their_report_waits_
         !uploading.is_finished(),
         "the report was recorded before its chunks were written"
     );
-    let metrics = harness.anonymous().get("/metrics").unwrap();
+    let metrics = harness.admin().get("/metrics").unwrap();
     let writing = format!("crashmesh_endpoint_chunks_writing {}", expected.len());
     assert!(
         metrics.body.contains(&writing),

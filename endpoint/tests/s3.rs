@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use crashmesh_endpoint::EndpointConfig;
-use crashmesh_endpoint::client::{Answer, ChunkData, Client};
+use crashmesh_endpoint::client::ChunkData;
 use crashmesh_endpoint::config::{S3Config, StorageKind};
-use crashmesh_protocol::report::ReportManifest;
 use futures_util::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -224,12 +223,6 @@ fn chunk_objects(chunks: &[ChunkData]) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-fn post_manifest(client: &Client, manifest: &ReportManifest) -> Answer {
-    client
-        .post("/api/v1/reports", &serde_json::to_vec(manifest).unwrap())
-        .unwrap()
-}
-
 #[test]
 fn chunks_land_in_the_bucket_once_and_read_back() {
     let Some(binary) = moto_server_binary() else {
@@ -304,7 +297,7 @@ fn chunks_land_in_the_bucket_once_and_read_back() {
 
     // Read back through the endpoint: the attachment view and a chunk as stored.
     let attachment = harness
-        .anonymous()
+        .admin()
         .get(&format!(
             "/reports/{}/attachments/node-1/journal.log",
             manifest.report_id
@@ -313,7 +306,7 @@ fn chunks_land_in_the_bucket_once_and_read_back() {
     assert_eq!(attachment.status, 200, "{}", attachment.body);
     assert_eq!(attachment.body.as_bytes(), &log[..]);
     let page = harness
-        .anonymous()
+        .admin()
         .get(&format!("/problems/{}", first.problem_id))
         .unwrap();
     assert_eq!(page.status, 200);
@@ -391,9 +384,19 @@ fn an_unreachable_bucket_is_answered_503_nothing_is_recorded_and_the_endpoint_ke
         .unwrap();
     assert_eq!(answer.status, 503, "{}", answer.body);
     assert_eq!(answer.json()["code"], "storage", "{}", answer.body);
+    // (A completion with a chunk missing needs no bucket: the report waits for it.)
     let complete = format!("/api/v1/reports/{}/complete", second.report_id);
     let answer = client.post(&complete, b"").unwrap();
-    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(
+        answer.reply().unwrap().missing_chunks,
+        chunks[1..]
+            .iter()
+            .map(|chunk| chunk.id.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
     let (third, third_chunks) = report(
         "c1",
         1,
@@ -402,13 +405,14 @@ fn an_unreachable_bucket_is_answered_503_nothing_is_recorded_and_the_endpoint_ke
         vec![incident("node-3", "e1", T0 + 2000, None)],
         &log_bytes("third", 100_000),
     );
+    // (Which chunks a manifest lacks comes from the database: the cluster's own.)
     let answer = post_manifest(&client, &third);
-    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.status, 202, "{}", answer.body);
     let error = client.upload(&third, &third_chunks).unwrap_err();
     assert!(error.to_string().contains("503"), "{error}");
 
     // …nothing of the half-sent report is recorded, and the endpoint keeps serving.
-    let health = harness.anonymous().get("/healthz").unwrap();
+    let health = harness.admin().get("/healthz").unwrap();
     assert_eq!(health.status, 200);
     let problems = harness.problems("");
     assert_eq!(problems.len(), 1, "{problems:?}");
@@ -416,14 +420,14 @@ fn an_unreachable_bucket_is_answered_503_nothing_is_recorded_and_the_endpoint_ke
     assert_eq!(problems[0]["count"], 1);
     for report in [&second, &third] {
         let answer = harness
-            .anonymous()
+            .admin()
             .get(&format!("/api/v1/reports/{}", report.report_id))
             .unwrap();
         assert_eq!(answer.status, 404, "{}", answer.body);
     }
-    let page = harness.anonymous().get("/").unwrap();
+    let page = harness.admin().get("/").unwrap();
     assert_eq!(page.status, 200);
-    let metrics = harness.anonymous().get("/metrics").unwrap();
+    let metrics = harness.admin().get("/metrics").unwrap();
     assert_eq!(metrics.status, 200);
 
     // The server comes back empty (moto keeps nothing): the aggregator's retry sends the
@@ -444,7 +448,7 @@ fn an_unreachable_bucket_is_answered_503_nothing_is_recorded_and_the_endpoint_ke
     assert_eq!(s3.objects(), chunk_objects(&chunks));
     assert_eq!(harness.problems("").len(), 2);
     let attachment = harness
-        .anonymous()
+        .admin()
         .get(&format!(
             "/reports/{}/attachments/node-1/journal.log",
             second.report_id

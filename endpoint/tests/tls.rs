@@ -111,4 +111,36 @@ fn reports_go_up_over_https_to_a_client_that_trusts_the_ca_and_no_one_else() {
     // The server still serves its trusting clients.
     let again = client.get("/api/v1/problems").unwrap();
     assert_eq!(again.json()["problems"].as_array().unwrap().len(), 1);
+
+    // Signed in over TLS, the dashboard's session cookie is `Secure` (never sent in clear).
+    let roots: Vec<_> = ureq::tls::parse_pem(pki.ca_pem.as_bytes())
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(certificate)) => Some(certificate),
+            _ => None,
+        })
+        .collect();
+    let browser: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)))
+                .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .build(),
+        )
+        .build()
+        .into();
+    let signed_in = browser
+        .post(format!("{}/signin", harness.url))
+        .header("Sec-Fetch-Site", "same-origin")
+        .send_form([("token", harness.admin.as_str()), ("next", "/")])
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
 }

@@ -187,3 +187,72 @@ pub async fn serve(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crashmesh_protocol::{Problem, ProblemKind};
+    use crashmesh_store::{NewIncident, StoreConfig};
+
+    #[test]
+    fn an_exported_core_is_a_new_owner_only_file_never_written_through_a_link() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store"), StoreConfig::default()).unwrap();
+        let mut core = b"\x7fELF".to_vec();
+        core.extend(std::iter::repeat_n(7u8, 10_000));
+        let blob = store.put_blob_bytes(&core).unwrap();
+        let mut problem = Problem::new(ProblemKind::Core, "SIGSEGV in f");
+        problem.signature = "v1:2222222222222222222222222222222222222222".into();
+        store
+            .record_incident(NewIncident {
+                report_id: "n1:1".into(),
+                time_ms: 1_700_000_000_000,
+                node: "n1".into(),
+                problem,
+                executable: None,
+                pid: Some(1),
+                uid: Some(0),
+                signal: Some(11),
+                core: Some(blob),
+                core_truncated: false,
+                attachments: Vec::new(),
+                labels: Default::default(),
+            })
+            .unwrap();
+        let id = store.problems().unwrap()[0].id.clone();
+        let export = |out: &Path| {
+            handle(
+                &store,
+                Request::ExportCore {
+                    id: id.clone(),
+                    out: out.to_path_buf(),
+                },
+            )
+        };
+        // A link planted where the core goes (dangling or not) is refused, its target
+        // untouched; so is an existing file.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        for (name, target) in [
+            ("link", victim.clone()),
+            ("dangling", dir.path().join("new")),
+        ] {
+            let link = dir.path().join(name);
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+            match export(&link) {
+                Response::Error(error) => assert!(error.contains("exists"), "{error}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert!(!dir.path().join("new").exists());
+        assert!(matches!(export(&victim), Response::Error(_)));
+        // A new path gets the core, 0600.
+        let out = dir.path().join("core.out");
+        assert!(matches!(export(&out), Response::Exported { .. }));
+        assert_eq!(std::fs::read(&out).unwrap(), core);
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -840,6 +840,12 @@ mod tests {
         assert!(
             page.contains("id=\"privacy\"") && page.contains("acme") && page.contains("env_value")
         );
+        // The request is the admin's: its page offers it, the cluster's does not.
+        assert!(!page.contains("request a core"), "{page}");
+        let page = admin
+            .get(&format!("/problems/{}", reply.problem_id))
+            .unwrap()
+            .body;
         assert!(
             page.contains("request a core"),
             "the page offers the request"
@@ -849,10 +855,11 @@ mod tests {
             use std::io::{Read as _, Write as _};
             let address = server.url.trim_start_matches("http://");
             let mut stream = std::net::TcpStream::connect(address).unwrap();
-            let body = format!("requested=yes&admin_token={token}");
+            let body = "requested=yes";
             write!(
                 stream,
                 "POST /problems/{}/core-request HTTP/1.0\r\nHost: x\r\n\
+                 Authorization: Bearer {token}\r\n\
                  Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
                 reply.problem_id,
                 body.len()
@@ -890,7 +897,7 @@ mod tests {
         assert_eq!(problem["core_requested"], true);
         // The page's form with the admin token sets it too, and the page says so.
         assert!(form(&server.admin_token).starts_with("HTTP/1.0 303"));
-        let page = client
+        let page = admin
             .get(&format!("/problems/{}", reply.problem_id))
             .unwrap()
             .body;

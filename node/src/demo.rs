@@ -16,7 +16,8 @@
 //! - **Python**: one uncaught exception per node, in a python3 that imported the node's
 //!   hook module (`crashmesh_hook.py`, as `crashmesh install` would put it).
 //!
-//! The summary (`--json`: one line) has `endpoint`, `dashboard`, `nodes`, `problems`,
+//! The summary (`--json`: one line) has `endpoint`, `dashboard`, `admin_token_file` (the
+//! dashboard signs in with that token, or the cluster's), `nodes`, `problems`,
 //! `incidents`, `bytes_uploaded` (request bodies the aggregators sent: manifests, chunks,
 //! incident updates) and `bytes_naive` (for every incident at the endpoint, its problem's
 //! whole report — manifest plus every chunk compressed — as a per-node uploader would send
@@ -394,8 +395,11 @@ token = "{token}"
     }
     let expected_incidents = node_dirs.len() as u64 * if python.is_some() { 2 } else { 1 };
 
-    // The endpoint fills up.
-    let client = crashmesh_endpoint::client::Client::new(&url, "");
+    // The endpoint fills up. Its reads need a token: the admin's sees every cluster.
+    let admin_token_file = endpoint_dir.join("admin.token");
+    let admin_token = std::fs::read_to_string(&admin_token_file)
+        .with_context(|| format!("the endpoint's admin token {}", admin_token_file.display()))?;
+    let client = crashmesh_endpoint::client::Client::new(&url, admin_token.trim());
     let deadline = Instant::now() + Duration::from_secs(UPLOAD_WAIT_SECS);
     let problems = loop {
         let problems: Vec<Value> = client
@@ -465,6 +469,7 @@ token = "{token}"
         "scrub": scrub,
         "endpoint": url,
         "dashboard": format!("{url}/"),
+        "admin_token_file": admin_token_file,
         "nodes": args.nodes,
         "aggregator": aggregator,
         "problems": problems.len(),
@@ -515,7 +520,11 @@ token = "{token}"
                 scrub["rules"]
             );
         }
-        println!("dashboard: {url}/");
+        println!(
+            "dashboard: {url}/ — sign in with the admin token in {} (every cluster), or the \
+             cluster's token (its problems only)",
+            admin_token_file.display()
+        );
     }
     if !args.once {
         say(args, "serving until interrupted (Ctrl-C)");

@@ -311,9 +311,12 @@ fn write_problem(data_dir: &Path, bug: u64, serial: u64) -> Result<()> {
     Ok(())
 }
 
-/// The endpoint's problems, each with its detail's text (to find which bug it is).
-fn endpoint_problems(url: &str) -> Result<Vec<(Value, String)>> {
+/// The endpoint's problems, each with its detail's text (to find which bug it is), read
+/// with the admin token (every cluster's).
+fn endpoint_problems(url: &str, admin_token: &str) -> Result<Vec<(Value, String)>> {
+    let authorization = format!("Bearer {admin_token}");
     let list: Value = ureq::get(&format!("{url}/api/v1/problems"))
+        .header("Authorization", &authorization)
         .call()?
         .body_mut()
         .read_json::<Value>()?;
@@ -321,6 +324,7 @@ fn endpoint_problems(url: &str) -> Result<Vec<(Value, String)>> {
     for problem in list["problems"].as_array().cloned().unwrap_or_default() {
         let id = problem["id"].as_str().unwrap_or_default().to_string();
         let detail = ureq::get(&format!("{url}/api/v1/problems/{id}"))
+            .header("Authorization", &authorization)
             .call()?
             .body_mut()
             .read_to_string()?;
@@ -415,6 +419,10 @@ pub fn run(config: &RealConfig) -> Result<RealOutcome> {
         .ok()
         .and_then(|value| value["url"].as_str().map(str::to_string))
         .unwrap_or_else(|| format!("http://{listen}"));
+    // Made by the endpoint before it listens.
+    let admin_token = std::fs::read_to_string(endpoint_dir.join("admin.token"))?
+        .trim()
+        .to_string();
 
     // The cluster: CA, certificates, configs, daemons.
     let ca_dir = root.join("ca");
@@ -573,7 +581,7 @@ token = "{token}"
     let mut converged_secs = None;
     while healed.elapsed() < Duration::from_secs(CONVERGENCE_BOUND_SECS) {
         std::thread::sleep(Duration::from_millis(500));
-        match endpoint_problems(&url) {
+        match endpoint_problems(&url, &admin_token) {
             Ok(problems) => {
                 last = compare(&written, &problems);
                 if last.0 == 0 {
@@ -587,7 +595,7 @@ token = "{token}"
     // A last look a moment later: a duplicate may still have been on its way.
     if converged_secs.is_some() {
         std::thread::sleep(Duration::from_secs(2));
-        last = compare(&written, &endpoint_problems(&url)?);
+        last = compare(&written, &endpoint_problems(&url, &admin_token)?);
     }
     drop(nodes);
     let (lost_reports, duplicate_problems, incidents_at_endpoint) = last;

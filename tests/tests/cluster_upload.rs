@@ -145,13 +145,18 @@ int main(void) { volatile int *table = NULL; store_reading(table); return 0; }
 "#;
 
 /// `GET path` on `127.0.0.1:port` (HTTP/1.0, no client library needed); the body as JSON.
-fn http_get_json(port: u16, path: &str) -> Option<Value> {
+/// A GET of the endpoint's API with `token` (the cluster's sees its own problems).
+fn http_get_json(port: u16, path: &str, token: &str) -> Option<Value> {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (_, body) = response.split_once("\r\n\r\n")?;
@@ -229,7 +234,8 @@ fn kill_9_of_the_aggregator_mid_upload_still_gives_one_problem_and_every_inciden
     };
     assert!(wait_until(Duration::from_secs(30), || http_get_json(
         endpoint_port,
-        "/api/v1/problems"
+        "/api/v1/problems",
+        &token
     )
     .is_some()));
 
@@ -310,7 +316,7 @@ fn kill_9_of_the_aggregator_mid_upload_still_gives_one_problem_and_every_inciden
 
     let mut last = Value::Null;
     let done = wait_until(Duration::from_secs(90), || {
-        last = http_get_json(endpoint_port, "/api/v1/problems").unwrap_or(Value::Null);
+        last = http_get_json(endpoint_port, "/api/v1/problems", &token).unwrap_or(Value::Null);
         last["problems"]
             .as_array()
             .is_some_and(|problems| problems.iter().any(|p| p["count"] == 3))
@@ -329,7 +335,7 @@ fn kill_9_of_the_aggregator_mid_upload_still_gives_one_problem_and_every_inciden
     );
     // Nothing more arrives later (no duplicate upload).
     std::thread::sleep(Duration::from_secs(3));
-    let after = http_get_json(endpoint_port, "/api/v1/problems").unwrap();
+    let after = http_get_json(endpoint_port, "/api/v1/problems", &token).unwrap();
     assert_eq!(after["problems"].as_array().unwrap().len(), 1, "{after}");
     assert_eq!(after["problems"][0]["count"], 3, "{after}");
     drop(daemons);

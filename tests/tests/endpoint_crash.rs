@@ -535,7 +535,7 @@ fn check_recorded(client: &Client, ledger: &Ledger, when: &str) {
 
 /// Every report and update again: each answered at once (200: its chunks are known, it
 /// is recorded) as known, with the same problem and bug; then nothing has changed.
-fn check_repeats_change_nothing(client: &Client, ledger: &Ledger, when: &str) {
+fn check_repeats_change_nothing(client: &Client, admin: &Client, ledger: &Ledger, when: &str) {
     for manifest in &ledger.manifests {
         let report_id = manifest["report_id"].as_str().expect("report id");
         let body = serde_json::to_vec(manifest).expect("a manifest serializes");
@@ -572,7 +572,7 @@ fn check_repeats_change_nothing(client: &Client, ledger: &Ledger, when: &str) {
             "{when}: a repeated update is answered with another bug"
         );
     }
-    check_recorded(client, ledger, &format!("{when}, after the repeats"));
+    check_recorded(admin, ledger, &format!("{when}, after the repeats"));
 }
 
 /// A report of a new problem is given a bug number never given before.
@@ -607,6 +607,13 @@ fn check_next_bug_is_new(client: &Client, ledger: &mut Ledger, test: u64, proble
         "the bug numbers answered before the kill go up to {highest}: the next one is new"
     );
     ledger.report(&report, &answered);
+}
+
+/// A client of the endpoint with its admin token: the bug comments every cluster's
+/// incidents made are the admin's to read.
+fn admin(dir: &NodeDir, server: &Server) -> Client {
+    let token = std::fs::read_to_string(dir.data_dir.join("admin.token")).expect("admin.token");
+    Client::new(&server.url, token.trim())
 }
 
 fn token(dir: &NodeDir) -> String {
@@ -666,7 +673,7 @@ fn answered_reports_survive_sigkill_exactly_once() {
     let answered = update(&client, &update_json);
     ledger.update(&update_json, &answered);
     assert_eq!(ledger.problems.len(), PROBLEMS);
-    check_recorded(&client, &ledger, "before the kill");
+    check_recorded(&admin(&dir, &server), &ledger, "before the kill");
 
     server.kill();
     let journal_bytes_at_kill = journal_bytes(&dir);
@@ -679,8 +686,13 @@ fn answered_reports_survive_sigkill_exactly_once() {
 
     let server = Server::start(&dir);
     let client = Client::new(&server.url, &token);
-    check_recorded(&client, &ledger, "after SIGKILL and restart");
-    check_repeats_change_nothing(&client, &ledger, "after SIGKILL and restart");
+    check_recorded(&admin(&dir, &server), &ledger, "after SIGKILL and restart");
+    check_repeats_change_nothing(
+        &client,
+        &admin(&dir, &server),
+        &ledger,
+        "after SIGKILL and restart",
+    );
     check_next_bug_is_new(&client, &mut ledger, TEST, PROBLEMS);
 
     let status = server.interrupt();
@@ -697,8 +709,11 @@ fn answered_reports_survive_sigkill_exactly_once() {
 
     // What the checkpoint made durable is all there, with nothing left to replay.
     let server = Server::start(&dir);
-    let client = Client::new(&server.url, &token);
-    check_recorded(&client, &ledger, "after a clean stop and restart");
+    check_recorded(
+        &admin(&dir, &server),
+        &ledger,
+        "after a clean stop and restart",
+    );
     server.kill();
 }
 
@@ -729,7 +744,11 @@ fn a_torn_append_at_the_journal_end_is_ignored() {
     append(&dir, &garbage);
     let server = Server::start(&dir);
     let client = Client::new(&server.url, &token);
-    check_recorded(&client, &ledger, "after random bytes at the journal's end");
+    check_recorded(
+        &admin(&dir, &server),
+        &ledger,
+        "after random bytes at the journal's end",
+    );
 
     // More answered after that start, then a torn entry: the header of an entry whose
     // payload never made it to the disk.
@@ -745,8 +764,17 @@ fn a_torn_append_at_the_journal_end_is_ignored() {
     append(&dir, &torn);
     let server = Server::start(&dir);
     let client = Client::new(&server.url, &token);
-    check_recorded(&client, &ledger, "after a torn entry at the journal's end");
-    check_repeats_change_nothing(&client, &ledger, "after a torn entry at the journal's end");
+    check_recorded(
+        &admin(&dir, &server),
+        &ledger,
+        "after a torn entry at the journal's end",
+    );
+    check_repeats_change_nothing(
+        &client,
+        &admin(&dir, &server),
+        &ledger,
+        "after a torn entry at the journal's end",
+    );
     let status = server.interrupt();
     assert!(
         status.success(),
@@ -781,8 +809,17 @@ fn reports_answered_across_checkpoints_survive_sigkill_exactly_once() {
     server.kill();
     let server = Server::start(&dir);
     let client = Client::new(&server.url, &token);
-    check_recorded(&client, &ledger, "after checkpoints, SIGKILL and restart");
-    check_repeats_change_nothing(&client, &ledger, "after checkpoints, SIGKILL and restart");
+    check_recorded(
+        &admin(&dir, &server),
+        &ledger,
+        "after checkpoints, SIGKILL and restart",
+    );
+    check_repeats_change_nothing(
+        &client,
+        &admin(&dir, &server),
+        &ledger,
+        "after checkpoints, SIGKILL and restart",
+    );
     server.kill();
 }
 

@@ -186,11 +186,16 @@ impl PartitionNode {
 }
 
 /// `GET path` on the endpoint (HTTP/1.0 over a plain socket); the body as JSON.
-fn endpoint_get(address: &str, path: &str) -> Option<Value> {
+/// A GET of the endpoint's API with `token` (the cluster's sees its own problems).
+fn endpoint_get(address: &str, path: &str, token: &str) -> Option<Value> {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(address).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let body = response.split_once("\r\n\r\n")?.1;
@@ -198,8 +203,8 @@ fn endpoint_get(address: &str, path: &str) -> Option<Value> {
 }
 
 /// (problems, incidents) at the endpoint.
-fn endpoint_counts(address: &str) -> (usize, u64) {
-    let problems = endpoint_get(address, "/api/v1/problems")
+fn endpoint_counts(address: &str, token: &str) -> (usize, u64) {
+    let problems = endpoint_get(address, "/api/v1/problems", token)
         .and_then(|answer| answer["problems"].as_array().cloned())
         .unwrap_or_default();
     let incidents = problems
@@ -373,7 +378,7 @@ fn a_minority_partition_elects_nobody_its_problems_wait_and_everything_converges
     // The majority's three incidents go up; the minority's two wait.
     let mut counts = (0, 0);
     let majority_up = wait_until(UPLOAD_BOUND, || {
-        counts = endpoint_counts(&endpoint_address);
+        counts = endpoint_counts(&endpoint_address, &token);
         counts == (1, 3)
     });
     assert!(
@@ -396,7 +401,7 @@ fn a_minority_partition_elects_nobody_its_problems_wait_and_everything_converges
                 );
             }
         }
-        assert_eq!(endpoint_counts(&endpoint_address), (1, 3));
+        assert_eq!(endpoint_counts(&endpoint_address, &token), (1, 3));
         std::thread::sleep(Duration::from_millis(500));
     }
     for node in &minority {
@@ -418,7 +423,7 @@ fn a_minority_partition_elects_nobody_its_problems_wait_and_everything_converges
         panic!("no agreement after healing\n{}", logs(&nodes, &endpoint));
     };
     let converged = wait_until(HEAL_BOUND, || {
-        counts = endpoint_counts(&endpoint_address);
+        counts = endpoint_counts(&endpoint_address, &token);
         counts == (1, NODES as u64)
             && nodes.iter().all(|node| {
                 node.cluster()

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crashmesh_endpoint::client::{ChunkData, Client, chunk_blob};
+use crashmesh_endpoint::client::{Answer, ChunkData, Client, chunk_blob};
 use crashmesh_endpoint::{EndpointConfig, RunningServer, ServerMode};
 use crashmesh_protocol::report::{Attachment, Incident, REPORT_FORMAT_VERSION, ReportManifest};
 use crashmesh_protocol::{Frame, Problem, ProblemKind};
@@ -14,6 +14,8 @@ pub struct Harness {
     pub server: Option<RunningServer>,
     pub url: String,
     pub admin: String,
+    pub metrics: String,
+    pub config: EndpointConfig,
 }
 
 impl Harness {
@@ -30,13 +32,52 @@ impl Harness {
             ..EndpointConfig::default()
         };
         tweak(&mut config);
-        let server = crashmesh_endpoint::start(config, ServerMode::Real).unwrap();
+        let server = crashmesh_endpoint::start(config.clone(), ServerMode::Real).unwrap();
         Harness {
             url: server.url.clone(),
             admin: server.admin_token.clone(),
+            metrics: server.metrics_token.clone(),
             server: Some(server),
             dir,
+            config,
         }
+    }
+
+    /// The server's shared state (its committer, metrics, database).
+    pub fn state(&self) -> &crashmesh_endpoint::server::AppState {
+        self.server.as_ref().unwrap().state.as_ref().unwrap()
+    }
+
+    /// `host:port` of the server.
+    pub fn address(&self) -> String {
+        self.url.trim_start_matches("http://").to_string()
+    }
+
+    /// A dashboard session for `token`, signed in as the sign-in page's form does: the
+    /// session cookie's value, or the status of the refusal.
+    pub fn sign_in(&self, token: &str) -> Result<String, u16> {
+        let body = format!("token={token}&next=%2F");
+        let answer = raw_http(
+            &self.address(),
+            &format!(
+                "POST /signin HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len(),
+                host = self.address()
+            ),
+        );
+        if answer.status != 303 {
+            return Err(answer.status);
+        }
+        let cookie = answer.header("set-cookie").expect("a session cookie");
+        let value = cookie
+            .split(';')
+            .next()
+            .unwrap()
+            .strip_prefix("crashmesh_session=")
+            .unwrap();
+        Ok(value.to_string())
     }
 
     /// A client with no valid token.
@@ -62,9 +103,26 @@ impl Harness {
         Client::new(&self.url, &token)
     }
 
+    /// The metrics as the metrics token reads them.
+    pub fn metrics_text(&self) -> String {
+        let answer = Client::new(&self.url, &self.metrics)
+            .get("/metrics")
+            .unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.body
+    }
+
+    /// A counter of `/metrics` (0 when absent).
+    pub fn metric(&self, line_start: &str) -> u64 {
+        self.metrics_text()
+            .lines()
+            .find_map(|line| line.strip_prefix(line_start)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn problems(&self, query: &str) -> Vec<serde_json::Value> {
         let answer = self
-            .anonymous()
+            .admin()
             .get(&format!("/api/v1/problems{query}"))
             .unwrap();
         assert_eq!(answer.status, 200, "{}", answer.body);
@@ -151,17 +209,16 @@ pub fn incident(node: &str, entry: &str, time_ms: u64, version: Option<&str>) ->
     }
 }
 
-/// A report of `problem` from `cluster` with one log attachment.
-pub fn report(
+/// A manifest of `cluster` (its id from `report_seed`) with these incidents and attachments.
+pub fn manifest(
     cluster: &str,
     term: u64,
     report_seed: &str,
     problem: Problem,
     incidents: Vec<Incident>,
-    log: &[u8],
-) -> (ReportManifest, Vec<ChunkData>) {
-    let (blob, chunks) = chunk_blob(log);
-    let manifest = ReportManifest {
+    attachments: Vec<Attachment>,
+) -> ReportManifest {
+    ReportManifest {
         format_version: REPORT_FORMAT_VERSION,
         report_id: hex_id(report_seed),
         cluster_id: cluster.into(),
@@ -171,12 +228,136 @@ pub fn report(
         kind: problem.kind,
         problem,
         incidents,
-        attachments: vec![Attachment {
-            name: "node-1/journal.log".into(),
-            blob,
-        }],
+        attachments,
         scrub: None,
         created_ms: 1_790_000_000_000,
-    };
+    }
+}
+
+/// A report of `problem` from `cluster` with one log attachment.
+pub fn report(
+    cluster: &str,
+    term: u64,
+    report_seed: &str,
+    problem: Problem,
+    incidents: Vec<Incident>,
+    log: &[u8],
+) -> (ReportManifest, Vec<ChunkData>) {
+    report_of(
+        cluster,
+        term,
+        report_seed,
+        problem,
+        incidents,
+        &[("node-1/journal.log", log)],
+    )
+}
+
+/// A report of `cluster` with the attachments given (name, bytes), one incident on `node`.
+pub fn report_with(
+    cluster: &str,
+    term: u64,
+    report_seed: &str,
+    problem: Problem,
+    node: &str,
+    attachments: &[(&str, &[u8])],
+) -> (ReportManifest, Vec<ChunkData>) {
+    let incidents = vec![incident(node, report_seed, 1_790_000_000_000, Some("1.0"))];
+    report_of(cluster, term, report_seed, problem, incidents, attachments)
+}
+
+fn report_of(
+    cluster: &str,
+    term: u64,
+    report_seed: &str,
+    problem: Problem,
+    incidents: Vec<Incident>,
+    attachments: &[(&str, &[u8])],
+) -> (ReportManifest, Vec<ChunkData>) {
+    let mut chunks = Vec::new();
+    let attachments = attachments
+        .iter()
+        .map(|(name, bytes)| {
+            let (blob, blob_chunks) = chunk_blob(bytes);
+            chunks.extend(blob_chunks);
+            Attachment {
+                name: name.to_string(),
+                blob,
+            }
+        })
+        .collect();
+    let manifest = manifest(cluster, term, report_seed, problem, incidents, attachments);
     (manifest, chunks)
+}
+
+/// Posts a manifest (the first step of an upload) and gives the answer.
+pub fn post_manifest(client: &Client, manifest: &ReportManifest) -> Answer {
+    client
+        .post("/api/v1/reports", &serde_json::to_vec(manifest).unwrap())
+        .unwrap()
+}
+
+/// An HTTP answer read off a raw connection.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl RawAnswer {
+    /// A header's value (the first of that name).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
+        })
+    }
+}
+
+/// Reads one answer (head, then a `Content-Length` body) off `stream`.
+pub fn read_answer(stream: &mut std::net::TcpStream) -> RawAnswer {
+    use std::io::Read as _;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        let read = stream.read(&mut byte).expect("an answer");
+        assert!(
+            read == 1,
+            "the connection closed before an answer: {bytes:?}"
+        );
+        bytes.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&bytes).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status");
+    let mut answer = RawAnswer {
+        status,
+        head,
+        body: String::new(),
+    };
+    let len: usize = answer
+        .header("content-length")
+        .and_then(|len| len.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).unwrap();
+    answer.body = String::from_utf8_lossy(&body).to_string();
+    answer
+}
+
+/// Sends `request` as it is on a new connection and reads the answer.
+pub fn raw_http(address: &str, request: &str) -> RawAnswer {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    read_answer(&mut stream)
 }
