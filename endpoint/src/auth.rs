@@ -113,16 +113,26 @@ pub fn create_cluster_token(db: &Db, cluster: &str) -> Result<String, EndpointEr
     Ok(token)
 }
 
+/// The most bytes read of a secret file (a token, the session key).
+const SECRET_FILE_BYTES_MAX: u64 = 4096;
+
 /// A secret file of the data dir: read when present, else made new (0600, never through
 /// a link) from `make`.
 fn secret_file(
     path: &Path,
     make: impl FnOnce() -> Result<Vec<u8>, EndpointError>,
 ) -> Result<Vec<u8>, EndpointError> {
-    if let Some(bytes) = crate::files::read_no_follow(path, 4096)?
-        && !bytes.iter().all(u8::is_ascii_whitespace)
-    {
-        return Ok(bytes);
+    match crashmesh_untrusted::open_in_dir(path, crashmesh_untrusted::Rules::REGULAR) {
+        Ok(mut opened) => {
+            let bytes = opened
+                .read_capped(SECRET_FILE_BYTES_MAX)
+                .map_err(|error| EndpointError::io("read", path, error))?;
+            if !bytes.iter().all(u8::is_ascii_whitespace) {
+                return Ok(bytes);
+            }
+        }
+        Err(error) if error.is_not_found() => {}
+        Err(error) => return Err(error.into()),
     }
     let bytes = make()?;
     let tmp = path.with_extension("tmp");
@@ -131,7 +141,7 @@ fn secret_file(
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(EndpointError::io("remove", &tmp, error)),
     }
-    let mut file = crate::files::create_private(&tmp)?;
+    let mut file = crashmesh_untrusted::create_private(&tmp)?;
     file.write_all(&bytes)
         .and_then(|_| file.sync_all())
         .map_err(|error| EndpointError::io("write", &tmp, error))?;

@@ -189,6 +189,24 @@ database_error!(
     redb::CommitError
 );
 
+/// A file the endpoint opens or creates as one someone may have planted something at
+/// (`crashmesh_untrusted`): something already there is [`EndpointError::Exists`].
+impl From<crashmesh_untrusted::OpenError> for EndpointError {
+    fn from(error: crashmesh_untrusted::OpenError) -> EndpointError {
+        match error {
+            crashmesh_untrusted::OpenError::Exists { path } => EndpointError::Exists {
+                path: path.display().to_string(),
+            },
+            crashmesh_untrusted::OpenError::Io { path, source } => {
+                EndpointError::io("open", &path, source)
+            }
+            other => EndpointError::Exists {
+                path: other.to_string(),
+            },
+        }
+    }
+}
+
 impl From<object_store::Error> for EndpointError {
     fn from(error: object_store::Error) -> EndpointError {
         EndpointError::Storage(error.to_string())

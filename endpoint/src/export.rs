@@ -17,7 +17,7 @@
 //! against the manifest's blob id.
 //!
 //! Every file is created new, 0600, and no link is followed anywhere under `OUT`
-//! ([`crate::files::PrivateDir`]): an export into a directory holding an earlier export, or
+//! (`crashmesh_untrusted::Directory::create_private`): an export into a directory holding an earlier export, or
 //! a link planted where a file goes, is refused ([`EndpointError::Exists`]).
 //!
 //! Only one process may open the database (see [`crate::db`]): with no server running
@@ -36,7 +36,7 @@ use crate::blobs::{Blobs, verify_chunk};
 use crate::config::EndpointConfig;
 use crate::db::Db;
 use crate::error::EndpointError;
-use crate::files::PrivateDir;
+use crashmesh_untrusted::Directory as PrivateDir;
 
 /// What an export wrote.
 #[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,10 +89,10 @@ fn create_under(dir: &PrivateDir, relative: &str) -> Result<std::fs::File, Endpo
     let file = components.pop().unwrap_or_default();
     let mut parent = None;
     for component in components {
-        let next = parent.as_ref().unwrap_or(dir).dir(component)?;
+        let next = parent.as_ref().unwrap_or(dir).private_dir(component)?;
         parent = Some(next);
     }
-    parent.as_ref().unwrap_or(dir).create_file(file)
+    Ok(parent.as_ref().unwrap_or(dir).create_file(file)?)
 }
 
 /// Writes everything under `out`, opening the database and the blob storage: only with no
@@ -117,8 +117,8 @@ pub fn export_from(
         .build()
         .map_err(|error| EndpointError::io("start", Path::new("runtime"), error))?;
     let mut summary = ExportSummary::default();
-    let root = PrivateDir::open_root(out)?;
-    let reports_dir = root.dir("reports")?;
+    let root = PrivateDir::create_private(out)?;
+    let reports_dir = root.private_dir("reports")?;
     let problems: Vec<serde_json::Value> = db
         .problems()?
         .iter()
@@ -142,8 +142,8 @@ pub fn export_from(
         let Some(report) = db.report(&report_id)? else {
             continue;
         };
-        let dir = reports_dir.dir(&report_id)?;
-        let attachments_dir = dir.dir("attachments")?;
+        let dir = reports_dir.private_dir(&report_id)?;
+        let attachments_dir = dir.private_dir("attachments")?;
         write_json(
             &dir,
             "report.json",

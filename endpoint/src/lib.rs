@@ -57,7 +57,6 @@ pub mod dashboard;
 pub mod db;
 pub mod error;
 pub mod export;
-pub mod files;
 pub mod inflight;
 pub mod ingest;
 pub mod journal;

@@ -357,7 +357,7 @@ fn looks_binary(bytes: &[u8]) -> bool {
 fn read_tail(path: &Path, notes: &mut Vec<String>) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
     let (mut file, length) =
-        match crate::watch::open_found_file(path, crashmesh_untrusted::Rules::ANY_SINGLE_LINK) {
+        match crashmesh_untrusted::open_in_dir(path, crashmesh_untrusted::Rules::ANY_SINGLE_LINK) {
             Ok(opened) => (opened.file, opened.metadata.len()),
             Err(error) => {
                 notes.push(format!("skipped: {error}"));

@@ -372,7 +372,7 @@ pub fn pid_of(path: &Path) -> Option<u32> {
 /// Opens an hs_err file as one a user wrote: never a symlink, a FIFO or a hard link to
 /// someone else's file; its owner comes with it.
 fn open_hs_err(path: &Path) -> Result<crashmesh_untrusted::Opened, crashmesh_untrusted::OpenError> {
-    watch::open_found_file(path, crashmesh_untrusted::Rules::ANY_SINGLE_LINK)
+    crashmesh_untrusted::open_in_dir(path, crashmesh_untrusted::Rules::ANY_SINGLE_LINK)
 }
 
 /// Does the file end with HotSpot's closing `END.` line?

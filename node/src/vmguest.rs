@@ -432,9 +432,10 @@ fn read_range(path: &Path, offset: u64, bytes_max: u64) -> Result<Vec<u8>, VmGue
         path: path.to_path_buf(),
         source,
     };
-    let mut file = watch::open_found_file(path, crashmesh_untrusted::Rules::ANY_SINGLE_LINK)
-        .map_err(|error| VmGuestError::Refused(Box::new(error)))?
-        .file;
+    let mut file =
+        crashmesh_untrusted::open_in_dir(path, crashmesh_untrusted::Rules::ANY_SINGLE_LINK)
+            .map_err(|error| VmGuestError::Refused(Box::new(error)))?
+            .file;
     file.seek(SeekFrom::Start(offset)).map_err(io_error)?;
     let mut bytes = Vec::new();
     file.take(bytes_max)

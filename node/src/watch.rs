@@ -174,18 +174,6 @@ pub fn spool_found(data_dir: &Path, found: FoundProblem<'_>) -> Result<bool, Spo
     Ok(true)
 }
 
-/// Opens a file a detector found in a directory the configuration names, as a file a
-/// user may have planted: through the directory's descriptor (the configured path is
-/// root's choice and may hold links), the file itself never a symlink, a FIFO or a device,
-/// judged by `rules` on its descriptor.
-pub fn open_found_file(
-    path: &Path,
-    rules: crashmesh_untrusted::Rules,
-) -> Result<crashmesh_untrusted::Opened, crashmesh_untrusted::OpenError> {
-    let directory = crashmesh_untrusted::Directory::open(path.parent().unwrap_or(Path::new(".")))?;
-    directory.open_file(path.file_name().map(Path::new).unwrap_or(path), rules)
-}
-
 /// A stable entry id: `prefix-` and 24 hex digits of the blake3 hash of `parts`.
 pub fn stable_entry_id(prefix: &str, parts: &[&[u8]]) -> String {
     let mut hasher = blake3::Hasher::new();

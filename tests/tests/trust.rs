@@ -274,8 +274,7 @@ fn a_user_trickling_bytes_holds_neither_the_daemon_nor_the_cli() {
         trickler.try_wait().unwrap().is_none(),
         "the daemon answered only once the probe stopped trickling"
     );
-    assert!(wait_until(Duration::from_secs(30), || !problems(&node)
-        .is_empty()));
+    assert!(wait_until(Duration::from_secs(30), || !problems(&node).is_empty()));
 
     // Every one of the probe's connections was closed while it trickled: those beyond its
     // share at once, the rest at their deadline.

@@ -107,6 +107,10 @@ pub enum OpenError {
     Links { path: PathBuf, links: u64 },
     #[error("{path}: more than {bytes_max} bytes")]
     TooLarge { path: PathBuf, bytes_max: u64 },
+    /// Something is already where a new file or directory was to be made: a file, a
+    /// FIFO, or a link planted there.
+    #[error("{path} exists (or is a link): output goes to a new path only")]
+    Exists { path: PathBuf },
 }
 
 impl OpenError {
@@ -120,6 +124,27 @@ impl OpenError {
         OpenError::Io {
             path: path.to_path_buf(),
             source,
+        }
+    }
+
+    /// The error of a failed creation: something already at the path is [`OpenError::Exists`].
+    fn creating(path: &Path, source: io::Error) -> OpenError {
+        let exists = [
+            rustix::io::Errno::EXIST,
+            rustix::io::Errno::LOOP,
+            rustix::io::Errno::NOTDIR,
+        ]
+        .iter()
+        .any(|errno| source.raw_os_error() == Some(errno.raw_os_error()));
+        if exists {
+            OpenError::Exists {
+                path: path.to_path_buf(),
+            }
+        } else {
+            OpenError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
         }
     }
 
@@ -370,22 +395,50 @@ fn open_directory_fd<Fd: AsFd>(
 }
 
 /// Creates a new file only its owner can read (`0600`) for output a user asked for (a
-/// core, an export): `O_EXCL | O_NOFOLLOW`, so an existing file or a symlink planted at
-/// the path is refused rather than written through.
+/// core, an export, a token): `O_EXCL | O_NOFOLLOW`, so an existing file or a symlink
+/// planted at the path is refused ([`OpenError::Exists`]) rather than written through.
 pub fn create_private(path: &Path) -> Result<File, OpenError> {
     let fd = rustix::fs::openat(
         rustix::fs::CWD,
         path,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
+        Mode::from_raw_mode(PRIVATE_FILE_MODE),
     )
-    .map_err(|error| OpenError::io(path, errno(error)))?;
-    let file = File::from(fd);
-    // The umask can only take bits away; this says exactly what the file is.
-    use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|error| OpenError::io(path, error))?;
-    Ok(file)
+    .map_err(|error| OpenError::creating(path, errno(error)))?;
+    Ok(File::from(fd))
+}
+
+/// Opens a file through its parent directory: the parent as root's configuration or
+/// code names it (links in it followed), the file itself never a symlink, a FIFO or a
+/// device, judged by `rules` (a log in an application's directory, a report a JVM wrote,
+/// a token file in a data dir).
+pub fn open_in_dir(path: &Path, rules: Rules) -> Result<Opened, OpenError> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(Path::new).unwrap_or(path);
+    Directory::open(parent)?.open_file(name, rules)
+}
+
+/// The mode of directories made for private output.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// The mode of files made for private output.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+fn private_dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+/// Refuses a name that is not exactly one path component.
+fn one_component(name: &str, path: &Path) -> Result<(), OpenError> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(OpenError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not one path component"),
+        });
+    }
+    Ok(())
 }
 
 /// The kind of a directory entry, as [`Directory::entries`] reports it (from the
@@ -415,6 +468,58 @@ impl Directory {
             fd,
             path: path.to_path_buf(),
         })
+    }
+
+    /// The root of an output tree (an export): made `0700` when missing (its parents as
+    /// `create_dir_all` makes them), opened without following a link in its place.
+    /// Everything below it is made through [`Directory::private_dir`] and
+    /// [`Directory::create_file`].
+    pub fn create_private(path: &Path) -> Result<Directory, OpenError> {
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|error| OpenError::io(parent, error))?;
+        }
+        match rustix::fs::mkdir(path, Mode::from_raw_mode(PRIVATE_DIR_MODE)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(error) => return Err(OpenError::io(path, errno(error))),
+        }
+        let fd = rustix::fs::open(path, private_dir_flags(), Mode::empty())
+            .map_err(|error| OpenError::creating(path, errno(error)))?;
+        Ok(Directory {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The directory `name` (one component) in this one, made `0700` when missing; a
+    /// link or a file in its place is refused ([`OpenError::Exists`]).
+    pub fn private_dir(&self, name: &str) -> Result<Directory, OpenError> {
+        let path = self.path.join(name);
+        one_component(name, &path)?;
+        match rustix::fs::mkdirat(&self.fd, name, Mode::from_raw_mode(PRIVATE_DIR_MODE)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(error) => return Err(OpenError::io(&path, errno(error))),
+        }
+        let fd = rustix::fs::openat(&self.fd, name, private_dir_flags(), Mode::empty())
+            .map_err(|error| OpenError::creating(&path, errno(error)))?;
+        Ok(Directory { fd, path })
+    }
+
+    /// A new file `name` (one component) in this directory, `0600`, `O_EXCL |
+    /// O_NOFOLLOW`: whatever is already there (a link included) is refused.
+    pub fn create_file(&self, name: &str) -> Result<File, OpenError> {
+        let path = self.path.join(name);
+        one_component(name, &path)?;
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(PRIVATE_FILE_MODE),
+        )
+        .map_err(|error| OpenError::creating(&path, errno(error)))?;
+        Ok(File::from(fd))
     }
 
     /// The path it was opened by (for messages).

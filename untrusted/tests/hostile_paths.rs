@@ -197,16 +197,59 @@ fn private_output_is_new_owner_only_and_never_written_through_a_link() {
     create_private(&out).unwrap();
     assert_eq!(std::fs::metadata(&out).unwrap().mode() & 0o777, 0o600);
     let error = create_private(&out).unwrap_err();
-    assert!(matches!(error, OpenError::Io { .. }), "{error}");
+    assert!(matches!(error, OpenError::Exists { .. }), "{error}");
 
     let victim = dir.path().join("victim");
     std::fs::write(&victim, b"keep me").unwrap();
     let planted = dir.path().join("planted");
     symlink(&victim, &planted).unwrap();
     let error = create_private(&planted).unwrap_err();
-    assert!(
-        matches!(error, OpenError::Symlink { .. } | OpenError::Io { .. }),
-        "{error}"
-    );
+    assert!(matches!(error, OpenError::Exists { .. }), "{error}");
     assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+}
+
+#[test]
+fn a_private_output_tree_is_made_without_following_anything_planted_in_it() {
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("export");
+    let root = Directory::create_private(&out).unwrap();
+    assert_eq!(std::fs::metadata(&out).unwrap().mode() & 0o777, 0o700);
+    let reports = root.private_dir("reports").unwrap();
+    std::io::Write::write_all(&mut reports.create_file("a").unwrap(), b"a file").unwrap();
+    // A directory where a file already is, or a second file of the same name: refused.
+    assert!(matches!(
+        reports.private_dir("a").unwrap_err(),
+        OpenError::Exists { .. }
+    ));
+    assert!(matches!(
+        reports.create_file("a").unwrap_err(),
+        OpenError::Exists { .. }
+    ));
+    // Links planted in the tree (to a directory or to a file elsewhere) are not followed.
+    let elsewhere = tempfile::tempdir().unwrap();
+    symlink(elsewhere.path(), out.join("reports/linked-dir")).unwrap();
+    symlink(
+        elsewhere.path().join("victim"),
+        out.join("reports/linked-file"),
+    )
+    .unwrap();
+    assert!(matches!(
+        reports.private_dir("linked-dir").unwrap_err(),
+        OpenError::Exists { .. }
+    ));
+    assert!(matches!(
+        reports.create_file("linked-file").unwrap_err(),
+        OpenError::Exists { .. }
+    ));
+    assert!(
+        std::fs::read_dir(elsewhere.path())
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    // Names are single components.
+    assert!(reports.create_file("../escape").is_err());
+    // The root itself may not be a link either.
+    symlink(elsewhere.path(), parent.path().join("linked-export")).unwrap();
+    assert!(Directory::create_private(&parent.path().join("linked-export")).is_err());
 }
