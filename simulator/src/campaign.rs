@@ -138,7 +138,7 @@ impl CampaignSummary {
             .to_string()
     }
 
-    /// The final JSON line (documented in README.md).
+    /// The final JSON line (documented in simulator/README.md).
     pub fn to_json(&self) -> serde_json::Value {
         json!({
             "seeds": self.seeds,
