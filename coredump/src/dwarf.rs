@@ -8,9 +8,9 @@
 //! aranges, through each unit's root DIE once), which is what elfutils does too.
 //!
 //! Invariants:
-//! - Bounded: the DIE walk descends at most [`DIE_DEPTH_MAX`] levels, name references
-//!   are followed at most [`REFERENCE_HOPS_MAX`] times, line programs at most
-//!   [`LINE_ROWS_MAX`] rows; malformed DWARF gives "unknown", never a panic.
+//! - Bounded: the DIE walk descends at most `DIE_DEPTH_MAX` levels, name references
+//!   are followed at most `REFERENCE_HOPS_MAX` times, line programs at most
+//!   `LINE_ROWS_MAX` rows; malformed DWARF gives "unknown", never a panic.
 //! - The file:line of a physical frame whose address is inside inlined code is the call
 //!   site of the outermost inlined call (gdb's physical frame line); otherwise the line
 //!   table's row for the address.

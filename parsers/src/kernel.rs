@@ -5,7 +5,7 @@
 //! # How a problem is found
 //! Each log line first loses its transport prefixes ([`split_log_line`]: syslog and journal
 //! prefixes, `<N>` levels, dmesg `[  123.456789]` timestamps, `[T123]` caller ids). The
-//! message then goes through one [`ProblemExtractor`], a small state machine shared by the
+//! message then goes through one `ProblemExtractor`, a small state machine shared by the
 //! whole-file parser ([`parse_kernel_log`]) and the live `/dev/kmsg` assembler
 //! ([`crate::kmsg::KernelLogAssembler`]):
 //! 1. A *trigger* line opens a problem (`BUG:`, `WARNING: at`, `Kernel panic - not
