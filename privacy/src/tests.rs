@@ -84,6 +84,31 @@ fn cloud_and_service_secrets_are_removed() {
         "jwt [REDACTED:jwt]",
         &["jwt"],
     );
+    check(
+        "notify hooks.slack.com/services/T0123ABCD/B0456EFGH/abcdefghijklmnop done",
+        "notify [REDACTED:slack_webhook] done",
+        &["slack_webhook"],
+    );
+    check(
+        "billing sk_live_4eC39HqLyjWDarjtT1zdp7dc failed; rk_test_abcdefghij0123456789 too",
+        "billing [REDACTED:stripe_key] failed; [REDACTED:stripe_key] too",
+        &["stripe_key"],
+    );
+    check(
+        "GET /c/blob?sv=2022-11-02&se=2026-12-31&sig=AbCdEfGhIjKlMnOpQrStUvWxYz0123%2B4567%3D&sp=r",
+        "GET /c/blob?sv=2022-11-02&se=2026-12-31&sig=[REDACTED:azure_sas_signature]&sp=r",
+        &["azure_sas_signature"],
+    );
+    // Too short to be a key, a webhook or a signature: left alone, but for the host name,
+    // which is pseudonymized like any other.
+    check(
+        "sk_live_short hooks.slack.com/services/T1 ?sig=abc",
+        &format!(
+            "sk_live_short {}/services/T1 ?sig=abc",
+            p(NameClass::Host, "hooks.slack.com")
+        ),
+        &["host_name"],
+    );
 }
 
 #[test]
