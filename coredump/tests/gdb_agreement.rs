@@ -6,7 +6,8 @@
 //! first (gdb's inline and tail-call frames are virtual and skipped), at most one frame
 //! more or fewer at the bottom, and the same function names inside the program itself.
 //!
-//! gcc and gdb are installed in CI; where one is missing the test says so and passes.
+//! gcc and gdb are installed in CI, where a missing one fails the test (`.ci/run` sets
+//! `CI`); elsewhere the test says so and passes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +21,10 @@ fn tool_missing(tool: &str) -> bool {
         .output()
         .is_ok_and(|output| output.status.success());
     if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "`{tool}` is not installed and CI is set: .ci/run installs it"
+        );
         eprintln!("SKIPPED: `{tool}` is not installed, so this test cannot run here");
     }
     !found
