@@ -12,9 +12,9 @@ use crate::analyze::{self, AnalysisOutput, CoreContext};
 use crate::cli::{AnalyzeCommand, GlobalArgs, InstallArgs, ProblemsCommand, StoreCommand};
 use crate::config::{Config, DEFAULT_CONFIG_TOML};
 use crate::control::{self, Request, Response};
-use crate::hook;
-use crate::install::{self, Change, KernelFiles};
 use crate::table::{Table, format_time_ms, safe};
+use crashmesh_capture::hook;
+use crashmesh_capture::install::{self, Change, KernelFiles};
 
 /// What every command needs: the configuration and where the data lives.
 pub struct Context {
@@ -89,7 +89,7 @@ pub fn hook_core(context: &Context, args: &[String]) -> Result<ExitCode> {
     };
     let outcome = hook::CoreArgs::parse(args).and_then(|core_args| {
         hook::run(
-            &config,
+            &config.capture,
             &context.data_dir,
             &core_args,
             &mut std::io::stdin().lock(),
@@ -194,14 +194,17 @@ fn python_state_file(context: &Context) -> PathBuf {
 
 /// Install the Python hook, remembering where, so uninstall removes exactly that.
 fn install_python_hook(context: &Context) -> Result<Vec<Change>> {
-    let interpreters = crate::pyhook::interpreters(&context.config.python.interpreters);
+    let interpreters = crashmesh_capture::python::interpreters(&context.config.python.interpreters);
     let mut sites: Vec<PathBuf> = std::fs::read(python_state_file(context))
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default();
     let mut changes = Vec::new();
-    let socket = crate::pyhook::socket_path(&context.data_dir, &context.config.python.socket);
-    for (site, result) in crate::pyhook::install(&interpreters, &context.data_dir, &socket) {
+    let socket =
+        crashmesh_capture::python::socket_path(&context.data_dir, &context.config.python.socket);
+    for (site, result) in
+        crashmesh_capture::python::install(&interpreters, &context.data_dir, &socket)
+    {
         let setting = format!("python hook in {}", site.display());
         match result {
             Ok(()) => {
@@ -239,7 +242,7 @@ fn uninstall_python_hook(context: &Context) -> Result<Vec<Change>> {
         return Ok(Vec::new());
     };
     let sites: Vec<PathBuf> = serde_json::from_slice(&bytes).unwrap_or_default();
-    let removed = crate::pyhook::uninstall(&sites);
+    let removed = crashmesh_capture::python::uninstall(&sites);
     std::fs::remove_file(python_state_file(context))?;
     Ok(sites
         .iter()
@@ -302,7 +305,7 @@ pub fn analyze(context: &Context, what: &AnalyzeCommand) -> Result<ExitCode> {
 /// Text files are read lossily (a kernel log may hold binary garbage) and capped.
 fn read_text(path: &Path) -> Result<String> {
     const TEXT_FILE_BYTES_MAX: u64 = 256 * 1024 * 1024;
-    let bytes = crate::procsnap::read_capped(path, TEXT_FILE_BYTES_MAX)
+    let bytes = crashmesh_capture::procsnap::read_capped(path, TEXT_FILE_BYTES_MAX)
         .with_context(|| format!("reading {}", path.display()))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
@@ -657,7 +660,7 @@ pub fn status(context: &Context) -> Result<ExitCode> {
         Err(_) if !context.data_dir.join("index.redb").exists() => None,
         Err(error) => return Err(error),
     };
-    let pending = crate::spool::Spool::new(&context.data_dir)
+    let pending = crashmesh_capture::spool::Spool::new(&context.data_dir)
         .list()
         .map(|entries| entries.len())
         .unwrap_or(0);

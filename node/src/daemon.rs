@@ -17,7 +17,7 @@ use crashmesh_store::Store;
 use crate::commands::{Context, now_ms};
 use crate::control;
 use crate::ingest::Ingester;
-use crate::spool::Spool;
+use crashmesh_capture::spool::Spool;
 
 /// The kernel's log device.
 pub const KMSG_PATH: &str = "/dev/kmsg";
@@ -113,7 +113,8 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
     let proc_file_bytes_max = context.config.capture.proc_file_bytes_max.0;
     let ignore_paths = context.config.capture.ignore_paths.clone();
     let python_socket_config = context.config.python.socket.clone();
-    let python_socket_path = crate::pyhook::socket_path(&data_dir, &python_socket_config);
+    let python_socket_path =
+        crashmesh_capture::python::socket_path(&data_dir, &python_socket_config);
     let system = actix::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -133,10 +134,10 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
                 crate::mesh::forward_announcements(receiver, mesh);
             }
         }
-        let python_socket = crate::pyhook::socket_path(&data_dir, &python_socket_config);
-        match listen_python(&python_socket) {
+        let python_socket = crashmesh_capture::python::socket_path(&data_dir, &python_socket_config);
+        match crate::python_socket::listen(&python_socket) {
             Ok(listener) => {
-                tokio::spawn(serve_python(
+                tokio::spawn(crate::python_socket::serve(
                     listener,
                     data_dir.clone(),
                     proc_file_bytes_max,
@@ -201,116 +202,6 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
 fn restrict_to_owner(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-}
-
-/// Binds the Python socket in its public directory (see [`crate::pyhook::prepare_socket_dir`]):
-/// any user may connect; who they are comes from the kernel.
-fn listen_python(socket: &std::path::Path) -> Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = socket.parent() {
-        crate::pyhook::prepare_socket_dir(dir).map_err(anyhow::Error::msg)?;
-    }
-    let _ = std::fs::remove_file(socket);
-    let listener = tokio::net::UnixListener::bind(socket)
-        .with_context(|| format!("binding {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
-        .with_context(|| format!("opening {} to every user", socket.display()))?;
-    Ok(listener)
-}
-
-/// Take reports from the Python hook. Each connection's sender is known from
-/// `SO_PEERCRED`; it has [`crate::pyhook::READ_DEADLINE_MS`] for its whole report (at
-/// most [`crate::pyhook::MESSAGE_BYTES_MAX`]), read without a thread, and holds one of
-/// its user's [`crate::pyhook::CONNECTIONS_PER_UID_MAX`] slots until answered; the
-/// snapshot and the spool entry are written on the blocking pool.
-async fn serve_python(
-    listener: tokio::net::UnixListener,
-    data_dir: std::path::PathBuf,
-    proc_file_bytes_max: u64,
-) {
-    use crate::pyhook::{self, ConnectionSlots, PeerCredentials};
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-    let slots = ConnectionSlots::new(pyhook::CONNECTIONS_MAX, pyhook::CONNECTIONS_PER_UID_MAX);
-    loop {
-        let mut stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "python socket accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let peer = match stream.peer_cred() {
-            Ok(credentials) => match credentials.pid() {
-                Some(pid) if pid > 0 => PeerCredentials {
-                    pid: pid as u32,
-                    uid: credentials.uid(),
-                    gid: credentials.gid(),
-                },
-                _ => continue,
-            },
-            Err(error) => {
-                tracing::warn!(%error, "python socket: no peer credentials");
-                continue;
-            }
-        };
-        let Some(slot) = slots.take(peer.uid) else {
-            tracing::warn!(
-                uid = peer.uid,
-                pid = peer.pid,
-                "python socket: too many connections of this user; refused"
-            );
-            continue;
-        };
-        let data_dir = data_dir.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut message = Vec::new();
-            let read = tokio::time::timeout(
-                Duration::from_millis(pyhook::READ_DEADLINE_MS),
-                tokio::io::BufReader::new((&mut stream).take(pyhook::MESSAGE_BYTES_MAX))
-                    .read_until(b'\n', &mut message),
-            )
-            .await;
-            match read {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    return tracing::warn!(uid = peer.uid, pid = peer.pid, %error, "python report not read");
-                }
-                Err(_) => {
-                    return tracing::warn!(
-                        uid = peer.uid,
-                        pid = peer.pid,
-                        "python report not complete within {} ms; dropped",
-                        pyhook::READ_DEADLINE_MS
-                    );
-                }
-            }
-            let spooled = tokio::task::spawn_blocking(move || {
-                pyhook::spool_report(&message, peer, now_ms(), &data_dir, proc_file_bytes_max)
-            })
-            .await;
-            let answer = match spooled {
-                Ok(Ok(entry)) => {
-                    tracing::info!(%entry, uid = peer.uid, pid = peer.pid, "python exception spooled");
-                    "ok\n".to_string()
-                }
-                Ok(Err(refused)) => {
-                    tracing::warn!(uid = peer.uid, pid = peer.pid, %refused, "python report refused");
-                    format!("refused: {refused}\n")
-                }
-                Err(error) => {
-                    tracing::error!(%error, "python report panicked");
-                    "refused: internal error\n".to_string()
-                }
-            };
-            let _ = tokio::time::timeout(
-                Duration::from_millis(pyhook::READ_DEADLINE_MS),
-                stream.write_all(answer.as_bytes()),
-            )
-            .await;
-        });
-    }
 }
 
 async fn wait_for_shutdown() {

@@ -753,16 +753,21 @@ kill
 fn python_exception(python: &Path, app: &Path, data_dir: &Path, customer: bool) -> Result<()> {
     let module_dir = data_dir.join("python-hook");
     std::fs::create_dir_all(&module_dir)?;
-    let module = crate::pyhook::HOOK_MODULE
+    let module = crashmesh_capture::python::HOOK_MODULE
         .replace(
             "@SOCKET@",
-            &crate::pyhook::socket_path(data_dir, Path::new("")).to_string_lossy(),
+            &crashmesh_capture::python::socket_path(data_dir, Path::new("")).to_string_lossy(),
         )
         .replace(
             "@SPOOL@",
-            &crate::spool::Spool::new(data_dir).root.to_string_lossy(),
+            &crashmesh_capture::spool::Spool::new(data_dir)
+                .root
+                .to_string_lossy(),
         );
-    std::fs::write(module_dir.join(crate::pyhook::MODULE_FILE), module)?;
+    std::fs::write(
+        module_dir.join(crashmesh_capture::python::MODULE_FILE),
+        module,
+    )?;
     let mut command = Command::new(python);
     command.arg(app);
     if customer {

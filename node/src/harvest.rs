@@ -188,7 +188,7 @@ pub enum HarvestError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Spool(#[from] crate::spool::SpoolError),
+    Spool(#[from] crashmesh_capture::spool::SpoolError),
     /// A file that is not what kdump or pstore write: a symlink, a FIFO, a hard link, a
     /// file of another owner (planted in a directory others can write).
     #[error(transparent)]
@@ -795,7 +795,7 @@ fn spool_pstore_dump(data_dir: &Path, dump: &PstoreDump, key: &str) -> Result<bo
 mod tests {
     use super::*;
     use crate::config::ByteSize;
-    use crate::spool::{Entry, Spool};
+    use crashmesh_capture::spool::{Entry, Spool};
 
     const CORPUS: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -139,7 +139,7 @@ pub fn core_seen(data_dir: &Path, store: Option<&Store>, hint: &PendingHint, now
 
 /// A spool entry (complete or being written) whose id names `pid`.
 fn spool_has_pid(data_dir: &Path, pid: u32) -> bool {
-    let spool = crate::spool::Spool::new(data_dir);
+    let spool = crashmesh_capture::spool::Spool::new(data_dir);
     [spool.tmp_dir(), spool.new_dir()].iter().any(|dir| {
         std::fs::read_dir(dir).is_ok_and(|entries| {
             entries.flatten().any(|entry| {
@@ -285,7 +285,7 @@ mod tests {
     #[test]
     fn a_spool_entry_of_the_pid_is_the_hints_core() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = crate::spool::Spool::new(dir.path());
+        let spool = crashmesh_capture::spool::Spool::new(dir.path());
         spool.create_dirs().unwrap();
         let mut pending = Hints::default();
         pending.hold(hint("crasher[4242]"), 1, 0);

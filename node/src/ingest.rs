@@ -14,7 +14,7 @@ use crashmesh_store::{NewIncident, Recorded, Store};
 
 use crate::analyze::{self, CoreContext};
 use crate::config::Config;
-use crate::spool::{Entry, EntryMeta, Spool};
+use crashmesh_capture::spool::{Entry, EntryMeta, Spool};
 
 /// Entries handled per pass, so that a flood cannot starve the quota pass.
 pub const ENTRIES_PER_PASS_MAX: usize = 64;
@@ -45,7 +45,7 @@ pub enum IngestError {
     #[error(transparent)]
     Store(#[from] crashmesh_store::StoreError),
     #[error(transparent)]
-    Spool(#[from] crate::spool::SpoolError),
+    Spool(#[from] crashmesh_capture::spool::SpoolError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -332,7 +332,7 @@ impl Ingester {
         }
         if meta.source == "python" {
             return Ok(
-                crate::pyhook::problem_of_entry(&entry.dir, meta).unwrap_or_else(|| {
+                crate::python_socket::problem_of_entry(&entry.dir, meta).unwrap_or_else(|| {
                     analyze::failed_problem(
                         ProblemKind::Python,
                         "no traceback could be parsed",

@@ -356,7 +356,7 @@ pub enum HsErrError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Spool(#[from] crate::spool::SpoolError),
+    Spool(#[from] crashmesh_capture::spool::SpoolError),
 }
 
 /// The pid in `hs_err_pid<pid>.log`.
@@ -400,7 +400,7 @@ fn ends_with_end_marker(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{Entry, Spool};
+    use crashmesh_capture::spool::{Entry, Spool};
     use crashmesh_protocol::ProblemKind;
 
     /// The head of a HotSpot report: enough for the problematic frame.

@@ -297,8 +297,8 @@ fn spool_kernel_problem(
     problem: crashmesh_protocol::Problem,
     suppressed_count: Option<u64>,
     now_ms: u64,
-) -> Result<(), crate::spool::SpoolError> {
-    use crate::spool::{EntryMeta, SPOOL_FORMAT_VERSION, Spool};
+) -> Result<(), crashmesh_capture::spool::SpoolError> {
+    use crashmesh_capture::spool::{EntryMeta, SPOOL_FORMAT_VERSION, Spool};
     let mut hasher = blake3::Hasher::new();
     hasher.update(boot_id.as_bytes());
     hasher.update(&closing_sequence.unwrap_or(0).to_le_bytes());
@@ -457,7 +457,7 @@ mod tests {
     }
 
     fn spooled_hints(data_dir: &Path) -> Vec<String> {
-        let spool = crate::spool::Spool::new(data_dir);
+        let spool = crashmesh_capture::spool::Spool::new(data_dir);
         std::fs::read_dir(spool.new_dir())
             .map(|entries| {
                 entries

@@ -100,7 +100,7 @@ pub enum VmGuestError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Spool(#[from] crate::spool::SpoolError),
+    Spool(#[from] crashmesh_capture::spool::SpoolError),
     /// Not a plain log file (a symlink, a FIFO, a hard link).
     #[error(transparent)]
     Refused(Box<crashmesh_untrusted::OpenError>),
@@ -485,7 +485,7 @@ pub fn context_lines(text: &str, problems: &[Problem]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{Entry, Spool};
+    use crashmesh_capture::spool::{Entry, Spool};
     use crashmesh_protocol::ProblemKind;
 
     const STARTING_UP: &str = "2024-02-01 08:00:00.123+0000: starting up libvirt version: 8.0.0, package: 1ubuntu7.8 (Ubuntu), qemu version: 6.2.0Debian 1:6.2+dfsg-2ubuntu6.15, kernel: 5.15.0-91-generic, hostname: node3\n";

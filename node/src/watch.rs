@@ -18,7 +18,7 @@ use crashmesh_protocol::Problem;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::spool::{EntryMeta, SPOOL_FORMAT_VERSION, Spool, SpoolError};
+use crashmesh_capture::spool::{EntryMeta, SPOOL_FORMAT_VERSION, Spool, SpoolError};
 
 /// The largest state file a detector reads back.
 pub const STATE_FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;

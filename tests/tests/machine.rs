@@ -462,7 +462,10 @@ fn an_oops_written_into_dev_kmsg_is_listed() {
         found.is_some()
     });
     let problem = found.unwrap_or_else(|| panic!("the oops was not listed: {}", node.daemon_log()));
-    eprintln!("the oops was listed {:?} after it was written", written.elapsed());
+    eprintln!(
+        "the oops was listed {:?} after it was written",
+        written.elapsed()
+    );
     assert_eq!(problem["kind"], "kernel_oops");
     assert_eq!(problem["count"], 1);
     let detail = node.json(&["problems", "show", problem["id"].as_str().unwrap()]);

@@ -1,23 +1,16 @@
-//! The Python detector: `crashmesh install` puts a small module and a `.pth` file that
-//! imports it into the site-packages of each configured interpreter; on an uncaught
-//! exception the module sends the traceback to the daemon's `python.sock`, which
-//! snapshots `/proc/<pid>` while the process still lives and writes a spool entry. When
-//! the daemon is down the module writes the spool entry itself.
+//! The Python detector's socket: every user's interpreter hook (`crashmesh_capture::python`)
+//! sends its uncaught exception here, and the daemon, as root, spools it with a snapshot
+//! of the sender's `/proc` taken while it waits for the answer. Nothing in the message is
+//! believed about who sent it (see [`spool_report`] and docs/security.md).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::procsnap;
-use crate::spool::{self, EntryMeta, SPOOL_FORMAT_VERSION, Spool};
+use crashmesh_capture::procsnap;
+use crashmesh_capture::spool::{self, EntryMeta, SPOOL_FORMAT_VERSION, Spool};
 
-/// The module's source; `@SOCKET@` and `@SPOOL@` are filled in at install time.
-pub const HOOK_MODULE: &str = include_str!("crashmesh_hook.py");
-/// The module's file name in site-packages.
-pub const MODULE_FILE: &str = "crashmesh_hook.py";
-/// The `.pth` file that imports the module at interpreter start.
-pub const PTH_FILE: &str = "crashmesh-hook.pth";
 /// The largest message the daemon reads from the Python hook.
 pub const MESSAGE_BYTES_MAX: u64 = 2 * 1024 * 1024;
 
@@ -28,24 +21,6 @@ pub const CONNECTIONS_MAX: usize = 64;
 pub const CONNECTIONS_PER_UID_MAX: usize = 4;
 /// How long one connection may take to send its whole report, however it trickles.
 pub const READ_DEADLINE_MS: u64 = 5_000;
-
-/// The socket the hook talks to: the configured one, or `python.sock` in the data dir's
-/// public sibling (see [`public_dir`]).
-pub fn socket_path(data_dir: &Path, configured: &Path) -> PathBuf {
-    if configured.as_os_str().is_empty() {
-        public_dir(data_dir).join("python.sock")
-    } else {
-        configured.to_path_buf()
-    }
-}
-
-/// `<data dir>-public`: the one directory of the node that other users may enter (to
-/// reach the Python socket); the data dir itself is root's alone.
-pub fn public_dir(data_dir: &Path) -> PathBuf {
-    let mut name = data_dir.as_os_str().to_owned();
-    name.push("-public");
-    PathBuf::from(name)
-}
 
 /// Makes the socket's directory: created `0755` when missing; an existing one must be a
 /// directory (not a symlink) owned by this process's user that nobody else can write,
@@ -87,98 +62,6 @@ pub struct PythonReport {
     pub exception_type: String,
     pub message: String,
     pub traceback: String,
-}
-
-/// The interpreters to hook: the configured ones, or every `python3` on PATH.
-pub fn interpreters(configured: &[PathBuf]) -> Vec<PathBuf> {
-    if !configured.is_empty() {
-        return configured.to_vec();
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut found: Vec<PathBuf> = Vec::new();
-    for dir in std::env::split_paths(&path) {
-        let candidate = dir.join("python3");
-        if candidate.is_file() && !found.contains(&candidate) {
-            found.push(candidate);
-        }
-    }
-    found
-}
-
-/// The directory where an interpreter loads `.pth` files from.
-pub fn site_packages(interpreter: &Path) -> Option<PathBuf> {
-    let output = Command::new(interpreter)
-        .args([
-            "-S",
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-        ])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    (output.status.success() && !text.is_empty()).then(|| PathBuf::from(text))
-}
-
-/// Write the module and the `.pth` file into each interpreter's site-packages; gives back
-/// the files written (remembered for uninstall).
-pub fn install(
-    interpreters: &[PathBuf],
-    data_dir: &Path,
-    socket: &Path,
-) -> Vec<(PathBuf, Result<(), String>)> {
-    let module = HOOK_MODULE
-        .replace("@SOCKET@", &socket.to_string_lossy())
-        .replace("@SPOOL@", &Spool::new(data_dir).root.to_string_lossy());
-    let mut done: Vec<(PathBuf, Result<(), String>)> = Vec::new();
-    for interpreter in interpreters {
-        let Some(site) = site_packages(interpreter) else {
-            done.push((
-                interpreter.clone(),
-                Err("cannot ask it for its site-packages".into()),
-            ));
-            continue;
-        };
-        if done.iter().any(|(path, _)| path == &site) {
-            continue;
-        }
-        // Every user's interpreter imports these: readable by all (the process's umask
-        // makes files owner-only otherwise).
-        let result = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&site)
-            .and_then(|_| write_readable(&site.join(MODULE_FILE), module.as_bytes()))
-            .and_then(|_| write_readable(&site.join(PTH_FILE), b"import crashmesh_hook\n"))
-            .map_err(|error| error.to_string());
-        done.push((site, result));
-    }
-    done
-}
-
-use std::os::unix::fs::DirBuilderExt;
-
-fn write_readable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, bytes)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
-}
-
-/// Remove the module and `.pth` file from each site-packages directory.
-pub fn uninstall(site_dirs: &[PathBuf]) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    for site in site_dirs {
-        for name in [PTH_FILE, MODULE_FILE] {
-            let path = site.join(name);
-            if std::fs::remove_file(&path).is_ok() {
-                removed.push(path);
-            }
-        }
-        let _ = std::fs::remove_dir_all(
-            site.join("__pycache__")
-                .join("crashmesh_hook.cpython-311.pyc"),
-        );
-    }
-    removed
 }
 
 /// The connections being served, counted per user: a connection is taken only while
@@ -356,6 +239,119 @@ pub fn spool_report(
     Ok(id)
 }
 
+/// Binds the Python socket in its public directory (see [`crate::prepare_socket_dir`]):
+/// any user may connect; who they are comes from the kernel.
+pub fn listen(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = socket.parent() {
+        prepare_socket_dir(dir).map_err(std::io::Error::other)?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Take reports from the Python hook. Each connection's sender is known from
+/// `SO_PEERCRED`; it has [`READ_DEADLINE_MS`] for its whole report (at
+/// most [`MESSAGE_BYTES_MAX`]), read without a thread, and holds one of
+/// its user's [`CONNECTIONS_PER_UID_MAX`] slots until answered; the
+/// snapshot and the spool entry are written on the blocking pool.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    data_dir: std::path::PathBuf,
+    proc_file_bytes_max: u64,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let slots = ConnectionSlots::new(CONNECTIONS_MAX, CONNECTIONS_PER_UID_MAX);
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "python socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let peer = match stream.peer_cred() {
+            Ok(credentials) => match credentials.pid() {
+                Some(pid) if pid > 0 => PeerCredentials {
+                    pid: pid as u32,
+                    uid: credentials.uid(),
+                    gid: credentials.gid(),
+                },
+                _ => continue,
+            },
+            Err(error) => {
+                tracing::warn!(%error, "python socket: no peer credentials");
+                continue;
+            }
+        };
+        let Some(slot) = slots.take(peer.uid) else {
+            tracing::warn!(
+                uid = peer.uid,
+                pid = peer.pid,
+                "python socket: too many connections of this user; refused"
+            );
+            continue;
+        };
+        let data_dir = data_dir.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut message = Vec::new();
+            let read = tokio::time::timeout(
+                Duration::from_millis(READ_DEADLINE_MS),
+                tokio::io::BufReader::new((&mut stream).take(MESSAGE_BYTES_MAX))
+                    .read_until(b'\n', &mut message),
+            )
+            .await;
+            match read {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    return tracing::warn!(uid = peer.uid, pid = peer.pid, %error, "python report not read");
+                }
+                Err(_) => {
+                    return tracing::warn!(
+                        uid = peer.uid,
+                        pid = peer.pid,
+                        "python report not complete within {} ms; dropped",
+                        READ_DEADLINE_MS
+                    );
+                }
+            }
+            let spooled = tokio::task::spawn_blocking(move || {
+                spool_report(
+                    &message,
+                    peer,
+                    crate::commands::now_ms(),
+                    &data_dir,
+                    proc_file_bytes_max,
+                )
+            })
+            .await;
+            let answer = match spooled {
+                Ok(Ok(entry)) => {
+                    tracing::info!(%entry, uid = peer.uid, pid = peer.pid, "python exception spooled");
+                    "ok\n".to_string()
+                }
+                Ok(Err(refused)) => {
+                    tracing::warn!(uid = peer.uid, pid = peer.pid, %refused, "python report refused");
+                    format!("refused: {refused}\n")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "python report panicked");
+                    "refused: internal error\n".to_string()
+                }
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_millis(READ_DEADLINE_MS),
+                stream.write_all(answer.as_bytes()),
+            )
+            .await;
+        });
+    }
+}
+
 /// The problem of a Python spool entry, parsed from its traceback.
 pub fn problem_of_entry(dir: &Path, meta: &EntryMeta) -> Option<crashmesh_protocol::Problem> {
     let text = std::fs::read_to_string(dir.join("traceback.txt")).ok()?;
@@ -379,17 +375,5 @@ mod tests {
         drop(first);
         assert!(slots.take(1000).is_some());
         drop(root);
-    }
-
-    #[test]
-    fn the_public_dir_sits_beside_the_data_dir() {
-        assert_eq!(
-            socket_path(Path::new("/var/lib/crashmesh"), Path::new("")),
-            Path::new("/var/lib/crashmesh-public/python.sock")
-        );
-        assert_eq!(
-            socket_path(Path::new("/d"), Path::new("/run/crashmesh/py.sock")),
-            Path::new("/run/crashmesh/py.sock")
-        );
     }
 }

@@ -16,7 +16,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::CaptureConfig;
 use crate::procsnap;
 use crate::spool::{self, CoreFile, EntryMeta, SPOOL_FORMAT_VERSION, Spool};
 
@@ -181,13 +181,13 @@ fn repeat_of(
 
 /// Run the hook: `input` is the core (stdin when the kernel runs us).
 pub fn run(
-    config: &Config,
+    config: &CaptureConfig,
     data_dir: &Path,
     args: &CoreArgs,
     input: &mut impl Read,
 ) -> Result<HookOutcome, HookError> {
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(config.capture.time_limit_secs);
+    let deadline = started + Duration::from_secs(config.time_limit_secs);
     refuse_own_core();
     if is_own_hook(args.pid) {
         return Ok(HookOutcome::Skipped(
@@ -203,7 +203,7 @@ pub fn run(
         .and_then(|proc_dir| proc_dir.read_link("exe"));
     if let Some(pattern) = executable
         .as_deref()
-        .and_then(|exe| is_ignored(exe, &config.capture.ignore_paths))
+        .and_then(|exe| is_ignored(exe, &config.ignore_paths))
     {
         return Ok(HookOutcome::Skipped(format!(
             "executable matches ignore pattern {pattern:?}"
@@ -223,7 +223,7 @@ pub fn run(
         &repeat_key,
         &id,
         now_ms(),
-        config.capture.repeat_window_secs,
+        config.repeat_window_secs,
     );
 
     let mut meta = EntryMeta {
@@ -247,8 +247,7 @@ pub fn run(
     // The snapshot first: it is small and only possible while the process is held.
     match &proc_dir {
         Ok(proc_dir) => {
-            let snapshot =
-                procsnap::snapshot(proc_dir, &writer, config.capture.proc_file_bytes_max.0)?;
+            let snapshot = procsnap::snapshot(proc_dir, &writer, config.proc_file_bytes_max.0)?;
             meta.proc_files = snapshot.files;
             meta.notes.extend(snapshot.notes);
             if let Ok(cgroup) = proc_dir.read_capped("cgroup", 1024 * 1024) {
@@ -266,13 +265,13 @@ pub fn run(
     if repeat_of.is_some() {
         meta.core_dropped = Some(format!(
             "crash loop: a core of this executable was captured less than {} s ago",
-            config.capture.repeat_window_secs
+            config.repeat_window_secs
         ));
-    } else if free.is_some_and(|free| free < config.capture.min_free_bytes.0) {
+    } else if free.is_some_and(|free| free < config.min_free_bytes.0) {
         meta.core_dropped = Some(format!(
             "low disk: {} bytes free, less than capture.min_free_bytes ({})",
             free.unwrap_or(0),
-            config.capture.min_free_bytes.0
+            config.min_free_bytes.0
         ));
     } else if args.core_limit == Some(0) {
         meta.core_dropped = Some("the process's RLIMIT_CORE is 0".into());
@@ -327,7 +326,7 @@ fn wait_readable(fd: i32, deadline: Instant) -> bool {
 fn stream_core(
     input: &mut impl Read,
     file: File,
-    config: &Config,
+    config: &CaptureConfig,
     data_dir: &Path,
     deadline: Instant,
 ) -> Result<CoreFile, HookError> {
@@ -341,14 +340,14 @@ fn stream_core(
     }
     let mut encoder = zstd::stream::write::Encoder::new(
         BufWriter::with_capacity(READ_BUFFER_BYTES, file),
-        config.capture.compression_level,
+        config.compression_level,
     )?;
     encoder.include_checksum(true)?;
     // One zstd worker: compression runs beside our reads, as the zstd CLI overlaps its
     // I/O; memory stays bounded by the worker's job size (a few MiB at level 1).
     encoder.multithread(1)?;
     let mut buffer = vec![0u8; READ_BUFFER_BYTES];
-    let cap = config.capture.core_bytes_max.0;
+    let cap = config.core_bytes_max.0;
     let mut bytes_raw = 0u64;
     let mut next_free_check = FREE_SPACE_CHECK_BYTES;
     let mut truncated = None;
@@ -356,7 +355,7 @@ fn stream_core(
         if poll_stdin && !wait_readable(fd, deadline) {
             truncated = Some(format!(
                 "time limit: capture.time_limit_secs = {}",
-                config.capture.time_limit_secs
+                config.time_limit_secs
             ));
             break;
         }
@@ -377,7 +376,7 @@ fn stream_core(
         bytes_raw += read as u64;
         if bytes_raw >= next_free_check {
             next_free_check += FREE_SPACE_CHECK_BYTES;
-            if free_bytes(data_dir).is_some_and(|free| free < config.capture.min_free_bytes.0) {
+            if free_bytes(data_dir).is_some_and(|free| free < config.min_free_bytes.0) {
                 truncated = Some("low disk while writing: capture.min_free_bytes reached".into());
                 break;
             }
@@ -441,7 +440,7 @@ mod tests {
         assert!(CoreArgs::parse(&args(&["x", "43", "1", "11", "1", "1", "0", "0", "h"])).is_err());
     }
 
-    fn run_on(config: &Config, data: &Path, core: &[u8]) -> HookOutcome {
+    fn run_on(config: &CaptureConfig, data: &Path, core: &[u8]) -> HookOutcome {
         let own_pid = std::process::id();
         let core_args = CoreArgs {
             pid: own_pid,
@@ -462,8 +461,8 @@ mod tests {
     #[test]
     fn a_core_is_compressed_into_a_complete_entry_and_a_repeat_keeps_metadata_only() {
         let data = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.capture.min_free_bytes = crate::config::ByteSize(0);
+        let mut config = CaptureConfig::default();
+        config.min_free_bytes = crate::config::ByteSize(0);
         let core: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let HookOutcome::Captured {
             entry,
@@ -497,9 +496,9 @@ mod tests {
     #[test]
     fn the_size_cap_truncates_and_marks_the_core() {
         let data = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.capture.min_free_bytes = crate::config::ByteSize(0);
-        config.capture.core_bytes_max = crate::config::ByteSize(1000);
+        let mut config = CaptureConfig::default();
+        config.min_free_bytes = crate::config::ByteSize(0);
+        config.core_bytes_max = crate::config::ByteSize(1000);
         let HookOutcome::Captured {
             entry,
             core_bytes,
@@ -521,8 +520,8 @@ mod tests {
     #[test]
     fn low_disk_keeps_metadata_and_drops_the_core() {
         let data = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.capture.min_free_bytes = crate::config::ByteSize(u64::MAX);
+        let mut config = CaptureConfig::default();
+        config.min_free_bytes = crate::config::ByteSize(u64::MAX);
         let HookOutcome::Captured {
             entry,
             core_bytes,
@@ -546,8 +545,8 @@ mod tests {
             }
         }
         let data = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.capture.min_free_bytes = crate::config::ByteSize(0);
+        let mut config = CaptureConfig::default();
+        config.min_free_bytes = crate::config::ByteSize(0);
         let core_args = CoreArgs {
             pid: std::process::id(),
             signal: Some(6),
@@ -570,8 +569,8 @@ mod tests {
     #[test]
     fn ignored_executables_write_nothing() {
         let data = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.capture.ignore_paths = vec!["/**".into()];
+        let mut config = CaptureConfig::default();
+        config.ignore_paths = vec!["/**".into()];
         assert!(matches!(
             run_on(&config, data.path(), b"x"),
             HookOutcome::Skipped(_)
