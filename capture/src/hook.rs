@@ -16,6 +16,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::clock::now_ms;
 use crate::config::CaptureConfig;
 use crate::procsnap;
 use crate::spool::{self, CoreFile, EntryMeta, SPOOL_FORMAT_VERSION, Spool};
@@ -93,13 +94,6 @@ pub enum HookOutcome {
     },
     /// Nothing was written, on purpose.
     Skipped(String),
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Free bytes for unprivileged users on the file system holding `path`.

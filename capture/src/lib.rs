@@ -14,6 +14,7 @@
 //! (`0700`/`0600`, see docs/security.md); `/proc/<pid>` is read through one descriptor,
 //! which cannot come to name another process.
 
+pub mod clock;
 pub mod config;
 pub mod hook;
 pub mod install;

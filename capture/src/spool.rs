@@ -12,7 +12,7 @@
 //! The daemon deletes an entry only after the index commit that records it.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -338,6 +338,112 @@ pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(io_error(dir))
 }
 
+/// One file of a spooled entry.
+pub enum Attachment<'a> {
+    /// Bytes already in memory.
+    Bytes(&'a [u8]),
+    /// The first `bytes_max` bytes of a file already opened (see `crashmesh_untrusted`:
+    /// never by a path a user could swap between a check and the copy); `path` names it
+    /// in notes.
+    File {
+        file: std::fs::File,
+        path: &'a Path,
+        bytes_max: u64,
+    },
+}
+
+/// A problem a detector found, with what to keep beside it: what every detector hands the
+/// one spool writer, [`write_found`].
+pub struct Found<'a> {
+    /// Derived from what was found, never from the time (see the module's invariants).
+    pub entry_id: String,
+    /// `kmsg`, `kdump`, `pstore`, `hs_err`, `vm_guest`.
+    pub source: &'static str,
+    /// When the problem happened, unix milliseconds.
+    pub time_ms: u64,
+    pub problem: crashmesh_protocol::Problem,
+    pub pid: Option<u32>,
+    /// The user the problem belongs to, from the kernel (the owner of the file it was
+    /// found in, by `fstat`), when there is one.
+    pub uid: Option<u32>,
+    pub comm: Option<String>,
+    /// Files of the entry, by name inside it (listed in `proc_files`, so they are kept).
+    pub attachments: Vec<(String, Attachment<'a>)>,
+    pub notes: Vec<String>,
+    /// More occurrences that a rate limit held back (a kernel log flood), counted.
+    pub suppressed_count: Option<u64>,
+}
+
+/// Write a found problem as a complete spool entry. Returns false when an entry of that
+/// id is already waiting in the spool (nothing is written twice).
+pub fn write_found(data_dir: &Path, found: Found<'_>) -> Result<bool, SpoolError> {
+    let spool = Spool::new(data_dir);
+    if spool.new_dir().join(&found.entry_id).exists() {
+        return Ok(false);
+    }
+    // A writer that died half-way left this; it was never visible.
+    let stale = spool.tmp_dir().join(&found.entry_id);
+    if stale.exists() {
+        let _ = std::fs::remove_dir_all(&stale);
+    }
+    let writer = spool.begin(&found.entry_id)?;
+    let mut proc_files = Vec::new();
+    let mut notes = found.notes;
+    for (name, attachment) in &found.attachments {
+        match attachment {
+            Attachment::Bytes(bytes) => writer.write_file(name, bytes)?,
+            Attachment::File {
+                file,
+                path,
+                bytes_max,
+            } => {
+                let mut target = writer.create(name)?;
+                let copied = file.metadata().and_then(|metadata| {
+                    let copied = io::copy(&mut file.take(*bytes_max), &mut target)?;
+                    Ok((metadata.len(), copied))
+                });
+                match copied {
+                    Ok((length, copied)) if length > copied => {
+                        notes.push(format!("{name}: cut at {copied} of {length} bytes"));
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        notes.push(format!("{name}: cannot copy {}: {error}", path.display()));
+                        continue;
+                    }
+                }
+            }
+        }
+        proc_files.push(name.clone());
+    }
+    let meta = EntryMeta {
+        format_version: SPOOL_FORMAT_VERSION,
+        id: found.entry_id,
+        source: found.source.to_string(),
+        time_ms: found.time_ms,
+        pid: found.pid,
+        uid: found.uid,
+        comm: found.comm,
+        proc_files,
+        notes,
+        suppressed_count: found.suppressed_count,
+        problem: Some(found.problem),
+        ..EntryMeta::default()
+    };
+    writer.commit(&meta)?;
+    Ok(true)
+}
+
+/// A stable entry id: `prefix-` and 24 hex digits of the blake3 hash of `parts`.
+pub fn stable_entry_id(prefix: &str, parts: &[&[u8]]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for part in parts {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    format!("{prefix}-{}", &hasher.finalize().to_hex()[..24])
+}
+
 /// A new entry id: sortable by time, unique across processes.
 pub fn new_entry_id(time_ms: u64, pid: u32) -> String {
     let mut random = [0u8; 6];
@@ -405,5 +511,46 @@ mod tests {
         fs::write(spool.new_dir().join("bad/meta.json"), b"{not json").unwrap();
         let entries = spool.list().unwrap();
         assert!(matches!(&entries[0], Err((_, SpoolError::Meta { .. }))));
+    }
+
+    #[test]
+    fn a_found_problem_is_spooled_once_with_its_attachments() {
+        let data = tempfile::tempdir().unwrap();
+        let source = data.path().join("source.txt");
+        std::fs::write(&source, b"0123456789").unwrap();
+        let found = || Found {
+            entry_id: stable_entry_id("test", &[b"x"]),
+            source: "kdump",
+            time_ms: 5,
+            problem: crashmesh_protocol::Problem::new(
+                crashmesh_protocol::ProblemKind::KernelPanic,
+                "panic",
+            ),
+            pid: None,
+            uid: None,
+            comm: None,
+            attachments: vec![
+                ("a.txt".to_string(), Attachment::Bytes(b"abc")),
+                (
+                    "dir/b.txt".to_string(),
+                    Attachment::File {
+                        file: File::open(&source).unwrap(),
+                        path: &source,
+                        bytes_max: 4,
+                    },
+                ),
+            ],
+            notes: Vec::new(),
+            suppressed_count: None,
+        };
+        assert!(write_found(data.path(), found()).unwrap());
+        assert!(!write_found(data.path(), found()).unwrap());
+        let entries = Spool::new(data.path()).list().unwrap();
+        assert_eq!(entries.len(), 1);
+        let entry = entries.into_iter().next().unwrap().unwrap();
+        assert_eq!(entry.meta.source, "kdump");
+        assert_eq!(entry.meta.proc_files, ["a.txt", "dir/b.txt"]);
+        assert_eq!(std::fs::read(entry.dir.join("dir/b.txt")).unwrap(), b"0123");
+        assert_eq!(entry.meta.notes, ["dir/b.txt: cut at 4 of 10 bytes"]);
     }
 }

@@ -19,8 +19,6 @@ use crate::control;
 use crate::ingest::Ingester;
 use crashmesh_capture::spool::Spool;
 
-/// The kernel's log device.
-pub const KMSG_PATH: &str = "/dev/kmsg";
 /// How often the spool is looked at for new entries.
 pub const SPOOL_POLL_INTERVAL_MS: u64 = 200;
 /// How often quotas are enforced besides after every write.
@@ -106,13 +104,14 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
 
     let socket = control::socket_path(&context.data_dir);
     let data_dir = context.data_dir.clone();
-    let kmsg_config = context.config.detect.kmsg.clone();
     let detect_config = context.config.detect.clone();
     let gather_config = context.config.gather.clone();
     let writer_idle_limit = writer_idle_limit(context);
     let proc_file_bytes_max = context.config.capture.proc_file_bytes_max.0;
     let ignore_paths = context.config.capture.ignore_paths.clone();
     let python_socket_config = context.config.python.socket.clone();
+    let clock: Arc<dyn crashmesh_capture::clock::Clock> =
+        Arc::new(crashmesh_capture::clock::WallClock);
     let python_socket_path =
         crashmesh_capture::python::socket_path(&data_dir, &python_socket_config);
     let system = actix::System::with_tokio_rt(|| {
@@ -135,12 +134,13 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
             }
         }
         let python_socket = crashmesh_capture::python::socket_path(&data_dir, &python_socket_config);
-        match crate::python_socket::listen(&python_socket) {
+        match crashmesh_detect::python::listen(&python_socket) {
             Ok(listener) => {
-                tokio::spawn(crate::python_socket::serve(
+                tokio::spawn(crashmesh_detect::python::serve(
                     listener,
                     data_dir.clone(),
                     proc_file_bytes_max,
+                    clock.clone(),
                 ));
             }
             Err(error) => {
@@ -152,26 +152,13 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
             busy: false,
         }
         .start();
-        if kmsg_config.enabled {
-            let actor = crate::kmsg::KmsgActor::new(
-                &data_dir,
-                kmsg_config.trust_user_records,
-                Some(store.clone()),
-                ignore_paths,
-            )
-            .start();
-            match crate::kmsg::start_reader(PathBuf::from(KMSG_PATH), actor) {
-                Ok(_) => tracing::info!(
-                    trust_user_records = kmsg_config.trust_user_records,
-                    "reading the kernel log"
-                ),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read {KMSG_PATH}; the kernel log detector is off")
-                }
-            }
-        }
-        // kdump/pstore harvest (once, on the blocking pool), hs_err and VM log watchers.
-        crate::watch::start_file_detectors(&data_dir, &detect_config);
+        crashmesh_detect::start(crashmesh_detect::DetectContext {
+            data_dir: &data_dir,
+            config: &detect_config,
+            store: store.clone(),
+            ignore_paths,
+            clock: clock.clone(),
+        });
         if gather_config.enabled {
             GatherActor {
                 store: store.clone(),

@@ -331,15 +331,14 @@ impl Ingester {
             return Ok(problem.clone());
         }
         if meta.source == "python" {
-            return Ok(
-                crate::python_socket::problem_of_entry(&entry.dir, meta).unwrap_or_else(|| {
+            return Ok(crashmesh_detect::python::problem_of_entry(&entry.dir, meta)
+                .unwrap_or_else(|| {
                     analyze::failed_problem(
                         ProblemKind::Python,
                         "no traceback could be parsed",
                         meta.executable.as_deref(),
                     )
-                }),
-            );
+                }));
         }
         if let Some(core) = &meta.core {
             let context = CoreContext {

@@ -3,7 +3,7 @@
 //!
 //! The cursor is (boot id, sequence number): sequence numbers restart with each boot, so
 //! a cursor of another boot means "read from the start of the buffer". The cursor is
-//! saved only up to records whose problems are safely in the spool (see `KmsgActor`).
+//! saved only up to records whose problems are safely in the spool (see [`KmsgDetector`]).
 //! A ring-buffer overrun (EPIPE from read) is noted and reading continues from the
 //! oldest record still there.
 
@@ -116,22 +116,26 @@ impl KmsgReader {
     }
 }
 
-/// Records read per message to the actor.
+/// Records read per batch handed to the detector.
 pub const RECORDS_PER_BATCH_MAX: usize = 256;
-/// How often the actor closes problems that went quiet.
+/// Batches the reader may queue ahead of the detector; a flood waits in the kernel's ring
+/// buffer rather than in our memory.
+pub const BATCHES_QUEUED_MAX: usize = 64;
+/// How often the detector takes what the reader queued and closes problems that went
+/// quiet.
 pub const POLL_INTERVAL_MS: u64 = 250;
 
 /// A batch of raw records from the reader thread.
-#[derive(actix::Message)]
-#[rtype(result = "()")]
 pub struct RawRecords {
     pub records: Vec<Vec<u8>>,
     pub overruns: u64,
 }
 
-/// The kernel log detector: owns the (pure) assembler, spools every problem it closes,
-/// and keeps the cursor.
-pub struct KmsgActor {
+/// The kernel log detector: owns the (pure) assembler, takes the batches the reader
+/// thread queued, spools every problem it closes, and keeps the cursor.
+pub struct KmsgDetector {
+    /// What the reader thread read ([`start_reader`]).
+    records: Option<std::sync::mpsc::Receiver<RawRecords>>,
     assembler: crashmesh_parsers::KernelLogAssembler,
     data_dir: PathBuf,
     trust_user_records: bool,
@@ -151,16 +155,20 @@ pub struct KmsgActor {
     ignore_paths: Vec<String>,
 }
 
-impl KmsgActor {
+impl KmsgDetector {
+    /// A detector of the records `records` brings (`None`: fed by [`KmsgDetector::receive`]
+    /// alone, as the tests do).
     pub fn new(
         data_dir: &Path,
         trust_user_records: bool,
         store: Option<std::sync::Arc<crashmesh_store::Store>>,
         ignore_paths: Vec<String>,
-    ) -> KmsgActor {
+        records: Option<std::sync::mpsc::Receiver<RawRecords>>,
+    ) -> KmsgDetector {
         let boot_id = boot_id();
         let skip_through = load_cursor(data_dir, &boot_id).map(|cursor| cursor.sequence);
-        KmsgActor {
+        KmsgDetector {
+            records,
             assembler: crashmesh_parsers::KernelLogAssembler::new(Default::default()),
             data_dir: data_dir.to_path_buf(),
             trust_user_records,
@@ -298,7 +306,7 @@ fn spool_kernel_problem(
     suppressed_count: Option<u64>,
     now_ms: u64,
 ) -> Result<(), crashmesh_capture::spool::SpoolError> {
-    use crashmesh_capture::spool::{EntryMeta, SPOOL_FORMAT_VERSION, Spool};
+    use crashmesh_capture::spool::{Attachment, Found, write_found};
     let mut hasher = blake3::Hasher::new();
     hasher.update(boot_id.as_bytes());
     hasher.update(&closing_sequence.unwrap_or(0).to_le_bytes());
@@ -306,56 +314,52 @@ fn spool_kernel_problem(
     hasher.update(problem.signature.as_bytes());
     hasher.update(problem.text.as_deref().unwrap_or("").as_bytes());
     // No time in the id: a replay after a restart must make the same one.
-    let id = format!("kmsg-{}", &hasher.finalize().to_hex()[..24]);
-    let spool = Spool::new(data_dir);
-    if spool.new_dir().join(&id).exists() {
-        return Ok(());
-    }
-    let writer = spool.begin(&id)?;
-    let mut proc_files = Vec::new();
-    if let Some(text) = &problem.text {
-        writer.write_file("kernel.txt", text.as_bytes())?;
-        proc_files.push("kernel.txt".to_string());
-    }
-    let meta = EntryMeta {
-        format_version: SPOOL_FORMAT_VERSION,
-        id,
-        source: "kmsg".into(),
-        time_ms: now_ms,
-        comm: problem.process.clone(),
-        proc_files,
-        suppressed_count,
-        problem: Some(problem),
-        ..EntryMeta::default()
-    };
-    writer.commit(&meta)?;
+    let entry_id = format!("kmsg-{}", &hasher.finalize().to_hex()[..24]);
+    let text = problem.text.clone();
+    let attachments = text
+        .as_deref()
+        .map(|text| ("kernel.txt".to_string(), Attachment::Bytes(text.as_bytes())))
+        .into_iter()
+        .collect();
+    write_found(
+        data_dir,
+        Found {
+            entry_id,
+            source: "kmsg",
+            time_ms: now_ms,
+            pid: None,
+            uid: None,
+            comm: problem.process.clone(),
+            problem,
+            attachments,
+            notes: Vec::new(),
+            suppressed_count,
+        },
+    )?;
     Ok(())
 }
 
-impl actix::Actor for KmsgActor {
-    type Context = actix::Context<Self>;
+impl crate::detector::Detector for KmsgDetector {
+    const NAME: &'static str = "kmsg";
 
-    fn started(&mut self, context: &mut Self::Context) {
-        use actix::AsyncContext;
-        context.run_interval(
-            std::time::Duration::from_millis(POLL_INTERVAL_MS),
-            |actor, _| actor.tick(crate::commands::now_ms()),
-        );
+    fn poll(&mut self, now_ms: u64) {
+        let mut batches = Vec::new();
+        if let Some(records) = &self.records {
+            while let Ok(batch) = records.try_recv() {
+                batches.push(batch);
+            }
+        }
+        for batch in batches {
+            self.receive(batch, now_ms);
+        }
+        self.tick(now_ms);
     }
 }
 
-impl actix::Handler<RawRecords> for KmsgActor {
-    type Result = ();
-
-    fn handle(&mut self, batch: RawRecords, _: &mut Self::Context) {
-        self.receive(batch, crate::commands::now_ms());
-    }
-}
-
-impl KmsgActor {
+impl KmsgDetector {
     /// Every `POLL_INTERVAL_MS`: closes problems that went quiet, decides hints whose wait
     /// is over, moves the cursor.
-    fn tick(&mut self, now_ms: u64) {
+    pub fn tick(&mut self, now_ms: u64) {
         let problems = self.assembler.poll(now_ms);
         self.spool(problems, now_ms);
         self.decide_due_hints(now_ms);
@@ -363,7 +367,7 @@ impl KmsgActor {
     }
 
     /// A batch of records from the reader.
-    fn receive(&mut self, batch: RawRecords, now_ms: u64) {
+    pub fn receive(&mut self, batch: RawRecords, now_ms: u64) {
         if batch.overruns > 0 {
             tracing::warn!(
                 overruns = batch.overruns,
@@ -400,15 +404,17 @@ impl KmsgActor {
     }
 }
 
-/// Read `/dev/kmsg` on a thread of its own and hand batches to the actor.
+/// Read `/dev/kmsg` on a thread of its own and queue batches for the detector (at most
+/// [`BATCHES_QUEUED_MAX`]: the reader waits while the detector is behind). The thread
+/// ends when the detector is gone.
 pub fn start_reader(
     path: PathBuf,
-    actor: actix::Addr<KmsgActor>,
+    batches: std::sync::mpsc::SyncSender<RawRecords>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let mut reader = KmsgReader::open(&path)?;
     std::thread::Builder::new().name("kmsg-reader".into()).spawn(move || loop {
-        if !reader.wait(500) && !actor.connected() {
-            return;
+        if !reader.wait(500) {
+            continue;
         }
         let mut batch = RawRecords { records: Vec::new(), overruns: 0 };
         while batch.records.len() < RECORDS_PER_BATCH_MAX {
@@ -425,17 +431,8 @@ pub fn start_reader(
         if batch.records.is_empty() && batch.overruns == 0 {
             continue;
         }
-        // A bounded mailbox: wait rather than let a flood grow memory.
-        let mut pending = batch;
-        loop {
-            match actor.try_send(pending) {
-                Ok(()) => break,
-                Err(actix::prelude::SendError::Full(back)) => {
-                    pending = back;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(actix::prelude::SendError::Closed(_)) => return,
-            }
+        if batches.send(batch).is_err() {
+            return;
         }
     })
 }
@@ -485,7 +482,7 @@ mod tests {
             (3, "EXT4-fs (vda): mounted filesystem"),
         ];
         let now = 1_790_000_000_000;
-        let mut actor = KmsgActor::new(dir.path(), false, None, Vec::new());
+        let mut actor = KmsgDetector::new(dir.path(), false, None, Vec::new(), None);
         actor.receive(records(&lines), now);
         actor.tick(now + 1_500);
         assert_eq!(actor.hints.len(), 1, "the hint waits for its core");
@@ -498,7 +495,7 @@ mod tests {
 
         // The daemon stops before the hint is decided; the next one reads it again.
         drop(actor);
-        let mut actor = KmsgActor::new(dir.path(), false, None, Vec::new());
+        let mut actor = KmsgDetector::new(dir.path(), false, None, Vec::new(), None);
         actor.receive(records(&lines), now + 2_000);
         actor.tick(now + 3_500);
         assert_eq!(actor.hints.len(), 1);
@@ -512,7 +509,7 @@ mod tests {
         );
 
         // Deciding it again (a replay) spools nothing new.
-        let mut actor = KmsgActor::new(dir.path(), false, None, Vec::new());
+        let mut actor = KmsgDetector::new(dir.path(), false, None, Vec::new(), None);
         actor.skip_through = None;
         actor.receive(records(&lines), now + 40_000);
         actor.tick(now + 41_500 + crate::hints::HINT_CORE_WAIT_MS);

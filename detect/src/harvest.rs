@@ -35,7 +35,8 @@ use crashmesh_protocol::{Problem, ProblemKind};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{KdumpConfig, PstoreConfig};
-use crate::watch::{self, Attachment, FoundProblem};
+use crate::detector;
+use crashmesh_capture::spool::Attachment;
 
 /// Keys of harvested crashes remembered; the oldest are forgotten beyond it.
 pub const HARVESTED_KEYS_MAX: usize = 4096;
@@ -123,12 +124,12 @@ pub fn harvest(
     now_ms: u64,
 ) -> HarvestSummary {
     let state_path = data_dir.join(STATE_FILE);
-    let mut state: HarvestedState = watch::load_state(&state_path).unwrap_or_default();
+    let mut state: HarvestedState = detector::load_state(&state_path).unwrap_or_default();
     state.format_version = STATE_FORMAT_VERSION;
     let mut summary = HarvestSummary::default();
     let remember = |state: &mut HarvestedState, key: String, path: PathBuf| {
         state.insert(key, path, now_ms);
-        if let Err(error) = watch::save_state(&state_path, state) {
+        if let Err(error) = detector::save_state(&state_path, state) {
             tracing::error!(%error, "cannot save what was harvested; it may be harvested again");
         }
     };
@@ -177,6 +178,40 @@ pub fn harvest(
         }
     }
     summary
+}
+
+/// The harvest as a [`crate::detector::Detector`]: its first look harvests, and it is then
+/// finished (crashes of earlier boots do not appear while the machine runs).
+pub struct HarvestDetector {
+    data_dir: PathBuf,
+    kdump: KdumpConfig,
+    pstore: PstoreConfig,
+    done: bool,
+}
+
+impl HarvestDetector {
+    pub fn new(data_dir: &Path, kdump: KdumpConfig, pstore: PstoreConfig) -> HarvestDetector {
+        HarvestDetector {
+            data_dir: data_dir.to_path_buf(),
+            kdump,
+            pstore,
+            done: false,
+        }
+    }
+}
+
+impl crate::detector::Detector for HarvestDetector {
+    const NAME: &'static str = "harvest";
+
+    fn poll(&mut self, now_ms: u64) {
+        let summary = harvest(&self.data_dir, &self.kdump, &self.pstore, now_ms);
+        tracing::info!(?summary, "harvested kernel crashes of earlier boots");
+        self.done = true;
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
 }
 
 /// Why one crash could not be harvested.
@@ -300,7 +335,7 @@ fn kdump_crash(base: &crashmesh_untrusted::Directory, name: &str) -> Option<Kdum
         "kdump:{}:{}:{}",
         identity.display(),
         metadata.len(),
-        watch::modified_ms(&metadata)
+        detector::modified_ms(&metadata)
     );
     Some(KdumpCrash {
         base: base.path().to_path_buf(),
@@ -328,7 +363,7 @@ fn read_tail(base: &Path, path: &Path, bytes_max: u64) -> Result<(String, u64, u
             text.drain(..=newline);
         }
     }
-    Ok((text, watch::modified_ms(&metadata), metadata.len()))
+    Ok((text, detector::modified_ms(&metadata), metadata.len()))
 }
 
 fn spool_kdump_crash(
@@ -359,7 +394,7 @@ fn spool_kdump_crash(
     let time_ms = match (&vmcore, time_ms) {
         (_, time) if time > 0 => time,
         (Some(vmcore), _) => vmcore.modified_ms,
-        _ => crate::commands::now_ms(),
+        _ => crashmesh_capture::clock::now_ms(),
     };
     let mut problem = match &text {
         Some(text) => crash_problem(text, true),
@@ -416,10 +451,10 @@ fn spool_kdump_crash(
             },
         ));
     }
-    watch::spool_found(
+    crashmesh_capture::spool::write_found(
         data_dir,
-        FoundProblem {
-            entry_id: watch::stable_entry_id("kdump", &[crash.key.as_bytes()]),
+        crashmesh_capture::spool::Found {
+            entry_id: crashmesh_capture::spool::stable_entry_id("kdump", &[crash.key.as_bytes()]),
             source: "kdump",
             time_ms,
             comm: problem.process.clone(),
@@ -428,6 +463,7 @@ fn spool_kdump_crash(
             uid: Some(0),
             attachments,
             notes,
+            suppressed_count: None,
         },
     )?;
     Ok(())
@@ -454,7 +490,7 @@ pub fn vmcore_info(
     Ok(VmcoreInfo {
         path: path.to_path_buf(),
         bytes,
-        modified_ms: watch::modified_ms(&metadata),
+        modified_ms: detector::modified_ms(&metadata),
         blake3,
         incomplete: path
             .file_name()
@@ -638,7 +674,7 @@ pub fn read_pstore_record(base: &Path, path: &Path) -> Result<PstoreRecord, Harv
         reason,
         count,
         part,
-        modified_ms: watch::modified_ms(&metadata),
+        modified_ms: detector::modified_ms(&metadata),
         text,
     })
 }
@@ -774,10 +810,10 @@ fn spool_pstore_dump(data_dir: &Path, dump: &PstoreDump, key: &str) -> Result<bo
         .map(|part| part.modified_ms)
         .min()
         .unwrap_or(0);
-    watch::spool_found(
+    crashmesh_capture::spool::write_found(
         data_dir,
-        FoundProblem {
-            entry_id: watch::stable_entry_id("pstore", &[key.as_bytes()]),
+        crashmesh_capture::spool::Found {
+            entry_id: crashmesh_capture::spool::stable_entry_id("pstore", &[key.as_bytes()]),
             source: "pstore",
             time_ms,
             comm: problem.process.clone(),
@@ -786,6 +822,7 @@ fn spool_pstore_dump(data_dir: &Path, dump: &PstoreDump, key: &str) -> Result<bo
             uid: Some(0),
             attachments,
             notes,
+            suppressed_count: None,
         },
     )?;
     Ok(true)
@@ -794,7 +831,7 @@ fn spool_pstore_dump(data_dir: &Path, dump: &PstoreDump, key: &str) -> Result<bo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ByteSize;
+    use crashmesh_capture::config::ByteSize;
     use crashmesh_capture::spool::{Entry, Spool};
 
     const CORPUS: &str = concat!(
@@ -906,7 +943,7 @@ mod tests {
             problem.reason,
             "Kernel panic - not syncing: sysrq triggered crash"
         );
-        let state: HarvestedState = watch::load_state(&data.path().join(STATE_FILE)).unwrap();
+        let state: HarvestedState = detector::load_state(&data.path().join(STATE_FILE)).unwrap();
         assert_eq!(state.harvested.len(), 2);
     }
 

@@ -261,6 +261,7 @@ pub async fn serve(
     listener: tokio::net::UnixListener,
     data_dir: std::path::PathBuf,
     proc_file_bytes_max: u64,
+    clock: std::sync::Arc<dyn crashmesh_capture::clock::Clock>,
 ) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let slots = ConnectionSlots::new(CONNECTIONS_MAX, CONNECTIONS_PER_UID_MAX);
@@ -296,6 +297,7 @@ pub async fn serve(
             continue;
         };
         let data_dir = data_dir.clone();
+        let clock = clock.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let mut message = Vec::new();
@@ -323,7 +325,7 @@ pub async fn serve(
                 spool_report(
                     &message,
                     peer,
-                    crate::commands::now_ms(),
+                    clock.now_ms(),
                     &data_dir,
                     proc_file_bytes_max,
                 )

@@ -35,7 +35,8 @@ use crashmesh_protocol::Problem;
 use serde::{Deserialize, Serialize};
 
 use crate::config::VmGuestConfig;
-use crate::watch::{self, Attachment, FoundProblem};
+use crate::detector;
+use crashmesh_capture::spool::Attachment;
 
 /// The state file's name in the data dir.
 pub const STATE_FILE: &str = "vm-guest-logs.json";
@@ -117,7 +118,7 @@ pub fn domain_of(path: &Path) -> String {
 
 impl VmGuestWatcher {
     pub fn new(data_dir: &Path, config: VmGuestConfig) -> VmGuestWatcher {
-        let loaded: Option<VmGuestState> = watch::load_state(&data_dir.join(STATE_FILE));
+        let loaded: Option<VmGuestState> = detector::load_state(&data_dir.join(STATE_FILE));
         VmGuestWatcher {
             data_dir: data_dir.to_path_buf(),
             config,
@@ -128,14 +129,15 @@ impl VmGuestWatcher {
     }
 
     fn logs(&self) -> Vec<(PathBuf, std::fs::Metadata)> {
-        let mut logs: Vec<(PathBuf, std::fs::Metadata)> = watch::expand_globs(&self.config.globs)
-            .into_iter()
-            .filter_map(|path| {
-                // A log that is a symlink is not followed (see `read_range`).
-                let metadata = std::fs::symlink_metadata(&path).ok()?;
-                metadata.is_file().then_some((path, metadata))
-            })
-            .collect();
+        let mut logs: Vec<(PathBuf, std::fs::Metadata)> =
+            detector::expand_globs(&self.config.globs)
+                .into_iter()
+                .filter_map(|path| {
+                    // A log that is a symlink is not followed (see `read_range`).
+                    let metadata = std::fs::symlink_metadata(&path).ok()?;
+                    metadata.is_file().then_some((path, metadata))
+                })
+                .collect();
         if logs.len() > LOGS_MAX {
             tracing::warn!(
                 count = logs.len(),
@@ -205,7 +207,7 @@ impl VmGuestWatcher {
 
     fn save(&mut self) {
         self.state.format_version = STATE_FORMAT_VERSION;
-        if let Err(error) = watch::save_state(&self.data_dir.join(STATE_FILE), &self.state) {
+        if let Err(error) = detector::save_state(&self.data_dir.join(STATE_FILE), &self.state) {
             tracing::error!(%error, "cannot save where the VM logs were read up to");
         }
     }
@@ -261,7 +263,7 @@ impl VmGuestWatcher {
             .entry(path.to_path_buf())
             .or_insert(now_ms);
         let quiet_ms = self.config.quiet_ms;
-        let quiet = now_ms.saturating_sub(watch::modified_ms(metadata)) >= quiet_ms;
+        let quiet = now_ms.saturating_sub(detector::modified_ms(metadata)) >= quiet_ms;
         let waited_long =
             now_ms.saturating_sub(since) >= quiet_ms.saturating_mul(QUIET_PERIODS_WAITED_MAX);
         if !(quiet || waited_long || unread >= self.config.read_bytes_max.0) {
@@ -327,11 +329,11 @@ impl VmGuestWatcher {
         combined.push_str(chunk);
         let problems = crashmesh_parsers::parse_vm_guest_log(domain, &combined);
         let time_ms = std::fs::metadata(path)
-            .map(|metadata| watch::modified_ms(&metadata))
-            .unwrap_or_else(|_| crate::commands::now_ms());
+            .map(|metadata| detector::modified_ms(&metadata))
+            .unwrap_or_else(|_| crashmesh_capture::clock::now_ms());
         let path_text = path.to_string_lossy();
         for (index, problem) in problems.iter().enumerate().skip(already) {
-            let entry_id = watch::stable_entry_id(
+            let entry_id = crashmesh_capture::spool::stable_entry_id(
                 "vm_guest",
                 &[
                     path_text.as_bytes(),
@@ -341,9 +343,9 @@ impl VmGuestWatcher {
                     &(index as u64).to_le_bytes(),
                 ],
             );
-            let spooled = watch::spool_found(
+            let spooled = crashmesh_capture::spool::write_found(
                 &self.data_dir,
-                FoundProblem {
+                crashmesh_capture::spool::Found {
                     entry_id,
                     source: "vm_guest",
                     time_ms,
@@ -360,6 +362,7 @@ impl VmGuestWatcher {
                         path.display(),
                         log.offset
                     )],
+                    suppressed_count: None,
                 },
             )?;
             if spooled {
@@ -401,7 +404,7 @@ impl VmGuestWatcher {
     }
 }
 
-impl watch::Poller for VmGuestWatcher {
+impl detector::Detector for VmGuestWatcher {
     const NAME: &'static str = "vm_guest";
 
     fn poll(&mut self, now_ms: u64) {
@@ -529,7 +532,7 @@ mod tests {
 
     /// Well after every write: the logs are quiet.
     fn later() -> u64 {
-        crate::commands::now_ms() + 60_000
+        crashmesh_capture::clock::now_ms() + 60_000
     }
 
     #[test]
@@ -599,7 +602,12 @@ mod tests {
         let log = logs.path().join("db1.log");
         append(&log, &format!("{STARTING_UP}{EVENT}"));
         // Just written: not yet.
-        assert_eq!(watcher.poll_once(crate::commands::now_ms()).bytes_read, 0);
+        assert_eq!(
+            watcher
+                .poll_once(crashmesh_capture::clock::now_ms())
+                .bytes_read,
+            0
+        );
         // A half-written line waits for its end.
         append(&log, "2024-02-01 09:13:38.001+0000: shutting do");
         let summary = watcher.poll_once(later());

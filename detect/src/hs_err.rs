@@ -27,7 +27,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::HsErrConfig;
-use crate::watch::{self, Attachment, FoundProblem};
+use crate::detector;
+use crashmesh_capture::spool::Attachment;
 
 /// How long the file of a JVM that looks gone must not change to count as complete.
 pub const GONE_QUIET_MS: u64 = 2_000;
@@ -110,7 +111,7 @@ pub struct PollSummary {
 
 impl HsErrWatcher {
     pub fn new(data_dir: &Path, config: HsErrConfig) -> HsErrWatcher {
-        let seen = watch::load_state(&data_dir.join(STATE_FILE)).unwrap_or_default();
+        let seen = detector::load_state(&data_dir.join(STATE_FILE)).unwrap_or_default();
         HsErrWatcher {
             data_dir: data_dir.to_path_buf(),
             config,
@@ -122,7 +123,7 @@ impl HsErrWatcher {
     /// `hs_err_pid*.log` files in the configured directories.
     fn candidates(&self) -> Vec<(PathBuf, std::fs::Metadata)> {
         let mut found = Vec::new();
-        for dir in watch::expand_globs(&self.config.dirs) {
+        for dir in detector::expand_globs(&self.config.dirs) {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -166,7 +167,7 @@ impl HsErrWatcher {
             if self.is_seen(&path, identity) {
                 continue;
             }
-            let modified_ms = watch::modified_ms(&metadata);
+            let modified_ms = detector::modified_ms(&metadata);
             let age_max_ms = self.config.file_age_days_max.saturating_mul(86_400_000);
             let first_sight = !self.pending.contains_key(&path);
             if first_sight && now_ms.saturating_sub(modified_ms) > age_max_ms {
@@ -213,7 +214,7 @@ impl HsErrWatcher {
         self.pending = still_pending;
         if changed {
             self.seen.format_version = STATE_FORMAT_VERSION;
-            if let Err(error) = watch::save_state(&self.data_dir.join(STATE_FILE), &self.seen) {
+            if let Err(error) = detector::save_state(&self.data_dir.join(STATE_FILE), &self.seen) {
                 tracing::error!(%error, "cannot save the hs_err files seen; they may be reported again");
             }
         }
@@ -273,7 +274,7 @@ impl HsErrWatcher {
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_else(|| "hs_err.log".to_string());
         let path_text = path.to_string_lossy();
-        let entry_id = watch::stable_entry_id(
+        let entry_id = crashmesh_capture::spool::stable_entry_id(
             "hs_err",
             &[
                 path_text.as_bytes(),
@@ -282,9 +283,9 @@ impl HsErrWatcher {
                 &identity.born_ms.to_le_bytes(),
             ],
         );
-        let spooled = watch::spool_found(
+        let spooled = crashmesh_capture::spool::write_found(
             &self.data_dir,
-            FoundProblem {
+            crashmesh_capture::spool::Found {
                 entry_id,
                 source: "hs_err",
                 time_ms: modified_ms,
@@ -295,6 +296,7 @@ impl HsErrWatcher {
                 problem,
                 attachments: vec![(name, Attachment::Bytes(&bytes))],
                 notes,
+                suppressed_count: None,
             },
         )?;
         if spooled {
@@ -336,7 +338,7 @@ impl HsErrWatcher {
     }
 }
 
-impl watch::Poller for HsErrWatcher {
+impl detector::Detector for HsErrWatcher {
     const NAME: &'static str = "hs_err";
 
     fn poll(&mut self, now_ms: u64) {
@@ -465,7 +467,7 @@ END.
             .join(format!("hs_err_pid{}.log", std::process::id()));
         append(&path, HS_ERR_HEAD);
         let mut watcher = HsErrWatcher::new(data.path(), config(watched.path()));
-        let now = crate::commands::now_ms();
+        let now = crashmesh_capture::clock::now_ms();
         assert_eq!(watcher.poll_once(now).waiting, 1);
         assert_eq!(
             watcher.poll_once(now + 2_000).waiting,
@@ -516,7 +518,7 @@ END.
         let path = watched.path().join("hs_err_pid999999999.log");
         append(&path, HS_ERR_HEAD);
         let mut watcher = HsErrWatcher::new(data.path(), config(watched.path()));
-        let now = crate::commands::now_ms();
+        let now = crashmesh_capture::clock::now_ms();
         assert_eq!(
             watcher.poll_once(now).waiting,
             1,
@@ -561,7 +563,7 @@ END.
         assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o666) }, 0);
 
         let mut watcher = HsErrWatcher::new(data.path(), config(watched.path()));
-        let now = crate::commands::now_ms();
+        let now = crashmesh_capture::clock::now_ms();
         let first = watcher.poll_once(now);
         assert_eq!(first.reported, 0, "{first:?}");
         assert_eq!(first.ignored, 1, "the old file: {first:?}");
@@ -578,7 +580,7 @@ END.
             listed[0].meta.uid,
             Some(std::fs::metadata(&quiet).unwrap().uid())
         );
-        let state: SeenState = watch::load_state(&data.path().join(STATE_FILE)).unwrap();
+        let state: SeenState = detector::load_state(&data.path().join(STATE_FILE)).unwrap();
         assert_eq!(state.files.len(), 4);
         assert_eq!(state.files.iter().filter(|file| file.reported).count(), 1);
 
