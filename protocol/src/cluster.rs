@@ -9,7 +9,8 @@
 //!   checked for the cluster id and for the sender the transport authenticated.
 //! - Outputs come out in order. **Anything after a `Persist` is released only once that
 //!   persist is durable** (the election's rule, kept across the composition, enforced by
-//!   the driver).
+//!   the driver; every election message names the durable vote it rests on,
+//!   [`VoteNeeded`], and the driver checks it).
 //! - Every message is built here, never by a shell: the shell reads what the node asks for
 //!   (a report's chunk list, chunks, a log bundle) and hands the data back
 //!   ([`Node::report_read`], [`Node::chunks_read`], [`Node::logs_gathered`]); the node
@@ -25,7 +26,7 @@ use crate::consolidation::{
     LogsRequest, ProblemStatus, ReportRead, ReportRequest, UploadOutcome,
 };
 use crate::election::{
-    Election, ElectionConfig, ElectionConfigError, ElectionOutput, PersistedVote, Role,
+    Election, ElectionConfig, ElectionConfigError, ElectionOutput, PersistedVote, Role, VoteNeeded,
 };
 use crate::membership::{
     MemberStatus, Membership, MembershipConfig, MembershipError, MembershipOutput,
@@ -90,6 +91,8 @@ pub(crate) enum NodeOutput {
         to: NodeId,
         /// An encoded [`Envelope`], in parts (a chunk's bytes are not copied into it).
         bytes: Encoded,
+        /// The durable vote an election message rests on.
+        vote_needed: Option<VoteNeeded>,
     },
     /// The known aggregator changed.
     AggregatorChanged {
@@ -350,13 +353,18 @@ impl Node {
     }
 
     fn transmit(&mut self, to: NodeId, message: Message) -> Result<(), NodeError> {
+        let vote_needed = VoteNeeded::of(&to, &message);
         let envelope = Envelope {
             cluster_id: self.config.cluster_id.clone(),
             from: self.config.node.clone(),
             message,
         };
         let bytes = encode_parts(&envelope)?;
-        self.outputs.push_back(NodeOutput::Transmit { to, bytes });
+        self.outputs.push_back(NodeOutput::Transmit {
+            to,
+            bytes,
+            vote_needed,
+        });
         Ok(())
     }
 

@@ -14,8 +14,12 @@
 //!   [`PersistToken`], and nothing more leaves until the shell calls
 //!   [`Driver::persisted`] with that token. Inputs meanwhile are fine: their outputs queue
 //!   behind the persist.
-//! - The driver knows the last vote the shell made durable; a `Persist` that goes back (a
-//!   lower term, or a second vote in one term) is a bug of the protocol, which panics.
+//! - The rule is checked, not only followed: the driver knows the last vote the shell made
+//!   durable, and an election message whose [`VoteNeeded`] that vote does not cover (a
+//!   vote or a candidacy that overtook its `Persist`) is a bug of the protocol, which
+//!   panics before the message leaves. So does a `Persist` that goes back (a lower term,
+//!   or a second vote in one term). The many-seed cluster tests and the simulator catch
+//!   such a bug on every seed, not only the election's unit tests.
 //! - The node asks the shell to read (a report's chunk list, chunks, its logs of a
 //!   window), to check its store ([`Shell::chunks_offered`]) and to upload; the shell
 //!   answers at once ([`Answer::Now`]: the driver hands the answer to the node and goes on
@@ -28,7 +32,7 @@ use crate::consolidation::{
     ChunksRequest, ConsolidationOutput, LogsRequest, ReportRead, ReportRequest, UploadIncidents,
     UploadReport,
 };
-use crate::election::PersistedVote;
+use crate::election::{PersistedVote, VoteNeeded};
 use crate::membership::MembershipOutput;
 use crate::wire::{ChunkId, Encoded, Feedback, NodeId, ReportId, Term};
 
@@ -256,7 +260,16 @@ impl Driver {
             };
             match output {
                 NodeOutput::Persist(vote) => self.persist(vote, shell),
-                NodeOutput::Transmit { to, bytes } => shell.transmit(to, bytes),
+                NodeOutput::Transmit {
+                    to,
+                    bytes,
+                    vote_needed,
+                } => {
+                    if let Some(needed) = vote_needed {
+                        self.assert_durable(&to, &needed);
+                    }
+                    shell.transmit(to, bytes);
+                }
                 NodeOutput::AggregatorChanged { term, aggregator } => {
                     shell.notice(Notice::AggregatorChanged { term, aggregator })
                 }
@@ -289,6 +302,17 @@ impl Driver {
             Persisting::Durable => self.durable = vote,
             Persisting::Pending => self.waiting = Some((token, vote)),
         }
+    }
+
+    /// An election message leaves only once the vote it rests on is durable.
+    fn assert_durable(&self, to: &NodeId, needed: &VoteNeeded) {
+        assert!(
+            needed.is_met_by(&self.durable),
+            "{}: an election message to {to} needs {needed:?} durable, but only {:?} is: \
+             it overtook its persist",
+            self.node.id(),
+            self.durable
+        );
     }
 
     fn carry_out(&mut self, now_ms: u64, output: ConsolidationOutput, shell: &mut impl Shell) {

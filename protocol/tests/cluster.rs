@@ -2,7 +2,7 @@
 //! nodes): a virtual clock, latency, loss and partitions drawn from a seed, stepping to
 //! the next deadline, and a fake endpoint that fences by term and deduplicates by report
 //! id. Each node's outputs leave through the daemon's own `Driver`, with [`TestShell`] as
-//! its shell, so every seed runs the daemon's release rules.
+//! its shell, so the driver's checks (nothing overtakes a persist) run on every seed.
 //! Safety is checked after every step; liveness as "converged within a bound".
 //! A failing run panics with its seed; replay it with `Sim::new(seed, …)`.
 
