@@ -220,11 +220,6 @@ impl Driver {
         &self.durable
     }
 
-    /// The persist the shell has not made durable yet, if the driver waits for one.
-    pub fn waiting_for(&self) -> Option<PersistToken> {
-        self.waiting.as_ref().map(|(token, _)| *token)
-    }
-
     /// The shell made the persist of `token` durable: what follows it may go (call
     /// [`Driver::release`]).
     pub fn persisted(&mut self, token: PersistToken) -> Result<(), DriverError> {

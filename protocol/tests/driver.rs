@@ -109,7 +109,7 @@ fn a_candidacy_waits_for_its_vote_to_be_durable_and_a_wrong_token_is_refused() {
     let [_, b, _] = ids().try_into().unwrap();
     // Past the election timeout the node asks b and c first (pre-vote, nothing durable);
     // b says yes, a majority with a's own: a stands in term 1.
-    let timeout_ms = driver.node().next_deadline_ms();
+    let timeout_ms = driver.node().election().next_deadline_ms();
     driver.node_mut().handle_timeout(timeout_ms);
     assert_eq!(driver.release(timeout_ms, &mut shell), Released::Idle);
     let reply = Message::PreVoteReply {
