@@ -1,6 +1,9 @@
-//! The mesh shell: [`MeshActor`] owns one [`protocol::cluster::Node`](Node) and moves bytes
-//! and timers between it and the world — what `protocol/tests/cluster.rs` does with a
-//! simulated network, done here with QUIC ([`crate::transport`]) and the clock.
+//! The mesh shell: [`MeshActor`] owns one node's [`Driver`] and moves bytes and timers
+//! between it and the world. The driver (in `protocol`) releases the node's outputs in
+//! order, holds what follows a vote until it is durable, and builds and pages every
+//! message; the actor's [`Shell`] ([`MeshShell`]) only carries them out: QUIC
+//! ([`crate::transport`]), the store, the clock. The simulator and
+//! `protocol/tests/cluster.rs` drive the same driver with a simulated network.
 //!
 //! - **Timers**: one `run_later` to the node's [`Node::next_deadline_ms`], rescheduled
 //!   after every input; the clock is monotonic (an `Instant`) anchored at the unix time of
@@ -18,30 +21,33 @@
 //!   `(peer name from the certificate, bytes)` to the actor, with back-pressure (it awaits
 //!   the actor's mailbox). [`Node::handle_datagram`] refusals are logged, rate-limited,
 //!   and the node carries on.
-//! - **Persist before release**: when the node outputs `Persist(vote)`, the actor stops
-//!   draining outputs, writes the vote on the blocking pool ([`Store::put_setting`], a
-//!   redb commit with `Durability::Immediate`) and resumes draining only once the commit
-//!   returned. Outputs produced meanwhile stay queued inside the node, behind the persist,
-//!   so nothing after a `Persist` leaves before the vote is on disk. A failed write is
-//!   retried; nothing is released until it succeeds.
+//! - **Persist before release**: at a `Persist(vote)` the shell writes the vote on the
+//!   blocking pool ([`Store::put_setting`], a redb commit with `Durability::Immediate`)
+//!   and the driver stops releasing; once the commit returned, the actor tells the driver
+//!   ([`Driver::persisted`]) and releases again. Outputs produced meanwhile stay queued
+//!   behind the persist, so nothing after a `Persist` leaves before the vote is on disk. A
+//!   failed write is retried; nothing is released until it succeeds.
 //! - **Generation**: `max(previous + 1, start time in ms)`, persisted before the node
 //!   starts, so it grows across restarts even if the clock is set back.
-//! - **Reports and uploads** ([`MeshActor::carry_out`]): store work and HTTP run on one
-//!   worker thread per node ([`run_worker`]), in the order the consolidation asked for
-//!   them, so a report's chunks are in the store before its upload reads them. Node side:
-//!   `ServeReport` builds the incident's report ([`crate::uploader::build_node_report`])
-//!   and answers `ReportChunks` pages (or `ReportUnavailable`); `ServeChunks` answers
-//!   `ChunkData` with each chunk's uncompressed bytes (the receiver checks blake3);
-//!   `Uploaded` marks the local problem uploaded and fires the `uploaded` event.
-//!   Aggregator side: `ChunksOffered` → [`Node::chunks_missing`] from the store;
-//!   `StoreChunk` → the store; `UploadReport`/`UploadIncidents` → [`crate::uploader`] →
-//!   [`Node::upload_finished`]. With no `[upload] endpoint`, uploads are logged and
-//!   dropped (the consolidation counts the attempt as failed when its answer times out).
+//! - **Reports and uploads** ([`MeshShell`]): store work and HTTP run on one worker
+//!   thread per node ([`run_worker`]), in the order the node asked for them, so a
+//!   report's chunks are in the store before its upload reads them; each answer goes back
+//!   to the node through the actor ([`WorkDone`]). Node side: `read_report` builds the
+//!   incident's report ([`crate::uploader::build_node_report`]) and answers its chunk
+//!   list (the node pages it to the aggregator, or says it is unavailable);
+//!   `read_chunks` reads each chunk's uncompressed bytes, [`CHUNK_DATA_BATCH_LEN`] at a
+//!   time, and hands them over without a copy (the node sends each as `ChunkData`; the
+//!   receiver checks blake3); `uploaded` marks the local problem uploaded and fires the
+//!   `uploaded` event. Aggregator side: `chunks_offered` answers the chunks the store
+//!   lacks; `store_chunk` → the store; `upload_report`/`upload_incidents` →
+//!   [`crate::uploader`] → the node's `upload_finished`. With no `[upload] endpoint`,
+//!   uploads are logged and dropped (the consolidation counts the attempt as failed when
+//!   its answer times out).
 //! - **Peers' logs**: the aggregator asks the log peers for their logs of a new
 //!   problem's window (`LogRequest`). A peer waits for the window to pass, gathers it by
 //!   its own `[gather]` rules ([`crate::gather::gather_window`]), stores the logs and a
-//!   bundle document as blobs ([`crate::uploader::build_log_bundle`]) and answers
-//!   `LogReady` with the bundle's id; the aggregator fetches the bundle like a report
+//!   bundle document as blobs ([`crate::uploader::build_log_bundle`]) and answers with
+//!   the bundle's id (the node sends `LogReady`); the aggregator fetches the bundle like a report
 //!   (have/want by chunk) and the uploader attaches its logs as `<peer>/peer-logs/…`.
 //! - **Feedback**: the endpoint's answer to an upload is kept on the aggregator and sent
 //!   to every node with incidents of the problem (`ProblemFeedback`), which keeps it for
@@ -61,15 +67,16 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use anyhow::{Context as _, Result, bail};
-use crashmesh_protocol::cluster::{Node, NodeConfig, NodeOutput};
+use crashmesh_protocol::cluster::NodeConfig;
 use crashmesh_protocol::consolidation::{
-    ConsolidationOutput, UploadIncidents, UploadOutcome, UploadReport,
+    ChunksRequest, LogsRequest, ReportRead, ReportRequest, UploadIncidents, UploadOutcome,
+    UploadReport,
 };
+use crashmesh_protocol::driver::{Answer, Driver, Notice, PersistToken, Persisting, Shell};
 use crashmesh_protocol::election::{PersistedVote, Role};
-use crashmesh_protocol::membership::{MemberState, MembershipOutput};
+use crashmesh_protocol::membership::MemberState;
 use crashmesh_protocol::wire::{
-    Announcement, CHUNK_IDS_PER_MESSAGE_MAX, ChunkId as WireChunkId, ClusterId, Encoded, Feedback,
-    Message, NodeId, ReportId,
+    Announcement, ChunkId as WireChunkId, ClusterId, Encoded, Feedback, NodeId, ReportId,
 };
 use crashmesh_store::Store;
 use serde::{Deserialize, Serialize};
@@ -360,24 +367,31 @@ impl MeshClock {
     }
 }
 
-/// Owns the cluster node; moves its bytes and timers (see the module documentation).
+/// Owns the cluster node's driver; moves its bytes and timers (see the module
+/// documentation).
 pub struct MeshActor {
-    node: Node,
+    /// The node; its outputs leave through the driver, with [`MeshShell`] as shell.
+    driver: Driver,
+    /// What the shell works with.
+    io: MeshIo,
     cluster_id: String,
+    timer: Option<(u64, SpawnHandle)>,
+    view: SharedMeshView,
+    refusals: RateLimitedLog,
+    settings: MeshSettings,
+}
+
+/// The actor's means of carrying out the node's outputs: the clock, the store, the links
+/// to the members, the worker.
+struct MeshIo {
     clock: MeshClock,
     store: Arc<Store>,
     transport: Arc<MeshTransport>,
     addresses: HashMap<NodeId, SocketAddr>,
     links: HashMap<NodeId, mpsc::Sender<LinkCommand>>,
-    /// A vote is being written: outputs stay in the node until it is durable.
-    persist_in_flight: bool,
-    timer: Option<(u64, SpawnHandle)>,
-    view: SharedMeshView,
-    refusals: RateLimitedLog,
     queue_full: RateLimitedLog,
     /// The worker's queue (set when the actor starts).
     worker: Option<std::sync::mpsc::SyncSender<WorkerJob>>,
-    settings: MeshSettings,
 }
 
 /// Binds the transport, loads the vote, bumps the generation and starts the actor with
@@ -410,7 +424,7 @@ pub async fn start(
     config.consolidation.log_window_after_ms = settings.log_window_after_ms;
     config.consolidation.log_wait_ms = settings.log_wait_ms;
     let seed = generation ^ u64::from(std::process::id()).rotate_left(32);
-    let node = Node::new(config, persisted.clone(), seed, clock.now_ms())
+    let driver = Driver::new(config, persisted.clone(), seed, clock.now_ms())
         .context("the cluster configuration")?;
     tracing::info!(
         node = %settings.node, listen = %transport.local_addr()?, generation,
@@ -422,19 +436,20 @@ pub async fn start(
     let accept_transport = transport.clone();
     let members: Vec<NodeId> = settings.members.iter().map(|(id, _)| id.clone()).collect();
     let actor = MeshActor {
-        node,
+        driver,
+        io: MeshIo {
+            clock,
+            store,
+            transport,
+            addresses,
+            links: HashMap::new(),
+            queue_full: RateLimitedLog::default(),
+            worker: None,
+        },
         cluster_id: cluster_id_text,
-        clock,
-        store,
-        transport,
-        addresses,
-        links: HashMap::new(),
-        persist_in_flight: false,
         timer: None,
         view,
         refusals: RateLimitedLog::default(),
-        queue_full: RateLimitedLog::default(),
-        worker: None,
         settings: settings.clone(),
     }
     .start();
@@ -587,8 +602,8 @@ impl Actor for MeshActor {
     fn started(&mut self, context: &mut Self::Context) {
         let (sender, receiver) = std::sync::mpsc::sync_channel(WORKER_QUEUE_LEN_MAX);
         let worker = Worker {
-            store: self.store.clone(),
-            node: self.node.id().as_str().to_string(),
+            store: self.io.store.clone(),
+            node: self.driver.node().id().as_str().to_string(),
             settings: self.settings.clone(),
             actor: context.address(),
             runtime: tokio::runtime::Handle::current(),
@@ -602,7 +617,7 @@ impl Actor for MeshActor {
             .name("mesh-worker".to_string())
             .spawn(move || run_worker(worker, receiver));
         match spawned {
-            Ok(_) => self.worker = Some(sender),
+            Ok(_) => self.io.worker = Some(sender),
             Err(error) => tracing::error!(%error, "cannot start the mesh worker; reports stay put"),
         }
         self.pump(context);
@@ -613,10 +628,11 @@ impl Handler<Inbound> for MeshActor {
     type Result = ();
 
     fn handle(&mut self, message: Inbound, context: &mut Self::Context) {
-        let now_ms = self.clock.now_ms();
-        if let Err(error) = self
-            .node
-            .handle_datagram(now_ms, &message.peer, &message.bytes)
+        let now_ms = self.io.clock.now_ms();
+        if let Err(error) =
+            self.driver
+                .node_mut()
+                .handle_datagram(now_ms, &message.peer, &message.bytes)
             && let Some(suppressed) = self.refusals.admit()
         {
             tracing::warn!(peer = %message.peer, %error, suppressed, "refused a mesh datagram");
@@ -629,10 +645,11 @@ impl Handler<PeerConnected> for MeshActor {
     type Result = ();
 
     fn handle(&mut self, message: PeerConnected, context: &mut Self::Context) {
-        if let Some(link) = self.links.get(&message.peer) {
+        if let Some(link) = self.io.links.get(&message.peer) {
             let _ = link.try_send(LinkCommand::PeerReconnected);
         }
-        self.node.peer_reachable(self.clock.now_ms(), &message.peer);
+        let now_ms = self.io.clock.now_ms();
+        self.driver.node_mut().peer_reachable(now_ms, &message.peer);
         self.pump(context);
     }
 }
@@ -641,7 +658,8 @@ impl Handler<LinkUp> for MeshActor {
     type Result = ();
 
     fn handle(&mut self, message: LinkUp, context: &mut Self::Context) {
-        self.node.peer_reachable(self.clock.now_ms(), &message.peer);
+        let now_ms = self.io.clock.now_ms();
+        self.driver.node_mut().peer_reachable(now_ms, &message.peer);
         self.pump(context);
     }
 }
@@ -651,7 +669,8 @@ impl Handler<Announce> for MeshActor {
 
     fn handle(&mut self, Announce(announcement): Announce, context: &mut Self::Context) {
         let report_id = announcement.report_id.clone();
-        match self.node.announce(self.clock.now_ms(), announcement) {
+        let now_ms = self.io.clock.now_ms();
+        match self.driver.node_mut().announce(now_ms, announcement) {
             Ok(()) => tracing::debug!(report = %report_id.0, "incident announced"),
             // The incident stays in the store; announcing what the spool holds at start
             // comes with the next slice (re-announcement of not-yet-uploaded incidents).
@@ -662,187 +681,21 @@ impl Handler<Announce> for MeshActor {
 }
 
 impl MeshActor {
-    /// Releases the node's outputs in order until it has none or a persist is in flight,
-    /// then publishes the view and re-arms the timer.
+    /// Releases the node's outputs through the driver (it stops at a vote not yet
+    /// durable), then publishes the view and re-arms the timer.
     fn pump(&mut self, context: &mut actix::Context<Self>) {
-        while !self.persist_in_flight {
-            let Some(output) = self.node.poll_output() else {
-                break;
-            };
-            match output {
-                NodeOutput::Persist(vote) => self.persist(vote, context),
-                NodeOutput::Transmit { to, bytes } => self.transmit(to, bytes, context),
-                NodeOutput::AggregatorChanged { term, aggregator } => {
-                    tracing::info!(term, aggregator = ?aggregator.as_ref().map(|node| node.as_str()), "aggregator changed")
-                }
-                NodeOutput::Membership(MembershipOutput::MemberUp(node)) => {
-                    tracing::info!(member = %node, "member up")
-                }
-                NodeOutput::Membership(MembershipOutput::MemberDown(node)) => {
-                    tracing::info!(member = %node, "member down")
-                }
-                NodeOutput::Membership(MembershipOutput::Rejoined { generation }) => {
-                    tracing::info!(generation, "declared down by the cluster; rejoined")
-                }
-                NodeOutput::Membership(MembershipOutput::Send { .. }) => {
-                    unreachable!("the node turns membership sends into transmits")
-                }
-                NodeOutput::Consolidation(output) => self.carry_out(output, context),
-            }
-        }
+        let now_ms = self.io.clock.now_ms();
+        let mut shell = MeshShell {
+            io: &mut self.io,
+            context,
+        };
+        self.driver.release(now_ms, &mut shell);
         self.publish_view();
         self.arm_timer(context);
     }
 
-    /// Writes `vote` durably on the blocking pool; draining resumes once it is on disk.
-    fn persist(&mut self, vote: PersistedVote, context: &mut actix::Context<Self>) {
-        self.persist_in_flight = true;
-        let store = self.store.clone();
-        let bytes = serde_json::to_vec(&vote).expect("a vote serializes");
-        let write = tokio::task::spawn_blocking(move || store.put_setting(VOTE_SETTING, &bytes));
-        context.spawn(actix::fut::wrap_future(write).map(
-            move |result, actor: &mut MeshActor, context| {
-                let error = match result {
-                    Ok(Ok(())) => {
-                        tracing::debug!(term = vote.term, voted_for = ?vote.voted_for, "vote persisted");
-                        actor.persist_in_flight = false;
-                        actor.pump(context);
-                        return;
-                    }
-                    Ok(Err(error)) => error.to_string(),
-                    Err(error) => error.to_string(),
-                };
-                // Nothing after this persist may leave before it is durable: hold every
-                // output and try again.
-                tracing::error!(%error, term = vote.term, "cannot persist the vote; retrying, the mesh waits");
-                context.run_later(
-                    Duration::from_millis(PERSIST_RETRY_MS),
-                    move |actor, context| actor.persist(vote, context),
-                );
-            },
-        ));
-    }
-
-    fn transmit(&mut self, to: NodeId, bytes: Encoded, context: &mut actix::Context<Self>) {
-        let Some(&address) = self.addresses.get(&to) else {
-            tracing::warn!(peer = %to, "a datagram for a node that is not a configured member dropped");
-            return;
-        };
-        let link = self.links.entry(to.clone()).or_insert_with(|| {
-            let (sender, receiver) = mpsc::channel(PEER_SEND_QUEUE_LEN_MAX);
-            tokio::spawn(peer_link(
-                self.transport.clone(),
-                to.clone(),
-                address,
-                receiver,
-                context.address().recipient(),
-                context.address().recipient(),
-            ));
-            sender
-        });
-        if link.try_send(LinkCommand::Send(bytes)).is_err()
-            && let Some(suppressed) = self.queue_full.admit()
-        {
-            tracing::warn!(peer = %to, suppressed, "the peer's send queue is full; datagram dropped");
-        }
-    }
-
-    /// Consolidation effects other than messages: each goes to the worker, in order.
-    fn carry_out(&mut self, output: ConsolidationOutput, context: &mut actix::Context<Self>) {
-        let job = match output {
-            ConsolidationOutput::Send { .. } => {
-                unreachable!("the node turns consolidation sends into transmits")
-            }
-            ConsolidationOutput::ServeLogs {
-                to,
-                term,
-                signature,
-                kind,
-                window_start_ms,
-                window_end_ms,
-            } => {
-                let job = WorkerJob::ServeLogs(LogRequest {
-                    to,
-                    term,
-                    signature,
-                    kind: kind.to_string(),
-                    window_start_ms,
-                    window_end_ms,
-                });
-                // The window reaches past the problem: answer once it has passed.
-                let wait_ms = window_end_ms
-                    .saturating_sub(self.clock.now_ms())
-                    .min(LOG_SERVE_DELAY_MS_MAX);
-                if wait_ms > 0 {
-                    context.run_later(Duration::from_millis(wait_ms), move |actor, _| {
-                        actor.send_job(job)
-                    });
-                    return;
-                }
-                job
-            }
-            ConsolidationOutput::Feedback {
-                signature,
-                feedback,
-            } => WorkerJob::Feedback {
-                signature,
-                feedback,
-            },
-            ConsolidationOutput::Fenced { term } => {
-                tracing::warn!(term, "the endpoint fenced this aggregator's term");
-                return;
-            }
-            ConsolidationOutput::UploadReport(upload) => WorkerJob::UploadReport(upload),
-            ConsolidationOutput::UploadIncidents(upload) => WorkerJob::UploadIncidents(upload),
-            ConsolidationOutput::ChunksOffered {
-                report_id,
-                chunk_ids,
-            } => WorkerJob::ChunksOffered {
-                report_id,
-                chunk_ids,
-            },
-            ConsolidationOutput::StoreChunk {
-                report_id,
-                chunk_id,
-                bytes,
-            } => WorkerJob::StoreChunk {
-                report_id,
-                chunk_id,
-                bytes,
-            },
-            ConsolidationOutput::ServeReport { to, report_id } => {
-                WorkerJob::ServeReport { to, report_id }
-            }
-            ConsolidationOutput::ServeChunks {
-                to,
-                report_id,
-                chunk_ids,
-            } => WorkerJob::ServeChunks {
-                to,
-                report_id,
-                chunk_ids,
-            },
-            ConsolidationOutput::Uploaded { report_id } => WorkerJob::MarkUploaded { report_id },
-        };
-        self.send_job(job);
-    }
-
-    /// Hands a job to the worker (dropped, and logged, when its queue is full).
-    fn send_job(&mut self, job: WorkerJob) {
-        let Some(worker) = &self.worker else {
-            tracing::warn!(?job, "dropped: the mesh worker is not running");
-            return;
-        };
-        // A full queue drops the job: every one is retried by the consolidation (fetches
-        // and uploads time out and start again), except `MarkUploaded`, which only
-        // updates local bookkeeping.
-        if let Err(error) = worker.try_send(job) {
-            tracing::warn!(%error, "the mesh worker's queue is full; job dropped");
-        }
-    }
-
     fn publish_view(&mut self) {
-        let status = self.node.status();
+        let status = self.driver.node().status();
         let mut states: HashMap<&NodeId, (u64, MemberState)> = HashMap::new();
         for member in &status.members {
             let entry = states
@@ -853,7 +706,8 @@ impl MeshActor {
             }
         }
         let members = self
-            .node
+            .driver
+            .node()
             .election()
             .members()
             .iter()
@@ -869,7 +723,7 @@ impl MeshActor {
             })
             .collect();
         let view = MeshView {
-            node: self.node.id().as_str().to_string(),
+            node: self.driver.node().id().as_str().to_string(),
             cluster_id: self.cluster_id.clone(),
             term: status.term,
             aggregator: status.aggregator.map(|node| node.as_str().to_string()),
@@ -901,27 +755,212 @@ impl MeshActor {
 
     /// One timer, at the node's next deadline.
     fn arm_timer(&mut self, context: &mut actix::Context<Self>) {
-        let deadline_ms = self.node.next_deadline_ms();
+        let deadline_ms = self.driver.node().next_deadline_ms();
         if let Some((armed_ms, handle)) = self.timer {
             if armed_ms == deadline_ms {
                 return;
             }
             context.cancel_future(handle);
         }
-        let delay = Duration::from_millis(deadline_ms.saturating_sub(self.clock.now_ms()));
+        let delay = Duration::from_millis(deadline_ms.saturating_sub(self.io.clock.now_ms()));
         let handle = context.run_later(delay, |actor, context| {
             actor.timer = None;
-            let now_ms = actor.clock.now_ms();
-            actor.node.handle_timeout(now_ms);
+            let now_ms = actor.io.clock.now_ms();
+            actor.driver.node_mut().handle_timeout(now_ms);
             actor.pump(context);
         });
         self.timer = Some((deadline_ms, handle));
     }
 }
 
+/// The daemon's [`Shell`] for the length of one release: the actor's I/O and its context
+/// (to spawn the vote's write and to wait for a log window).
+struct MeshShell<'a> {
+    io: &'a mut MeshIo,
+    context: &'a mut actix::Context<MeshActor>,
+}
+
+impl Shell for MeshShell<'_> {
+    fn stopped(&self) -> bool {
+        false
+    }
+
+    /// Writes the vote on the blocking pool; the driver holds everything after it until
+    /// the commit returned ([`write_vote`]).
+    fn persist(&mut self, token: PersistToken, vote: &PersistedVote) -> Persisting {
+        write_vote(self.io.store.clone(), token, vote.clone(), self.context);
+        Persisting::Pending
+    }
+
+    fn transmit(&mut self, to: NodeId, bytes: Encoded) {
+        let Some(&address) = self.io.addresses.get(&to) else {
+            tracing::warn!(peer = %to, "a datagram for a node that is not a configured member dropped");
+            return;
+        };
+        let transport = &self.io.transport;
+        let actor = self.context.address();
+        let link = self.io.links.entry(to.clone()).or_insert_with(|| {
+            let (sender, receiver) = mpsc::channel(PEER_SEND_QUEUE_LEN_MAX);
+            tokio::spawn(peer_link(
+                transport.clone(),
+                to.clone(),
+                address,
+                receiver,
+                actor.clone().recipient(),
+                actor.recipient(),
+            ));
+            sender
+        });
+        if link.try_send(LinkCommand::Send(bytes)).is_err()
+            && let Some(suppressed) = self.io.queue_full.admit()
+        {
+            tracing::warn!(peer = %to, suppressed, "the peer's send queue is full; datagram dropped");
+        }
+    }
+
+    fn read_report(&mut self, request: ReportRequest) -> Answer<ReportRead> {
+        self.io.send_job(WorkerJob::ReadReport(request));
+        Answer::Later
+    }
+
+    fn read_chunks(&mut self, request: ChunksRequest) -> Answer<Vec<(WireChunkId, bytes::Bytes)>> {
+        self.io.send_job(WorkerJob::ReadChunks(request));
+        Answer::Later
+    }
+
+    fn gather_logs(&mut self, request: LogsRequest) -> Answer<Option<ReportId>> {
+        // The window reaches past the problem: answer once it has passed.
+        let wait_ms = request
+            .window_end_ms
+            .saturating_sub(self.io.clock.now_ms())
+            .min(LOG_SERVE_DELAY_MS_MAX);
+        let job = WorkerJob::GatherLogs(request);
+        if wait_ms > 0 {
+            self.context
+                .run_later(Duration::from_millis(wait_ms), move |actor, _| {
+                    actor.io.send_job(job)
+                });
+        } else {
+            self.io.send_job(job);
+        }
+        Answer::Later
+    }
+
+    fn chunks_offered(
+        &mut self,
+        report_id: ReportId,
+        chunk_ids: Vec<WireChunkId>,
+    ) -> Answer<Vec<WireChunkId>> {
+        self.io.send_job(WorkerJob::ChunksOffered {
+            report_id,
+            chunk_ids,
+        });
+        Answer::Later
+    }
+
+    fn store_chunk(&mut self, report_id: ReportId, chunk_id: WireChunkId, bytes: bytes::Bytes) {
+        self.io.send_job(WorkerJob::StoreChunk {
+            report_id,
+            chunk_id,
+            bytes,
+        });
+    }
+
+    fn upload_report(&mut self, upload: UploadReport) {
+        self.io.send_job(WorkerJob::UploadReport(upload));
+    }
+
+    fn upload_incidents(&mut self, upload: UploadIncidents) {
+        self.io.send_job(WorkerJob::UploadIncidents(upload));
+    }
+
+    fn uploaded(&mut self, report_id: ReportId) {
+        self.io.send_job(WorkerJob::MarkUploaded { report_id });
+    }
+
+    fn notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::AggregatorChanged { term, aggregator } => {
+                tracing::info!(term, aggregator = ?aggregator.as_ref().map(|node| node.as_str()), "aggregator changed")
+            }
+            Notice::MemberUp(node) => tracing::info!(member = %node, "member up"),
+            Notice::MemberDown(node) => tracing::info!(member = %node, "member down"),
+            Notice::Rejoined { generation } => {
+                tracing::info!(generation, "declared down by the cluster; rejoined")
+            }
+            Notice::Fenced { term } => {
+                tracing::warn!(term, "the endpoint fenced this aggregator's term")
+            }
+            Notice::Feedback {
+                signature,
+                feedback,
+            } => self.io.send_job(WorkerJob::Feedback {
+                signature,
+                feedback,
+            }),
+            Notice::AnswerRefused(error) => {
+                tracing::warn!(%error, "a report message was not sent")
+            }
+        }
+    }
+}
+
+impl MeshIo {
+    /// Hands a job to the worker (dropped, and logged, when its queue is full).
+    fn send_job(&mut self, job: WorkerJob) {
+        let Some(worker) = &self.worker else {
+            tracing::warn!(?job, "dropped: the mesh worker is not running");
+            return;
+        };
+        // A full queue drops the job: every one is retried by the consolidation (fetches
+        // and uploads time out and start again), except `MarkUploaded`, which only
+        // updates local bookkeeping.
+        if let Err(error) = worker.try_send(job) {
+            tracing::warn!(%error, "the mesh worker's queue is full; job dropped");
+        }
+    }
+}
+
+/// Writes `vote` durably on the blocking pool (a redb commit with
+/// `Durability::Immediate`) and tells the driver once it is on disk; a failed write is
+/// tried again after [`PERSIST_RETRY_MS`], and until then nothing after the vote leaves.
+fn write_vote(
+    store: Arc<Store>,
+    token: PersistToken,
+    vote: PersistedVote,
+    context: &mut actix::Context<MeshActor>,
+) {
+    let bytes = serde_json::to_vec(&vote).expect("a vote serializes");
+    let write = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.put_setting(VOTE_SETTING, &bytes))
+    };
+    context.spawn(actix::fut::wrap_future(write).map(
+        move |result, actor: &mut MeshActor, context| {
+            let error = match result {
+                Ok(Ok(())) => {
+                    tracing::debug!(term = vote.term, voted_for = ?vote.voted_for, "vote persisted");
+                    if let Err(error) = actor.driver.persisted(token) {
+                        tracing::error!(%error, "a vote persisted that the mesh did not wait for");
+                    }
+                    actor.pump(context);
+                    return;
+                }
+                Ok(Err(error)) => error.to_string(),
+                Err(error) => error.to_string(),
+            };
+            tracing::error!(%error, term = vote.term, "cannot persist the vote; retrying, the mesh waits");
+            context.run_later(
+                Duration::from_millis(PERSIST_RETRY_MS),
+                move |_, context| write_vote(store, token, vote, context),
+            );
+        },
+    ));
+}
+
 /// Jobs queued per node for the worker (store work and uploads).
 pub const WORKER_QUEUE_LEN_MAX: usize = 4096;
-/// `ChunkData` messages the worker hands the actor at once.
+/// Chunks the worker reads and hands the actor at once (each goes as one `ChunkData`).
 pub const CHUNK_DATA_BATCH_LEN: usize = 8;
 /// Offered chunk lists the worker remembers for uploads.
 pub const OFFERED_REPORTS_LEN_MAX: usize = 1024;
@@ -930,27 +969,10 @@ pub const LOG_BUNDLES_LEN_MAX: usize = 256;
 /// The longest a log request waits for its window to pass.
 pub const LOG_SERVE_DELAY_MS_MAX: u64 = 120_000;
 
-/// A peer's request for this node's logs of a window.
-struct LogRequest {
-    to: NodeId,
-    term: u64,
-    signature: String,
-    kind: String,
-    window_start_ms: u64,
-    window_end_ms: u64,
-}
-
 /// What the worker does for the actor, in order.
 enum WorkerJob {
-    ServeReport {
-        to: NodeId,
-        report_id: ReportId,
-    },
-    ServeChunks {
-        to: NodeId,
-        report_id: ReportId,
-        chunk_ids: Vec<WireChunkId>,
-    },
+    ReadReport(ReportRequest),
+    ReadChunks(ChunksRequest),
     MarkUploaded {
         report_id: ReportId,
     },
@@ -965,7 +987,7 @@ enum WorkerJob {
     },
     UploadReport(UploadReport),
     UploadIncidents(UploadIncidents),
-    ServeLogs(LogRequest),
+    GatherLogs(LogsRequest),
     Feedback {
         signature: String,
         feedback: Feedback,
@@ -975,14 +997,13 @@ enum WorkerJob {
 impl std::fmt::Debug for WorkerJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WorkerJob::ServeReport { report_id, .. } => write!(f, "ServeReport({report_id})"),
-            WorkerJob::ServeChunks {
-                report_id,
-                chunk_ids,
-                ..
-            } => {
-                write!(f, "ServeChunks({report_id}, {} chunks)", chunk_ids.len())
-            }
+            WorkerJob::ReadReport(request) => write!(f, "ReadReport({})", request.report_id),
+            WorkerJob::ReadChunks(request) => write!(
+                f,
+                "ReadChunks({}, {} chunks)",
+                request.report_id,
+                request.chunk_ids.len()
+            ),
             WorkerJob::MarkUploaded { report_id } => write!(f, "MarkUploaded({report_id})"),
             WorkerJob::ChunksOffered {
                 report_id,
@@ -995,19 +1016,28 @@ impl std::fmt::Debug for WorkerJob {
             WorkerJob::UploadIncidents(upload) => {
                 write!(f, "UploadIncidents({})", upload.signature)
             }
-            WorkerJob::ServeLogs(request) => write!(f, "ServeLogs({})", request.signature),
+            WorkerJob::GatherLogs(request) => write!(f, "GatherLogs({})", request.signature),
             WorkerJob::Feedback { signature, .. } => write!(f, "Feedback({signature})"),
         }
     }
 }
 
-/// What the worker hands back to the actor.
+/// What the worker hands back to the actor: the answers the node waits for.
 #[derive(Message)]
 #[rtype(result = "()")]
 enum WorkDone {
-    Send {
+    ReportRead {
+        request: ReportRequest,
+        read: ReportRead,
+    },
+    ChunksRead {
         to: NodeId,
-        messages: Vec<Message>,
+        report_id: ReportId,
+        chunks: Vec<(WireChunkId, bytes::Bytes)>,
+    },
+    LogsGathered {
+        request: LogsRequest,
+        bundle: Option<ReportId>,
     },
     ChunksMissing {
         report_id: ReportId,
@@ -1025,28 +1055,36 @@ impl Handler<WorkDone> for MeshActor {
     type Result = ();
 
     fn handle(&mut self, done: WorkDone, context: &mut Self::Context) {
-        let now_ms = self.clock.now_ms();
-        match done {
-            WorkDone::Send { to, messages } => {
-                for message in messages {
-                    if let Err(error) = self.node.send(now_ms, &to, message) {
-                        tracing::warn!(peer = %to, %error, "a report message was not sent");
-                    }
-                }
+        let now_ms = self.io.clock.now_ms();
+        let node = self.driver.node_mut();
+        let answered = match done {
+            WorkDone::ReportRead { request, read } => node.report_read(now_ms, request, read),
+            WorkDone::ChunksRead {
+                to,
+                report_id,
+                chunks,
+            } => node.chunks_read(now_ms, &to, &report_id, chunks),
+            WorkDone::LogsGathered { request, bundle } => {
+                node.logs_gathered(now_ms, request, bundle)
             }
             WorkDone::ChunksMissing { report_id, missing } => {
-                self.node.chunks_missing(now_ms, &report_id, missing)
+                node.chunks_missing(now_ms, &report_id, missing);
+                Ok(())
             }
             WorkDone::UploadFinished {
                 upload_id,
                 outcome,
                 feedback,
             } => {
-                self.node.upload_finished(now_ms, upload_id, outcome);
+                node.upload_finished(now_ms, upload_id, outcome);
                 if let Some((signature, feedback)) = feedback {
-                    self.node.upload_feedback(now_ms, &signature, feedback);
+                    node.upload_feedback(now_ms, &signature, feedback);
                 }
+                Ok(())
             }
+        };
+        if let Err(error) = answered {
+            tracing::warn!(%error, "a report message was not sent");
         }
         self.pump(context);
     }
@@ -1085,69 +1123,55 @@ fn run_worker(mut worker: Worker, jobs: std::sync::mpsc::Receiver<WorkerJob>) {
 impl Worker {
     fn run(&mut self, job: WorkerJob) -> Result<()> {
         match job {
-            WorkerJob::ServeReport { to, report_id } => {
-                let report = match self.log_bundles.get(&report_id) {
-                    Some(bundle) => Some(bundle.clone()),
-                    None => {
-                        crate::uploader::build_node_report(&self.store, &report_id.0, &self.node)?
-                    }
+            WorkerJob::ReadReport(request) => {
+                let read = match self.log_bundles.get(&request.report_id) {
+                    Some(bundle) => report_found(bundle),
+                    None => match crate::uploader::build_node_report(
+                        &self.store,
+                        &request.report_id.0,
+                        &self.node,
+                    )? {
+                        Some(report) => report_found(&report),
+                        None => ReportRead::Unavailable,
+                    },
                 };
-                let messages = match report {
-                    None => vec![Message::ReportUnavailable { report_id }],
-                    Some(report) => {
-                        let chunk_ids: Vec<WireChunkId> = report
-                            .chunk_ids
-                            .iter()
-                            .map(crate::uploader::to_wire)
-                            .collect();
-                        let chunk_count = chunk_ids.len() as u32;
-                        let mut pages = Vec::new();
-                        for (page, ids) in chunk_ids.chunks(CHUNK_IDS_PER_MESSAGE_MAX).enumerate() {
-                            pages.push(Message::ReportChunks {
-                                report_id: report_id.clone(),
-                                report_bytes: report.report_bytes,
-                                chunk_count,
-                                offset: (page * CHUNK_IDS_PER_MESSAGE_MAX) as u32,
-                                chunk_ids: ids.to_vec(),
-                            });
-                        }
-                        tracing::debug!(report = %report_id, chunks = chunk_count, aggregator = %to, "serving a report");
-                        pages
-                    }
-                };
-                self.actor.do_send(WorkDone::Send { to, messages });
+                if let ReportRead::Found { chunk_ids, .. } = &read {
+                    tracing::debug!(report = %request.report_id, chunks = chunk_ids.len(), aggregator = %request.to, "serving a report");
+                }
+                self.actor.do_send(WorkDone::ReportRead { request, read });
             }
-            WorkerJob::ServeChunks {
+            WorkerJob::ReadChunks(ChunksRequest {
                 to,
                 report_id,
                 chunk_ids,
-            } => {
-                // One message per chunk, handed over a few at a time, each batch only once
-                // the actor took the previous one: at most two batches are in memory here.
-                let mut messages = Vec::new();
+            }) => {
+                // Read a few at a time, each batch handed over only once the actor took
+                // the previous one: at most two batches are in memory here.
+                let mut chunks = Vec::new();
                 for chunk_id in chunk_ids {
                     match self.store.chunk_raw(&crate::uploader::from_wire(&chunk_id)) {
-                        Ok(bytes) => messages.push(Message::ChunkData {
-                            report_id: report_id.clone(),
-                            chunk_id,
-                            bytes: bytes.into(),
-                        }),
+                        Ok(bytes) => chunks.push((chunk_id, bytes::Bytes::from(bytes))),
                         Err(error) => {
                             tracing::warn!(report = %report_id, %error, "a wanted chunk cannot be read");
                         }
                     }
-                    if messages.len() >= CHUNK_DATA_BATCH_LEN {
-                        let batch = WorkDone::Send {
+                    if chunks.len() >= CHUNK_DATA_BATCH_LEN {
+                        let batch = WorkDone::ChunksRead {
                             to: to.clone(),
-                            messages: std::mem::take(&mut messages),
+                            report_id: report_id.clone(),
+                            chunks: std::mem::take(&mut chunks),
                         };
                         if self.runtime.block_on(self.actor.send(batch)).is_err() {
                             return Ok(());
                         }
                     }
                 }
-                if !messages.is_empty() {
-                    self.actor.do_send(WorkDone::Send { to, messages });
+                if !chunks.is_empty() {
+                    self.actor.do_send(WorkDone::ChunksRead {
+                        to,
+                        report_id,
+                        chunks,
+                    });
                 }
             }
             WorkerJob::MarkUploaded { report_id } => self.mark_uploaded(&report_id)?,
@@ -1240,7 +1264,7 @@ impl Worker {
                     feedback,
                 });
             }
-            WorkerJob::ServeLogs(request) => self.serve_logs(request)?,
+            WorkerJob::GatherLogs(request) => self.gather_logs(request)?,
             WorkerJob::Feedback {
                 signature,
                 feedback,
@@ -1250,8 +1274,8 @@ impl Worker {
     }
 
     /// Gathers this node's logs of a peer's problem window into a bundle the aggregator
-    /// fetches like a report, and answers `LogReady` (no bundle when nothing was found).
-    fn serve_logs(&mut self, request: LogRequest) -> Result<()> {
+    /// fetches like a report, and answers with its id (none when nothing was found).
+    fn gather_logs(&mut self, request: LogsRequest) -> Result<()> {
         let bundle_id = ReportId::new(format!(
             "logs.{}.{}",
             self.node,
@@ -1277,7 +1301,7 @@ impl Worker {
             };
             let gathered = crate::gather::gather_window(
                 &self.settings.gather,
-                &request.kind,
+                &request.kind.to_string(),
                 None,
                 window,
                 crate::commands::now_ms(),
@@ -1304,14 +1328,8 @@ impl Worker {
                 }
             }
         };
-        self.actor.do_send(WorkDone::Send {
-            to: request.to,
-            messages: vec![Message::LogReady {
-                term: request.term,
-                signature: request.signature,
-                bundle,
-            }],
-        });
+        self.actor
+            .do_send(WorkDone::LogsGathered { request, bundle });
         Ok(())
     }
 
@@ -1357,6 +1375,18 @@ impl Worker {
             &self.settings.data_dir.join("scratch"),
         );
         Ok(())
+    }
+}
+
+/// A report or log bundle as the node pages it to the aggregator.
+fn report_found(report: &crate::uploader::NodeReport) -> ReportRead {
+    ReportRead::Found {
+        report_bytes: report.report_bytes,
+        chunk_ids: report
+            .chunk_ids
+            .iter()
+            .map(crate::uploader::to_wire)
+            .collect(),
     }
 }
 

@@ -1,13 +1,21 @@
 //! A cluster node: membership, election and consolidation composed behind one
-//! bytes-in, outputs-out interface — what the daemon's mesh actor and the simulator drive.
+//! bytes-in, outputs-out interface. Its outputs leave only through the
+//! [`Driver`](crate::driver::Driver), which the daemon's mesh actor, the simulator and
+//! `protocol/tests/cluster.rs` all use: one shell protocol, not three.
 //!
 //! Invariants:
-//! - No I/O, no clock, no threads; randomness only from the seed given to [`Node::new`].
+//! - No I/O, no clock, no threads; randomness only from the seed given to the driver.
 //! - Peer bytes enter only through [`Node::handle_datagram`]: decoded with the size limit,
 //!   checked for the cluster id and for the sender the transport authenticated.
-//! - Outputs come out of [`Node::poll_output`] in order. **Anything after a
-//!   [`NodeOutput::Persist`] is released only once that persist is durable** (the
-//!   election's rule, kept across the composition).
+//! - Outputs come out in order. **Anything after a `Persist` is released only once that
+//!   persist is durable** (the election's rule, kept across the composition, enforced by
+//!   the driver; every election message names the durable vote it rests on,
+//!   [`VoteNeeded`], and the driver checks it).
+//! - Every message is built here, never by a shell: the shell reads what the node asks for
+//!   (a report's chunk list, chunks, a log bundle) and hands the data back
+//!   ([`Node::report_read`], [`Node::chunks_read`], [`Node::logs_gathered`]); the node
+//!   pages it: `ReportChunks` of `wire::CHUNK_IDS_PER_MESSAGE_MAX` ids, one `ChunkData` per
+//!   chunk (its bytes shared, not copied), one `LogReady`.
 //! - Messages a node sends itself (the aggregator announcing its own incidents, fetching
 //!   its own report) never leave it: they are handled in the same call, in a bounded loop.
 
@@ -15,10 +23,10 @@ use std::collections::VecDeque;
 
 use crate::consolidation::{
     Consolidation, ConsolidationConfig, ConsolidationError, ConsolidationOutput, ConsolidationRole,
-    ProblemStatus, UploadOutcome,
+    LogsRequest, ProblemStatus, ReportRead, ReportRequest, UploadOutcome,
 };
 use crate::election::{
-    Election, ElectionConfig, ElectionConfigError, ElectionOutput, PersistedVote, Role,
+    Election, ElectionConfig, ElectionConfigError, ElectionOutput, PersistedVote, Role, VoteNeeded,
 };
 use crate::membership::{
     MemberStatus, Membership, MembershipConfig, MembershipError, MembershipOutput,
@@ -71,9 +79,10 @@ impl NodeConfig {
     }
 }
 
-/// What the node asks of the shell, in order.
+/// What the node asks of its shell, in order; the [`Driver`](crate::driver::Driver)
+/// releases them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NodeOutput {
+pub(crate) enum NodeOutput {
     /// Make term and vote durable before releasing any later output.
     Persist(PersistedVote),
     /// Send these bytes to a member.
@@ -82,6 +91,8 @@ pub enum NodeOutput {
         to: NodeId,
         /// An encoded [`Envelope`], in parts (a chunk's bytes are not copied into it).
         bytes: Encoded,
+        /// The durable vote an election message rests on.
+        vote_needed: Option<VoteNeeded>,
     },
     /// The known aggregator changed.
     AggregatorChanged {
@@ -90,7 +101,7 @@ pub enum NodeOutput {
         /// The aggregator, if any.
         aggregator: Option<NodeId>,
     },
-    /// A consolidation effect other than a message (uploads, chunk work, serving).
+    /// A consolidation effect other than a message (reads, uploads, chunk work).
     Consolidation(ConsolidationOutput),
     /// A member came up or went down, or this node rejoined.
     Membership(MembershipOutput),
@@ -119,7 +130,7 @@ pub enum NodeError {
     /// A message could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
-    /// Consolidation refused an announcement.
+    /// Consolidation refused an announcement or a shell's answer.
     #[error(transparent)]
     Consolidation(#[from] ConsolidationError),
 }
@@ -154,8 +165,8 @@ pub struct Node {
 
 impl Node {
     /// A node (re)starting with its persisted vote; it announces itself to the other
-    /// configured members (the SWIM seeds).
-    pub fn new(
+    /// configured members (the SWIM seeds). The driver builds it.
+    pub(crate) fn new(
         config: NodeConfig,
         persisted: PersistedVote,
         seed: u64,
@@ -216,8 +227,8 @@ impl Node {
         }
     }
 
-    /// The next output, in order.
-    pub fn poll_output(&mut self) -> Option<NodeOutput> {
+    /// The next output, in order (for the driver alone: it holds what follows a persist).
+    pub(crate) fn poll_output(&mut self) -> Option<NodeOutput> {
         self.outputs.pop_front()
     }
 
@@ -301,24 +312,59 @@ impl Node {
         self.collect(now_ms);
     }
 
-    /// Sends a message the shell built (`ReportChunks`, `ChunkData`, …) to a member.
-    pub fn send(&mut self, now_ms: u64, to: &NodeId, message: Message) -> Result<(), NodeError> {
-        if to == &self.config.node {
-            self.loopback.push_back(message);
-            self.collect(now_ms);
-            return Ok(());
-        }
-        self.transmit(to.clone(), message)
+    /// The shell read the chunk list a peer asked for (see
+    /// [`Consolidation::report_read`]); the node pages it to the peer.
+    pub fn report_read(
+        &mut self,
+        now_ms: u64,
+        request: ReportRequest,
+        read: ReportRead,
+    ) -> Result<(), NodeError> {
+        let result = self.consolidation.report_read(request, read);
+        self.collect(now_ms);
+        Ok(result?)
+    }
+
+    /// The shell read chunks a peer wants (see [`Consolidation::chunks_read`]); each goes
+    /// as one `ChunkData`, its bytes shared with the shell's read.
+    pub fn chunks_read(
+        &mut self,
+        now_ms: u64,
+        to: &NodeId,
+        report_id: &ReportId,
+        chunks: Vec<(ChunkId, bytes::Bytes)>,
+    ) -> Result<(), NodeError> {
+        let result = self.consolidation.chunks_read(to, report_id, chunks);
+        self.collect(now_ms);
+        Ok(result?)
+    }
+
+    /// The shell gathered this node's logs a peer asked for (see
+    /// [`Consolidation::logs_gathered`]).
+    pub fn logs_gathered(
+        &mut self,
+        now_ms: u64,
+        request: LogsRequest,
+        bundle: Option<ReportId>,
+    ) -> Result<(), NodeError> {
+        let result = self.consolidation.logs_gathered(request, bundle);
+        self.collect(now_ms);
+        Ok(result?)
     }
 
     fn transmit(&mut self, to: NodeId, message: Message) -> Result<(), NodeError> {
+        let vote_needed = VoteNeeded::of(&to, &message);
         let envelope = Envelope {
             cluster_id: self.config.cluster_id.clone(),
             from: self.config.node.clone(),
             message,
         };
         let bytes = encode_parts(&envelope)?;
-        self.outputs.push_back(NodeOutput::Transmit { to, bytes });
+        self.outputs.push_back(NodeOutput::Transmit {
+            to,
+            bytes,
+            vote_needed,
+        });
         Ok(())
     }
 

@@ -17,6 +17,14 @@
 //! after a failover neither loses nor re-sends what the old one finished. A new
 //! aggregator waits `takeover_quiet_ms` for those re-announcements before uploading.
 //!
+//! Origin side: the shell only reads what the aggregator asks for
+//! ([`ConsolidationOutput::ReadReport`], [`ConsolidationOutput::ReadChunks`],
+//! [`ConsolidationOutput::GatherLogs`]) and hands it back ([`Consolidation::report_read`],
+//! …); the messages are built and paged here (`ReportChunks` of
+//! [`CHUNK_IDS_PER_MESSAGE_MAX`] ids, one `ChunkData` per chunk), so every shell serves a
+//! fetch the same way. Nothing is kept per request: a read the shell never answers costs
+//! nothing, and the aggregator asks again.
+//!
 //! Invariants:
 //! - No I/O, no clock, no threads, no randomness: every input carries `now_ms`, every
 //!   effect is an output ([`ConsolidationOutput`]) the shell carries out: messages, uploads,
@@ -33,8 +41,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::model::ProblemKind;
 use crate::wire::{
-    Announcement, CHUNK_IDS_PER_MESSAGE_MAX, CHUNKS_PER_REPORT_MAX, ChunkId, ClusterId,
-    DecodeError, Feedback, Label, Message, NodeId, ReportId, Term, UploadState,
+    Announcement, CHUNK_BYTES_MAX, CHUNK_IDS_PER_MESSAGE_MAX, CHUNKS_PER_REPORT_MAX, ChunkId,
+    ClusterId, DecodeError, Feedback, Label, Message, NodeId, ReportId, Term, UploadState,
 };
 
 /// Limits and timings; [`ConsolidationConfig::new`] has the defaults.
@@ -195,6 +203,84 @@ pub enum UploadOutcome {
     StaleTerm,
 }
 
+/// Node side: an aggregator asked for the chunk list of a report or a log bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportRequest {
+    /// The aggregator asking.
+    pub to: NodeId,
+    /// The report or log bundle.
+    pub report_id: ReportId,
+}
+
+/// Node side: an aggregator wants these chunks of a report (one `ChunkWant`: at most
+/// [`CHUNK_IDS_PER_MESSAGE_MAX`] ids).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunksRequest {
+    /// The aggregator asking.
+    pub to: NodeId,
+    /// The report or log bundle.
+    pub report_id: ReportId,
+    /// The chunks wanted.
+    pub chunk_ids: Vec<ChunkId>,
+}
+
+/// Node side: an aggregator asked for this node's logs of a problem's window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogsRequest {
+    /// The aggregator asking.
+    pub to: NodeId,
+    /// The term of the request (echoed in `LogReady`).
+    pub term: Term,
+    /// The problem.
+    pub signature: String,
+    /// The problem's kind (chooses the gathering rules).
+    pub kind: ProblemKind,
+    /// Window start (unix ms).
+    pub window_start_ms: u64,
+    /// Window end (unix ms).
+    pub window_end_ms: u64,
+}
+
+/// What the shell found when asked for a report's chunk list ([`ReportRequest`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReportRead {
+    /// The report's chunks, in order, and its whole size.
+    Found {
+        /// The report's size in bytes.
+        report_bytes: u64,
+        /// Its chunks, in order (at most [`CHUNKS_PER_REPORT_MAX`]).
+        chunk_ids: Vec<ChunkId>,
+    },
+    /// This node does not have it (evicted, or never had it): the aggregator fetches
+    /// another incident's report.
+    Unavailable,
+}
+
+impl ReportRead {
+    /// A report a shell holds whole, as its chunks in order.
+    pub fn of_chunks(chunks: &[impl AsRef<[u8]>]) -> ReportRead {
+        ReportRead::Found {
+            report_bytes: chunks.iter().map(|chunk| chunk.as_ref().len() as u64).sum(),
+            chunk_ids: chunks
+                .iter()
+                .map(|chunk| ChunkId::of(chunk.as_ref()))
+                .collect(),
+        }
+    }
+}
+
+impl ChunksRequest {
+    /// The chunks it wants among those of a report a shell holds whole, each with its id
+    /// (the bytes moved into the answer, not copied).
+    pub fn wanted_among(&self, chunks: Vec<Vec<u8>>) -> Vec<(ChunkId, bytes::Bytes)> {
+        chunks
+            .into_iter()
+            .map(|chunk| (ChunkId::of(&chunk), bytes::Bytes::from(chunk)))
+            .filter(|(chunk_id, _)| self.chunk_ids.contains(chunk_id))
+            .collect()
+    }
+}
+
 /// What consolidation asks of the shell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConsolidationOutput {
@@ -226,39 +312,15 @@ pub enum ConsolidationOutput {
         /// Its bytes (shared with the message they came in).
         bytes: bytes::Bytes,
     },
-    /// Node side: send `to` the report's chunk list (`ReportChunks` pages) or
-    /// `ReportUnavailable`.
-    ServeReport {
-        /// The aggregator asking.
-        to: NodeId,
-        /// The report.
-        report_id: ReportId,
-    },
-    /// Node side: send `to` these chunks as `ChunkData`.
-    ServeChunks {
-        /// The aggregator asking.
-        to: NodeId,
-        /// The report.
-        report_id: ReportId,
-        /// The chunks.
-        chunk_ids: Vec<ChunkId>,
-    },
-    /// Node side: gather this node's logs of the window for the aggregator, keep them as
-    /// a bundle it can fetch like a report, and answer `LogReady`.
-    ServeLogs {
-        /// The aggregator asking.
-        to: NodeId,
-        /// The term of the request (echoed in `LogReady`).
-        term: Term,
-        /// The problem.
-        signature: String,
-        /// The problem's kind (chooses the gathering rules).
-        kind: ProblemKind,
-        /// Window start (unix ms).
-        window_start_ms: u64,
-        /// Window end (unix ms).
-        window_end_ms: u64,
-    },
+    /// Node side: read a report's (or log bundle's) chunk list; answer with
+    /// [`Consolidation::report_read`], which pages it to the aggregator.
+    ReadReport(ReportRequest),
+    /// Node side: read these chunks; answer with [`Consolidation::chunks_read`] (in as
+    /// many calls as the shell likes), which sends each as `ChunkData`.
+    ReadChunks(ChunksRequest),
+    /// Node side: gather this node's logs of the window into a bundle the aggregator can
+    /// fetch like a report; answer with [`Consolidation::logs_gathered`] (`LogReady`).
+    GatherLogs(LogsRequest),
     /// Node side: the endpoint has this incident; the spool may release its evidence.
     Uploaded {
         /// The incident.
@@ -311,6 +373,9 @@ pub enum ConsolidationError {
     /// The announcement is not this node's.
     #[error("announcement of node {0}, not of this node")]
     NotThisNode(NodeId),
+    /// The shell's answer to a read breaks a wire limit; what broke it was not sent.
+    #[error("the shell's answer breaks a wire limit: {0}")]
+    InvalidAnswer(DecodeError),
 }
 
 /// A counter of what went wrong, for status and tests.
@@ -587,20 +652,22 @@ impl Consolidation {
                 uploaded,
             } => self.node_handle_ack(now_ms, from, *term, report_id, *uploaded),
             Message::FetchReport { report_id, .. } => {
-                self.outputs.push_back(ConsolidationOutput::ServeReport {
-                    to: from.clone(),
-                    report_id: report_id.clone(),
-                });
+                self.outputs
+                    .push_back(ConsolidationOutput::ReadReport(ReportRequest {
+                        to: from.clone(),
+                        report_id: report_id.clone(),
+                    }));
             }
             Message::ChunkWant {
                 report_id,
                 chunk_ids,
             } => {
-                self.outputs.push_back(ConsolidationOutput::ServeChunks {
-                    to: from.clone(),
-                    report_id: report_id.clone(),
-                    chunk_ids: chunk_ids.clone(),
-                });
+                self.outputs
+                    .push_back(ConsolidationOutput::ReadChunks(ChunksRequest {
+                        to: from.clone(),
+                        report_id: report_id.clone(),
+                        chunk_ids: chunk_ids.clone(),
+                    }));
             }
             Message::LogRequest {
                 term,
@@ -609,14 +676,15 @@ impl Consolidation {
                 window_start_ms,
                 window_end_ms,
             } => {
-                self.outputs.push_back(ConsolidationOutput::ServeLogs {
-                    to: from.clone(),
-                    term: *term,
-                    signature: signature.clone(),
-                    kind: *kind,
-                    window_start_ms: *window_start_ms,
-                    window_end_ms: *window_end_ms,
-                });
+                self.outputs
+                    .push_back(ConsolidationOutput::GatherLogs(LogsRequest {
+                        to: from.clone(),
+                        term: *term,
+                        signature: signature.clone(),
+                        kind: *kind,
+                        window_start_ms: *window_start_ms,
+                        window_end_ms: *window_end_ms,
+                    }));
             }
             Message::LogReady {
                 term,
@@ -686,6 +754,115 @@ impl Consolidation {
         if nudged {
             self.drive(now_ms);
         }
+    }
+
+    /// Node side: the shell's answer to [`ConsolidationOutput::ReadReport`]. The chunk
+    /// list goes to the aggregator in `ReportChunks` pages of [`CHUNK_IDS_PER_MESSAGE_MAX`]
+    /// ids (an empty list as one empty page), or as `ReportUnavailable`. A list longer than
+    /// [`CHUNKS_PER_REPORT_MAX`] cannot be fetched: the aggregator is told the report is
+    /// unavailable, and the shell gets the error.
+    pub fn report_read(
+        &mut self,
+        request: ReportRequest,
+        read: ReportRead,
+    ) -> Result<(), ConsolidationError> {
+        let ReportRequest { to, report_id } = request;
+        let unavailable = |report_id| ConsolidationOutput::Send {
+            to: to.clone(),
+            message: Message::ReportUnavailable { report_id },
+        };
+        let (report_bytes, chunk_ids) = match read {
+            ReportRead::Found {
+                report_bytes,
+                chunk_ids,
+            } => (report_bytes, chunk_ids),
+            ReportRead::Unavailable => {
+                self.outputs.push_back(unavailable(report_id));
+                return Ok(());
+            }
+        };
+        if chunk_ids.len() > CHUNKS_PER_REPORT_MAX {
+            self.outputs.push_back(unavailable(report_id));
+            return Err(ConsolidationError::InvalidAnswer(
+                DecodeError::InvalidField {
+                    field: "chunk_ids",
+                    reason: "a report of more than CHUNKS_PER_REPORT_MAX chunks",
+                },
+            ));
+        }
+        let chunk_count = chunk_ids.len() as u32;
+        let mut offset = 0;
+        loop {
+            let end = (offset + CHUNK_IDS_PER_MESSAGE_MAX).min(chunk_ids.len());
+            self.outputs.push_back(ConsolidationOutput::Send {
+                to: to.clone(),
+                message: Message::ReportChunks {
+                    report_id: report_id.clone(),
+                    report_bytes,
+                    chunk_count,
+                    offset: offset as u32,
+                    chunk_ids: chunk_ids[offset..end].to_vec(),
+                },
+            });
+            offset = end;
+            if offset == chunk_ids.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Node side: chunks the shell read for a [`ConsolidationOutput::ReadChunks`] (all of
+    /// them or a batch; a chunk it could not read is left out): each goes to `to` as one
+    /// `ChunkData`, its bytes shared, not copied. A chunk over [`CHUNK_BYTES_MAX`] is not
+    /// sent and the shell gets the error; the others are.
+    pub fn chunks_read(
+        &mut self,
+        to: &NodeId,
+        report_id: &ReportId,
+        chunks: Vec<(ChunkId, bytes::Bytes)>,
+    ) -> Result<(), ConsolidationError> {
+        let mut refused = Ok(());
+        for (chunk_id, bytes) in chunks {
+            if bytes.len() > CHUNK_BYTES_MAX {
+                refused = Err(ConsolidationError::InvalidAnswer(
+                    DecodeError::InvalidField {
+                        field: "bytes",
+                        reason: "a chunk over CHUNK_BYTES_MAX",
+                    },
+                ));
+                continue;
+            }
+            self.outputs.push_back(ConsolidationOutput::Send {
+                to: to.clone(),
+                message: Message::ChunkData {
+                    report_id: report_id.clone(),
+                    chunk_id,
+                    bytes,
+                },
+            });
+        }
+        refused
+    }
+
+    /// Node side: the shell's answer to [`ConsolidationOutput::GatherLogs`]: the bundle it
+    /// keeps for the aggregator to fetch, or none when it has no logs of the window. An
+    /// invalid bundle id is answered as no bundle, and the shell gets the error.
+    pub fn logs_gathered(
+        &mut self,
+        request: LogsRequest,
+        bundle: Option<ReportId>,
+    ) -> Result<(), ConsolidationError> {
+        let checked = bundle.as_ref().map_or(Ok(()), ReportId::validate);
+        let bundle = bundle.filter(|_| checked.is_ok());
+        self.outputs.push_back(ConsolidationOutput::Send {
+            to: request.to,
+            message: Message::LogReady {
+                term: request.term,
+                signature: request.signature,
+                bundle,
+            },
+        });
+        checked.map_err(ConsolidationError::InvalidAnswer)
     }
 
     /// Aggregator: the shell's answer to [`ConsolidationOutput::ChunksOffered`].

@@ -80,6 +80,52 @@ pub struct PersistedVote {
     pub voted_for: Option<NodeId>,
 }
 
+/// The durable vote an election message rests on: it may leave this node only once the
+/// vote on disk covers it. A vote granted, a candidacy and a heartbeat rest on their term
+/// with that vote given; the other election messages on their term. Every election
+/// message carries the sender's term as persisted when it was queued, behind its
+/// `Persist`, so the [`Driver`](crate::driver::Driver) can check that none overtook one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoteNeeded {
+    /// The term the message carries.
+    pub term: Term,
+    /// The vote it needs given in that term, if any.
+    pub voted_for: Option<NodeId>,
+}
+
+impl VoteNeeded {
+    /// What `message` to `to` rests on; `None` for a message outside the election (and
+    /// for `PreVote`, which asks without changing anything).
+    pub fn of(to: &NodeId, message: &Message) -> Option<VoteNeeded> {
+        let (term, voted_for) = match message {
+            Message::RequestVote { term, candidate } => (*term, Some(candidate.clone())),
+            Message::Heartbeat {
+                term, aggregator, ..
+            } => (*term, Some(aggregator.clone())),
+            Message::Vote {
+                term,
+                granted: true,
+            } => (*term, Some(to.clone())),
+            Message::Vote {
+                term,
+                granted: false,
+            }
+            | Message::HeartbeatAck { term, .. }
+            | Message::PreVoteReply { term, .. } => (*term, None),
+            _ => return None,
+        };
+        Some(VoteNeeded { term, voted_for })
+    }
+
+    /// True when `durable`, the vote on disk, covers it: a later term, or this term with
+    /// the vote it needs.
+    pub fn is_met_by(&self, durable: &PersistedVote) -> bool {
+        durable.term > self.term
+            || (durable.term == self.term
+                && (self.voted_for.is_none() || durable.voted_for == self.voted_for))
+    }
+}
+
 /// Why a configuration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ElectionConfigError {

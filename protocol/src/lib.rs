@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod consolidation;
+pub mod driver;
 pub mod election;
 pub mod membership;
 pub mod model;

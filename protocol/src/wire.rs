@@ -112,6 +112,11 @@ impl ReportId {
     pub fn new(id: impl Into<String>) -> ReportId {
         ReportId(id.into())
     }
+
+    /// Checks it against the wire's limits (1 to [`REPORT_ID_BYTES_MAX`] bytes).
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_report_id(self)
+    }
 }
 
 impl std::fmt::Display for ReportId {

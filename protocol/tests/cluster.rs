@@ -1,20 +1,28 @@
 //! Whole clusters of `Node`s on a deterministic in-test network (quinn's `Pair`, for N
 //! nodes): a virtual clock, latency, loss and partitions drawn from a seed, stepping to
 //! the next deadline, and a fake endpoint that fences by term and deduplicates by report
-//! id. Safety is checked after every step; liveness as "converged within a bound".
+//! id. Each node's outputs leave through the daemon's own `Driver`, with [`TestShell`] as
+//! its shell, so the driver's checks (nothing overtakes a persist) run on every seed.
+//! Safety is checked after every step; liveness as "converged within a bound".
 //! A failing run panics with its seed; replay it with `Sim::new(seed, …)`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crashmesh_protocol::ProblemKind;
-use crashmesh_protocol::cluster::{Node, NodeConfig, NodeOutput};
-use crashmesh_protocol::consolidation::{ConsolidationOutput, UploadOutcome};
+use crashmesh_protocol::cluster::{Node, NodeConfig};
+use crashmesh_protocol::consolidation::{
+    ChunksRequest, Fence, IncidentRecord, LogsRequest, ReportRead, ReportRequest, UploadIncidents,
+    UploadOutcome, UploadReport,
+};
+use crashmesh_protocol::driver::{
+    Answer, Driver, Notice, PersistToken, Persisting, Released, Shell,
+};
 use crashmesh_protocol::election::{PersistedVote, Role};
 use crashmesh_protocol::membership::MemberState;
 use crashmesh_protocol::rng::DeterministicRng;
 use crashmesh_protocol::wire::{
-    Announcement, CHUNK_IDS_PER_MESSAGE_MAX, ChunkId, ClusterId, Feedback, Label, Message, NodeId,
-    ReportId, UploadState,
+    Announcement, CHUNK_IDS_PER_MESSAGE_MAX, ChunkId, ClusterId, Encoded, Feedback, Label, Message,
+    NodeId, ReportId, UploadState,
 };
 
 /// Steps one run may take before it counts as "never converged".
@@ -100,7 +108,8 @@ struct Report {
 
 struct SimNode {
     id: NodeId,
-    node: Option<Node>,
+    /// The running node and its driver (`None`: killed).
+    driver: Option<Driver>,
     /// Bumped on every restart; replies to an older process are dropped.
     process: u64,
     persisted: PersistedVote,
@@ -112,6 +121,16 @@ struct SimNode {
     log_bundles: BTreeMap<ReportId, Vec<Vec<u8>>>,
     /// The problems whose endpoint feedback reached this node.
     feedback: BTreeSet<String>,
+}
+
+impl SimNode {
+    fn node(&self) -> Option<&Node> {
+        self.driver.as_ref().map(Driver::node)
+    }
+
+    fn node_mut(&mut self) -> Option<&mut Node> {
+        self.driver.as_mut().map(Driver::node_mut)
+    }
 }
 
 enum Event {
@@ -176,7 +195,7 @@ impl Sim {
                 .iter()
                 .map(|id| SimNode {
                     id: id.clone(),
-                    node: None,
+                    driver: None,
                     process: 0,
                     persisted: PersistedVote::default(),
                     reports: BTreeMap::new(),
@@ -224,8 +243,8 @@ impl Sim {
             .seed
             .wrapping_mul(1_000_003)
             .wrapping_add(index as u64 * 7919 + sim_node.process);
-        sim_node.node = Some(
-            Node::new(config, sim_node.persisted.clone(), node_seed, self.now_ms)
+        sim_node.driver = Some(
+            Driver::new(config, sim_node.persisted.clone(), node_seed, self.now_ms)
                 .expect("valid config"),
         );
         // The spool re-announces what it still holds, uploaded or not.
@@ -242,8 +261,7 @@ impl Sim {
             .collect();
         for announcement in announcements {
             self.nodes[index]
-                .node
-                .as_mut()
+                .node_mut()
                 .unwrap()
                 .announce(self.now_ms, announcement)
                 .expect("queue has room");
@@ -252,11 +270,11 @@ impl Sim {
     }
 
     fn kill(&mut self, index: usize) {
-        self.nodes[index].node = None;
+        self.nodes[index].driver = None;
     }
 
     fn alive(&self, index: usize) -> bool {
-        self.nodes[index].node.is_some()
+        self.nodes[index].driver.is_some()
     }
 
     fn schedule(&mut self, at_ms: u64, event: Event) {
@@ -267,10 +285,22 @@ impl Sim {
     /// A problem on `index`: its report has a few chunks, some shared with other nodes'
     /// reports of the same signature (the same binary), some its own.
     fn inject(&mut self, index: usize, signature: &str, serial: u32) -> ReportId {
+        let own_chunks = 1 + self.rng.range_u64(0, 3);
+        self.inject_with_chunks(index, signature, serial, own_chunks)
+    }
+
+    /// [`Sim::inject`] with `own_chunks` chunks besides the shared one.
+    fn inject_with_chunks(
+        &mut self,
+        index: usize,
+        signature: &str,
+        serial: u32,
+        own_chunks: u64,
+    ) -> ReportId {
         let id = self.nodes[index].id.clone();
         let report_id = ReportId::new(format!("{id}-{serial}"));
         let mut chunks = vec![format!("shared chunk of {signature}").into_bytes()];
-        for part in 0..(1 + self.rng.range_u64(0, 3)) {
+        for part in 0..own_chunks {
             chunks.push(format!("{report_id} part {part} {}", self.rng.next_u64()).into_bytes());
         }
         let announcement = Announcement {
@@ -295,7 +325,7 @@ impl Sim {
                 uploaded: false,
             },
         );
-        if let Some(node) = self.nodes[index].node.as_mut() {
+        if let Some(node) = self.nodes[index].node_mut() {
             node.announce(self.now_ms, announcement)
                 .expect("queue has room");
             self.drain(index);
@@ -303,40 +333,25 @@ impl Sim {
         report_id
     }
 
-    /// Carries out a node's outputs as its shell would.
+    /// Carries out a node's outputs through the shared driver, with this harness as shell.
     fn drain(&mut self, index: usize) {
-        loop {
-            let Some(node) = self.nodes[index].node.as_mut() else {
-                return;
-            };
-            let Some(output) = node.poll_output() else {
-                return;
-            };
-            match output {
-                NodeOutput::Persist(vote) => {
-                    let old = &self.nodes[index].persisted;
-                    assert!(vote.term >= old.term, "seed {}: term went back", self.seed);
-                    if vote.term == old.term && old.voted_for.is_some() {
-                        assert_eq!(
-                            vote.voted_for, old.voted_for,
-                            "seed {}: two votes in term {}",
-                            self.seed, vote.term
-                        );
-                    }
-                    self.nodes[index].persisted = vote;
-                }
-                NodeOutput::Transmit { to, bytes } => {
-                    let to = self
-                        .nodes
-                        .iter()
-                        .position(|node| node.id == to)
-                        .expect("a member");
-                    self.transmit(index, to, bytes.to_vec());
-                }
-                NodeOutput::AggregatorChanged { .. } | NodeOutput::Membership(_) => {}
-                NodeOutput::Consolidation(output) => self.carry_out(index, output),
-            }
-        }
+        let Some(mut driver) = self.nodes[index].driver.take() else {
+            return;
+        };
+        let (now_ms, seed) = (self.now_ms, self.seed);
+        // The driver's own checks panic without the seed: name it, to replay the run.
+        let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            driver.release(now_ms, &mut TestShell { sim: self, index })
+        }))
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()));
+            panic!("seed {seed}: {}", message.unwrap_or_default())
+        });
+        assert_eq!(released, Released::Idle, "seed {seed}: a synchronous shell");
+        self.nodes[index].driver = Some(driver);
     }
 
     fn transmit(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
@@ -352,197 +367,34 @@ impl Sim {
         self.schedule(self.now_ms + latency_ms, Event::Deliver { from, to, bytes });
     }
 
-    fn send(&mut self, index: usize, to: &NodeId, message: Message) {
+    /// Sends an upload to the fake endpoint, which answers after its latency.
+    fn call_endpoint(
+        &mut self,
+        index: usize,
+        upload_id: u64,
+        fence: &Fence,
+        signature: String,
+        full: Option<ReportId>,
+        incidents: Vec<IncidentRecord>,
+    ) {
         let now_ms = self.now_ms;
-        self.nodes[index]
-            .node
-            .as_mut()
-            .unwrap()
-            .send(now_ms, to, message)
-            .expect("valid message");
-    }
-
-    fn carry_out(&mut self, index: usize, output: ConsolidationOutput) {
-        let now_ms = self.now_ms;
-        match output {
-            ConsolidationOutput::ServeReport { to, report_id } => {
-                let message = match self.chunks_of(index, &report_id) {
-                    Some(chunks) => {
-                        let chunk_ids: Vec<ChunkId> =
-                            chunks.iter().map(|chunk| ChunkId::of(chunk)).collect();
-                        assert!(chunk_ids.len() <= CHUNK_IDS_PER_MESSAGE_MAX);
-                        Message::ReportChunks {
-                            report_id: report_id.clone(),
-                            report_bytes: chunks.iter().map(|chunk| chunk.len() as u64).sum(),
-                            chunk_count: chunk_ids.len() as u32,
-                            offset: 0,
-                            chunk_ids,
-                        }
-                    }
-                    None => Message::ReportUnavailable { report_id },
-                };
-                self.send(index, &to, message);
-            }
-            ConsolidationOutput::ServeChunks {
-                to,
-                report_id,
-                chunk_ids,
-            } => {
-                let Some(chunks) = self.chunks_of(index, &report_id) else {
-                    return;
-                };
-                let chunks: Vec<Vec<u8>> = chunks
-                    .iter()
-                    .filter(|chunk| chunk_ids.contains(&ChunkId::of(chunk)))
-                    .cloned()
-                    .collect();
-                for bytes in chunks {
-                    let chunk_id = ChunkId::of(&bytes);
-                    self.send(
-                        index,
-                        &to,
-                        Message::ChunkData {
-                            report_id: report_id.clone(),
-                            chunk_id,
-                            bytes: bytes.into(),
-                        },
-                    );
-                }
-            }
-            ConsolidationOutput::ChunksOffered {
-                report_id,
-                chunk_ids,
-            } => {
-                let missing: Vec<ChunkId> = chunk_ids
-                    .into_iter()
-                    .filter(|chunk| !self.nodes[index].chunks.contains(chunk))
-                    .collect();
-                self.nodes[index]
-                    .node
-                    .as_mut()
-                    .unwrap()
-                    .chunks_missing(now_ms, &report_id, missing);
-            }
-            ConsolidationOutput::StoreChunk {
-                chunk_id, bytes, ..
-            } => {
-                assert_eq!(ChunkId::of(&bytes), chunk_id);
-                self.nodes[index].chunks.insert(chunk_id);
-            }
-            ConsolidationOutput::UploadReport(upload) => {
-                // The full report must be in this node's store before it goes up.
-                let origin = self
-                    .nodes
-                    .iter()
-                    .find(|node| node.id == upload.first.node)
-                    .unwrap();
-                let report = &origin.reports[&upload.first.report_id];
-                for chunk in &report.chunks {
-                    assert!(
-                        self.nodes[index].chunks.contains(&ChunkId::of(chunk)),
-                        "seed {}: uploading {} without its chunks",
-                        self.seed,
-                        upload.first.report_id
-                    );
-                }
-                for (peer, bundle) in &upload.peer_logs {
-                    let holder = self.nodes.iter().find(|node| &node.id == peer).unwrap();
-                    for chunk in &holder.log_bundles[bundle] {
-                        assert!(
-                            self.nodes[index].chunks.contains(&ChunkId::of(chunk)),
-                            "seed {}: uploading the logs of {peer} without their chunks",
-                            self.seed
-                        );
-                    }
-                    self.peer_logs_uploaded
-                        .entry(upload.signature.clone())
-                        .or_default()
-                        .insert(peer.clone());
-                }
-                assert_eq!(upload.fence.cluster_id, self.cluster_id);
-                self.full_upload_calls += 1;
-                self.upload_calls.push((now_ms, index, upload.fence.term));
-                let process = self.nodes[index].process;
-                self.schedule(
-                    now_ms + self.faults.endpoint_latency_ms,
-                    Event::EndpointCall {
-                        node: index,
-                        process,
-                        upload_id: upload.upload_id,
-                        term: upload.fence.term,
-                        signature: upload.signature,
-                        full: Some(upload.first.report_id),
-                        incidents: upload
-                            .incidents
-                            .into_iter()
-                            .map(|incident| incident.report_id)
-                            .collect(),
-                    },
-                );
-            }
-            ConsolidationOutput::UploadIncidents(upload) => {
-                self.upload_calls.push((now_ms, index, upload.fence.term));
-                let process = self.nodes[index].process;
-                self.schedule(
-                    now_ms + self.faults.endpoint_latency_ms,
-                    Event::EndpointCall {
-                        node: index,
-                        process,
-                        upload_id: upload.upload_id,
-                        term: upload.fence.term,
-                        signature: upload.signature,
-                        full: None,
-                        incidents: upload
-                            .incidents
-                            .into_iter()
-                            .map(|incident| incident.report_id)
-                            .collect(),
-                    },
-                );
-            }
-            ConsolidationOutput::Uploaded { report_id } => {
-                assert!(
-                    self.endpoint
-                        .problems
-                        .values()
-                        .any(|problem| problem.incidents.contains(&report_id)),
-                    "seed {}: told uploaded but the endpoint lacks {report_id}",
-                    self.seed
-                );
-                if let Some(report) = self.nodes[index].reports.get_mut(&report_id) {
-                    report.uploaded = true;
-                }
-            }
-            ConsolidationOutput::ServeLogs {
-                to,
-                term,
+        self.upload_calls.push((now_ms, index, fence.term));
+        let process = self.nodes[index].process;
+        self.schedule(
+            now_ms + self.faults.endpoint_latency_ms,
+            Event::EndpointCall {
+                node: index,
+                process,
+                upload_id,
+                term: fence.term,
                 signature,
-                window_start_ms,
-                window_end_ms,
-                ..
-            } => {
-                let id = self.nodes[index].id.clone();
-                let bundle = ReportId::new(format!("logs.{id}.{signature}.{window_start_ms}"));
-                let log = format!("{id} log of {window_start_ms}..{window_end_ms}").into_bytes();
-                self.nodes[index]
-                    .log_bundles
-                    .insert(bundle.clone(), vec![log]);
-                self.send(
-                    index,
-                    &to,
-                    Message::LogReady {
-                        term,
-                        signature,
-                        bundle: Some(bundle),
-                    },
-                );
-            }
-            ConsolidationOutput::Feedback { signature, .. } => {
-                self.nodes[index].feedback.insert(signature);
-            }
-            ConsolidationOutput::Fenced { .. } => {}
-            ConsolidationOutput::Send { .. } => unreachable!("the node turns sends into transmits"),
-        }
+                full,
+                incidents: incidents
+                    .into_iter()
+                    .map(|incident| incident.report_id)
+                    .collect(),
+            },
+        );
     }
 
     /// The chunks of a report or a log bundle this node holds.
@@ -561,7 +413,7 @@ impl Sim {
             .next()
             .map_or(u64::MAX, |(at_ms, _)| *at_ms);
         for sim_node in &self.nodes {
-            if let Some(node) = &sim_node.node {
+            if let Some(node) = sim_node.node() {
                 next = next.min(node.next_deadline_ms());
             }
         }
@@ -587,7 +439,7 @@ impl Sim {
             match entry.remove() {
                 Event::Deliver { from, to, bytes } => {
                     let from_id = self.nodes[from].id.clone();
-                    if let Some(node) = self.nodes[to].node.as_mut() {
+                    if let Some(node) = self.nodes[to].node_mut() {
                         node.handle_datagram(now_ms, &from_id, &bytes.into())
                             .expect("peer bytes are valid");
                         self.drain(to);
@@ -624,7 +476,7 @@ impl Sim {
                     outcome,
                 } => {
                     let same_process = self.nodes[node].process == process;
-                    if let Some(running) = self.nodes[node].node.as_mut().filter(|_| same_process) {
+                    if let Some(running) = self.nodes[node].node_mut().filter(|_| same_process) {
                         running.upload_finished(now_ms, upload_id, outcome);
                         if outcome == UploadOutcome::Acked {
                             running.upload_feedback(
@@ -645,15 +497,10 @@ impl Sim {
         }
         for index in 0..self.nodes.len() {
             let due = self.nodes[index]
-                .node
-                .as_ref()
+                .node()
                 .is_some_and(|node| node.next_deadline_ms() <= now_ms);
             if due {
-                self.nodes[index]
-                    .node
-                    .as_mut()
-                    .unwrap()
-                    .handle_timeout(now_ms);
+                self.nodes[index].node_mut().unwrap().handle_timeout(now_ms);
                 self.drain(index);
             }
         }
@@ -663,7 +510,9 @@ impl Sim {
     /// At most one aggregator per term, ever.
     fn check_safety(&mut self) {
         for sim_node in &self.nodes {
-            let Some(node) = &sim_node.node else { continue };
+            let Some(node) = sim_node.node() else {
+                continue;
+            };
             if node.election().role() == Role::Aggregator {
                 let term = node.election().term();
                 let holder = self
@@ -704,8 +553,7 @@ impl Sim {
         (0..self.nodes.len())
             .filter(|&i| {
                 self.nodes[i]
-                    .node
-                    .as_ref()
+                    .node()
                     .is_some_and(|node| node.election().role() == Role::Aggregator)
             })
             .collect()
@@ -721,7 +569,7 @@ impl Sim {
         let everyone = self
             .nodes
             .iter()
-            .filter_map(|sim_node| sim_node.node.as_ref())
+            .filter_map(|sim_node| sim_node.node())
             .all(|node| node.election().aggregator() == Some(leader));
         everyone.then_some(aggregators[0])
     }
@@ -740,7 +588,7 @@ impl Sim {
             && self
                 .nodes
                 .iter()
-                .filter_map(|sim_node| sim_node.node.as_ref())
+                .filter_map(|sim_node| sim_node.node())
                 .all(|node| node.consolidation().pending_len() == 0)
     }
 
@@ -770,6 +618,163 @@ impl Sim {
     }
 }
 
+/// One node's shell in this harness: the in-test network, the node's spool and chunk
+/// store (in memory), the fake endpoint. It answers every read at once.
+struct TestShell<'a> {
+    sim: &'a mut Sim,
+    index: usize,
+}
+
+impl Shell for TestShell<'_> {
+    fn stopped(&self) -> bool {
+        false
+    }
+
+    fn persist(&mut self, _token: PersistToken, vote: &PersistedVote) -> Persisting {
+        let seed = self.sim.seed;
+        let old = &self.sim.nodes[self.index].persisted;
+        assert!(vote.term >= old.term, "seed {seed}: term went back");
+        if vote.term == old.term && old.voted_for.is_some() {
+            assert_eq!(
+                vote.voted_for, old.voted_for,
+                "seed {seed}: two votes in term {}",
+                vote.term
+            );
+        }
+        self.sim.nodes[self.index].persisted = vote.clone();
+        Persisting::Durable
+    }
+
+    fn transmit(&mut self, to: NodeId, bytes: Encoded) {
+        let to = self
+            .sim
+            .nodes
+            .iter()
+            .position(|node| node.id == to)
+            .expect("a member");
+        self.sim.transmit(self.index, to, bytes.to_vec());
+    }
+
+    fn read_report(&mut self, request: ReportRequest) -> Answer<ReportRead> {
+        let chunks = self.sim.chunks_of(self.index, &request.report_id);
+        Answer::Now(chunks.map_or(ReportRead::Unavailable, |chunks| {
+            ReportRead::of_chunks(&chunks)
+        }))
+    }
+
+    fn read_chunks(&mut self, request: ChunksRequest) -> Answer<Vec<(ChunkId, bytes::Bytes)>> {
+        let chunks = self.sim.chunks_of(self.index, &request.report_id);
+        Answer::Now(request.wanted_among(chunks.unwrap_or_default()))
+    }
+
+    fn gather_logs(&mut self, request: LogsRequest) -> Answer<Option<ReportId>> {
+        let node = &mut self.sim.nodes[self.index];
+        let (start_ms, end_ms) = (request.window_start_ms, request.window_end_ms);
+        let bundle = ReportId::new(format!("logs.{}.{}.{start_ms}", node.id, request.signature));
+        let log = format!("{} log of {start_ms}..{end_ms}", node.id).into_bytes();
+        node.log_bundles.insert(bundle.clone(), vec![log]);
+        Answer::Now(Some(bundle))
+    }
+
+    fn chunks_offered(&mut self, _: ReportId, mut chunk_ids: Vec<ChunkId>) -> Answer<Vec<ChunkId>> {
+        chunk_ids.retain(|chunk| !self.sim.nodes[self.index].chunks.contains(chunk));
+        Answer::Now(chunk_ids)
+    }
+
+    fn store_chunk(&mut self, _report_id: ReportId, chunk_id: ChunkId, bytes: bytes::Bytes) {
+        assert_eq!(ChunkId::of(&bytes), chunk_id);
+        self.sim.nodes[self.index].chunks.insert(chunk_id);
+    }
+
+    fn upload_report(&mut self, upload: UploadReport) {
+        let (sim, index) = (&mut *self.sim, self.index);
+        // The full report must be in this node's store before it goes up.
+        let origin = sim
+            .nodes
+            .iter()
+            .find(|node| node.id == upload.first.node)
+            .unwrap();
+        let report = &origin.reports[&upload.first.report_id];
+        for chunk in &report.chunks {
+            assert!(
+                sim.nodes[index].chunks.contains(&ChunkId::of(chunk)),
+                "seed {}: uploading {} without its chunks",
+                sim.seed,
+                upload.first.report_id
+            );
+        }
+        for (peer, bundle) in &upload.peer_logs {
+            let holder = sim.nodes.iter().find(|node| &node.id == peer).unwrap();
+            for chunk in &holder.log_bundles[bundle] {
+                assert!(
+                    sim.nodes[index].chunks.contains(&ChunkId::of(chunk)),
+                    "seed {}: uploading the logs of {peer} without their chunks",
+                    sim.seed
+                );
+            }
+            sim.peer_logs_uploaded
+                .entry(upload.signature.clone())
+                .or_default()
+                .insert(peer.clone());
+        }
+        assert_eq!(upload.fence.cluster_id, sim.cluster_id);
+        sim.full_upload_calls += 1;
+        sim.call_endpoint(
+            index,
+            upload.upload_id,
+            &upload.fence,
+            upload.signature,
+            Some(upload.first.report_id),
+            upload.incidents,
+        );
+    }
+
+    fn upload_incidents(&mut self, upload: UploadIncidents) {
+        self.sim.call_endpoint(
+            self.index,
+            upload.upload_id,
+            &upload.fence,
+            upload.signature,
+            None,
+            upload.incidents,
+        );
+    }
+
+    fn uploaded(&mut self, report_id: ReportId) {
+        assert!(
+            self.sim
+                .endpoint
+                .problems
+                .values()
+                .any(|problem| problem.incidents.contains(&report_id)),
+            "seed {}: told uploaded but the endpoint lacks {report_id}",
+            self.sim.seed
+        );
+        if let Some(report) = self.sim.nodes[self.index].reports.get_mut(&report_id) {
+            report.uploaded = true;
+        }
+    }
+
+    fn notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::Feedback { signature, .. } => {
+                self.sim.nodes[self.index].feedback.insert(signature);
+            }
+            Notice::AnswerRefused(error) => {
+                panic!(
+                    "seed {}: the node refused an answer: {error}",
+                    self.sim.seed
+                )
+            }
+            Notice::AggregatorChanged { .. }
+            | Notice::MemberUp(_)
+            | Notice::MemberDown(_)
+            | Notice::Rejoined { .. }
+            | Notice::Fenced { .. } => {}
+        }
+    }
+}
+
 #[test]
 fn three_and_five_nodes_elect_exactly_one_aggregator_over_200_seeds() {
     let mut slowest_ms = 0;
@@ -782,11 +787,11 @@ fn three_and_five_nodes_elect_exactly_one_aggregator_over_200_seeds() {
             slowest_ms = slowest_ms.max(took_ms);
             // And it holds: nobody else takes over while nothing fails.
             let leader = sim.agreed_aggregator().unwrap();
-            let term = sim.nodes[leader].node.as_ref().unwrap().election().term();
+            let term = sim.nodes[leader].node().unwrap().election().term();
             sim.run_until_ms(sim.now_ms + 20_000);
             assert_eq!(sim.agreed_aggregator(), Some(leader), "seed {seed}");
             assert_eq!(
-                sim.nodes[leader].node.as_ref().unwrap().election().term(),
+                sim.nodes[leader].node().unwrap().election().term(),
                 term,
                 "seed {seed}"
             );
@@ -826,7 +831,7 @@ fn a_minority_partition_elects_nobody_and_all_agree_after_healing() {
         while sim.now_ms < partitioned_until_ms {
             sim.step();
             for minority in [0, 1] {
-                let election = sim.nodes[minority].node.as_ref().unwrap().election();
+                let election = sim.nodes[minority].node().unwrap().election();
                 assert_ne!(
                     election.role(),
                     Role::Aggregator,
@@ -846,7 +851,7 @@ fn a_minority_partition_elects_nobody_and_all_agree_after_healing() {
             "seed {seed}: the majority elected {majority_leader:?}"
         );
         let leader = majority_leader[0];
-        let leader_term = sim.nodes[leader].node.as_ref().unwrap().election().term();
+        let leader_term = sim.nodes[leader].node().unwrap().election().term();
         // The same problem everywhere while cut: the majority's go up, the minority's wait.
         for index in 0..5 {
             sim.inject(index, "v1:cut", 1);
@@ -865,7 +870,7 @@ fn a_minority_partition_elects_nobody_and_all_agree_after_healing() {
             Some(leader),
             "seed {seed}: healing replaced the majority's aggregator"
         );
-        let term_after = sim.nodes[leader].node.as_ref().unwrap().election().term();
+        let term_after = sim.nodes[leader].node().unwrap().election().term();
         assert_eq!(
             term_after, leader_term,
             "seed {seed}: healing disrupted the aggregator's term"
@@ -908,6 +913,23 @@ fn the_same_problem_on_every_node_goes_up_once_with_every_incident() {
                     .all(|node| node.feedback.contains("v1:same-bug"))
             });
         }
+    }
+}
+
+/// A chunk list longer than one message goes in pages, and the chunks wanted in several
+/// `ChunkWant`s: the protocol pages both, whatever the shell.
+#[test]
+fn a_report_of_more_chunks_than_a_page_goes_up_whole() {
+    for seed in 0..10 {
+        let mut sim = Sim::new(seed, 3, Faults::none());
+        sim.run_until(10_000, "first election", |sim| {
+            sim.agreed_aggregator().is_some()
+        });
+        let big = 2 * CHUNK_IDS_PER_MESSAGE_MAX as u64 + 7;
+        sim.inject_with_chunks(1, "v1:big-report", 1, big);
+        sim.run_until(20_000, "the big report uploaded", |sim| sim.all_uploaded());
+        sim.check_endpoint(1);
+        assert_eq!(sim.full_upload_calls, 1, "seed {seed}");
     }
 }
 
@@ -1060,7 +1082,7 @@ fn swim_sees_a_killed_node_go_down_and_everyone_alive() {
         let mut sim = Sim::new(seed, 5, Faults::none());
         sim.run_until_ms(5_000);
         for index in 0..5 {
-            let members = sim.nodes[index].node.as_ref().unwrap().status().members;
+            let members = sim.nodes[index].node().unwrap().status().members;
             assert_eq!(members.len(), 5, "seed {seed}: {members:?}");
             assert!(
                 members
@@ -1073,8 +1095,7 @@ fn swim_sees_a_killed_node_go_down_and_everyone_alive() {
         sim.run_until(15_000, "node-4 declared down everywhere", |sim| {
             (0..4).all(|index| {
                 sim.nodes[index]
-                    .node
-                    .as_ref()
+                    .node()
                     .unwrap()
                     .status()
                     .members
@@ -1137,7 +1158,7 @@ fn hostile_datagrams_are_refused_and_the_node_carries_on() {
     });
     let now_ms = sim.now_ms;
     let peer = NodeId::new("node-1");
-    let node = sim.nodes[0].node.as_mut().unwrap();
+    let node = sim.nodes[0].node_mut().unwrap();
     let envelope = |cluster: &str, from: &str| {
         crashmesh_protocol::wire::encode(&crashmesh_protocol::wire::Envelope {
             cluster_id: ClusterId::new(cluster),

@@ -2,11 +2,12 @@
 
 use crashmesh_protocol::ProblemKind;
 use crashmesh_protocol::consolidation::{
-    Consolidation, ConsolidationConfig, ConsolidationError, ConsolidationOutput, ConsolidationRole,
-    UploadOutcome,
+    ChunksRequest, Consolidation, ConsolidationConfig, ConsolidationError, ConsolidationOutput,
+    ConsolidationRole, LogsRequest, ReportRead, ReportRequest, UploadOutcome,
 };
 use crashmesh_protocol::wire::{
-    Announcement, ChunkId, ClusterId, Message, NodeId, ReportId, UploadState,
+    Announcement, CHUNK_BYTES_MAX, CHUNK_IDS_PER_MESSAGE_MAX, CHUNKS_PER_REPORT_MAX, ChunkId,
+    ClusterId, Message, NodeId, ReportId, UploadState,
 };
 
 fn announcement(node: &str, report: &str, signature: &str) -> Announcement {
@@ -165,6 +166,204 @@ fn a_chunk_list_arrives_in_pages_and_an_out_of_order_page_is_not_taken() {
             report_id: ReportId::new("r1"),
             chunk_ids: ids
         }]
+    );
+}
+
+/// The origin's side of a fetch: the shell reads, the protocol pages what it read.
+fn origin_serving(message: Message) -> (Consolidation, Vec<ConsolidationOutput>) {
+    let mut origin = Consolidation::new(
+        NodeId::new("n1"),
+        ConsolidationConfig::new(ClusterId::new("c")),
+    );
+    origin.handle_message(10, &NodeId::new("agg"), &message);
+    let asked = outputs(&mut origin);
+    (origin, asked)
+}
+
+/// The messages among `outputs`, each checked to go to the aggregator.
+fn messages_to_agg(outputs: Vec<ConsolidationOutput>) -> Vec<Message> {
+    outputs
+        .into_iter()
+        .map(|output| match output {
+            ConsolidationOutput::Send { to, message } if to == NodeId::new("agg") => message,
+            other => panic!("not a message to the aggregator: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn the_origin_pages_a_chunk_list_its_shell_read_and_the_aggregator_takes_it_whole() {
+    let fetch = Message::FetchReport {
+        term: 3,
+        report_id: ReportId::new("r1"),
+    };
+    let (mut origin, asked) = origin_serving(fetch);
+    let request = ReportRequest {
+        to: NodeId::new("agg"),
+        report_id: ReportId::new("r1"),
+    };
+    assert_eq!(
+        asked,
+        vec![ConsolidationOutput::ReadReport(request.clone())]
+    );
+    let count = 2 * CHUNK_IDS_PER_MESSAGE_MAX + 5;
+    let ids: Vec<ChunkId> = (0..count as u32)
+        .map(|i| ChunkId::of(&i.to_le_bytes()))
+        .collect();
+    let found = ReportRead::Found {
+        report_bytes: 77,
+        chunk_ids: ids.clone(),
+    };
+    origin.report_read(request.clone(), found).unwrap();
+    let pages = messages_to_agg(outputs(&mut origin));
+    let offsets: Vec<(u32, usize)> = pages
+        .iter()
+        .map(|page| match page {
+            Message::ReportChunks {
+                chunk_count: 2_053,
+                report_bytes: 77,
+                offset,
+                chunk_ids,
+                ..
+            } => (*offset, chunk_ids.len()),
+            other => panic!("not a page of the list: {other:?}"),
+        })
+        .collect();
+    assert_eq!(offsets, vec![(0, 1024), (1024, 1024), (2048, 5)]);
+    let mut aggregator = aggregator_with("r1", "n1");
+    aggregator.handle_timeout(1_000);
+    outputs(&mut aggregator);
+    for page in &pages {
+        aggregator.handle_message(1_010, &NodeId::new("n1"), page);
+    }
+    assert_eq!(
+        outputs(&mut aggregator),
+        vec![ConsolidationOutput::ChunksOffered {
+            report_id: ReportId::new("r1"),
+            chunk_ids: ids
+        }]
+    );
+    // An empty report is one empty page; a missing one is unavailable; one longer than a
+    // report may be is unavailable too, and the shell is told why.
+    let empty = ReportRead::Found {
+        report_bytes: 0,
+        chunk_ids: vec![],
+    };
+    origin.report_read(request.clone(), empty).unwrap();
+    origin
+        .report_read(request.clone(), ReportRead::Unavailable)
+        .unwrap();
+    let too_long = ReportRead::Found {
+        report_bytes: 1,
+        chunk_ids: vec![ChunkId::of(b"x"); CHUNKS_PER_REPORT_MAX + 1],
+    };
+    assert!(matches!(
+        origin.report_read(request, too_long),
+        Err(ConsolidationError::InvalidAnswer(_))
+    ));
+    let unavailable = Message::ReportUnavailable {
+        report_id: ReportId::new("r1"),
+    };
+    assert_eq!(
+        messages_to_agg(outputs(&mut origin)),
+        vec![
+            Message::ReportChunks {
+                report_id: ReportId::new("r1"),
+                report_bytes: 0,
+                chunk_count: 0,
+                offset: 0,
+                chunk_ids: vec![],
+            },
+            unavailable.clone(),
+            unavailable,
+        ]
+    );
+}
+
+#[test]
+fn the_origin_sends_each_chunk_read_as_its_own_message_and_refuses_an_oversized_one() {
+    let chunks: Vec<bytes::Bytes> = ["one", "two", "three"]
+        .iter()
+        .map(|text| bytes::Bytes::from(text.as_bytes().to_vec()))
+        .collect();
+    let ids: Vec<ChunkId> = chunks.iter().map(|chunk| ChunkId::of(chunk)).collect();
+    let want = Message::ChunkWant {
+        report_id: ReportId::new("r1"),
+        chunk_ids: ids.clone(),
+    };
+    let (mut origin, asked) = origin_serving(want);
+    assert_eq!(
+        asked,
+        vec![ConsolidationOutput::ReadChunks(ChunksRequest {
+            to: NodeId::new("agg"),
+            report_id: ReportId::new("r1"),
+            chunk_ids: ids.clone(),
+        })]
+    );
+    let (agg, r1) = (NodeId::new("agg"), ReportId::new("r1"));
+    // Answered in two batches, as a shell short of memory does; the third chunk is
+    // over the limit of a message.
+    let oversized = bytes::Bytes::from(vec![0; CHUNK_BYTES_MAX + 1]);
+    let first = vec![(ids[0], chunks[0].clone())];
+    origin.chunks_read(&agg, &r1, first).unwrap();
+    let second = vec![(ids[1], chunks[1].clone()), (ids[2], oversized)];
+    assert!(matches!(
+        origin.chunks_read(&agg, &r1, second),
+        Err(ConsolidationError::InvalidAnswer(_))
+    ));
+    let sent = messages_to_agg(outputs(&mut origin));
+    assert_eq!(sent.len(), 2);
+    for (message, chunk) in sent.iter().zip(&chunks) {
+        let Message::ChunkData {
+            bytes, chunk_id, ..
+        } = message
+        else {
+            panic!("not chunk data: {message:?}");
+        };
+        assert_eq!(*chunk_id, ChunkId::of(chunk));
+        // The bytes the shell read, shared rather than copied.
+        assert_eq!(bytes.as_ptr(), chunk.as_ptr());
+    }
+}
+
+#[test]
+fn the_origin_answers_a_log_request_with_the_bundle_its_shell_gathered() {
+    let asking = Message::LogRequest {
+        term: 3,
+        signature: "v1:s".into(),
+        kind: ProblemKind::Python,
+        window_start_ms: 100,
+        window_end_ms: 200,
+    };
+    let (mut origin, asked) = origin_serving(asking);
+    let request = LogsRequest {
+        to: NodeId::new("agg"),
+        term: 3,
+        signature: "v1:s".into(),
+        kind: ProblemKind::Python,
+        window_start_ms: 100,
+        window_end_ms: 200,
+    };
+    assert_eq!(
+        asked,
+        vec![ConsolidationOutput::GatherLogs(request.clone())]
+    );
+    let ready = |bundle: Option<&str>| Message::LogReady {
+        term: 3,
+        signature: "v1:s".into(),
+        bundle: bundle.map(ReportId::new),
+    };
+    let bundle = Some(ReportId::new("logs.n1.1"));
+    origin.logs_gathered(request.clone(), bundle).unwrap();
+    origin.logs_gathered(request.clone(), None).unwrap();
+    let unnamed = Some(ReportId::new(""));
+    assert!(matches!(
+        origin.logs_gathered(request, unnamed),
+        Err(ConsolidationError::InvalidAnswer(_))
+    ));
+    assert_eq!(
+        messages_to_agg(outputs(&mut origin)),
+        vec![ready(Some("logs.n1.1")), ready(None), ready(None)]
     );
 }
 

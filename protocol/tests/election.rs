@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crashmesh_protocol::election::{
-    Election, ElectionConfig, ElectionConfigError, ElectionOutput, PersistedVote, Role,
+    Election, ElectionConfig, ElectionConfigError, ElectionOutput, PersistedVote, Role, VoteNeeded,
 };
 use crashmesh_protocol::wire::{Message, NodeId};
 
@@ -315,4 +315,60 @@ fn bad_configs_are_refused() {
         Election::new(ids[0].clone(), long_lease, PersistedVote::default(), 1, 0),
         Err(ElectionConfigError::InvalidTimings(_))
     ));
+}
+
+#[test]
+fn each_election_message_names_the_durable_vote_it_rests_on() {
+    let (a, b) = (NodeId::new("a"), NodeId::new("b"));
+    let vote = |term, voted_for: Option<&NodeId>| PersistedVote {
+        term,
+        voted_for: voted_for.cloned(),
+    };
+    let granted = VoteNeeded::of(
+        &b,
+        &Message::Vote {
+            term: 4,
+            granted: true,
+        },
+    )
+    .unwrap();
+    assert!(
+        !granted.is_met_by(&vote(4, None)),
+        "the vote itself not on disk"
+    );
+    assert!(!granted.is_met_by(&vote(3, Some(&b))));
+    assert!(!granted.is_met_by(&vote(4, Some(&a))));
+    assert!(granted.is_met_by(&vote(4, Some(&b))));
+    assert!(granted.is_met_by(&vote(5, None)));
+    let refused = VoteNeeded::of(
+        &b,
+        &Message::Vote {
+            term: 4,
+            granted: false,
+        },
+    )
+    .unwrap();
+    assert!(refused.is_met_by(&vote(4, None)));
+    assert!(!refused.is_met_by(&vote(3, Some(&b))));
+    let candidacy = Message::RequestVote {
+        term: 2,
+        candidate: a.clone(),
+    };
+    assert_eq!(
+        VoteNeeded::of(&b, &candidacy),
+        Some(VoteNeeded {
+            term: 2,
+            voted_for: Some(a.clone())
+        })
+    );
+    let asking = Message::PreVote {
+        term: 2,
+        candidate: a.clone(),
+    };
+    assert_eq!(VoteNeeded::of(&b, &asking), None);
+    let fetch = Message::FetchReport {
+        term: 2,
+        report_id: crashmesh_protocol::wire::ReportId::new("r1"),
+    };
+    assert_eq!(VoteNeeded::of(&b, &fetch), None);
 }

@@ -150,7 +150,7 @@ impl Sim {
             }
             FaultAction::Kill { prefer_aggregator } => {
                 let index = self.pick_node(prefer_aggregator);
-                if self.nodes[index].node.is_some() {
+                if self.nodes[index].driver.is_some() {
                     self.faults.add(FaultKind::NodeKill, 1);
                     self.kill(index);
                     let restart_ms = self.now_ms + self.rng.range_u64(500, 10_000);
@@ -247,7 +247,7 @@ impl Sim {
             self.resume(index);
         }
         for index in 0..self.nodes.len() {
-            if self.nodes[index].node.is_none() {
+            if self.nodes[index].driver.is_none() {
                 self.start(index);
             }
         }

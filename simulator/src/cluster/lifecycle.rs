@@ -11,7 +11,7 @@ impl Sim {
     /// store opens (recovery), the vote and the incidents are read back and re-announced.
     pub(super) fn start(&mut self, index: usize) {
         self.nodes[index].restart_scheduled = false;
-        if self.nodes[index].node.is_some() {
+        if self.nodes[index].driver.is_some() {
             return;
         }
         let sim_node = &mut self.nodes[index];
@@ -58,12 +58,12 @@ impl Sim {
             .seed
             .wrapping_mul(1_000_003)
             .wrapping_add(index as u64 * 7_919 + process);
-        let node = match Node::new(config, vote.clone(), node_seed, now_local) {
-            Ok(node) => node,
+        let driver = match Driver::new(config, vote.clone(), node_seed, now_local) {
+            Ok(driver) => driver,
             Err(error) => panic!("the simulator's node config is invalid: {error}"),
         };
         let sim_node = &mut self.nodes[index];
-        sim_node.node = Some(node);
+        sim_node.driver = Some(driver);
         sim_node.store = Some(store);
         sim_node.durable_vote = vote;
         sim_node.held_chunks.clear();
@@ -77,7 +77,7 @@ impl Sim {
             "node-{index} started (process {process}, {count} incidents in its spool)"
         ));
         for announcement in announcements {
-            if let Some(node) = self.nodes[index].node.as_mut()
+            if let Some(node) = self.nodes[index].node_mut()
                 && let Err(error) = node.announce(now_local, announcement)
             {
                 tracing::debug!(%error, "re-announcement refused");
@@ -89,11 +89,11 @@ impl Sim {
     /// The process dies (`kill -9`): unsynced writes are lost with the disk's crash.
     pub(super) fn kill(&mut self, index: usize) {
         let sim_node = &mut self.nodes[index];
-        if sim_node.node.is_none() {
+        if sim_node.driver.is_none() {
             return;
         }
         sim_node.disk.faulty().crash();
-        sim_node.node = None;
+        sim_node.driver = None;
         sim_node.store = None;
         sim_node.paused = false;
         sim_node.timer_at_ms = None;
@@ -123,7 +123,7 @@ impl Sim {
             let term = self
                 .nodes
                 .iter()
-                .filter_map(|node| node.node.as_ref())
+                .filter_map(|node| node.node())
                 .map(|node| node.election().term())
                 .max()
                 .unwrap_or(0);

@@ -8,22 +8,24 @@
 //! and endpoint back), and the cluster must converge — one agreed aggregator, every
 //! acknowledged incident at the endpoint, no node with pending incidents — within a bound.
 //!
-//! The shell rules are the daemon's (`node/src/mesh.rs`): a `Persist` is made durable
-//! (`Store::put_setting`) before any later output is released; any store error makes the
-//! process restart (the store's documented safe reaction); an incident counts as
-//! acknowledged once `record_incident` returned Ok (it is then durable).
+//! The shell rules are the daemon's, because they are the same code: both release a node's
+//! outputs through `protocol`'s [`Driver`] (persist before release, in order; every
+//! message paged by the protocol). The simulator's [`Shell`](crashmesh_protocol::driver::Shell)
+//! makes a vote durable with `Store::put_setting`; any store error makes the process
+//! restart (the store's documented safe reaction); an incident counts as acknowledged once
+//! `record_incident` returned Ok (it is then durable).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
-use crashmesh_protocol::cluster::{Node, NodeConfig, NodeOutput};
-use crashmesh_protocol::consolidation::{ConsolidationOutput, UploadOutcome};
+use crashmesh_protocol::cluster::{Node, NodeConfig};
+use crashmesh_protocol::consolidation::UploadOutcome;
+use crashmesh_protocol::driver::Driver;
 use crashmesh_protocol::election::{PersistedVote, Role};
-use crashmesh_protocol::membership::MembershipOutput;
 use crashmesh_protocol::rng::DeterministicRng;
 use crashmesh_protocol::wire::{
-    Announcement, ChunkId, ClusterId, Label, Message, NodeId, ReportId, UploadState,
+    Announcement, ChunkId, ClusterId, Label, NodeId, ReportId, UploadState,
 };
 use crashmesh_protocol::{Problem, ProblemKind};
 use crashmesh_store::{NewIncident, Store, StoreConfig};
@@ -235,7 +237,8 @@ struct SimNode {
     id: NodeId,
     disk: SimDisk,
     store: Option<Store>,
-    node: Option<Node>,
+    /// The running node and its driver (`None`: the process is dead).
+    driver: Option<Driver>,
     /// Bumped at every start; events for an older process are dropped.
     process: u64,
     clock: NodeClock,
@@ -251,6 +254,16 @@ struct SimNode {
     /// The last vote the store acknowledged as durable.
     durable_vote: PersistedVote,
     serial: u64,
+}
+
+impl SimNode {
+    fn node(&self) -> Option<&Node> {
+        self.driver.as_ref().map(Driver::node)
+    }
+
+    fn node_mut(&mut self) -> Option<&mut Node> {
+        self.driver.as_mut().map(Driver::node_mut)
+    }
 }
 
 struct Acknowledged {
@@ -317,7 +330,7 @@ impl Sim {
                     DISK_CAPACITY_BYTES,
                 ),
                 store: None,
-                node: None,
+                driver: None,
                 process: 0,
                 clock: NodeClock::exact(),
                 paused: false,
@@ -411,7 +424,7 @@ impl Sim {
     }
 
     fn running(&self, index: usize) -> bool {
-        self.nodes[index].node.is_some() && !self.nodes[index].paused
+        self.nodes[index].driver.is_some() && !self.nodes[index].paused
     }
 
     // ---- the event loop -------------------------------------------------------------
@@ -419,7 +432,7 @@ impl Sim {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Deliver { from, to, bytes } => {
-                if self.nodes[to].node.is_none() {
+                if self.nodes[to].driver.is_none() {
                     return;
                 }
                 if self.nodes[to].paused {
@@ -429,7 +442,7 @@ impl Sim {
                 }
                 let now_local = self.local_ms(to);
                 let from_id = self.nodes[from].id.clone();
-                let node = self.nodes[to].node.as_mut().expect("checked above");
+                let node = self.nodes[to].node_mut().expect("checked above");
                 if let Err(error) = node.handle_datagram(now_local, &from_id, &bytes.into()) {
                     tracing::debug!(%error, "datagram refused");
                 }
@@ -445,7 +458,7 @@ impl Sim {
                 }
                 self.nodes[node].timer_at_ms = None;
                 let now_local = self.local_ms(node);
-                let running = self.nodes[node].node.as_mut().expect("running");
+                let running = self.nodes[node].node_mut().expect("running");
                 if running.next_deadline_ms() <= now_local {
                     running.handle_timeout(now_local);
                 }
@@ -457,7 +470,7 @@ impl Sim {
                 upload_id,
                 call,
             } => {
-                if self.nodes[node].process != process || self.nodes[node].node.is_none() {
+                if self.nodes[node].process != process || self.nodes[node].driver.is_none() {
                     // The process died mid-request: the endpoint never sees a whole body.
                     return;
                 }
@@ -507,7 +520,7 @@ impl Sim {
                 upload_id,
                 outcome,
             } => {
-                if self.nodes[node].process != process || self.nodes[node].node.is_none() {
+                if self.nodes[node].process != process || self.nodes[node].driver.is_none() {
                     return;
                 }
                 if self.nodes[node].paused {
@@ -521,7 +534,7 @@ impl Sim {
                     return;
                 }
                 let now_local = self.local_ms(node);
-                let running = self.nodes[node].node.as_mut().expect("checked above");
+                let running = self.nodes[node].node_mut().expect("checked above");
                 running.upload_finished(now_local, upload_id, outcome);
                 self.drain(node);
             }
@@ -535,7 +548,7 @@ impl Sim {
             }
             Event::Fault(action) => self.apply_fault(action),
             Event::Restart { node } => {
-                if self.nodes[node].node.is_none() {
+                if self.nodes[node].driver.is_none() {
                     self.start(node);
                 }
             }
@@ -599,13 +612,13 @@ impl Sim {
         let aggregators: Vec<&SimNode> = self
             .nodes
             .iter()
-            .filter(|node| node.role == Role::Aggregator && node.node.is_some())
+            .filter(|node| node.role == Role::Aggregator && node.driver.is_some())
             .collect();
         let [leader] = aggregators.as_slice() else {
             return false;
         };
         self.nodes.iter().all(|sim_node| {
-            sim_node.node.as_ref().is_some_and(|node| {
+            sim_node.node().is_some_and(|node| {
                 node.election().aggregator() == Some(&leader.id)
                     && node.consolidation().pending_len() == 0
             })

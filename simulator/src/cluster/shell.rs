@@ -1,77 +1,42 @@
-//! The shell around a node, as the daemon's mesh actor is: outputs carried out in order
-//! (persist before release), datagrams handed to the network, chunks served from the
-//! store, uploads sent to the endpoint; and the workload's problems recorded and announced.
+//! The shell around a node, as the daemon's mesh actor is: the shared
+//! [`Driver`](crashmesh_protocol::driver::Driver) releases the node's outputs (persist
+//! before release, in order) through [`SimShell`]: votes into the store, datagrams to the
+//! network, reports read from the store, uploads to the endpoint. And the workload's
+//! problems recorded and announced.
 
 #[allow(unused_imports)]
 use super::lifecycle::{encode_vote, sim_problem};
 use super::*;
+use crashmesh_protocol::consolidation::{
+    ChunksRequest, LogsRequest, ReportRead, ReportRequest, UploadIncidents, UploadReport,
+};
+use crashmesh_protocol::driver::{Answer, Notice, PersistToken, Persisting, Shell};
+use crashmesh_protocol::wire::Encoded;
 
 impl Sim {
     // ---- the shell ------------------------------------------------------------------
 
-    /// Carries out a node's outputs in order, as the daemon's mesh actor does.
+    /// Releases a node's outputs through the shared driver, with [`SimShell`] as its
+    /// shell; a store error on the way kills the process (and what the node had not
+    /// released dies with it).
     pub(super) fn drain(&mut self, index: usize) {
-        loop {
-            let Some(node) = self.nodes[index].node.as_mut() else {
-                return;
-            };
-            let Some(output) = node.poll_output() else {
-                break;
-            };
-            match output {
-                NodeOutput::Persist(vote) => {
-                    if !self.persist_vote(index, vote) {
-                        return;
-                    }
-                }
-                NodeOutput::Transmit { to, bytes } => {
-                    let to = self
-                        .members
-                        .iter()
-                        .position(|member| *member == to)
-                        .expect("a configured member");
-                    self.transmit(index, to, bytes.to_vec());
-                }
-                NodeOutput::Membership(MembershipOutput::MemberDown(down)) => {
-                    if let Some(since_ms) = self.down_since.remove(&down) {
-                        self.detection_ms.push(self.now_ms - since_ms);
-                    }
-                }
-                NodeOutput::AggregatorChanged { .. } | NodeOutput::Membership(_) => {}
-                NodeOutput::Consolidation(output) => {
-                    if !self.carry_out(index, output) {
-                        return;
-                    }
-                }
-            }
+        let Some(mut driver) = self.nodes[index].driver.take() else {
+            return;
+        };
+        let now_local = self.local_ms(index);
+        let mut shell = SimShell {
+            sim: self,
+            index,
+            store_failed: false,
+        };
+        driver.release(now_local, &mut shell);
+        let store_failed = shell.store_failed;
+        self.nodes[index].driver = Some(driver);
+        if store_failed {
+            self.crash_and_restart(index);
+            return;
         }
         self.after_activity(index);
-    }
-
-    /// Makes term and vote durable; false when the store failed (the process restarted).
-    pub(super) fn persist_vote(&mut self, index: usize, vote: PersistedVote) -> bool {
-        let durable = self.nodes[index].durable_vote.clone();
-        if vote.term < durable.term
-            || (vote.term == durable.term
-                && durable.voted_for.is_some()
-                && vote.voted_for != durable.voted_for)
-        {
-            let detail = format!("node-{index} persisted {vote:?} after {durable:?}");
-            self.violate(Invariant::VoteNotDurable, detail);
-        }
-        let encoded = encode_vote(&vote);
-        let store = self.nodes[index].store.as_ref().expect("a running node");
-        match store.put_setting(VOTE_SETTING, &encoded) {
-            Ok(()) => {
-                self.nodes[index].durable_vote = vote;
-                true
-            }
-            Err(error) => {
-                self.note(format!("node-{index} could not persist its vote: {error}"));
-                self.crash_and_restart(index);
-                false
-            }
-        }
     }
 
     pub(super) fn transmit(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
@@ -106,15 +71,6 @@ impl Sim {
         }
     }
 
-    pub(super) fn send(&mut self, index: usize, to: &NodeId, message: Message) {
-        let now_local = self.local_ms(index);
-        if let Some(node) = self.nodes[index].node.as_mut()
-            && let Err(error) = node.send(now_local, to, message)
-        {
-            tracing::debug!(%error, "message refused");
-        }
-    }
-
     /// Reads a report's protocol chunks back from the node's store (or a log bundle it
     /// gathered for the aggregator).
     pub(super) fn report_pieces(&self, index: usize, report_id: &ReportId) -> Option<Vec<Vec<u8>>> {
@@ -139,138 +95,6 @@ impl Sim {
                 .map(<[u8]>::to_vec)
                 .collect(),
         )
-    }
-
-    /// One consolidation effect; false when the process died doing it.
-    pub(super) fn carry_out(&mut self, index: usize, output: ConsolidationOutput) -> bool {
-        let now_local = self.local_ms(index);
-        match output {
-            ConsolidationOutput::ServeReport { to, report_id } => {
-                let message = match self.report_pieces(index, &report_id) {
-                    Some(pieces) => {
-                        let chunk_ids: Vec<ChunkId> =
-                            pieces.iter().map(|piece| ChunkId::of(piece)).collect();
-                        Message::ReportChunks {
-                            report_id: report_id.clone(),
-                            report_bytes: pieces.iter().map(|piece| piece.len() as u64).sum(),
-                            chunk_count: chunk_ids.len() as u32,
-                            offset: 0,
-                            chunk_ids,
-                        }
-                    }
-                    None => Message::ReportUnavailable { report_id },
-                };
-                self.send(index, &to, message);
-            }
-            ConsolidationOutput::ServeChunks {
-                to,
-                report_id,
-                chunk_ids,
-            } => {
-                for bytes in self.report_pieces(index, &report_id).unwrap_or_default() {
-                    let chunk_id = ChunkId::of(&bytes);
-                    if chunk_ids.contains(&chunk_id) {
-                        let message = Message::ChunkData {
-                            report_id: report_id.clone(),
-                            chunk_id,
-                            bytes: bytes.into(),
-                        };
-                        self.send(index, &to, message);
-                    }
-                }
-            }
-            ConsolidationOutput::ChunksOffered {
-                report_id,
-                chunk_ids,
-            } => {
-                let held = &self.nodes[index].held_chunks;
-                let missing: Vec<ChunkId> = chunk_ids
-                    .into_iter()
-                    .filter(|chunk| !held.contains(chunk))
-                    .collect();
-                if let Some(node) = self.nodes[index].node.as_mut() {
-                    node.chunks_missing(now_local, &report_id, missing);
-                }
-            }
-            ConsolidationOutput::StoreChunk {
-                chunk_id, bytes, ..
-            } => {
-                assert_eq!(
-                    ChunkId::of(&bytes),
-                    chunk_id,
-                    "the protocol verifies chunks"
-                );
-                self.nodes[index].held_chunks.insert(chunk_id);
-            }
-            ConsolidationOutput::UploadReport(upload) => {
-                let wanted = self
-                    .report_chunks
-                    .get(&upload.first.report_id)
-                    .cloned()
-                    .unwrap_or_default();
-                let held = &self.nodes[index].held_chunks;
-                if let Some(missing) = wanted.iter().find(|chunk| !held.contains(chunk)) {
-                    let detail = format!(
-                        "node-{index} uploads {} without chunk {missing:?}",
-                        upload.first.report_id
-                    );
-                    self.violate(Invariant::UploadWithoutChunks, detail);
-                }
-                let call = upload_call(
-                    &upload.fence,
-                    upload.signature,
-                    Some(upload.first.report_id),
-                    upload.incidents,
-                );
-                self.call_endpoint(index, upload.upload_id, call);
-            }
-            ConsolidationOutput::UploadIncidents(upload) => {
-                let call = upload_call(&upload.fence, upload.signature, None, upload.incidents);
-                self.call_endpoint(index, upload.upload_id, call);
-            }
-            ConsolidationOutput::Uploaded { report_id } => {
-                if !self.endpoint.has_report(&report_id) {
-                    let detail = format!("node-{index} told {report_id} is uploaded");
-                    self.violate(Invariant::UploadedButAbsent, detail);
-                }
-                let key = format!("{UPLOADED_SETTING_PREFIX}{}", report_id.0);
-                let store = self.nodes[index].store.as_ref().expect("a running node");
-                if let Err(error) = store.put_setting(&key, b"1") {
-                    self.note(format!("node-{index} could not mark {report_id}: {error}"));
-                    self.crash_and_restart(index);
-                    return false;
-                }
-            }
-            ConsolidationOutput::ServeLogs {
-                to,
-                term,
-                signature,
-                window_start_ms,
-                window_end_ms,
-                ..
-            } => {
-                // The node's logs of the window, gathered into a bundle the aggregator
-                // fetches like a report (kept in memory: gone with the process).
-                let id = self.nodes[index].id.clone();
-                let bundle = ReportId::new(format!("logs.{id}.{signature}.{window_start_ms}"));
-                let log = format!("{id} storage log {window_start_ms}..{window_end_ms}\n")
-                    .repeat(20)
-                    .into_bytes();
-                if self.nodes[index].log_bundles.len() >= LOG_BUNDLES_LEN_MAX {
-                    self.nodes[index].log_bundles.pop_first();
-                }
-                self.nodes[index].log_bundles.insert(bundle.clone(), log);
-                let message = Message::LogReady {
-                    term,
-                    signature,
-                    bundle: Some(bundle),
-                };
-                self.send(index, &to, message);
-            }
-            // Feedback and fencing notices change nothing the simulator checks.
-            _ => {}
-        }
-        true
     }
 
     pub(super) fn call_endpoint(&mut self, index: usize, upload_id: u64, call: UploadCall) {
@@ -306,7 +130,7 @@ impl Sim {
 
     /// Checks what must hold after a node did something, and keeps its timer scheduled.
     pub(super) fn after_activity(&mut self, index: usize) {
-        let Some(node) = self.nodes[index].node.as_ref() else {
+        let Some(node) = self.nodes[index].node() else {
             return;
         };
         let role = node.election().role();
@@ -359,7 +183,7 @@ impl Sim {
     /// A problem on a node: its report goes into the store (durably), then the incident is
     /// recorded; once that returns Ok the incident is acknowledged and announced.
     pub(super) fn arrive(&mut self, index: usize, signature: String) {
-        if self.nodes[index].node.is_none() {
+        if self.nodes[index].driver.is_none() {
             // Nothing runs on a dead node to crash.
             return;
         }
@@ -443,12 +267,188 @@ impl Sim {
             }],
             upload_state: UploadState::NotUploaded,
         };
-        if let Some(node) = self.nodes[index].node.as_mut()
+        if let Some(node) = self.nodes[index].node_mut()
             && let Err(error) = node.announce(local_ms, announcement)
         {
             tracing::debug!(%error, "announcement refused");
         }
         self.drain(index);
+    }
+}
+
+/// One node's shell, as the daemon's mesh actor is for a real node: votes into the store
+/// (`put_setting`), datagrams to the [`Network`], reports read from the store, uploads to
+/// the [`SimEndpoint`](crate::endpoint::SimEndpoint). Every read is answered at once.
+pub(super) struct SimShell<'a> {
+    sim: &'a mut Sim,
+    index: usize,
+    /// A store write failed: the process restarts (the store's documented safe reaction),
+    /// so the driver stops releasing.
+    store_failed: bool,
+}
+
+impl Shell for SimShell<'_> {
+    fn stopped(&self) -> bool {
+        self.store_failed
+    }
+
+    /// Makes term and vote durable; a store error kills the process before anything
+    /// after the vote leaves.
+    fn persist(&mut self, _token: PersistToken, vote: &PersistedVote) -> Persisting {
+        let (sim, index) = (&mut *self.sim, self.index);
+        let durable = sim.nodes[index].durable_vote.clone();
+        if vote.term < durable.term
+            || (vote.term == durable.term
+                && durable.voted_for.is_some()
+                && vote.voted_for != durable.voted_for)
+        {
+            let detail = format!("node-{index} persisted {vote:?} after {durable:?}");
+            sim.violate(Invariant::VoteNotDurable, detail);
+        }
+        let encoded = encode_vote(vote);
+        let store = sim.nodes[index].store.as_ref().expect("a running node");
+        match store.put_setting(VOTE_SETTING, &encoded) {
+            Ok(()) => {
+                sim.nodes[index].durable_vote = vote.clone();
+                Persisting::Durable
+            }
+            Err(error) => {
+                sim.note(format!("node-{index} could not persist its vote: {error}"));
+                self.store_failed = true;
+                Persisting::Pending
+            }
+        }
+    }
+
+    fn transmit(&mut self, to: NodeId, bytes: Encoded) {
+        let to = self
+            .sim
+            .members
+            .iter()
+            .position(|member| *member == to)
+            .expect("a configured member");
+        self.sim.transmit(self.index, to, bytes.to_vec());
+    }
+
+    fn read_report(&mut self, request: ReportRequest) -> Answer<ReportRead> {
+        let pieces = self.sim.report_pieces(self.index, &request.report_id);
+        Answer::Now(pieces.map_or(ReportRead::Unavailable, |pieces| {
+            ReportRead::of_chunks(&pieces)
+        }))
+    }
+
+    fn read_chunks(&mut self, request: ChunksRequest) -> Answer<Vec<(ChunkId, bytes::Bytes)>> {
+        let pieces = self.sim.report_pieces(self.index, &request.report_id);
+        Answer::Now(request.wanted_among(pieces.unwrap_or_default()))
+    }
+
+    /// The node's logs of the window, gathered into a bundle the aggregator fetches like
+    /// a report (kept in memory: gone with the process).
+    fn gather_logs(&mut self, request: LogsRequest) -> Answer<Option<ReportId>> {
+        let LogsRequest {
+            signature,
+            window_start_ms,
+            window_end_ms,
+            ..
+        } = request;
+        let node = &mut self.sim.nodes[self.index];
+        let id = &node.id;
+        let bundle = ReportId::new(format!("logs.{id}.{signature}.{window_start_ms}"));
+        let log = format!("{id} storage log {window_start_ms}..{window_end_ms}\n")
+            .repeat(20)
+            .into_bytes();
+        if node.log_bundles.len() >= LOG_BUNDLES_LEN_MAX {
+            node.log_bundles.pop_first();
+        }
+        node.log_bundles.insert(bundle.clone(), log);
+        Answer::Now(Some(bundle))
+    }
+
+    fn chunks_offered(
+        &mut self,
+        _report_id: ReportId,
+        chunk_ids: Vec<ChunkId>,
+    ) -> Answer<Vec<ChunkId>> {
+        let held = &self.sim.nodes[self.index].held_chunks;
+        Answer::Now(
+            chunk_ids
+                .into_iter()
+                .filter(|chunk| !held.contains(chunk))
+                .collect(),
+        )
+    }
+
+    fn store_chunk(&mut self, _report_id: ReportId, chunk_id: ChunkId, bytes: bytes::Bytes) {
+        assert_eq!(
+            ChunkId::of(&bytes),
+            chunk_id,
+            "the protocol verifies chunks"
+        );
+        self.sim.nodes[self.index].held_chunks.insert(chunk_id);
+    }
+
+    fn upload_report(&mut self, upload: UploadReport) {
+        let (sim, index) = (&mut *self.sim, self.index);
+        let wanted = sim
+            .report_chunks
+            .get(&upload.first.report_id)
+            .cloned()
+            .unwrap_or_default();
+        let held = &sim.nodes[index].held_chunks;
+        if let Some(missing) = wanted.iter().find(|chunk| !held.contains(chunk)) {
+            let detail = format!(
+                "node-{index} uploads {} without chunk {missing:?}",
+                upload.first.report_id
+            );
+            sim.violate(Invariant::UploadWithoutChunks, detail);
+        }
+        let call = upload_call(
+            &upload.fence,
+            upload.signature,
+            Some(upload.first.report_id),
+            upload.incidents,
+        );
+        sim.call_endpoint(index, upload.upload_id, call);
+    }
+
+    fn upload_incidents(&mut self, upload: UploadIncidents) {
+        let call = upload_call(&upload.fence, upload.signature, None, upload.incidents);
+        self.sim.call_endpoint(self.index, upload.upload_id, call);
+    }
+
+    fn uploaded(&mut self, report_id: ReportId) {
+        let (sim, index) = (&mut *self.sim, self.index);
+        if !sim.endpoint.has_report(&report_id) {
+            let detail = format!("node-{index} told {report_id} is uploaded");
+            sim.violate(Invariant::UploadedButAbsent, detail);
+        }
+        let key = format!("{UPLOADED_SETTING_PREFIX}{}", report_id.0);
+        let store = sim.nodes[index].store.as_ref().expect("a running node");
+        if let Err(error) = store.put_setting(&key, b"1") {
+            sim.note(format!("node-{index} could not mark {report_id}: {error}"));
+            self.store_failed = true;
+        }
+    }
+
+    fn notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::MemberDown(down) => {
+                if let Some(since_ms) = self.sim.down_since.remove(&down) {
+                    self.sim.detection_ms.push(self.sim.now_ms - since_ms);
+                }
+            }
+            // The simulator's own answers keep the wire's limits: one that does not is
+            // a bug of the simulator (the campaign reports the panic with its seed).
+            Notice::AnswerRefused(error) => {
+                panic!("node-{} refused its shell's answer: {error}", self.index)
+            }
+            // Feedback, fencing notices and the rest change nothing the simulator checks.
+            Notice::AggregatorChanged { .. }
+            | Notice::MemberUp(_)
+            | Notice::Rejoined { .. }
+            | Notice::Fenced { .. }
+            | Notice::Feedback { .. } => {}
+        }
     }
 }
 
