@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::EndpointError;
 use crate::http::auth;
+use crate::http::inflight::Reservation;
 use crate::http::request::{NO_CLUSTER, SMALL_BODY_BYTES_MAX, bearer, parse_json, report_id_of};
 use crate::http::state::{AppState, read_body, report_for};
 use crate::storage::db::{BugRow, COMMENTS_PER_BUG_MAX, ProblemRow, Viewer};
@@ -284,6 +285,36 @@ pub(crate) fn privacy_of(state: &AppState, row: &ProblemRow) -> Result<PrivacyVi
     })
 }
 
+/// The body of an admin's write, at most `bytes_max`, and its reservation ([`read_body`]):
+/// read only once the request's bearer token is the admin's (a session is not enough for
+/// the JSON API's writes).
+async fn admin_body<'a>(
+    state: &'a AppState,
+    request: &HttpRequest,
+    payload: web::Payload,
+    what: &'static str,
+    bytes_max: usize,
+) -> Result<(web::Bytes, Reservation<'a>), EndpointError> {
+    state.auth.admin(bearer(request))?;
+    read_body(state, request, payload, what, bytes_max, NO_CLUSTER).await
+}
+
+/// Asks clusters for a core of a problem, or stops asking (the admin's change, from the
+/// API or the problem page's form); gives the problem's id.
+pub(crate) async fn set_core_request(
+    state: &AppState,
+    problem_id: &str,
+    requested: bool,
+) -> Result<String, EndpointError> {
+    let (row, _, _) = load_problem(state, &Viewer::Admin, problem_id)?;
+    let db = state.db.clone();
+    let id = row.id.clone();
+    web::block(move || db.set_core_request(&id, requested, now_ms()))
+        .await
+        .map_err(|error| EndpointError::Database(error.to_string()))??;
+    Ok(row.id)
+}
+
 /// The body of `POST /api/v1/problems/{id}/core-request`.
 #[derive(Debug, Deserialize)]
 pub struct CoreRequestChange {
@@ -299,26 +330,12 @@ pub async fn api_core_request(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
-    state.auth.admin(bearer(&request))?;
-    let (body, _held) = read_body(
-        &state,
-        &request,
-        payload,
-        "core request bytes",
-        4096,
-        NO_CLUSTER,
-    )
-    .await?;
+    let (body, _held) = admin_body(&state, &request, payload, "core request bytes", 4096).await?;
     let change: CoreRequestChange = serde_json::from_slice(&body)
         .map_err(|error| EndpointError::BadRequest(format!("core request: {error}")))?;
-    let (row, _, _) = load_problem(&state, &Viewer::Admin, &path)?;
-    let db = state.db.clone();
-    let id = row.id.clone();
-    web::block(move || db.set_core_request(&id, change.requested, now_ms()))
-        .await
-        .map_err(|error| EndpointError::Database(error.to_string()))??;
+    let problem_id = set_core_request(&state, &path, change.requested).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
-        "problem_id": row.id,
+        "problem_id": problem_id,
         "core_requested": change.requested,
     })))
 }
@@ -409,14 +426,12 @@ pub async fn api_set_bug(
     path: web::Path<u64>,
     payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
-    state.auth.admin(bearer(&request))?;
-    let (body, _held) = read_body(
+    let (body, _held) = admin_body(
         &state,
         &request,
         payload,
         "bug change bytes",
         SMALL_BODY_BYTES_MAX,
-        NO_CLUSTER,
     )
     .await?;
     let change: BugChange = serde_json::from_slice(&body)
@@ -495,16 +510,7 @@ pub(crate) async fn post_token(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
-    state.auth.admin(bearer(&request))?;
-    let (body, _held) = read_body(
-        &state,
-        &request,
-        payload,
-        "token request bytes",
-        4096,
-        NO_CLUSTER,
-    )
-    .await?;
+    let (body, _held) = admin_body(&state, &request, payload, "token request bytes", 4096).await?;
     let wanted: TokenRequest = parse_json("the token request", &body)?;
     let token = auth::create_cluster_token(&state.db, &wanted.cluster)?;
     Ok(HttpResponse::build(StatusCode::CREATED)

@@ -3,23 +3,23 @@
 //!
 //! Invariants: a form that writes is accepted from the admin alone, by bearer token (which
 //! no other site can make a browser send) or by session and a request from the
-//! dashboard's own page ([`crate::http::request::same_origin`]); sign-in and sign-out take
+//! dashboard's own page (`request::same_origin`); sign-in and sign-out take
 //! the same origin check, so another site cannot sign a browser into a cluster of its
 //! choosing; the session cookie holds no token ([`crate::http::auth`]) and is
 //! `HttpOnly`, `SameSite=Strict`, and `Secure` over TLS; signing in never sends the
-//! browser to another site ([`local_path`]).
+//! browser to another site (`html::local_path`).
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
 use crate::error::EndpointError;
-use crate::http::api::{BugChange, load_problem, set_bug};
+use crate::http::api::{BugChange, load_problem, set_bug, set_core_request};
 use crate::http::auth::{SESSION_COOKIE, SESSION_SECS_MAX};
 use crate::http::html::{local_path, signin_response};
 use crate::http::request::{NO_CLUSTER, SMALL_BODY_BYTES_MAX, same_origin};
 use crate::http::state::{AppState, read_body};
 use crate::storage::db::Viewer;
-use crate::time::{now_ms, now_secs};
+use crate::time::now_secs;
 
 /// A form's fields, read after the caller was checked, within the body deadline.
 async fn read_form<T: serde::de::DeserializeOwned>(
@@ -94,15 +94,9 @@ pub async fn form_core_request(
 ) -> Result<HttpResponse, EndpointError> {
     state.admin_form(&request)?;
     let form: CoreRequestForm = read_form(&state, &request, payload).await?;
-    let (row, _, _) = load_problem(&state, &Viewer::Admin, &path)?;
-    let db = state.db.clone();
-    let id = row.id.clone();
-    let requested = form.requested == "yes";
-    web::block(move || db.set_core_request(&id, requested, now_ms()))
-        .await
-        .map_err(|error| EndpointError::Database(error.to_string()))??;
+    let problem_id = set_core_request(&state, &path, form.requested == "yes").await?;
     Ok(HttpResponse::SeeOther()
-        .insert_header(("Location", format!("/problems/{}#privacy", row.id)))
+        .insert_header(("Location", format!("/problems/{problem_id}#privacy")))
         .finish())
 }
 

@@ -17,7 +17,7 @@
 //!
 //! Invariants: this layer records nothing itself (uploads become committer jobs of the
 //! recording layer) and nothing below it knows HTTP; a request's token is checked from its
-//! headers before any of its body is read ([`state::read_body`] comes after the check in
+//! headers before any of its body is read (`state::read_body` comes after the check in
 //! every handler that takes one), a body has [`Limits::body_read_secs_max`] to arrive,
 //! and every response carries `nosniff`, a Content-Security-Policy without inline script
 //! or style, and `frame-ancestors 'none'` ([`routes::SECURITY_HEADERS`]).

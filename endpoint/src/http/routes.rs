@@ -39,7 +39,7 @@ fn security_headers(headers: &mut actix_web::http::header::HeaderMap) {
 }
 
 /// The endpoint's routes. Every handler that takes a body reads it itself, after its
-/// token check ([`crate::http::state::read_body`]): no route has a body extractor.
+/// token check (`state::read_body`): no route has a body extractor.
 pub fn routes(config: &mut web::ServiceConfig, state: web::Data<AppState>) {
     let metrics = state.metrics.clone();
     config.app_data(state).service(

@@ -1,8 +1,8 @@
 //! What the handlers share ([`AppState`]) and what they ask of it: who a request speaks
 //! for, its body within its limits, early refusals before the committer's.
 //!
-//! Invariants: a body is read only through [`read_body`] (or, for a chunk, within
-//! [`with_body_deadline`] after its bytes were reserved), which handlers call after the
+//! Invariants: a body is read only through `read_body` (or, for a chunk, within
+//! `with_body_deadline` after its bytes were reserved), which handlers call after the
 //! request's token was checked; every early refusal here (term, report owner) is checked
 //! again by the committer in the transaction that would write, so these answer sooner,
 //! never differently.

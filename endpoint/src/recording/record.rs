@@ -1,7 +1,7 @@
 //! Recording one batch: grouping reports into problems, rules' decisions, bugs,
 //! regressions, fencing — all in one redb write transaction, committed without a sync.
 //!
-//! The committer ([`super::ingest`]) runs each batch through [`record_batch`] once; after a
+//! The committer ([`super::ingest`]) runs each batch through `record_batch` once; after a
 //! crash, [`super::replay`] runs the journal's batches the database lacks through it again.
 //! Invariants:
 //! - each job checks everything that can refuse it (term, report owner, signature) before
@@ -10,7 +10,7 @@
 //!   jobs with their rules' decisions, the chunk locations it indexes), so a replay after a
 //!   crash writes what the first run did;
 //! - a report id belongs to the cluster that stored it first, and a term is fenced
-//!   ([`check_term_step`]), in the transaction that would write.
+//!   (`check_term_step`), in the transaction that would write.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -135,8 +135,8 @@ struct Tables<'txn> {
     /// row (and its bug) is decoded and encoded once per batch, not once per report.
     problem_rows: HashMap<RowKey, ProblemRow>,
     bug_rows: HashMap<u64, BugRow>,
-    /// Rows committed by earlier batches ([`RowCache`]); a row taken from here is put in
-    /// `problem_rows`.
+    /// Rows committed by earlier batches (the committer's cache, `ingest::RowCache`); a
+    /// row taken from here is put in `problem_rows`.
     committed_rows: &'txn mut HashMap<RowKey, ProblemRow>,
 }
 
