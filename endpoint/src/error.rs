@@ -1,6 +1,7 @@
-//! The endpoint's errors, each with the HTTP status it is answered with.
+//! The endpoint's errors, for every layer: each kind with a short stable code
+//! ([`EndpointError::code`]); the HTTP layer answers each with its status
+//! (`http::error`), the admin socket sends the code along.
 
-use actix_web::http::StatusCode;
 use crashmesh_protocol::report::ReportError;
 
 /// Everything that can go wrong, from a bad request to a full disk.
@@ -48,8 +49,8 @@ pub enum EndpointError {
     /// any other cluster is refused (409).
     #[error("report {report_id} belongs to another cluster")]
     ForeignReport { report_id: String },
-    /// A term further ahead of the cluster's last accepted term than
-    /// [`crate::ingest::TERM_STEP_MAX`] (409): a term cannot be raised without bound.
+    /// A term further ahead of the cluster's last accepted term than `TERM_STEP_MAX` (of
+    /// the recording layer; 409): a term cannot be raised without bound.
     #[error(
         "term {term} for cluster {cluster:?} is more than {step_max} ahead of its last \
          accepted term {highest}"
@@ -107,37 +108,6 @@ impl EndpointError {
             what,
             path: path.display().to_string(),
             source,
-        }
-    }
-
-    /// The HTTP status this error is answered with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            EndpointError::Unauthorized => StatusCode::UNAUTHORIZED,
-            EndpointError::WrongCluster { .. } => StatusCode::FORBIDDEN,
-            EndpointError::BadRequest(_) | EndpointError::BadChunk { .. } => {
-                StatusCode::BAD_REQUEST
-            }
-            EndpointError::InvalidReport(error) if error.is_limit() => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            EndpointError::InvalidReport(_) => StatusCode::BAD_REQUEST,
-            EndpointError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            EndpointError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
-            EndpointError::StaleTerm { .. }
-            | EndpointError::Conflict(_)
-            | EndpointError::ForeignReport { .. }
-            | EndpointError::TermTooFar { .. }
-            | EndpointError::Exists { .. } => StatusCode::CONFLICT,
-            EndpointError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            EndpointError::Forbidden(_) => StatusCode::FORBIDDEN,
-            EndpointError::NotFound(_) => StatusCode::NOT_FOUND,
-            EndpointError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
-            EndpointError::InUse { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            EndpointError::Config(_)
-            | EndpointError::Database(_)
-            | EndpointError::Io { .. }
-            | EndpointError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -210,29 +180,5 @@ impl From<crashmesh_untrusted::OpenError> for EndpointError {
 impl From<object_store::Error> for EndpointError {
     fn from(error: object_store::Error) -> EndpointError {
         EndpointError::Storage(error.to_string())
-    }
-}
-
-impl actix_web::ResponseError for EndpointError {
-    fn status_code(&self) -> StatusCode {
-        self.status()
-    }
-
-    fn error_response(&self) -> actix_web::HttpResponse {
-        let mut response = actix_web::HttpResponse::build(self.status());
-        match self {
-            EndpointError::TooMany(_) => {
-                response.insert_header(("Retry-After", "1"));
-            }
-            EndpointError::Storage(_) => {
-                response.insert_header(("Retry-After", "10"));
-            }
-            // The rest of a body that did not arrive in time is not waited for.
-            EndpointError::BodyTimeout { .. } => {
-                response.force_close();
-            }
-            _ => {}
-        }
-        response.json(serde_json::json!({ "error": self.to_string(), "code": self.code() }))
     }
 }

@@ -20,7 +20,7 @@
 //! (`crashmesh_untrusted::Directory::create_private`): an export into a directory holding an earlier export, or
 //! a link planted where a file goes, is refused ([`EndpointError::Exists`]).
 //!
-//! Only one process may open the database (see [`crate::db`]): with no server running
+//! Only one process may open the database (see [`crate::storage::db`]): with no server running
 //! [`export`] opens it; while `crashmesh endpoint run` has it, the CLI asks the server
 //! (see [`crate::local`]), which runs [`export_from`] on its own database and storage.
 
@@ -32,10 +32,12 @@ use std::sync::Arc;
 use crashmesh_protocol::report::{NAME_BYTES_MAX, is_safe_relative_path};
 use serde::{Deserialize, Serialize};
 
-use crate::blobs::{Blobs, verify_chunk};
 use crate::config::EndpointConfig;
-use crate::db::Db;
 use crate::error::EndpointError;
+use crate::http::api::ProblemJson;
+use crate::recording::open_database;
+use crate::storage::blobs::{Blobs, verify_chunk};
+use crate::storage::db::{COMMENTS_PER_BUG_MAX, Db};
 use crashmesh_untrusted::Directory as PrivateDir;
 
 /// What an export wrote.
@@ -98,8 +100,9 @@ fn create_under(dir: &PrivateDir, relative: &str) -> Result<std::fs::File, Endpo
 /// Writes everything under `out`, opening the database and the blob storage: only with no
 /// server running (else [`EndpointError::InUse`]).
 pub fn export(config: &EndpointConfig, out: &Path) -> Result<ExportSummary, EndpointError> {
-    let db = Arc::new(Db::open(&config.data_dir)?);
-    let blobs = Blobs::open(config, db.clone())?;
+    let (db, _journal) = open_database(&config.data_dir)?;
+    let db = Arc::new(db);
+    let blobs = Blobs::open(&config.storage, &config.data_dir, db.clone())?;
     export_from(&db, &blobs, &config.public_url(None), out)
 }
 
@@ -124,9 +127,9 @@ pub fn export_from(
         .iter()
         .map(|(row, bug)| {
             serde_json::json!({
-                "summary": crate::dashboard::ProblemJson::new(row, bug.as_ref(), public_url),
+                "summary": ProblemJson::new(row, bug.as_ref(), public_url),
                 "bug": bug.as_ref().and_then(|bug| {
-                    db.bug_view(bug.id, crate::db::COMMENTS_PER_BUG_MAX).ok().flatten()
+                    db.bug_view(bug.id, COMMENTS_PER_BUG_MAX).ok().flatten()
                 }),
                 "analysis": db.analysis(&row.id).ok().flatten(),
             })

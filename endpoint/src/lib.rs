@@ -11,12 +11,42 @@
 //! DATA_DIR/metrics.token     the metrics token (`/metrics` only), 0600
 //! DATA_DIR/session.key       signs the dashboard's session cookies, 0600
 //! DATA_DIR/ingest.journal    the ingest batches since the last checkpoint of endpoint.redb
-//!                            (what makes an answered report durable; see `journal`)
+//!                            (what makes an answered report durable; see `storage::journal`)
 //! DATA_DIR/endpoint.sock     while the server runs: the CLI's requests go through it, 0600
 //! DATA_DIR/blobs/packs/NNNNNNNN.pack   chunks as received, one zstd frame each, appended
 //!                            by the pack lane, O_DIRECT where the file system takes it
 //!                            (local storage; `chunks_v1` in endpoint.redb locates them)
 //! ```
+//!
+//! # Layers
+//! ```text
+//!   server, local, export, config    the top: start it all; the CLI's socket; exports;
+//!        │                           the configuration assembled from each layer's part
+//!        ▼
+//!   http/       routes, upload, api, html, forms, state, request, auth, error,
+//!        │      pending, inflight, ratelimit, listen
+//!        ▼
+//!   recording/  ingest (the committer), record (one batch), replay, rules, symbolize,
+//!        │      webhook, metrics
+//!        ▼
+//!   storage/    db, journal, packs, blobs, chunk_buffer
+//!
+//!   error, time, version             below every layer, using none
+//! ```
+//! An arrow is "uses": a module uses its own layer and the layers below it, never one
+//! above (`tests/layers.rs` reads the sources and fails on an arrow pointing up, or on a
+//! cycle between two files). So:
+//! - **Storage keeps bytes and rows, and knows nothing of what they mean.** Opening the
+//!   database opens its tables; the server and the CLI open it through
+//!   [`recording::open_database`], which first replays what a crash left in the journal.
+//! - **Recording is the one writer of what an upload means**, behind the committer's
+//!   queue ([`recording::Committer`]); what a batch writes is in one place
+//!   ([`recording::record`]), run the same by the committer and by a replay.
+//! - **Nothing below HTTP knows HTTP**: no actix-web in storage or recording; an error's
+//!   HTTP status is the HTTP layer's ([`http::error`]).
+//! - **The top puts the layers together and holds no logic of theirs**: [`server`]
+//!   starts and stops them in order, [`local`] answers the CLI with the same code as the
+//!   API, [`config`] assembles each layer's own configuration type.
 //!
 //! # Invariants
 //! - **Nothing half stored.** A report is visible (in reports, problems, incidents, bugs)
@@ -33,9 +63,9 @@
 //!   (cluster, incident report id). A retry, or a second aggregator with the same report,
 //!   gets the same answer and changes nothing more.
 //! - **Fencing.** Per cluster the highest term seen is kept with the data it admitted; a
-//!   request with a lower term, or one more than [`ingest::TERM_STEP_MAX`] higher, is
-//!   refused (409) inside the transaction that would write it.
-//! - **A cluster sees only itself.** Every read needs a token ([`auth`]); a cluster's token
+//!   request with a lower term, or one more than [`recording::record::TERM_STEP_MAX`]
+//!   higher, is refused (409) inside the transaction that would write it.
+//! - **A cluster sees only itself.** Every read needs a token ([`http::auth`]); a cluster's token
 //!   reads its own reports, attachments and its own rows of the problems it shares with
 //!   others, and the bugs of those problems; a report id belongs to the cluster that
 //!   stored it first (another's manifest or update for it is refused, in the transaction
@@ -48,28 +78,16 @@
 //!   uploads (per cluster and over all, in number and manifest bytes), and a per-cluster
 //!   rate (413, 408 and 429).
 
-pub mod auth;
-pub mod blobs;
-pub mod chunk_buffer;
-pub mod client;
 pub mod config;
-pub mod dashboard;
-pub mod db;
 pub mod error;
 pub mod export;
-pub mod inflight;
-pub mod ingest;
-pub mod journal;
+pub mod http;
 pub mod local;
-pub mod metrics;
-pub mod packs;
-pub mod pending;
-pub mod ratelimit;
-pub mod rules;
+pub mod recording;
 pub mod server;
-pub mod symbolize;
+pub mod storage;
+pub mod time;
 pub mod version;
-pub mod webhook;
 
 pub use config::EndpointConfig;
 pub use error::EndpointError;

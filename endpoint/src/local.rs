@@ -1,7 +1,8 @@
 //! The CLI's requests, reads (`bug show`, `bug list`, `export`) and changes (`token
 //! create`, `bug set`, `core-request`), whether or not a server runs on the data dir.
 //!
-//! Only one process may open the metadata database (see [`crate::db`]), not even to read.
+//! Only one process may open the metadata database (see [`crate::storage::db`]), not even
+//! to read.
 //! With no server running, the CLI opens it and answers the request itself. While
 //! `crashmesh endpoint run` has it, the CLI hands the same request to the server over
 //! `DATA_DIR/endpoint.sock`, a Unix socket only its owner may use (as
@@ -28,10 +29,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::blobs::Blobs;
 use crate::config::EndpointConfig;
-use crate::db::Db;
 use crate::error::EndpointError;
+use crate::http::auth;
+use crate::recording::open_database;
+use crate::storage::blobs::Blobs;
+use crate::storage::db::{COMMENTS_PER_BUG_MAX, Db};
+use crate::time::now_ms;
 
 /// The largest request line the server reads.
 pub const ADMIN_REQUEST_BYTES_MAX: u64 = 64 * 1024;
@@ -101,10 +105,10 @@ pub fn execute(
     request: &AdminRequest,
 ) -> Result<serde_json::Value, EndpointError> {
     let db = &context.db;
-    let now_ms = crate::ingest::now_ms();
+    let now_ms = now_ms();
     match request {
         AdminRequest::CreateToken { cluster } => {
-            let token = crate::auth::create_cluster_token(db, cluster)?;
+            let token = auth::create_cluster_token(db, cluster)?;
             Ok(serde_json::json!({ "cluster": cluster, "token": token }))
         }
         AdminRequest::SetCoreRequest { problem, requested } => {
@@ -119,7 +123,7 @@ pub fn execute(
         } => to_json(&db.set_bug(*id, status.as_deref(), workaround.as_deref(), now_ms)?),
         AdminRequest::ShowBug { id } => {
             let view = db
-                .bug_view(*id, crate::db::COMMENTS_PER_BUG_MAX)?
+                .bug_view(*id, COMMENTS_PER_BUG_MAX)?
                 .ok_or_else(|| EndpointError::NotFound(format!("no bug {id}")))?;
             to_json(&view)
         }
@@ -150,12 +154,14 @@ pub fn run(
     config: &EndpointConfig,
     request: &AdminRequest,
 ) -> Result<(serde_json::Value, bool), EndpointError> {
-    match Db::open(&config.data_dir) {
-        Ok(db) => {
+    match open_database(&config.data_dir) {
+        Ok((db, _journal)) => {
             let db = Arc::new(db);
             // Only an export reads chunks; the other requests leave the storage alone.
             let blobs = match request {
-                AdminRequest::Export { .. } => Some(Blobs::open(config, db.clone())?),
+                AdminRequest::Export { .. } => {
+                    Some(Blobs::open(&config.storage, &config.data_dir, db.clone())?)
+                }
                 _ => None,
             };
             let context = AdminContext {
@@ -443,7 +449,7 @@ mod tests {
 
     /// The socket a server holding `db` would start.
     fn start_socket(config: &EndpointConfig, db: &Arc<Db>) -> AdminSocket {
-        let blobs = Blobs::open(config, db.clone()).unwrap();
+        let blobs = Blobs::open(&config.storage, &config.data_dir, db.clone()).unwrap();
         AdminSocket::start(&config.data_dir, db.clone(), blobs, config.public_url(None)).unwrap()
     }
 
@@ -484,7 +490,7 @@ mod tests {
         let second = created["token"].as_str().unwrap();
         for (token, cluster) in [(first.as_str(), "c1"), (second, "c2")] {
             assert_eq!(
-                db.cluster_of_token(&crate::auth::token_hash(token))
+                db.cluster_of_token(&auth::token_hash(token))
                     .unwrap()
                     .as_deref(),
                 Some(cluster)
@@ -619,8 +625,9 @@ mod tests {
         };
         {
             let txn = db.begin_write().unwrap();
-            let row = crate::db::ReportRow::encode_parts(&manifest, "0123456789abcdef", 1).unwrap();
-            txn.open_table(crate::db::REPORTS)
+            let row = crate::storage::db::ReportRow::encode_parts(&manifest, "0123456789abcdef", 1)
+                .unwrap();
+            txn.open_table(crate::storage::db::REPORTS)
                 .unwrap()
                 .insert(report_id.as_str(), row.as_slice())
                 .unwrap();

@@ -320,7 +320,7 @@ fn fencing_refuses_a_lower_term_and_admits_equal_and_higher_ones() {
 #[test]
 fn rules_hide_uninteresting_problems_and_filters_select() {
     let harness = Harness::start_with(|config| {
-        config.rules = vec![crashmesh_endpoint::rules::Rule {
+        config.rules = vec![crashmesh_endpoint::recording::rules::Rule {
             executable: Some("/usr/bin/test-*".into()),
             ..Default::default()
         }];

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use crashmesh_endpoint::client::{ChunkData, Client};
 use crashmesh_endpoint::error::EndpointError;
 use crashmesh_endpoint::local::{AdminRequest, run};
+use crashmesh_endpoint_client::{ChunkData, Client};
 use crashmesh_protocol::report::{IncidentUpdate, ReportManifest};
 
 const T0: u64 = 1_790_000_000_000;
@@ -544,7 +544,7 @@ fn another_clusters_incident_update_is_refused_and_a_fixed_bug_stays_fixed() {
 
 #[test]
 fn a_term_far_ahead_is_refused_and_does_not_lock_the_cluster_out() {
-    use crashmesh_endpoint::ingest::TERM_STEP_MAX;
+    use crashmesh_endpoint::recording::record::TERM_STEP_MAX;
     let harness = Harness::start();
     let acme = harness.client("acme");
     let made = |seed: &str, term: u64| {

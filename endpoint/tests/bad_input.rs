@@ -37,7 +37,7 @@ fn tokens_missing_wrong_or_of_another_cluster_are_refused() {
             .status,
         401
     );
-    let wrong = crashmesh_endpoint::client::Client::new(&harness.url, "cmt_0000");
+    let wrong = crashmesh_endpoint_client::Client::new(&harness.url, "cmt_0000");
     let answer = wrong.post("/api/v1/reports", &body).unwrap();
     assert_eq!(answer.status, 401);
     assert_eq!(answer.json()["code"], "unauthorized");
@@ -187,7 +187,7 @@ fn chunks_that_do_not_match_their_id_or_are_not_zstd_are_refused_and_not_kept() 
         400
     );
     // A chunk no pending report wants.
-    let stray = crashmesh_endpoint::client::chunk_blob(b"stray").1;
+    let stray = crashmesh_endpoint_client::chunk_blob(b"stray").1;
     let answer = client
         .put(
             &format!("/api/v1/chunks/{}", stray[0].id),

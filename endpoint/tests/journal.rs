@@ -9,8 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use crashmesh_endpoint::db::Db;
-use crashmesh_endpoint::journal::JOURNAL_FILE;
+use crashmesh_endpoint::recording::open_database;
+use crashmesh_endpoint::storage::Db;
+use crashmesh_endpoint::storage::journal::JOURNAL_FILE;
 
 const T0: u64 = 1_790_000_000_000;
 
@@ -70,14 +71,14 @@ fn an_answered_report_survives_a_crash_before_any_checkpoint_through_the_journal
     copy_dir(&data_dir, &without_journal, JOURNAL_FILE);
 
     // Without the journal the reports are gone: nothing but the journal made them durable.
-    let db = Db::open(&without_journal).unwrap();
+    let (db, _) = open_database(&without_journal).unwrap();
     for (manifest, _, _) in &uploaded {
         assert!(db.report(&manifest.report_id).unwrap().is_none());
     }
     drop(db);
 
     // With it, opening replays every answered batch: reports, problems, bugs, chunks.
-    let db = Db::open(&crashed).unwrap();
+    let (db, _) = open_database(&crashed).unwrap();
     for (manifest, reply, _) in &uploaded {
         let stored = db.report(&manifest.report_id).unwrap().expect("replayed");
         assert_eq!(stored.problem_id, reply.problem_id);
@@ -108,7 +109,7 @@ fn an_answered_report_survives_a_crash_before_any_checkpoint_through_the_journal
             .join("attachments/node-1/journal.log");
         assert_eq!(&std::fs::read(path).unwrap(), log);
     }
-    let db = Db::open(&crashed).unwrap();
+    let (db, _) = open_database(&crashed).unwrap();
     assert_eq!(
         db.problem(&uploaded[0].1.problem_id)
             .unwrap()

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use crashmesh_endpoint::EndpointConfig;
-use crashmesh_endpoint::client::ChunkData;
 use crashmesh_endpoint::config::{S3Config, StorageKind};
+use crashmesh_endpoint_client::ChunkData;
 use futures_util::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 

@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use crashmesh_endpoint::client::Client;
 use crashmesh_endpoint::config::TlsConfig;
+use crashmesh_endpoint_client::Client;
 
 struct Pki {
     ca_pem: String,
@@ -93,7 +93,7 @@ fn reports_go_up_over_https_to_a_client_that_trusts_the_ca_and_no_one_else() {
     assert!(
         matches!(
             refused,
-            Err(crashmesh_endpoint::client::ClientError::Transport(_))
+            Err(crashmesh_endpoint_client::ClientError::Transport(_))
         ),
         "{refused:?}"
     );

@@ -4,10 +4,10 @@
 //! decodes (so accepted bodies are reached), else the input's first 32 bytes.
 #![no_main]
 
-use crashmesh_endpoint::blobs::check_chunk;
+use crashmesh_endpoint::storage::blobs::check_chunk;
 use libfuzzer_sys::fuzz_target;
 
-const CHUNK_BYTES_MAX: usize = crashmesh_store::CHUNK_BYTES_MAX as usize;
+const CHUNK_BYTES_MAX: usize = crashmesh_protocol::chunk::CHUNK_BYTES_MAX as usize;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&choice, body)) = data.split_first() else {

@@ -3,7 +3,7 @@
 //! it says they take.
 #![no_main]
 
-use crashmesh_endpoint::journal::parse_entries;
+use crashmesh_endpoint::storage::journal::parse_entries;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

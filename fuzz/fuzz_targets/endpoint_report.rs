@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
                 .expect("an encoded manifest decodes");
         assert_eq!(again, manifest);
         assert_eq!(manifest.chunk_ids().len(), manifest.chunk_count());
-        let _ = crashmesh_endpoint::rules::component(&manifest.problem);
+        let _ = crashmesh_endpoint::recording::rules::component(&manifest.problem);
     }
     if let Ok(update) = serde_json::from_slice::<IncidentUpdate>(data)
         && update.validate().is_ok()

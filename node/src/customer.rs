@@ -508,7 +508,7 @@ impl CustomerMode {
     /// memory dumps; only the dumps' chunks move). Gives the request bodies' bytes sent.
     pub fn answer_core_request(
         &self,
-        client: &crashmesh_endpoint::client::Client,
+        client: &crashmesh_endpoint_client::Client,
         store: &Store,
         report_id: &str,
         problem_id: &str,
@@ -536,7 +536,7 @@ impl CustomerMode {
                 let chunk: ChunkId = id.parse().context("a chunk id")?;
                 let compressed = store.chunk_bytes(&chunk)?;
                 bytes_sent += compressed.len() as u64;
-                chunks.push(crashmesh_endpoint::client::ChunkData {
+                chunks.push(crashmesh_endpoint_client::ChunkData {
                     id: id.clone(),
                     compressed,
                 });
@@ -557,7 +557,7 @@ impl CustomerMode {
 /// sent. Failures are logged: the core is asked again at the next incident.
 pub fn core_request_after_ack(
     customer: Option<&CustomerMode>,
-    client: &crashmesh_endpoint::client::Client,
+    client: &crashmesh_endpoint_client::Client,
     store: &Store,
     report_id: &str,
     reply: Option<&crashmesh_protocol::report::UploadReply>,
@@ -737,11 +737,11 @@ mod tests {
     fn all_chunks(
         store: &Store,
         manifest: &ReportManifest,
-    ) -> Vec<crashmesh_endpoint::client::ChunkData> {
+    ) -> Vec<crashmesh_endpoint_client::ChunkData> {
         manifest
             .chunk_ids()
             .into_iter()
-            .map(|id| crashmesh_endpoint::client::ChunkData {
+            .map(|id| crashmesh_endpoint_client::ChunkData {
                 id: id.to_string(),
                 compressed: store.chunk_bytes(&id.parse().unwrap()).unwrap(),
             })
@@ -754,8 +754,8 @@ mod tests {
         let store = store_with_incident(&dir.path().join("node"));
         let endpoint_dir = dir.path().join("endpoint");
         let token = {
-            let db = crashmesh_endpoint::db::Db::open(&endpoint_dir).unwrap();
-            crashmesh_endpoint::auth::create_cluster_token(&db, "c1").unwrap()
+            let db = crashmesh_endpoint::storage::Db::open(&endpoint_dir).unwrap();
+            crashmesh_endpoint::http::auth::create_cluster_token(&db, "c1").unwrap()
         };
         let server = crashmesh_endpoint::start(
             crashmesh_endpoint::EndpointConfig {
@@ -767,8 +767,8 @@ mod tests {
             crashmesh_endpoint::ServerMode::Real,
         )
         .unwrap();
-        let client = crashmesh_endpoint::client::Client::new(&server.url, &token);
-        let admin = crashmesh_endpoint::client::Client::new(&server.url, &server.admin_token);
+        let client = crashmesh_endpoint_client::Client::new(&server.url, &token);
+        let admin = crashmesh_endpoint_client::Client::new(&server.url, &server.admin_token);
         let config = PrivacyConfig {
             mode: PrivacyMode::Customer,
             customer_id: "acme".into(),

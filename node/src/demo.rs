@@ -399,7 +399,7 @@ token = "{token}"
     let admin_token_file = endpoint_dir.join("admin.token");
     let admin_token = std::fs::read_to_string(&admin_token_file)
         .with_context(|| format!("the endpoint's admin token {}", admin_token_file.display()))?;
-    let client = crashmesh_endpoint::client::Client::new(&url, admin_token.trim());
+    let client = crashmesh_endpoint_client::Client::new(&url, admin_token.trim());
     let deadline = Instant::now() + Duration::from_secs(UPLOAD_WAIT_SECS);
     let problems = loop {
         let problems: Vec<Value> = client
@@ -597,7 +597,7 @@ fn nodes_with_feedback(exe: &Path, nodes: &[(String, PathBuf, PathBuf)]) -> usiz
 }
 
 /// The endpoint's scrub summaries of every report of `problems`, added up.
-fn scrub_totals(client: &crashmesh_endpoint::client::Client, problems: &[Value]) -> Value {
+fn scrub_totals(client: &crashmesh_endpoint_client::Client, problems: &[Value]) -> Value {
     let (mut removed, mut pseudonymized, mut dropped) = (0u64, 0u64, 0u64);
     let mut rules = std::collections::BTreeMap::<String, u64>::new();
     for problem in problems {

@@ -5,9 +5,9 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use crashmesh_endpoint::db::{BugRow, Comment};
 use crashmesh_endpoint::export::ExportSummary;
 use crashmesh_endpoint::local::AdminRequest;
+use crashmesh_endpoint::storage::db::{BugRow, Comment};
 use crashmesh_endpoint::{EndpointConfig, ServerMode};
 use serde::Deserialize;
 
@@ -203,7 +203,7 @@ fn run_command(global: &GlobalArgs, what: &EndpointCommand) -> Result<ExitCode> 
                     for comment in &view.comments {
                         println!(
                             "  {} {}: {}",
-                            crashmesh_endpoint::dashboard::format_time_ms(comment.time_ms),
+                            crashmesh_endpoint::time::format_time_ms(comment.time_ms),
                             comment.author,
                             comment.text
                         );

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use crashmesh_endpoint::client::{Answer, Client};
+use crashmesh_endpoint_client::{Answer, Client};
 use crashmesh_protocol::consolidation::{
     IncidentRecord, UploadIncidents, UploadOutcome, UploadReport,
 };
@@ -797,8 +797,8 @@ mod tests {
         let store = std::sync::Arc::new(store_with_incident(&dir.path().join("node")));
         let endpoint_dir = dir.path().join("endpoint");
         let token = {
-            let db = crashmesh_endpoint::db::Db::open(&endpoint_dir).unwrap();
-            crashmesh_endpoint::auth::create_cluster_token(&db, "c1").unwrap()
+            let db = crashmesh_endpoint::storage::Db::open(&endpoint_dir).unwrap();
+            crashmesh_endpoint::http::auth::create_cluster_token(&db, "c1").unwrap()
         };
         let server = crashmesh_endpoint::start(
             crashmesh_endpoint::EndpointConfig {

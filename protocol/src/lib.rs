@@ -5,6 +5,7 @@
 //! takes what it needs (including `now`) as arguments. That is what lets the simulator run
 //! the very code the daemon runs, deterministically.
 
+pub mod chunk;
 pub mod cluster;
 pub mod consolidation;
 pub mod driver;
@@ -17,4 +18,4 @@ pub mod signature;
 pub mod wire;
 
 pub use model::{Frame, FrameSource, Problem, ProblemKind, ThreadTrace};
-pub use signature::{SIGNATURE_SCHEME_VERSION, Signature};
+pub use signature::{SIGNATURE_SCHEME_VERSION, Signature, problem_id_for};

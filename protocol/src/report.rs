@@ -31,8 +31,8 @@ pub const INCIDENTS_MAX: usize = 4096;
 pub const ATTACHMENTS_MAX: usize = 256;
 /// Chunks one report may name over all its attachments (at 128 KiB average, 8 GiB).
 pub const CHUNKS_PER_REPORT_MAX: usize = 65_536;
-/// The largest uncompressed chunk (the store's FastCDC maximum).
-pub const CHUNK_BYTES_MAX: u32 = 512 * 1024;
+/// The largest uncompressed chunk (FastCDC's maximum, see [`crate::chunk`]).
+pub use crate::chunk::CHUNK_BYTES_MAX;
 /// The largest attachment.
 pub const ATTACHMENT_BYTES_MAX: u64 = 64 << 30;
 /// Bytes of a name: cluster, node, customer, attachment, label key.

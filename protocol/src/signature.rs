@@ -48,6 +48,21 @@ pub const KERNEL_FRAMES_MAX: usize = 6;
 /// How many innermost Python frames go into a signature.
 pub const PYTHON_FRAMES_MAX: usize = 5;
 
+/// The problem id for a signature: 16 hex digits of a hash of it, the same on the node and
+/// at the endpoint. A problem without a signature is its own problem, keyed by its report
+/// id.
+pub fn problem_id_for(signature: &str, report_id: &str) -> String {
+    let mut hasher = blake3::Hasher::new();
+    if signature.is_empty() {
+        hasher.update(b"crashmesh problem id v1, no signature\0");
+        hasher.update(report_id.as_bytes());
+    } else {
+        hasher.update(b"crashmesh problem id v1\0");
+        hasher.update(signature.as_bytes());
+    }
+    hasher.finalize().to_hex()[..16].to_string()
+}
+
 /// A problem's signature: `v1:` and 40 hex digits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Signature(pub String);
@@ -372,6 +387,21 @@ mod tests {
                 ..Frame::default()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_problem_id_is_16_hex_digits_of_its_signature_or_of_its_report_without_one() {
+        let id = problem_id_for("v1:core:leaf", "r1");
+        assert_eq!(id.len(), 16);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(
+            problem_id_for("v1:core:leaf", "r2"),
+            id,
+            "one problem per signature"
+        );
+        assert_ne!(problem_id_for("v1:core:other", "r1"), id);
+        assert_ne!(problem_id_for("", "r1"), problem_id_for("", "r2"));
+        assert_ne!(problem_id_for("", "v1:core:leaf"), id);
     }
 
     #[test]

@@ -3,22 +3,16 @@
 use crate::error::StoreError;
 use crate::ids::ChunkId;
 
-/// FastCDC's smallest chunk (except a blob's last).
-pub const CHUNK_BYTES_MIN: u32 = 32 * 1024;
-/// FastCDC's target average chunk.
-pub const CHUNK_BYTES_AVG: u32 = 128 * 1024;
-/// FastCDC's largest chunk; also the most a chunk may decompress to.
-pub const CHUNK_BYTES_MAX: u32 = 512 * 1024;
+// The chunk conventions the store shares with the mesh and the endpoint.
+pub use crashmesh_protocol::chunk::{
+    CHUNK_BYTES_AVG, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, CHUNK_COMPRESSED_BYTES_MAX, ZSTD_LEVEL,
+};
+
 /// Bytes read from a blob's source at a time; a multiple of the largest chunk so that
 /// FastCDC always finds at least one whole chunk in a full buffer.
 pub const READ_BUFFER_BYTES: usize = 8 * CHUNK_BYTES_MAX as usize;
 /// The largest blob `put_blob` accepts (a 64 GiB core is ~512 Ki chunks, a 19 MiB manifest).
 pub const BLOB_BYTES_MAX: u64 = 64 << 30;
-/// The largest compressed chunk `put_chunk_compressed` accepts (zstd's worst case
-/// for an incompressible `CHUNK_BYTES_MAX` plus room).
-pub const CHUNK_COMPRESSED_BYTES_MAX: u64 = CHUNK_BYTES_MAX as u64 + 64 * 1024;
-/// zstd level: 1 is the fastest, and the spool's cost is write time, not disk.
-pub const ZSTD_LEVEL: i32 = 1;
 /// The allocation unit pack files are counted in against the quota.
 pub const DISK_BLOCK_BYTES: u64 = 4096;
 

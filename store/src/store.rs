@@ -16,6 +16,8 @@ use crate::ids::{BlobId, ChunkId};
 use crate::index::*;
 use crate::pack::{self, NewChunk, PackWriter};
 use crate::types::*;
+/// Problem ids are the protocol's, so the node's and the endpoint's agree.
+pub use crashmesh_protocol::problem_id_for;
 
 /// The longest report id, node name, label key or value accepted.
 pub const NAME_BYTES_MAX: usize = 4096;
@@ -201,20 +203,6 @@ impl<'txn> Tables<'txn> {
             .insert((row.pack, row.offset), (id.0, row.stored_bytes))?;
         Ok(())
     }
-}
-
-/// The problem id for a signature: 16 hex digits of a hash of it. A problem without a
-/// signature is its own problem, keyed by its report id.
-pub fn problem_id_for(signature: &str, report_id: &str) -> String {
-    let mut hasher = blake3::Hasher::new();
-    if signature.is_empty() {
-        hasher.update(b"crashmesh problem id v1, no signature\0");
-        hasher.update(report_id.as_bytes());
-    } else {
-        hasher.update(b"crashmesh problem id v1\0");
-        hasher.update(signature.as_bytes());
-    }
-    hasher.finalize().to_hex()[..16].to_string()
 }
 
 fn check_len(what: &'static str, value: usize, limit: usize) -> Result<(), StoreError> {

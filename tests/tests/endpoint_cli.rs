@@ -8,7 +8,7 @@ use std::io::BufRead as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use crashmesh_endpoint::client::{ChunkData, chunk_blob};
+use crashmesh_endpoint_client::{ChunkData, chunk_blob};
 use crashmesh_tests::{CoreManifest, crashmesh_binary};
 use serde_json::{Value, json};
 
@@ -111,10 +111,10 @@ fn the_cli_writes_and_reads_through_a_running_endpoint() {
     // A token made by the CLI while the server runs is one the server knows.
     let made = cli(&data_dir, &["token", "create", "c1"]);
     let token = made["token"].as_str().unwrap();
-    let client = crashmesh_endpoint::client::Client::new(&url, token);
+    let client = crashmesh_endpoint_client::Client::new(&url, token);
     let known = client.post("/api/v1/reports", b"{}").unwrap();
     assert_eq!(known.status, 400, "a known token, a bad body: {known:?}");
-    let unknown = crashmesh_endpoint::client::Client::new(&url, "cmt_00")
+    let unknown = crashmesh_endpoint_client::Client::new(&url, "cmt_00")
         .post("/api/v1/reports", b"{}")
         .unwrap();
     assert_eq!(unknown.status, 401);

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdout, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crashmesh_endpoint::client::{ChunkData, Client, chunk_blob};
+use crashmesh_endpoint_client::{ChunkData, Client, chunk_blob};
 use crashmesh_tests::{CoreManifest, NodeDir};
 use serde_json::{Value, json};
 
@@ -880,7 +880,7 @@ fn a_sigkill_in_the_middle_of_uploads_loses_no_answered_report_and_doubles_none(
     let server = Server::start(&dir);
     let client = Client::new(&server.url, &token);
     let answered_ids: BTreeSet<usize> = answered.iter().map(|(index, _)| *index).collect();
-    let check_whole = |report: &Report, answer: &crashmesh_endpoint::client::Answer| {
+    let check_whole = |report: &Report, answer: &crashmesh_endpoint_client::Answer| {
         for (name, bytes) in &report.attachments {
             let path = format!("/reports/{}/attachments/{name}", report.id);
             let attachment = client

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crashmesh_endpoint::client::{ChunkData, Client, chunk_blob};
+use crashmesh_endpoint_client::{ChunkData, Client, chunk_blob};
 use crashmesh_protocol::report::{
     Attachment, Incident, REPORT_FORMAT_VERSION, ReportManifest, UploadReply,
 };

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use crashmesh_endpoint::client::{Answer, ChunkData, Client, chunk_blob};
 use crashmesh_endpoint::{EndpointConfig, RunningServer, ServerMode};
+use crashmesh_endpoint_client::{Answer, ChunkData, Client, chunk_blob};
 use crashmesh_protocol::report::{Attachment, Incident, REPORT_FORMAT_VERSION, ReportManifest};
 use crashmesh_protocol::{Frame, Problem, ProblemKind};
 
@@ -44,7 +44,7 @@ impl Harness {
     }
 
     /// The server's shared state (its committer, metrics, database).
-    pub fn state(&self) -> &crashmesh_endpoint::server::AppState {
+    pub fn state(&self) -> &crashmesh_endpoint::http::AppState {
         self.server.as_ref().unwrap().state.as_ref().unwrap()
     }
 
@@ -133,8 +133,10 @@ impl Harness {
     pub fn chunks_stored(&self) -> usize {
         let state = self.server.as_ref().unwrap().state.as_ref().unwrap();
         match &state.blobs {
-            crashmesh_endpoint::blobs::Blobs::Local(packs) => packs.records().unwrap().len(),
-            crashmesh_endpoint::blobs::Blobs::Objects(_) => panic!("local storage only"),
+            crashmesh_endpoint::storage::blobs::Blobs::Local(packs) => {
+                packs.records().unwrap().len()
+            }
+            crashmesh_endpoint::storage::blobs::Blobs::Objects(_) => panic!("local storage only"),
         }
     }
 }

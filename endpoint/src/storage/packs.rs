@@ -49,14 +49,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 
-use crate::chunk_buffer::ChunkBuffer;
-use crate::db::Db;
 use crate::error::EndpointError;
-
-/// Chunk id (hex) → (pack number, offset of the zstd frame, its length).
-pub(crate) const CHUNKS: TableDefinition<&str, (u64, u64, u32)> = TableDefinition::new("chunks_v1");
+use crate::storage::chunk_buffer::ChunkBuffer;
+use crate::storage::db::{CHUNKS, Db};
 
 /// A pack is closed for appends past this size.
 pub const PACK_BYTES_MAX: u64 = 1 << 30;
@@ -85,10 +82,10 @@ const STAGE_WAIT_MAX: Duration = Duration::from_secs(10);
 const READERS_OPEN_MAX: usize = 64;
 /// The record header: magic, length, chunk id.
 const RECORD_MAGIC: &[u8; 4] = b"CMPK";
-const RECORD_HEADER_BYTES: u64 = crate::chunk_buffer::RECORD_HEADER_BYTES as u64;
+const RECORD_HEADER_BYTES: u64 = crate::storage::chunk_buffer::RECORD_HEADER_BYTES as u64;
 /// Where records of a pack written past the page cache start, and the multiple of their
 /// written length (zeros pad a record up to it): the file system's block.
-const DIRECT_ALIGN_BYTES: u64 = crate::chunk_buffer::BUFFER_ALIGN_BYTES as u64;
+const DIRECT_ALIGN_BYTES: u64 = crate::storage::chunk_buffer::BUFFER_ALIGN_BYTES as u64;
 
 /// Where a chunk's frame is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -398,7 +395,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 /// append read it back from the disk).
 fn drop_written(file: &File, start: u64, end: u64) {
     use std::os::fd::AsRawFd;
-    let page_bytes = crashmesh_store::DISK_BLOCK_BYTES;
+    let page_bytes = crate::storage::chunk_buffer::DISK_BLOCK_BYTES as u64;
     let end = end - end % page_bytes;
     if end <= start {
         return;

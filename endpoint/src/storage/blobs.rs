@@ -1,10 +1,10 @@
-//! Blob storage: chunks in local pack files ([`crate::packs`], the default) or objects
+//! Blob storage: chunks in local pack files ([`super::packs`], the default) or objects
 //! of an S3-compatible bucket through `object_store` (named `chunks/ab/cdef…`), keyed by
 //! the blake3 of their uncompressed bytes, each kept as the one zstd frame the node sent
 //! (as the node's store keeps it, so `zstd -d` reads one).
 //!
 //! Invariants: `verify_chunk` runs before anything is stored, so a stored chunk always
-//! decompresses (within [`crashmesh_store::CHUNK_BYTES_MAX`]) to bytes hashing to its id;
+//! decompresses (within [`crashmesh_protocol::chunk::CHUNK_BYTES_MAX`]) to bytes hashing to its id;
 //! ids reach a path only after `is_hex_id`. A chunk is never deleted (the vendor keeps
 //! evidence). An S3 PUT is durable when answered; local chunks are made durable by the
 //! committer before the reports naming them are recorded ([`Blobs::stage`]).
@@ -12,17 +12,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::web::{self, Bytes};
+use bytes::Bytes;
 use crashmesh_protocol::report::is_hex_id;
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::chunk_buffer::ChunkBuffer;
-use crate::config::{EndpointConfig, StorageKind};
-use crate::db::Db;
 use crate::error::EndpointError;
-use crate::packs::{Packs, Staged};
+use crate::storage::chunk_buffer::ChunkBuffer;
+use crate::storage::db::Db;
+use crate::storage::packs::{Packs, Staged};
+use crate::storage::{StorageConfig, StorageKind};
 
 /// Existence checks in flight at once for one manifest (S3).
 pub const HEADS_IN_FLIGHT_MAX: usize = 32;
@@ -72,7 +72,7 @@ fn decompress_and_check(
             const { std::cell::RefCell::new(None) };
     }
     raw.clear();
-    raw.reserve(crashmesh_store::CHUNK_BYTES_MAX as usize);
+    raw.reserve(crashmesh_protocol::chunk::CHUNK_BYTES_MAX as usize);
     DECOMPRESSOR
         .with(|cell| {
             let mut cell = cell.borrow_mut();
@@ -86,7 +86,7 @@ fn decompress_and_check(
             id: id.to_string(),
             detail: format!("not a zstd frame of at most 512 KiB: {error}"),
         })?;
-    if raw.is_empty() || raw.len() > crashmesh_store::CHUNK_BYTES_MAX as usize {
+    if raw.is_empty() || raw.len() > crashmesh_protocol::chunk::CHUNK_BYTES_MAX as usize {
         return Err(EndpointError::BadChunk {
             id: id.to_string(),
             detail: format!("{} bytes uncompressed", raw.len()),
@@ -113,24 +113,27 @@ fn chunk_path(id: &str) -> Result<ObjectPath, EndpointError> {
 }
 
 impl Blobs {
-    /// Opens the configured storage; local packs are located through `db`.
-    pub fn open(config: &EndpointConfig, db: Arc<Db>) -> Result<Blobs, EndpointError> {
-        match config.storage.kind {
+    /// Opens the configured storage of the data dir `data_dir`; local packs are located
+    /// through `db`.
+    pub fn open(
+        storage: &StorageConfig,
+        data_dir: &std::path::Path,
+        db: Arc<Db>,
+    ) -> Result<Blobs, EndpointError> {
+        match storage.kind {
             StorageKind::Local => {
-                let dir = config
-                    .storage
+                let dir = storage
                     .dir
                     .clone()
-                    .unwrap_or_else(|| config.data_dir.join("blobs"));
+                    .unwrap_or_else(|| data_dir.join("blobs"));
                 Ok(Blobs::Local(Arc::new(Packs::open(
                     &dir,
                     db,
-                    config.storage.fsync,
+                    storage.fsync,
                 )?)))
             }
             StorageKind::S3 => {
-                let s3 = config
-                    .storage
+                let s3 = storage
                     .s3
                     .as_ref()
                     .ok_or_else(|| EndpointError::Config("[storage.s3] missing".into()))?;
@@ -226,7 +229,7 @@ impl Blobs {
 
     /// Verifies a chunk against its id ([`verify_chunk`]) and stores it; returns its
     /// uncompressed length. The chunk is verified on the calling thread: for a chunk of at
-    /// most [`crashmesh_store::CHUNK_BYTES_MAX`] that is a decompression and a hash,
+    /// most [`crashmesh_protocol::chunk::CHUNK_BYTES_MAX`] that is a decompression and a hash,
     /// cheaper than handing it to another thread (the handoff cost 15% of the payload
     /// throughput), like the manifest's JSON parse. A local chunk is then written by a
     /// pack lane ([`Packs::append`]) while the request is answered.
@@ -261,7 +264,7 @@ impl Blobs {
                 }
                 let packs = packs.clone();
                 let owned = id.to_string();
-                web::block(move || packs.read(&owned))
+                tokio::task::spawn_blocking(move || packs.read(&owned))
                     .await
                     .map_err(|error| EndpointError::Database(format!("chunk reader: {error}")))??
                     .map(Bytes::from)

@@ -1,368 +1,33 @@
-//! The read side: `GET /api/v1/problems[/{id}]`, the bug API, and the dashboard — server
-//! rendered HTML with inline CSS and SVG, nothing fetched from elsewhere (the machines it
-//! runs on may have no internet).
+//! The dashboard's pages: server-rendered HTML with its one stylesheet and inline SVG,
+//! nothing fetched from elsewhere (the machines it runs on may have no internet): the
+//! problem list with its filters, a problem's page (summary, chart, backtrace, privacy,
+//! bug and comments, incidents, attachment previews) and the sign-in page.
 //!
-//! Invariants: every value shown is HTML-escaped; uninteresting problems are hidden unless
-//! asked for (`interesting=all` or `false`); lists are bounded (`limit`, at most
-//! [`PROBLEMS_SHOWN_MAX`]); every read needs a token and shows that token's view
-//! ([`Viewer`]: a cluster sees its own reports, incidents, nodes and counts of a problem,
-//! and the problem's bug, never another cluster's names, counts or ids); writes need the
-//! admin token, and a form relying on the session cookie must come from the dashboard's
-//! own pages ([`crate::server::same_origin`]). The pages have no script and no inline
-//! style (the Content-Security-Policy allows neither); the browser signs in on
-//! `/signin`, which sets the session cookie (`HttpOnly`, `SameSite=Strict`, `Secure`
-//! over TLS; see [`crate::auth`]).
+//! Invariants: every value shown is HTML-escaped ([`escape`]); the pages have no script
+//! and no inline style (the Content-Security-Policy allows neither); a page asked without
+//! a session (or token) is the sign-in page (401), which comes back to it; a page shows
+//! its viewer's view only, from the same reads as the JSON API ([`crate::http::api`]);
+//! the forms that write are shown to the admin alone ([`crate::http::forms`] takes them).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use crashmesh_protocol::{Frame, Problem};
-use serde::{Deserialize, Serialize};
+use crashmesh_protocol::Frame;
 
-use crate::auth::Viewer;
-use crate::db::{BUG_STATUSES, BugRow, ProblemRow};
 use crate::error::EndpointError;
-use crate::server::{AppState, SMALL_BODY_BYTES_MAX, bearer_of, read_body, same_origin};
+use crate::http::api::{
+    ATTACHMENT_SERVED_BYTES_MAX, Filter, PrivacyView, attachments_of, given, load_problem,
+    privacy_of, select,
+};
+use crate::http::state::AppState;
+use crate::storage::db::{BUG_STATUSES, BugRow, Viewer};
+use crate::time::format_time_ms;
 
-/// Problems one list shows at most.
-pub const PROBLEMS_SHOWN_MAX: usize = 1000;
 /// Attachments previewed inline on a problem's page.
 pub const PREVIEWS_MAX: usize = 4;
 /// Bytes of one attachment shown inline.
 pub const PREVIEW_BYTES_MAX: usize = 16 * 1024;
-/// The largest attachment read for a preview or served whole.
-pub const ATTACHMENT_SERVED_BYTES_MAX: u64 = 64 << 20;
-
-/// A bug as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct BugJson {
-    pub id: u64,
-    pub status: String,
-    pub url: String,
-    pub workaround: Option<String>,
-    pub regression: bool,
-}
-
-/// One problem as `GET /api/v1/problems` lists it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ProblemJson {
-    pub id: String,
-    pub signature: String,
-    pub kind: String,
-    pub reason: String,
-    pub crash_function: Option<String>,
-    pub executable: Option<String>,
-    pub count: u64,
-    pub nodes: Vec<String>,
-    pub clusters: Vec<String>,
-    pub versions: Vec<String>,
-    pub labels: Vec<String>,
-    pub first_seen: u64,
-    pub last_seen: u64,
-    pub interesting: bool,
-    pub uninteresting_rule: Option<String>,
-    pub bug: Option<BugJson>,
-}
-
-impl ProblemJson {
-    /// From the stored rows.
-    pub fn new(row: &ProblemRow, bug: Option<&BugRow>, public_url: &str) -> ProblemJson {
-        ProblemJson {
-            id: row.id.clone(),
-            signature: row.signature.clone(),
-            kind: row.kind.to_string(),
-            reason: row.reason.clone(),
-            crash_function: row.crash_function.clone(),
-            executable: row.executable.clone(),
-            count: row.count,
-            nodes: row.nodes.iter().cloned().collect(),
-            clusters: row.clusters.iter().cloned().collect(),
-            versions: row.versions.iter().cloned().collect(),
-            labels: row.labels.iter().cloned().collect(),
-            first_seen: row.first_seen,
-            last_seen: row.last_seen,
-            interesting: row.interesting,
-            uninteresting_rule: row.uninteresting_rule.clone(),
-            bug: bug.map(|bug| BugJson {
-                id: bug.id,
-                status: bug.status.clone(),
-                url: bug.to_ref(public_url).url,
-                workaround: bug.workaround.clone(),
-                regression: bug.regression,
-            }),
-        }
-    }
-}
-
-/// Query parameters of the list (API and dashboard); empty values mean "any".
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct Filter {
-    /// A kind (`core`, `kernel_oops`, …).
-    pub kind: Option<String>,
-    /// Problems seen on this cluster.
-    pub cluster: Option<String>,
-    /// The bug's status; `none` for problems without a bug.
-    pub status: Option<String>,
-    /// `true` (default), `false`, or `all`.
-    pub interesting: Option<String>,
-    /// `key=value`, or `key` for any value.
-    pub label: Option<String>,
-    /// `last_seen` (default) or `count`.
-    pub sort: Option<String>,
-    /// At most this many.
-    pub limit: Option<usize>,
-}
-
-fn given(value: &Option<String>) -> Option<&str> {
-    value
-        .as_deref()
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
-}
-
-impl Filter {
-    fn matches(&self, row: &ProblemRow, bug: Option<&BugRow>) -> bool {
-        if let Some(kind) = given(&self.kind)
-            && row.kind.as_str() != kind
-        {
-            return false;
-        }
-        if let Some(cluster) = given(&self.cluster)
-            && !row.clusters.contains(cluster)
-        {
-            return false;
-        }
-        if let Some(status) = given(&self.status) {
-            let actual = bug.map_or("none", |bug| bug.status.as_str());
-            if actual != status {
-                return false;
-            }
-        }
-        match given(&self.interesting).unwrap_or("true") {
-            "all" => {}
-            "false" if row.interesting => return false,
-            "true" if !row.interesting => return false,
-            _ => {}
-        }
-        if let Some(label) = given(&self.label) {
-            let found = if label.contains('=') {
-                row.labels.contains(label)
-            } else {
-                row.labels
-                    .iter()
-                    .any(|have| have.split_once('=').is_some_and(|(key, _)| key == label))
-            };
-            if !found {
-                return false;
-            }
-        }
-        true
-    }
-}
-
-/// The problems `viewer` sees that a filter selects, sorted and bounded.
-pub fn select(
-    state: &AppState,
-    viewer: &Viewer,
-    filter: &Filter,
-) -> Result<Vec<(ProblemRow, Option<BugRow>)>, EndpointError> {
-    let mut problems: Vec<_> = state
-        .db
-        .problems_view(viewer)?
-        .into_iter()
-        .filter(|(row, bug)| filter.matches(row, bug.as_ref()))
-        .collect();
-    match given(&filter.sort).unwrap_or("last_seen") {
-        "count" => problems.sort_by(|a, b| {
-            b.0.count
-                .cmp(&a.0.count)
-                .then(b.0.last_seen.cmp(&a.0.last_seen))
-        }),
-        _ => problems.sort_by(|a, b| {
-            b.0.last_seen
-                .cmp(&a.0.last_seen)
-                .then(b.0.count.cmp(&a.0.count))
-        }),
-    }
-    problems.truncate(
-        filter
-            .limit
-            .unwrap_or(PROBLEMS_SHOWN_MAX)
-            .min(PROBLEMS_SHOWN_MAX),
-    );
-    Ok(problems)
-}
-
-/// `GET /api/v1/problems`: the problems the token sees.
-pub async fn api_problems(
-    state: web::Data<AppState>,
-    request: HttpRequest,
-    filter: web::Query<Filter>,
-) -> Result<HttpResponse, EndpointError> {
-    let (viewer, _) = state.caller(&request)?;
-    let problems: Vec<ProblemJson> = select(&state, &viewer, &filter)?
-        .iter()
-        .map(|(row, bug)| ProblemJson::new(row, bug.as_ref(), &state.public_url))
-        .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "problems": problems })))
-}
-
-/// A problem as `viewer` sees it, its bug and analysis; a problem the viewer has no
-/// report in is not found (as one that does not exist).
-fn load_problem(
-    state: &AppState,
-    viewer: &Viewer,
-    id: &str,
-) -> Result<(ProblemRow, Option<BugRow>, Option<Problem>), EndpointError> {
-    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(EndpointError::BadRequest(format!(
-            "problem id {id:?} is not hex"
-        )));
-    }
-    let row = state
-        .db
-        .problem_view(viewer, id)?
-        .ok_or_else(|| EndpointError::NotFound(format!("problem {id}")))?;
-    let bug = match row.bug {
-        Some(bug) => state.db.bug(bug)?,
-        None => None,
-    };
-    let analysis = state.db.analysis_view(viewer, id)?;
-    Ok((row, bug, analysis))
-}
-
-/// The attachments of a problem's reports: (report id, name, bytes).
-fn attachments_of(
-    state: &AppState,
-    row: &ProblemRow,
-) -> Result<Vec<(String, String, u64)>, EndpointError> {
-    let mut out = Vec::new();
-    for report_id in row.reports.iter().take(16) {
-        if let Some(report) = state.db.report(report_id)? {
-            for attachment in &report.manifest.attachments {
-                out.push((
-                    report_id.clone(),
-                    attachment.name.clone(),
-                    attachment.blob.len_bytes,
-                ));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// What the reports of a problem say about privacy: per report its customer and what
-/// scrubbing did (customer mode), and whether a core is asked for the problem.
-#[derive(Debug, Serialize)]
-pub struct PrivacyView {
-    /// Customers the reports name.
-    pub customers: Vec<String>,
-    /// Per report: `report_id`, `customer_id`, `scrub` (mode, removed, replaced,
-    /// dropped_attachments, rules, cores; null for internal-mode reports).
-    pub reports: Vec<serde_json::Value>,
-    /// True while a person asks clusters for a core of this problem.
-    pub core_requested: bool,
-}
-
-fn privacy_of(state: &AppState, row: &ProblemRow) -> Result<PrivacyView, EndpointError> {
-    let mut customers = std::collections::BTreeSet::new();
-    let mut reports = Vec::new();
-    for report_id in row.reports.iter().take(16) {
-        if let Some(report) = state.db.report(report_id)? {
-            if let Some(customer) = &report.manifest.customer_id {
-                customers.insert(customer.clone());
-            }
-            reports.push(serde_json::json!({
-                "report_id": report_id,
-                "customer_id": report.manifest.customer_id,
-                "scrub": report.manifest.scrub,
-            }));
-        }
-    }
-    Ok(PrivacyView {
-        customers: customers.into_iter().collect(),
-        reports,
-        core_requested: state.db.core_requested(&row.id)?.is_some(),
-    })
-}
-
-/// The body of `POST /api/v1/problems/{id}/core-request`.
-#[derive(Debug, Deserialize)]
-pub struct CoreRequestChange {
-    pub requested: bool,
-}
-
-/// `POST /api/v1/problems/{id}/core-request` (admin token): asks clusters for a core of
-/// the problem (`{"requested": true}`) or stops asking. A cluster in customer mode with
-/// `cores = "on_request"` sends its withheld core after its next upload of the problem.
-pub async fn api_core_request(
-    state: web::Data<AppState>,
-    request: HttpRequest,
-    path: web::Path<String>,
-    payload: web::Payload,
-) -> Result<HttpResponse, EndpointError> {
-    state.auth.admin(bearer_of(&request))?;
-    let (body, _held) = read_body(
-        &state,
-        &request,
-        payload,
-        "core request bytes",
-        4096,
-        crate::server::NO_CLUSTER,
-    )
-    .await?;
-    let change: CoreRequestChange = serde_json::from_slice(&body)
-        .map_err(|error| EndpointError::BadRequest(format!("core request: {error}")))?;
-    let (row, _, _) = load_problem(&state, &Viewer::Admin, &path)?;
-    let db = state.db.clone();
-    let id = row.id.clone();
-    web::block(move || db.set_core_request(&id, change.requested, crate::ingest::now_ms()))
-        .await
-        .map_err(|error| EndpointError::Database(error.to_string()))??;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "problem_id": row.id,
-        "core_requested": change.requested,
-    })))
-}
-
-/// `GET /api/v1/problems/{id}`: the summary, the analysis, recent incidents, reports,
-/// attachments, the bug with its comments, `privacy` ([`PrivacyView`]) and
-/// `core_requested`.
-pub async fn api_problem(
-    state: web::Data<AppState>,
-    request: HttpRequest,
-    path: web::Path<String>,
-) -> Result<HttpResponse, EndpointError> {
-    let (viewer, _) = state.caller(&request)?;
-    let (row, bug, analysis) = load_problem(&state, &viewer, &path)?;
-    let attachments: Vec<_> = attachments_of(&state, &row)?
-        .into_iter()
-        .map(|(report, name, len_bytes)| {
-            serde_json::json!({ "report_id": report, "name": name, "len_bytes": len_bytes })
-        })
-        .collect();
-    let mut summary = serde_json::to_value(ProblemJson::new(&row, bug.as_ref(), &state.public_url))
-        .map_err(|error| EndpointError::BadRequest(error.to_string()))?;
-    let privacy = privacy_of(&state, &row)?;
-    let extra = serde_json::json!({
-        "core_requested": privacy.core_requested,
-        "privacy": privacy,
-        "problem": analysis,
-        "incidents": row.recent,
-        "reports": row.reports,
-        "attachments": attachments,
-        "hourly": row.hourly,
-        "bug_detail": match &bug {
-            Some(bug) => state.db.bug_view_for(&viewer, bug.id, crate::db::COMMENTS_PER_BUG_MAX)?,
-            None => None,
-        },
-    });
-    if let (Some(summary), serde_json::Value::Object(extra)) = (summary.as_object_mut(), extra) {
-        summary.extend(extra);
-    }
-    Ok(HttpResponse::Ok().json(summary))
-}
 
 /// The problem page's privacy section: customers, whether a core is asked, and per
 /// report what scrubbing removed and pseudonymized (counts per rule); for the admin, the
@@ -440,201 +105,9 @@ fn privacy_section(problem_id: &str, view: &PrivacyView, viewer: &Viewer) -> Str
     html
 }
 
-/// `GET /api/v1/bugs/{id}`: the admin any bug; a cluster a bug of a problem it has a report
-/// in, as [`crate::db::Db::bug_view_for`] shows it.
-pub async fn api_bug(
-    state: web::Data<AppState>,
-    request: HttpRequest,
-    path: web::Path<u64>,
-) -> Result<HttpResponse, EndpointError> {
-    let (viewer, _) = state.caller(&request)?;
-    let bug = state
-        .db
-        .bug_view_for(&viewer, *path, crate::db::COMMENTS_PER_BUG_MAX)?
-        .ok_or_else(|| EndpointError::NotFound(format!("bug {path}")))?;
-    Ok(HttpResponse::Ok().json(bug))
-}
-
-/// The body of `POST /api/v1/bugs/{id}`.
-#[derive(Debug, Deserialize)]
-pub struct BugChange {
-    pub status: Option<String>,
-    /// An empty text removes the workaround.
-    pub workaround: Option<String>,
-}
-
-async fn set_bug(
-    state: &web::Data<AppState>,
-    id: u64,
-    change: BugChange,
-) -> Result<BugRow, EndpointError> {
-    let db = state.db.clone();
-    web::block(move || {
-        db.set_bug(
-            id,
-            change.status.as_deref().filter(|status| !status.is_empty()),
-            change.workaround.as_deref(),
-            crate::ingest::now_ms(),
-        )
-    })
-    .await
-    .map_err(|error| EndpointError::Database(error.to_string()))?
-}
-
-/// `POST /api/v1/bugs/{id}` (admin token): `{"status": …, "workaround": …}`.
-pub async fn api_set_bug(
-    state: web::Data<AppState>,
-    request: HttpRequest,
-    path: web::Path<u64>,
-    payload: web::Payload,
-) -> Result<HttpResponse, EndpointError> {
-    state.auth.admin(bearer_of(&request))?;
-    let (body, _held) = read_body(
-        &state,
-        &request,
-        payload,
-        "bug change bytes",
-        SMALL_BODY_BYTES_MAX,
-        crate::server::NO_CLUSTER,
-    )
-    .await?;
-    let change: BugChange = serde_json::from_slice(&body)
-        .map_err(|error| EndpointError::BadRequest(format!("bug change: {error}")))?;
-    let bug = set_bug(&state, *path, change).await?;
-    let view = state.db.bug_view(bug.id, crate::db::COMMENTS_PER_BUG_MAX)?;
-    Ok(HttpResponse::Ok().json(view))
-}
-
-/// A form's fields, read after the caller was checked, within the body deadline.
-async fn read_form<T: serde::de::DeserializeOwned>(
-    state: &AppState,
-    request: &HttpRequest,
-    payload: web::Payload,
-) -> Result<T, EndpointError> {
-    let (body, _held) = read_body(
-        state,
-        request,
-        payload,
-        "form bytes",
-        SMALL_BODY_BYTES_MAX,
-        crate::server::NO_CLUSTER,
-    )
-    .await?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| EndpointError::BadRequest("the form is not UTF-8".into()))?;
-    web::Query::<T>::from_query(text)
-        .map(web::Query::into_inner)
-        .map_err(|error| EndpointError::BadRequest(format!("the form: {error}")))
-}
-
-/// The dashboard's bug form.
-#[derive(Debug, Deserialize)]
-pub struct BugForm {
-    pub status: Option<String>,
-    pub workaround: Option<String>,
-}
-
-/// `POST /problems/{id}/bug` (the admin: its bearer token, or its session from the
-/// dashboard's own page) → back to the problem page.
-pub async fn form_set_bug(
-    state: web::Data<AppState>,
-    request: HttpRequest,
-    path: web::Path<String>,
-    payload: web::Payload,
-) -> Result<HttpResponse, EndpointError> {
-    state.admin_form(&request)?;
-    let form: BugForm = read_form(&state, &request, payload).await?;
-    let (row, _, _) = load_problem(&state, &Viewer::Admin, &path)?;
-    let bug = row
-        .bug
-        .ok_or_else(|| EndpointError::NotFound(format!("a bug for problem {}", row.id)))?;
-    set_bug(
-        &state,
-        bug,
-        BugChange {
-            status: form.status,
-            workaround: form.workaround,
-        },
-    )
-    .await?;
-    Ok(HttpResponse::SeeOther()
-        .insert_header(("Location", format!("/problems/{}#bug", row.id)))
-        .finish())
-}
-
-/// The problem page's core request form.
-#[derive(Debug, Deserialize)]
-pub struct CoreRequestForm {
-    /// `yes` asks for a core, anything else stops asking.
-    pub requested: String,
-}
-
-/// `POST /problems/{id}/core-request` (the admin, as for the bug form) → back to the page.
-pub async fn form_core_request(
-    state: web::Data<AppState>,
-    request: HttpRequest,
-    path: web::Path<String>,
-    payload: web::Payload,
-) -> Result<HttpResponse, EndpointError> {
-    state.admin_form(&request)?;
-    let form: CoreRequestForm = read_form(&state, &request, payload).await?;
-    let (row, _, _) = load_problem(&state, &Viewer::Admin, &path)?;
-    let db = state.db.clone();
-    let id = row.id.clone();
-    let requested = form.requested == "yes";
-    web::block(move || db.set_core_request(&id, requested, crate::ingest::now_ms()))
-        .await
-        .map_err(|error| EndpointError::Database(error.to_string()))??;
-    Ok(HttpResponse::SeeOther()
-        .insert_header(("Location", format!("/problems/{}#privacy", row.id)))
-        .finish())
-}
-
-/// `GET /reports/{report}/attachments/{name}`: an attachment of a report the token sees,
-/// decompressed and verified.
-pub async fn attachment(
-    state: web::Data<AppState>,
-    request: HttpRequest,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, EndpointError> {
-    let (viewer, _) = state.caller(&request)?;
-    let (report_id, name) = path.into_inner();
-    if !crashmesh_protocol::report::is_hex_id(&report_id) {
-        return Err(EndpointError::BadRequest("bad report id".into()));
-    }
-    let report = crate::server::report_for(&state, &viewer, &report_id)?;
-    let attachment = report
-        .manifest
-        .attachments
-        .iter()
-        .find(|attachment| attachment.name == name)
-        .ok_or_else(|| EndpointError::NotFound(format!("attachment {name:?}")))?;
-    let bytes = state
-        .blobs
-        .read_blob(&attachment.blob, ATTACHMENT_SERVED_BYTES_MAX)
-        .await?;
-    let content_type = if std::str::from_utf8(&bytes).is_ok() {
-        "text/plain; charset=utf-8"
-    } else {
-        "application/octet-stream"
-    };
-    Ok(HttpResponse::Ok().content_type(content_type).body(bytes))
-}
-
-// ---------------------------------------------------------------- sign-in
-
-/// The sign-in form's fields.
-#[derive(Debug, Deserialize)]
-pub struct SignInForm {
-    pub token: String,
-    /// The dashboard page to go back to.
-    #[serde(default)]
-    pub next: String,
-}
-
 /// `next` when it is a path of this server (`/…`, not `//host`), else `/`: signing in never
 /// sends the browser elsewhere.
-fn local_path(next: &str) -> &str {
+pub(crate) fn local_path(next: &str) -> &str {
     let safe = next.starts_with('/')
         && !next.starts_with("//")
         && next.len() <= 512
@@ -669,7 +142,7 @@ fn signin_html(next: &str, message: Option<&str>) -> String {
 }
 
 /// The sign-in page, answered with `status` (401 where a page needed a session).
-fn signin_response(
+pub(crate) fn signin_response(
     status: actix_web::http::StatusCode,
     next: &str,
     message: Option<&str>,
@@ -687,56 +160,6 @@ pub async fn signin_page(request: HttpRequest) -> HttpResponse {
             .and_then(|query| query.get("next").cloned())
             .unwrap_or_default();
     signin_response(actix_web::http::StatusCode::OK, &next, None)
-}
-
-/// The session cookie's header: `value` for `max_age_secs` (0 ends it).
-fn session_cookie_header(state: &AppState, value: &str, max_age_secs: u64) -> String {
-    format!(
-        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{}",
-        crate::auth::SESSION_COOKIE,
-        if state.secure_cookies { "; Secure" } else { "" }
-    )
-}
-
-/// `POST /signin`: a token pasted in the form becomes a session cookie (see
-/// [`crate::auth`]); from the dashboard's own page only.
-pub async fn signin(
-    state: web::Data<AppState>,
-    request: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, EndpointError> {
-    same_origin(&request)?;
-    let form: SignInForm = read_form(&state, &request, payload).await?;
-    match state
-        .auth
-        .new_session(form.token.trim(), crate::server::now_secs())
-    {
-        Ok(session) => Ok(HttpResponse::SeeOther()
-            .insert_header(("Location", local_path(&form.next)))
-            .insert_header((
-                "Set-Cookie",
-                session_cookie_header(&state, &session, crate::auth::SESSION_SECS_MAX),
-            ))
-            .finish()),
-        Err(EndpointError::Unauthorized) => Ok(signin_response(
-            actix_web::http::StatusCode::UNAUTHORIZED,
-            &form.next,
-            Some("unknown token"),
-        )),
-        Err(error) => Err(error),
-    }
-}
-
-/// `POST /signout`: ends the browser's session (the cookie is cleared).
-pub async fn signout(
-    state: web::Data<AppState>,
-    request: HttpRequest,
-) -> Result<HttpResponse, EndpointError> {
-    same_origin(&request)?;
-    Ok(HttpResponse::SeeOther()
-        .insert_header(("Location", "/signin"))
-        .insert_header(("Set-Cookie", session_cookie_header(&state, "", 0)))
-        .finish())
 }
 
 /// `GET /static/dashboard.css`: the pages' only style (no inline style: see the
@@ -761,8 +184,6 @@ fn signin_instead(request: &HttpRequest) -> HttpResponse {
     signin_response(actix_web::http::StatusCode::UNAUTHORIZED, &next, None)
 }
 
-// ---------------------------------------------------------------- HTML
-
 /// Escapes text for HTML content and attribute values.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -777,33 +198,6 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
-}
-
-/// `YYYY-MM-DD HH:MM:SS` UTC.
-pub fn format_time_ms(time_ms: u64) -> String {
-    let secs = time_ms / 1000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}\
@@ -1273,9 +667,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_and_escaping() {
-        assert_eq!(format_time_ms(0), "1970-01-01 00:00:00");
-        assert_eq!(format_time_ms(1_700_000_000_000), "2023-11-14 22:13:20");
+    fn escaping() {
         assert_eq!(
             escape("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"

@@ -8,10 +8,31 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::WebhookConfig;
-use crate::metrics::Metrics;
+use crate::recording::metrics::Metrics;
+
+/// Webhooks: `[webhooks]` of the configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// URLs every event is posted to.
+    pub urls: Vec<String>,
+    /// Time allowed for one POST.
+    pub timeout_ms: u64,
+    /// Events waiting to be sent; more are dropped (and logged).
+    pub queue_len_max: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> WebhookConfig {
+        WebhookConfig {
+            urls: Vec::new(),
+            timeout_ms: 5000,
+            queue_len_max: 1024,
+        }
+    }
+}
 
 /// One event.
 #[derive(Clone, Debug, Serialize)]

@@ -22,8 +22,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::db::Db;
 use crate::error::EndpointError;
+use crate::storage::db::Db;
+pub use crate::storage::db::Viewer;
 
 /// Cluster tokens start with this, so a leaked one is recognisable.
 pub const TOKEN_PREFIX: &str = "cmt_";
@@ -43,30 +44,6 @@ pub const SESSION_COOKIE: &str = "crashmesh_session";
 pub const SESSION_COOKIE_BYTES_MAX: usize = 256;
 /// Bytes of the session key.
 const SESSION_KEY_BYTES: usize = 32;
-
-/// Who a request speaks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Viewer {
-    /// The admin token: every cluster's data, and the writes.
-    Admin,
-    /// A cluster's token: that cluster's data only.
-    Cluster(String),
-}
-
-impl Viewer {
-    /// The cluster whose data this viewer is limited to; `None` for the admin.
-    pub fn cluster(&self) -> Option<&str> {
-        match self {
-            Viewer::Admin => None,
-            Viewer::Cluster(cluster) => Some(cluster),
-        }
-    }
-
-    /// True for the admin.
-    pub fn is_admin(&self) -> bool {
-        matches!(self, Viewer::Admin)
-    }
-}
 
 /// Where a request's credential came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 //! (and when the journal passes [`JOURNAL_BYTES_MAX`], and at a clean stop) the committer
 //! makes the database durable and empties the journal. Each batch writes its sequence
 //! number into the database, so when the database is opened after a crash the entries
-//! past the last durable one are run again (`ingest::replay`).
+//! past the last durable one are run again (`recording::replay`).
 //!
 //! An entry is what its batch's effect depends on, nothing the server looks up at the
 //! time: the manifests and updates, the uninteresting-rule decisions, the batch's clock,
@@ -34,7 +34,7 @@ use crashmesh_protocol::report::{IncidentUpdate, ReportManifest};
 use serde::{Deserialize, Serialize};
 
 use crate::error::EndpointError;
-use crate::packs::Location;
+use crate::storage::packs::Location;
 
 /// The journal's file name in the data dir.
 pub const JOURNAL_FILE: &str = "ingest.journal";

@@ -4,9 +4,10 @@
 //! Keys are redb-native; rows are postcard. One process has the database (redb's
 //! exclusive-writer mode): the server, or a CLI command while no server runs. The CLI's
 //! requests while the server runs (`token create`, `bug …`, `core-request`, `export`) go
-//! through the server's socket, which answers them the same way ([`crate::local`]).
+//! through the server's socket, which answers them the same way (`crate::local`).
 //! Ingest batches commit without a sync; the ingest journal makes them durable
-//! ([`crate::journal`]), and opening the database replays what a crash left there.
+//! ([`super::journal`]). [`Db::open`] opens the tables alone: the recording layer replays
+//! what a crash left in the journal (`recording::replay::open_database`).
 //!
 //! Invariants: a report row, its incidents, its problem's counters, its bug and its
 //! cluster's term are written in one transaction; every set kept on a row is bounded
@@ -21,7 +22,6 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Viewer;
 use crate::error::EndpointError;
 
 /// The metadata format this build reads and writes.
@@ -69,6 +69,9 @@ pub(crate) const CLUSTER_ANALYSES: TableDefinition<(&str, &str), &[u8]> =
 /// whether another cluster stored a chunk is never told.
 pub(crate) const CLUSTER_CHUNKS: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("cluster_chunks_v1");
+/// Chunk id (hex) → (pack number, offset of the zstd frame, its length): where a chunk of
+/// the local pack files is ([`super::packs`]).
+pub(crate) const CHUNKS: TableDefinition<&str, (u64, u64, u32)> = TableDefinition::new("chunks_v1");
 /// Problems a person asked a core for: problem id → when (ms). Clusters in customer mode
 /// with `cores = "on_request"` send the withheld core of such a problem.
 pub(crate) const CORE_REQUESTS: TableDefinition<&str, u64> =
@@ -76,8 +79,32 @@ pub(crate) const CORE_REQUESTS: TableDefinition<&str, u64> =
 
 const META_FORMAT_VERSION: &str = "format_version";
 pub(crate) const META_NEXT_BUG: &str = "next_bug";
-/// The last ingest batch committed ([`crate::journal`]).
+/// The last ingest batch committed ([`super::journal`]).
 pub(crate) const META_JOURNAL_SEQ: &str = "journal_seq";
+
+/// Who a read speaks for: what the `*_view` functions show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Viewer {
+    /// The admin token: every cluster's data, and the writes.
+    Admin,
+    /// A cluster's token: that cluster's data only.
+    Cluster(String),
+}
+
+impl Viewer {
+    /// The cluster whose data this viewer is limited to; `None` for the admin.
+    pub fn cluster(&self) -> Option<&str> {
+        match self {
+            Viewer::Admin => None,
+            Viewer::Cluster(cluster) => Some(cluster),
+        }
+    }
+
+    /// True for the admin.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Viewer::Admin)
+    }
+}
 
 /// A stored report.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -466,8 +493,6 @@ fn with_shared_fields(
 /// no server runs.
 pub struct Db {
     db: redb::Database,
-    /// The ingest journal, until the committer takes it ([`Db::take_journal`]).
-    journal: std::sync::Mutex<Option<crate::journal::Journal>>,
 }
 
 /// redb's mode for the endpoint's database: one process has it (the server), and it
@@ -476,13 +501,14 @@ pub struct Db {
 /// reports/s for a synced commit per batch. Not `MultiWriter`: there every commit also
 /// records redb's allocator state for the next writer (5,700–6,300 against 7,600–7,800
 /// reports/s). The CLI's requests while the server runs go through its socket
-/// ([`crate::local`]).
+/// (`crate::local`).
 const CONCURRENCY_MODE: redb::ConcurrencyMode = redb::ConcurrencyMode::ExclusiveWriter;
 
 impl Db {
     /// Opens (or creates) `DATA_DIR/endpoint.redb` as its one writer, refusing an unknown
     /// format version; [`EndpointError::InUse`] when a running server has it. Batches in
-    /// the ingest journal that the database lacks (a crash) are replayed first.
+    /// the ingest journal that the database lacks (a crash) are not replayed here: the
+    /// recording layer's `open_database` opens it and replays them.
     pub fn open(data_dir: &Path) -> Result<Db, EndpointError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|error| EndpointError::io("create", data_dir, error))?;
@@ -513,31 +539,10 @@ impl Db {
             txn.open_table(CLUSTER_CHUNKS)?;
             txn.open_table(BUGS)?;
             txn.open_table(COMMENTS)?;
-            txn.open_table(crate::packs::CHUNKS)?;
+            txn.open_table(CHUNKS)?;
         }
         txn.commit()?;
-        let db = Db {
-            db,
-            journal: std::sync::Mutex::new(None),
-        };
-        let (mut journal, entries) = crate::journal::Journal::open(data_dir)?;
-        if !entries.is_empty() {
-            let replayed = crate::ingest::replay(&db, &entries)?;
-            if replayed > 0 {
-                tracing::warn!(
-                    batches = replayed,
-                    "the endpoint stopped without a checkpoint: replayed its ingest journal"
-                );
-            }
-        }
-        journal.clear()?;
-        *db.journal.lock().unwrap() = Some(journal);
-        Ok(db)
-    }
-
-    /// The ingest journal, once (the committer's).
-    pub(crate) fn take_journal(&self) -> Option<crate::journal::Journal> {
-        self.journal.lock().unwrap().take()
+        Ok(Db { db })
     }
 
     /// The number of the last ingest batch committed.

@@ -15,9 +15,11 @@ use std::sync::Mutex;
 
 /// The record header in front of the frame: magic, length, chunk id.
 pub(crate) const RECORD_HEADER_BYTES: usize = 4 + 4 + 32;
+/// The file system's block, and the page cache's page, as the pack files assume them.
+pub(crate) const DISK_BLOCK_BYTES: usize = 4096;
 /// The alignment of a buffer and the multiple of its padded length: the file system's
 /// block, which `O_DIRECT` writes must keep to.
-pub(crate) const BUFFER_ALIGN_BYTES: usize = crashmesh_store::DISK_BLOCK_BYTES as usize;
+pub(crate) const BUFFER_ALIGN_BYTES: usize = DISK_BLOCK_BYTES;
 /// Freed buffers kept for the next chunks.
 const IDLE_BUFFERS_MAX: usize = 64;
 

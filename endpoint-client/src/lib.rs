@@ -1,15 +1,21 @@
-//! A small blocking client of the upload protocol: cutting a blob into chunks the way the
-//! node's store does (FastCDC v2020 with the store's sizes, blake3 ids, one zstd frame
-//! per chunk) and uploading a report (manifest → missing chunks → complete). The load
-//! generator and the tests use it; an aggregator can too.
+//! A small blocking client of the endpoint's upload protocol: cutting a blob into chunks
+//! the way the node's store does (FastCDC v2020 with the sizes of
+//! [`crashmesh_protocol::chunk`], blake3 ids, one zstd frame per chunk) and uploading a
+//! report (manifest → missing chunks → complete), plus plain authenticated requests. The
+//! node's uploader, the endpoint's load generator and the tests use it.
+//!
+//! Architecture invariant: this crate knows the endpoint only by its protocol
+//! ([`crashmesh_protocol::report`]); it does not link the endpoint's server (nor
+//! actix-web), so a node that uploads does not carry the server it uploads to.
 
 use std::time::Duration;
+
+use crashmesh_protocol::chunk::{CHUNK_BYTES_AVG, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, ZSTD_LEVEL};
+use crashmesh_protocol::report::{BlobManifest, IncidentUpdate, ReportManifest, UploadReply};
 
 /// How long opening a connection to the endpoint may take before the call fails (and the
 /// caller retries on a fresh one).
 pub const CONNECT_TIMEOUT_SECS: u64 = 5;
-
-use crashmesh_protocol::report::{BlobManifest, IncidentUpdate, ReportManifest, UploadReply};
 
 /// A chunk ready to send: its id and its zstd frame.
 #[derive(Clone, Debug)]
@@ -18,20 +24,16 @@ pub struct ChunkData {
     pub compressed: Vec<u8>,
 }
 
-/// Cuts `bytes` into chunks like the node's store and compresses each.
+/// Cuts `bytes` into chunks as the node's store does and compresses each.
 pub fn chunk_blob(bytes: &[u8]) -> (BlobManifest, Vec<ChunkData>) {
     let mut chunks = Vec::new();
     let mut manifest_chunks = Vec::new();
-    for cut in fastcdc::v2020::FastCDC::new(
-        bytes,
-        crashmesh_store::CHUNK_BYTES_MIN,
-        crashmesh_store::CHUNK_BYTES_AVG,
-        crashmesh_store::CHUNK_BYTES_MAX,
-    ) {
+    for cut in
+        fastcdc::v2020::FastCDC::new(bytes, CHUNK_BYTES_MIN, CHUNK_BYTES_AVG, CHUNK_BYTES_MAX)
+    {
         let raw = &bytes[cut.offset..cut.offset + cut.length];
         let id = blake3::hash(raw).to_hex().to_string();
-        let compressed =
-            zstd::bulk::compress(raw, crashmesh_store::ZSTD_LEVEL).expect("zstd compresses");
+        let compressed = zstd::bulk::compress(raw, ZSTD_LEVEL).expect("zstd compresses");
         manifest_chunks.push((id.clone(), raw.len() as u32));
         chunks.push(ChunkData { id, compressed });
     }
