@@ -297,11 +297,11 @@ impl Actor for QuotaActor {
 pub const GATHER_INTERVAL_MS: u64 = 1000;
 
 /// Gathers each incident's logs once the window after it has passed (see
-/// [`crate::gather`]), one batch at a time on the blocking pool.
+/// [`crashmesh_gather::logs`]), one batch at a time on the blocking pool.
 pub struct GatherActor {
     store: Arc<Store>,
     data_dir: PathBuf,
-    config: crate::gather::GatherConfig,
+    config: crashmesh_gather::logs::GatherConfig,
     busy: bool,
 }
 
@@ -337,9 +337,13 @@ impl Actor for GatherActor {
 }
 
 /// Run every due gathering: store what it found on its incident, then drop the job.
-pub fn gather_due(store: &Store, data_dir: &std::path::Path, config: &crate::gather::GatherConfig) {
-    for (path, job) in crate::gather::due_jobs(data_dir, now_ms()) {
-        let gathered = crate::gather::gather(config, &job, now_ms());
+pub fn gather_due(
+    store: &Store,
+    data_dir: &std::path::Path,
+    config: &crashmesh_gather::logs::GatherConfig,
+) {
+    for (path, job) in crashmesh_gather::logs::due_jobs(data_dir, now_ms()) {
+        let gathered = crashmesh_gather::logs::gather(config, &job, now_ms());
         let mut attachments = Vec::new();
         let mut notes = gathered.notes;
         for (name, bytes) in gathered.attachments {

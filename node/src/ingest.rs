@@ -145,23 +145,23 @@ impl Ingester {
         let report_id = self.report_id(&meta.id);
         self.announce(meta, &report_id, &problem);
         if self.config.gather.enabled && meta.suppressed_count.is_none() {
-            let job = crate::gather::GatherJob {
+            let job = crashmesh_gather::logs::GatherJob {
                 report_id: report_id.clone(),
                 kind: problem.kind.to_string(),
                 executable: problem.executable.clone(),
                 time_ms: meta.time_ms,
                 due_ms: meta.time_ms + self.config.gather.after_secs * 1000,
             };
-            if let Err(error) = crate::gather::queue_job(&self.data_dir, &job) {
+            if let Err(error) = crashmesh_gather::logs::queue_job(&self.data_dir, &job) {
                 tracing::warn!(%error, report = %report_id, "cannot queue log gathering");
             }
         }
         let kind = if recorded.new_problem {
-            crate::events::EventKind::ProblemCreated
+            crashmesh_gather::events::EventKind::ProblemCreated
         } else {
-            crate::events::EventKind::Incident
+            crashmesh_gather::events::EventKind::Incident
         };
-        let context = crate::events::EventContext {
+        let context = crashmesh_gather::events::EventContext {
             kind,
             problem_id: recorded.problem_id.clone(),
             report_id,
@@ -169,7 +169,7 @@ impl Ingester {
             node: self.node_name.clone(),
             problem,
         };
-        crate::events::fire(
+        crashmesh_gather::events::fire(
             &self.config.events,
             context,
             self.store.clone(),

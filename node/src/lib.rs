@@ -12,8 +12,6 @@ pub mod customer;
 pub mod daemon;
 pub mod demo;
 pub mod endpoint_cmd;
-pub mod events;
-pub mod gather;
 pub mod ingest;
 pub mod malloc;
 pub mod mesh;

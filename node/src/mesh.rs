@@ -45,7 +45,7 @@
 //!   its answer times out).
 //! - **Peers' logs**: the aggregator asks the log peers for their logs of a new
 //!   problem's window (`LogRequest`). A peer waits for the window to pass, gathers it by
-//!   its own `[gather]` rules ([`crate::gather::gather_window`]), stores the logs and a
+//!   its own `[gather]` rules ([`crashmesh_gather::logs::gather_window`]), stores the logs and a
 //!   bundle document as blobs ([`crate::uploader::build_log_bundle`]) and answers with
 //!   the bundle's id (the node sends `LogReady`); the aggregator fetches the bundle like a report
 //!   (have/want by chunk) and the uploader attaches its logs as `<peer>/peer-logs/…`.
@@ -135,7 +135,7 @@ pub struct MeshSettings {
     /// `[upload]`: where the aggregator sends reports.
     pub upload: UploadConfig,
     /// `[[events]]`: commands run on `uploaded`.
-    pub events: Vec<crate::events::EventHook>,
+    pub events: Vec<crashmesh_gather::events::EventHook>,
     /// The members asked for their logs of a new problem's window (`[cluster] log_peers`,
     /// every member when empty).
     pub log_peers: Vec<NodeId>,
@@ -145,7 +145,7 @@ pub struct MeshSettings {
     pub log_window_after_ms: u64,
     pub log_wait_ms: u64,
     /// `[gather]`: the rules this node answers a peer's log request with.
-    pub gather: crate::gather::GatherConfig,
+    pub gather: crashmesh_gather::logs::GatherConfig,
 }
 
 impl MeshSettings {
@@ -1291,7 +1291,7 @@ impl Worker {
         let bundle = if self.log_bundles.contains_key(&bundle_id) {
             Some(bundle_id.clone())
         } else {
-            let window = crate::gather::Window {
+            let window = crashmesh_gather::logs::Window {
                 from_ms: request.window_start_ms,
                 to_ms: request.window_end_ms,
                 problem_ms: request
@@ -1299,7 +1299,7 @@ impl Worker {
                     .saturating_sub(self.settings.log_window_after_ms)
                     .max(request.window_start_ms),
             };
-            let gathered = crate::gather::gather_window(
+            let gathered = crashmesh_gather::logs::gather_window(
                 &self.settings.gather,
                 &request.kind.to_string(),
                 None,
@@ -1360,15 +1360,15 @@ impl Worker {
             },
         )?;
         tracing::info!(report = %report_id, problem = %incident.problem_id, "incident at the endpoint");
-        let context = crate::events::EventContext {
-            kind: crate::events::EventKind::Uploaded,
+        let context = crashmesh_gather::events::EventContext {
+            kind: crashmesh_gather::events::EventKind::Uploaded,
             problem_id: incident.problem_id.clone(),
             report_id: report_id.0.clone(),
             count: detail.summary.count,
             node: self.node.clone(),
             problem: detail.problem,
         };
-        crate::events::fire(
+        crashmesh_gather::events::fire(
             &self.settings.events,
             context,
             self.store.clone(),

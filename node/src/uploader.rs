@@ -171,8 +171,8 @@ pub fn build_log_bundle(
     bundle_id: &str,
     node: &str,
     signature: &str,
-    window: crate::gather::Window,
-    gathered: crate::gather::Gathered,
+    window: crashmesh_gather::logs::Window,
+    gathered: crashmesh_gather::logs::Gathered,
 ) -> Result<Option<NodeReport>> {
     if gathered.attachments.is_empty() {
         return Ok(None);
@@ -842,12 +842,12 @@ mod tests {
             peer_logs: Vec::new(),
         };
         // A peer's logs of the window, gathered into a bundle (here in the same store).
-        let window = crate::gather::Window {
+        let window = crashmesh_gather::logs::Window {
             from_ms: 1_700_000_000_000 - 60_000,
             to_ms: 1_700_000_000_000 + 10_000,
             problem_ms: 1_700_000_000_000,
         };
-        let gathered = crate::gather::Gathered {
+        let gathered = crashmesh_gather::logs::Gathered {
             attachments: vec![(
                 "log/var/log/csd.log".to_string(),
                 b"2023-11-14T22:13:20Z csd: error: lost chunk server 7\n".to_vec(),

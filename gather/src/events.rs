@@ -16,7 +16,7 @@ use crashmesh_protocol::Problem;
 use crashmesh_store::Store;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ByteSize;
+use crashmesh_capture::config::ByteSize;
 
 /// When an event command runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,7 +159,7 @@ fn run_one(hook: &EventHook, index: usize, context: &EventContext, scratch_dir: 
             .map(|(key, value)| format!("{key}={value}")),
     );
     with_environment.append(&mut command);
-    match crate::gather::run_capped(
+    match crate::logs::run_capped(
         &with_environment,
         Duration::from_secs(hook.timeout_secs),
         hook.output_bytes_max.0,

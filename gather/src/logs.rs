@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use chrono::{Datelike, NaiveDateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ByteSize;
+use crashmesh_capture::config::ByteSize;
 
 /// Bytes read from the end of one log file at most.
 pub const FILE_TAIL_BYTES_MAX: u64 = 256 * 1024 * 1024;
