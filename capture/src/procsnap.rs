@@ -229,6 +229,13 @@ pub fn snapshot(
     })
 }
 
+/// The kernel's host name (`uname -n`).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
 /// The container id from a `/proc/<pid>/cgroup` text: the 64-hex-digit id that docker,
 /// podman, containerd and CRI-O put in their cgroup paths.
 pub fn container_id_from_cgroup(cgroup: &str) -> Option<String> {

@@ -28,8 +28,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crashmesh::certs::{self, ClusterPaths};
-use crashmesh::transport::{Connection, MeshTransport, NodeIdentity};
+use crashmesh_mesh::certs::{self, ClusterPaths};
+use crashmesh_mesh::transport::{Connection, MeshTransport, NodeIdentity};
 use crashmesh_protocol::wire::{self, ChunkId, ClusterId, Envelope, Message, NodeId, ReportId};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -139,7 +139,7 @@ async fn connected_pair(
     let identity =
         |node: &str| NodeIdentity::load(&paths, &paths.nodes_dir(), node).expect("identity");
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let limits = crashmesh::mesh::mesh_transport_limits();
+    let limits = crashmesh_mesh::actor::mesh_transport_limits();
     let server = MeshTransport::bind_with_limits(loopback, identity("node-1"), limits.clone())
         .await
         .expect("bind");
@@ -194,8 +194,9 @@ async fn quic_message_seconds(
         let started = Instant::now();
         // As a node sends: one task encodes the chunks (the actor), another sends what it
         // queued (the member's link task).
-        let (queued, mut to_send) =
-            tokio::sync::mpsc::channel::<wire::Encoded>(crashmesh::mesh::PEER_SEND_QUEUE_LEN_MAX);
+        let (queued, mut to_send) = tokio::sync::mpsc::channel::<wire::Encoded>(
+            crashmesh_mesh::actor::PEER_SEND_QUEUE_LEN_MAX,
+        );
         let encoder = {
             let (chunks, ids, report_id) = (chunks.clone(), ids.clone(), report_id.clone());
             tokio::spawn(async move {

@@ -11,9 +11,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 
-use crate::certs::{self, ClusterPaths};
 use crate::cli::ClusterCommand;
 use crate::commands::Context;
+use crashmesh_mesh::certs::{self, ClusterPaths};
 
 /// Runs one `cluster` command.
 pub fn cluster(context: &Context, command: &ClusterCommand) -> Result<ExitCode> {

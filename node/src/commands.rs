@@ -381,7 +381,7 @@ pub fn config_show(context: &Context) -> Result<ExitCode> {
 
 /// `crashmesh privacy preview REPORT`: the report as it would leave the cluster.
 ///
-/// `--json` prints the [`crate::customer::Preview`]: `mode`, `manifest` (the report's
+/// `--json` prints the [`crashmesh_mesh::customer::Preview`]: `mode`, `manifest` (the report's
 /// manifest as uploaded: `customer_id`, `problem`, `incidents`, `attachments`, `scrub`
 /// with counts per rule) and `texts` (attachment name → scrubbed text, cut).
 pub fn privacy(context: &Context, what: &crate::cli::PrivacyCommand) -> Result<ExitCode> {
@@ -413,14 +413,14 @@ pub fn privacy(context: &Context, what: &crate::cli::PrivacyCommand) -> Result<E
         .map(|incident| incident.node)
         .unwrap_or_else(|| context.config.node_name());
     let cluster_file = if context.config.cluster.cluster_file.as_os_str().is_empty() {
-        crate::certs::ClusterPaths::of_data_dir(&context.data_dir).cluster_file()
+        crashmesh_mesh::certs::ClusterPaths::of_data_dir(&context.data_dir).cluster_file()
     } else {
         context.config.cluster.cluster_file.clone()
     };
-    let cluster_id = crate::certs::read_cluster_file(&cluster_file)
+    let cluster_id = crashmesh_mesh::certs::read_cluster_file(&cluster_file)
         .map(|file| file.cluster_id)
         .unwrap_or_else(|_| "standalone".to_string());
-    let preview = crate::customer::preview(
+    let preview = crashmesh_mesh::customer::preview(
         &store,
         &context.config.privacy,
         &context.data_dir,
@@ -437,8 +437,8 @@ pub fn privacy(context: &Context, what: &crate::cli::PrivacyCommand) -> Result<E
     println!(
         "mode: {}",
         match preview.mode {
-            crate::customer::PrivacyMode::Internal => "internal",
-            crate::customer::PrivacyMode::Customer => "customer",
+            crashmesh_mesh::customer::PrivacyMode::Internal => "internal",
+            crashmesh_mesh::customer::PrivacyMode::Customer => "customer",
         }
     );
     println!(
@@ -738,7 +738,10 @@ pub fn status(context: &Context) -> Result<ExitCode> {
 /// suspect, down or unknown), `pending_incidents` (this node's, not yet uploaded),
 /// `problems` (the aggregator's: `signature`, `at_endpoint`, `uploaded_incidents`,
 /// `pending_incidents`); the mesh's fields are null when it does not run.
-fn cluster_json(context: &Context, mesh: Option<&crate::mesh::MeshView>) -> serde_json::Value {
+fn cluster_json(
+    context: &Context,
+    mesh: Option<&crashmesh_mesh::actor::MeshView>,
+) -> serde_json::Value {
     let enabled = context.config.cluster.enabled;
     match mesh {
         Some(view) => serde_json::json!({
@@ -768,7 +771,7 @@ fn cluster_json(context: &Context, mesh: Option<&crate::mesh::MeshView>) -> serd
     }
 }
 
-fn print_cluster(context: &Context, mesh: Option<&crate::mesh::MeshView>) {
+fn print_cluster(context: &Context, mesh: Option<&crashmesh_mesh::actor::MeshView>) {
     let Some(view) = mesh else {
         if context.config.cluster.enabled {
             println!("cluster: enabled, but the daemon's mesh is not running");

@@ -37,7 +37,7 @@ pub enum Request {
     },
     Status,
     Check,
-    /// The mesh as the daemon sees it (see [`crate::mesh::MeshView`]).
+    /// The mesh as the daemon sees it (see [`crashmesh_mesh::actor::MeshView`]).
     Mesh,
     /// The endpoint's last answer about a problem (kept by an aggregator that uploaded it).
     EndpointReply {
@@ -56,7 +56,7 @@ pub enum Response {
     Status(StoreStatus),
     Check(CheckReport),
     /// `None`: no mesh runs (standalone, or no daemon).
-    Mesh(Option<crate::mesh::MeshView>),
+    Mesh(Option<crashmesh_mesh::actor::MeshView>),
     EndpointReply(Option<crashmesh_protocol::report::UploadReply>),
     Error(String),
 }
@@ -79,7 +79,7 @@ pub fn handle(store: &Store, request: Request) -> Response {
         // Only the daemon knows the mesh ([`serve`] answers it there).
         Request::Mesh => Ok(Response::Mesh(None)),
         Request::EndpointReply { problem_id } => Ok(Response::EndpointReply(
-            crate::uploader::endpoint_reply(store, &problem_id),
+            crashmesh_mesh::uploader::endpoint_reply(store, &problem_id),
         )),
     };
     result.unwrap_or_else(|error| Response::Error(error.to_string()))
@@ -139,7 +139,7 @@ fn exchange(stream: &mut UnixStream, request: &Request) -> Result<Response, Stri
 pub async fn serve(
     listener: tokio::net::UnixListener,
     store: std::sync::Arc<Store>,
-    mesh: crate::mesh::SharedMeshView,
+    mesh: crashmesh_mesh::actor::SharedMeshView,
 ) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));

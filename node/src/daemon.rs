@@ -71,16 +71,26 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
     let mesh_settings = if once {
         None
     } else {
-        crate::mesh::MeshSettings::from_config(&context.config, &context.data_dir)?
+        crashmesh_mesh::actor::MeshSettings::from_config(
+            crashmesh_mesh::actor::NodeParts {
+                node_name: &context.config.node_name(),
+                labels: &context.config.node.labels,
+                cluster: &context.config.cluster,
+                upload: &context.config.upload,
+                events: &context.config.events,
+                gather: &context.config.gather,
+            },
+            &context.data_dir,
+        )?
     };
     let (announcements, announcement_receiver) = match &mesh_settings {
         Some(_) => {
-            let (sender, receiver) = crate::mesh::announcement_channel();
+            let (sender, receiver) = crashmesh_mesh::actor::announcement_channel();
             (Some(sender), Some(receiver))
         }
         None => (None, None),
     };
-    let mesh_view: crate::mesh::SharedMeshView = Default::default();
+    let mesh_view: crashmesh_mesh::actor::SharedMeshView = Default::default();
     let ingester = Arc::new(Ingester {
         store: store.clone(),
         config: context.config.clone(),
@@ -128,9 +138,9 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
         restrict_to_owner(&socket);
         tokio::spawn(control::serve(listener, store.clone(), mesh_view.clone()));
         if let Some(settings) = mesh_settings {
-            let mesh = crate::mesh::start(settings, store.clone(), mesh_view.clone()).await?;
+            let mesh = crashmesh_mesh::actor::start(settings, store.clone(), mesh_view.clone()).await?;
             if let Some(receiver) = announcement_receiver {
-                crate::mesh::forward_announcements(receiver, mesh);
+                crashmesh_mesh::actor::forward_announcements(receiver, mesh);
             }
         }
         let python_socket = crashmesh_capture::python::socket_path(&data_dir, &python_socket_config);

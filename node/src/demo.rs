@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::certs::{self, ClusterPaths};
-use crate::uploader::UploadStats;
+use crashmesh_mesh::certs::{self, ClusterPaths};
+use crashmesh_mesh::uploader::UploadStats;
 
 /// The cluster id of the demo.
 pub const DEMO_CLUSTER_ID: &str = "demo";
@@ -250,7 +250,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     if !cluster_paths.privacy_key().exists() {
         std::fs::write(
             cluster_paths.privacy_key(),
-            crate::customer::new_key_text()?,
+            crashmesh_mesh::certs::new_key_text()?,
         )?;
     }
     let privacy_section = if args.customer {

@@ -2,20 +2,15 @@
 //! `main.rs` only dispatches; everything it calls lives here, so it can be tested.
 
 pub mod analyze;
-pub mod certs;
 pub mod cli;
 pub mod cluster_cmd;
 pub mod commands;
 pub mod config;
 pub mod control;
-pub mod customer;
 pub mod daemon;
 pub mod demo;
 pub mod endpoint_cmd;
 pub mod ingest;
 pub mod malloc;
-pub mod mesh;
 pub mod package;
 pub mod table;
-pub mod transport;
-pub mod uploader;

@@ -32,11 +32,10 @@ use crashmesh_protocol::report::{
 use crashmesh_store::{BlobId, ChunkId, Manifest, Store};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ByteSize;
-use crate::uploader::ReportDocument;
+use crate::certs::{PRIVACY_KEY_FILE, read_key};
+use crate::report::ReportDocument;
+use crashmesh_capture::config::ByteSize;
 
-/// The key file's name in the cluster directory.
-pub const PRIVACY_KEY_FILE: &str = "privacy.key";
 /// Withheld memory dumps remembered for a later core request (oldest forgotten first).
 pub const WITHHELD_REPORTS_LEN_MAX: usize = 256;
 /// Bytes of one attachment read into memory to be scrubbed; a larger text attachment is
@@ -117,25 +116,6 @@ impl PrivacyConfig {
             self.key_file.clone()
         }
     }
-}
-
-/// Reads a key file (64 hex digits).
-pub fn read_key(path: &Path) -> Result<PseudonymKey> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "customer mode needs the cluster's privacy key at {} (written by `crashmesh \
-             cluster init`; copy it to every node with the CA certificate)",
-            path.display()
-        )
-    })?;
-    PseudonymKey::from_hex(&text).with_context(|| format!("reading {}", path.display()))
-}
-
-/// A new random key as its file's text.
-pub fn new_key_text() -> Result<String> {
-    let mut bytes = [0u8; crashmesh_privacy::pseudonym::KEY_BYTES];
-    getrandom::fill(&mut bytes).map_err(|error| anyhow::anyhow!("getrandom: {error}"))?;
-    Ok(format!("{}\n", PseudonymKey::from_bytes(bytes).to_hex()))
 }
 
 /// A memory dump held back from a report, with what is needed to send it on request.
@@ -239,7 +219,7 @@ impl CustomerMode {
     pub fn scrubber(&self, node_names: &[String]) -> Result<Scrubber> {
         let mut hosts = self.config.hosts.clone();
         hosts.extend(node_names.iter().cloned());
-        hosts.push(crate::config::host_name());
+        hosts.push(crashmesh_capture::procsnap::host_name());
         hosts.retain(|name| name != "localhost" && !name.is_empty());
         let scrub = ScrubConfig {
             env_allowlist: self.config.env_allowlist.clone(),
@@ -368,7 +348,7 @@ impl CustomerMode {
                 attachment.blob.blob_id.clone(),
                 Attachment {
                     name,
-                    blob: crate::uploader::blob_manifest(&manifest),
+                    blob: crate::report::blob_manifest(&manifest),
                 },
             ));
         }
@@ -382,7 +362,7 @@ impl CustomerMode {
             let manifest = stored_manifest(store, &serde_json::to_vec(&document)?)?;
             attachments.push(Attachment {
                 name,
-                blob: crate::uploader::blob_manifest(&manifest),
+                blob: crate::report::blob_manifest(&manifest),
             });
         }
         attachments.extend(kept.into_iter().map(|(_, attachment)| attachment));
@@ -600,10 +580,10 @@ pub fn local_manifest(
     node: &str,
     cluster_id: &str,
 ) -> Result<ReportManifest> {
-    let Some(report) = crate::uploader::build_node_report(store, report_id, node)? else {
+    let Some(report) = crate::report::build_node_report(store, report_id, node)? else {
         bail!("no incident {report_id} in this store");
     };
-    let read = crate::uploader::read_node_report(store, &report.chunk_ids)?;
+    let read = crate::report::read_node_report(store, &report.chunk_ids)?;
     let mut attachments = vec![Attachment {
         name: format!("{node}/report.json"),
         blob: read.document_manifest,
@@ -611,13 +591,13 @@ pub fn local_manifest(
     for (name, manifest) in &read.document.attachments {
         attachments.push(Attachment {
             name: format!("{node}/{name}"),
-            blob: crate::uploader::blob_manifest(manifest),
+            blob: crate::report::blob_manifest(manifest),
         });
     }
     let problem = read.document.problem.clone();
     let manifest = ReportManifest {
         format_version: crashmesh_protocol::report::REPORT_FORMAT_VERSION,
-        report_id: crate::uploader::consolidated_report_id(cluster_id, &problem.signature),
+        report_id: crate::report::consolidated_report_id(cluster_id, &problem.signature),
         cluster_id: cluster_id.to_string(),
         term: 0,
         customer_id: None,
@@ -633,7 +613,7 @@ pub fn local_manifest(
         }],
         attachments,
         scrub: None,
-        created_ms: crate::commands::now_ms(),
+        created_ms: crashmesh_capture::clock::now_ms(),
     };
     manifest.validate().context("the report")?;
     Ok(manifest)
@@ -680,6 +660,7 @@ pub fn preview(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::certs::new_key_text;
     use crashmesh_privacy::NameClass;
     use crashmesh_protocol::model::{Problem, ProblemKind};
     use crashmesh_store::{NewIncident, StoreConfig};

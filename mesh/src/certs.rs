@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::Datelike as _;
+use crashmesh_privacy::pseudonym::PseudonymKey;
 use crashmesh_protocol::wire::NodeId;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -116,9 +117,9 @@ impl ClusterPaths {
     pub fn cluster_file(&self) -> PathBuf {
         self.dir.join("cluster.json")
     }
-    /// The cluster's pseudonym key for customer mode (see [`crate::customer`]).
+    /// The cluster's pseudonym key for customer mode (see `crate::customer`).
     pub fn privacy_key(&self) -> PathBuf {
-        self.dir.join(crate::customer::PRIVACY_KEY_FILE)
+        self.dir.join(PRIVACY_KEY_FILE)
     }
     /// Where `cluster issue` writes node certificates unless told otherwise.
     pub fn nodes_dir(&self) -> PathBuf {
@@ -222,7 +223,7 @@ pub fn init_cluster(
     write_new_file(&paths.ca_key(), ca_key.serialize_pem().as_bytes(), 0o600)?;
     write_new_file(&paths.ca_cert(), ca_cert.pem().as_bytes(), 0o644)?;
     write_new_file(&paths.cluster_file(), &cluster_json, 0o644)?;
-    let privacy_key = crate::customer::new_key_text().map_err(|error| CertError::BadFile {
+    let privacy_key = new_key_text().map_err(|error| CertError::BadFile {
         path: paths.privacy_key(),
         message: error.to_string(),
     })?;
@@ -496,6 +497,29 @@ fn sync_dir(dir: &Path) -> Result<(), CertError> {
         .map_err(io_error(dir))
 }
 
+/// The cluster's pseudonym key for customer mode, beside its CA: its file's name.
+pub const PRIVACY_KEY_FILE: &str = "privacy.key";
+
+/// Reads a key file (64 hex digits).
+pub fn read_key(path: &Path) -> anyhow::Result<PseudonymKey> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "customer mode needs the cluster's privacy key at {} (written by `crashmesh \
+             cluster init`; copy it to every node with the CA certificate)",
+            path.display()
+        )
+    })?;
+    PseudonymKey::from_hex(&text).with_context(|| format!("reading {}", path.display()))
+}
+
+/// A new random key as its file's text.
+pub fn new_key_text() -> anyhow::Result<String> {
+    let mut bytes = [0u8; crashmesh_privacy::pseudonym::KEY_BYTES];
+    getrandom::fill(&mut bytes).map_err(|error| anyhow::anyhow!("getrandom: {error}"))?;
+    Ok(format!("{}\n", PseudonymKey::from_bytes(bytes).to_hex()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,7 +589,7 @@ mod tests {
         let paths = ClusterPaths::of_data_dir(dir.path());
         let outcome = init_cluster(&paths, Some("c1")).unwrap();
         assert_eq!(outcome.privacy_key, paths.privacy_key());
-        let key = crate::customer::read_key(&paths.privacy_key()).unwrap();
+        let key = read_key(&paths.privacy_key()).unwrap();
         let mode = std::fs::metadata(paths.privacy_key())
             .unwrap()
             .permissions()
@@ -575,10 +599,7 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let other_paths = ClusterPaths::of_data_dir(other.path());
         init_cluster(&other_paths, Some("c1")).unwrap();
-        assert_ne!(
-            crate::customer::read_key(&other_paths.privacy_key()).unwrap(),
-            key
-        );
+        assert_ne!(read_key(&other_paths.privacy_key()).unwrap(), key);
         // A key alone still makes init refuse (a cluster's key is never replaced).
         for file in [paths.ca_cert(), paths.ca_key(), paths.cluster_file()] {
             std::fs::remove_file(file).unwrap();

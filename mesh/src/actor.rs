@@ -33,7 +33,7 @@
 //!   thread per node ([`run_worker`]), in the order the node asked for them, so a
 //!   report's chunks are in the store before its upload reads them; each answer goes back
 //!   to the node through the actor ([`WorkDone`]). Node side: `read_report` builds the
-//!   incident's report ([`crate::uploader::build_node_report`]) and answers its chunk
+//!   incident's report ([`crate::report::build_node_report`]) and answers its chunk
 //!   list (the node pages it to the aggregator, or says it is unavailable);
 //!   `read_chunks` reads each chunk's uncompressed bytes, [`CHUNK_DATA_BATCH_LEN`] at a
 //!   time, and hands them over without a copy (the node sends each as `ChunkData`; the
@@ -46,7 +46,7 @@
 //! - **Peers' logs**: the aggregator asks the log peers for their logs of a new
 //!   problem's window (`LogRequest`). A peer waits for the window to pass, gathers it by
 //!   its own `[gather]` rules ([`crashmesh_gather::logs::gather_window`]), stores the logs and a
-//!   bundle document as blobs ([`crate::uploader::build_log_bundle`]) and answers with
+//!   bundle document as blobs ([`crate::report::build_log_bundle`]) and answers with
 //!   the bundle's id (the node sends `LogReady`); the aggregator fetches the bundle like a report
 //!   (have/want by chunk) and the uploader attaches its logs as `<peer>/peer-logs/…`.
 //! - **Feedback**: the endpoint's answer to an upload is kept on the aggregator and sent
@@ -82,8 +82,10 @@ use crashmesh_store::Store;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crashmesh_capture::clock::{Clock as _, MonotonicClock};
+
 use crate::certs;
-use crate::config::{Config, UploadConfig};
+use crate::config::{ClusterConfig, UploadConfig};
 use crate::transport::{Connection, MeshTransport, NodeIdentity};
 
 /// Datagrams queued per peer while its link sends or connects.
@@ -148,14 +150,26 @@ pub struct MeshSettings {
     pub gather: crashmesh_gather::logs::GatherConfig,
 }
 
+/// The parts of the node's configuration the mesh reads.
+pub struct NodeParts<'a> {
+    /// `[node] name`, or the host name.
+    pub node_name: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub cluster: &'a ClusterConfig,
+    pub upload: &'a UploadConfig,
+    pub events: &'a [crashmesh_gather::events::EventHook],
+    pub gather: &'a crashmesh_gather::logs::GatherConfig,
+}
+
 impl MeshSettings {
-    /// The mesh settings of `config`, or `None` when `[cluster] enabled` is false.
-    pub fn from_config(config: &Config, data_dir: &Path) -> Result<Option<MeshSettings>> {
-        let cluster = &config.cluster;
+    /// The mesh settings of the node's configuration, or `None` when `[cluster] enabled`
+    /// is false.
+    pub fn from_config(config: NodeParts<'_>, data_dir: &Path) -> Result<Option<MeshSettings>> {
+        let cluster = config.cluster;
         if !cluster.enabled {
             return Ok(None);
         }
-        let name = config.node_name();
+        let name = config.node_name.to_string();
         if !certs::is_valid_node_name(&name) {
             bail!("[node] name {name:?} is not a valid cluster node name");
         }
@@ -224,10 +238,10 @@ impl MeshSettings {
             listen,
             members,
             may_be_aggregator: cluster.aggregator,
-            labels: config.node.labels.clone(),
+            labels: config.labels.clone(),
             data_dir: data_dir.to_path_buf(),
             upload: config.upload.clone(),
-            events: config.events.clone(),
+            events: config.events.to_vec(),
             log_peers,
             log_window_before_ms: cluster.log_window_before_secs * 1000,
             log_window_after_ms: cluster.log_window_after_secs * 1000,
@@ -348,25 +362,6 @@ impl RateLimitedLog {
     }
 }
 
-/// A monotonic clock in unix milliseconds.
-#[derive(Clone, Copy)]
-struct MeshClock {
-    started: Instant,
-    started_unix_ms: u64,
-}
-
-impl MeshClock {
-    fn new() -> MeshClock {
-        MeshClock {
-            started: Instant::now(),
-            started_unix_ms: crate::commands::now_ms(),
-        }
-    }
-    fn now_ms(&self) -> u64 {
-        self.started_unix_ms + self.started.elapsed().as_millis() as u64
-    }
-}
-
 /// Owns the cluster node's driver; moves its bytes and timers (see the module
 /// documentation).
 pub struct MeshActor {
@@ -384,7 +379,7 @@ pub struct MeshActor {
 /// The actor's means of carrying out the node's outputs: the clock, the store, the links
 /// to the members, the worker.
 struct MeshIo {
-    clock: MeshClock,
+    clock: MonotonicClock,
     store: Arc<Store>,
     transport: Arc<MeshTransport>,
     addresses: HashMap<NodeId, SocketAddr>,
@@ -415,7 +410,7 @@ pub async fn start(
             .await
             .context("loading the mesh state")??
     };
-    let clock = MeshClock::new();
+    let clock = MonotonicClock::new();
     let member_ids: Vec<NodeId> = settings.members.iter().map(|(id, _)| id.clone()).collect();
     let mut config = NodeConfig::new(settings.node.clone(), cluster_id, member_ids, generation);
     config.election.may_be_aggregator = settings.may_be_aggregator;
@@ -575,7 +570,7 @@ fn load_vote_and_bump_generation(store: &Store) -> Result<(PersistedVote, u64)> 
             .context("the persisted generation is unreadable")?,
         None => 0,
     };
-    let generation = (previous + 1).max(crate::commands::now_ms());
+    let generation = (previous + 1).max(crashmesh_capture::clock::now_ms());
     store.put_setting(GENERATION_SETTING, generation.to_string().as_bytes())?;
     Ok((vote, generation))
 }
@@ -1101,7 +1096,7 @@ struct Worker {
     offered: HashMap<ReportId, Vec<WireChunkId>>,
     offered_order: std::collections::VecDeque<ReportId>,
     /// Log bundles gathered for the aggregator, served like reports (oldest first out).
-    log_bundles: HashMap<ReportId, crate::uploader::NodeReport>,
+    log_bundles: HashMap<ReportId, crate::report::NodeReport>,
     log_bundles_order: std::collections::VecDeque<ReportId>,
     /// Built on the first upload (`None` inside: no endpoint configured).
     uploader: Option<Option<crate::uploader::Uploader>>,
@@ -1126,7 +1121,7 @@ impl Worker {
             WorkerJob::ReadReport(request) => {
                 let read = match self.log_bundles.get(&request.report_id) {
                     Some(bundle) => report_found(bundle),
-                    None => match crate::uploader::build_node_report(
+                    None => match crate::report::build_node_report(
                         &self.store,
                         &request.report_id.0,
                         &self.node,
@@ -1149,7 +1144,7 @@ impl Worker {
                 // the previous one: at most two batches are in memory here.
                 let mut chunks = Vec::new();
                 for chunk_id in chunk_ids {
-                    match self.store.chunk_raw(&crate::uploader::from_wire(&chunk_id)) {
+                    match self.store.chunk_raw(&crate::report::from_wire(&chunk_id)) {
                         Ok(bytes) => chunks.push((chunk_id, bytes::Bytes::from(bytes))),
                         Err(error) => {
                             tracing::warn!(report = %report_id, %error, "a wanted chunk cannot be read");
@@ -1179,7 +1174,7 @@ impl Worker {
                 report_id,
                 chunk_ids,
             } => {
-                let store_ids: Vec<_> = chunk_ids.iter().map(crate::uploader::from_wire).collect();
+                let store_ids: Vec<_> = chunk_ids.iter().map(crate::report::from_wire).collect();
                 let missing = self.store.missing_chunks(&store_ids)?;
                 if !self.offered.contains_key(&report_id) {
                     self.offered_order.push_back(report_id.clone());
@@ -1193,7 +1188,7 @@ impl Worker {
                 tracing::debug!(report = %report_id, missing = missing.len(), "chunks offered");
                 self.actor.do_send(WorkDone::ChunksMissing {
                     report_id,
-                    missing: missing.iter().map(crate::uploader::to_wire).collect(),
+                    missing: missing.iter().map(crate::report::to_wire).collect(),
                 });
             }
             WorkerJob::StoreChunk {
@@ -1202,7 +1197,7 @@ impl Worker {
                 bytes,
             } => {
                 self.store
-                    .put_chunk_raw(&crate::uploader::from_wire(&chunk_id), &bytes)
+                    .put_chunk_raw(&crate::report::from_wire(&chunk_id), &bytes)
                     .with_context(|| format!("storing a chunk of report {report_id}"))?;
             }
             WorkerJob::UploadReport(upload) => {
@@ -1215,7 +1210,7 @@ impl Worker {
                     });
                     return Ok(());
                 };
-                let store_ids: Vec<_> = chunk_ids.iter().map(crate::uploader::from_wire).collect();
+                let store_ids: Vec<_> = chunk_ids.iter().map(crate::report::from_wire).collect();
                 let peer_logs: Vec<(String, Vec<crashmesh_store::ChunkId>)> = upload
                     .peer_logs
                     .iter()
@@ -1223,7 +1218,7 @@ impl Worker {
                         let chunk_ids = self.offered.get(bundle)?;
                         Some((
                             peer.as_str().to_string(),
-                            chunk_ids.iter().map(crate::uploader::from_wire).collect(),
+                            chunk_ids.iter().map(crate::report::from_wire).collect(),
                         ))
                     })
                     .collect();
@@ -1304,9 +1299,9 @@ impl Worker {
                 &request.kind.to_string(),
                 None,
                 window,
-                crate::commands::now_ms(),
+                crashmesh_capture::clock::now_ms(),
             );
-            match crate::uploader::build_log_bundle(
+            match crate::report::build_log_bundle(
                 &self.store,
                 &bundle_id.0,
                 &self.node,
@@ -1356,7 +1351,7 @@ impl Worker {
         self.store.set_upload_state(
             &incident.problem_id,
             crashmesh_store::UploadState::Uploaded {
-                at_ms: crate::commands::now_ms(),
+                at_ms: crashmesh_capture::clock::now_ms(),
             },
         )?;
         tracing::info!(report = %report_id, problem = %incident.problem_id, "incident at the endpoint");
@@ -1379,13 +1374,13 @@ impl Worker {
 }
 
 /// A report or log bundle as the node pages it to the aggregator.
-fn report_found(report: &crate::uploader::NodeReport) -> ReportRead {
+fn report_found(report: &crate::report::NodeReport) -> ReportRead {
     ReportRead::Found {
         report_bytes: report.report_bytes,
         chunk_ids: report
             .chunk_ids
             .iter()
-            .map(crate::uploader::to_wire)
+            .map(crate::report::to_wire)
             .collect(),
     }
 }
