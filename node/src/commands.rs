@@ -8,13 +8,13 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
-use crate::analyze::{self, AnalysisOutput, CoreContext};
 use crate::cli::{AnalyzeCommand, GlobalArgs, InstallArgs, ProblemsCommand, StoreCommand};
-use crate::config::{Config, DEFAULT_CONFIG_TOML};
-use crate::control::{self, Request, Response};
 use crate::table::{Table, format_time_ms, safe};
 use crashmesh_capture::hook;
 use crashmesh_capture::install::{self, Change, KernelFiles};
+use crashmesh_daemon::analyze::{self, AnalysisOutput, CoreContext};
+use crashmesh_daemon::config::{Config, DEFAULT_CONFIG_TOML};
+use crashmesh_daemon::control::{self, Request, Response};
 
 /// What every command needs: the configuration and where the data lives.
 pub struct Context {
@@ -98,11 +98,11 @@ pub fn hook_core(context: &Context, args: &[String]) -> Result<ExitCode> {
     let line = match &outcome {
         Ok(outcome) => format!(
             "{} hook core {args:?}: {outcome:?}\n",
-            format_time_ms(now_ms())
+            format_time_ms(crashmesh_capture::clock::now_ms())
         ),
         Err(error) => format!(
             "{} hook core {args:?}: FAILED: {error}\n",
-            format_time_ms(now_ms())
+            format_time_ms(crashmesh_capture::clock::now_ms())
         ),
     };
     append_capped(
@@ -131,13 +131,6 @@ fn append_capped(path: &Path, bytes: &[u8], bytes_max: u64) {
     if let Ok(mut file) = file {
         let _ = file.write_all(bytes);
     }
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn print_changes(context: &Context, changes: &[Change]) -> Result<()> {
@@ -253,6 +246,23 @@ fn uninstall_python_hook(context: &Context) -> Result<Vec<Change>> {
             changed: removed.iter().any(|path| path.starts_with(site)),
         })
         .collect())
+}
+
+/// `crashmesh node run`: the daemon, on this command line's configuration and the wall
+/// clock.
+pub fn node_run(context: &Context, once: bool) -> Result<ExitCode> {
+    let settings = crashmesh_daemon::Settings {
+        config: context.config.clone(),
+        config_file: context.config_file.clone(),
+        data_dir: context.data_dir.clone(),
+        binary: std::env::current_exe().context("cannot find this binary's path")?,
+    };
+    crashmesh_daemon::run(
+        &settings,
+        std::sync::Arc::new(crashmesh_capture::clock::WallClock),
+        once,
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `crashmesh analyze core|oops|python|hs-err FILE`.
@@ -395,7 +405,7 @@ pub fn privacy(context: &Context, what: &crate::cli::PrivacyCommand) -> Result<E
             context.data_dir.display()
         );
     }
-    let store = crate::daemon::open_store(context)?;
+    let store = crashmesh_daemon::open_store(&context.config, &context.data_dir)?;
     let report_id = if report.contains(':') {
         report.clone()
     } else {
@@ -487,7 +497,7 @@ fn query(context: &Context, request: Request) -> Result<Response> {
             context.data_dir.display()
         );
     }
-    let store = crate::daemon::open_store(context)?;
+    let store = crashmesh_daemon::open_store(&context.config, &context.data_dir)?;
     Ok(control::handle(&store, request))
 }
 
@@ -575,7 +585,7 @@ pub fn problems(context: &Context, what: &ProblemsCommand) -> Result<ExitCode> {
             println!(
                 "  cores kept: {}  stored: {}",
                 summary.cores_kept,
-                crate::config::format_bytes(summary.bytes)
+                crashmesh_daemon::config::format_bytes(summary.bytes)
             );
             if let Some(reply) = &endpoint_reply {
                 println!(
@@ -619,7 +629,7 @@ pub fn problems(context: &Context, what: &ProblemsCommand) -> Result<ExitCode> {
                             format!(
                                 "{:?} {}",
                                 core.state,
-                                crate::config::format_bytes(core.len_bytes)
+                                crashmesh_daemon::config::format_bytes(core.len_bytes)
                             )
                         })
                         .unwrap_or_else(|| "none".into()),
@@ -714,17 +724,17 @@ pub fn status(context: &Context) -> Result<ExitCode> {
         };
         println!(
             "store: {} of {} used ({percent:.0}%), {} problems, {} incidents, {} chunks, {} evicted so far",
-            crate::config::format_bytes(status.used_bytes),
-            crate::config::format_bytes(status.allowed_bytes),
+            crashmesh_daemon::config::format_bytes(status.used_bytes),
+            crashmesh_daemon::config::format_bytes(status.allowed_bytes),
             status.problems,
             status.incidents,
             status.chunks,
-            crate::config::format_bytes(status.evicted_bytes)
+            crashmesh_daemon::config::format_bytes(status.evicted_bytes)
         );
         println!(
             "file system: {} free of {}",
-            crate::config::format_bytes(status.fs_free_bytes),
-            crate::config::format_bytes(status.fs_total_bytes)
+            crashmesh_daemon::config::format_bytes(status.fs_free_bytes),
+            crashmesh_daemon::config::format_bytes(status.fs_total_bytes)
         );
     } else {
         println!("store: empty");

@@ -1,16 +1,12 @@
-//! The crashmesh node: the core_pattern hook, detectors, the daemon and the CLI's work.
-//! `main.rs` only dispatches; everything it calls lives here, so it can be tested.
+//! The `crashmesh` binary: the command line over the node's rooms (`crashmesh-capture`,
+//! `-detect`, `-gather`, `-mesh`, `-daemon`) and the endpoint. `main.rs` only dispatches;
+//! each command's work is in [`commands`], [`cluster_cmd`], [`endpoint_cmd`] and [`demo`],
+//! its human output through [`table`].
 
-pub mod analyze;
 pub mod cli;
 pub mod cluster_cmd;
 pub mod commands;
-pub mod config;
-pub mod control;
-pub mod daemon;
 pub mod demo;
 pub mod endpoint_cmd;
-pub mod ingest;
 pub mod malloc;
-pub mod package;
 pub mod table;

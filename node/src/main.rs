@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Hook(HookCommand::Core { args }) => commands::hook_core(&context, &args),
-        Command::Node(NodeCommand::Run { once }) => crashmesh::daemon::run(&context, once),
+        Command::Node(NodeCommand::Run { once }) => commands::node_run(&context, once),
         Command::Install(args) => commands::install(&context, &args),
         Command::Uninstall => commands::uninstall(&context),
         Command::Analyze(what) => commands::analyze(&context, &what),

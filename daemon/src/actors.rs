@@ -1,12 +1,12 @@
-//! `crashmesh node run`: the daemon. Actors are thin: each owns one duty and moves work
-//! to the blocking pool (analysis, hashing, index commits never run on an actor's thread).
+//! The daemon's actors. Actors are thin: each owns one duty and moves work to the
+//! blocking pool (analysis, hashing, index commits never run on an actor's thread).
 //!
 //! - [`IngestActor`]: indexes complete spool entries (the detector for cores).
 //! - [`QuotaActor`]: keeps the store inside its limits between writes.
+//! - [`GatherActor`]: gathers each incident's logs once its window has passed.
 //! - the control socket answers the CLI (see [`crate::control`]).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,10 @@ use actix::prelude::*;
 use anyhow::{Context as _, Result};
 use crashmesh_store::Store;
 
-use crate::commands::{Context, now_ms};
+use crashmesh_capture::clock::Clock;
+
+use crate::Settings;
+use crate::config::Config;
 use crate::control;
 use crate::ingest::Ingester;
 use crashmesh_capture::spool::Spool;
@@ -26,25 +29,26 @@ pub const QUOTA_INTERVAL_SECS: u64 = 30;
 
 /// How long a spool writer may go without writing before its entry counts as abandoned:
 /// the hook's own time limit and a margin.
-pub fn writer_idle_limit(context: &Context) -> Duration {
-    Duration::from_secs(context.config.capture.time_limit_secs + 60)
+pub fn writer_idle_limit(config: &Config) -> Duration {
+    Duration::from_secs(config.capture.time_limit_secs + 60)
 }
 
 /// Open the store the node's configuration describes.
-pub fn open_store(context: &Context) -> Result<Store> {
-    let limits = &context.config.store;
+pub fn open_store(config: &Config, data_dir: &std::path::Path) -> Result<Store> {
+    let limits = &config.store;
     let config = crashmesh_store::StoreConfig {
         max_bytes: limits.max_bytes.0,
         keep_free_percent: limits.keep_free_percent,
         max_cores_per_signature: limits.max_cores_per_signature,
         max_age_days: limits.max_age_days,
     };
-    Store::open(&context.data_dir, config)
-        .with_context(|| format!("opening the store in {}", context.data_dir.display()))
+    Store::open(data_dir, config)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))
 }
 
 /// Run the daemon until SIGINT/SIGTERM, or with `once` until the spool is empty.
-pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
+pub fn run(settings: &Settings, clock: Arc<dyn Clock>, once: bool) -> Result<()> {
+    let context = settings;
     let tightened = crashmesh_store::make_private(&context.data_dir)
         .with_context(|| format!("making {} private", context.data_dir.display()))?;
     if tightened.changed > 0 {
@@ -58,15 +62,15 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
     }
     let spool = Spool::new(&context.data_dir);
     spool.create_dirs()?;
-    let abandoned = spool.clean_tmp(writer_idle_limit(context))?;
+    let abandoned = spool.clean_tmp(writer_idle_limit(&context.config))?;
     if abandoned > 0 {
         tracing::info!(
             abandoned,
             "removed spool entries a dead writer left unfinished"
         );
     }
-    let _ = std::fs::remove_dir_all(context.scratch_dir());
-    let store = Arc::new(open_store(context)?);
+    let _ = std::fs::remove_dir_all(context.data_dir.join("scratch"));
+    let store = Arc::new(open_store(&context.config, &context.data_dir)?);
     // The mesh (when `[cluster] enabled`): settings checked before anything starts.
     let mesh_settings = if once {
         None
@@ -96,8 +100,9 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
         config: context.config.clone(),
         config_file: context.config_file.clone(),
         data_dir: context.data_dir.clone(),
-        binary: std::env::current_exe().context("cannot find this binary's path")?,
+        binary: context.binary.clone(),
         node_name: context.config.node_name(),
+        clock: clock.clone(),
         announcements,
     });
 
@@ -108,20 +113,18 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
                 break;
             }
         }
-        store.enforce_quota(now_ms())?;
-        return Ok(ExitCode::SUCCESS);
+        store.enforce_quota(clock.now_ms())?;
+        return Ok(());
     }
 
     let socket = control::socket_path(&context.data_dir);
     let data_dir = context.data_dir.clone();
     let detect_config = context.config.detect.clone();
     let gather_config = context.config.gather.clone();
-    let writer_idle_limit = writer_idle_limit(context);
+    let writer_idle_limit = writer_idle_limit(&context.config);
     let proc_file_bytes_max = context.config.capture.proc_file_bytes_max.0;
     let ignore_paths = context.config.capture.ignore_paths.clone();
     let python_socket_config = context.config.python.socket.clone();
-    let clock: Arc<dyn crashmesh_capture::clock::Clock> =
-        Arc::new(crashmesh_capture::clock::WallClock);
     let python_socket_path =
         crashmesh_capture::python::socket_path(&data_dir, &python_socket_config);
     let system = actix::System::with_tokio_rt(|| {
@@ -174,6 +177,7 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
                 store: store.clone(),
                 data_dir: data_dir.clone(),
                 config: gather_config,
+                clock: clock.clone(),
                 busy: false,
             }
             .start();
@@ -182,6 +186,7 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
             store: store.clone(),
             spool: Spool::new(&data_dir),
             writer_idle_limit,
+            clock: clock.clone(),
             busy: false,
         }
         .start();
@@ -192,8 +197,7 @@ pub fn run(context: &Context, once: bool) -> Result<ExitCode> {
         let _ = std::fs::remove_file(&python_socket_path);
         Ok(())
     });
-    result?;
-    Ok(ExitCode::SUCCESS)
+    result
 }
 
 fn restrict_to_owner(path: &std::path::Path) {
@@ -258,6 +262,7 @@ pub struct QuotaActor {
     /// Abandoned spool entries are cleaned on the same beat.
     spool: Spool,
     writer_idle_limit: Duration,
+    clock: Arc<dyn Clock>,
     busy: bool,
 }
 
@@ -275,11 +280,12 @@ impl Actor for QuotaActor {
                 let store = actor.store.clone();
                 let spool = actor.spool.clone();
                 let idle = actor.writer_idle_limit;
+                let clock = actor.clock.clone();
                 let pass = tokio::task::spawn_blocking(move || {
                     if let Err(error) = spool.clean_tmp(idle) {
                         tracing::warn!(%error, "cannot clean abandoned spool entries");
                     }
-                    store.enforce_quota(now_ms())
+                    store.enforce_quota(clock.now_ms())
                 });
                 context.spawn(actix::fut::wrap_future(pass).map(
                     |result, actor: &mut QuotaActor, _| {
@@ -312,6 +318,7 @@ pub struct GatherActor {
     store: Arc<Store>,
     data_dir: PathBuf,
     config: crashmesh_gather::logs::GatherConfig,
+    clock: Arc<dyn Clock>,
     busy: bool,
 }
 
@@ -326,13 +333,15 @@ impl Actor for GatherActor {
                     return;
                 }
                 actor.busy = true;
-                let (store, data_dir, config) = (
+                let (store, data_dir, config, clock) = (
                     actor.store.clone(),
                     actor.data_dir.clone(),
                     actor.config.clone(),
+                    actor.clock.clone(),
                 );
-                let pass =
-                    tokio::task::spawn_blocking(move || gather_due(&store, &data_dir, &config));
+                let pass = tokio::task::spawn_blocking(move || {
+                    gather_due(&store, &data_dir, &config, clock.now_ms())
+                });
                 context.spawn(actix::fut::wrap_future(pass).map(
                     |result, actor: &mut GatherActor, _| {
                         actor.busy = false;
@@ -351,9 +360,10 @@ pub fn gather_due(
     store: &Store,
     data_dir: &std::path::Path,
     config: &crashmesh_gather::logs::GatherConfig,
+    now_ms: u64,
 ) {
-    for (path, job) in crashmesh_gather::logs::due_jobs(data_dir, now_ms()) {
-        let gathered = crashmesh_gather::logs::gather(config, &job, now_ms());
+    for (path, job) in crashmesh_gather::logs::due_jobs(data_dir, now_ms) {
+        let gathered = crashmesh_gather::logs::gather(config, &job, now_ms);
         let mut attachments = Vec::new();
         let mut notes = gathered.notes;
         for (name, bytes) in gathered.attachments {

@@ -28,6 +28,8 @@ pub struct Ingester {
     /// The `crashmesh` binary that runs isolated analyses.
     pub binary: PathBuf,
     pub node_name: String,
+    /// The wall clock (when an entry waited since, quota passes).
+    pub clock: std::sync::Arc<dyn crashmesh_capture::clock::Clock>,
     /// Where new incidents are announced to the mesh (`None`: standalone).
     pub announcements: Option<tokio::sync::mpsc::Sender<crashmesh_protocol::wire::Announcement>>,
 }
@@ -94,7 +96,7 @@ impl Ingester {
         if summary.recorded > 0 {
             // After the entries left the spool: their bytes must not make room for themselves
             // by evicting evidence.
-            self.store.enforce_quota(crate::commands::now_ms())?;
+            self.store.enforce_quota(self.clock.now_ms())?;
         }
         Ok(summary)
     }
@@ -108,7 +110,7 @@ impl Ingester {
         };
         let pending =
             spool.new_dir().join(original).exists() || spool.tmp_dir().join(original).exists();
-        let waited_ms = crate::commands::now_ms().saturating_sub(entry.meta.time_ms);
+        let waited_ms = self.clock.now_ms().saturating_sub(entry.meta.time_ms);
         pending && waited_ms < (self.config.capture.time_limit_secs + 60) * 1000
     }
 
