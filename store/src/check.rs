@@ -8,11 +8,12 @@ use tracing::warn;
 use crate::chunk;
 use crate::error::StoreError;
 use crate::ids::{BlobId, ChunkId};
+use crate::index::Tables;
 use crate::index::{
     BLOBS, BlobRow, CHUNKS, ChunkRow, DEAD_PACKS, INCIDENTS, IncidentRow, PACKS, decode,
 };
 use crate::pack;
-use crate::store::{Store, Tables};
+use crate::store::Store;
 use crate::types::{CheckReport, EvidenceState};
 
 impl Store {

@@ -93,3 +93,9 @@ index_error_from!(
     redb::StorageError,
     redb::CommitError
 );
+
+impl From<crate::ids::BadId> for StoreError {
+    fn from(error: crate::ids::BadId) -> StoreError {
+        StoreError::Invalid(error.to_string())
+    }
+}

@@ -5,6 +5,11 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Text that is not a 64-digit hex id.
+#[derive(Debug, thiserror::Error)]
+#[error("not a 64-digit hex id: {0:?}")]
+pub struct BadId(pub String);
+
 macro_rules! hash_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -36,12 +41,12 @@ macro_rules! hash_id {
         }
 
         impl FromStr for $name {
-            type Err = crate::StoreError;
+            type Err = BadId;
 
-            fn from_str(text: &str) -> Result<$name, crate::StoreError> {
+            fn from_str(text: &str) -> Result<$name, BadId> {
                 blake3::Hash::from_hex(text)
                     .map(|hash| $name(*hash.as_bytes()))
-                    .map_err(|_| crate::StoreError::Invalid(format!("not a 64-digit hex id: {text:?}")))
+                    .map_err(|_| BadId(text.chars().take(80).collect()))
             }
         }
 

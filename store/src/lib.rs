@@ -80,6 +80,7 @@
 
 mod check;
 mod chunk;
+mod collection;
 mod error;
 mod faulty_fs;
 mod fs;
@@ -98,7 +99,7 @@ pub use chunk::{
 pub use error::StoreError;
 pub use faulty_fs::{FaultConfig, FaultCounts, FaultyFs};
 pub use fs::{Fs, FsSpace, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, RealFs};
-pub use ids::{BlobId, ChunkId};
+pub use ids::{BadId, BlobId, ChunkId};
 pub use index::FORMAT_VERSION;
 pub use pack::PACK_BYTES_MAX;
 pub use permissions::{Tightened, make_private};

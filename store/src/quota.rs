@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use tracing::info;
 
 use crate::error::StoreError;
+use crate::index::Tables;
 use crate::index::{IncidentRow, META_EVICTED_BYTES, meta_add};
-use crate::store::{Store, Tables};
+use crate::store::Store;
 use crate::types::{EvictionReport, EvidenceState, UploadState};
 
 /// Eviction passes per call: each pass re-measures, since the index itself grows.

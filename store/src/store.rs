@@ -64,147 +64,6 @@ pub struct Store {
     next_pack: AtomicU64,
 }
 
-/// Every table, opened in one write transaction.
-pub(crate) struct Tables<'txn> {
-    pub meta: redb::Table<'txn, &'static str, u64>,
-    pub chunks: redb::Table<'txn, [u8; 32], (u64, u64, u64, u64, u64)>,
-    pub garbage: redb::Table<'txn, (u64, u64), ([u8; 32], u64)>,
-    pub packs: redb::Table<'txn, u64, u64>,
-    pub dead_packs: redb::Table<'txn, u64, u64>,
-    pub blobs: redb::Table<'txn, [u8; 32], &'static [u8]>,
-    pub problems: redb::Table<'txn, &'static str, &'static [u8]>,
-    pub signatures: redb::Table<'txn, &'static str, &'static str>,
-    pub incidents: redb::Table<'txn, &'static str, &'static [u8]>,
-    pub problem_incidents: redb::MultimapTable<'txn, &'static str, &'static str>,
-}
-
-impl<'txn> Tables<'txn> {
-    pub(crate) fn open(txn: &'txn redb::WriteTransaction) -> Result<Tables<'txn>, StoreError> {
-        Ok(Tables {
-            meta: txn.open_table(META)?,
-            chunks: txn.open_table(CHUNKS)?,
-            garbage: txn.open_table(GARBAGE)?,
-            packs: txn.open_table(PACKS)?,
-            dead_packs: txn.open_table(DEAD_PACKS)?,
-            blobs: txn.open_table(BLOBS)?,
-            problems: txn.open_table(PROBLEMS)?,
-            signatures: txn.open_table(SIGNATURES)?,
-            incidents: txn.open_table(INCIDENTS)?,
-            problem_incidents: txn.open_multimap_table(PROBLEM_INCIDENTS)?,
-        })
-    }
-
-    pub(crate) fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkRow>, StoreError> {
-        Ok(self
-            .chunks
-            .get(id.0)?
-            .map(|value| ChunkRow::from_value(value.value())))
-    }
-
-    pub(crate) fn put_chunk(&mut self, id: &ChunkId, row: &ChunkRow) -> Result<(), StoreError> {
-        self.chunks.insert(id.0, row.value())?;
-        Ok(())
-    }
-
-    /// Where a garbage copy of `id` lies, if one does (a scan: garbage is short-lived).
-    pub(crate) fn find_garbage(&self, id: &ChunkId) -> Result<Option<(u64, u64, u64)>, StoreError> {
-        for entry in self.garbage.iter()? {
-            let (key, value) = entry?;
-            let (chunk, stored_bytes) = value.value();
-            if chunk == id.0 {
-                let (pack, offset) = key.value();
-                return Ok(Some((pack, offset, stored_bytes)));
-            }
-        }
-        Ok(None)
-    }
-
-    pub(crate) fn blob(&self, id: &BlobId) -> Result<Option<BlobRow>, StoreError> {
-        match self.blobs.get(id.0)? {
-            Some(bytes) => Ok(Some(decode(&format!("blob {id}"), bytes.value())?)),
-            None => Ok(None),
-        }
-    }
-
-    pub(crate) fn problem(&self, id: &str) -> Result<Option<ProblemRow>, StoreError> {
-        match self.problems.get(id)? {
-            Some(bytes) => Ok(Some(decode(&format!("problem {id}"), bytes.value())?)),
-            None => Ok(None),
-        }
-    }
-
-    pub(crate) fn put_problem(&mut self, row: &ProblemRow) -> Result<(), StoreError> {
-        self.problems
-            .insert(row.id.as_str(), encode(row)?.as_slice())?;
-        Ok(())
-    }
-
-    pub(crate) fn incident(&self, report_id: &str) -> Result<Option<IncidentRow>, StoreError> {
-        match self.incidents.get(report_id)? {
-            Some(bytes) => Ok(Some(decode(
-                &format!("incident {report_id}"),
-                bytes.value(),
-            )?)),
-            None => Ok(None),
-        }
-    }
-
-    pub(crate) fn put_incident(&mut self, row: &IncidentRow) -> Result<(), StoreError> {
-        self.incidents
-            .insert(row.report_id.as_str(), encode(row)?.as_slice())?;
-        Ok(())
-    }
-
-    /// Changes a blob's counts; a blob nobody holds any more is deleted and its chunks
-    /// released. Returns the compressed bytes of chunks that became garbage.
-    pub(crate) fn adjust_blob(
-        &mut self,
-        id: &BlobId,
-        refs_delta: i64,
-        pending_delta: i64,
-    ) -> Result<u64, StoreError> {
-        let Some(mut row) = self.blob(id)? else {
-            return Err(StoreError::UnknownBlob(*id));
-        };
-        row.refs = (row.refs as i64 + refs_delta).max(0) as u64;
-        row.pending = (row.pending as i64 + pending_delta).max(0) as u64;
-        if row.refs > 0 || row.pending > 0 {
-            self.blobs.insert(id.0, encode(&row)?.as_slice())?;
-            return Ok(0);
-        }
-        self.blobs.remove(id.0)?;
-        let mut freed_bytes = 0;
-        for (chunk_id, _) in &row.chunks {
-            freed_bytes += self.release_chunk(chunk_id)?;
-        }
-        debug!(blob = %id, freed_bytes, "blob released");
-        Ok(freed_bytes)
-    }
-
-    /// Drops one manifest reference to a chunk; the last one makes it garbage.
-    pub(crate) fn release_chunk(&mut self, id: &ChunkId) -> Result<u64, StoreError> {
-        let Some(mut row) = self.chunk(id)? else {
-            // check() may already have removed a missing chunk's row.
-            return Ok(0);
-        };
-        if row.refs > 1 {
-            row.refs -= 1;
-            self.put_chunk(id, &row)?;
-            return Ok(0);
-        }
-        self.make_garbage(id, &row)?;
-        Ok(row.stored_bytes)
-    }
-
-    /// Drops a chunk's row; its copy becomes garbage at its place.
-    pub(crate) fn make_garbage(&mut self, id: &ChunkId, row: &ChunkRow) -> Result<(), StoreError> {
-        self.chunks.remove(id.0)?;
-        self.garbage
-            .insert((row.pack, row.offset), (id.0, row.stored_bytes))?;
-        Ok(())
-    }
-}
-
 fn check_len(what: &'static str, value: usize, limit: usize) -> Result<(), StoreError> {
     if value > limit {
         return Err(StoreError::LimitExceeded {
@@ -428,8 +287,14 @@ impl Store {
     }
 
     /// A number no pack has had.
-    pub(crate) fn next_pack_number(&self) -> u64 {
-        self.next_pack.fetch_add(1, Ordering::SeqCst)
+    /// Where this store's packs are made.
+    pub(crate) fn pack_place(&self) -> crate::pack::PackPlace<'_> {
+        crate::pack::PackPlace {
+            fs: &*self.fs,
+            tmp_dir: &self.tmp_dir,
+            packs_dir: &self.packs_dir,
+            next_number: &self.next_pack,
+        }
     }
 
     pub(crate) fn lock_deleted_uncommitted(&self) -> MutexGuard<'_, u64> {
@@ -456,7 +321,7 @@ impl Store {
             .collection_lock
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut writer = PackWriter::new(self);
+        let mut writer = PackWriter::new(self.pack_place());
         let result = self.put_blob_locked(source, &mut writer);
         if result.is_err() {
             writer.discard();
@@ -869,7 +734,7 @@ impl Store {
         if self.has_chunk(id)? {
             return Ok(());
         }
-        let mut writer = PackWriter::new(self);
+        let mut writer = PackWriter::new(self.pack_place());
         let result = (|| {
             let new = writer.append(*id, stored, raw.len() as u64)?;
             writer.make_durable()?;

@@ -1,10 +1,16 @@
-//! Architecture invariant: the endpoint's modules are layered (see the crate doc): the top
-//! (`server`, `local`, `export`, `config`) over `http/` over `recording/` over `storage/`,
-//! with `error`, `time` and `version` below them all. A module uses its own layer and the
-//! layers below, never one above; no two files use each other, even through others (no
-//! cycle); nothing below `http/` names actix-web; and the endpoint does not depend on the
-//! node's store. This test reads the sources (comments and strings left out) and fails on
-//! any of these.
+//! The architecture's invariants as tests, like rust-analyzer's tidy tests. They read the
+//! sources and manifests (comments and strings left out) and fail when:
+//!
+//! - a crate depends on a crate the map in ARCHITECTURE.md forbids (the rooms of the node
+//!   point one way: capture ← detect, gather ← mesh ← daemon ← the binary; nothing of the
+//!   node links the endpoint's server but the binary; `protocol` and `untrusted` depend on
+//!   no other crate of ours; the endpoint not on the node's store);
+//! - two modules of a crate use each other, even through others (no module cycle in any
+//!   crate);
+//! - in the endpoint, a module uses a layer above its own (the top — `server`, `local`,
+//!   `export`, `config` — over `http/` over `recording/` over `storage/`, with `error`,
+//!   `time` and `version` below them all), or something below `http/` names actix-web;
+//! - a file names a path outside the repository.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -430,7 +436,9 @@ fn upward_uses(sources: &Sources) -> Vec<String> {
     let mut found = Vec::new();
     for (module, used) in sources.uses() {
         let layer = layer_of(&module).unwrap_or_else(|| {
-            panic!("module `{module}` has no layer: add it to LAYERS in tests/layers.rs")
+            panic!(
+                "module `{module}` has no layer: add it to LAYERS in tests/tests/architecture.rs"
+            )
         });
         for target in used {
             let target_layer = layer_of(&target).unwrap_or(Layer::Top);
@@ -500,11 +508,11 @@ fn http_crates_below_http(sources: &Sources) -> Vec<String> {
 }
 
 fn endpoint_sources() -> Sources {
-    Sources::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"))
+    Sources::read(&crashmesh_tests::workspace_root().join("endpoint/src"))
 }
 
 #[test]
-fn no_module_uses_a_layer_above_its_own() {
+fn no_endpoint_module_uses_a_layer_above_its_own() {
     let sources = endpoint_sources();
     assert!(
         sources.code.len() >= 30 && sources.parents.len() == 4,
@@ -521,7 +529,7 @@ fn no_module_uses_a_layer_above_its_own() {
 }
 
 #[test]
-fn no_two_modules_use_each_other() {
+fn no_two_endpoint_modules_use_each_other() {
     let graph = endpoint_sources().uses();
     assert!(
         graph["recording::ingest"].contains("recording::record")
@@ -537,19 +545,6 @@ fn no_two_modules_use_each_other() {
 fn nothing_below_http_names_actix() {
     let found = http_crates_below_http(&endpoint_sources());
     assert!(found.is_empty(), "{}", found.join("\n"));
-}
-
-#[test]
-fn the_endpoint_does_not_depend_on_the_nodes_store() {
-    let manifest =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
-    for line in manifest.lines() {
-        let line = line.trim();
-        assert!(
-            line.starts_with('#') || !line.starts_with("crashmesh-store"),
-            "the endpoint depends on the node's store: {line}"
-        );
-    }
 }
 
 #[test]
@@ -612,4 +607,399 @@ fn the_checks_would_catch_a_use_pointing_up_and_a_cycle() {
         "use actix_web::web;".to_string(),
     )]));
     assert_eq!(http_crates_below_http(&with_actix).len(), 1);
+}
+
+/// The workspace's crates: directory → package name.
+const CRATES: &[(&str, &str)] = &[
+    ("protocol", "crashmesh-protocol"),
+    ("untrusted", "crashmesh-untrusted"),
+    ("store", "crashmesh-store"),
+    ("coredump", "crashmesh-coredump"),
+    ("parsers", "crashmesh-parsers"),
+    ("privacy", "crashmesh-privacy"),
+    ("capture", "crashmesh-capture"),
+    ("detect", "crashmesh-detect"),
+    ("gather", "crashmesh-gather"),
+    ("mesh", "crashmesh-mesh"),
+    ("daemon", "crashmesh-daemon"),
+    ("endpoint-client", "crashmesh-endpoint-client"),
+    ("endpoint", "crashmesh-endpoint"),
+    ("node", "crashmesh"),
+    ("simulator", "crashmesh-simulator"),
+    ("tests", "crashmesh-tests"),
+];
+
+/// Which of our crates each crate may depend on (its `[dependencies]`; tests may use more
+/// through `[dev-dependencies]`). This is ARCHITECTURE.md's code map as data.
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("crashmesh-protocol", &[]),
+    ("crashmesh-untrusted", &[]),
+    ("crashmesh-store", &["crashmesh-protocol"]),
+    (
+        "crashmesh-coredump",
+        &["crashmesh-protocol", "crashmesh-untrusted"],
+    ),
+    ("crashmesh-parsers", &["crashmesh-protocol"]),
+    ("crashmesh-privacy", &["crashmesh-protocol"]),
+    (
+        "crashmesh-capture",
+        &["crashmesh-protocol", "crashmesh-store"],
+    ),
+    (
+        "crashmesh-detect",
+        &[
+            "crashmesh-protocol",
+            "crashmesh-parsers",
+            "crashmesh-store",
+            "crashmesh-untrusted",
+            "crashmesh-capture",
+        ],
+    ),
+    (
+        "crashmesh-gather",
+        &[
+            "crashmesh-protocol",
+            "crashmesh-store",
+            "crashmesh-untrusted",
+            "crashmesh-capture",
+        ],
+    ),
+    (
+        "crashmesh-mesh",
+        &[
+            "crashmesh-protocol",
+            "crashmesh-store",
+            "crashmesh-privacy",
+            "crashmesh-capture",
+            "crashmesh-gather",
+            "crashmesh-endpoint-client",
+        ],
+    ),
+    (
+        "crashmesh-daemon",
+        &[
+            "crashmesh-protocol",
+            "crashmesh-store",
+            "crashmesh-coredump",
+            "crashmesh-parsers",
+            "crashmesh-untrusted",
+            "crashmesh-capture",
+            "crashmesh-detect",
+            "crashmesh-gather",
+            "crashmesh-mesh",
+        ],
+    ),
+    ("crashmesh-endpoint-client", &["crashmesh-protocol"]),
+    (
+        "crashmesh-endpoint",
+        &[
+            "crashmesh-protocol",
+            "crashmesh-untrusted",
+            "crashmesh-endpoint-client",
+        ],
+    ),
+    (
+        "crashmesh",
+        &[
+            "crashmesh-protocol",
+            "crashmesh-store",
+            "crashmesh-coredump",
+            "crashmesh-parsers",
+            "crashmesh-privacy",
+            "crashmesh-untrusted",
+            "crashmesh-capture",
+            "crashmesh-detect",
+            "crashmesh-gather",
+            "crashmesh-mesh",
+            "crashmesh-daemon",
+            "crashmesh-endpoint",
+            "crashmesh-endpoint-client",
+        ],
+    ),
+    (
+        "crashmesh-simulator",
+        &[
+            "crashmesh-protocol",
+            "crashmesh-store",
+            "crashmesh-endpoint-client",
+        ],
+    ),
+    (
+        "crashmesh-tests",
+        &["crashmesh-privacy", "crashmesh-endpoint-client"],
+    ),
+];
+
+/// The names under `[dependencies]` of a manifest that are crates of ours.
+fn our_dependencies(manifest: &str) -> Vec<String> {
+    let mut section = String::new();
+    let mut found = Vec::new();
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            section = line.to_string();
+            continue;
+        }
+        if section != "[dependencies]" || line.starts_with('#') {
+            continue;
+        }
+        let name = line
+            .split(['=', '.', ' '])
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        if name.starts_with("crashmesh") {
+            found.push(name);
+        }
+    }
+    found
+}
+
+/// Every dependency on a crate of ours that the map does not allow, as text.
+fn forbidden_dependencies(manifests: &[(&str, String)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (package, manifest) in manifests {
+        let allowed = ALLOWED
+            .iter()
+            .find(|(name, _)| name == package)
+            .map(|(_, allowed)| *allowed)
+            .unwrap_or_else(|| panic!("{package} is not in ALLOWED: give it a place on the map"));
+        for dependency in our_dependencies(manifest) {
+            if !allowed.contains(&dependency.as_str()) {
+                found.push(format!("{package} depends on {dependency}"));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn every_crate_depends_only_on_what_the_map_allows() {
+    let root = crashmesh_tests::workspace_root();
+    let workspace = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let manifests: Vec<(&str, String)> = CRATES
+        .iter()
+        .map(|(dir, package)| {
+            let manifest = std::fs::read_to_string(root.join(dir).join("Cargo.toml"))
+                .unwrap_or_else(|error| panic!("{dir}/Cargo.toml: {error}"));
+            assert!(
+                manifest.contains(&format!("name = \"{package}\"")),
+                "{dir}/Cargo.toml is not {package}"
+            );
+            assert!(
+                workspace.contains(&format!("\"{dir}\"")),
+                "{dir} is not a workspace member"
+            );
+            (*package, manifest)
+        })
+        .collect();
+    let found = forbidden_dependencies(&manifests);
+    assert!(
+        found.is_empty(),
+        "against ARCHITECTURE.md's map:\n{}",
+        found.join("\n")
+    );
+    // The node's rooms do link what the map says they do (the check reads real manifests).
+    let daemon = &manifests
+        .iter()
+        .find(|(name, _)| *name == "crashmesh-daemon")
+        .unwrap()
+        .1;
+    assert!(our_dependencies(daemon).contains(&"crashmesh-mesh".to_string()));
+}
+
+#[test]
+fn the_dependency_check_would_catch_a_room_reaching_up() {
+    let manifests = vec![
+        (
+            "crashmesh-mesh",
+            "[dependencies]\ncrashmesh-daemon.workspace = true\n# crashmesh-endpoint = 1\n[dev-dependencies]\ncrashmesh-endpoint.workspace = true\n".to_string(),
+        ),
+        (
+            "crashmesh-protocol",
+            "[dependencies]\ncrashmesh-store = { path = \"../store\" }\n".to_string(),
+        ),
+    ];
+    assert_eq!(
+        forbidden_dependencies(&manifests),
+        [
+            "crashmesh-mesh depends on crashmesh-daemon",
+            "crashmesh-protocol depends on crashmesh-store"
+        ]
+    );
+}
+
+#[test]
+fn no_crate_has_a_module_cycle() {
+    let root = crashmesh_tests::workspace_root();
+    let mut checked = 0;
+    for (dir, _) in CRATES {
+        let source_dir = root.join(dir).join("src");
+        if !source_dir.is_dir() {
+            continue;
+        }
+        let graph = Sources::read(&source_dir).uses();
+        checked += graph.len();
+        if let Some(found) = cycle(&graph) {
+            panic!("a module cycle in {dir}: {}", found.join(" → "));
+        }
+    }
+    assert!(checked > 100, "only {checked} modules read");
+}
+
+/// Text files the repository tracks.
+fn tracked_text_files() -> Vec<std::path::PathBuf> {
+    let root = crashmesh_tests::workspace_root();
+    let output = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["ls-files", "-z"])
+        .output()
+        .expect("git ls-files");
+    assert!(output.status.success());
+    output
+        .stdout
+        .split(|&byte| byte == 0)
+        .filter(|name| !name.is_empty())
+        .map(|name| root.join(String::from_utf8_lossy(name).as_ref()))
+        .filter(|path| {
+            let name = path.to_string_lossy();
+            [".rs", ".toml", ".md", ".py", ".sh", ".yml"]
+                .iter()
+                .any(|extension| name.ends_with(extension))
+                || name.ends_with("/run")
+                || name.ends_with("/test")
+        })
+        .collect()
+}
+
+/// Paths in `text` (a file at `file`) that lead out of the repository at `root`: in Rust,
+/// the paths joined to `CARGO_MANIFEST_DIR` or the workspace root and the files
+/// `include_str!`/`include_bytes!` read; in Markdown, link targets; anywhere, the
+/// sibling folders the project started from and absolute paths of this machine. (Paths
+/// in test inputs — a traversal an attacker tries — are data, not places.)
+fn paths_outside(root: &Path, file: &Path, text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let crate_dir = file
+        .ancestors()
+        .skip(1)
+        .find(|dir| dir.join("Cargo.toml").is_file() && dir.starts_with(root))
+        .unwrap_or(root);
+    let file_dir = file.parent().unwrap_or(root);
+    let depth_of = |dir: &Path| {
+        dir.strip_prefix(root)
+            .map_or(0, |relative| relative.components().count()) as i64
+    };
+    let climbs_out = |base: &Path, path: &str| {
+        let mut depth = depth_of(base);
+        for component in path.split('/') {
+            match component {
+                ".." => depth -= 1,
+                "" | "." => {}
+                _ => depth += 1,
+            }
+            if depth < 0 {
+                return true;
+            }
+        }
+        false
+    };
+    let is_rust = file.extension().is_some_and(|extension| extension == "rs");
+    let is_markdown = file.extension().is_some_and(|extension| extension == "md");
+    for line in text.lines() {
+        if is_rust {
+            let rooted = line.contains("workspace_root");
+            let places = line.contains("CARGO_MANIFEST_DIR")
+                || rooted
+                || line.contains("include_str!")
+                || line.contains("include_bytes!");
+            if !places {
+                continue;
+            }
+            for literal in line.split('"').skip(1).step_by(2) {
+                let base = if rooted {
+                    root
+                } else if line.contains("CARGO_MANIFEST_DIR") {
+                    crate_dir
+                } else {
+                    file_dir
+                };
+                if literal.contains("..") && climbs_out(base, literal.trim_start_matches('/')) {
+                    found.push(literal.to_string());
+                }
+            }
+        } else if is_markdown {
+            for target in line.split("](").skip(1) {
+                let target = target.split([')', '#']).next().unwrap_or("");
+                if !target.contains("://") && climbs_out(file_dir, target) {
+                    found.push(target.to_string());
+                }
+            }
+        }
+    }
+    for absolute in ["/work/", "shared/corpus", "shared/DESIGN", "shared/STYLE"] {
+        if text.contains(absolute) {
+            found.push(absolute.to_string());
+        }
+    }
+    found
+}
+
+#[test]
+fn no_file_names_a_path_outside_the_repository() {
+    let root = crashmesh_tests::workspace_root();
+    let files = tracked_text_files();
+    assert!(files.len() > 100, "only {} files", files.len());
+    let mut found = Vec::new();
+    for file in &files {
+        if file.ends_with("tests/tests/architecture.rs") {
+            continue; // names the forbidden paths to look for them
+        }
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for path in paths_outside(&root, file, &text) {
+            found.push(format!(
+                "{}: {path}",
+                file.strip_prefix(&root).unwrap().display()
+            ));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "paths outside the repository:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_path_check_would_catch_the_old_corpus_path() {
+    let root = crashmesh_tests::workspace_root();
+    let file = root.join("parsers/tests/kernel_corpus.rs");
+    assert_eq!(
+        paths_outside(
+            &root,
+            &file,
+            "const CORPUS: &str = concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/../../shared/corpus/x\");"
+        ),
+        ["/../../shared/corpus/x", "shared/corpus"]
+    );
+    assert!(
+        paths_outside(
+            &root,
+            &file,
+            "concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/tests/corpus\");\nlet bad = \"../../../etc/passwd\";"
+        )
+        .is_empty()
+    );
+    let readme = root.join("docs/node.md");
+    assert_eq!(
+        paths_outside(
+            &root,
+            &readme,
+            "see [the design](../../shared/DESIGN.md) and [map](../ARCHITECTURE.md)"
+        ),
+        ["../../shared/DESIGN.md", "shared/DESIGN"]
+    );
 }
