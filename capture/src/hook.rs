@@ -563,8 +563,10 @@ mod tests {
     #[test]
     fn ignored_executables_write_nothing() {
         let data = tempfile::tempdir().unwrap();
-        let mut config = CaptureConfig::default();
-        config.ignore_paths = vec!["/**".into()];
+        let config = CaptureConfig {
+            ignore_paths: vec!["/**".into()],
+            ..CaptureConfig::default()
+        };
         assert!(matches!(
             run_on(&config, data.path(), b"x"),
             HookOutcome::Skipped(_)

@@ -239,7 +239,7 @@ pub fn spool_report(
     Ok(id)
 }
 
-/// Binds the Python socket in its public directory (see [`crate::prepare_socket_dir`]):
+/// Binds the Python socket in its public directory (see `crate::prepare_socket_dir`):
 /// any user may connect; who they are comes from the kernel.
 pub fn listen(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;

@@ -1,11 +1,11 @@
 //! The mesh shell: [`MeshActor`] owns one node's [`Driver`] and moves bytes and timers
 //! between it and the world. The driver (in `protocol`) releases the node's outputs in
 //! order, holds what follows a vote until it is durable, and builds and pages every
-//! message; the actor's [`Shell`] ([`MeshShell`]) only carries them out: QUIC
+//! message; the actor's [`Shell`] (`MeshShell`) only carries them out: QUIC
 //! ([`crate::transport`]), the store, the clock. The simulator and
 //! `protocol/tests/cluster.rs` drive the same driver with a simulated network.
 //!
-//! - **Timers**: one `run_later` to the node's [`Node::next_deadline_ms`], rescheduled
+//! - **Timers**: one `run_later` to the node's `Node::next_deadline_ms`, rescheduled
 //!   after every input; the clock is monotonic (an `Instant`) anchored at the unix time of
 //!   the start, so `now_ms` never goes back and still reads as wall time.
 //! - **Outbound**: `Transmit { to, bytes }` goes to a per-peer link task with a bounded
@@ -19,7 +19,7 @@
 //! - **Inbound**: the accept loop admits only configured members (the transport already
 //!   refused every certificate not of our CA); a reader task per connection hands
 //!   `(peer name from the certificate, bytes)` to the actor, with back-pressure (it awaits
-//!   the actor's mailbox). [`Node::handle_datagram`] refusals are logged, rate-limited,
+//!   the actor's mailbox). `Node::handle_datagram` refusals are logged, rate-limited,
 //!   and the node carries on.
 //! - **Persist before release**: at a `Persist(vote)` the shell writes the vote on the
 //!   blocking pool ([`Store::put_setting`], a redb commit with `Durability::Immediate`)
@@ -29,10 +29,10 @@
 //!   failed write is retried; nothing is released until it succeeds.
 //! - **Generation**: `max(previous + 1, start time in ms)`, persisted before the node
 //!   starts, so it grows across restarts even if the clock is set back.
-//! - **Reports and uploads** ([`MeshShell`]): store work and HTTP run on one worker
-//!   thread per node ([`run_worker`]), in the order the node asked for them, so a
+//! - **Reports and uploads** (`MeshShell`): store work and HTTP run on one worker
+//!   thread per node (`run_worker`), in the order the node asked for them, so a
 //!   report's chunks are in the store before its upload reads them; each answer goes back
-//!   to the node through the actor ([`WorkDone`]). Node side: `read_report` builds the
+//!   to the node through the actor (`WorkDone`). Node side: `read_report` builds the
 //!   incident's report ([`crate::report::build_node_report`]) and answers its chunk
 //!   list (the node pages it to the aggregator, or says it is unavailable);
 //!   `read_chunks` reads each chunk's uncompressed bytes, [`CHUNK_DATA_BATCH_LEN`] at a

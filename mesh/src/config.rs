@@ -73,7 +73,7 @@ pub struct UploadConfig {
     /// The CA certificate (PEM) an `https://` endpoint's certificate must chain to; empty:
     /// the default roots.
     pub ca_cert: PathBuf,
-    /// `[privacy]`, copied here by [`Config::parse`]: the uploader is built from
+    /// `[privacy]`, copied here by `Config::parse`: the uploader is built from
     /// `[upload]` alone and scrubs by it (not a key of `[upload]`).
     #[serde(skip)]
     pub privacy: crate::customer::PrivacyConfig,
