@@ -145,7 +145,7 @@ impl Ingester {
     /// passed (a durable job), and the configured events fire. Neither can fail capture.
     fn after_recording(&self, meta: &EntryMeta, recorded: &Recorded, problem: Problem) {
         let report_id = self.report_id(&meta.id);
-        self.announce(meta, &report_id, &problem);
+        self.announce(&report_id, &problem);
         if self.config.gather.enabled && meta.suppressed_count.is_none() {
             let job = crashmesh_gather::logs::GatherJob {
                 report_id: report_id.clone(),
@@ -181,30 +181,23 @@ impl Ingester {
 
     /// Tells the mesh about a new incident (never blocks: a full queue is logged; the
     /// incident stays in the store).
-    fn announce(&self, meta: &EntryMeta, report_id: &str, problem: &Problem) {
-        use crashmesh_protocol::wire::{Announcement, Label, NodeId, ReportId, UploadState};
+    fn announce(&self, report_id: &str, problem: &Problem) {
         let Some(announcements) = &self.announcements else {
             return;
         };
-        let announcement = Announcement {
-            report_id: ReportId::new(report_id),
-            signature: problem.signature.clone(),
-            kind: problem.kind,
-            time_ms: meta.time_ms,
-            node: NodeId(self.node_name.clone()),
-            report_bytes: meta.core.as_ref().map_or(0, |core| core.bytes_stored),
-            labels: self
-                .config
-                .node
-                .labels
-                .iter()
-                .map(|(key, value)| Label {
-                    key: key.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-            upload_state: UploadState::NotUploaded,
+        let incident = match self.store.incident(report_id) {
+            Ok(Some(incident)) => incident,
+            Ok(None) => return,
+            Err(error) => {
+                return tracing::warn!(report = %report_id, %error, "incident not announced to the mesh");
+            }
         };
+        let announcement = crashmesh_mesh::report::announcement(
+            &crashmesh_protocol::wire::NodeId(self.node_name.clone()),
+            &self.config.node.labels,
+            &incident,
+            problem,
+        );
         if let Err(error) = announcements.try_send(announcement) {
             tracing::warn!(report = %report_id, %error, "incident not announced to the mesh");
         }
@@ -217,12 +210,7 @@ impl Ingester {
         let problem = self.problem_of(entry)?;
         if let Some(extra) = meta.suppressed_count.filter(|&extra| extra > 0) {
             // A flood's held-back occurrences count on the problem they repeat.
-            if let Some(summary) = self
-                .store
-                .problems()?
-                .into_iter()
-                .find(|s| s.signature == problem.signature)
-            {
+            if let Some(summary) = self.store.problem_of_signature(&problem.signature)? {
                 let count = self
                     .store
                     .add_repeat_count(&summary.id, extra, meta.time_ms)?;
@@ -289,10 +277,8 @@ impl Ingester {
     fn wants_core(&self, signature: &str) -> Result<bool, IngestError> {
         let kept = self
             .store
-            .problems()?
-            .into_iter()
-            .find(|summary| summary.signature == signature)
-            .map(|s| s.cores_kept);
+            .problem_of_signature(signature)?
+            .map(|summary| summary.cores_kept);
         Ok(kept.is_none_or(|kept| kept < self.config.store.max_cores_per_signature))
     }
 

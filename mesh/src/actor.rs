@@ -491,7 +491,6 @@ fn announce_pending_at_start(store: Arc<Store>, settings: MeshSettings, actor: A
 }
 
 fn pending_announcements(store: &Store, settings: &MeshSettings) -> Result<Vec<Announcement>> {
-    use crashmesh_protocol::wire::{Label, UploadState};
     let node = settings.node.as_str();
     let mut announcements = Vec::new();
     for summary in store.problems()? {
@@ -509,29 +508,12 @@ fn pending_announcements(store: &Store, settings: &MeshSettings) -> Result<Vec<A
             if announcements.len() >= ANNOUNCE_AT_START_MAX {
                 return Ok(announcements);
             }
-            let report_bytes = incident
-                .core
-                .iter()
-                .chain(incident.attachments.iter())
-                .map(|evidence| evidence.len_bytes)
-                .sum();
-            announcements.push(Announcement {
-                report_id: ReportId::new(incident.report_id.clone()),
-                signature: detail.problem.signature.clone(),
-                kind: detail.problem.kind,
-                time_ms: incident.time_ms,
-                node: settings.node.clone(),
-                report_bytes,
-                labels: settings
-                    .labels
-                    .iter()
-                    .map(|(key, value)| Label {
-                        key: key.clone(),
-                        value: value.clone(),
-                    })
-                    .collect(),
-                upload_state: UploadState::NotUploaded,
-            });
+            announcements.push(crate::report::announcement(
+                &settings.node,
+                &settings.labels,
+                incident,
+                &detail.problem,
+            ));
         }
     }
     Ok(announcements)

@@ -253,3 +253,36 @@ pub(crate) fn incident_of(record: &IncidentRecord) -> Incident {
             .collect(),
     }
 }
+
+/// The announcement of an incident this node recorded: what the aggregator learns first.
+/// One place builds it, for a new incident and for one announced again at start; its
+/// `report_bytes` is what the incident's kept evidence takes in the store.
+pub fn announcement(
+    node: &crashmesh_protocol::wire::NodeId,
+    labels: &std::collections::BTreeMap<String, String>,
+    incident: &IncidentDetail,
+    problem: &Problem,
+) -> crashmesh_protocol::wire::Announcement {
+    use crashmesh_protocol::wire::{Announcement, Label, ReportId, UploadState};
+    Announcement {
+        report_id: ReportId::new(incident.report_id.clone()),
+        signature: problem.signature.clone(),
+        kind: problem.kind,
+        time_ms: incident.time_ms,
+        node: node.clone(),
+        report_bytes: incident
+            .core
+            .iter()
+            .chain(incident.attachments.iter())
+            .map(|evidence| evidence.len_bytes)
+            .sum(),
+        labels: labels
+            .iter()
+            .map(|(key, value)| Label {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        upload_state: UploadState::NotUploaded,
+    }
+}

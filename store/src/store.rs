@@ -1115,6 +1115,27 @@ impl Store {
         Ok(summaries)
     }
 
+    /// The problem of a signature, if there is one (one lookup in the signatures table).
+    pub fn problem_of_signature(
+        &self,
+        signature: &str,
+    ) -> Result<Option<ProblemSummary>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let signatures = txn.open_table(SIGNATURES)?;
+        let Some(id) = signatures
+            .get(signature)?
+            .map(|found| found.value().to_string())
+        else {
+            return Ok(None);
+        };
+        let problems = txn.open_table(PROBLEMS)?;
+        let Some(value) = problems.get(id.as_str())? else {
+            return Ok(None);
+        };
+        let row: ProblemRow = decode(&format!("problem {id}"), value.value())?;
+        Ok(Some(Store::summary(&row)))
+    }
+
     /// One problem with its incidents, by id, unique id prefix (at least 4 digits) or
     /// signature.
     pub fn problem(&self, id: &str) -> Result<Option<ProblemDetail>, StoreError> {
