@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::clock::now_ms;
 use crate::config::CaptureConfig;
 use crate::procsnap;
-use crate::spool::{self, CoreFile, EntryMeta, SPOOL_FORMAT_VERSION, Spool};
+use crate::spool::{self, CoreFile, EntryMeta, SPOOL_FORMAT_VERSION, Source, Spool};
 
 /// The core_pattern arguments after `hook core`, in this order. `%e` goes last because
 /// older kernels split a command name with spaces into several arguments.
@@ -223,7 +223,7 @@ pub fn run(
     let mut meta = EntryMeta {
         format_version: SPOOL_FORMAT_VERSION,
         id,
-        source: "core".into(),
+        source: Source::Core,
         time_ms,
         pid: Some(args.pid),
         tid: args.tid,

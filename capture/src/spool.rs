@@ -32,6 +32,52 @@ pub struct Spool {
     pub root: PathBuf,
 }
 
+/// What produced a spool entry, written in `meta.json` as its snake_case name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The core_pattern hook: a native crash, with its core.
+    Core,
+    /// The Python hook's exception report.
+    Python,
+    /// The kernel log (`/dev/kmsg`): oopses, panics, hung tasks, OOM kills, machine checks.
+    Kmsg,
+    /// A kdump dump directory left by a crashed kernel.
+    Kdump,
+    /// The kernel's persistent store of its last words.
+    Pstore,
+    /// A JVM's fatal error log.
+    HsErr,
+    /// A virtual machine's guest panic.
+    VmGuest,
+    /// A name this version does not know (written by a newer writer); such an entry is
+    /// recorded from the problem its writer analysed.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Core => "core",
+            Source::Python => "python",
+            Source::Kmsg => "kmsg",
+            Source::Kdump => "kdump",
+            Source::Pstore => "pstore",
+            Source::HsErr => "hs_err",
+            Source::VmGuest => "vm_guest",
+            Source::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
 /// What the hook knew about a crash, written as `meta.json`. Writers in other languages
 /// (the Python hook) may leave out any field but `format_version`, `id` and `source`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -39,8 +85,8 @@ pub struct Spool {
 pub struct EntryMeta {
     pub format_version: u32,
     pub id: String,
-    /// What produced the entry: `core`, `python`, `kmsg`, …
-    pub source: String,
+    /// What produced the entry.
+    pub source: Source,
     /// The time of the crash, unix milliseconds.
     pub time_ms: u64,
     /// The crashed process's pid in the initial pid namespace (`%P`).
@@ -357,8 +403,7 @@ pub enum Attachment<'a> {
 pub struct Found<'a> {
     /// Derived from what was found, never from the time (see the module's invariants).
     pub entry_id: String,
-    /// `kmsg`, `kdump`, `pstore`, `hs_err`, `vm_guest`.
-    pub source: &'static str,
+    pub source: Source,
     /// When the problem happened, unix milliseconds.
     pub time_ms: u64,
     pub problem: crashmesh_protocol::Problem,
@@ -419,7 +464,7 @@ pub fn write_found(data_dir: &Path, found: Found<'_>) -> Result<bool, SpoolError
     let meta = EntryMeta {
         format_version: SPOOL_FORMAT_VERSION,
         id: found.entry_id,
-        source: found.source.to_string(),
+        source: found.source,
         time_ms: found.time_ms,
         pid: found.pid,
         uid: found.uid,
@@ -492,8 +537,32 @@ mod tests {
         )
         .unwrap();
         let meta = read_meta(dir.path()).unwrap();
-        assert_eq!(meta.source, "python");
+        assert_eq!(meta.source, Source::Python);
         assert!(!meta.repeat && meta.notes.is_empty());
+    }
+
+    #[test]
+    fn sources_are_written_by_name_and_an_unknown_name_still_reads() {
+        for source in [
+            Source::Core,
+            Source::Python,
+            Source::Kmsg,
+            Source::Kdump,
+            Source::Pstore,
+            Source::HsErr,
+            Source::VmGuest,
+        ] {
+            let json = serde_json::to_string(&source).unwrap();
+            assert_eq!(json, format!("\"{source}\""));
+            assert_eq!(serde_json::from_str::<Source>(&json).unwrap(), source);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("meta.json"),
+            br#"{"format_version":1,"id":"x","source":"written_by_a_newer_hook"}"#,
+        )
+        .unwrap();
+        assert_eq!(read_meta(dir.path()).unwrap().source, Source::Unknown);
     }
 
     #[test]
@@ -520,7 +589,7 @@ mod tests {
         std::fs::write(&source, b"0123456789").unwrap();
         let found = || Found {
             entry_id: stable_entry_id("test", &[b"x"]),
-            source: "kdump",
+            source: Source::Kdump,
             time_ms: 5,
             problem: crashmesh_protocol::Problem::new(
                 crashmesh_protocol::ProblemKind::KernelPanic,
@@ -548,7 +617,7 @@ mod tests {
         let entries = Spool::new(data.path()).list().unwrap();
         assert_eq!(entries.len(), 1);
         let entry = entries.into_iter().next().unwrap().unwrap();
-        assert_eq!(entry.meta.source, "kdump");
+        assert_eq!(entry.meta.source, Source::Kdump);
         assert_eq!(entry.meta.proc_files, ["a.txt", "dir/b.txt"]);
         assert_eq!(std::fs::read(entry.dir.join("dir/b.txt")).unwrap(), b"0123");
         assert_eq!(entry.meta.notes, ["dir/b.txt: cut at 4 of 10 bytes"]);

@@ -14,7 +14,7 @@ use crashmesh_store::{NewIncident, Recorded, Store};
 
 use crate::analyze::{self, CoreContext};
 use crate::config::Config;
-use crashmesh_capture::spool::{Entry, EntryMeta, Spool};
+use crashmesh_capture::spool::{Entry, EntryMeta, Source, Spool};
 
 /// Entries handled per pass, so that a flood cannot starve the quota pass.
 pub const ENTRIES_PER_PASS_MAX: usize = 64;
@@ -318,7 +318,7 @@ impl Ingester {
         if let Some(problem) = &meta.problem {
             return Ok(problem.clone());
         }
-        if meta.source == "python" {
+        if meta.source == Source::Python {
             return Ok(crashmesh_detect::python::problem_of_entry(&entry.dir, meta)
                 .unwrap_or_else(|| {
                     analyze::failed_problem(

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{KdumpConfig, PstoreConfig};
 use crate::detector;
-use crashmesh_capture::spool::Attachment;
+use crashmesh_capture::spool::{Attachment, Source};
 
 /// Keys of harvested crashes remembered; the oldest are forgotten beyond it.
 pub const HARVESTED_KEYS_MAX: usize = 4096;
@@ -455,7 +455,7 @@ fn spool_kdump_crash(
         data_dir,
         crashmesh_capture::spool::Found {
             entry_id: crashmesh_capture::spool::stable_entry_id("kdump", &[crash.key.as_bytes()]),
-            source: "kdump",
+            source: Source::Kdump,
             time_ms,
             comm: problem.process.clone(),
             problem,
@@ -814,7 +814,7 @@ fn spool_pstore_dump(data_dir: &Path, dump: &PstoreDump, key: &str) -> Result<bo
         data_dir,
         crashmesh_capture::spool::Found {
             entry_id: crashmesh_capture::spool::stable_entry_id("pstore", &[key.as_bytes()]),
-            source: "pstore",
+            source: Source::Pstore,
             time_ms,
             comm: problem.process.clone(),
             problem,
@@ -893,7 +893,7 @@ mod tests {
         let listed = entries(data.path());
         assert_eq!(listed.len(), 1);
         let meta = &listed[0].meta;
-        assert_eq!(meta.source, "kdump");
+        assert_eq!(meta.source, Source::Kdump);
         let problem = meta.problem.as_ref().unwrap();
         // The fatal oops, not the earlier warning nor the one printed while going down.
         let oops = &crashmesh_parsers::parse_kernel_log(&corpus("debug_messages.test"))[0];
@@ -1189,7 +1189,11 @@ mod tests {
             .iter()
             .map(|entry| entry.meta.problem.clone().unwrap())
             .collect();
-        assert!(listed.iter().all(|entry| entry.meta.source == "pstore"));
+        assert!(
+            listed
+                .iter()
+                .all(|entry| entry.meta.source == Source::Pstore)
+        );
         let oops = &crashmesh_parsers::parse_kernel_log(&corpus("debug_messages.test"))[0];
         let from_parts = problems
             .iter()

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::HsErrConfig;
 use crate::detector;
-use crashmesh_capture::spool::Attachment;
+use crashmesh_capture::spool::{Attachment, Source};
 
 /// How long the file of a JVM that looks gone must not change to count as complete.
 pub const GONE_QUIET_MS: u64 = 2_000;
@@ -287,7 +287,7 @@ impl HsErrWatcher {
             &self.data_dir,
             crashmesh_capture::spool::Found {
                 entry_id,
-                source: "hs_err",
+                source: Source::HsErr,
                 time_ms: modified_ms,
                 pid: pid_of(path),
                 // The JVM writes its report as the user it runs as.
@@ -482,7 +482,7 @@ END.
         let listed = entries(data.path());
         assert_eq!(listed.len(), 1);
         let meta = &listed[0].meta;
-        assert_eq!(meta.source, "hs_err");
+        assert_eq!(meta.source, Source::HsErr);
         assert_eq!(meta.pid, Some(std::process::id()));
         let problem = meta.problem.as_ref().unwrap();
         assert_eq!(problem.kind, ProblemKind::Java);

@@ -306,7 +306,7 @@ fn spool_kernel_problem(
     suppressed_count: Option<u64>,
     now_ms: u64,
 ) -> Result<(), crashmesh_capture::spool::SpoolError> {
-    use crashmesh_capture::spool::{Attachment, Found, write_found};
+    use crashmesh_capture::spool::{Attachment, Found, Source, write_found};
     let mut hasher = blake3::Hasher::new();
     hasher.update(boot_id.as_bytes());
     hasher.update(&closing_sequence.unwrap_or(0).to_le_bytes());
@@ -325,7 +325,7 @@ fn spool_kernel_problem(
         data_dir,
         Found {
             entry_id,
-            source: "kmsg",
+            source: Source::Kmsg,
             time_ms: now_ms,
             pid: None,
             uid: None,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crashmesh_capture::procsnap;
-use crashmesh_capture::spool::{self, EntryMeta, SPOOL_FORMAT_VERSION, Spool};
+use crashmesh_capture::spool::{self, EntryMeta, SPOOL_FORMAT_VERSION, Source, Spool};
 
 /// The largest message the daemon reads from the Python hook.
 pub const MESSAGE_BYTES_MAX: u64 = 2 * 1024 * 1024;
@@ -223,7 +223,7 @@ pub fn spool_report(
     let mut meta = EntryMeta {
         format_version: SPOOL_FORMAT_VERSION,
         id: id.clone(),
-        source: "python".into(),
+        source: Source::Python,
         time_ms: now_ms,
         pid: Some(pid),
         uid: Some(uid),

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::VmGuestConfig;
 use crate::detector;
-use crashmesh_capture::spool::Attachment;
+use crashmesh_capture::spool::{Attachment, Source};
 
 /// The state file's name in the data dir.
 pub const STATE_FILE: &str = "vm-guest-logs.json";
@@ -347,7 +347,7 @@ impl VmGuestWatcher {
                 &self.data_dir,
                 crashmesh_capture::spool::Found {
                     entry_id,
-                    source: "vm_guest",
+                    source: Source::VmGuest,
                     time_ms,
                     pid: None,
                     uid: None,
@@ -567,7 +567,7 @@ mod tests {
             Some("/usr/bin/qemu-system-x86_64")
         );
         let entry = &entries(data.path())[0];
-        assert_eq!(entry.meta.source, "vm_guest");
+        assert_eq!(entry.meta.source, Source::VmGuest);
         assert_eq!(entry.meta.comm.as_deref(), Some("win2019"));
         assert!(entry.dir.join("win2019.log").is_file());
         // Known limit: details that arrive more than a quiet period after the event do
