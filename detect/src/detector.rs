@@ -149,6 +149,9 @@ impl<P: Detector> PollActor<P> {
         context.spawn(
             actix::fut::wrap_future(pass).map(|result, actor: &mut PollActor<P>, context| {
                 use actix::ActorContext;
+                // One line per finished poll (at trace): what tests wait on to know a
+                // detector has looked since they changed the machine.
+                tracing::trace!(detector = P::NAME, "poll done");
                 match result {
                     Ok(poller) if poller.finished() => context.stop(),
                     Ok(poller) => actor.poller = Some(poller),

@@ -227,7 +227,7 @@ impl KmsgDetector {
         if hint.pid != 0
             && crate::hints::core_seen(&self.data_dir, self.store.as_deref(), &hint, now_ms)
         {
-            tracing::debug!(comm = %hint.comm, pid = hint.pid, "the kernel's fault line matches a captured crash");
+            tracing::info!(comm = %hint.comm, pid = hint.pid, "the kernel's fault line matches a captured crash");
             return;
         }
         tracing::info!(comm = %hint.comm, pid = hint.pid, "a process faulted and no core came; reporting the kernel's line");

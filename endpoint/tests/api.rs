@@ -5,8 +5,9 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use crashmesh_protocol::report::IncidentUpdate;
@@ -381,8 +382,9 @@ fn rules_hide_uninteresting_problems_and_filters_select() {
     assert_eq!(one.json()["problem"]["frames"][0]["function"], "boring");
 }
 
-/// A tiny HTTP receiver: collects the JSON bodies POSTed to it.
-fn webhook_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+/// A tiny HTTP receiver: collects the JSON bodies POSTed to it. It holds each request,
+/// unanswered, until `gate` is let go (its sender dropped).
+fn webhook_receiver(gate: Receiver<()>) -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -402,7 +404,10 @@ fn webhook_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
                 }
             }
             let mut body = vec![0u8; length];
-            if reader.read_exact(&mut body).is_ok() {
+            let complete = reader.read_exact(&mut body).is_ok();
+            // Blocks until the test lets go; after that, returns at once.
+            let _ = gate.recv();
+            if complete {
                 sink.lock()
                     .unwrap()
                     .push(serde_json::from_slice(&body).unwrap_or_default());
@@ -415,7 +420,8 @@ fn webhook_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
 
 #[test]
 fn webhooks_get_new_bug_and_comment_events_and_a_dead_one_never_blocks_ingest() {
-    let (url, received) = webhook_receiver();
+    let (release, gate) = channel::<()>();
+    let (url, received) = webhook_receiver(gate);
     // A second URL where nothing listens: its failures are logged, ingest goes on.
     let dead = {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -423,7 +429,9 @@ fn webhooks_get_new_bug_and_comment_events_and_a_dead_one_never_blocks_ingest() 
     };
     let harness = Harness::start_with(|config| {
         config.webhooks.urls = vec![dead, url];
-        config.webhooks.timeout_ms = 2000;
+        // Longer than the client's own timeout: were ingest to wait on the held
+        // webhook, the upload below would fail rather than finish late.
+        config.webhooks.timeout_ms = 600_000;
     });
     let client = harness.client("c1");
     let (manifest, chunks) = report(
@@ -434,7 +442,6 @@ fn webhooks_get_new_bug_and_comment_events_and_a_dead_one_never_blocks_ingest() 
         vec![incident("node-1", "e1", T0, None)],
         b"z\n",
     );
-    let started = Instant::now();
     client.upload(&manifest, &chunks).unwrap();
     client
         .update(&IncidentUpdate {
@@ -445,15 +452,17 @@ fn webhooks_get_new_bug_and_comment_events_and_a_dead_one_never_blocks_ingest() 
             incidents: vec![incident("node-2", "e2", T0 + 1, None)],
         })
         .unwrap();
+    // Both were answered while the receiver has answered no webhook at all.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "ingest did not wait on webhooks"
+        received.lock().unwrap().is_empty(),
+        "the receiver answered before it was let go"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while received.lock().unwrap().len() < 2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    drop(release);
+    let delivered = wait_until(Duration::from_secs(60), || {
+        received.lock().unwrap().len() >= 2
+    });
     let events = received.lock().unwrap().clone();
+    assert!(delivered, "{events:?}");
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(events[0]["event"], "new_bug");
     assert_eq!(events[0]["signature"], "v1:core:hook");
@@ -620,19 +629,23 @@ fn chunks_answered_while_no_pack_can_be_written_are_kept_and_their_report_waits_
     );
     let expected = chunks.clone();
     let uploading = std::thread::spawn(move || client.upload(&manifest, &chunks));
-    std::thread::sleep(Duration::from_millis(1500));
     // The chunks were answered and wait in memory; the completion waits for their writes.
+    let writing = format!("crashmesh_endpoint_chunks_writing {}", expected.len());
+    let waiting = "crashmesh_endpoint_completions_waiting_for_chunks 1";
+    let waited = wait_until(Duration::from_secs(60), || {
+        let metrics = harness.metrics_text();
+        metrics.contains(&writing) && metrics.contains(waiting)
+    });
+    assert!(
+        waited,
+        "{writing} and {waiting} in\n{}",
+        harness.metrics_text()
+    );
     assert!(
         !uploading.is_finished(),
         "the report was recorded before its chunks were written"
     );
-    let metrics = harness.admin().get("/metrics").unwrap();
-    let writing = format!("crashmesh_endpoint_chunks_writing {}", expected.len());
-    assert!(
-        metrics.body.contains(&writing),
-        "{writing} in\n{}",
-        metrics.body
-    );
+    assert!(harness.problems("").is_empty());
     assert_eq!(
         chunk_bytes(&harness, &expected[0].id),
         expected[0].compressed,

@@ -146,8 +146,15 @@ impl NodeDir {
 
     /// Start `crashmesh node run`; it is killed when the returned guard drops.
     pub fn start_daemon(&self) -> Daemon {
+        // The caller's filter (or info), plus the detectors' per-poll line that
+        // [`NodeDir::wait_for_fresh_polls`] counts.
+        let filter = format!(
+            "{},crashmesh_detect::detector=trace",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())
+        );
         let child = self
             .command(&["node", "run"])
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(self.root.path().join("daemon.log")).expect("log"),
@@ -160,6 +167,46 @@ impl NodeDir {
     /// The daemon's log so far (for failure messages).
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.root.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// The polls detector `name` (its `Detector::NAME`) has finished so far, from the
+    /// daemon's log.
+    pub fn polls_of(&self, detector: &str) -> usize {
+        let field = format!("detector=\"{detector}\"");
+        self.daemon_log()
+            .lines()
+            .filter(|line| line.contains("poll done") && line.contains(&field))
+            .count()
+    }
+
+    /// Waits until detector `name` has finished two more polls than it had, so that one
+    /// whole poll began after the call (it has seen whatever the caller changed before),
+    /// and then until the spool is empty (whatever it spooled is in the store). After
+    /// this, what the detector did not report, it did not find.
+    pub fn wait_for_fresh_polls(&self, detector: &str) {
+        let before = self.polls_of(detector);
+        assert!(
+            wait_until(Duration::from_secs(60), || self.polls_of(detector)
+                >= before + 2),
+            "detector {detector} did not poll: {}",
+            self.daemon_log()
+        );
+        self.wait_for_empty_spool();
+    }
+
+    /// Waits until `status` says no spool entry waits (every entry spooled so far is in
+    /// the store).
+    pub fn wait_for_empty_spool(&self) {
+        let mut last = Value::Null;
+        let empty = wait_until(Duration::from_secs(60), || {
+            last = self.try_json(&["status"]).unwrap_or(Value::Null);
+            last["spool_pending"] == 0
+        });
+        assert!(
+            empty,
+            "the spool never emptied: {last}\n{}",
+            self.daemon_log()
+        );
     }
 }
 
@@ -623,4 +670,46 @@ impl NodeDir {
         name.push("-public");
         PathBuf::from(name).join("python.sock")
     }
+}
+
+/// Established TCP connections process `pid` holds to remote port `port` (from its
+/// descriptors and /proc/net/tcp, tcp6).
+pub fn tcp_connections_to(pid: u32, port: u16) -> usize {
+    let Ok(descriptors) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    let sockets: std::collections::HashSet<String> = descriptors
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    const ESTABLISHED: &str = "01";
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = fields
+                .get(2)
+                .and_then(|remote| remote.rsplit(':').next())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            remote_port == Some(port)
+                && fields.get(3) == Some(&ESTABLISHED)
+                && fields.get(9).is_some_and(|inode| sockets.contains(*inode))
+        })
+        .count()
 }

@@ -306,12 +306,39 @@ fn kill_9_of_the_aggregator_mid_upload_still_gives_one_problem_and_every_inciden
             })
     });
     assert!(holds_problem, "the aggregator never held the problem");
-    std::thread::sleep(Duration::from_secs(2));
+    // Its upload has begun: it holds a connection to the stopped endpoint (the kernel
+    // accepts it; nobody answers).
+    let aggregator_pid = daemons[aggregator_index].as_ref().unwrap().child.id();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            tcp_connections_to(aggregator_pid, endpoint_port) > 0
+        }),
+        "the aggregator never connected to the endpoint: {}",
+        nodes[aggregator_index].daemon_log()
+    );
     // kill -9 of the aggregator mid-upload; the endpoint comes back.
     daemons[aggregator_index].take().unwrap().kill();
     unsafe { libc::kill(endpoint_pid, libc::SIGCONT) };
-    // The dead node comes back later: its incident waits in its spool until then.
-    std::thread::sleep(Duration::from_secs(3));
+    // The dead node comes back once the others have seen it gone: its incident waits in
+    // its spool until then.
+    let witness = &nodes[(aggregator_index + 1) % nodes.len()];
+    let seen_gone = wait_until(Duration::from_secs(60), || {
+        witness.try_json(&["status"]).is_some_and(|status| {
+            status["cluster"]["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|member| {
+                    member["name"] == aggregator.as_str()
+                        && (member["state"] == "suspect" || member["state"] == "down")
+                })
+        })
+    });
+    assert!(
+        seen_gone,
+        "no node saw the aggregator go: {}",
+        witness.daemon_log()
+    );
     daemons[aggregator_index] = Some(nodes[aggregator_index].start_daemon());
 
     let mut last = Value::Null;
@@ -333,8 +360,27 @@ fn kill_9_of_the_aggregator_mid_upload_still_gives_one_problem_and_every_inciden
         problems[0]["count"], 3,
         "no incident lost or counted twice: {last}"
     );
-    // Nothing more arrives later (no duplicate upload).
-    std::thread::sleep(Duration::from_secs(3));
+    // Nothing more arrives later (no duplicate upload): once no node has anything left to
+    // send, the endpoint still counts 3.
+    let mut statuses = Vec::new();
+    let settled = wait_until(Duration::from_secs(90), || {
+        statuses = nodes
+            .iter()
+            .map(|node| node.try_json(&["status"]))
+            .collect();
+        statuses.iter().all(|status| {
+            status.as_ref().is_some_and(|status| {
+                let cluster = &status["cluster"];
+                cluster["pending_incidents"] == 0
+                    && cluster["problems"].as_array().is_some_and(|problems| {
+                        problems.iter().all(|problem| {
+                            problem["pending_incidents"] == 0 && problem["at_endpoint"] == true
+                        })
+                    })
+            })
+        })
+    });
+    assert!(settled, "the nodes never settled: {statuses:#?}");
     let after = http_get_json(endpoint_port, "/api/v1/problems", &token).unwrap();
     assert_eq!(after["problems"].as_array().unwrap().len(), 1, "{after}");
     assert_eq!(after["problems"][0]["count"], 3, "{after}");

@@ -174,8 +174,9 @@ fn a_kdump_crash_present_at_start_is_one_kernel_panic_across_restarts() {
             "{}",
             node.daemon_log()
         );
-        // Give the ingest a beat to record anything that was (wrongly) spooled.
-        std::thread::sleep(Duration::from_millis(800));
+        // The harvest spools before it logs: anything (wrongly) spooled is recorded once
+        // the spool is empty.
+        node.wait_for_empty_spool();
         let all = problems(&node);
         assert_eq!(all.len(), 1, "{all:#?}");
         assert_eq!(all[0]["count"], 1, "{all:#?}");
@@ -254,7 +255,7 @@ fn an_hs_err_file_dropped_into_a_watched_dir_is_a_java_problem() {
     let path = watched.java.join(format!("hs_err_pid{pid}.log"));
     let (head, tail) = text.split_at(text.find("---------------  T H R E A D").unwrap());
     std::fs::write(&path, head).unwrap();
-    std::thread::sleep(Duration::from_millis(2_500));
+    node.wait_for_fresh_polls("hs_err");
     assert!(
         problems(&node).is_empty(),
         "reported before it was complete"
@@ -298,7 +299,7 @@ fn an_hs_err_file_dropped_into_a_watched_dir_is_a_java_problem() {
         "{incident:#?}"
     );
     // Only once, however long it stays there.
-    std::thread::sleep(Duration::from_millis(1_000));
+    node.wait_for_fresh_polls("hs_err");
     let all = problems(&node);
     assert_eq!(all.len(), 1, "{all:#?}");
     assert_eq!(all[0]["count"], 1);
@@ -344,7 +345,7 @@ LC_ALL=C PATH=/usr/bin /usr/bin/qemu-system-x86_64 -name guest=win2019 -device p
     let id = problem["id"].as_str().unwrap().to_string();
     let detail = node.json(&["problems", "show", &id]);
     assert_eq!(detail["problem"]["process"], "win2019", "the domain");
-    std::thread::sleep(Duration::from_millis(1_000));
+    node.wait_for_fresh_polls("vm_guest");
     let all = problems(&node);
     assert_eq!(
         all.len(),

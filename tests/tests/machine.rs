@@ -369,9 +369,21 @@ fn a_crash_without_a_core_is_reported_from_the_kernels_line_and_one_with_a_core_
     let reported = wait_until(Duration::from_secs(45), || {
         !hint_problems_of(&node, &no_core_name).is_empty()
     });
-    // Both hints were due together; give the other one's decision time to show.
-    std::thread::sleep(Duration::from_secs(2));
+    // Both hints were due together: the one whose core came is dropped, and says so.
+    let matched = format!("comm={with_core_name} ");
+    let dropped = wait_until(Duration::from_secs(45), || {
+        node.daemon_log().lines().any(|line| {
+            line.contains("the kernel's fault line matches a captured crash")
+                && line.contains(&matched)
+        })
+    });
+    node.wait_for_empty_spool();
     node.run(&["uninstall"]);
+    assert!(
+        dropped,
+        "the hint of the crash with a core was never decided: {}",
+        node.daemon_log()
+    );
     assert!(
         reported,
         "the core-less crash was not reported: {:#?}\n{}",

@@ -545,6 +545,11 @@ pub(crate) async fn metrics_text(
             "Chunks received and not yet written to their pack",
             state.blobs.chunks_writing() as u64,
         ),
+        (
+            "completions_waiting_for_chunks",
+            "Report completions waiting for their chunks to be written to a pack",
+            state.blobs.stages_waiting() as u64,
+        ),
     ]);
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

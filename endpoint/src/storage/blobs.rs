@@ -245,6 +245,14 @@ impl Blobs {
         Ok(raw_len)
     }
 
+    /// Report completions waiting for chunks still being written (none for S3).
+    pub fn stages_waiting(&self) -> usize {
+        match self {
+            Blobs::Local(packs) => packs.stages_waiting(),
+            Blobs::Objects(_) => 0,
+        }
+    }
+
     /// Chunks received and not yet written to their pack (none for S3, whose writes are
     /// done when the PUT is answered).
     pub fn chunks_writing(&self) -> usize {

@@ -189,9 +189,27 @@ struct Shared {
     stopping: AtomicBool,
     /// How long [`Packs::stage`] waits for the chunks being written ([`STAGE_WAIT_MAX`]).
     stage_wait: Duration,
+    /// Stages waiting now for chunks being written ([`Packs::stages_waiting`]).
+    stages_waiting: AtomicUsize,
     /// The writeback thread, started for the first pack written through the page cache
     /// (with `fsync`).
     writeback: Mutex<Option<Arc<Writeback>>>,
+}
+
+/// One waiting stage, counted while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(counter: &'a AtomicUsize) -> Waiting<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -694,6 +712,7 @@ impl Packs {
             written: Condvar::new(),
             stopping: AtomicBool::new(false),
             stage_wait,
+            stages_waiting: AtomicUsize::new(0),
             writeback: Mutex::new(None),
         });
         let mut lanes = Vec::with_capacity(LANES);
@@ -783,11 +802,13 @@ impl Packs {
             .map(|(id, _)| id.clone())
             .collect();
         let deadline = std::time::Instant::now() + self.shared.stage_wait;
+        let mut waiting = None;
         loop {
             writing.retain(|id| matches!(unindexed.get(id), Some(Stored::Memory(_))));
             if writing.is_empty() {
                 break;
             }
+            waiting.get_or_insert_with(|| Waiting::count(&self.shared.stages_waiting));
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Err(EndpointError::Storage(format!(
@@ -798,6 +819,7 @@ impl Packs {
             }
             unindexed = self.shared.written.wait_timeout(unindexed, left).unwrap().0;
         }
+        drop(waiting);
         let locations: Vec<(String, Location)> = unindexed
             .iter()
             .filter_map(|(id, chunk)| match chunk {
@@ -899,6 +921,11 @@ impl Packs {
     /// Chunks appended and not yet indexed.
     pub fn unindexed_len(&self) -> usize {
         self.shared.unindexed.lock().unwrap().len()
+    }
+
+    /// Stages (report completions) waiting now for chunks still being written.
+    pub fn stages_waiting(&self) -> usize {
+        self.shared.stages_waiting.load(Ordering::Relaxed)
     }
 
     /// Chunks appended and not yet written to their pack.

@@ -363,3 +363,17 @@ pub fn raw_http(address: &str, request: &str) -> RawAnswer {
     stream.write_all(request.as_bytes()).unwrap();
     read_answer(&mut stream)
 }
+
+/// Polls `condition` until it holds or `timeout` passes; whether it held.
+pub fn wait_until(timeout: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
