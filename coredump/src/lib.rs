@@ -329,13 +329,19 @@ pub fn analyze_core_bytes(
     let mut analysis_errors: Vec<String> = Vec::new();
     let mut notes = CoreNotes::default();
     for segment in &image.note_segments {
-        match parse_notes(segment).and_then(|more| notes.merge(more)) {
-            Ok(()) => {}
-            Err(error) => analysis_errors.push(error.to_string()),
-        }
+        notes.merge(parse_notes(segment));
     }
+    analysis_errors.extend(notes.damage.iter().cloned());
     if image.note_segments.is_empty() {
         analysis_errors.push("the core has no notes".to_string());
+    }
+    if image.stated_bytes > data.len() as u64 {
+        analysis_errors.push(format!(
+            "truncated core: it holds {} of the {} bytes its headers describe; analysed as \
+             far as its bytes go",
+            data.len(),
+            image.stated_bytes
+        ));
     }
 
     let mut module_descriptors = modules::discover_modules(&image, &notes);

@@ -56,6 +56,9 @@ pub struct CoreImage<'data> {
     pub segments: Vec<Segment>,
     /// The bytes of each `PT_NOTE` segment (cut to what the core holds).
     pub note_segments: Vec<&'data [u8]>,
+    /// How long the core should be: the end of the furthest segment its program headers
+    /// describe. More than `data.len()` means the core was cut short.
+    pub stated_bytes: u64,
 }
 
 fn u16_at(data: &[u8], offset: usize) -> Option<u16> {
@@ -132,6 +135,7 @@ impl<'data> CoreImage<'data> {
 
         let mut segments = Vec::new();
         let mut note_segments = Vec::new();
+        let mut stated_bytes = table_start as u64 + table_bytes;
         for index in 0..program_header_count as usize {
             let header = table_start + index * program_header_bytes;
             let segment_type = u32_at(data, header).unwrap_or(0);
@@ -142,6 +146,9 @@ impl<'data> CoreImage<'data> {
             let memory_bytes = u64_at(data, header + 40).unwrap_or(0);
             // What the core really holds of the segment: truncated cores hold less.
             let present_bytes = (data.len() as u64).saturating_sub(offset).min(file_bytes);
+            if matches!(segment_type, PT_LOAD | PT_NOTE) {
+                stated_bytes = stated_bytes.max(offset.saturating_add(file_bytes));
+            }
             match segment_type {
                 PT_LOAD => {
                     let Some(end) = address.checked_add(memory_bytes) else {
@@ -168,6 +175,7 @@ impl<'data> CoreImage<'data> {
             architecture,
             segments,
             note_segments,
+            stated_bytes,
         })
     }
 

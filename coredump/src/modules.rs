@@ -32,6 +32,10 @@ pub enum ModuleKind {
     File,
     /// The kernel's vdso, whose whole image is in the core.
     Vdso,
+    /// An ELF object found in the core's own memory when `NT_FILE` is missing or damaged,
+    /// with no file name the dynamic linker's list could give it: its build-id and load
+    /// address are known, no file is opened.
+    Memory,
 }
 
 /// One mapped ELF object as the core describes it.
@@ -106,10 +110,24 @@ fn header_facts(image: &CoreImage<'_>, base: u64, page_bytes: u64) -> Option<Hea
     })
 }
 
-/// The modules of a core, sorted by start address.
+/// `PT_DYNAMIC`.
+const PT_DYNAMIC: u32 = 2;
+/// `DT_DEBUG`: the dynamic entry the dynamic linker points at its `r_debug`.
+const DT_DEBUG: u64 = 21;
+/// Dynamic entries read from an executable's `PT_DYNAMIC`.
+const DYNAMIC_ENTRIES_MAX: usize = 1024;
+/// The longest library path read from the dynamic linker's list.
+const LINK_MAP_NAME_BYTES_MAX: usize = 4096;
+
+/// The modules of a core, sorted by start address. Without `NT_FILE` (missing, or damaged
+/// and skipped), they come from the core's own memory ([`modules_from_memory`]).
 pub fn discover_modules(image: &CoreImage<'_>, notes: &CoreNotes) -> Vec<ModuleDescriptor> {
     let page_bytes = page_bytes(notes);
-    let mut modules: Vec<ModuleDescriptor> = Vec::new();
+    let mut modules: Vec<ModuleDescriptor> = if notes.file_mappings.is_empty() {
+        modules_from_memory(image, notes, page_bytes)
+    } else {
+        Vec::new()
+    };
     let mut index_by_path: std::collections::HashMap<&str, usize> = Default::default();
     for mapping in &notes.file_mappings {
         match index_by_path.get(mapping.path.as_str()) {
@@ -178,6 +196,137 @@ pub fn discover_modules(image: &CoreImage<'_>, notes: &CoreNotes) -> Vec<ModuleD
     }
     modules.sort_by_key(|module| (module.start, module.end));
     modules
+}
+
+/// The ELF objects of a core without `NT_FILE`: every segment that starts with an ELF
+/// header is an object loaded there (its build-id and extent from its headers, read from
+/// the core), named from the dynamic linker's list (`DT_DEBUG` → `r_debug` → `link_map`,
+/// as gdb finds shared libraries) and, for the executable, from `AT_EXECFN`. An object
+/// the list does not name is kept as [`ModuleKind::Memory`].
+pub fn modules_from_memory(
+    image: &CoreImage<'_>,
+    notes: &CoreNotes,
+    page_bytes: u64,
+) -> Vec<ModuleDescriptor> {
+    let vdso = notes.auxv_value(auxv::AT_SYSINFO_EHDR);
+    let mut modules = Vec::new();
+    for segment in &image.segments {
+        if modules.len() >= MODULES_MAX {
+            break;
+        }
+        if Some(segment.start) == vdso {
+            continue;
+        }
+        let Some(header_bytes) = image.read(segment.start, HEADER_BYTES_MAX) else {
+            continue;
+        };
+        if !elf_header::is_elf64_le(header_bytes) {
+            continue;
+        }
+        let Some(facts) = header_facts(image, segment.start, page_bytes) else {
+            continue;
+        };
+        let Some(bias) = facts.load_bias else {
+            continue;
+        };
+        let headers = elf_header::program_headers(header_bytes).unwrap_or_default();
+        let end = headers
+            .iter()
+            .filter(|header| header.segment_type == elf_header::PT_LOAD)
+            .filter_map(|header| header.address.checked_add(header.memory_bytes))
+            .max()
+            .map_or(segment.end, |end| bias.wrapping_add(end).max(segment.end));
+        modules.push(ModuleDescriptor {
+            path: format!("[elf at {:#x}]", segment.start),
+            start: segment.start,
+            end,
+            base: segment.start,
+            load_bias: Some(bias),
+            build_id_in_core: facts.build_id,
+            kind: ModuleKind::Memory,
+            header_in_core: true,
+        });
+    }
+    // Names: the executable holds AT_ENTRY; libraries are in the linker's list.
+    let entry = notes.auxv_value(auxv::AT_ENTRY);
+    let executable = entry.and_then(|entry| {
+        modules
+            .iter()
+            .position(|module| module.start <= entry && entry < module.end)
+    });
+    if let Some(index) = executable {
+        if let Some(name) = notes
+            .auxv_value(auxv::AT_EXECFN)
+            .and_then(|address| image.read_c_string(address, LINK_MAP_NAME_BYTES_MAX))
+            .filter(|name| name.starts_with('/'))
+        {
+            modules[index].path = name;
+            modules[index].kind = ModuleKind::File;
+        }
+        for (bias, name) in link_map(image, &modules[index]) {
+            if let Some(module) = modules
+                .iter_mut()
+                .find(|module| module.kind == ModuleKind::Memory && module.load_bias == Some(bias))
+            {
+                module.path = name;
+                module.kind = ModuleKind::File;
+            }
+        }
+    }
+    modules
+}
+
+/// The dynamic linker's list of loaded objects, `(l_addr, l_name)`, read from the core
+/// through the executable's `DT_DEBUG`; empty when any link is missing. Bounded by
+/// [`MODULES_MAX`] entries and stops at a loop.
+fn link_map(image: &CoreImage<'_>, executable: &ModuleDescriptor) -> Vec<(u64, String)> {
+    let mut found = Vec::new();
+    let Some(bias) = executable.load_bias else {
+        return found;
+    };
+    let Some(header_bytes) = image.read(executable.base, HEADER_BYTES_MAX) else {
+        return found;
+    };
+    let headers = elf_header::program_headers(header_bytes).unwrap_or_default();
+    let Some(dynamic) = headers
+        .iter()
+        .find(|header| header.segment_type == PT_DYNAMIC)
+    else {
+        return found;
+    };
+    let dynamic_start = bias.wrapping_add(dynamic.address);
+    let entries = (dynamic.memory_bytes / 16).min(DYNAMIC_ENTRIES_MAX as u64);
+    let r_debug = (0..entries)
+        .map_while(|index| {
+            let at = dynamic_start.checked_add(index * 16)?;
+            Some((image.read_u64(at)?, image.read_u64(at.checked_add(8)?)?))
+        })
+        .take_while(|(tag, _)| *tag != 0)
+        .find(|(tag, _)| *tag == DT_DEBUG)
+        .map(|(_, value)| value)
+        .filter(|&address| address != 0);
+    let Some(r_debug) = r_debug else {
+        return found;
+    };
+    // struct r_debug { int r_version; struct link_map *r_map; ... }
+    let mut next = image.read_u64(r_debug.wrapping_add(8)).unwrap_or(0);
+    let mut seen = std::collections::HashSet::new();
+    // struct link_map { l_addr; char *l_name; l_ld; l_next; l_prev; }
+    while next != 0 && found.len() < MODULES_MAX && seen.insert(next) {
+        let (Some(l_addr), Some(l_name)) =
+            (image.read_u64(next), image.read_u64(next.wrapping_add(8)))
+        else {
+            break;
+        };
+        if let Some(name) = image
+            .read_c_string(l_name, LINK_MAP_NAME_BYTES_MAX)
+            .filter(|name| name.starts_with('/'))
+        {
+            found.push((l_addr, name));
+        }
+        next = image.read_u64(next.wrapping_add(24)).unwrap_or(0);
+    }
+    found
 }
 
 /// The index of the module whose range holds `address`.
@@ -303,7 +452,9 @@ pub fn map_regular_file(candidate: &Candidate, bytes_max: u64) -> Result<memmap2
     let resolve = match (&candidate.root, candidate.trusted) {
         (Some(root), _) => Resolve::InRoot(root),
         (None, true) => Resolve::FollowSymlinks,
-        (None, false) => Resolve::NoSymlinks,
+        // The process named the path (NT_FILE, or the linker's list in its memory): only
+        // the system's own links (`/lib → usr/lib`) are followed.
+        (None, false) => Resolve::RootOwnedSymlinks,
     };
     let opened = crashmesh_untrusted::open_file(&candidate.path, resolve, Rules::REGULAR)
         .map_err(|error| error.to_string())?;
@@ -342,6 +493,14 @@ pub fn open_module_file<'data>(
                 file.bytes = Some(ModuleBytes::Core(bytes));
                 file.usable = true;
             }
+            return file;
+        }
+        ModuleKind::Memory => {
+            file.problem = Some(
+                "no file name: NT_FILE is missing or damaged and the dynamic linker's list \
+                 does not name it"
+                    .to_string(),
+            );
             return file;
         }
         ModuleKind::File if !read_files => {
@@ -405,7 +564,18 @@ mod tests {
         std::fs::write(root.join("usr/lib/libreal.so"), b"\x7fELF container file").unwrap();
         std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
         std::os::unix::fs::symlink(&secret, root.join("usr/lib/libescape.so")).unwrap();
+        // A user's link, and root's own link in a directory anyone can write (as /tmp).
         std::os::unix::fs::symlink(&secret, host.path().join("planted.so")).unwrap();
+        std::os::unix::fs::lchown(host.path().join("planted.so"), Some(65534), Some(65534))
+            .unwrap();
+        let shared = host.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(
+            &shared,
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&secret, shared.join("planted.so")).unwrap();
 
         let in_root = |path: &str| Candidate {
             root: Some(root.clone()),
@@ -426,6 +596,13 @@ mod tests {
             trusted,
         };
         let error = map_regular_file(&planted(false), 1 << 20).unwrap_err();
+        assert!(error.contains("symbolic link"), "{error}");
+        let in_shared = Candidate {
+            root: None,
+            path: shared.join("planted.so"),
+            trusted: false,
+        };
+        let error = map_regular_file(&in_shared, 1 << 20).unwrap_err();
         assert!(error.contains("symbolic link"), "{error}");
         assert!(map_regular_file(&planted(true), 1 << 20).is_ok());
         assert_eq!(

@@ -82,6 +82,10 @@ pub struct CoreNotes {
     pub auxv: Vec<(u64, u64)>,
     /// How many notes were skipped because of their type or owner.
     pub notes_skipped: usize,
+    /// `NT_PRSTATUS` notes past [`CORE_THREADS_MAX`], not decoded.
+    pub threads_dropped: usize,
+    /// What did not decode, one line each (a damaged note is skipped, the others kept).
+    pub damage: Vec<String>,
 }
 
 impl CoreNotes {
@@ -183,7 +187,13 @@ fn c_string(bytes: &[u8]) -> String {
 
 /// Decode the notes of one `PT_NOTE` segment (several segments: call once per segment
 /// and [`CoreNotes::merge`] the results).
-pub fn parse_notes(data: &[u8]) -> Result<CoreNotes, CoreError> {
+///
+/// Damage costs only what it carries: a note that does not decode is skipped and named in
+/// [`CoreNotes::damage`], and the notes after it are still read (a bad `NT_FILE` keeps the
+/// threads, registers and signal). Only a note whose size runs past the segment ends the
+/// segment's reading, since the next note's start is then unknown; what came before it is
+/// kept.
+pub fn parse_notes(data: &[u8]) -> CoreNotes {
     let mut notes = CoreNotes::default();
     let mut offset = 0usize;
     let mut notes_seen = 0usize;
@@ -191,39 +201,55 @@ pub fn parse_notes(data: &[u8]) -> Result<CoreNotes, CoreError> {
     while data.len().saturating_sub(offset) >= 12 {
         notes_seen += 1;
         if notes_seen > NOTES_MAX {
-            return Err(CoreError::TooMany {
-                what: "notes",
-                count: notes_seen as u64,
-                limit: NOTES_MAX as u64,
-            });
+            notes.damage.push(
+                CoreError::TooMany {
+                    what: "notes",
+                    count: notes_seen as u64,
+                    limit: NOTES_MAX as u64,
+                }
+                .to_string(),
+            );
+            break;
         }
         let header = Reader {
             bytes: &data[offset..],
         };
         let note_offset = offset;
-        let bad = move |reason: String| CoreError::BadNote {
-            offset: note_offset,
-            reason,
+        let bad = move |reason: String| {
+            CoreError::BadNote {
+                offset: note_offset,
+                reason,
+            }
+            .to_string()
         };
         let name_bytes = header.u32_at(0).unwrap_or(0) as usize;
         let description_bytes = header.u32_at(4).unwrap_or(0) as usize;
         let note_type = header.u32_at(8).unwrap_or(0);
         let name_start = offset + 12;
-        let name_end = name_start
+        let Some(name_end) = name_start
             .checked_add(name_bytes)
             .filter(|&end| end <= data.len())
-            .ok_or_else(|| bad(format!("name of {name_bytes} bytes runs past the end")))?;
-        let description_start = align4(name_end)
-            .filter(|&start| start <= data.len())
-            .ok_or_else(|| bad("name padding runs past the end".to_string()))?;
-        let description_end = description_start
+        else {
+            notes
+                .damage
+                .push(bad(format!("name of {name_bytes} bytes runs past the end")));
+            break;
+        };
+        let Some(description_start) = align4(name_end).filter(|&start| start <= data.len()) else {
+            notes
+                .damage
+                .push(bad("name padding runs past the end".to_string()));
+            break;
+        };
+        let Some(description_end) = description_start
             .checked_add(description_bytes)
             .filter(|&end| end <= data.len())
-            .ok_or_else(|| {
-                bad(format!(
-                    "description of {description_bytes} bytes runs past the end"
-                ))
-            })?;
+        else {
+            notes.damage.push(bad(format!(
+                "description of {description_bytes} bytes runs past the end"
+            )));
+            break;
+        };
         let name = &data[name_start..name_end];
         let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
         let description = &data[description_start..description_end];
@@ -238,58 +264,74 @@ pub fn parse_notes(data: &[u8]) -> Result<CoreNotes, CoreError> {
         match note_type {
             NT_PRSTATUS => {
                 if notes.threads.len() >= CORE_THREADS_MAX {
-                    return Err(CoreError::TooMany {
-                        what: "threads",
-                        count: notes.threads.len() as u64 + 1,
-                        limit: CORE_THREADS_MAX as u64,
-                    });
+                    notes.threads_dropped += 1;
+                    continue;
                 }
-                notes
-                    .threads
-                    .push(parse_prstatus(description).map_err(bad)?);
+                match parse_prstatus(description) {
+                    Ok(thread) => notes.threads.push(thread),
+                    Err(reason) => notes.damage.push(bad(reason)),
+                }
             }
             NT_SIGINFO => {
                 // The kernel writes one, for the dumping thread; gdb writes one per
                 // thread, the signalled thread's first. The first one is the crash.
-                let signal_info = parse_siginfo(description).map_err(bad)?;
-                if notes.signal_info.is_none() {
-                    notes.signal_info = Some(signal_info);
+                match parse_siginfo(description) {
+                    Ok(signal_info) => {
+                        notes.signal_info.get_or_insert(signal_info);
+                    }
+                    Err(reason) => notes.damage.push(bad(reason)),
                 }
             }
-            NT_PRPSINFO => notes.process = Some(parse_prpsinfo(description).map_err(bad)?),
-            NT_FILE => {
-                let (page_size, mappings) =
-                    parse_file_note(description).map_err(|error| match error {
-                        FileNoteError::Bad(reason) => bad(reason),
-                        FileNoteError::TooMany(count) => CoreError::TooMany {
-                            what: "file mappings",
-                            count,
-                            limit: CORE_FILE_MAPPINGS_MAX as u64,
-                        },
-                    })?;
-                notes.file_page_size_bytes = Some(page_size);
-                notes.file_mappings = mappings;
-            }
+            NT_PRPSINFO => match parse_prpsinfo(description) {
+                Ok(process) => notes.process = Some(process),
+                Err(reason) => notes.damage.push(bad(reason)),
+            },
+            NT_FILE => match parse_file_note(description) {
+                Ok((page_size, mappings)) => {
+                    notes.file_page_size_bytes = Some(page_size);
+                    notes.file_mappings = mappings;
+                }
+                Err(FileNoteError::Bad(reason)) => notes.damage.push(bad(reason)),
+                Err(FileNoteError::TooMany(count)) => notes.damage.push(
+                    CoreError::TooMany {
+                        what: "file mappings",
+                        count,
+                        limit: CORE_FILE_MAPPINGS_MAX as u64,
+                    }
+                    .to_string(),
+                ),
+            },
             NT_AUXV => notes.auxv = parse_auxv(description),
             _ => notes.notes_skipped += 1,
         }
     }
-    Ok(notes)
+    if notes.threads_dropped > 0 {
+        notes.damage.push(
+            CoreError::TooMany {
+                what: "threads",
+                count: (notes.threads.len() + notes.threads_dropped) as u64,
+                limit: CORE_THREADS_MAX as u64,
+            }
+            .to_string()
+                + "; the first ones are kept",
+        );
+    }
+    notes
 }
 
 impl CoreNotes {
-    /// Add the notes of another `PT_NOTE` segment: threads append, single notes are kept
-    /// from the first segment that has them.
-    pub fn merge(&mut self, other: CoreNotes) -> Result<(), CoreError> {
-        let thread_count = self.threads.len() + other.threads.len();
-        if thread_count > CORE_THREADS_MAX {
-            return Err(CoreError::TooMany {
-                what: "threads",
-                count: thread_count as u64,
-                limit: CORE_THREADS_MAX as u64,
-            });
+    /// Add the notes of another `PT_NOTE` segment: threads append (up to
+    /// [`CORE_THREADS_MAX`]), single notes are kept from the first segment that has them.
+    pub fn merge(&mut self, other: CoreNotes) {
+        let room = CORE_THREADS_MAX.saturating_sub(self.threads.len());
+        let dropped = other.threads.len().saturating_sub(room);
+        if dropped > 0 {
+            self.damage.push(format!(
+                "too many threads in the core: more than {CORE_THREADS_MAX}; the first ones are kept"
+            ));
         }
-        self.threads.extend(other.threads);
+        self.threads.extend(other.threads.into_iter().take(room));
+        self.threads_dropped += other.threads_dropped + dropped;
         self.signal_info = self.signal_info.or(other.signal_info);
         if self.process.is_none() {
             self.process = other.process;
@@ -302,7 +344,7 @@ impl CoreNotes {
             self.auxv = other.auxv;
         }
         self.notes_skipped += other.notes_skipped;
-        Ok(())
+        self.damage.extend(other.damage);
     }
 }
 
@@ -527,7 +569,8 @@ mod tests {
 
     #[test]
     fn decodes_every_note_kind() {
-        let notes = parse_notes(&sample_segment()).unwrap();
+        let notes = parse_notes(&sample_segment());
+        assert!(notes.damage.is_empty(), "{:?}", notes.damage);
         assert_eq!(notes.threads.len(), 2);
         assert_eq!(notes.threads[0].tid, 42);
         assert_eq!(notes.threads[0].current_signal, 11);
@@ -548,32 +591,37 @@ mod tests {
         assert_eq!(notes.notes_skipped, 1);
     }
 
-    /// One helper for every hostile input: it must be an error or a value, never a panic.
-    fn check_rejected(data: &[u8], expected_fragment: &str) {
-        let error = parse_notes(data).expect_err("hostile notes must be rejected");
+    /// One helper for every hostile input: its damage is named, never a panic.
+    fn check_damaged(data: &[u8], expected_fragment: &str) -> CoreNotes {
+        let notes = parse_notes(data);
         assert!(
-            error.to_string().contains(expected_fragment),
-            "{error} does not mention {expected_fragment:?}"
+            notes
+                .damage
+                .iter()
+                .any(|damage| damage.contains(expected_fragment)),
+            "{:?} does not mention {expected_fragment:?}",
+            notes.damage
         );
+        notes
     }
 
     #[test]
-    fn hostile_notes_are_rejected_with_a_reason() {
+    fn hostile_notes_are_named_as_damage() {
         let mut huge_name = note(b"CORE", NT_AUXV, &[]);
         huge_name[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        check_rejected(&huge_name, "name of");
+        check_damaged(&huge_name, "name of");
 
         let mut huge_description = note(b"CORE", NT_AUXV, &[0; 16]);
         huge_description[4..8].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
-        check_rejected(&huge_description, "description of");
+        check_damaged(&huge_description, "description of");
 
         let mut too_many_files = file_note(&[(0, 1, 0, "a")]);
         too_many_files[0..8].copy_from_slice(&u64::MAX.to_le_bytes());
-        check_rejected(&note(b"CORE", NT_FILE, &too_many_files), "file mappings");
+        check_damaged(&note(b"CORE", NT_FILE, &too_many_files), "file mappings");
 
         let mut more_files_than_bytes = file_note(&[(0, 1, 0, "a")]);
         more_files_than_bytes[0..8].copy_from_slice(&1000u64.to_le_bytes());
-        check_rejected(
+        check_damaged(
             &note(b"CORE", NT_FILE, &more_files_than_bytes),
             "claims 1000",
         );
@@ -582,41 +630,96 @@ mod tests {
         let mut two_mappings_one_name = missing_names.clone();
         two_mappings_one_name[0..8].copy_from_slice(&2u64.to_le_bytes());
         two_mappings_one_name.truncate(16 + 24);
-        check_rejected(&note(b"CORE", NT_FILE, &two_mappings_one_name), "claims 2");
+        check_damaged(&note(b"CORE", NT_FILE, &two_mappings_one_name), "claims 2");
 
-        check_rejected(
+        check_damaged(
             &note(b"CORE", NT_FILE, &file_note(&[(0x2000, 0x1000, 0, "a")])),
             "ends",
         );
-        check_rejected(&note(b"CORE", NT_PRSTATUS, &[0; 100]), "too short");
-        check_rejected(&note(b"CORE", NT_PRPSINFO, &[0; 20]), "too short");
-        check_rejected(&note(b"CORE", NT_SIGINFO, &[0; 6]), "too short");
+        check_damaged(&note(b"CORE", NT_PRSTATUS, &[0; 100]), "too short");
+        check_damaged(&note(b"CORE", NT_PRPSINFO, &[0; 20]), "too short");
+        check_damaged(&note(b"CORE", NT_SIGINFO, &[0; 6]), "too short");
 
         let mut many_threads = Vec::new();
         for _ in 0..=CORE_THREADS_MAX {
             many_threads.extend(note(b"CORE", NT_PRSTATUS, &prstatus(1, 0, 0, 0)));
         }
-        check_rejected(&many_threads, "threads");
+        let notes = check_damaged(&many_threads, "threads");
+        assert_eq!(
+            notes.threads.len(),
+            CORE_THREADS_MAX,
+            "the first ones are kept"
+        );
+        assert_eq!(notes.threads_dropped, 1);
     }
 
     #[test]
-    fn every_truncation_and_byte_flip_is_an_error_or_a_value() {
+    fn a_damaged_note_costs_only_what_it_carries() {
+        // The sample segment with its NT_FILE claiming an absurd count of mappings.
+        let mut segment = Vec::new();
+        segment.extend(note(
+            b"CORE",
+            NT_PRSTATUS,
+            &prstatus(42, 11, 0x1234, 0x7ff0),
+        ));
+        let mut absurd = file_note(&[(0x1000, 0x2000, 0, "/bin/crashy")]);
+        absurd[0..8].copy_from_slice(&0x0fff_ffff_ffffu64.to_le_bytes());
+        segment.extend(note(b"CORE", NT_FILE, &absurd));
+        let mut siginfo = vec![0u8; 128];
+        siginfo[0..4].copy_from_slice(&11i32.to_le_bytes());
+        segment.extend(note(b"CORE", NT_SIGINFO, &siginfo));
+        segment.extend(note(b"CORE", NT_PRSTATUS, &prstatus(43, 0, 0x5678, 0x6ff0)));
+        let notes = parse_notes(&segment);
+        assert_eq!(
+            notes.threads.len(),
+            2,
+            "threads before and after the bad note"
+        );
+        assert_eq!(notes.threads[0].registers[16], 0x1234);
+        assert_eq!(notes.signal_info.map(|info| info.signal), Some(11));
+        assert!(notes.file_mappings.is_empty());
+        assert_eq!(notes.damage.len(), 1, "{:?}", notes.damage);
+        assert!(
+            notes.damage[0].contains("file mappings"),
+            "{:?}",
+            notes.damage
+        );
+    }
+
+    #[test]
+    fn merged_segments_keep_at_most_the_thread_limit() {
+        let mut first = CoreNotes {
+            threads: vec![ThreadNote::default(); CORE_THREADS_MAX - 1],
+            ..CoreNotes::default()
+        };
+        let second = CoreNotes {
+            threads: vec![ThreadNote::default(); 3],
+            ..CoreNotes::default()
+        };
+        first.merge(second);
+        assert_eq!(first.threads.len(), CORE_THREADS_MAX);
+        assert_eq!(first.threads_dropped, 2);
+        assert_eq!(first.damage.len(), 1);
+    }
+
+    #[test]
+    fn every_truncation_and_byte_flip_decodes_or_names_damage() {
         let segment = sample_segment();
         for length in 0..segment.len() {
-            let _ = parse_notes(&segment[..length]);
+            parse_notes(&segment[..length]);
         }
         for position in 0..segment.len() {
             for value in [0x00, 0xff, 0x80, 0x7f] {
                 let mut mutated = segment.clone();
                 mutated[position] = value;
-                let _ = parse_notes(&mutated);
+                parse_notes(&mutated);
             }
         }
     }
 
     #[test]
     fn empty_and_padding_only_segments_have_no_notes() {
-        assert_eq!(parse_notes(&[]).unwrap(), CoreNotes::default());
-        assert_eq!(parse_notes(&[0; 11]).unwrap(), CoreNotes::default());
+        assert_eq!(parse_notes(&[]), CoreNotes::default());
+        assert_eq!(parse_notes(&[0; 11]), CoreNotes::default());
     }
 }

@@ -82,6 +82,108 @@ fn assert_frames_agree_with_gdb(
     ours
 }
 
+/// The byte offset of the description of a core's `NT_FILE` note.
+fn file_note_description(core: &[u8]) -> usize {
+    let word64 = |at: usize| u64::from_le_bytes(core[at..at + 8].try_into().unwrap()) as usize;
+    let word32 = |at: usize| u32::from_le_bytes(core[at..at + 4].try_into().unwrap()) as usize;
+    let table = word64(32);
+    let count = core[56] as usize | (core[57] as usize) << 8;
+    let (start, size) = (0..count)
+        .map(|index| table + index * 56)
+        .find(|&header| word32(header) == 4)
+        .map(|header| (word64(header + 8), word64(header + 32)))
+        .expect("a PT_NOTE segment");
+    let mut offset = start;
+    while offset + 12 <= start + size {
+        let (name_bytes, description_bytes, note_type) =
+            (word32(offset), word32(offset + 4), word32(offset + 8));
+        let description = offset + 12 + name_bytes.div_ceil(4) * 4;
+        if note_type == 0x4649_4c45 {
+            return description;
+        }
+        offset = description + description_bytes.div_ceil(4) * 4;
+    }
+    panic!("the core has no NT_FILE note");
+}
+
+/// `crashmesh analyze core FILE --json`'s problem.
+fn analyze_core_file(node: &NodeDir, core: &Path) -> Value {
+    let analysis = node.json(&["analyze", "core", core.to_str().unwrap()]);
+    analysis["problems"][0].clone()
+}
+
+fn crashing_addresses(problem: &Value) -> Vec<u64> {
+    problem["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|frame| frame["address"].as_u64())
+        .collect()
+}
+
+/// A real kernel core, then a copy whose NT_FILE is damaged (an absurd mapping count) and
+/// one cut at 60%: each keeps what its bytes hold, and says what it lost.
+fn damaged_copies_of_a_kernel_core_keep_what_their_bytes_hold(
+    node: &NodeDir,
+    problem_id: &str,
+    scratch: &Path,
+) {
+    let core = scratch.join(format!("{problem_id}.core"));
+    let bytes = std::fs::read(&core).unwrap();
+    let whole = analyze_core_file(node, &core);
+    assert!(whole["analysis_error"].is_null(), "{whole:#}");
+
+    let mut damaged = bytes.clone();
+    let count = file_note_description(&damaged);
+    damaged[count..count + 8].copy_from_slice(&0x0fff_ffff_ffffu64.to_le_bytes());
+    let damaged_path = scratch.join("damaged-file-note.core");
+    std::fs::write(&damaged_path, &damaged).unwrap();
+    let problem = analyze_core_file(node, &damaged_path);
+    let error = problem["analysis_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("file mappings"),
+        "the damage is named: {problem:#}"
+    );
+    assert_eq!(problem["signal"], whole["signal"], "the signal is kept");
+    assert_eq!(
+        problem["threads"].as_array().map(Vec::len),
+        whole["threads"].as_array().map(Vec::len),
+        "every thread is kept"
+    );
+    // The modules come from the core's own memory, named by the dynamic linker's list: the
+    // crashing thread unwinds frame for frame as from the whole core, with its names.
+    assert_eq!(
+        crashing_addresses(&problem),
+        crashing_addresses(&whole),
+        "{problem:#}"
+    );
+    assert_eq!(problem["frames"][0]["function"], "leaf", "{problem:#}");
+    assert_eq!(
+        problem["signature"], whole["signature"],
+        "{:#}\n{:#}",
+        problem["frames"], whole["frames"]
+    );
+
+    let cut = &bytes[..bytes.len() * 6 / 10];
+    let cut_path = scratch.join("cut.core");
+    std::fs::write(&cut_path, cut).unwrap();
+    let problem = analyze_core_file(node, &cut_path);
+    let error = problem["analysis_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            "truncated core: it holds {} of the {} bytes",
+            cut.len(),
+            bytes.len()
+        )),
+        "{problem:#}"
+    );
+    assert_eq!(problem["signal"], whole["signal"]);
+    assert_eq!(
+        problem["threads"].as_array().map(Vec::len),
+        whole["threads"].as_array().map(Vec::len)
+    );
+}
+
 fn python3() -> PathBuf {
     let output = Command::new("python3")
         .args([
@@ -195,6 +297,11 @@ fn real_crashes_through_core_pattern_become_problems_with_gdbs_frames() {
         .map(|(_, name)| name.clone().unwrap_or_default())
         .collect();
     assert_eq!(names, ["leaf", "middle", "outer", "main"]);
+    damaged_copies_of_a_kernel_core_keep_what_their_bytes_hold(
+        &node,
+        crashy_problem["id"].as_str().unwrap(),
+        scratch.path(),
+    );
 
     let python = python3();
     let python_problems: Vec<&Value> = listed

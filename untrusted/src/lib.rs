@@ -14,6 +14,8 @@
 //!   symlinks stay inside it), [`Directory::open_file`] stays beneath its directory. On a
 //!   kernel without `openat2` (before 5.6) the same rules hold through a walk, one
 //!   component at a time with `O_NOFOLLOW` (inside a root, symlinks are then refused).
+//!   [`Resolve::RootOwnedSymlinks`] follows only links root made in directories only root
+//!   can write (`/lib → usr/lib`), never one a user could have planted.
 //! - **Nothing blocks and nothing is opened for reading before it is known to be a
 //!   regular file.** The path is opened `O_PATH` (which opens nothing: no FIFO waits for a
 //!   writer, no device sees an `open`), checked with `fstat` on that descriptor, and only
@@ -90,6 +92,11 @@ pub enum Resolve<'a> {
     InRoot(&'a Path),
     /// Symlinks are followed: only for paths root's configuration names.
     FollowSymlinks,
+    /// A symlink is followed only where nobody but root could have made it: the link is
+    /// root's, in a directory that is root's and writable by no one else (systemd's
+    /// "safe" chase). For paths a process's own memory names, where the system's
+    /// `/lib → usr/lib` must resolve and a link in `/tmp` or a user's directory must not.
+    RootOwnedSymlinks,
 }
 
 /// Why a file was not opened.
@@ -216,6 +223,7 @@ pub fn open_file(path: &Path, resolve: Resolve<'_>, rules: Rules) -> Result<Open
             )
         }
         Resolve::FollowSymlinks => locate(rustix::fs::CWD, path, ResolveFlags::empty()),
+        Resolve::RootOwnedSymlinks => chase_root_owned(path),
     }
     .map_err(|error| OpenError::io(path, error))?;
     judge_and_reopen(path, located, rules)
@@ -305,6 +313,72 @@ fn walk<Fd: AsFd>(start: Fd, path: &Path, resolve: ResolveFlags) -> io::Result<O
         Some(fd) => Ok(fd),
         None => rustix::fs::openat(&start, ".", flags, Mode::empty()).map_err(errno),
     }
+}
+
+/// Symlinks a chase follows at most (the kernel's own limit).
+pub const SYMLINK_HOPS_MAX: usize = 40;
+
+/// [`Resolve::RootOwnedSymlinks`]: an absolute path walked one component at a time, each
+/// opened `O_PATH | O_NOFOLLOW` from the last; a symlink is read and its target walked
+/// in its place only when the link and its directory are root's and the directory is
+/// writable by root alone. `..` goes back up what was walked.
+fn chase_root_owned(path: &Path) -> io::Result<OwnedFd> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if !path.is_absolute() {
+        return Err(errno(rustix::io::Errno::INVAL));
+    }
+    let open_root = || rustix::fs::openat(rustix::fs::CWD, "/", flags, Mode::empty());
+    let names = |path: &Path| -> VecDeque<OsString> {
+        path.components()
+            .filter_map(|component| match component {
+                Component::Normal(name) => Some(name.to_os_string()),
+                Component::ParentDir => Some(OsString::from("..")),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut pending = names(path);
+    // The directories walked so far, `/` first.
+    let mut walked: Vec<OwnedFd> = vec![open_root().map_err(errno)?];
+    let (mut hops, mut steps) = (0usize, 0usize);
+    while let Some(name) = pending.pop_front() {
+        steps += 1;
+        if steps > WALK_COMPONENTS_MAX * 4 {
+            return Err(errno(rustix::io::Errno::NAMETOOLONG));
+        }
+        if name == ".." {
+            if walked.len() > 1 {
+                walked.pop();
+            }
+            continue;
+        }
+        let directory = walked.last().expect("the root stays");
+        let next =
+            rustix::fs::openat(directory, name.as_os_str(), flags, Mode::empty()).map_err(errno)?;
+        let stat = rustix::fs::fstat(&next).map_err(errno)?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Symlink {
+            walked.push(next);
+            continue;
+        }
+        hops += 1;
+        let parent = rustix::fs::fstat(directory).map_err(errno)?;
+        let writable_by_others = parent.st_mode & 0o022 != 0;
+        if hops > SYMLINK_HOPS_MAX || stat.st_uid != 0 || parent.st_uid != 0 || writable_by_others {
+            return Err(errno(rustix::io::Errno::LOOP));
+        }
+        let target = rustix::fs::readlinkat(&next, "", Vec::new()).map_err(errno)?;
+        let target = PathBuf::from(OsString::from_vec(target.into_bytes()));
+        let mut followed = names(&target);
+        if target.is_absolute() {
+            walked.truncate(1);
+        }
+        followed.extend(pending);
+        pending = followed;
+    }
+    Ok(walked.pop().expect("the root stays"))
 }
 
 /// Judges an `O_PATH` descriptor by its `fstat`, then opens the very same inode for

@@ -253,3 +253,75 @@ fn a_private_output_tree_is_made_without_following_anything_planted_in_it() {
     symlink(elsewhere.path(), parent.path().join("linked-export")).unwrap();
     assert!(Directory::create_private(&parent.path().join("linked-export")).is_err());
 }
+
+#[test]
+fn only_links_nobody_but_root_could_make_are_followed_when_asked() {
+    use std::os::unix::fs::PermissionsExt;
+    // Tests run as root: the temp dir and what is made in it are root's.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("real");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("lib.so"), b"\x7fELF").unwrap();
+    let open = |path: &Path| open_file(path, Resolve::RootOwnedSymlinks, Rules::REGULAR);
+
+    // root's link in root's 0755 directory: followed, relative and absolute, `..` too.
+    let safe = dir.path().join("safe");
+    std::fs::create_dir(&safe).unwrap();
+    std::fs::set_permissions(&safe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    symlink("../real", safe.join("relative")).unwrap();
+    symlink(&target, safe.join("absolute")).unwrap();
+    symlink(target.join("lib.so"), safe.join("file")).unwrap();
+    for path in [
+        "relative/lib.so",
+        "absolute/lib.so",
+        "file",
+        "relative/../real/lib.so",
+    ] {
+        let opened = open(&safe.join(path)).unwrap_or_else(|error| panic!("{path}: {error}"));
+        assert_eq!(opened.metadata.len(), 4, "{path}");
+    }
+    assert!(matches!(
+        open(Path::new("relative/lib.so")),
+        Err(OpenError::Io { .. })
+    ));
+
+    // The same links where someone else could have made them are refused.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    symlink(&target, shared.join("link")).unwrap();
+    let users = dir.path().join("users");
+    std::fs::create_dir(&users).unwrap();
+    symlink(&target, users.join("link")).unwrap();
+    std::os::unix::fs::lchown(&users, Some(65534), Some(65534)).unwrap();
+    let theirs = safe.join("theirs");
+    symlink(&target, &theirs).unwrap();
+    std::os::unix::fs::lchown(&theirs, Some(65534), Some(65534)).unwrap();
+    for path in [
+        shared.join("link/lib.so"),
+        users.join("link/lib.so"),
+        theirs.join("lib.so"),
+    ] {
+        let error = open(&path).expect_err(&path.display().to_string());
+        assert!(
+            error
+                .to_string()
+                .contains("a symbolic link where none is allowed"),
+            "{}: {error}",
+            path.display()
+        );
+    }
+
+    // A loop ends.
+    symlink(safe.join("loop"), safe.join("loop")).unwrap();
+    assert!(open(&safe.join("loop")).is_err());
+
+    // The system's own merged-/usr links resolve (where /lib is one).
+    if std::fs::symlink_metadata("/lib").is_ok_and(|meta| meta.file_type().is_symlink()) {
+        let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+        if std::fs::metadata(libc).is_ok() {
+            open(libc).unwrap();
+            assert!(open_file(libc, Resolve::NoSymlinks, Rules::REGULAR).is_err());
+        }
+    }
+}
