@@ -62,9 +62,10 @@ pub struct AnalyzeOptions {
     /// When false, no file on disk is opened: only the core's own memory is used (for
     /// fuzzing, and for cores from other machines).
     pub read_module_files: bool,
-    /// When true, compressed DWARF in debug files is decompressed for function names and
-    /// file:line (about 20 ms for glibc's debug file); when false, such modules are
-    /// named from their symbol tables only. Uncompressed DWARF is always used.
+    /// When true (the default), compressed DWARF (`SHF_COMPRESSED`, `.zdebug_*`) is
+    /// decompressed for function names and file:line, up to a bound of decompressed
+    /// bytes; when false, such modules are named from their symbol tables only.
+    /// Uncompressed DWARF is always used.
     pub decompress_debug_info: bool,
 }
 
@@ -78,7 +79,7 @@ impl Default for AnalyzeOptions {
             core_bytes_max: 64 << 30,
             module_file_bytes_max: 8 << 30,
             read_module_files: true,
-            decompress_debug_info: false,
+            decompress_debug_info: true,
         }
     }
 }

@@ -12,9 +12,10 @@
 //! - Everything is per module and lazy: a module's tables are read the first time one of
 //!   its addresses is symbolized, then kept for the rest of the analysis.
 //! - Addresses given here are stated (file) addresses: the caller removes the load bias.
-//! - Compressed DWARF (`SHF_COMPRESSED`, as Debian's and Fedora's debug files are) is
-//!   decompressed only when `decompress_debug_info` is set; without it, names come from
-//!   the debug file's `.symtab` and there is no file:line for that module.
+//! - Compressed DWARF (`SHF_COMPRESSED`, as Debian's and Fedora's debug files are, or GNU
+//!   `.zdebug_*`) is decompressed when `decompress_debug_info` is set (the default), at
+//!   most `DECOMPRESSED_BYTES_MAX` per module; without it, names come from the debug
+//!   file's `.symtab` and there is no file:line for that module.
 //! - Physical frames only: the name is that of the outermost (non-inlined) function at the
 //!   address, with its file:line (the call site of the inlined code, as gdb's physical
 //!   frame shows it).

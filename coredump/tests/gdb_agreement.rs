@@ -395,6 +395,102 @@ fn debug_info_gives_file_and_line() {
     assert_eq!(analysis.problem.reason, "SIGSEGV in leaf at 0x0");
 }
 
+/// gdb's source lines of the crashing thread: (pc, file name, line) for every frame,
+/// inline ones included (a physical frame's line may be any of its inlined calls').
+const GDB_LINES_SCRIPT: &str = r#"
+import gdb
+gdb.execute("set pagination off")
+gdb.execute("set backtrace past-main on")
+frame = gdb.newest_frame()
+while frame is not None:
+    sal = frame.find_sal()
+    if sal.symtab is not None and sal.line > 0:
+        print("LINE %x %s %d" % (frame.pc(), sal.symtab.filename, sal.line))
+    frame = frame.older()
+"#;
+
+fn gdb_lines(directory: &Path, executable: &Path, core: &Path) -> Vec<(u64, String, u32)> {
+    let script = directory.join("lines.py");
+    std::fs::write(&script, GDB_LINES_SCRIPT).unwrap();
+    let output = Command::new("gdb")
+        .args(["-nx", "-batch", "-x"])
+        .arg(&script)
+        .arg(executable)
+        .arg(core)
+        .output()
+        .expect("gdb runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.strip_prefix("LINE ")?.split(' ');
+            let pc = u64::from_str_radix(words.next()?, 16).ok()?;
+            let file = words.next()?.to_string();
+            let line = words.next()?.parse().ok()?;
+            Some((pc, file, line))
+        })
+        .collect()
+}
+
+/// True when libc's separate debug file is installed (Debian's libc6-dbg), which `.ci/run`
+/// installs; elsewhere the test says so and passes.
+fn libc_debug_file_missing() -> bool {
+    let found = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "libc6-dbg"])
+        .output()
+        .is_ok_and(|output| {
+            String::from_utf8_lossy(&output.stdout).contains("install ok installed")
+        });
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "libc6-dbg is not installed and CI is set: .ci/run installs it"
+        );
+        eprintln!("SKIPPED: libc6-dbg is not installed, so libc has no lines to compare");
+    }
+    !found
+}
+
+#[test]
+fn libc_frames_carry_gdbs_file_and_line() {
+    if tool_missing("gcc") || tool_missing("gdb") || libc_debug_file_missing() {
+        return;
+    }
+    let case = &CASES[2];
+    let directory = tempfile::tempdir().unwrap();
+    let (executable, core) = make_core(case, directory.path());
+    let analysis = analyze_core(&core, &AnalyzeOptions::default()).unwrap();
+    let gdb = gdb_lines(directory.path(), &executable, &core);
+    let libc_frames: Vec<_> = analysis
+        .problem
+        .frames
+        .iter()
+        .filter(|frame| {
+            frame
+                .module
+                .as_deref()
+                .is_some_and(|module| module.contains("/libc.so"))
+        })
+        .collect();
+    assert!(libc_frames.len() >= 2, "{:#?}", analysis.problem.frames);
+    for frame in &libc_frames {
+        let (Some(file), Some(line)) = (frame.file.as_deref(), frame.line) else {
+            panic!("a libc frame without file:line: {frame:#?}");
+        };
+        let address = frame.address.unwrap();
+        let agrees = gdb.iter().any(|(pc, gdb_file, gdb_line)| {
+            *pc == address && *gdb_line == line && file.ends_with(gdb_file.trim_start_matches("./"))
+        });
+        assert!(
+            agrees,
+            "{:?} at {address:#x}: ours {file}:{line}, gdb's {:?}",
+            frame.function,
+            gdb.iter()
+                .filter(|(pc, ..)| *pc == address)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
 #[test]
 fn a_replaced_executable_is_not_used_for_symbols() {
     if tool_missing("gcc") || tool_missing("gdb") {

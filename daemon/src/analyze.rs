@@ -120,6 +120,7 @@ pub fn analyze_core_here(
                 debug_dirs: config.debug_dirs.clone(),
                 threads_max: config.threads_max,
                 frames_max: config.frames_max,
+                decompress_debug_info: config.decompress_debug_info,
                 ..crashmesh_coredump::AnalyzeOptions::default()
             };
             crashmesh_coredump::analyze_core(&plain.path, &options)

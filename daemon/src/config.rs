@@ -95,6 +95,8 @@ pub struct AnalysisConfig {
     pub frames_max: usize,
     /// Where separate debug files are looked up (`.build-id/xx/….debug`, debuglink).
     pub debug_dirs: Vec<PathBuf>,
+    /// Read compressed DWARF for file:line (see `crashmesh_coredump::AnalyzeOptions`).
+    pub decompress_debug_info: bool,
 }
 
 impl Default for AnalysisConfig {
@@ -105,6 +107,7 @@ impl Default for AnalysisConfig {
             threads_max: 256,
             frames_max: 256,
             debug_dirs: vec![PathBuf::from("/usr/lib/debug")],
+            decompress_debug_info: true,
         }
     }
 }
