@@ -672,3 +672,98 @@ fn chunk_bytes(harness: &Harness, id: &str) -> Vec<u8> {
         .read_to_vec()
         .unwrap()
 }
+
+/// A core problem whose crashing thread is `functions`, top first.
+fn problem_of_frames(signature: &str, functions: &[&str]) -> crashmesh_protocol::Problem {
+    let mut problem = problem(signature, functions[0]);
+    problem.frames = functions
+        .iter()
+        .enumerate()
+        .map(|(index, function)| crashmesh_protocol::Frame {
+            address: Some(0x5555_0000_1000 + index as u64 * 0x100),
+            function: Some(function.to_string()),
+            module: Some("/usr/bin/vstorage-csd".into()),
+            offset: Some(0x10),
+            reliable: true,
+            ..crashmesh_protocol::Frame::default()
+        })
+        .collect();
+    problem
+}
+
+#[test]
+fn a_problem_lists_the_problems_alike_that_its_viewer_may_see_nearest_first() {
+    let harness = Harness::start();
+    let (c1, c2) = (harness.client("c1"), harness.client("c2"));
+    let upload =
+        |client: &crashmesh_endpoint_client::Client, cluster: &str, seed: &str, frames: &[&str]| {
+            let (manifest, chunks) = report(
+                cluster,
+                1,
+                seed,
+                problem_of_frames(&format!("v1:core:{seed}"), frames),
+                vec![incident("node-1", seed, T0, None)],
+                b"log\n",
+            );
+            client.upload(&manifest, &chunks).unwrap().problem_id
+        };
+    let a = upload(&c1, "c1", "a", &["leaf", "middle", "outer", "main"]);
+    // The same bug through another caller, and with one more frame.
+    let b = upload(&c1, "c1", "b", &["leaf", "middle", "other", "main"]);
+    let d = upload(
+        &c1,
+        "c1",
+        "d",
+        &["leaf", "helper", "middle", "outer", "main"],
+    );
+    // Another bug that only shares `main`, and the abort machinery that is dropped.
+    let c = upload(&c1, "c1", "c", &["abort", "parse", "read", "main"]);
+    // Another cluster's problem, like b.
+    let e = upload(&c2, "c2", "e", &["leaf", "middle", "other", "main"]);
+
+    let similar = |viewer: &crashmesh_endpoint_client::Client, id: &str| -> Vec<(String, f64)> {
+        let answer = viewer.get(&format!("/api/v1/problems/{id}")).unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.json()["similar"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|similar| {
+                (
+                    similar["id"].as_str().unwrap().to_string(),
+                    similar["distance"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // Depth-weighted distances (protocol::similarity): another caller third from the top
+    // is nearer than a frame more second from the top.
+    let (caller, frame_more) = ((1.0 / 3.0) / (25.0 / 12.0), 0.5 / (25.0 / 12.0 + 0.2));
+    let ids = |found: &[(String, f64)]| -> Vec<String> {
+        found.iter().map(|(id, _)| id.clone()).collect()
+    };
+    let admin = similar(&harness.admin(), &a);
+    // The admin sees every cluster's, nearest first (equals by incidents, then by id).
+    let mut equals = [b.clone(), e.clone()];
+    equals.sort();
+    assert_eq!(
+        ids(&admin),
+        [equals[0].clone(), equals[1].clone(), d.clone()]
+    );
+    assert!((admin[0].1 - caller).abs() < 1e-9 && (admin[2].1 - frame_more).abs() < 1e-9);
+    // A cluster sees its own problems only: c1 never hears of e, c2 of a, b or d.
+    assert_eq!(ids(&similar(&c1, &a)), [b.clone(), d.clone()]);
+    assert_eq!(similar(&c2, &e), []);
+    assert!(similar(&c1, &c).is_empty());
+    // The problem page shows them with links.
+    let page = harness.admin().get(&format!("/problems/{a}")).unwrap().body;
+    assert!(page.contains("similar problems"), "{page}");
+    assert!(
+        page.contains(&format!("<a href=\"/problems/{b}\">")),
+        "{page}"
+    );
+    assert!(
+        !page.contains(&format!("<a href=\"/problems/{c}\">")),
+        "{page}"
+    );
+}

@@ -15,6 +15,7 @@ pub mod model;
 pub mod report;
 pub mod rng;
 pub mod signature;
+pub mod similarity;
 pub mod wire;
 
 pub use model::{Frame, FrameSource, Problem, ProblemKind, ThreadTrace};

@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use crashmesh_protocol::Problem;
+use crashmesh_protocol::similarity::SIMILAR_DISTANCE_MAX;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EndpointError;
@@ -359,7 +360,22 @@ pub async fn api_problem(
     let mut summary = serde_json::to_value(ProblemJson::new(&row, bug.as_ref(), &state.public_url))
         .map_err(|error| EndpointError::BadRequest(error.to_string()))?;
     let privacy = privacy_of(&state, &row)?;
+    let similar: Vec<serde_json::Value> = state
+        .db
+        .similar_view(&viewer, &row.id, SIMILAR_DISTANCE_MAX)?
+        .iter()
+        .map(|similar| {
+            serde_json::json!({
+                "id": similar.row.id,
+                "distance": similar.distance,
+                "reason": similar.row.reason,
+                "count": similar.row.count,
+                "signature": similar.row.signature,
+            })
+        })
+        .collect();
     let extra = serde_json::json!({
+        "similar": similar,
         "core_requested": privacy.core_requested,
         "privacy": privacy,
         "problem": analysis,

@@ -14,6 +14,7 @@ use std::fmt::Write;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use crashmesh_protocol::Frame;
+use crashmesh_protocol::similarity::SIMILAR_DISTANCE_MAX;
 
 use crate::error::EndpointError;
 use crate::http::api::{
@@ -526,6 +527,26 @@ pub async fn problem_page(
         let _ = write!(body, "<pre id=\"problem-text\">{}</pre>", escape(text));
     }
     body.push_str("</section>");
+    let similar = state
+        .db
+        .similar_view(&viewer, &row.id, SIMILAR_DISTANCE_MAX)?;
+    if !similar.is_empty() {
+        body.push_str(
+            "<section><h2>similar problems</h2><table id=\"similar\"><thead><tr>\
+             <th>distance</th><th>problem</th><th>incidents</th></tr></thead><tbody>",
+        );
+        for similar in &similar {
+            let _ = write!(
+                body,
+                "<tr><td>{:.2}</td><td><a href=\"/problems/{}\">{}</a></td><td>{}</td></tr>",
+                similar.distance,
+                escape(&similar.row.id),
+                escape(&similar.row.reason),
+                similar.row.count
+            );
+        }
+        body.push_str("</tbody></table></section>");
+    }
     let _ = write!(
         body,
         "<section class=\"row\"><div><h2>nodes</h2><div id=\"nodes\">{}</div></div>\

@@ -16,16 +16,16 @@ use std::collections::{BTreeSet, HashMap};
 
 use crashmesh_protocol::Problem;
 use crashmesh_protocol::report::{Incident, IncidentUpdate, ReportManifest, UploadReply};
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{MultimapTable, ReadableTable, Table, WriteTransaction};
 
 use crate::error::EndpointError;
 use crate::recording::metrics::Metrics;
 use crate::recording::webhook::Event;
 use crate::storage::db::{
     ANALYSES, BUGS, BugRow, CLUSTER_ANALYSES, CLUSTER_CHUNKS, CLUSTER_PROBLEMS, COMMENTS, Db,
-    HOURS_PER_PROBLEM_MAX, INCIDENTS, IncidentRow, META, META_JOURNAL_SEQ, META_NEXT_BUG, PROBLEMS,
-    ProblemRow, REPORTS, REPORTS_PER_PROBLEM_MAX, ReportRow, TERMS, decode, encode, insert_bounded,
-    save_bug,
+    HOURS_PER_PROBLEM_MAX, INCIDENTS, IncidentRow, META, META_JOURNAL_SEQ, META_NEXT_BUG,
+    META_SIMILAR_INDEXED, PROBLEMS, ProblemRow, REPORTS, REPORTS_PER_PROBLEM_MAX, ReportRow,
+    SIMILAR_INDEX, SIMILAR_KEYS, SimilarKeys, TERMS, decode, encode, insert_bounded, save_bug,
 };
 use crate::storage::journal::Work;
 use crate::storage::packs::{Location, Packs};
@@ -131,6 +131,8 @@ struct Tables<'txn> {
     cluster_problems: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     cluster_analyses: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     cluster_chunks: Table<'txn, (&'static str, &'static str), ()>,
+    similar_keys: Table<'txn, &'static str, &'static [u8]>,
+    similar_index: MultimapTable<'txn, (&'static str, &'static str), &'static str>,
     /// Rows read or changed in this batch, written back once at its end: a hot problem's
     /// row (and its bug) is decoded and encoded once per batch, not once per report.
     problem_rows: HashMap<RowKey, ProblemRow>,
@@ -157,6 +159,8 @@ impl<'txn> Tables<'txn> {
             cluster_problems: txn.open_table(CLUSTER_PROBLEMS)?,
             cluster_analyses: txn.open_table(CLUSTER_ANALYSES)?,
             cluster_chunks: txn.open_table(CLUSTER_CHUNKS)?,
+            similar_keys: txn.open_table(SIMILAR_KEYS)?,
+            similar_index: txn.open_multimap_table(SIMILAR_INDEX)?,
             problem_rows: HashMap::new(),
             bug_rows: HashMap::new(),
             committed_rows,
@@ -323,6 +327,48 @@ pub(crate) fn check_term_step(cluster: &str, term: u64, highest: u64) -> Result<
         });
     }
     Ok(())
+}
+
+/// Puts a new problem into the similarity index: its keys, and the problem under each of
+/// its first keys (`crashmesh_protocol::similarity`).
+fn index_similar(
+    keys_table: &mut Table<'_, &'static str, &'static [u8]>,
+    index: &mut MultimapTable<'_, (&'static str, &'static str), &'static str>,
+    problem_id: &str,
+    analysis: &Problem,
+) -> Result<(), EndpointError> {
+    let keys = SimilarKeys::of(analysis);
+    keys_table.insert(problem_id, encode(&keys)?.as_slice())?;
+    for key in crashmesh_protocol::similarity::index_keys(&keys.keys) {
+        index.insert((keys.kind.as_str(), key), problem_id)?;
+    }
+    Ok(())
+}
+
+/// Indexes, once, the problems of a database older than the similarity index; gives how
+/// many it indexed (0 when the index was already whole).
+pub(crate) fn index_similar_once(db: &Db) -> Result<u64, EndpointError> {
+    let txn = db.begin_batch()?;
+    let mut indexed = 0u64;
+    {
+        let mut meta = txn.open_table(META)?;
+        if meta.get(META_SIMILAR_INDEXED)?.is_some() {
+            return Ok(0);
+        }
+        let analyses = txn.open_table(ANALYSES)?;
+        let mut keys_table = txn.open_table(SIMILAR_KEYS)?;
+        let mut index = txn.open_multimap_table(SIMILAR_INDEX)?;
+        for entry in analyses.iter()? {
+            let (id, bytes) = entry?;
+            let id = id.value();
+            let analysis: Problem = decode(&format!("analysis {id}"), bytes.value())?;
+            index_similar(&mut keys_table, &mut index, id, &analysis)?;
+            indexed += 1;
+        }
+        meta.insert(META_SIMILAR_INDEXED, 1)?;
+    }
+    txn.commit()?;
+    Ok(indexed)
 }
 
 /// Refuses a stored report of another cluster ([`EndpointError::ForeignReport`]).
@@ -610,6 +656,12 @@ fn complete(
         tables
             .analyses
             .insert(problem_id.as_str(), encode(analysis)?.as_slice())?;
+        index_similar(
+            &mut tables.similar_keys,
+            &mut tables.similar_index,
+            &problem_id,
+            analysis,
+        )?;
         Metrics::add(&recorder.metrics.problems_new, 1);
     }
     match &mut bug {
@@ -712,4 +764,74 @@ fn update_incidents(
     tables.put_problem(row);
     tables.put_cluster_problem(cluster, own);
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::db::Viewer;
+    use crashmesh_protocol::{Frame, ProblemKind};
+
+    fn analysis(functions: &[&str]) -> Problem {
+        let mut problem = Problem::new(ProblemKind::Core, "SIGSEGV");
+        problem.frames = functions
+            .iter()
+            .map(|function| Frame {
+                function: Some(function.to_string()),
+                reliable: true,
+                ..Frame::default()
+            })
+            .collect();
+        problem
+    }
+
+    #[test]
+    fn a_database_older_than_the_similarity_index_is_indexed_once_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        // Problems recorded before the index existed: analyses, no keys, no flag.
+        let rows = [
+            ("aa", analysis(&["leaf", "middle", "outer", "main"])),
+            ("bb", analysis(&["leaf", "middle", "other", "main"])),
+            ("cc", analysis(&["parse", "read", "main"])),
+        ];
+        let txn = db.begin_batch().unwrap();
+        {
+            let mut analyses = txn.open_table(ANALYSES).unwrap();
+            for (id, problem) in &rows {
+                analyses
+                    .insert(*id, encode(problem).unwrap().as_slice())
+                    .unwrap();
+                let manifest = ReportManifest {
+                    format_version: crashmesh_protocol::report::REPORT_FORMAT_VERSION,
+                    report_id: format!("{id}{id}"),
+                    cluster_id: "c1".into(),
+                    term: 1,
+                    customer_id: None,
+                    signature: format!("v1:{id}"),
+                    kind: problem.kind,
+                    problem: problem.clone(),
+                    incidents: Vec::new(),
+                    attachments: Vec::new(),
+                    scrub: None,
+                    created_ms: 0,
+                };
+                let row = new_problem_row(id, &manifest, problem);
+                txn.open_table(PROBLEMS)
+                    .unwrap()
+                    .insert(*id, encode(&row).unwrap().as_slice())
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        assert_eq!(index_similar_once(&db).unwrap(), 3);
+        assert_eq!(index_similar_once(&db).unwrap(), 0, "once");
+        let similar = db.similar_view(&Viewer::Admin, "aa", 0.35).unwrap();
+        let found: Vec<&str> = similar
+            .iter()
+            .map(|similar| similar.row.id.as_str())
+            .collect();
+        assert_eq!(found, ["bb"], "cc shares only `main`, too far");
+        assert!((similar[0].distance - (1.0 / 3.0) / (25.0 / 12.0)).abs() < 1e-9);
+    }
 }

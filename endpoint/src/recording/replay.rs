@@ -34,6 +34,10 @@ pub fn open_database(data_dir: &Path) -> Result<(Db, Journal), EndpointError> {
         }
     }
     journal.clear()?;
+    let indexed = super::record::index_similar_once(&db)?;
+    if indexed > 0 {
+        tracing::info!(problems = indexed, "indexed the problems for similarity");
+    }
     Ok((db, journal))
 }
 

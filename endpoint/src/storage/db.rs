@@ -18,7 +18,7 @@ use std::path::Path;
 
 use crashmesh_protocol::report::{BugRef, ReportManifest};
 use crashmesh_protocol::{Problem, ProblemKind};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +76,22 @@ pub(crate) const CHUNKS: TableDefinition<&str, (u64, u64, u32)> = TableDefinitio
 /// with `cores = "on_request"` send the withheld core of such a problem.
 pub(crate) const CORE_REQUESTS: TableDefinition<&str, u64> =
     TableDefinition::new("core_requests_v1");
+
+/// Problem id → [`SimilarKeys`] of its first report's analysis (`protocol::similarity`).
+pub(crate) const SIMILAR_KEYS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("similar_keys_v1");
+/// (kind, frame key) → the problems indexed under it: each problem under its first
+/// `protocol::similarity::INDEX_KEYS` keys.
+pub(crate) const SIMILAR_INDEX: MultimapTableDefinition<(&str, &str), &str> =
+    MultimapTableDefinition::new("similar_index_v1");
+/// Set once every problem's analysis is in [`SIMILAR_INDEX`] (databases older than the
+/// index are indexed once, when opened).
+pub(crate) const META_SIMILAR_INDEXED: &str = "similar_indexed";
+/// Problems read per index key when looking for similar problems: a key shared by many
+/// problems (`main`) costs this many at most.
+pub const SIMILAR_CANDIDATES_PER_KEY: usize = 256;
+/// Similar problems listed at most.
+pub const SIMILAR_SHOWN_MAX: usize = 10;
 
 const META_FORMAT_VERSION: &str = "format_version";
 pub(crate) const META_NEXT_BUG: &str = "next_bug";
@@ -164,6 +180,31 @@ pub struct IncidentRow {
     pub report_id: String,
     pub version: Option<String>,
     pub labels: BTreeMap<String, String>,
+}
+
+/// What similarity is measured on: a problem's kind and its frame keys
+/// (`crashmesh_protocol::similarity::frame_keys`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimilarKeys {
+    /// The kind's stable name: problems of different kinds are never similar.
+    pub kind: String,
+    pub keys: Vec<String>,
+}
+
+impl SimilarKeys {
+    pub fn of(problem: &Problem) -> SimilarKeys {
+        SimilarKeys {
+            kind: problem.kind.as_str().to_string(),
+            keys: crashmesh_protocol::similarity::frame_keys(problem),
+        }
+    }
+}
+
+/// A problem like another, and how far from it (0: the same frames; 1: none alike).
+#[derive(Clone, Debug)]
+pub struct Similar {
+    pub row: ProblemRow,
+    pub distance: f64,
 }
 
 /// A problem: its counters and the names seen with it.
@@ -540,6 +581,8 @@ impl Db {
             txn.open_table(BUGS)?;
             txn.open_table(COMMENTS)?;
             txn.open_table(CHUNKS)?;
+            txn.open_table(SIMILAR_KEYS)?;
+            txn.open_multimap_table(SIMILAR_INDEX)?;
         }
         txn.commit()?;
         Ok(Db { db })
@@ -675,6 +718,77 @@ impl Db {
             .get((cluster, id))?
             .map(|value| decode(&format!("analysis {id} of {cluster}"), value.value()))
             .transpose()
+    }
+
+    /// The problems `viewer` sees that are like problem `id` (distance at most
+    /// `distance_max`), nearest first, at most [`SIMILAR_SHOWN_MAX`]. Candidates come from
+    /// the index, at most [`SIMILAR_CANDIDATES_PER_KEY`] per key; a cluster's distances
+    /// are measured on its own reports' analyses, the admin's on the first reports'.
+    pub fn similar_view(
+        &self,
+        viewer: &Viewer,
+        id: &str,
+        distance_max: f64,
+    ) -> Result<Vec<Similar>, EndpointError> {
+        use crashmesh_protocol::similarity;
+        let txn = self.begin_read()?;
+        let keys_of = |id: &str| -> Result<Option<SimilarKeys>, EndpointError> {
+            match viewer.cluster() {
+                None => txn
+                    .open_table(SIMILAR_KEYS)?
+                    .get(id)?
+                    .map(|value| decode(&format!("similarity keys of {id}"), value.value()))
+                    .transpose(),
+                Some(cluster) => Ok(txn
+                    .open_table(CLUSTER_ANALYSES)?
+                    .get((cluster, id))?
+                    .map(|value| {
+                        decode::<Problem>(&format!("analysis {id} of {cluster}"), value.value())
+                    })
+                    .transpose()?
+                    .map(|problem| SimilarKeys::of(&problem))),
+            }
+        };
+        let Some(mine) = keys_of(id)? else {
+            return Ok(Vec::new());
+        };
+        let index = txn.open_multimap_table(SIMILAR_INDEX)?;
+        let mut candidates = BTreeSet::new();
+        for key in similarity::index_keys(&mine.keys) {
+            for value in index
+                .get((mine.kind.as_str(), key))?
+                .take(SIMILAR_CANDIDATES_PER_KEY)
+            {
+                let candidate = value?.value().to_string();
+                if candidate != id {
+                    candidates.insert(candidate);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        for candidate in candidates {
+            let Some(theirs) = keys_of(&candidate)? else {
+                continue;
+            };
+            if theirs.kind != mine.kind {
+                continue;
+            }
+            let distance = similarity::distance(&mine.keys, &theirs.keys);
+            if distance > distance_max {
+                continue;
+            }
+            if let Some(row) = self.problem_view(viewer, &candidate)? {
+                found.push(Similar { row, distance });
+            }
+        }
+        found.sort_by(|a, b| {
+            a.distance
+                .total_cmp(&b.distance)
+                .then(b.row.count.cmp(&a.row.count))
+                .then(a.row.id.cmp(&b.row.id))
+        });
+        found.truncate(SIMILAR_SHOWN_MAX);
+        Ok(found)
     }
 
     /// Every problem `viewer` sees ([`Db::problem_view`]), with its bug.
