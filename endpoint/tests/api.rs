@@ -767,3 +767,220 @@ fn a_problem_lists_the_problems_alike_that_its_viewer_may_see_nearest_first() {
         "{page}"
     );
 }
+
+#[test]
+fn an_admin_merge_makes_two_problems_one_and_each_signature_lands_in_it_from_then_on() {
+    // No checkpoint during the test: a copy of the data dir is what a crash leaves.
+    let harness = Harness::start_with(|config| config.storage.checkpoint_ms = 600_000);
+    let (c1, c2, admin) = (harness.client("c1"), harness.client("c2"), harness.admin());
+    let upload = |client: &crashmesh_endpoint_client::Client,
+                  cluster: &str,
+                  seed: &str,
+                  signature: &str,
+                  frames: &[&str],
+                  nodes: &[&str]| {
+        let incidents = nodes
+            .iter()
+            .enumerate()
+            .map(|(index, node)| incident(node, &format!("{seed}-{node}"), T0 + index as u64, None))
+            .collect();
+        let (manifest, chunks) = report(
+            cluster,
+            1,
+            seed,
+            problem_of_frames(signature, frames),
+            incidents,
+            b"log\n",
+        );
+        let reply = client.upload(&manifest, &chunks).unwrap();
+        (manifest, reply.problem_id)
+    };
+    let (_, a) = upload(
+        &c1,
+        "c1",
+        "a1",
+        "v1:core:a",
+        &["leaf", "middle", "outer", "main"],
+        &["n1", "n2"],
+    );
+    // One bug under a second signature (another caller), seen by both clusters.
+    let (b_report, b) = upload(
+        &c1,
+        "c1",
+        "b1",
+        "v1:core:b",
+        &["leaf", "middle", "other", "main"],
+        &["n3"],
+    );
+    upload(
+        &c2,
+        "c2",
+        "b2",
+        "v1:core:b",
+        &["leaf", "middle", "other", "main"],
+        &["m1"],
+    );
+    let problem = |viewer: &crashmesh_endpoint_client::Client, id: &str| {
+        let answer = viewer.get(&format!("/api/v1/problems/{id}")).unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.json()
+    };
+    let b_bug = problem(&admin, &b)["bug"]["id"].as_u64().unwrap();
+    let a_bug = problem(&admin, &a)["bug"]["id"].as_u64().unwrap();
+    let merge = |viewer: &crashmesh_endpoint_client::Client, from: &str, into: &str| {
+        viewer
+            .post(
+                &format!("/api/v1/problems/{from}/merge"),
+                format!("{{\"into\":\"{into}\"}}").as_bytes(),
+            )
+            .unwrap()
+    };
+    // Only the admin merges.
+    assert_eq!(
+        merge(&c1, &b, &a).status,
+        401,
+        "a cluster token is not the admin's"
+    );
+    let merged = merge(&admin, &b, &a);
+    assert_eq!(merged.status, 200, "{}", merged.body);
+    assert_eq!(merged.json()["into"], a.as_str());
+
+    // Every incident, node and cluster once; a's bug kept, b's closed as its duplicate.
+    let whole = problem(&admin, &a);
+    assert_eq!(whole["count"], 4, "{whole:#}");
+    assert_eq!(whole["clusters"], serde_json::json!(["c1", "c2"]));
+    assert_eq!(whole["nodes"], serde_json::json!(["m1", "n1", "n2", "n3"]));
+    assert_eq!(whole["bug"]["id"], a_bug);
+    let closed = admin.get(&format!("/api/v1/bugs/{b_bug}")).unwrap().json();
+    assert_eq!(closed["status"], "closed", "{closed:#}");
+    assert!(
+        closed
+            .to_string()
+            .contains(&format!("duplicate of bug {a_bug}")),
+        "{closed:#}"
+    );
+    // b's id shows a; each cluster sees its own share.
+    assert_eq!(problem(&admin, &b)["id"], a.as_str());
+    assert_eq!(problem(&c1, &a)["count"], 3);
+    assert_eq!(problem(&c2, &a)["count"], 1);
+    assert_eq!(problem(&c2, &b)["id"], a.as_str());
+    let listed = harness.problems("");
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+
+    // From now on b's signature lands in a: a new report, an update of b's old report.
+    let (_, later) = upload(
+        &c1,
+        "c1",
+        "b3",
+        "v1:core:b",
+        &["leaf", "middle", "other", "main"],
+        &["n4"],
+    );
+    assert_eq!(later, a);
+    let update = |incidents| IncidentUpdate {
+        report_id: b_report.report_id.clone(),
+        cluster_id: "c1".into(),
+        term: 1,
+        signature: b_report.signature.clone(),
+        incidents,
+    };
+    let answered = c1
+        .update(&update(vec![incident("n5", "b1-n5", T0 + 9, None)]))
+        .unwrap();
+    assert_eq!(answered.problem_id, a);
+    // An incident already counted before the merge is not counted again.
+    c1.update(&update(vec![incident("n3", "b1-n3", T0, None)]))
+        .unwrap();
+    assert_eq!(problem(&admin, &a)["count"], 6);
+
+    // Refusals: again, into itself, an unknown problem.
+    assert_eq!(merge(&admin, &b, &a).status, 409);
+    assert_eq!(merge(&admin, &a, &b).status, 400, "b is a now");
+    assert_eq!(merge(&admin, &a, "00000000000000ff").status, 404);
+    let metrics = harness.metrics_text();
+    assert!(
+        metrics.contains("crashmesh_endpoint_problems_merged_total 1"),
+        "{metrics}"
+    );
+
+    // A crash now (no checkpoint since): the journal replays the merge.
+    let data_dir = harness.dir.path().join("endpoint");
+    let copy = harness.dir.path().join("crashed");
+    copy_dir(&data_dir, &copy, "");
+    let (db, _) = crashmesh_endpoint::recording::open_database(&copy).unwrap();
+    assert_eq!(db.resolve(&b).unwrap(), a);
+    assert!(db.problem(&b).unwrap().is_none());
+    assert_eq!(db.problem(&a).unwrap().unwrap().count, 6);
+}
+
+#[test]
+fn the_admin_merges_from_the_similar_problems_of_a_page() {
+    let harness = Harness::start();
+    let c1 = harness.client("c1");
+    let mut ids = Vec::new();
+    for (seed, frames) in [
+        ("a", ["leaf", "middle", "outer", "main"]),
+        ("b", ["leaf", "middle", "other", "main"]),
+    ] {
+        let (manifest, chunks) = report(
+            "c1",
+            1,
+            seed,
+            problem_of_frames(&format!("v1:core:{seed}"), &frames),
+            vec![incident("n1", seed, T0, None)],
+            b"log\n",
+        );
+        ids.push(c1.upload(&manifest, &chunks).unwrap().problem_id);
+    }
+    let (a, b) = (&ids[0], &ids[1]);
+    let session = harness.sign_in(&harness.admin).unwrap();
+    let page = |session: &str| {
+        raw_http(
+            &harness.address(),
+            &format!(
+                "GET /problems/{a} HTTP/1.1\r\nHost: x\r\nCookie: crashmesh_session={session}\r\n\
+                 Connection: close\r\n\r\n"
+            ),
+        )
+    };
+    let shown = page(&session);
+    assert!(
+        shown
+            .body
+            .contains(&format!("action=\"/problems/{a}/merge\"")),
+        "{}",
+        shown.body
+    );
+    // A cluster's page lists the similar problem, with no merge button.
+    let cluster_session = {
+        let token = harness
+            .admin()
+            .post("/api/v1/tokens", b"{\"cluster\":\"c1\"}")
+            .unwrap()
+            .json()["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        harness.sign_in(&token).unwrap()
+    };
+    let theirs = page(&cluster_session).body;
+    assert!(
+        theirs.contains("similar problems") && !theirs.contains("/merge"),
+        "{theirs}"
+    );
+    // The form, posted from the dashboard's own page.
+    let body = format!("from={b}");
+    let posted = raw_http(
+        &harness.address(),
+        &format!(
+            "POST /problems/{a}/merge HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n\
+             Cookie: crashmesh_session={session}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len(),
+            host = harness.address()
+        ),
+    );
+    assert_eq!(posted.status, 303, "{}", posted.body);
+    assert_eq!(harness.problems("").len(), 1);
+    assert_eq!(harness.problems("")[0]["count"], 2);
+}

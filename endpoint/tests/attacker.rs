@@ -680,6 +680,15 @@ fn a_16_mib_body_without_a_token_is_refused_401_before_it_is_sent() {
             format!("POST /problems/{problem}/core-request HTTP/1.1"),
             None,
         ),
+        (
+            format!("POST /api/v1/problems/{problem}/merge HTTP/1.1"),
+            None,
+        ),
+        (format!("POST /problems/{problem}/merge HTTP/1.1"), None),
+        (
+            format!("POST /api/v1/problems/{problem}/merge HTTP/1.1"),
+            Some(world.acme.token()),
+        ),
         // A cluster's token on the admin's routes: refused as well, unread.
         (
             "POST /api/v1/tokens HTTP/1.1".into(),

@@ -15,23 +15,6 @@ use crashmesh_endpoint::storage::journal::JOURNAL_FILE;
 
 const T0: u64 = 1_790_000_000_000;
 
-/// Copies a data dir as a crash would leave it: whatever reached the files.
-fn copy_dir(from: &Path, to: &Path, skip: &str) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == skip || name == "endpoint.sock" {
-            continue;
-        }
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(&name), skip);
-        } else {
-            std::fs::copy(entry.path(), to.join(&name)).unwrap();
-        }
-    }
-}
-
 fn journal_bytes(data_dir: &Path) -> u64 {
     std::fs::metadata(data_dir.join(JOURNAL_FILE))
         .map(|metadata| metadata.len())

@@ -219,6 +219,8 @@ pub(crate) fn load_problem(
             "problem id {id:?} is not hex"
         )));
     }
+    // A merged problem's id shows the problem it was merged into.
+    let id = &state.db.resolve(id)?;
     let row = state
         .db
         .problem_view(viewer, id)?
@@ -455,6 +457,55 @@ pub async fn api_set_bug(
     let bug = set_bug(&state, *path, change).await?;
     let view = state.db.bug_view(bug.id, COMMENTS_PER_BUG_MAX)?;
     Ok(HttpResponse::Ok().json(view))
+}
+
+/// The body of `POST /api/v1/problems/{id}/merge`.
+#[derive(Debug, Deserialize)]
+pub struct MergeRequest {
+    /// The problem the one in the path joins.
+    pub into: String,
+}
+
+/// Merges problem `from` into `into` through the committer; `into` as it resolves.
+pub(crate) async fn merge_problems(
+    state: &web::Data<AppState>,
+    from: &str,
+    into: &str,
+) -> Result<String, EndpointError> {
+    for id in [from, into] {
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(EndpointError::BadRequest(format!(
+                "problem id {id:?} is not hex"
+            )));
+        }
+    }
+    let reply = state
+        .committer
+        .merge(from.to_string(), into.to_string())
+        .await?;
+    Ok(reply.problem_id)
+}
+
+/// `POST /api/v1/problems/{id}/merge` (admin token): `{"into": id}` merges the problem
+/// into another (one bug under two signatures): `{"merged": id, "into": id}`.
+pub async fn api_merge(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, EndpointError> {
+    let (body, _held) = admin_body(
+        &state,
+        &request,
+        payload,
+        "merge request bytes",
+        SMALL_BODY_BYTES_MAX,
+    )
+    .await?;
+    let wanted: MergeRequest = serde_json::from_slice(&body)
+        .map_err(|error| EndpointError::BadRequest(format!("merge request: {error}")))?;
+    let into = merge_problems(&state, &path, &wanted.into).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "merged": *path, "into": into })))
 }
 
 /// `GET /reports/{report}/attachments/{name}`: an attachment of a report the token sees,

@@ -78,6 +78,29 @@ pub async fn form_set_bug(
         .finish())
 }
 
+/// The similar problems' merge button.
+#[derive(Debug, Deserialize)]
+pub struct MergeForm {
+    /// The problem that joins the page's.
+    pub from: String,
+}
+
+/// `POST /problems/{id}/merge` (the admin, as for the bug form): problem `from` joins the
+/// page's problem → back to the page.
+pub async fn form_merge(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, EndpointError> {
+    state.admin_form(&request)?;
+    let form: MergeForm = read_form(&state, &request, payload).await?;
+    let into = crate::http::api::merge_problems(&state, &form.from, &path).await?;
+    Ok(HttpResponse::SeeOther()
+        .insert_header(("Location", format!("/problems/{into}")))
+        .finish())
+}
+
 /// The problem page's core request form.
 #[derive(Debug, Deserialize)]
 pub struct CoreRequestForm {

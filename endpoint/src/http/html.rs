@@ -533,12 +533,24 @@ pub async fn problem_page(
     if !similar.is_empty() {
         body.push_str(
             "<section><h2>similar problems</h2><table id=\"similar\"><thead><tr>\
-             <th>distance</th><th>problem</th><th>incidents</th></tr></thead><tbody>",
+             <th>distance</th><th>problem</th><th>incidents</th><th></th></tr></thead><tbody>",
         );
         for similar in &similar {
+            // The admin may decide they are one bug: that one joins this one.
+            let merge = if viewer.is_admin() {
+                format!(
+                    "<form method=\"post\" action=\"/problems/{}/merge\"><input type=\"hidden\" \
+                     name=\"from\" value=\"{}\"><button type=\"submit\" class=\"merge\">merge into \
+                     this problem</button></form>",
+                    escape(&row.id),
+                    escape(&similar.row.id)
+                )
+            } else {
+                String::new()
+            };
             let _ = write!(
                 body,
-                "<tr><td>{:.2}</td><td><a href=\"/problems/{}\">{}</a></td><td>{}</td></tr>",
+                "<tr><td>{:.2}</td><td><a href=\"/problems/{}\">{}</a></td><td>{}</td><td>{merge}</td></tr>",
                 similar.distance,
                 escape(&similar.row.id),
                 escape(&similar.row.reason),

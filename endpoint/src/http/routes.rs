@@ -89,6 +89,9 @@ pub fn routes(config: &mut web::ServiceConfig, state: web::Data<AppState>) {
             .service(web::resource("/api/v1/problems").route(web::get().to(api::api_problems)))
             .service(web::resource("/api/v1/problems/{id}").route(web::get().to(api::api_problem)))
             .service(
+                web::resource("/api/v1/problems/{id}/merge").route(web::post().to(api::api_merge)),
+            )
+            .service(
                 web::resource("/api/v1/problems/{id}/core-request")
                     .route(web::post().to(api::api_core_request)),
             )
@@ -114,6 +117,7 @@ pub fn routes(config: &mut web::ServiceConfig, state: web::Data<AppState>) {
                     .route(web::post().to(forms::form_core_request)),
             )
             .service(web::resource("/problems/{id}/bug").route(web::post().to(forms::form_set_bug)))
+            .service(web::resource("/problems/{id}/merge").route(web::post().to(forms::form_merge)))
             .service(
                 web::resource("/reports/{report}/attachments/{name:.*}")
                     .route(web::get().to(api::attachment)),

@@ -222,6 +222,8 @@ impl AppState {
         problem_id: &str,
         missing_chunks: Vec<String>,
     ) -> Result<UploadReply, EndpointError> {
+        // A merged problem answers as the problem it was merged into.
+        let problem_id = &self.db.resolve(problem_id)?;
         let row = self.db.problem(problem_id)?;
         let bug = match row.as_ref().and_then(|row| row.bug) {
             Some(id) => self.db.bug(id)?,

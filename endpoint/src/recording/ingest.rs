@@ -176,6 +176,12 @@ impl Committer {
     pub async fn update(&self, update: IncidentUpdate) -> Result<UploadReply, EndpointError> {
         self.submit(Work::Update(update)).await
     }
+
+    /// Merges problem `from` into problem `into` (the admin's decision that they are one
+    /// bug); answers with `into`'s reply.
+    pub async fn merge(&self, from: String, into: String) -> Result<UploadReply, EndpointError> {
+        self.submit(Work::Merge { from, into }).await
+    }
 }
 
 /// The committer thread's state.

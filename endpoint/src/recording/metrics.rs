@@ -12,6 +12,7 @@ pub struct Metrics {
     pub reports_repeated: AtomicU64,
     pub incidents_recorded: AtomicU64,
     pub problems_new: AtomicU64,
+    pub problems_merged: AtomicU64,
     pub bugs_opened: AtomicU64,
     pub bugs_reopened: AtomicU64,
     pub chunks_stored: AtomicU64,
@@ -50,7 +51,7 @@ impl Metrics {
 
     /// The Prometheus text, with gauges the caller measured.
     pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             (
                 "reports_completed_total",
                 "Reports stored",
@@ -70,6 +71,11 @@ impl Metrics {
                 "problems_new_total",
                 "Problems seen for the first time",
                 &self.problems_new,
+            ),
+            (
+                "problems_merged_total",
+                "Problems an admin merged into another",
+                &self.problems_merged,
             ),
             ("bugs_opened_total", "Bugs opened", &self.bugs_opened),
             (

@@ -23,9 +23,10 @@ use crate::recording::metrics::Metrics;
 use crate::recording::webhook::Event;
 use crate::storage::db::{
     ANALYSES, BUGS, BugRow, CLUSTER_ANALYSES, CLUSTER_CHUNKS, CLUSTER_PROBLEMS, COMMENTS, Db,
-    HOURS_PER_PROBLEM_MAX, INCIDENTS, IncidentRow, META, META_JOURNAL_SEQ, META_NEXT_BUG,
-    META_SIMILAR_INDEXED, PROBLEMS, ProblemRow, REPORTS, REPORTS_PER_PROBLEM_MAX, ReportRow,
-    SIMILAR_INDEX, SIMILAR_KEYS, SimilarKeys, TERMS, decode, encode, insert_bounded, save_bug,
+    HOURS_PER_PROBLEM_MAX, INCIDENTS, IncidentRow, MERGED, META, META_JOURNAL_SEQ, META_NEXT_BUG,
+    META_SIMILAR_INDEXED, PROBLEMS, ProblemRow, RECENT_INCIDENTS_MAX, REPORTS,
+    REPORTS_PER_PROBLEM_MAX, ReportRow, SIMILAR_INDEX, SIMILAR_KEYS, SimilarKeys, TERMS, decode,
+    encode, insert_bounded, save_bug,
 };
 use crate::storage::journal::Work;
 use crate::storage::packs::{Location, Packs};
@@ -102,6 +103,9 @@ pub(crate) fn record_batch(
                 Work::Update(update) => {
                     update_incidents(&mut tables, recorder, update, now, &mut job_events)
                 }
+                Work::Merge { from, into } => {
+                    merge(&mut tables, recorder, from, into, now, &mut job_events)
+                }
             };
             if let Err(error) = &result
                 && is_fatal(error)
@@ -131,6 +135,7 @@ struct Tables<'txn> {
     cluster_problems: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     cluster_analyses: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     cluster_chunks: Table<'txn, (&'static str, &'static str), ()>,
+    merged: Table<'txn, &'static str, &'static str>,
     similar_keys: Table<'txn, &'static str, &'static [u8]>,
     similar_index: MultimapTable<'txn, (&'static str, &'static str), &'static str>,
     /// Rows read or changed in this batch, written back once at its end: a hot problem's
@@ -159,6 +164,7 @@ impl<'txn> Tables<'txn> {
             cluster_problems: txn.open_table(CLUSTER_PROBLEMS)?,
             cluster_analyses: txn.open_table(CLUSTER_ANALYSES)?,
             cluster_chunks: txn.open_table(CLUSTER_CHUNKS)?,
+            merged: txn.open_table(MERGED)?,
             similar_keys: txn.open_table(SIMILAR_KEYS)?,
             similar_index: txn.open_multimap_table(SIMILAR_INDEX)?,
             problem_rows: HashMap::new(),
@@ -185,6 +191,14 @@ impl<'txn> Tables<'txn> {
             save_bug(&mut self.bugs, &mut self.comments, bug)?;
         }
         Ok(rows)
+    }
+
+    /// The problem `id` is now: itself, or the problem it was merged into.
+    fn resolve(&self, id: &str) -> Result<String, EndpointError> {
+        Ok(self
+            .merged
+            .get(id)?
+            .map_or_else(|| id.to_string(), |into| into.value().to_string()))
     }
 
     /// A problem's row, taken out of the batch's cache (put it back with `put_problem`).
@@ -625,13 +639,18 @@ fn complete(
         check_owner(&stored, cluster)?;
         // A retry or a second aggregator: same answer, nothing more stored.
         tables.raise_term(cluster, manifest.term)?;
-        let row = tables.problem(&stored.problem_id)?;
+        let problem_id = tables.resolve(&stored.problem_id)?;
+        let row = tables.problem(&problem_id)?;
         let bug = tables.bug(row.as_ref().and_then(|row| row.bug))?;
         Metrics::add(&recorder.metrics.reports_repeated, 1);
-        return Ok(reply(recorder, &stored.problem_id, true, bug.as_ref()));
+        return Ok(reply(recorder, &problem_id, true, bug.as_ref()));
     }
     tables.raise_term(cluster, manifest.term)?;
-    let problem_id = crashmesh_protocol::problem_id_for(&manifest.signature, &manifest.report_id);
+    // A signature whose problem was merged lands in the problem it was merged into.
+    let problem_id = tables.resolve(&crashmesh_protocol::problem_id_for(
+        &manifest.signature,
+        &manifest.report_id,
+    ))?;
     let existing = tables.take_problem(&problem_id)?;
     let known = existing.is_some();
     let mut row = existing.unwrap_or_else(|| new_problem_row(&problem_id, manifest, analysis));
@@ -732,10 +751,11 @@ fn update_incidents(
             update.report_id
         )));
     }
-    let Some(mut row) = tables.take_problem(&report.problem_id)? else {
+    let problem_id = tables.resolve(&report.problem_id)?;
+    let Some(mut row) = tables.take_problem(&problem_id)? else {
         return Err(EndpointError::Corrupt {
             what: format!("report {}", update.report_id),
-            detail: format!("its problem {} is missing", report.problem_id),
+            detail: format!("its problem {problem_id} is missing"),
         });
     };
     tables.raise_term(cluster, update.term)?;
@@ -764,6 +784,199 @@ fn update_incidents(
     tables.put_problem(row);
     tables.put_cluster_problem(cluster, own);
     Ok(reply)
+}
+
+/// The admin merges problem `from` into problem `into` (two signatures of one bug): every
+/// incident, count, node, cluster, version, label and report of `from` joins `into`, per
+/// cluster too; `into` keeps its bug (or takes `from`'s when it has none; `from`'s is
+/// closed as its duplicate otherwise); `from` is gone, and its id, its reports and its
+/// signature lead to `into` from now on ([`MERGED`]). Incidents already counted are not
+/// counted again: the incidents table keeps them under the id they came with.
+fn merge(
+    tables: &mut Tables,
+    recorder: &Recorder,
+    from: &str,
+    into: &str,
+    now: u64,
+    events: &mut Vec<Event>,
+) -> Result<UploadReply, EndpointError> {
+    // Everything that can refuse the merge, before anything is written.
+    if let Some(target) = tables.merged.get(from)? {
+        return Err(EndpointError::Conflict(format!(
+            "problem {from} was already merged into {}",
+            target.value()
+        )));
+    }
+    let into = tables.resolve(into)?;
+    if into == from {
+        return Err(EndpointError::BadRequest(format!(
+            "problem {from} cannot be merged into itself"
+        )));
+    }
+    let not_found = |id: &str| EndpointError::NotFound(format!("problem {id}"));
+    let from_kind = tables.problem(from)?.ok_or_else(|| not_found(from))?.kind;
+    let into_kind = tables.problem(&into)?.ok_or_else(|| not_found(&into))?.kind;
+    if from_kind != into_kind {
+        return Err(EndpointError::BadRequest(format!(
+            "problem {from} is a {from_kind} problem, {into} a {into_kind} one"
+        )));
+    }
+    let from_row = tables.take_problem(from)?.ok_or_else(|| not_found(from))?;
+    let mut into_row = tables
+        .take_problem(&into)?
+        .ok_or_else(|| not_found(&into))?;
+
+    // Each cluster's own rows and analyses.
+    for cluster in from_row.clusters.clone() {
+        let Some(own_from) = tables.take_cluster_problem(&cluster, from)? else {
+            continue;
+        };
+        let own_into = match tables.take_cluster_problem(&cluster, &into)? {
+            Some(mut own_into) => {
+                merge_rows(&mut own_into, own_from);
+                own_into
+            }
+            None => ProblemRow {
+                id: into.clone(),
+                signature: into_row.signature.clone(),
+                reason: into_row.reason.clone(),
+                crash_function: into_row.crash_function.clone(),
+                executable: into_row.executable.clone(),
+                ..own_from
+            },
+        };
+        tables.put_cluster_problem(&cluster, own_into);
+        tables.cluster_problems.remove((cluster.as_str(), from))?;
+        let from_analysis = tables
+            .cluster_analyses
+            .remove((cluster.as_str(), from))?
+            .map(|value| value.value().to_vec());
+        if let Some(bytes) = from_analysis
+            && tables
+                .cluster_analyses
+                .get((cluster.as_str(), into.as_str()))?
+                .is_none()
+        {
+            tables
+                .cluster_analyses
+                .insert((cluster.as_str(), into.as_str()), bytes.as_slice())?;
+        }
+    }
+
+    // The bug: `into`'s stays; `from`'s moves over, or is closed as its duplicate.
+    let merged_count = from_row.count;
+    let mut into_bug = tables.take_bug(into_row.bug)?;
+    let from_bug = tables.take_bug(from_row.bug)?;
+    match (&mut into_bug, from_bug) {
+        (Some(into_bug), Some(mut from_bug)) => {
+            from_bug.status = "closed".into();
+            from_bug.comment(
+                now,
+                "endpoint",
+                format!(
+                    "duplicate of bug {}: problem {from} was merged into problem {into}",
+                    into_bug.id
+                ),
+            );
+            tables.put_bug(from_bug);
+        }
+        (None, Some(mut from_bug)) => {
+            from_bug.problem_id = into.clone();
+            into_row.bug = Some(from_bug.id);
+            into_bug = Some(from_bug);
+        }
+        (_, None) => {}
+    }
+    merge_rows(&mut into_row, from_row);
+    if let Some(bug) = &mut into_bug {
+        let text = format!(
+            "problem {from} merged into this one: {merged_count} incidents more, {} in all",
+            into_row.count
+        );
+        bug.comment(now, "endpoint", text.clone());
+        events.push(event(recorder, "comment", bug, &into_row, text, now));
+    }
+    let reply = reply(recorder, &into, true, into_bug.as_ref());
+    if let Some(bug) = into_bug {
+        tables.put_bug(bug);
+    }
+    tables.put_problem(into_row);
+    tables.problems.remove(from)?;
+    tables.analyses.remove(from)?;
+
+    // Out of the similarity index.
+    let keys = tables
+        .similar_keys
+        .remove(from)?
+        .map(|value| decode::<SimilarKeys>(&format!("similarity keys of {from}"), value.value()))
+        .transpose()?;
+    if let Some(keys) = keys {
+        for key in crashmesh_protocol::similarity::index_keys(&keys.keys) {
+            tables
+                .similar_index
+                .remove((keys.kind.as_str(), key), from)?;
+        }
+    }
+
+    // `from` and every id merged into it lead to `into`.
+    let mut earlier = Vec::new();
+    for entry in tables.merged.iter()? {
+        let (id, target) = entry?;
+        if target.value() == from {
+            earlier.push(id.value().to_string());
+        }
+    }
+    for id in earlier {
+        tables.merged.insert(id.as_str(), into.as_str())?;
+    }
+    tables.merged.insert(from, into.as_str())?;
+    Metrics::add(&recorder.metrics.problems_merged, 1);
+    Ok(reply)
+}
+
+/// Adds `from`'s counts and names to `into` (bounded as incidents are).
+fn merge_rows(into: &mut ProblemRow, from: ProblemRow) {
+    if into.count == 0 {
+        into.first_seen = from.first_seen;
+        into.last_seen = from.last_seen;
+    } else if from.count > 0 {
+        into.first_seen = into.first_seen.min(from.first_seen);
+        into.last_seen = into.last_seen.max(from.last_seen);
+    }
+    into.count += from.count;
+    for (set, names) in [
+        (&mut into.nodes, from.nodes),
+        (&mut into.clusters, from.clusters),
+        (&mut into.versions, from.versions),
+        (&mut into.labels, from.labels),
+    ] {
+        for name in &names {
+            insert_bounded(set, name);
+        }
+    }
+    for report in from.reports {
+        if into.reports.len() >= REPORTS_PER_PROBLEM_MAX {
+            break;
+        }
+        if !into.reports.contains(&report) {
+            into.reports.push(report);
+        }
+    }
+    for (hour, count) in from.hourly {
+        *into.hourly.entry(hour).or_insert(0) += count;
+    }
+    while into.hourly.len() > HOURS_PER_PROBLEM_MAX {
+        into.hourly.pop_first();
+    }
+    let mut recent: Vec<IncidentRow> = std::mem::take(&mut into.recent)
+        .into_iter()
+        .chain(from.recent)
+        .collect();
+    recent.sort_by_key(|incident| incident.time_ms);
+    let skip = recent.len().saturating_sub(RECENT_INCIDENTS_MAX);
+    into.recent = recent.into_iter().skip(skip).collect();
+    // Their kept encodings no longer match: the next encode rebuilds them.
+    into.recent_encoded.clear();
 }
 
 #[cfg(test)]

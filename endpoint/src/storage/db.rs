@@ -84,6 +84,9 @@ pub(crate) const SIMILAR_KEYS: TableDefinition<&str, &[u8]> =
 /// `protocol::similarity::INDEX_KEYS` keys.
 pub(crate) const SIMILAR_INDEX: MultimapTableDefinition<(&str, &str), &str> =
     MultimapTableDefinition::new("similar_index_v1");
+/// Problem id → the problem it was merged into, always the last one (merging that one
+/// in turn updates every id merged into it).
+pub(crate) const MERGED: TableDefinition<&str, &str> = TableDefinition::new("merged_v1");
 /// Set once every problem's analysis is in [`SIMILAR_INDEX`] (databases older than the
 /// index are indexed once, when opened).
 pub(crate) const META_SIMILAR_INDEXED: &str = "similar_indexed";
@@ -583,6 +586,7 @@ impl Db {
             txn.open_table(CHUNKS)?;
             txn.open_table(SIMILAR_KEYS)?;
             txn.open_multimap_table(SIMILAR_INDEX)?;
+            txn.open_table(MERGED)?;
         }
         txn.commit()?;
         Ok(Db { db })
@@ -670,6 +674,15 @@ impl Db {
     }
 
     /// A problem's row.
+    /// The problem `id` is now: itself, or the problem it was merged into.
+    pub fn resolve(&self, id: &str) -> Result<String, EndpointError> {
+        let txn = self.begin_read()?;
+        let merged = txn.open_table(MERGED)?;
+        Ok(merged
+            .get(id)?
+            .map_or_else(|| id.to_string(), |into| into.value().to_string()))
+    }
+
     pub fn problem(&self, id: &str) -> Result<Option<ProblemRow>, EndpointError> {
         let txn = self.begin_read()?;
         let table = txn.open_table(PROBLEMS)?;

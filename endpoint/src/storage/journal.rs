@@ -62,6 +62,9 @@ pub enum Work {
     },
     /// An incident update.
     Update(IncidentUpdate),
+    /// The admin merges problem `from` into problem `into` (new variants go last: the
+    /// journal names a variant by its position).
+    Merge { from: String, into: String },
 }
 
 /// A batch as the journal keeps it.
