@@ -26,12 +26,14 @@ pub mod error;
 pub mod memory;
 pub mod modules;
 pub mod notes;
+pub mod stable;
 pub mod symbols;
 pub mod unwind;
 
 use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 
+use crashmesh_protocol::signature::{StableFrame, StableFunction};
 use crashmesh_protocol::{Frame, FrameSource, Problem, ProblemKind, ThreadTrace};
 use object::{Object, ObjectSection};
 
@@ -171,6 +173,66 @@ pub fn analyze_core(path: &Path, options: &AnalyzeOptions) -> Result<CoreAnalysi
     // modified while it is analysed.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error)?;
     analyze_core_bytes(&map, options)
+}
+
+/// One unwound frame as signature scheme 2 reads it (see [`stable`]).
+fn stable_frame(
+    frame: &UnwoundFrame,
+    modules: &[ModuleDescriptor],
+    files: &[ModuleFile<'_>],
+    tables: &[OnceCell<stable::StableTables>],
+    executable_module: Option<usize>,
+) -> StableFrame {
+    let lookup = if frame.is_return_address {
+        frame.address.wrapping_sub(1)
+    } else {
+        frame.address
+    };
+    let outside = StableFrame {
+        module: None,
+        function: StableFunction::Address(frame.address),
+        in_executable: false,
+        machinery_name: None,
+    };
+    let Some(index) = modules::module_at(modules, lookup) else {
+        return outside;
+    };
+    let descriptor = &modules[index];
+    let module = descriptor
+        .build_id_in_core
+        .as_deref()
+        .or(files[index].build_id_on_disk.as_deref())
+        .map(elf_header::hex)
+        .unwrap_or_else(|| {
+            let path = descriptor.path.as_str();
+            path.rsplit('/').next().unwrap_or(path).to_string()
+        });
+    let in_executable = Some(index) == executable_module;
+    let Some(bias) = descriptor.load_bias else {
+        return StableFrame {
+            module: Some(module),
+            in_executable,
+            ..outside
+        };
+    };
+    let stated = lookup.wrapping_sub(bias);
+    let hit = match files[index].elf() {
+        Some(elf) => tables[index]
+            .get_or_init(|| stable::StableTables::load(&elf, in_executable))
+            .lookup(stated),
+        None => stable::StableHit::default(),
+    };
+    let function = match (hit.exported, hit.start) {
+        (Some(name), _) => StableFunction::Exported(name),
+        (None, Some(start)) => StableFunction::Start(start),
+        (None, None) => StableFunction::Address(stated),
+    };
+    StableFrame {
+        module: Some(module),
+        function,
+        in_executable,
+        machinery_name: hit.machinery_name.as_deref().map(symbols::demangle),
+    }
 }
 
 /// The name of a Linux signal.
@@ -523,8 +585,34 @@ pub fn analyze_core_bytes(
     }
 
     let executable = executable_path(&image, &notes, &module_descriptors);
+    // Scheme 2: what every copy of the build identifies the crashing thread's frames by.
+    let executable_module = notes
+        .auxv_value(notes::auxv::AT_ENTRY)
+        .and_then(|entry| modules::module_at(&module_descriptors, entry));
+    let stable_tables: Vec<OnceCell<stable::StableTables>> =
+        module_descriptors.iter().map(|_| OnceCell::new()).collect();
+    let stable_frames: Vec<StableFrame> = unwound
+        .get(crashed_index)
+        .and_then(Option::as_ref)
+        .map(|thread| {
+            thread
+                .frames
+                .iter()
+                .map(|frame| {
+                    stable_frame(
+                        frame,
+                        &module_descriptors,
+                        &files,
+                        &stable_tables,
+                        executable_module,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let mut problem = Problem::new(ProblemKind::Core, reason);
-    problem.signature = crashmesh_protocol::signature::native_signature(&crashing_frames, signal).0;
+    problem.signature =
+        crashmesh_protocol::signature::native_signature_v2(&stable_frames, signal).0;
     problem.frames = crashing_frames;
     problem.signal = signal;
     problem.executable = executable;

@@ -221,7 +221,11 @@ fn gdb_threads(directory: &Path, executable: &Path, core: &Path) -> GdbThreads {
 
 /// Compile `case`, crash it under gdb, return (executable, core).
 fn make_core(case: &Case, directory: &Path) -> (PathBuf, PathBuf) {
-    let extension = if case.compiler == "g++" { "cpp" } else { "c" };
+    let extension = match case.compiler {
+        "g++" => "cpp",
+        "rustc" => "rs",
+        _ => "c",
+    };
     let source = directory.join(format!("{}.{extension}", case.name));
     std::fs::write(&source, case.source).unwrap();
     let executable = directory.join(case.name);
@@ -350,7 +354,7 @@ fn check_against_gdb(case: &Case) {
         "{}",
         problem.reason
     );
-    assert!(problem.signature.starts_with("v1:"));
+    assert!(problem.signature.starts_with("v2:"));
     // Every mapped module found its build-id in the core and the same one on disk.
     for module in &analysis.modules {
         if module.path != "[vdso]" {
@@ -393,6 +397,219 @@ fn debug_info_gives_file_and_line() {
     assert_eq!(top.line, Some(3), "{top:?}");
     assert_eq!(analysis.fault_address, Some(0));
     assert_eq!(analysis.problem.reason, "SIGSEGV in leaf at 0x0");
+}
+
+const TERMINATE_CPP: &str = r#"
+#include <stdexcept>
+__attribute__((noinline)) void load_table(int n) { if (n > 1) throw std::runtime_error("bad table"); }
+__attribute__((noinline)) void open_store(int n) { load_table(n + 1); }
+int main(int argc, char **) { open_store(argc); return 0; }
+"#;
+
+const STRLEN_NULL_C: &str = r#"
+#include <string.h>
+__attribute__((noinline)) size_t measure(const char *name) { return strlen(name); }
+int main(int argc, char **argv) { return (int)measure(argc > 5 ? argv[0] : 0); }
+"#;
+
+const MANY_THREADS_ABORT_C: &str = r#"
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+static pthread_barrier_t barrier;
+__attribute__((noinline)) void *worker(void *arg) { (void)arg; pthread_barrier_wait(&barrier); for (;;) pause(); return 0; }
+__attribute__((noinline)) void give_up(void) { abort(); }
+int main(void) {
+    pthread_t threads[200];
+    pthread_barrier_init(&barrier, 0, 201);
+    for (int i = 0; i < 200; i++) pthread_create(&threads[i], 0, worker, 0);
+    pthread_barrier_wait(&barrier);
+    give_up();
+    return 0;
+}
+"#;
+
+const PANIC_ABORT_RS: &str = r#"
+fn handler<F: Fn(u32) -> u32>(f: F, x: u32) -> u32 { f(x) }
+#[inline(never)]
+fn parse(v: &[u32]) -> u32 { handler(|i| v[i as usize], 7) }
+fn main() { let v = vec![1, 2, 3]; println!("{}", parse(&v)); }
+"#;
+
+/// Crashes whose signature once depended on the debug packages installed.
+const STABILITY_CASES: &[Case] = &[
+    Case {
+        name: "c_abort_stable",
+        compiler: "gcc",
+        flags: &["-O1", "-g"],
+        source: ABORT_C,
+        signal: 6,
+        expected_functions: &["check_header", "parse", "main"],
+        threads: 1,
+        gdb_setup: &[],
+    },
+    Case {
+        name: "cpp_terminate",
+        compiler: "g++",
+        flags: &["-O1", "-g"],
+        source: TERMINATE_CPP,
+        signal: 6,
+        expected_functions: &["load_table(int)", "open_store(int)", "main"],
+        threads: 1,
+        gdb_setup: &[],
+    },
+    Case {
+        name: "c_strlen_null",
+        compiler: "gcc",
+        flags: &["-O1", "-g"],
+        source: STRLEN_NULL_C,
+        signal: 11,
+        expected_functions: &["measure", "main"],
+        threads: 1,
+        gdb_setup: &[],
+    },
+    Case {
+        name: "c_200_threads_abort",
+        compiler: "gcc",
+        flags: &["-O1", "-g", "-pthread"],
+        source: MANY_THREADS_ABORT_C,
+        signal: 6,
+        expected_functions: &["give_up", "main"],
+        threads: 201,
+        gdb_setup: &[],
+    },
+    Case {
+        name: "rust_panic_abort",
+        compiler: "rustc",
+        flags: &["-g", "-C", "panic=abort"],
+        source: PANIC_ABORT_RS,
+        signal: 6,
+        expected_functions: &["rust_panic_abort::parse", "rust_panic_abort::main"],
+        threads: 1,
+        gdb_setup: &[],
+    },
+];
+
+#[test]
+fn one_bug_has_one_signature_with_or_without_debug_files_and_for_a_stripped_copy() {
+    if tool_missing("gcc")
+        || tool_missing("g++")
+        || tool_missing("gdb")
+        || tool_missing("rustc")
+        || libc_debug_file_missing()
+    {
+        return;
+    }
+    let with_debug_files = AnalyzeOptions::default();
+    let without = AnalyzeOptions {
+        debug_dirs: Vec::new(),
+        ..AnalyzeOptions::default()
+    };
+    for case in STABILITY_CASES {
+        let directory = tempfile::tempdir().unwrap();
+        let (executable, core) = make_core(case, directory.path());
+        let rich = analyze_core(&core, &with_debug_files).unwrap();
+        let poor = analyze_core(&core, &without).unwrap();
+        assert_eq!(rich.problem.signal, Some(case.signal), "{}", case.name);
+        assert!(rich.problem.signature.starts_with("v2:"), "{}", case.name);
+        // The debug files did change what the frames are called…
+        let libc_names = |analysis: &crashmesh_coredump::CoreAnalysis| -> Vec<Option<String>> {
+            analysis
+                .problem
+                .frames
+                .iter()
+                .filter(|frame| {
+                    frame
+                        .module
+                        .as_deref()
+                        .is_some_and(|m| m.contains("/libc.so"))
+                })
+                .map(|frame| frame.function.clone())
+                .collect()
+        };
+        assert_ne!(
+            libc_names(&rich),
+            libc_names(&poor),
+            "{}: libc6-dbg named nothing",
+            case.name
+        );
+        // … and not the signature.
+        assert_eq!(
+            rich.problem.signature, poor.problem.signature,
+            "{}: with and without separate debug files\n{:#?}\n{:#?}",
+            case.name, rich.problem.frames, poor.problem.frames
+        );
+        // The program itself is in the signature: its own functions, not only machinery.
+        let names: Vec<&str> = rich
+            .problem
+            .frames
+            .iter()
+            .filter_map(|frame| frame.function.as_deref())
+            .collect();
+        for expected in case.expected_functions {
+            assert!(
+                names.iter().any(|name| name.starts_with(expected)),
+                "{}: {names:?}",
+                case.name
+            );
+        }
+        if case.compiler == "rustc" {
+            // A stripped Rust program cannot tell its standard library's panic path from
+            // its own code (docs/signatures.md): its copy is not compared.
+            continue;
+        }
+        // A stripped copy of the same build where the program was.
+        let status = Command::new("strip")
+            .arg(&executable)
+            .status()
+            .expect("strip runs");
+        assert!(status.success());
+        let stripped = analyze_core(&core, &with_debug_files).unwrap();
+        assert_eq!(
+            stripped.problem.signature, rich.problem.signature,
+            "{}: a stripped copy\n{:#?}",
+            case.name, stripped.problem.frames
+        );
+    }
+}
+
+#[test]
+fn two_bugs_in_one_program_have_two_signatures() {
+    if tool_missing("gcc") || tool_missing("gdb") {
+        return;
+    }
+    // The same abort machinery, reached from two different functions of one program.
+    let two_aborts = r#"
+#include <stdlib.h>
+__attribute__((noinline)) void check_a(int n) { if (n > 0) abort(); }
+__attribute__((noinline)) void check_b(int n) { if (n > 0) abort(); }
+int main(int argc, char **argv) { (void)argv; if (argc > 1) check_b(argc); check_a(argc); return 0; }
+"#;
+    let case = Case {
+        name: "two_aborts",
+        compiler: "gcc",
+        flags: &["-O1", "-g"],
+        source: two_aborts,
+        signal: 6,
+        expected_functions: &[],
+        threads: 1,
+        gdb_setup: &[],
+    };
+    let directory = tempfile::tempdir().unwrap();
+    let (_, core_a) = make_core(&case, directory.path());
+    let other = tempfile::tempdir().unwrap();
+    let case_b = Case {
+        gdb_setup: &["set args b"],
+        ..case
+    };
+    let (_, core_b) = make_core(&case_b, other.path());
+    let a = analyze_core(&core_a, &AnalyzeOptions::default()).unwrap();
+    let b = analyze_core(&core_b, &AnalyzeOptions::default()).unwrap();
+    assert_ne!(
+        a.problem.signature, b.problem.signature,
+        "{:#?}\n{:#?}",
+        a.problem.frames, b.problem.frames
+    );
 }
 
 /// gdb's source lines of the crashing thread: (pc, file name, line) for every frame,

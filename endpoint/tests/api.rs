@@ -984,3 +984,49 @@ fn the_admin_merges_from_the_similar_problems_of_a_page() {
     assert_eq!(harness.problems("").len(), 1);
     assert_eq!(harness.problems("")[0]["count"], 2);
 }
+
+#[test]
+fn a_scheme_2_signature_joins_the_problem_its_crash_had_under_scheme_1() {
+    use crashmesh_protocol::signature::native_signature;
+    let harness = Harness::start();
+    let (c1, c2) = (harness.client("c1"), harness.client("c2"));
+    let frames = ["leaf", "middle", "outer", "main"];
+    // Before the upgrade: scheme 1, from the frames' names.
+    let mut before = problem_of_frames("", &frames);
+    before.signature = native_signature(&before.frames, before.signal).0;
+    let (manifest, chunks) = report(
+        "c1",
+        1,
+        "old",
+        before,
+        vec![incident("n1", "e1", T0, None)],
+        b"a\n",
+    );
+    let old = c1.upload(&manifest, &chunks).unwrap().problem_id;
+    // After it, on another cluster: scheme 2 for the same crash.
+    let after = problem_of_frames("v2:00112233445566778899aabbccddeeff00112233", &frames);
+    let (manifest, chunks) = report(
+        "c2",
+        1,
+        "new",
+        after.clone(),
+        vec![incident("m1", "e2", T0, None)],
+        b"b\n",
+    );
+    let reply = c2.upload(&manifest, &chunks).unwrap();
+    assert_eq!(reply.problem_id, old);
+    assert!(reply.known);
+    // And again, from the first cluster.
+    let (manifest, chunks) = report(
+        "c1",
+        1,
+        "newer",
+        after,
+        vec![incident("n2", "e3", T0, None)],
+        b"c\n",
+    );
+    assert_eq!(c1.upload(&manifest, &chunks).unwrap().problem_id, old);
+    let problems = harness.problems("");
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert_eq!(problems[0]["count"], 3);
+}

@@ -65,7 +65,12 @@ pub fn record_feedback(store: &Store, signature: &str, feedback: &Feedback) {
 }
 
 fn keep_reply(store: &Store, signature: &str, reply: &UploadReply) {
-    let local_problem_id = crashmesh_store::problem_id_for(signature, "");
+    // The store's problem of the signature (which may be the one an older signature of
+    // the same crash made), else the id the signature gives.
+    let local_problem_id = match store.problem_of_signature(signature) {
+        Ok(Some(problem)) => problem.id,
+        _ => crashmesh_store::problem_id_for(signature, ""),
+    };
     let bytes = serde_json::to_vec(reply).expect("a reply serializes");
     if let Err(error) =
         store.put_setting(&format!("{REPLY_SETTING_PREFIX}{local_problem_id}"), &bytes)

@@ -24,6 +24,34 @@
 //! Example: `raise ← abort ← __assert_fail ← parse_header ← main` hashes
 //! `parse_header`, `main` and signal 6.
 //!
+//! # Native crashes (version 2)
+//! What every node that ran the same build has, whatever debug packages it installed: a
+//! signature no `-dbg`/`-dbgsym` package, separate debug file or `strip` can change.
+//! Each frame of the crashing thread is a [`StableFrame`] (the core analysis reads them
+//! from the module files, see `crashmesh_coredump::stable`):
+//! 1. Its module is its build-id (its file name without one).
+//! 2. Its function is the name the module's dynamic symbol table gives the function's
+//!    start, when there is one (`abort`, `strlen`, `_ZSt9terminatev`), normalized as in
+//!    version 1; else `<module>+<start>`, the function's start from the module's own
+//!    unwind table; else `<module>@<address>`. Names from `.symtab`, DWARF or separate
+//!    debug files never enter the hash.
+//! 3. Leading machinery is dropped: frames are read from the top while they are
+//!    machinery by name ([`is_native_machinery`]: version 1's list, C++'s terminate and
+//!    throw path, Rust's panic path as today's toolchains name it), or unnamed frames of
+//!    a library (glibc's `__pthread_kill_implementation` has no exported name); every
+//!    frame up to the last machinery frame of that run goes. In the executable, its own
+//!    `.symtab` also names machinery (Rust's standard library is linked in): a stripped
+//!    Rust program keeps its panic frames, an unstripped one does not.
+//! 4. Recursion collapses; the first [`NATIVE_FRAMES_MAX`] parts are hashed with the
+//!    signal, under version 2 (`v2:` and 40 hex digits).
+//!
+//! Example: `__pthread_kill_implementation ← raise ← abort ← check_header ← main` of
+//! `/usr/bin/tool` (build-id `ab12…`) hashes `ab12…+0x1180`, `ab12…+0x1040` and signal 6:
+//! the same with or without libc6-dbg, and for a stripped copy of the tool.
+//!
+//! A node's store and the endpoint find the problem a version 1 signature made for the
+//! same crash ([`native_signature`] of the same frames) and keep counting there.
+//!
 //! # Kernel problems (version 1)
 //! Reliable frames only (a trace whose frames are all `?` uses them all), offsets and
 //! module names dropped, compiler suffixes dropped (`.isra.0`, `.constprop.3`, `.part.1`,
@@ -39,8 +67,10 @@
 
 use crate::model::{Frame, ProblemKind};
 
-/// Bumped whenever a rule in this module changes.
+/// Bumped whenever a rule in this module changes (kernel, Python and the other kinds).
 pub const SIGNATURE_SCHEME_VERSION: u32 = 1;
+/// The native crash scheme ([`native_signature_v2`]).
+pub const NATIVE_SIGNATURE_SCHEME_VERSION: u32 = 2;
 /// How many normalized native frames go into a signature.
 pub const NATIVE_FRAMES_MAX: usize = 5;
 /// How many normalized kernel frames go into a signature.
@@ -297,6 +327,161 @@ pub fn native_signature(frames: &[Frame], signal: Option<i32>) -> Signature {
     hash_parts(ProblemKind::Core, &parts)
 }
 
+/// How every copy of a build names a function (see "Native crashes (version 2)").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StableFunction {
+    /// The dynamic symbol table's name for the function's start, raw (mangled).
+    Exported(String),
+    /// The function's start from the module's unwind table, a stated address.
+    Start(u64),
+    /// Neither: the frame's own stated address.
+    Address(u64),
+}
+
+/// One frame of the crashing thread as scheme 2 reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StableFrame {
+    /// The module's build-id (hex), or its file name without one; `None` outside any
+    /// module (such a frame is not hashed).
+    pub module: Option<String>,
+    pub function: StableFunction,
+    /// True for a frame in the crashed executable.
+    pub in_executable: bool,
+    /// The name machinery is recognized by, demangled: the exported name, or in the
+    /// executable its own `.symtab`'s.
+    pub machinery_name: Option<String>,
+}
+
+/// Machinery named as today's toolchains name it, beyond version 1's list: C++'s
+/// terminate and throw path, Rust's panic path (generics, closures and parameters are
+/// cut before comparing).
+const NATIVE_MACHINERY_V2: &[&str] = &[
+    "std::terminate",
+    "__cxxabiv1::__terminate",
+    "__gnu_cxx::__verbose_terminate_handler",
+    "__cxa_throw",
+    "__cxa_rethrow",
+    "__cxa_call_terminate",
+    "__cxa_call_unexpected",
+    "__cxa_pure_virtual",
+    "__cxa_deleted_virtual",
+    "std::rt::__rust_abort",
+    "__rustc::__rust_abort",
+    "panic_abort::__rust_start_panic",
+    "__rustc::__rust_start_panic",
+    "std::panicking::rust_panic",
+    "__rustc::rust_panic",
+    "std::panicking::panic_with_hook",
+    "std::panicking::panic_handler",
+    "__rustc::rust_begin_unwind",
+    "rust_begin_unwind",
+    "std::panicking::begin_panic_handler",
+    "std::panicking::rust_panic_with_hook",
+    "std::panicking::begin_panic",
+    "std::panicking::default_hook",
+    "std::sys::backtrace::__rust_end_short_backtrace",
+    "core::panicking::panic",
+    "core::panicking::panic_fmt",
+    "core::panicking::panic_nounwind",
+    "core::panicking::panic_nounwind_fmt",
+    "core::panicking::panic_explicit",
+    "core::panicking::panic_bounds_check",
+    "core::panicking::panic_misaligned_pointer_dereference",
+    "core::panicking::panic_null_pointer_dereference",
+    "core::panicking::assert_failed",
+    "core::panicking::assert_failed_inner",
+    "core::panicking::panic_const::panic_const_add_overflow",
+    "core::panicking::panic_const::panic_const_sub_overflow",
+    "core::panicking::panic_const::panic_const_mul_overflow",
+    "core::panicking::panic_const::panic_const_div_by_zero",
+    "core::panicking::panic_const::panic_const_rem_by_zero",
+    "core::option::unwrap_failed",
+    "core::option::expect_failed",
+    "core::result::unwrap_failed",
+    "core::slice::index::slice_start_index_len_fail",
+    "core::slice::index::slice_end_index_len_fail",
+    "core::slice::index::slice_index_order_fail",
+    "core::str::slice_error_fail",
+    "std::process::abort",
+    "std::sys::pal::unix::abort_internal",
+    "alloc::alloc::handle_alloc_error",
+    "std::alloc::rust_oom",
+    "__rustc::__rg_oom",
+];
+
+/// A demangled name with what must not matter cut: parameters (`(int)`), generic
+/// arguments (`<…>`, `::<…>`), closure suffixes (`::{closure#0}`, `::{{closure}}`) and
+/// Rust hashes.
+fn machinery_key(name: &str) -> String {
+    let mut key = String::with_capacity(name.len());
+    let mut depth = 0usize;
+    for character in name.chars() {
+        match character {
+            '<' | '(' => depth += 1,
+            '>' | ')' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => key.push(character),
+            _ => {}
+        }
+    }
+    let mut key = key.replace("::::", "::");
+    while let Some(cut) = key.rfind("::{").filter(|&at| key[at..].ends_with('}')) {
+        key.truncate(cut);
+    }
+    key.trim_end_matches("::").trim().to_string()
+}
+
+/// Whether a (demangled) name is crash machinery: how the process died, not where.
+pub fn is_native_machinery(name: &str) -> bool {
+    let key = machinery_key(name);
+    NATIVE_MACHINERY_V2.contains(&key.as_str())
+        || NATIVE_MACHINERY.contains(&normalize_native_function(&key).as_str())
+}
+
+fn stable_part(frame: &StableFrame) -> Option<String> {
+    let module = frame.module.as_deref()?;
+    Some(match &frame.function {
+        StableFunction::Exported(name) => normalize_native_function(name),
+        StableFunction::Start(start) => format!("{module}+{start:#x}"),
+        StableFunction::Address(address) => format!("{module}@{address:#x}"),
+    })
+}
+
+/// The signature of a native crash under scheme 2, from its crashing thread's stable
+/// frames (top first).
+pub fn native_signature_v2(frames: &[StableFrame], signal: Option<i32>) -> Signature {
+    let mut last_machinery = None;
+    for (index, frame) in frames.iter().enumerate() {
+        match &frame.machinery_name {
+            Some(name) if is_native_machinery(name) => last_machinery = Some(index),
+            Some(_) => break,
+            None if !frame.in_executable && frame.module.is_some() => {}
+            None => break,
+        }
+    }
+    let first_kept = last_machinery.map_or(0, |index| index + 1);
+    let parts: Vec<String> = frames[first_kept..]
+        .iter()
+        .filter_map(stable_part)
+        .collect();
+    let mut parts = collapse_recursion(parts);
+    parts.truncate(NATIVE_FRAMES_MAX);
+    if parts.is_empty() {
+        parts.push("<no frames>".to_string());
+    }
+    parts.push(format!("signal {}", signal.unwrap_or(0)));
+    hash_parts_version(NATIVE_SIGNATURE_SCHEME_VERSION, ProblemKind::Core, &parts)
+}
+
+/// The version 1 signature the same crash had, for a version 2 native signature: what a
+/// store or the endpoint looks up to keep counting a problem recorded before scheme 2.
+pub fn previous_signature(problem: &crate::model::Problem) -> Option<Signature> {
+    (problem.kind == ProblemKind::Core
+        && problem
+            .signature
+            .starts_with(&format!("v{NATIVE_SIGNATURE_SCHEME_VERSION}:")))
+    .then(|| native_signature(&problem.frames, problem.signal))
+}
+
 /// The signature of a kernel problem from its trace (top first) and its first line.
 pub fn kernel_signature(kind: ProblemKind, frames: &[Frame], first_line: &str) -> Signature {
     let any_reliable = frames.iter().any(|frame| frame.reliable);
@@ -360,8 +545,12 @@ pub fn normalize_text_line(line: &str) -> String {
 }
 
 fn hash_parts(kind: ProblemKind, parts: &[String]) -> Signature {
+    hash_parts_version(SIGNATURE_SCHEME_VERSION, kind, parts)
+}
+
+fn hash_parts_version(version: u32, kind: ProblemKind, parts: &[String]) -> Signature {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(format!("crashmesh-signature-v{SIGNATURE_SCHEME_VERSION}\0{kind}\0").as_bytes());
+    hasher.update(format!("crashmesh-signature-v{version}\0{kind}\0").as_bytes());
     for part in parts {
         hasher.update(part.as_bytes());
         hasher.update(b"\n");
@@ -371,12 +560,135 @@ fn hash_parts(kind: ProblemKind, parts: &[String]) -> Signature {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    Signature(format!("v{SIGNATURE_SCHEME_VERSION}:{hex}"))
+    Signature(format!("v{version}:{hex}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stable(
+        module: &str,
+        function: StableFunction,
+        in_executable: bool,
+        name: Option<&str>,
+    ) -> StableFrame {
+        StableFrame {
+            module: Some(module.to_string()),
+            function,
+            in_executable,
+            machinery_name: name.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn machinery_is_recognized_as_todays_toolchains_name_it() {
+        for name in [
+            "abort",
+            "raise",
+            "__GI_raise",
+            "std::terminate()",
+            "__gnu_cxx::__verbose_terminate_handler()",
+            "__cxa_throw",
+            "std::rt::__rust_abort",
+            "__rustc::__rust_abort",
+            "std::panicking::panic_handler::{closure#0}",
+            "std::sys::backtrace::__rust_end_short_backtrace::<std::panicking::panic_handler::{closure#0}, !>",
+            "std::sys::backtrace::__rust_end_short_backtrace<std::panicking::panic_handler::{closure_env#0}, !>",
+            "core::panicking::panic_bounds_check",
+            "core::result::unwrap_failed",
+        ] {
+            assert!(is_native_machinery(name), "{name}");
+        }
+        for name in [
+            "main",
+            "p::parse::{closure#0}",
+            "strlen",
+            "std::vector<int>::at(unsigned long)",
+        ] {
+            assert!(!is_native_machinery(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn scheme_2_drops_the_machinery_run_and_ignores_every_name_but_exported_ones() {
+        let libc = "11aa";
+        let tool = "22bb";
+        // With libc's debug file, the top frames have names; without, they have none: the
+        // stable frames are the same either way, since only exported names count.
+        let frames = vec![
+            stable(libc, StableFunction::Start(0x8aec0), false, None),
+            stable(libc, StableFunction::Start(0x8af30), false, None),
+            stable(
+                libc,
+                StableFunction::Exported("raise".into()),
+                false,
+                Some("raise"),
+            ),
+            stable(
+                libc,
+                StableFunction::Exported("abort".into()),
+                false,
+                Some("abort"),
+            ),
+            stable(tool, StableFunction::Start(0x1180), true, None),
+            stable(tool, StableFunction::Start(0x1040), true, None),
+        ];
+        let signature = native_signature_v2(&frames, Some(6));
+        assert!(signature.0.starts_with("v2:") && signature.0.len() == 43);
+        let kept = vec![frames[4].clone(), frames[5].clone()];
+        assert_eq!(native_signature_v2(&kept, Some(6)), signature);
+        // An unstripped copy names its own frames in .symtab: not machinery, so nothing
+        // changes.
+        let mut unstripped = frames.clone();
+        unstripped[4].machinery_name = Some("check_header".into());
+        unstripped[5].machinery_name = Some("main".into());
+        assert_eq!(native_signature_v2(&unstripped, Some(6)), signature);
+        // Another signal, or another function, is another problem.
+        assert_ne!(native_signature_v2(&frames, Some(11)), signature);
+        let mut elsewhere = frames.clone();
+        elsewhere[4].function = StableFunction::Start(0x1200);
+        assert_ne!(native_signature_v2(&elsewhere, Some(6)), signature);
+    }
+
+    #[test]
+    fn a_rust_panic_drops_the_panic_path_named_in_the_executable() {
+        let libc = "11aa";
+        let tool = "33cc";
+        let exe = |start, name: &str| stable(tool, StableFunction::Start(start), true, Some(name));
+        let panic_path = vec![
+            stable(libc, StableFunction::Start(0x8aec0), false, None),
+            stable(
+                libc,
+                StableFunction::Exported("abort".into()),
+                false,
+                Some("abort"),
+            ),
+            exe(0x100, "std::sys::pal::unix::abort_internal"),
+            exe(0x200, "std::process::abort"),
+            exe(0x300, "__rustc::__rust_abort"),
+            exe(0x400, "panic_abort::__rust_start_panic"),
+            exe(0x500, "__rustc::rust_panic"),
+            exe(0x600, "std::panicking::panic_with_hook"),
+            exe(0x700, "std::panicking::panic_handler::{closure#0}"),
+            exe(
+                0x800,
+                "std::sys::backtrace::__rust_end_short_backtrace<std::panicking::panic_handler::{closure_env#0}, !>",
+            ),
+            exe(0x900, "__rustc::rust_begin_unwind"),
+            exe(0xa00, "core::panicking::panic_fmt"),
+            exe(0xb00, "core::panicking::panic_bounds_check"),
+        ];
+        let mut one = panic_path.clone();
+        one.extend([exe(0x1000, "p::parse::{closure#0}"), exe(0x1100, "p::main")]);
+        let mut other = panic_path.clone();
+        other.extend([exe(0x2000, "p::load"), exe(0x1100, "p::main")]);
+        assert_ne!(
+            native_signature_v2(&one, Some(6)),
+            native_signature_v2(&other, Some(6)),
+            "two panics in one program are two problems"
+        );
+    }
 
     fn named(names: &[&str]) -> Vec<Frame> {
         names

@@ -886,12 +886,47 @@ impl Store {
         Ok(recorded)
     }
 
+    /// The problem an incident belongs to: its signature's. A scheme 2 native signature
+    /// the store has not seen yet joins the problem the same crash's scheme 1 signature
+    /// made before the upgrade (`crashmesh_protocol::signature::previous_signature`), and
+    /// the signatures table remembers it.
+    fn problem_id_of(
+        &self,
+        tables: &mut Tables<'_>,
+        incident: &NewIncident,
+    ) -> Result<String, StoreError> {
+        let signature = incident.problem.signature.as_str();
+        let fresh = problem_id_for(signature, &incident.report_id);
+        if signature.is_empty() {
+            return Ok(fresh);
+        }
+        if let Some(id) = tables.signatures.get(signature)? {
+            return Ok(id.value().to_string());
+        }
+        if tables.problem(&fresh)?.is_some() {
+            return Ok(fresh);
+        }
+        let Some(previous) = crashmesh_protocol::signature::previous_signature(&incident.problem)
+        else {
+            return Ok(fresh);
+        };
+        let Some(old) = tables
+            .signatures
+            .get(previous.0.as_str())?
+            .map(|id| id.value().to_string())
+        else {
+            return Ok(fresh);
+        };
+        tables.signatures.insert(signature, old.as_str())?;
+        Ok(old)
+    }
+
     fn record_new_incident(
         &self,
         tables: &mut Tables<'_>,
         incident: NewIncident,
     ) -> Result<Recorded, StoreError> {
-        let problem_id = problem_id_for(&incident.problem.signature, &incident.report_id);
+        let problem_id = self.problem_id_of(tables, &incident)?;
         let existing = tables.problem(&problem_id)?;
         let new_problem = existing.is_none();
         let mut problem = existing.unwrap_or_else(|| ProblemRow {

@@ -553,3 +553,46 @@ fn a_pack_holding_garbage_is_rewritten_with_only_its_live_chunks() {
     assert!(packs(&fs).is_empty(), "{:?}", packs(&fs));
     assert!(store.check(false).unwrap().is_clean());
 }
+
+#[test]
+fn a_scheme_2_signature_keeps_counting_the_problem_its_crash_had_under_scheme_1() {
+    use crashmesh_protocol::Frame;
+    use crashmesh_protocol::signature::native_signature;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let frames: Vec<Frame> = ["leaf", "middle", "main"]
+        .iter()
+        .map(|function| Frame {
+            function: Some(function.to_string()),
+            reliable: true,
+            ..Frame::default()
+        })
+        .collect();
+    // Recorded before the upgrade: the version 1 signature of these frames.
+    let mut before = incident("r1", "", 1_000, None);
+    before.problem.frames = frames.clone();
+    before.problem.signature = native_signature(&frames, Some(11)).0;
+    let old = store.record_incident(before).unwrap();
+    // The same crash after it: a version 2 signature, the same frames.
+    let v2 = "v2:00112233445566778899aabbccddeeff00112233";
+    let mut after = incident("r2", v2, 2_000, None);
+    after.problem.frames = frames.clone();
+    let recorded = store.record_incident(after).unwrap();
+    assert_eq!(recorded.problem_id, old.problem_id);
+    assert!(!recorded.new_problem);
+    assert_eq!(recorded.count, 2);
+    assert_eq!(
+        store.problem_of_signature(v2).unwrap().unwrap().id,
+        old.problem_id
+    );
+    // Another crash's version 2 signature is its own problem.
+    let mut other = incident(
+        "r3",
+        "v2:ffeeddccbbaa99887766554433221100ffeeddcc",
+        3_000,
+        None,
+    );
+    other.problem.frames = frames[1..].to_vec();
+    let recorded = store.record_incident(other).unwrap();
+    assert!(recorded.new_problem);
+}

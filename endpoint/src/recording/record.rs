@@ -647,10 +647,24 @@ fn complete(
     }
     tables.raise_term(cluster, manifest.term)?;
     // A signature whose problem was merged lands in the problem it was merged into.
-    let problem_id = tables.resolve(&crashmesh_protocol::problem_id_for(
+    let mut problem_id = tables.resolve(&crashmesh_protocol::problem_id_for(
         &manifest.signature,
         &manifest.report_id,
     ))?;
+    // A scheme 2 native signature seen for the first time joins the problem the same
+    // crash's scheme 1 signature made before the upgrade, from then on.
+    if tables.problem(&problem_id)?.is_none()
+        && let Some(previous) = crashmesh_protocol::signature::previous_signature(&manifest.problem)
+    {
+        let old = tables.resolve(&crashmesh_protocol::problem_id_for(
+            &previous.0,
+            &manifest.report_id,
+        ))?;
+        if tables.problem(&old)?.is_some() {
+            tables.merged.insert(problem_id.as_str(), old.as_str())?;
+            problem_id = old;
+        }
+    }
     let existing = tables.take_problem(&problem_id)?;
     let known = existing.is_some();
     let mut row = existing.unwrap_or_else(|| new_problem_row(&problem_id, manifest, analysis));
