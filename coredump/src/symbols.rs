@@ -183,48 +183,70 @@ impl DebugStore {
         } else {
             None
         };
-        let mut decompressed = Vec::new();
         if let Some(dwarf_elf) = dwarf_elf {
-            store.has_dwarf = true;
-            let mut decompressed_bytes = 0u64;
-            for &id in DWARF_SECTIONS {
-                let Some(section) = dwarf_elf.section_by_name(id.name()) else {
-                    continue;
-                };
-                let Ok(range) = section.compressed_file_range() else {
-                    continue;
-                };
-                if range.format == object::CompressionFormat::None {
-                    continue;
-                }
-                if !search.decompress_debug_info {
-                    tracing::debug!(
-                        module = recorded_path,
-                        "compressed DWARF left alone (decompress_debug_info is off)"
-                    );
-                    store.has_dwarf = false;
-                    decompressed.clear();
-                    break;
-                }
-                decompressed_bytes = decompressed_bytes.saturating_add(range.uncompressed_size);
-                if decompressed_bytes > DECOMPRESSED_BYTES_MAX {
-                    tracing::warn!(
-                        module = recorded_path,
-                        "decompressed DWARF too large, skipped"
-                    );
-                    continue;
-                }
-                match section.uncompressed_data() {
-                    Ok(data) => decompressed.push((id, data.into_owned())),
-                    Err(error) => {
-                        tracing::debug!(module = recorded_path, %error, "cannot decompress")
-                    }
-                }
-            }
+            let (has_dwarf, decompressed) =
+                decompress_dwarf(dwarf_elf, search.decompress_debug_info, recorded_path);
+            store.has_dwarf = has_dwarf;
+            store.decompressed = decompressed;
         }
-        store.decompressed = decompressed;
         store
     }
+
+    /// A store over one debug file alone (a file fetched by build-id: its own symbol
+    /// tables and DWARF, nothing else to find).
+    pub fn of_debug_file(path: PathBuf, map: memmap2::Mmap, decompress: bool) -> DebugStore {
+        let mut store = DebugStore::default();
+        if let Ok(elf) = ElfFile64::parse(&map[..])
+            && has_section(&elf, ".debug_info")
+        {
+            let shown = path.display().to_string();
+            let (has_dwarf, decompressed) = decompress_dwarf(&elf, decompress, &shown);
+            store.has_dwarf = has_dwarf;
+            store.decompressed = decompressed;
+            store.dwarf_in_debug_file = true;
+        }
+        store.debug_file = Some((path, map));
+        store
+    }
+}
+
+/// The DWARF sections of `elf` that are compressed, decompressed (bounded by
+/// [`DECOMPRESSED_BYTES_MAX`]); false when there is compressed DWARF and `decompress` is off.
+fn decompress_dwarf(
+    elf: &ElfFile64<'_>,
+    decompress: bool,
+    label: &str,
+) -> (bool, Vec<(gimli::SectionId, Vec<u8>)>) {
+    let mut decompressed = Vec::new();
+    let mut decompressed_bytes = 0u64;
+    for &id in DWARF_SECTIONS {
+        let Some(section) = elf.section_by_name(id.name()) else {
+            continue;
+        };
+        let Ok(range) = section.compressed_file_range() else {
+            continue;
+        };
+        if range.format == object::CompressionFormat::None {
+            continue;
+        }
+        if !decompress {
+            tracing::debug!(
+                module = label,
+                "compressed DWARF left alone (decompress_debug_info is off)"
+            );
+            return (false, Vec::new());
+        }
+        decompressed_bytes = decompressed_bytes.saturating_add(range.uncompressed_size);
+        if decompressed_bytes > DECOMPRESSED_BYTES_MAX {
+            tracing::warn!(module = label, "decompressed DWARF too large, skipped");
+            continue;
+        }
+        match section.uncompressed_data() {
+            Ok(data) => decompressed.push((id, data.into_owned())),
+            Err(error) => tracing::debug!(module = label, %error, "cannot decompress"),
+        }
+    }
+    (true, decompressed)
 }
 
 /// One function symbol.

@@ -57,6 +57,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::EndpointError;
 pub use crate::http::{Limits, TlsConfig};
 pub use crate::recording::rules::Rule;
+pub use crate::recording::symbolize::SymbolsConfig;
 pub use crate::recording::webhook::WebhookConfig;
 pub use crate::storage::{S3Config, StorageConfig, StorageKind};
 
@@ -80,8 +81,11 @@ pub struct EndpointConfig {
     pub storage: StorageConfig,
     /// Rules marking problems uninteresting.
     pub rules: Vec<Rule>,
-    /// A debuginfod-layout symbol directory (`<dir>/buildid/<id>/debuginfo`).
+    /// A debuginfod-layout symbol directory (`<dir>/buildid/<id>/debuginfo`); the same
+    /// as `[symbols] dir`.
     pub symbols_dir: Option<PathBuf>,
+    /// Debug files for re-symbolization: a local directory and debuginfod servers.
+    pub symbols: SymbolsConfig,
     /// Where new-bug and comment events are posted.
     pub webhooks: WebhookConfig,
 }
@@ -98,6 +102,7 @@ impl Default for EndpointConfig {
             storage: StorageConfig::default(),
             rules: Vec::new(),
             symbols_dir: None,
+            symbols: SymbolsConfig::default(),
             webhooks: WebhookConfig::default(),
         }
     }

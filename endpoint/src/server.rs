@@ -176,10 +176,15 @@ pub fn start(config: EndpointConfig, mode: ServerMode) -> Result<RunningServer, 
                     limits.cluster_reports_burst_max,
                 ),
                 committer,
-                symbolizer: config
-                    .symbols_dir
-                    .clone()
-                    .map(|dir| Arc::new(Symbolizer::new(dir))),
+                symbolizer: {
+                    let mut symbols = config.symbols.clone();
+                    if symbols.dir.is_none() {
+                        symbols.dir = config.symbols_dir.clone();
+                    }
+                    symbols
+                        .enabled()
+                        .then(|| Arc::new(Symbolizer::new(symbols, &config.data_dir)))
+                },
                 metrics,
                 db,
                 secure_cookies: config.tls.is_some() || public_url.starts_with("https://"),

@@ -695,6 +695,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "crashmesh-protocol",
             "crashmesh-untrusted",
+            "crashmesh-coredump",
             "crashmesh-endpoint-client",
         ],
     ),

@@ -665,9 +665,35 @@ fn complete(
             problem_id = old;
         }
     }
+    // A scheme 1 native signature made from fewer names than the endpoint's debug files
+    // give (a node without them): the problem is the one the named frames' signature
+    // makes, so the same crash from a node that had the names lands in it too.
+    let mut richer_signature = None;
+    if tables.problem(&problem_id)?.is_none()
+        && manifest.problem.kind == crashmesh_protocol::ProblemKind::Core
+        && manifest.signature.starts_with("v1:")
+        && analysis.frames != manifest.problem.frames
+    {
+        let richer =
+            crashmesh_protocol::signature::native_signature(&analysis.frames, analysis.signal);
+        if richer.0 != manifest.signature {
+            let richer_id = tables.resolve(&crashmesh_protocol::problem_id_for(&richer.0, ""))?;
+            tables
+                .merged
+                .insert(problem_id.as_str(), richer_id.as_str())?;
+            problem_id = richer_id;
+            richer_signature = Some(richer.0);
+        }
+    }
     let existing = tables.take_problem(&problem_id)?;
     let known = existing.is_some();
-    let mut row = existing.unwrap_or_else(|| new_problem_row(&problem_id, manifest, analysis));
+    let mut row = existing.unwrap_or_else(|| {
+        let mut row = new_problem_row(&problem_id, manifest, analysis);
+        if let Some(signature) = &richer_signature {
+            row.signature = signature.clone();
+        }
+        row
+    });
     let mut own = take_own_row(tables, cluster, &problem_id, manifest, analysis)?;
     for row in [&mut row, &mut own] {
         row.interesting = uninteresting.is_none();

@@ -1,139 +1,280 @@
 //! Server-side re-symbolization: frames the node could not name (a build-id and an offset
-//! from the module's load bias, no function) are named from a symbol directory in the
-//! debuginfod layout, `<dir>/buildid/<build-id>/debuginfo`, through the ELF symbol table.
+//! from the module's load bias, no function) get a name and file:line from the module's
+//! debug file, read as the node reads one (`crashmesh_coredump::symbols`: symbol tables
+//! and DWARF, compressed or not). Debug files come from a local directory in the
+//! debuginfod layout (`<dir>/buildid/<build-id>/debuginfo`) and from debuginfod servers
+//! (`GET <url>/buildid/<build-id>/debuginfo`), whose answers are kept in a cache
+//! directory bounded in bytes (the least recently used go first).
 //!
-//! Invariants: a build-id is used in a path only when it is 2 to 128 lower-case hex digits;
-//! files over [`SYMBOL_FILE_BYTES_MAX`] are skipped; parsed tables are cached (at most
-//! [`CACHED_FILES_MAX`]) and a missing file is not looked up again until the cache turns over.
+//! Invariants: a build-id is used in a path or a URL only when it is 2 to 128 lower-case
+//! hex digits; no file over [`SYMBOL_FILE_BYTES_MAX`] is read or kept; every request to a
+//! server has a timeout, and a server that does not answer costs one problem its names,
+//! never an upload (the committer waits on no server: names are looked up before the job
+//! is queued, on a blocking thread); a build-id nobody had is not asked for again until
+//! the in-memory table turns over ([`CACHED_FILES_MAX`]).
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use crashmesh_coredump::symbols::{DebugStore, Symbolizer as FileSymbolizer};
 use crashmesh_protocol::{Frame, Problem};
-use object::{Object, ObjectSymbol, SymbolKind};
+use serde::{Deserialize, Serialize};
 
-/// The largest symbol file read.
+/// The largest debug file read or kept.
 pub const SYMBOL_FILE_BYTES_MAX: u64 = 2 << 30;
-/// Symbol tables kept in memory.
+/// Debug files kept open in memory (mapped).
 pub const CACHED_FILES_MAX: usize = 64;
 
-/// A sorted symbol table: (start, size, demangled name).
-type Symbols = Vec<(u64, u64, String)>;
+/// Debug files from debuginfod servers: `[symbols]` of the configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SymbolsConfig {
+    /// A local directory in the debuginfod layout, read first.
+    pub dir: Option<PathBuf>,
+    /// debuginfod servers, tried in order; default: `DEBUGINFOD_URLS` (space-separated),
+    /// as elfutils and gdb read it.
+    pub debuginfod_urls: Vec<String>,
+    /// Where fetched files are kept; default `DATA_DIR/debuginfod`.
+    pub cache_dir: Option<PathBuf>,
+    /// The cache's size; past it, the least recently used files go.
+    pub cache_bytes_max: u64,
+    /// Time allowed for one fetch, the whole file included.
+    pub timeout_ms: u64,
+}
 
-/// Names frames from a symbol directory.
+impl Default for SymbolsConfig {
+    fn default() -> SymbolsConfig {
+        SymbolsConfig {
+            dir: None,
+            debuginfod_urls: std::env::var("DEBUGINFOD_URLS")
+                .map(|urls| urls.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
+            cache_dir: None,
+            cache_bytes_max: 8 << 30,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+impl SymbolsConfig {
+    /// True when there is anywhere to look.
+    pub fn enabled(&self) -> bool {
+        self.dir.is_some() || !self.debuginfod_urls.is_empty()
+    }
+}
+
+/// A mapped debug file, ready to build a symbolizer from.
+struct DebugFile {
+    store: DebugStore,
+}
+
+/// Names frames from debug files found by build-id.
 pub struct Symbolizer {
-    dir: PathBuf,
-    cache: Mutex<HashMap<String, Option<Arc<Symbols>>>>,
+    config: SymbolsConfig,
+    cache_dir: PathBuf,
+    agent: ureq::Agent,
+    files: Mutex<HashMap<String, Option<Arc<DebugFile>>>>,
 }
 
 fn is_build_id(text: &str) -> bool {
     (2..=128).contains(&text.len()) && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-fn demangle(name: &str) -> String {
-    if let Ok(demangled) = rustc_demangle::try_demangle(name) {
-        return format!("{demangled:#}");
-    }
-    if name.starts_with("_Z")
-        && let Ok(symbol) = cpp_demangle::Symbol::new(name)
-        && let Ok(text) = symbol.demangle(&Default::default())
-    {
-        return text;
-    }
-    name.to_string()
-}
-
-fn load(path: &Path) -> Option<Symbols> {
-    let size = std::fs::metadata(path).ok()?.len();
+fn map(path: &Path) -> Option<memmap2::Mmap> {
+    let file = std::fs::File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
     if size > SYMBOL_FILE_BYTES_MAX {
-        tracing::warn!(path = %path.display(), size, "symbol file too large; skipped");
+        tracing::warn!(path = %path.display(), size, "debug file too large; skipped");
         return None;
     }
-    let data = std::fs::read(path).ok()?;
-    let file = match object::File::parse(&*data) {
-        Ok(file) => file,
-        Err(error) => {
-            tracing::warn!(path = %path.display(), %error, "symbol file does not parse");
-            return None;
-        }
-    };
-    let mut symbols: Symbols = file
-        .symbols()
-        .chain(file.dynamic_symbols())
-        .filter(|symbol| symbol.kind() == SymbolKind::Text && symbol.address() != 0)
-        .filter_map(|symbol| {
-            let name = symbol.name().ok()?;
-            (!name.is_empty()).then(|| (symbol.address(), symbol.size(), demangle(name)))
-        })
-        .collect();
-    symbols.sort_by_key(|symbol| (symbol.0, std::cmp::Reverse(symbol.1)));
-    symbols.dedup_by_key(|symbol| symbol.0);
-    Some(symbols)
-}
-
-/// The symbol containing `address`: the last one starting at or before it, if its size
-/// covers it (a size of 0 covers up to the next symbol).
-fn lookup(symbols: &Symbols, address: u64) -> Option<(&str, u64)> {
-    let index = symbols.partition_point(|symbol| symbol.0 <= address);
-    let (start, size, name) = symbols.get(index.checked_sub(1)?)?;
-    let next = symbols.get(index).map_or(u64::MAX, |symbol| symbol.0);
-    let end = if *size > 0 { start + size } else { next };
-    (address < end).then(|| (name.as_str(), address - start))
+    // SAFETY: a read-only private map of a file only this server writes (its cache, by
+    // rename) or the admin's symbol directory.
+    unsafe { memmap2::Mmap::map(&file) }.ok()
 }
 
 impl Symbolizer {
-    /// A symbolizer over `dir`.
-    pub fn new(dir: PathBuf) -> Symbolizer {
+    /// A symbolizer for `config`; fetched files go under `data_dir` unless configured.
+    pub fn new(config: SymbolsConfig, data_dir: &Path) -> Symbolizer {
+        let cache_dir = config
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("debuginfod"));
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(config.timeout_ms.max(1))))
+            .http_status_as_error(false)
+            .build()
+            .into();
         Symbolizer {
-            dir,
-            cache: Mutex::new(HashMap::new()),
+            config,
+            cache_dir,
+            agent,
+            files: Mutex::new(HashMap::new()),
         }
     }
 
-    fn symbols(&self, build_id: &str) -> Option<Arc<Symbols>> {
-        if let Some(cached) = self.cache.lock().unwrap().get(build_id) {
-            return cached.clone();
+    fn debug_file(&self, build_id: &str) -> Option<Arc<DebugFile>> {
+        if let Some(known) = self.files.lock().unwrap().get(build_id) {
+            return known.clone();
         }
-        let path = self.dir.join("buildid").join(build_id).join("debuginfo");
-        let loaded = load(&path).map(Arc::new);
-        let mut cache = self.cache.lock().unwrap();
-        if cache.len() >= CACHED_FILES_MAX {
-            cache.clear();
+        let found = self.find(build_id).and_then(|path| {
+            let map = map(&path)?;
+            Some(Arc::new(DebugFile {
+                store: DebugStore::of_debug_file(path, map, true),
+            }))
+        });
+        let mut files = self.files.lock().unwrap();
+        if files.len() >= CACHED_FILES_MAX {
+            files.clear();
         }
-        cache.insert(build_id.to_string(), loaded.clone());
-        loaded
+        files.insert(build_id.to_string(), found.clone());
+        found
     }
 
-    fn frame(&self, frame: &mut Frame) -> bool {
-        let (None, Some(build_id), Some(offset)) =
-            (&frame.function, frame.build_id.as_deref(), frame.offset)
-        else {
-            return false;
-        };
-        if !is_build_id(build_id) {
-            return false;
+    /// The local file, the cached one, or one fetched now.
+    fn find(&self, build_id: &str) -> Option<PathBuf> {
+        let relative = Path::new("buildid").join(build_id).join("debuginfo");
+        if let Some(dir) = &self.config.dir {
+            let path = dir.join(&relative);
+            if path.is_file() {
+                return Some(path);
+            }
         }
-        let Some(symbols) = self.symbols(build_id) else {
-            return false;
-        };
-        let Some((name, from_start)) = lookup(&symbols, offset) else {
-            return false;
-        };
-        frame.function = Some(name.to_string());
-        frame.offset = Some(from_start);
-        true
+        let cached = self.cache_dir.join(build_id).join("debuginfo");
+        if cached.is_file() {
+            // Recently used: the cache's eviction goes by modification time.
+            if let Ok(file) = std::fs::File::options().write(true).open(&cached) {
+                let _ = file.set_modified(SystemTime::now());
+            }
+            return Some(cached);
+        }
+        for url in &self.config.debuginfod_urls {
+            match self.fetch(url, build_id, &cached) {
+                Ok(true) => return Some(cached),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(url, build_id, %error, "debuginfod fetch failed");
+                }
+            }
+        }
+        None
     }
 
-    /// Names what it can in the problem's frames and threads; returns how many frames.
+    /// Downloads one debug file into the cache (true), or learns the server has none
+    /// (false).
+    fn fetch(&self, url: &str, build_id: &str, into: &Path) -> Result<bool, String> {
+        let address = format!("{}/buildid/{build_id}/debuginfo", url.trim_end_matches('/'));
+        let mut answer = self
+            .agent
+            .get(&address)
+            .call()
+            .map_err(|error| error.to_string())?;
+        match answer.status().as_u16() {
+            200 => {}
+            404 => return Ok(false),
+            status => return Err(format!("{address}: status {status}")),
+        }
+        let directory = into.parent().expect("a cache path has a parent");
+        std::fs::create_dir_all(directory).map_err(|error| error.to_string())?;
+        let temporary = directory.join(format!("debuginfo.{}.part", std::process::id()));
+        let written = (|| -> std::io::Result<u64> {
+            let mut file = std::fs::File::create(&temporary)?;
+            let mut body = answer
+                .body_mut()
+                .as_reader()
+                .take(SYMBOL_FILE_BYTES_MAX + 1);
+            let written = std::io::copy(&mut body, &mut file)?;
+            file.flush()?;
+            Ok(written)
+        })();
+        let written = match written {
+            Ok(written) if written <= SYMBOL_FILE_BYTES_MAX => written,
+            Ok(_) => {
+                let _ = std::fs::remove_file(&temporary);
+                return Err(format!(
+                    "{address}: more than {SYMBOL_FILE_BYTES_MAX} bytes"
+                ));
+            }
+            Err(error) => {
+                let _ = std::fs::remove_file(&temporary);
+                return Err(format!("{address}: {error}"));
+            }
+        };
+        std::fs::rename(&temporary, into).map_err(|error| error.to_string())?;
+        tracing::info!(
+            build_id,
+            bytes = written,
+            "fetched a debug file from debuginfod"
+        );
+        self.evict();
+        Ok(true)
+    }
+
+    /// Removes the least recently used files until the cache fits its bound.
+    fn evict(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.cache_dir) else {
+            return;
+        };
+        let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
+            .filter_map(|entry| {
+                let path = entry.ok()?.path().join("debuginfo");
+                let metadata = std::fs::metadata(&path).ok()?;
+                Some((metadata.modified().ok()?, metadata.len(), path))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|file| file.1).sum();
+        files.sort();
+        for (_, size, path) in files {
+            if total <= self.config.cache_bytes_max {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                total -= size;
+                let _ = std::fs::remove_dir(path.parent().expect("under the cache"));
+            }
+        }
+    }
+
+    /// Names what it can in the problem's frames and threads (name, offset in the
+    /// function, file:line); returns how many frames.
     pub fn problem(&self, problem: &mut Problem) -> usize {
         let mut named = 0;
-        for frame in &mut problem.frames {
-            named += usize::from(self.frame(frame));
-        }
+        let mut frames: Vec<&mut Frame> = problem.frames.iter_mut().collect();
         for thread in problem.threads.iter_mut().flatten() {
-            for frame in &mut thread.frames {
-                named += usize::from(self.frame(frame));
+            frames.extend(thread.frames.iter_mut());
+        }
+        let mut by_build_id: HashMap<String, Vec<&mut Frame>> = HashMap::new();
+        for frame in frames {
+            if let (None, Some(build_id), Some(_)) =
+                (&frame.function, frame.build_id.as_deref(), frame.offset)
+                && is_build_id(build_id)
+            {
+                by_build_id
+                    .entry(build_id.to_string())
+                    .or_default()
+                    .push(frame);
+            }
+        }
+        for (build_id, frames) in by_build_id {
+            let Some(file) = self.debug_file(&build_id) else {
+                continue;
+            };
+            let symbolizer = FileSymbolizer::new(None, &file.store);
+            for frame in frames {
+                let offset = frame.offset.expect("selected with an offset");
+                let hit = symbolizer.lookup(offset);
+                let Some(function) = hit.function else {
+                    continue;
+                };
+                frame.function = Some(function);
+                if let Some(start) = hit.function_start {
+                    frame.offset = Some(offset.wrapping_sub(start));
+                }
+                frame.file = hit.file;
+                frame.line = hit.line;
+                named += 1;
             }
         }
         named
@@ -158,17 +299,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lookup_finds_the_containing_symbol() {
-        let symbols = vec![
-            (0x1000, 0x10, "a".to_string()),
-            (0x1010, 0, "b".to_string()),
-            (0x1100, 0x20, "c".to_string()),
-        ];
-        assert_eq!(lookup(&symbols, 0x1004), Some(("a", 4)));
-        assert_eq!(lookup(&symbols, 0x10ff), Some(("b", 0xef)));
-        assert_eq!(lookup(&symbols, 0x1120), None);
-        assert_eq!(lookup(&symbols, 0xfff), None);
+    fn only_plain_build_ids_reach_a_path_or_a_url() {
         assert!(!is_build_id("../../etc"));
+        assert!(!is_build_id("ABCD"));
+        assert!(!is_build_id("a"));
         assert!(is_build_id("0123abcd"));
+    }
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_files_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SymbolsConfig {
+            cache_bytes_max: 250,
+            debuginfod_urls: Vec::new(),
+            ..SymbolsConfig::default()
+        };
+        let symbolizer = Symbolizer::new(config, dir.path());
+        let cache = dir.path().join("debuginfod");
+        for (index, id) in ["aa", "bb", "cc"].iter().enumerate() {
+            let path = cache.join(id).join("debuginfo");
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, vec![0u8; 100]).unwrap();
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1000 + index as u64))
+                .unwrap();
+        }
+        // "aa" is used again: it becomes the newest.
+        assert_eq!(
+            symbolizer.find("aa"),
+            Some(cache.join("aa").join("debuginfo"))
+        );
+        symbolizer.evict();
+        assert!(cache.join("aa").join("debuginfo").exists());
+        assert!(!cache.join("bb").exists(), "the least recently used went");
+        assert!(cache.join("cc").join("debuginfo").exists());
     }
 }
