@@ -670,8 +670,13 @@ fn compile_crasher(app_dir: &Path) -> Result<PathBuf> {
     let source = app_dir.join("demo-crasher.c");
     std::fs::write(&source, CRASHER_SOURCE)?;
     let binary = app_dir.join("demo-crasher");
+    // Built reproducibly (no directory of this run in the binary), as distributions
+    // build packages: every demo's crasher is the same build, with the same build-id, so
+    // its crashes have the same signature in every run.
     let output = Command::new("gcc")
-        .args(["-g", "-O0", "-fno-omit-frame-pointer", "-o"])
+        .args(["-g", "-O0", "-fno-omit-frame-pointer"])
+        .arg(format!("-ffile-prefix-map={}=/crashmesh-demo", app_dir.display()))
+        .arg("-o")
         .arg(&binary)
         .arg(&source)
         .output()

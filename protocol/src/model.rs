@@ -130,6 +130,17 @@ pub struct Frame {
     pub stack: Option<String>,
 }
 
+impl Frame {
+    /// A reliable frame known by its function's name alone (synthetic traces, tests).
+    pub fn named(function: &str) -> Frame {
+        Frame {
+            function: Some(function.to_string()),
+            reliable: true,
+            ..Frame::default()
+        }
+    }
+}
+
 /// The frames of one thread of a core.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadTrace {

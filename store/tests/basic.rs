@@ -560,14 +560,7 @@ fn a_scheme_2_signature_keeps_counting_the_problem_its_crash_had_under_scheme_1(
     use crashmesh_protocol::signature::native_signature;
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let frames: Vec<Frame> = ["leaf", "middle", "main"]
-        .iter()
-        .map(|function| Frame {
-            function: Some(function.to_string()),
-            reliable: true,
-            ..Frame::default()
-        })
-        .collect();
+    let frames: Vec<Frame> = ["leaf", "middle", "main"].map(Frame::named).to_vec();
     // Recorded before the upgrade: the version 1 signature of these frames.
     let mut before = incident("r1", "", 1_000, None);
     before.problem.frames = frames.clone();

@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::EndpointError;
 use crate::http::auth;
-use crate::http::inflight::Reservation;
 use crate::http::request::{NO_CLUSTER, SMALL_BODY_BYTES_MAX, bearer, parse_json, report_id_of};
 use crate::http::state::{AppState, read_body, report_for};
 use crate::storage::db::{BugRow, COMMENTS_PER_BUG_MAX, ProblemRow, Viewer};
@@ -288,18 +287,19 @@ pub(crate) fn privacy_of(state: &AppState, row: &ProblemRow) -> Result<PrivacyVi
     })
 }
 
-/// The body of an admin's write, at most `bytes_max`, and its reservation ([`read_body`]):
-/// read only once the request's bearer token is the admin's (a session is not enough for
-/// the JSON API's writes).
-async fn admin_body<'a>(
-    state: &'a AppState,
+/// The JSON body of an admin's write, at most `bytes_max` ([`read_body`]), read only once
+/// the request's bearer token is the admin's (a session is not enough for the JSON API's
+/// writes); `what` names it in errors.
+async fn admin_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
     request: &HttpRequest,
     payload: web::Payload,
     what: &'static str,
     bytes_max: usize,
-) -> Result<(web::Bytes, Reservation<'a>), EndpointError> {
+) -> Result<T, EndpointError> {
     state.auth.admin(bearer(request))?;
-    read_body(state, request, payload, what, bytes_max, NO_CLUSTER).await
+    let (body, _held) = read_body(state, request, payload, what, bytes_max, NO_CLUSTER).await?;
+    parse_json(what, &body)
 }
 
 /// Asks clusters for a core of a problem, or stops asking (the admin's change, from the
@@ -333,9 +333,8 @@ pub async fn api_core_request(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
-    let (body, _held) = admin_body(&state, &request, payload, "core request bytes", 4096).await?;
-    let change: CoreRequestChange = serde_json::from_slice(&body)
-        .map_err(|error| EndpointError::BadRequest(format!("core request: {error}")))?;
+    let change: CoreRequestChange =
+        admin_json(&state, &request, payload, "the core request", 4096).await?;
     let problem_id = set_core_request(&state, &path, change.requested).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "problem_id": problem_id,
@@ -444,16 +443,14 @@ pub async fn api_set_bug(
     path: web::Path<u64>,
     payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
-    let (body, _held) = admin_body(
+    let change: BugChange = admin_json(
         &state,
         &request,
         payload,
-        "bug change bytes",
+        "the bug change",
         SMALL_BODY_BYTES_MAX,
     )
     .await?;
-    let change: BugChange = serde_json::from_slice(&body)
-        .map_err(|error| EndpointError::BadRequest(format!("bug change: {error}")))?;
     let bug = set_bug(&state, *path, change).await?;
     let view = state.db.bug_view(bug.id, COMMENTS_PER_BUG_MAX)?;
     Ok(HttpResponse::Ok().json(view))
@@ -494,16 +491,14 @@ pub async fn api_merge(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
-    let (body, _held) = admin_body(
+    let wanted: MergeRequest = admin_json(
         &state,
         &request,
         payload,
-        "merge request bytes",
+        "the merge request",
         SMALL_BODY_BYTES_MAX,
     )
     .await?;
-    let wanted: MergeRequest = serde_json::from_slice(&body)
-        .map_err(|error| EndpointError::BadRequest(format!("merge request: {error}")))?;
     let into = merge_problems(&state, &path, &wanted.into).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "merged": *path, "into": into })))
 }
@@ -577,8 +572,8 @@ pub(crate) async fn post_token(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, EndpointError> {
-    let (body, _held) = admin_body(&state, &request, payload, "token request bytes", 4096).await?;
-    let wanted: TokenRequest = parse_json("the token request", &body)?;
+    let wanted: TokenRequest =
+        admin_json(&state, &request, payload, "the token request", 4096).await?;
     let token = auth::create_cluster_token(&state.db, &wanted.cluster)?;
     Ok(HttpResponse::build(StatusCode::CREATED)
         .json(serde_json::json!({ "cluster": wanted.cluster, "token": token })))

@@ -1029,11 +1029,7 @@ mod tests {
         let mut problem = Problem::new(ProblemKind::Core, "SIGSEGV");
         problem.frames = functions
             .iter()
-            .map(|function| Frame {
-                function: Some(function.to_string()),
-                reliable: true,
-                ..Frame::default()
-            })
+            .map(|function| Frame::named(function))
             .collect();
         problem
     }

@@ -394,3 +394,12 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path, skip: &str) {
         }
     }
 }
+
+/// A TCP port nothing listens on now, on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
