@@ -48,6 +48,12 @@ struct Search {
     address: u64,
     function_found: bool,
     call_site: Option<(u64, u64)>,
+    /// The unit is Rust's: a function is named as gdb names it, by the path of the DIEs
+    /// around it (`std::rt::__rust_abort`, `p::handler<p::parse::{closure_env#0}>`), not
+    /// by its symbol (`__rustc::__rust_abort`, generics and closures lost).
+    rust: bool,
+    /// The names of the namespaces and types the walk is inside.
+    path: Vec<String>,
 }
 
 /// Lazy DWARF of one module.
@@ -179,6 +185,30 @@ impl<'a> DwarfIndex<'a> {
         None
     }
 
+    /// An entry's own `DW_AT_name` (through its abstract origin or specification).
+    fn plain_name_of(
+        &self,
+        unit: &gimli::Unit<Reader<'a>>,
+        entry: &gimli::DebuggingInformationEntry<Reader<'a>>,
+    ) -> Option<String> {
+        let mut offset = entry.offset();
+        for _ in 0..REFERENCE_HOPS_MAX {
+            let entry = unit.entry(offset).ok()?;
+            if let Ok(Some(value)) = entry.attr_value(gimli::DW_AT_name)
+                && let Ok(name) = self.dwarf.attr_string(unit, value)
+            {
+                return Some(name.to_string_lossy().into_owned());
+            }
+            offset = [gimli::DW_AT_abstract_origin, gimli::DW_AT_specification]
+                .iter()
+                .find_map(|&attribute| match entry.attr_value(attribute) {
+                    Ok(Some(gimli::AttributeValue::UnitRef(next))) => Some(next),
+                    _ => None,
+                })?;
+        }
+        None
+    }
+
     fn file_name(
         &self,
         unit: &gimli::Unit<Reader<'a>>,
@@ -274,7 +304,16 @@ impl<'a> DwarfIndex<'a> {
                     if !search.function_found && self.contains(unit, entry, address) =>
                 {
                     search.function_found = true;
-                    hit.function = self.name_of(unit, entry);
+                    hit.function = if search.rust {
+                        self.plain_name_of(unit, entry).map(|name| {
+                            let mut path = search.path.clone();
+                            path.push(name);
+                            path.join("::")
+                        })
+                    } else {
+                        None
+                    }
+                    .or_else(|| self.name_of(unit, entry));
                     true
                 }
                 gimli::DW_TAG_lexical_block if search.function_found => {
@@ -301,8 +340,28 @@ impl<'a> DwarfIndex<'a> {
                 }
                 _ => false,
             };
+            let scope = matches!(
+                entry.tag(),
+                gimli::DW_TAG_namespace
+                    | gimli::DW_TAG_module
+                    | gimli::DW_TAG_class_type
+                    | gimli::DW_TAG_structure_type
+            );
             if descend {
-                if self.search_children(unit, child, search, hit, depth + 1) {
+                let named_scope = scope && {
+                    match self.plain_name_of(unit, entry) {
+                        Some(name) => {
+                            search.path.push(name);
+                            true
+                        }
+                        None => false,
+                    }
+                };
+                let over = self.search_children(unit, child, search, hit, depth + 1);
+                if named_scope {
+                    search.path.pop();
+                }
+                if over {
                     return true;
                 }
                 // Inside the function (or one of its blocks) but not in inlined code.
@@ -325,10 +384,16 @@ impl<'a> DwarfIndex<'a> {
         let Ok(root) = tree.root() else {
             return hit;
         };
+        let rust = matches!(
+            root.entry().attr_value(gimli::DW_AT_language),
+            Ok(Some(gimli::AttributeValue::Language(gimli::DW_LANG_Rust)))
+        );
         let mut search = Search {
             address,
             function_found: false,
             call_site: None,
+            rust,
+            path: Vec::new(),
         };
         self.search_children(&unit, root, &mut search, &mut hit, 0);
         let call_site = search.call_site;

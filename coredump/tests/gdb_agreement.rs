@@ -574,6 +574,54 @@ fn one_bug_has_one_signature_with_or_without_debug_files_and_for_a_stripped_copy
 }
 
 #[test]
+fn rust_frames_are_named_as_gdb_names_them() {
+    if tool_missing("rustc") || tool_missing("gdb") {
+        return;
+    }
+    let case = STABILITY_CASES
+        .iter()
+        .find(|case| case.compiler == "rustc")
+        .unwrap();
+    let directory = tempfile::tempdir().unwrap();
+    let (executable, core) = make_core(case, directory.path());
+    let analysis = analyze_core(&core, &AnalyzeOptions::default()).unwrap();
+    let gdb = gdb_threads(directory.path(), &executable, &core);
+    let crashed = analysis
+        .problem
+        .threads
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|thread| thread.crashed)
+        .unwrap();
+    let (_, gdb_frames) = gdb.iter().find(|(tid, _)| *tid == crashed.tid).unwrap();
+    let program = executable.to_str().unwrap();
+    let mut compared = 0;
+    for frame in &crashed.frames {
+        if frame.module.as_deref() != Some(program) {
+            continue;
+        }
+        let Some((_, Some(gdb_name))) =
+            gdb_frames.iter().find(|(pc, _)| Some(*pc) == frame.address)
+        else {
+            continue;
+        };
+        // The standard library's paths, generics and closures, as gdb prints them.
+        assert_eq!(
+            frame.function.as_deref(),
+            Some(gdb_name.as_str()),
+            "{frame:#?}"
+        );
+        compared += 1;
+    }
+    assert!(
+        compared >= 10,
+        "{compared} frames compared: {:#?}",
+        crashed.frames
+    );
+}
+
+#[test]
 fn two_bugs_in_one_program_have_two_signatures() {
     if tool_missing("gcc") || tool_missing("gdb") {
         return;

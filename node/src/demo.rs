@@ -675,7 +675,10 @@ fn compile_crasher(app_dir: &Path) -> Result<PathBuf> {
     // its crashes have the same signature in every run.
     let output = Command::new("gcc")
         .args(["-g", "-O0", "-fno-omit-frame-pointer"])
-        .arg(format!("-ffile-prefix-map={}=/crashmesh-demo", app_dir.display()))
+        .arg(format!(
+            "-ffile-prefix-map={}=/crashmesh-demo",
+            app_dir.display()
+        ))
         .arg("-o")
         .arg(&binary)
         .arg(&source)
