@@ -402,3 +402,54 @@ fn no_rule_but_the_pem_block_spans_lines() {
         &[],
     );
 }
+
+#[test]
+fn an_added_pattern_without_an_action_redacts() {
+    let pattern: ExtraPattern =
+        serde_json::from_str(r#"{"name": "ticket", "pattern": "TICKET-(?P<v>\\d+)"}"#).unwrap();
+    assert_eq!(pattern.action, "redact");
+    let config = ScrubConfig {
+        extra_patterns: vec![pattern],
+        ..ScrubConfig::default()
+    };
+    let scrubber = Scrubber::new(&config, key()).unwrap();
+    let mut counts = ScrubCounts::default();
+    assert_eq!(
+        scrubber.scrub_text("see TICKET-1234", &mut counts),
+        "see TICKET-[REDACTED:ticket]"
+    );
+    assert_eq!(counts.removed, 1);
+}
+
+#[test]
+fn an_ipv6_address_with_a_digit_or_at_least_three_colons_is_hidden() {
+    // A digit but only two colons; three colons but no digit.
+    assert!(rules::ipv6_worth_hiding("fe80::1"));
+    assert!(rules::ipv6_worth_hiding("dead:beef::cafe"));
+    // Neither: a C++-like name. And the unspecified address identifies nobody.
+    assert!(!rules::ipv6_worth_hiding("dead::beef"));
+    assert!(!rules::ipv6_worth_hiding("::"));
+    check(
+        "via fe80::1 and dead:beef::cafe",
+        &format!(
+            "via {} and {}",
+            p(NameClass::Ip, "fe80::1"),
+            p(NameClass::Ip, "dead:beef::cafe")
+        ),
+        &["ipv6_address"],
+    );
+}
+
+#[test]
+fn luhn_folds_each_doubled_digit_above_nine() {
+    // Doubled digits 5..9 (10..18) fold to 1..9: these numbers pass only with the fold.
+    assert!(rules::luhn_valid("4012 8888 8888 1881"));
+    assert!(rules::luhn_valid("6011 0009 9013 9424"));
+    assert!(!rules::luhn_valid("4012 8888 8888 1882"));
+    // Length bounds: 13 and 19 digits are checked, 12 and 20 refused even when their
+    // checksum is right.
+    assert!(rules::luhn_valid("4222222222222"));
+    assert!(!rules::luhn_valid("422222222222"));
+    assert!(rules::luhn_valid("4000 0000 0000 0000 006"));
+    assert!(!rules::luhn_valid("4000 0000 0000 0000 0002"));
+}

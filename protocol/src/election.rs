@@ -558,6 +558,11 @@ impl Election {
 
     fn send_heartbeats(&mut self, now_ms: u64) {
         self.next_heartbeat_ms = now_ms + self.config.heartbeat_interval_ms;
+        // A node alone is its own majority: no acknowledgement will come to renew the
+        // lease, and none is needed.
+        if self.majority() == 1 {
+            self.lease_until_ms = self.lease_until_ms.max(now_ms + self.config.lease_ms);
+        }
         let heartbeat = Message::Heartbeat {
             term: self.persisted.term,
             aggregator: self.self_id.clone(),

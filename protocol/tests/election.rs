@@ -372,3 +372,20 @@ fn each_election_message_names_the_durable_vote_it_rests_on() {
     };
     assert_eq!(VoteNeeded::of(&b, &fetch), None);
 }
+
+#[test]
+fn a_single_node_cluster_stays_its_own_aggregator_in_one_term() {
+    let mut net = Net::new(1, 7, |_| true);
+    net.run_until_ms(5_000);
+    assert_eq!(net.aggregators(), [0]);
+    let term = net.nodes[0].term();
+    // A majority of one renews its own lease: no step down, no new election, ever.
+    net.run_until_ms(120_000);
+    assert_eq!(net.aggregators(), [0]);
+    assert_eq!(
+        net.nodes[0].term(),
+        term,
+        "the term moved: the node flapped"
+    );
+    assert_eq!(net.nodes[0].fencing_token(net.now_ms), Some(term));
+}

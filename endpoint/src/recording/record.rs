@@ -284,6 +284,15 @@ impl<'txn> Tables<'txn> {
             .transpose()
     }
 
+    /// Whether a problem exists, without decoding or copying its row.
+    fn has_problem(&self, id: &str) -> Result<bool, EndpointError> {
+        let key = problem_key(id);
+        if self.problem_rows.contains_key(&key) || self.committed_rows.contains_key(&key) {
+            return Ok(true);
+        }
+        Ok(self.problems.get(id)?.is_some())
+    }
+
     fn problem(&self, id: &str) -> Result<Option<ProblemRow>, EndpointError> {
         let key = problem_key(id);
         if let Some(row) = self
@@ -653,14 +662,14 @@ fn complete(
     ))?;
     // A scheme 2 native signature seen for the first time joins the problem the same
     // crash's scheme 1 signature made before the upgrade, from then on.
-    if tables.problem(&problem_id)?.is_none()
+    if !tables.has_problem(&problem_id)?
         && let Some(previous) = crashmesh_protocol::signature::previous_signature(&manifest.problem)
     {
         let old = tables.resolve(&crashmesh_protocol::problem_id_for(
             &previous.0,
             &manifest.report_id,
         ))?;
-        if tables.problem(&old)?.is_some() {
+        if tables.has_problem(&old)? {
             tables.merged.insert(problem_id.as_str(), old.as_str())?;
             problem_id = old;
         }
@@ -669,7 +678,7 @@ fn complete(
     // give (a node without them): the problem is the one the named frames' signature
     // makes, so the same crash from a node that had the names lands in it too.
     let mut richer_signature = None;
-    if tables.problem(&problem_id)?.is_none()
+    if !tables.has_problem(&problem_id)?
         && manifest.problem.kind == crashmesh_protocol::ProblemKind::Core
         && manifest.signature.starts_with("v1:")
         && analysis.frames != manifest.problem.frames
