@@ -106,16 +106,22 @@ pub fn plain_core(path: &Path, scratch: &Scratch) -> Result<PlainCore, AnalyzeEr
 
 /// Analyse a core in this process. A core that cannot be analysed still gives a
 /// problem, marked "analysis failed: …", so that the incident is never lost.
+///
+/// With debuginfod servers configured and a cache directory given, modules whose frames
+/// have no source lines get their debug files fetched (within
+/// `debuginfod_timeout_secs` for them all) and the core is analysed again with the cache
+/// as one more debug directory. A server that is down costs the lines, nothing else.
 pub fn analyze_core_here(
     path: &Path,
     context: &CoreContext,
     config: &AnalysisConfig,
     scratch: &Scratch,
+    debuginfod_cache: Option<&Path>,
 ) -> Problem {
     let analysis = plain_core(path, scratch)
         .map_err(|error| error.to_string())
         .and_then(|plain| {
-            let options = crashmesh_coredump::AnalyzeOptions {
+            let mut options = crashmesh_coredump::AnalyzeOptions {
                 root: context.root.clone(),
                 debug_dirs: config.debug_dirs.clone(),
                 threads_max: config.threads_max,
@@ -123,6 +129,16 @@ pub fn analyze_core_here(
                 decompress_debug_info: config.decompress_debug_info,
                 ..crashmesh_coredump::AnalyzeOptions::default()
             };
+            let first = crashmesh_coredump::analyze_core(&plain.path, &options)
+                .map_err(|error| error.to_string())?;
+            let Some(cache) = debuginfod_cache.filter(|_| !config.debuginfod_urls.is_empty())
+            else {
+                return Ok(first);
+            };
+            if fetch_debug_files(&first.problem, config, cache) == 0 {
+                return Ok(first);
+            }
+            options.debug_dirs.push(cache.to_path_buf());
             crashmesh_coredump::analyze_core(&plain.path, &options)
                 .map_err(|error| error.to_string())
         });
@@ -130,6 +146,50 @@ pub fn analyze_core_here(
         Ok(analysis) => analysis.problem,
         Err(reason) => failed_core_problem(&reason, None, None),
     }
+}
+
+/// Build-ids asked of debuginfod for one core at most.
+const DEBUGINFOD_BUILD_IDS_MAX: usize = 32;
+
+/// Fetches the debug files of the modules whose frames (any thread's) have no source
+/// line; gives how many it has now.
+fn fetch_debug_files(problem: &Problem, config: &AnalysisConfig, cache: &Path) -> usize {
+    let frames = problem.frames.iter().chain(
+        problem
+            .threads
+            .iter()
+            .flatten()
+            .flat_map(|thread| &thread.frames),
+    );
+    let mut wanted: Vec<&str> = Vec::new();
+    for frame in frames {
+        if let (None, Some(build_id)) = (frame.line, frame.build_id.as_deref())
+            && !wanted.contains(&build_id)
+            && wanted.len() < DEBUGINFOD_BUILD_IDS_MAX
+        {
+            wanted.push(build_id);
+        }
+    }
+    let budget = std::time::Duration::from_secs(config.debuginfod_timeout_secs);
+    let started = std::time::Instant::now();
+    let mut found = 0;
+    for build_id in wanted {
+        let left = budget.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            tracing::warn!("debuginfod: out of time for this core's debug files");
+            break;
+        }
+        let client = crashmesh_debuginfod::Client::new(
+            config.debuginfod_urls.clone(),
+            cache.to_path_buf(),
+            config.debuginfod_cache_bytes_max.0,
+            left,
+        );
+        if client.debuginfo(build_id).is_some() {
+            found += 1;
+        }
+    }
+    found
 }
 
 /// The problem recorded for a core that could not be analysed: its signature comes from
@@ -171,6 +231,7 @@ pub fn analyze_core_isolated(
     config_file: Option<&Path>,
     config: &AnalysisConfig,
     scratch: &Scratch,
+    debuginfod_cache: &Path,
 ) -> Result<Problem, AnalyzeError> {
     let mut command = Command::new(binary);
     if let Some(config_file) = config_file {
@@ -182,7 +243,9 @@ pub fn analyze_core_isolated(
         .arg("--scratch-dir")
         .arg(&scratch.dir)
         .arg("--scratch-bytes-max")
-        .arg(scratch.bytes_max.to_string());
+        .arg(scratch.bytes_max.to_string())
+        .arg("--debuginfod-cache")
+        .arg(debuginfod_cache);
     if let Some(root) = &context.root {
         command.arg("--root").arg(root);
     }

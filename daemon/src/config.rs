@@ -97,6 +97,14 @@ pub struct AnalysisConfig {
     pub debug_dirs: Vec<PathBuf>,
     /// Read compressed DWARF for file:line (see `crashmesh_coredump::AnalyzeOptions`).
     pub decompress_debug_info: bool,
+    /// debuginfod servers asked for the debug files of a core's modules that have none
+    /// here (default: `DEBUGINFOD_URLS`; empty, none is asked).
+    pub debuginfod_urls: Vec<String>,
+    /// Room for the debug files fetched (the data dir's `debuginfod/`); the least recently
+    /// used go first.
+    pub debuginfod_cache_bytes_max: ByteSize,
+    /// Time allowed for all the fetches of one core.
+    pub debuginfod_timeout_secs: u64,
 }
 
 impl Default for AnalysisConfig {
@@ -108,6 +116,9 @@ impl Default for AnalysisConfig {
             frames_max: 256,
             debug_dirs: vec![PathBuf::from("/usr/lib/debug")],
             decompress_debug_info: true,
+            debuginfod_urls: crashmesh_debuginfod::urls_from_environment(),
+            debuginfod_cache_bytes_max: ByteSize(4 * 1024 * 1024 * 1024),
+            debuginfod_timeout_secs: 30,
         }
     }
 }

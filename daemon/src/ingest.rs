@@ -344,6 +344,7 @@ impl Ingester {
                 self.config_file.as_deref(),
                 &self.config.analysis,
                 &self.scratch(),
+                &self.data_dir.join("debuginfod"),
             )
             .unwrap_or_else(|error| {
                 tracing::warn!(entry = %meta.id, %error, "core analysis failed; recording the incident without frames");

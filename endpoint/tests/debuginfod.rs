@@ -1,8 +1,10 @@
-//! Re-symbolization against a real debuginfod server (elfutils' `debuginfod`, started here
-//! over a directory holding a program's split-off debug file): a problem uploaded by a
-//! node that had no names gets names and file:line at the endpoint; two reports of one
-//! crash whose scheme 1 signatures differed only by the names their nodes had become one
-//! problem; with the server gone, uploads go on unnamed.
+//! Debug files from a real debuginfod server (elfutils' `debuginfod`, started here over a
+//! directory holding a program's split-off debug file). At the endpoint: a problem
+//! uploaded by a node that had no names gets names and file:line; two reports of one crash
+//! whose scheme 1 signatures differed only by the names their nodes had become one
+//! problem; with the server gone, uploads go on unnamed. On a node: `crashmesh analyze
+//! core` (what the daemon's analysis runs) fetches the file into its data dir and names
+//! the frames itself.
 //!
 //! gcc, gdb, binutils and debuginfod are installed in CI (`.ci/run`), where a missing one
 //! fails the test; elsewhere the test says so and passes.
@@ -136,37 +138,109 @@ fn crash(program: &Path, work: &Path) -> PathBuf {
     core
 }
 
-#[test]
-fn a_problem_without_names_gets_them_from_debuginfod_and_split_reports_become_one() {
+/// A stripped program's core, and a debuginfod server that has its debug file.
+struct World {
+    work: tempfile::TempDir,
+    build_id: String,
+    core: PathBuf,
+    server: Debuginfod,
+}
+
+/// `None` (the test passes, saying so) where a tool is missing outside CI.
+fn world() -> Option<World> {
     if tool_missing("gcc", "--version")
         || tool_missing("gdb", "--version")
         || tool_missing("objcopy", "--version")
         || tool_missing("debuginfod", "--version")
     {
-        return;
+        return None;
     }
     let work = tempfile::tempdir().unwrap();
     let (program, build_id) = build_split_program(work.path());
     let core = crash(&program, work.path());
+    let server = start_debuginfod(&work.path().join("debug"), work.path());
+    let served = wait_until(Duration::from_secs(60), || {
+        ureq::get(format!("{}/buildid/{build_id}/debuginfo", server.url))
+            .call()
+            .is_ok()
+    });
+    assert!(
+        served,
+        "debuginfod never served the debug file: {}",
+        std::fs::read_to_string(work.path().join("debuginfod.log")).unwrap_or_default()
+    );
+    Some(World {
+        work,
+        build_id,
+        core,
+        server,
+    })
+}
+
+#[test]
+fn a_node_fetches_the_debug_files_its_core_lacks_and_names_the_frames() {
+    let Some(world) = world() else { return };
+    let data_dir = world.work.path().join("node");
+    let config = world.work.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[analysis]\ndebuginfod_urls = [\"{}\"]\ndebuginfod_timeout_secs = 20\n",
+            world.server.url
+        ),
+    )
+    .unwrap();
+    let analyze = |config: &Path| {
+        let output = Command::new(crashmesh_tests::crashmesh_binary())
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--config")
+            .arg(config)
+            .args(["analyze", "core", "--json"])
+            .arg(&world.core)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        answer["problems"][0].clone()
+    };
+    let problem = analyze(&config);
+    assert_eq!(problem["frames"][0]["function"], "leaf", "{problem:#}");
+    assert!(
+        problem["frames"][0]["file"]
+            .as_str()
+            .is_some_and(|file| file.ends_with("crashy.c")),
+        "{problem:#}"
+    );
+    let cached = data_dir
+        .join("debuginfod/.build-id")
+        .join(&world.build_id[..2])
+        .join(format!("{}.debug", &world.build_id[2..]));
+    assert!(cached.is_file());
+    // Without servers the same core stays unnamed, under the same scheme 2 signature.
+    let plain = world.work.path().join("plain.toml");
+    std::fs::write(&plain, "[analysis]\ndebuginfod_urls = []\n").unwrap();
+    let without = analyze(&plain);
+    assert!(without["frames"][0]["function"].is_null(), "{without:#}");
+    assert_eq!(without["signature"], problem["signature"]);
+}
+
+#[test]
+fn a_problem_without_names_gets_them_from_debuginfod_and_split_reports_become_one() {
+    let Some(world) = world() else { return };
+    let (build_id, server) = (&world.build_id, &world.server);
     // The node had only the stripped program: its own frames have no names.
-    let unnamed = analyze_core(&core, &AnalyzeOptions::default())
+    let unnamed = analyze_core(&world.core, &AnalyzeOptions::default())
         .unwrap()
         .problem;
     let top = &unnamed.frames[0];
     assert_eq!(top.function, None, "{top:#?}");
     assert_eq!(top.build_id.as_deref(), Some(build_id.as_str()));
 
-    let server = start_debuginfod(&work.path().join("debug"), work.path());
-    let fetched = wait_until(Duration::from_secs(60), || {
-        ureq::get(format!("{}/buildid/{build_id}/debuginfo", server.url))
-            .call()
-            .is_ok()
-    });
-    assert!(
-        fetched,
-        "debuginfod never served the debug file: {}",
-        std::fs::read_to_string(work.path().join("debuginfod.log")).unwrap_or_default()
-    );
     let url = server.url.clone();
     let harness = Harness::start_with(|config| config.symbols.debuginfod_urls = vec![url]);
     let client = harness.client("c1");
@@ -207,9 +281,9 @@ fn a_problem_without_names_gets_them_from_debuginfod_and_split_reports_become_on
     let cached = harness
         .dir
         .path()
-        .join("endpoint/debuginfod")
-        .join(&build_id)
-        .join("debuginfo");
+        .join("endpoint/debuginfod/.build-id")
+        .join(&build_id[..2])
+        .join(format!("{}.debug", &build_id[2..]));
     assert!(cached.is_file());
 
     // A node that had the names: its scheme 1 signature is of the names; the endpoint's
@@ -237,7 +311,7 @@ fn a_problem_without_names_gets_them_from_debuginfod_and_split_reports_become_on
     assert_eq!(problems[0]["count"], 2);
 
     // The server gone: uploads go on, unnamed.
-    drop(server);
+    drop(world);
     let dead = harness_with_dead_debuginfod();
     let mut other = unnamed.clone();
     other.frames[0].build_id = Some("00112233445566778899aabbccddeeff00112233".into());

@@ -123,6 +123,10 @@ pub enum AnalyzeCommand {
         /// quota and free-space floor leave); a larger core is not analysed.
         #[arg(long)]
         scratch_bytes_max: Option<u64>,
+        /// Where debug files fetched from debuginfod are kept (default: the data dir's
+        /// `debuginfod/`); servers come from `[analysis] debuginfod_urls`.
+        #[arg(long)]
+        debuginfod_cache: Option<PathBuf>,
     },
     /// A kernel log (dmesg, syslog, journal): every oops, panic, warning, MCE, hung task…
     Oops { file: PathBuf },

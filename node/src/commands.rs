@@ -276,6 +276,7 @@ pub fn analyze(context: &Context, what: &AnalyzeCommand) -> Result<ExitCode> {
             root,
             scratch_dir,
             scratch_bytes_max,
+            debuginfod_cache,
         } => {
             if !file.exists() {
                 bail!("{}: no such file", file.display());
@@ -285,11 +286,15 @@ pub fn analyze(context: &Context, what: &AnalyzeCommand) -> Result<ExitCode> {
                 bytes_max: scratch_bytes_max.unwrap_or(u64::MAX),
             };
             let core_context = CoreContext { root: root.clone() };
+            let debuginfod_cache = debuginfod_cache
+                .clone()
+                .unwrap_or_else(|| context.data_dir.join("debuginfod"));
             vec![analyze::analyze_core_here(
                 file,
                 &core_context,
                 &context.config.analysis,
                 &scratch,
+                Some(&debuginfod_cache),
             )]
         }
         AnalyzeCommand::Oops { file } => {

@@ -613,6 +613,7 @@ fn the_checks_would_catch_a_use_pointing_up_and_a_cycle() {
 const CRATES: &[(&str, &str)] = &[
     ("protocol", "crashmesh-protocol"),
     ("untrusted", "crashmesh-untrusted"),
+    ("debuginfod", "crashmesh-debuginfod"),
     ("store", "crashmesh-store"),
     ("coredump", "crashmesh-coredump"),
     ("parsers", "crashmesh-parsers"),
@@ -634,6 +635,7 @@ const CRATES: &[(&str, &str)] = &[
 const ALLOWED: &[(&str, &[&str])] = &[
     ("crashmesh-protocol", &[]),
     ("crashmesh-untrusted", &[]),
+    ("crashmesh-debuginfod", &[]),
     ("crashmesh-store", &["crashmesh-protocol"]),
     (
         "crashmesh-coredump",
@@ -681,6 +683,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "crashmesh-protocol",
             "crashmesh-store",
             "crashmesh-coredump",
+            "crashmesh-debuginfod",
             "crashmesh-parsers",
             "crashmesh-untrusted",
             "crashmesh-capture",
@@ -696,6 +699,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "crashmesh-protocol",
             "crashmesh-untrusted",
             "crashmesh-coredump",
+            "crashmesh-debuginfod",
             "crashmesh-endpoint-client",
         ],
     ),
