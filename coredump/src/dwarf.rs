@@ -155,34 +155,22 @@ impl<'a> DwarfIndex<'a> {
         false
     }
 
+    /// An entry's linkage name, else its name (through its abstract origin or
+    /// specification).
     fn name_of(
         &self,
         unit: &gimli::Unit<Reader<'a>>,
         entry: &gimli::DebuggingInformationEntry<Reader<'a>>,
     ) -> Option<String> {
-        let mut offset = entry.offset();
-        for _ in 0..REFERENCE_HOPS_MAX {
-            let entry = unit.entry(offset).ok()?;
-            for attribute in [
+        self.first_name(
+            unit,
+            entry,
+            &[
                 gimli::DW_AT_linkage_name,
                 gimli::DW_AT_MIPS_linkage_name,
                 gimli::DW_AT_name,
-            ] {
-                if let Ok(Some(value)) = entry.attr_value(attribute)
-                    && let Ok(name) = self.dwarf.attr_string(unit, value)
-                {
-                    return Some(name.to_string_lossy().into_owned());
-                }
-            }
-            let next = [gimli::DW_AT_abstract_origin, gimli::DW_AT_specification]
-                .iter()
-                .find_map(|&attribute| match entry.attr_value(attribute) {
-                    Ok(Some(gimli::AttributeValue::UnitRef(next))) => Some(next),
-                    _ => None,
-                })?;
-            offset = next;
-        }
-        None
+            ],
+        )
     }
 
     /// An entry's own `DW_AT_name` (through its abstract origin or specification).
@@ -191,13 +179,26 @@ impl<'a> DwarfIndex<'a> {
         unit: &gimli::Unit<Reader<'a>>,
         entry: &gimli::DebuggingInformationEntry<Reader<'a>>,
     ) -> Option<String> {
+        self.first_name(unit, entry, &[gimli::DW_AT_name])
+    }
+
+    /// The first of `attributes` an entry has as a string, following its abstract origin
+    /// or specification at most `REFERENCE_HOPS_MAX` times.
+    fn first_name(
+        &self,
+        unit: &gimli::Unit<Reader<'a>>,
+        entry: &gimli::DebuggingInformationEntry<Reader<'a>>,
+        attributes: &[gimli::DwAt],
+    ) -> Option<String> {
         let mut offset = entry.offset();
         for _ in 0..REFERENCE_HOPS_MAX {
             let entry = unit.entry(offset).ok()?;
-            if let Ok(Some(value)) = entry.attr_value(gimli::DW_AT_name)
-                && let Ok(name) = self.dwarf.attr_string(unit, value)
-            {
-                return Some(name.to_string_lossy().into_owned());
+            for &attribute in attributes {
+                if let Ok(Some(value)) = entry.attr_value(attribute)
+                    && let Ok(name) = self.dwarf.attr_string(unit, value)
+                {
+                    return Some(name.to_string_lossy().into_owned());
+                }
             }
             offset = [gimli::DW_AT_abstract_origin, gimli::DW_AT_specification]
                 .iter()

@@ -176,11 +176,11 @@ pub fn analyze_core(path: &Path, options: &AnalyzeOptions) -> Result<CoreAnalysi
 }
 
 /// One unwound frame as signature scheme 2 reads it (see [`stable`]).
-fn stable_frame(
+fn stable_frame<'a>(
     frame: &UnwoundFrame,
     modules: &[ModuleDescriptor],
-    files: &[ModuleFile<'_>],
-    tables: &[OnceCell<stable::StableTables>],
+    files: &'a [ModuleFile<'_>],
+    tables: &'a [OnceCell<stable::StableTables<'a>>],
     executable_module: Option<usize>,
 ) -> StableFrame {
     let lookup = if frame.is_return_address {
@@ -589,7 +589,7 @@ pub fn analyze_core_bytes(
     let executable_module = notes
         .auxv_value(notes::auxv::AT_ENTRY)
         .and_then(|entry| modules::module_at(&module_descriptors, entry));
-    let stable_tables: Vec<OnceCell<stable::StableTables>> =
+    let stable_tables: Vec<OnceCell<stable::StableTables<'_>>> =
         module_descriptors.iter().map(|_| OnceCell::new()).collect();
     let stable_frames: Vec<StableFrame> = unwound
         .get(crashed_index)

@@ -25,9 +25,9 @@ use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 /// Symbols read from one table at most.
 const SYMBOLS_MAX: usize = 1 << 20;
 
-/// One module's stable tables.
+/// One module's stable tables, borrowing its file's unwind sections.
 #[derive(Default)]
-pub struct StableTables {
+pub struct StableTables<'data> {
     /// Exported function starts → their name (the first by name among aliases).
     exported: HashMap<u64, String>,
     /// Exported functions as ranges `(start, end, name)`, sorted: for an address no
@@ -36,8 +36,8 @@ pub struct StableTables {
     /// The executable's own `.symtab` functions `(start, end, name)`, sorted (empty for
     /// libraries and stripped executables).
     own_ranges: Vec<(u64, u64, String)>,
-    eh_frame: Option<(u64, Vec<u8>)>,
-    eh_frame_hdr: Option<(u64, Vec<u8>)>,
+    eh_frame: Option<(u64, &'data [u8])>,
+    eh_frame_hdr: Option<(u64, &'data [u8])>,
 }
 
 /// What the tables say about one address.
@@ -79,13 +79,13 @@ fn covering(ranges: &[(u64, u64, String)], address: u64) -> Option<&str> {
     (*start <= address && address < *end).then_some(name.as_str())
 }
 
-impl StableTables {
+impl<'data> StableTables<'data> {
     /// The tables of one module's file; `executable` also reads its `.symtab`.
-    pub fn load(elf: &ElfFile64<'_>, executable: bool) -> StableTables {
+    pub fn load(elf: &ElfFile64<'data>, executable: bool) -> StableTables<'data> {
         let section = |name: &str| {
             let section = elf.section_by_name(name)?;
             let data = section.data().ok().filter(|data| !data.is_empty())?;
-            Some((section.address(), data.to_vec()))
+            Some((section.address(), data))
         };
         let exported_ranges = function_ranges(elf.dynamic_symbols());
         let exported = exported_ranges
@@ -107,11 +107,11 @@ impl StableTables {
 
     /// The start of the `.eh_frame` entry covering `address` (a stated address).
     fn unwind_start(&self, address: u64) -> Option<u64> {
-        let (eh_frame_address, eh_frame_bytes) = self.eh_frame.as_ref()?;
+        let (eh_frame_address, eh_frame_bytes) = self.eh_frame?;
         let eh_frame = EhFrame::new(eh_frame_bytes, LittleEndian);
-        let mut bases = BaseAddresses::default().set_eh_frame(*eh_frame_address);
-        if let Some((hdr_address, hdr_bytes)) = &self.eh_frame_hdr {
-            bases = bases.set_eh_frame_hdr(*hdr_address);
+        let mut bases = BaseAddresses::default().set_eh_frame(eh_frame_address);
+        if let Some((hdr_address, hdr_bytes)) = self.eh_frame_hdr {
+            bases = bases.set_eh_frame_hdr(hdr_address);
             let hdr = EhFrameHdr::new(hdr_bytes, LittleEndian)
                 .parse(&bases, 8)
                 .ok()?;

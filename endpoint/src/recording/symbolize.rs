@@ -74,16 +74,18 @@ pub struct Symbolizer {
     files: Mutex<HashMap<String, Option<Arc<DebugFile>>>>,
 }
 
+/// A debug file mapped read-only, through the reader the node's analysis uses (a regular
+/// file only, at most [`SYMBOL_FILE_BYTES_MAX`]); the paths are this server's own (its
+/// cache, the admin's directory), so links in them are followed.
 fn map(path: &Path) -> Option<memmap2::Mmap> {
-    let file = std::fs::File::open(path).ok()?;
-    let size = file.metadata().ok()?.len();
-    if size > SYMBOL_FILE_BYTES_MAX {
-        tracing::warn!(path = %path.display(), size, "debug file too large; skipped");
-        return None;
-    }
-    // SAFETY: a read-only private map of a file only this server writes (its cache, by
-    // rename) or the admin's symbol directory.
-    unsafe { memmap2::Mmap::map(&file) }.ok()
+    let candidate = crashmesh_coredump::modules::Candidate {
+        root: None,
+        path: path.to_path_buf(),
+        trusted: true,
+    };
+    crashmesh_coredump::modules::map_regular_file(&candidate, SYMBOL_FILE_BYTES_MAX)
+        .map_err(|error| tracing::warn!(path = %path.display(), %error, "debug file skipped"))
+        .ok()
 }
 
 impl Symbolizer {
